@@ -1,0 +1,99 @@
+"""Settings: where the broker, Redis, ClickHouse and the model registry are.
+
+Precedence: CLI flags > WHYSTREAM_* environment variables > the connection file
+written by a running `whystream up` (var/stack.env) > defaults. Secrets (URLs
+with passwords) only ever come from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from whystream.errors import ConfigError
+
+TOPICS = ("predictions", "explanations", "predictions.dlq", "drift-alerts")
+
+ENV = {
+    "broker": "WHYSTREAM_BROKER",
+    "redis_url": "WHYSTREAM_REDIS_URL",
+    "clickhouse_dsn": "WHYSTREAM_CLICKHOUSE_DSN",
+    "topic_prefix": "WHYSTREAM_TOPIC_PREFIX",
+    "registry": "WHYSTREAM_REGISTRY",
+    "schema_registry_url": "WHYSTREAM_SCHEMA_REGISTRY_URL",
+    "home": "WHYSTREAM_HOME",
+}
+
+
+def stack_env_file(home: Path) -> Path:
+    """Where a running embedded stack writes its WHYSTREAM_* lines."""
+    return home / "stack.env"
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines of a running stack's stack.env; empty if there is none or
+    the `whystream up` that wrote it is gone (killed without cleaning up)."""
+    if not path.is_file():
+        return {}
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    values = {k.strip(): v.strip() for k, v in pairs}
+    pid = values.get("WHYSTREAM_STACK_PID", "")
+    if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+        return {}
+    return values
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = Path("var")
+    broker: str | None = None
+    redis_url: str | None = None
+    clickhouse_dsn: str | None = None
+    topic_prefix: str = ""
+    registry: Path | None = None
+    schema_registry_url: str | None = None
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def load(cls, **overrides) -> "Settings":
+        """Settings from flags (overrides that are not None), env, the stack file, defaults."""
+        home = Path(overrides.get("home") or os.environ.get(ENV["home"]) or "var")
+        stack = read_env_file(stack_env_file(home))
+        values = {}
+        for name, var in ENV.items():
+            flag = overrides.get(name)
+            values[name] = flag if flag is not None else os.environ.get(var) or stack.get(var)
+        values["home"] = home
+        values["registry"] = Path(values["registry"]) if values["registry"] else home / "registry"
+        values["topic_prefix"] = values["topic_prefix"] or ""
+        return cls(**values)
+
+    def with_(self, **changes) -> "Settings":
+        return replace(self, **changes)
+
+    def topic(self, name: str) -> str:
+        """The full topic name for one of TOPICS, with the configured prefix."""
+        if name not in TOPICS:
+            raise ValueError(f"unknown topic {name!r}; whystream's topics are {', '.join(TOPICS)}")
+        return f"{self.topic_prefix}{name}"
+
+    def require(self, name: str) -> str:
+        """A connection setting's value, or a ConfigError that says how to provide it."""
+        value = getattr(self, name)
+        if not value:
+            raise ConfigError(
+                ENV[name],
+                "not set and no embedded stack is running; start one with `whystream up` "
+                f"(in another terminal) or set {ENV[name]}",
+            )
+        return value
+
+    def kafka(self, **conf) -> dict:
+        """confluent-kafka configuration for the broker."""
+        return {"bootstrap.servers": self.require("broker"), **conf}
+
+    def as_env(self) -> dict[str, str]:
+        """The WHYSTREAM_* variables that reproduce these settings."""
+        pairs = {ENV[name]: getattr(self, name) for name in ENV}
+        return {k: str(v) for k, v in pairs.items() if v not in (None, "")}
