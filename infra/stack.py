@@ -162,11 +162,11 @@ def chdb_dsn(home: Path) -> str:
     return f"chdb://{path}"
 
 
-def ensure_topics(settings: Settings, partitions: int = 4, timeout: float = 15.0) -> None:
+def ensure_topics(settings: Settings, partitions: int = 4, timeout: float = 8.0) -> None:
     """Create whystream's topics if they are missing (idempotent)."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient(settings.kafka())
+    admin = AdminClient(settings.kafka(**{"log_level": 0}))  # the error below says it all
     try:
         existing = set(admin.list_topics(timeout=timeout).topics)
     except Exception as exc:

@@ -52,18 +52,18 @@ FEATURES: list[Feature] = [
     Feature("day_of_week", "categorical", "day of the week (0=Monday)", "code"),
     Feature("card_present", "numeric", "the physical card was read", "flag"),
     Feature("online", "numeric", "e-commerce transaction", "flag"),
-    Feature("pos_entry_mode", "categorical", f"how the card was read ({_codes(POS_ENTRY_MODES)}); missing online", "code"),
+    Feature("pos_entry_mode", "categorical", f"card read as ({_codes(POS_ENTRY_MODES)}); missing online", "code"),
     Feature("card_type", "categorical", f"card product ({_codes(CARD_TYPES)})", "code"),
     Feature("amount_to_avg_ratio", "numeric", "amount / avg_amount_30d; missing without 30-day history", "ratio"),
-    Feature("avg_amount_30d", "numeric", "cardholder's mean amount over 30 days; missing for accounts under 7 days old", "USD"),
+    Feature("avg_amount_30d", "numeric", "mean amount over 30 days; missing for accounts under a week old", "USD"),
     Feature("amount_sum_24h", "numeric", "total spent in the last 24 hours, this transaction included", "USD"),
     Feature("txn_count_1h", "numeric", "earlier transactions in the last hour", "count"),
     Feature("txn_count_24h", "numeric", "earlier transactions in the last 24 hours", "count"),
     Feature("distinct_merchants_24h", "numeric", "distinct merchants in the last 24 hours, this one included", "count"),
     Feature("declines_24h", "numeric", "declined attempts in the last 24 hours", "count"),
-    Feature("time_since_last_txn_min", "numeric", "time since the previous transaction; missing when none is on record", "minutes"),
-    Feature("distance_from_home_km", "numeric", "distance from the cardholder's home; online it is IP-based and sometimes missing", "km"),
-    Feature("distance_from_last_txn_km", "numeric", "distance from the previous transaction; missing when none is on record", "km"),
+    Feature("time_since_last_txn_min", "numeric", "since the previous transaction; missing if none on record", "minutes"),
+    Feature("distance_from_home_km", "numeric", "distance from home; online it is IP-based, sometimes missing", "km"),
+    Feature("distance_from_last_txn_km", "numeric", "from the previous transaction; missing if none on record", "km"),
     Feature("country_mismatch", "numeric", "transaction country differs from the card's home country", "flag"),
     Feature("account_age_days", "numeric", "age of the account", "days"),
     Feature("card_age_days", "numeric", "age of this card", "days"),
@@ -73,14 +73,14 @@ FEATURES: list[Feature] = [
     Feature("chargebacks_90d", "numeric", "chargebacks on the account in the last 90 days", "count"),
     Feature("password_reset_7d", "numeric", "account password was reset in the last 7 days", "flag"),
     Feature("address_change_30d", "numeric", "billing address changed in the last 30 days", "flag"),
-    Feature("email_domain_age_days", "numeric", "age of the account e-mail's domain; missing when the lookup failed", "days"),
+    Feature("email_domain_age_days", "numeric", "age of the e-mail's domain; missing when the lookup failed", "days"),
     Feature("new_device", "numeric", "device first seen on this account; online only", "flag"),
     Feature("device_age_days", "numeric", "time since the device was first seen anywhere; online only", "days"),
     Feature("ip_risk_score", "numeric", "IP reputation (proxy, hosting, abuse lists); online only", "score 0-100"),
-    Feature("browser_language_mismatch", "numeric", "browser language unusual for the home country; online only", "flag"),
+    Feature("browser_language_mismatch", "numeric", "browser language unusual for the country; online only", "flag"),
     Feature("cvv_match", "numeric", "CVV supplied and correct; online only, missing when not supplied", "flag"),
     Feature("three_ds_authenticated", "numeric", "3-D Secure authentication passed; online only", "flag"),
-    Feature("shipping_billing_mismatch", "numeric", "shipping address differs from billing; online physical goods only", "flag"),
+    Feature("shipping_billing_mismatch", "numeric", "shipping differs from billing; online physical goods only", "flag"),
     Feature("recurring", "numeric", "subscription / recurring payment", "flag"),
     Feature("failed_pin_attempts", "numeric", "wrong PINs entered before this one; chip and ATM only", "count"),
     Feature("merchant_risk_score", "numeric", "merchant's historical fraud rate", "fraction"),
@@ -174,7 +174,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 # Chosen so that about 2% of events are fraud (see tests/test_generator.py).
-_FRAUD_INTERCEPT = -5.1
+_FRAUD_INTERCEPT = -6.5
 
 
 def fraud_logit(X: np.ndarray) -> np.ndarray:
@@ -189,22 +189,22 @@ def fraud_logit(X: np.ndarray) -> np.ndarray:
     big_amount = np.maximum(np.log(np.maximum(f("amount_to_avg_ratio", 1.0), 1e-9)), 0.0)
     return (
         _FRAUD_INTERCEPT
-        + 0.4 * big_amount
-        + 1.5 * f("new_device") * big_amount  # a large purchase from a device new to the account
-        + 0.6 * f("online") * np.log1p(np.maximum(f("distance_from_home_km"), 0.0) / 50)  # ordered online from far away
-        + 0.9 * np.minimum(f("failed_pin_attempts"), 3)
-        + 1.0 * f("country_mismatch")
-        + 1.8 * np.exp(-np.maximum(f("account_age_days", 1e4), 0.0) / 30)  # brand-new account
-        + 0.05 * np.maximum(f("ip_risk_score") - 40, 0.0)
-        + 0.3 * np.minimum(f("txn_count_1h"), 8)  # velocity
-        + 1.5 * (1 - f("cvv_match", 1.0))
-        + 1.5 * f("password_reset_7d") * f("new_device")  # account takeover
-        + 0.5 * np.minimum(f("chargebacks_90d"), 3)
-        + 0.8 * f("shipping_billing_mismatch")
-        + 0.8 * (f("email_domain_age_days", 1e4) < 30)
-        + 0.6 * (f("hour_of_day", 12) < 6)
-        + 30.0 * f("merchant_risk_score")
-        - 1.0 * f("three_ds_authenticated")
+        + 0.6 * big_amount
+        + 2.5 * f("new_device") * big_amount  # a large purchase from a device new to the account
+        + 1.0 * f("online") * np.log1p(np.maximum(f("distance_from_home_km"), 0.0) / 50)  # ordered online from far away
+        + 1.5 * np.minimum(f("failed_pin_attempts"), 3)
+        + 1.7 * f("country_mismatch")
+        + 3.0 * np.exp(-np.maximum(f("account_age_days", 1e4), 0.0) / 30)  # brand-new account
+        + 0.08 * np.maximum(f("ip_risk_score") - 40, 0.0)
+        + 0.5 * np.minimum(f("txn_count_1h"), 8)  # velocity
+        + 2.5 * (1 - f("cvv_match", 1.0))
+        + 2.5 * f("password_reset_7d") * f("new_device")  # account takeover
+        + 0.8 * np.minimum(f("chargebacks_90d"), 3)
+        + 1.4 * f("shipping_billing_mismatch")
+        + 1.4 * (f("email_domain_age_days", 1e4) < 30)
+        + 1.0 * (f("hour_of_day", 12) < 6)
+        + 50.0 * f("merchant_risk_score")
+        - 1.7 * f("three_ds_authenticated")
     )
 
 
@@ -219,30 +219,32 @@ class TransactionGenerator:
         """Events start .. start+n-1, drift applied, labels drawn from fraud_logit."""
         if n < 0 or start < 0:
             raise ValueError(f"need n >= 0 and start >= 0, got n={n}, start={start}")
-        parts = []
-        first, last = start // BLOCK, (start + n - 1) // BLOCK
-        for lo in range(first, last + 1 if n else first, _BLOCKS_PER_PASS):
-            blocks = range(lo, min(lo + _BLOCKS_PER_PASS, last + 1))
-            X, country, channel, label_u = self._blocks(blocks)
-            index = np.arange(blocks[0] * BLOCK, (blocks[-1] + 1) * BLOCK, dtype=np.int64)
-            keep = (index >= start) & (index < start + n)
-            parts.append((X[keep], country[keep], channel[keep], label_u[keep], index[keep]))
-        if not parts:
-            parts.append((np.empty((0, len(FEATURES))), np.empty(0, "<U2"), np.empty(0, "<U4"), np.empty(0), np.empty(0, np.int64)))
-        X, country, channel, label_u, index = (np.concatenate(p) for p in zip(*parts))
+        X = np.empty((n, len(FEATURES)))
+        country, channel, label_u = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n)
+        step = BLOCK * _BLOCKS_PER_PASS
+        for lo in range(start - start % BLOCK, start + n, step):
+            # This pass simulates events lo .. lo+step-1; keep the part we were asked for.
+            a, b = max(lo, start), min(lo + step, start + n)
+            blocks = range(lo // BLOCK, (b - 1) // BLOCK + 1)
+            Xt, country_code, channel_code, label = self._blocks(blocks)
+            out, got = slice(a - start, b - start), slice(a - lo, b - lo)
+            X[out] = Xt[:, got].T
+            country[out], channel[out], label_u[out] = country_code[got], channel_code[got], label[got]
+        index = np.arange(start, start + n, dtype=np.int64)
         for spec in self.drift:
             X[index >= spec.start, _COL[spec.feature]] += spec.shift
         # Labels come after drift, so a shifted feature changes fraud the way the mechanism says.
         y = (label_u < _sigmoid(fraud_logit(X))).astype(np.int8)
-        return Batch(X=X, y=y, country=country, channel=channel, index=index)
+        return Batch(X=X, y=y, country=np.asarray(COUNTRIES)[country],
+                     channel=np.asarray(CHANNELS)[channel], index=index)
 
     def _blocks(self, blocks: range):
         U, Z = [], []
         for b in blocks:
             rng = np.random.default_rng([self.seed, b])
-            U.append(rng.random((BLOCK, _N_UNIFORM)))
-            Z.append(rng.standard_normal((BLOCK, _N_NORMAL)))
-        return _simulate(np.concatenate(U), np.concatenate(Z))
+            U.append(rng.random((_N_UNIFORM, BLOCK)))
+            Z.append(rng.standard_normal((_N_NORMAL, BLOCK)))
+        return _simulate(np.concatenate(U, axis=1), np.concatenate(Z, axis=1))
 
 
 def _choice(u: np.ndarray, weights: Sequence[float]) -> np.ndarray:
@@ -267,10 +269,12 @@ def _exponential(u: np.ndarray, mean: float) -> np.ndarray:
 
 
 def _simulate(U: np.ndarray, Z: np.ndarray):
-    """Turn fixed uniform and normal draws into events (X, country, channel, label uniform)."""
-    n = len(U)
-    us, zs = iter(U.T), iter(Z.T)
-    u, z = lambda: next(us), lambda: next(zs)  # each call takes the next column of draws
+    """Turn draws (one row per variable, one column per event) into events.
+
+    Returns X transposed [F, n], country and channel codes, and the label's uniform.
+    """
+    us, zs = iter(U), iter(Z)
+    u, z = lambda: next(us), lambda: next(zs)  # each call takes the next row of draws
     nan = np.nan
 
     label_u = u()
@@ -369,8 +373,5 @@ def _simulate(U: np.ndarray, Z: np.ndarray):
         "merchant_age_days": np.clip(np.floor(2000 * np.exp(z())), 1, 15000),
     }
     assert list(cols) == FEATURE_NAMES
-    X = np.empty((n, len(FEATURE_NAMES)))
-    for j, values in enumerate(cols.values()):
-        X[:, j] = values
-    country = np.asarray(COUNTRIES)[txn_country]
-    return X, country, np.asarray(CHANNELS)[channel], label_u
+    Xt = np.stack([np.asarray(v, dtype=float) for v in cols.values()])
+    return Xt, txn_country, channel, label_u

@@ -18,6 +18,7 @@ from confluent_kafka import Producer
 
 from whystream.config import Settings
 from whystream.errors import WhystreamError
+from whystream.infra.stack import ensure_topics
 from whystream.jobs.generator import DriftSpec, TransactionGenerator
 from whystream.jobs.registry import ModelRegistry, RegisteredModel
 from whystream.streams.codec import codec_for
@@ -77,6 +78,7 @@ def produce(settings: Settings, count: int, rate: float = 0.0, model_name: str =
             drift: Sequence[DriftSpec] = (), run_id: str | None = None, progress=None) -> ProduceReport:
     """Send `count` prediction events at `rate` events/s (0 = as fast as possible)."""
     model = ModelRegistry(settings.registry).load(model_name, model_version)
+    ensure_topics(settings)  # also fails fast, naming WHYSTREAM_BROKER, when the broker is unreachable
     topic = settings.topic("predictions")
     codec = codec_for("PredictionEvent", settings.schema_registry_url, topic)
     producer = Producer(settings.kafka(**{"linger.ms": 5, "compression.type": "lz4"}))

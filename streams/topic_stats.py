@@ -44,3 +44,34 @@ def peek(settings: Settings, topic: str, schema: str, n: int = 3, timeout: float
         return records[:n]
     finally:
         consumer.close()
+
+
+def read_all(settings: Settings, topic: str, schema: str, timeout: float = 10.0, idle: float = 1.0) -> list[dict]:
+    """Decode every message now in `topic` (all partitions, from the start).
+
+    Stops when the end of every partition is reached, or after `idle` seconds
+    without a message, or at `timeout`."""
+    import time
+
+    consumer = _consumer(settings)
+    codec = codec_for(schema, settings.schema_registry_url, topic)
+    try:
+        partitions = consumer.list_topics(topic, timeout=timeout).topics[topic].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1] for p in partitions}
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        records: list[dict] = []
+        seen = {p: 0 for p in partitions}
+        deadline = time.monotonic() + timeout
+        last = time.monotonic()
+        while any(seen[p] < ends[p] for p in partitions) and time.monotonic() < deadline:
+            batch = consumer.consume(1000, timeout=0.2)
+            if not batch and time.monotonic() - last > idle:
+                break
+            for message in batch:
+                if message.error() is None:
+                    last = time.monotonic()
+                    seen[message.partition()] = message.offset() + 1
+                    records.append(codec.decode(message.value()))
+        return records
+    finally:
+        consumer.close()

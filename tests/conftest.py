@@ -3,11 +3,15 @@ the Tansu broker, a redis-server and a chDB directory (see infra/stack.py)."""
 
 from __future__ import annotations
 
+import itertools
 import uuid
 
 import pytest
+import redis
 
 from whystream.infra.stack import EmbeddedStack, ensure_topics
+
+_redis_dbs = itertools.cycle(range(1, 16))  # db 0 is left to the store's own tests
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +28,22 @@ def fresh_topics(stack):
     settings = stack.with_(topic_prefix=f"t{uuid.uuid4().hex[:8]}.")
     ensure_topics(settings, partitions=4)
     return settings
+
+
+@pytest.fixture(scope="session")
+def small_model(stack, tmp_path_factory):
+    """A small fraud model (40 trees) registered in a registry of its own."""
+    from whystream.jobs.registry import ModelRegistry
+    from whystream.jobs.train import train_model
+
+    root = tmp_path_factory.mktemp("registry")
+    return train_model(ModelRegistry(root), n_train=20_000, num_trees=40, num_leaves=15, progress=False)
+
+
+@pytest.fixture
+def engine_settings(fresh_topics, small_model):
+    """Fresh topics, the small model's registry and an empty Redis database of their own."""
+    base, _, _ = fresh_topics.redis_url.rpartition("/")
+    url = f"{base}/{next(_redis_dbs)}"
+    redis.Redis.from_url(url).flushdb()
+    return fresh_topics.with_(registry=small_model.path.parent.parent, redis_url=url)

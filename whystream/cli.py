@@ -23,7 +23,6 @@ from whystream.errors import WhystreamError
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Explain a live stream of model decisions.")
 console = Console()
-err_console = Console(stderr=True)
 
 
 def settings_of(ctx: typer.Context) -> Settings:
@@ -123,9 +122,50 @@ def produce(ctx: typer.Context,
                   f"({report.declined:,} declined, {report.flagged:,} flagged by the producer)")
 
 
+@app.command()
+def worker(ctx: typer.Context,
+           web_port: int = typer.Option(6066, help="Port of the worker's web server (/metrics, /health, /explain/ID)"),
+           batch: int = typer.Option(2000, help="Largest batch taken from the stream at once"),
+           budget: int = typer.Option(20, help="Reservoir sample size k per partition, model version, stratum and window"),
+           window: float = typer.Option(10.0, help="Reservoir window length in seconds of event time"),
+           band: float = typer.Option(0.02, help="Scores within this distance of the threshold are always explained"),
+           stratum: str = typer.Option("channel", help="Segment attribute used as sampling stratum"),
+           new_version_events: int = typer.Option(200, help="First events of a never-seen model version that are always explained"),
+           idle_close: float = typer.Option(5.0, help="Close a partition's windows after this many idle seconds"),
+           latency_budget_ms: float = typer.Option(2000.0, help="Past this per batch, explain with the fallback"),
+           loglevel: str = typer.Option("warning")):
+    """Run a worker: consume `predictions`, publish `explanations` (scale out by running more)."""
+    from whystream.streams.engine import EngineConfig
+    from whystream.streams.sampling import SamplingConfig
+    from whystream.streams.worker import run_worker
+
+    settings = settings_of(ctx)
+    settings.require("broker")
+    sampling = SamplingConfig(budget=budget, window_ms=int(window * 1000), near_threshold_band=band,
+                              stratum_key=stratum, new_version_events=new_version_events,
+                              idle_close_ms=int(idle_close * 1000))
+    run_worker(settings, EngineConfig(sampling, latency_budget_ms), web_port=web_port, loglevel=loglevel,
+               batch_size=batch)
+
+
+@app.command()
+def explain(ctx: typer.Context, prediction_id: str):
+    """Print the explanation of a recent decision as JSON (computed now if it was not sampled)."""
+    import json
+
+    from whystream.streams.engine import Engine
+
+    engine = Engine(settings_of(ctx))
+    explanation = engine.explain_on_demand(prediction_id)
+    if explanation is None:
+        raise WhystreamError(f"no recent decision with prediction_id {prediction_id!r} "
+                             "(recent predictions are kept in Redis for 15 minutes)")
+    print(json.dumps(explanation, indent=2))
+
+
 def main() -> None:
     try:
         app()
     except WhystreamError as exc:
-        err_console.print(f"[red]whystream: error:[/] {exc}", highlight=False)
+        print(f"whystream: error: {exc}", file=sys.stderr)  # one line, never wrapped
         sys.exit(2)

@@ -1,0 +1,118 @@
+"""Attributions for a batch of rows: shared cache -> live TreeSHAP -> fallback.
+
+- cache: an identical feature vector of the same model version was explained
+  before (by any worker); its exact attributions come from Redis.
+- live: exact path-dependent TreeSHAP (streams/treeshap.py), multi-core.
+- fallback: shap's approximate tree attribution (Saabas: each split's change in
+  expected value goes to the split feature). Cheap and additive, but not SHAP;
+  used when live computation raises or the batch's latency budget is spent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from whystream.jobs.registry import RegisteredModel
+from whystream.streams.store import RedisStore, feature_hash
+from whystream.streams.treeshap import TreeShap
+
+log = logging.getLogger("whystream.attribution")
+CHUNK = 512  # rows per live computation; the latency budget is checked between chunks
+
+
+@dataclass
+class Attributions:
+    shap: np.ndarray  # [n, F], raw-margin space
+    raw: np.ndarray  # [n] raw model output
+    source: np.ndarray  # [n] "LIVE" | "CACHE" | "FALLBACK"
+    base_value: float
+
+
+class ModelExplainer:
+    """Live and fallback attribution for one model version (kernel compiled once)."""
+
+    def __init__(self, model: RegisteredModel):
+        self.model = model
+        self.kernel = TreeShap(model.booster)
+        self.kernel.warm_up()
+        self._approximate = None
+
+    def live(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.kernel.shap_values(X), self.kernel.raw_score(X)
+
+    def fallback(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._approximate is None:
+            import shap  # imported lazily: only a degraded worker pays for it
+
+            self._approximate = shap.TreeExplainer(self.model.booster)
+        values = np.asarray(self._approximate.shap_values(X, approximate=True), dtype=np.float64)
+        # Saabas starts from the same root expectation as TreeSHAP, so it is additive with our base value.
+        return values.reshape(len(X), -1), self.model.booster.predict(X, raw_score=True)
+
+
+def _pack(shap_row: np.ndarray, raw: float) -> bytes:
+    return np.append(shap_row, raw).astype(np.float64).tobytes()
+
+
+def _unpack(payload: bytes, n_features: int) -> tuple[np.ndarray, float] | None:
+    values = np.frombuffer(payload, dtype=np.float64)
+    if values.size != n_features + 1:
+        return None  # written by an incompatible version; treat as a miss
+    return values[:-1], float(values[-1])
+
+
+class Attributor:
+    """Explains rows of any registered model version, loading explainers on first sight."""
+
+    def __init__(self, store: RedisStore, latency_budget_ms: float = 2000.0):
+        self.store = store
+        self.latency_budget_ms = latency_budget_ms
+        self._explainers: dict[str, ModelExplainer] = {}
+        self.live_failures = 0
+
+    def explainer(self, model: RegisteredModel) -> ModelExplainer:
+        if model.version not in self._explainers:
+            self._explainers[model.version] = ModelExplainer(model)
+        return self._explainers[model.version]
+
+    def attribute(self, model: RegisteredModel, X: np.ndarray, started: float) -> Attributions:
+        """Attributions for the rows of X; `started` (monotonic s) is when the batch began."""
+        explainer = self.explainer(model)
+        n, F = X.shape
+        shap_values = np.zeros((n, F))
+        raw = np.zeros(n)
+        source = np.full(n, "LIVE", dtype=object)
+        hashes = feature_hash(X) if n else []
+        missing = []
+        for i, payload in enumerate(self.store.cached_explanations(model.version, hashes)):
+            unpacked = _unpack(payload, F) if payload else None
+            if unpacked is None:
+                missing.append(i)
+            else:
+                shap_values[i], raw[i] = unpacked
+                source[i] = "CACHE"
+        fresh = []
+        for begin in range(0, len(missing), CHUNK):
+            rows = np.asarray(missing[begin:begin + CHUNK])
+            over_budget = (time.monotonic() - started) * 1000 > self.latency_budget_ms
+            values = None
+            if not over_budget:
+                try:
+                    values, raw_chunk = explainer.live(X[rows])
+                except Exception:  # a kernel bug must degrade the stream, not stop it
+                    self.live_failures += 1
+                    log.exception("live TreeSHAP failed for %s@%s; using the fallback", model.name, model.version)
+            if values is None:
+                values, raw_chunk = explainer.fallback(X[rows])
+                source[rows] = "FALLBACK"
+            else:
+                fresh.extend(rows.tolist())
+            shap_values[rows], raw[rows] = values, raw_chunk
+        if fresh:
+            self.store.cache_explanations(model.version, [hashes[i] for i in fresh],
+                                          [_pack(shap_values[i], raw[i]) for i in fresh])
+        return Attributions(shap_values, raw, source, float(explainer.kernel.expected_value))

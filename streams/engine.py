@@ -1,0 +1,248 @@
+"""The explanation engine, independent of how messages arrive.
+
+`Engine.process(messages)` takes one batch of raw prediction messages and:
+1. decodes and validates them; bad ones go to `predictions.dlq` with a reason;
+2. remembers every valid prediction briefly in Redis (explain on demand);
+3. picks priority events (always explained) and feeds the rest to the
+   reservoirs; windows that closed hand over their weighted sample;
+4. explains (cache -> live TreeSHAP -> fallback), skipping prediction_ids
+   already explained (redelivery), publishes ExplanationEvents and waits for
+   the broker to confirm them;
+5. returns, per partition, the offsets that must stay unacknowledged: the first
+   candidate of each open reservoir window. Everything else may be committed,
+   because whatever explanation it was due has been published.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from confluent_kafka import Producer
+
+from whystream.config import Settings
+from whystream.errors import WhystreamError
+from whystream.jobs.registry import ModelRegistry, RegisteredModel
+from whystream.streams.attribution import Attributor
+from whystream.streams.codec import codec_for
+from whystream.streams.explanation import build_explanations
+from whystream.streams.metrics import Metrics
+from whystream.streams.sampling import RESERVOIR, Reservoirs, SamplingConfig, priority_reasons
+from whystream.streams.store import RedisStore
+from whystream.streams.treeshap import EXPLAINER_VERSION
+from whystream.streams.validate import ModelBatch, RawMessage, Validator
+
+log = logging.getLogger("whystream.engine")
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class EngineConfig:
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    latency_budget_ms: float = 2000.0
+
+
+@dataclass
+class Due:
+    """Decisions to explain now, from one model version."""
+
+    model: RegisteredModel
+    records: list[dict] = field(default_factory=list)
+    rows: list[np.ndarray] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+    strata: list[str] = field(default_factory=list)
+
+
+class Engine:
+    def __init__(self, settings: Settings, config: EngineConfig | None = None, metrics: Metrics | None = None,
+                 store: RedisStore | None = None):
+        self.settings = settings
+        self.config = config or EngineConfig()
+        self.metrics = metrics or Metrics()
+        self.worker = worker_id()
+        self.registry = ModelRegistry(settings.registry)
+        topic = settings.topic("predictions")
+        self.validator = Validator(self.registry, codec_for("PredictionEvent", settings.schema_registry_url, topic))
+        self.explanation_codec = codec_for("ExplanationEvent", settings.schema_registry_url, settings.topic("explanations"))
+        self.dlq_codec = codec_for("DeadLetter", settings.schema_registry_url, settings.topic("predictions.dlq"))
+        self.store = store or RedisStore(settings.redis_url)
+        self.reservoirs = Reservoirs(self.config.sampling)
+        self.attributor = Attributor(self.store, self.config.latency_budget_ms)
+        self.producer = Producer(settings.kafka(**{"linger.ms": 2, "compression.type": "lz4",
+                                                   "enable.idempotence": True}))
+        self._delivery_error = None
+
+    # -- the batch step -------------------------------------------------------
+
+    def process(self, messages: list[RawMessage], now_ms: int | None = None) -> dict[int, set[int]]:
+        """Handle one batch; returns {partition: offsets to keep unacknowledged}."""
+        started = time.monotonic()
+        now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+        self.metrics.consumed.inc(len(messages))
+        batches, dead = self.validator.split(messages)
+        self._dead_letters(dead)
+        due: dict[str, Due] = {}
+        for batch in batches.values():
+            self.store.remember_predictions([r["prediction_id"] for r in batch.records],
+                                            [m.value for m in batch.messages])
+            self._sample(batch, due, now_ms)
+        self._close_windows(due, now_ms)
+        self._explain_and_publish(due, started)
+        return self.held_offsets({m.partition for m in messages})
+
+    def tick(self, now_ms: int | None = None) -> None:
+        """Close windows of idle partitions (called on a timer when no batch arrives)."""
+        due: dict[str, Due] = {}
+        self._close_windows(due, now_ms if now_ms is not None else int(time.time() * 1000))
+        self._explain_and_publish(due, time.monotonic())
+
+    def held_offsets(self, partitions) -> dict[int, set[int]]:
+        return {p: self.reservoirs.first_offsets(p) for p in partitions}
+
+    def revoke(self, partitions) -> None:
+        """Partitions moved to another worker: it rebuilds their windows from the committed offsets."""
+        for p in partitions:
+            self.reservoirs.drop_partition(p)
+
+    # -- steps ----------------------------------------------------------------
+
+    def _sample(self, batch: ModelBatch, due: dict[str, Due], now_ms: int) -> None:
+        model, records = batch.model, batch.records
+        config = self.config.sampling
+        n = len(records)
+        seen_before = self.store.note_version_events(model.version, n)
+        new_version = np.arange(seen_before, seen_before + n) < config.new_version_events
+        reasons = priority_reasons(
+            np.array([r["decision"] for r in records], dtype=object),
+            np.array([r["score"] for r in records]), np.array([r["threshold"] for r in records]),
+            np.array([r["priority"] for r in records], dtype=bool), new_version, config)
+        strata = [r["segment"].get(config.stratum_key, "") if config.stratum_key else "" for r in records]
+        X = batch.X()
+        target = due.setdefault(model.version, Due(model))
+        candidates = []
+        for i, reason in enumerate(reasons):
+            if reason is None:
+                candidates.append(i)
+            else:
+                target.records.append(records[i])
+                target.rows.append(X[i])
+                target.reasons.append(reason)
+                target.weights.append(1.0)
+                target.strata.append(strata[i])
+        by_partition: dict[int, list[int]] = {}
+        for i in candidates:
+            by_partition.setdefault(batch.messages[i].partition, []).append(i)
+        for partition, idx in by_partition.items():
+            self.reservoirs.add(
+                partition,
+                np.array([batch.messages[i].offset for i in idx], dtype=np.int64),
+                [records[i]["prediction_id"] for i in idx], [model.version] * len(idx),
+                [strata[i] for i in idx], np.array([records[i]["event_time"] for i in idx], dtype=np.int64),
+                [(model, records[i], X[i], strata[i]) for i in idx], now_ms)
+
+    def _close_windows(self, due: dict[str, Due], now_ms: int) -> None:
+        for window in self.reservoirs.close_due(now_ms):
+            for (model, record, row, stratum), weight in window.selected:
+                target = due.setdefault(model.version, Due(model))
+                target.records.append(record)
+                target.rows.append(row)
+                target.reasons.append(RESERVOIR)
+                target.weights.append(weight)
+                target.strata.append(stratum)
+        self.metrics.open_windows.set(self.reservoirs.open_windows())
+        self.metrics.held_items.set(self.reservoirs.held_items())
+
+    def _explain_and_publish(self, due: dict[str, Due], started: float) -> None:
+        topic = self.settings.topic("explanations")
+        published_ids: list[str] = []
+        published_values: list[bytes] = []
+        for work in due.values():
+            if not work.records:
+                continue
+            ids = [r["prediction_id"] for r in work.records]
+            already = self.store.published(ids)
+            keep = [i for i, seen in enumerate(already) if not seen]
+            self.metrics.duplicates.inc(len(ids) - len(keep))
+            if not keep:
+                continue
+            X = np.asarray([work.rows[i] for i in keep])
+            attributions = self.attributor.attribute(work.model, X, started)
+            events = build_explanations(
+                work.model, [work.records[i] for i in keep], X, attributions,
+                [work.reasons[i] for i in keep], [work.weights[i] for i in keep], [work.strata[i] for i in keep],
+                adverse=self.config.sampling.adverse_decisions, explainer_version=EXPLAINER_VERSION,
+                cached=self.store.available, worker=self.worker)
+            for event in events:
+                value = self.explanation_codec.encode(event)
+                self._produce(topic, value, event["prediction_id"].encode())
+                published_ids.append(event["prediction_id"])
+                published_values.append(value)
+                self.metrics.explained.labels(event["sampling_reason"], event["source"]).inc()
+                self.metrics.latency.observe(max(event["latency_ms"], 0) / 1000)
+            self.metrics.cache_hits.inc(int(np.sum(attributions.source == "CACHE")))
+            self.metrics.fallbacks.inc(int(np.sum(attributions.source == "FALLBACK")))
+        self._flush()
+        self.store.mark_published(published_ids, published_values)
+        self.metrics.redis_up.set(1 if self.store.available else 0)
+
+    def _dead_letters(self, dead) -> None:
+        if not dead:
+            return
+        topic = self.settings.topic("predictions.dlq")
+        for letter in dead:
+            self._produce(topic, self.dlq_codec.encode(letter.to_avro(self.worker)), letter.message.key)
+            self.metrics.dead_letters.labels(letter.reason_code).inc()
+            log.warning("dead letter %s at %s[%d]@%d: %s", letter.reason_code, letter.message.topic,
+                        letter.message.partition, letter.message.offset, letter.reason)
+
+    def _produce(self, topic: str, value: bytes, key: bytes | None) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery)
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+    def _on_delivery(self, err, msg) -> None:
+        if err is not None:
+            self._delivery_error = err
+
+    def _flush(self) -> None:
+        """Wait until the broker has every message; offsets are acknowledged only after this."""
+        while self.producer.flush(5.0):
+            log.warning("broker slow to confirm explanations; still waiting")
+        error, self._delivery_error = self._delivery_error, None
+        if error is not None:
+            raise WhystreamError(f"publishing failed: {error}")
+
+    # -- on demand ------------------------------------------------------------
+
+    def explain_on_demand(self, prediction_id: str) -> dict | None:
+        """The explanation of any recent decision: the published one, or computed now."""
+        published = self.store.published_explanation(prediction_id)
+        if published is not None:
+            return self.explanation_codec.decode(published)
+        raw = self.store.recall_prediction(prediction_id)
+        if raw is None:
+            return None
+        batches, dead = self.validator.split([RawMessage(raw, None, "", -1, -1)])
+        if dead or not batches:
+            return None
+        batch = next(iter(batches.values()))
+        X = batch.X()
+        attributions = self.attributor.attribute(batch.model, X, time.monotonic())
+        stratum = batch.records[0]["segment"].get(self.config.sampling.stratum_key, "")
+        return build_explanations(batch.model, batch.records, X, attributions, ["ON_DEMAND"], [1.0], [stratum],
+                                  adverse=self.config.sampling.adverse_decisions, explainer_version=EXPLAINER_VERSION,
+                                  cached=self.store.available, worker=self.worker)[0]
+
+    def close(self) -> None:
+        self.producer.flush(10)

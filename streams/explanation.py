@@ -1,0 +1,63 @@
+"""Building ExplanationEvent records (schemas/ExplanationEvent.avsc)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from whystream.jobs.registry import RegisteredModel
+from whystream.streams.treeshap import EXPLAINER_NAME
+
+TOP_REASONS = 5
+
+
+def top_reasons(names: list[str], values: np.ndarray, shap_row: np.ndarray, adverse: bool) -> list[dict]:
+    """Features that pushed toward the decision taken, strongest first: positive
+    attributions for an adverse decision (toward a higher risk score), negative
+    ones otherwise."""
+    toward = shap_row if adverse else -shap_row
+    order = np.argsort(-toward, kind="stable")[:TOP_REASONS]
+    return [{"feature": names[j], "value": _value(values[j]), "shap": float(shap_row[j])}
+            for j in order if toward[j] > 0]
+
+
+def _value(v: float) -> float | None:
+    return None if math.isnan(v) else float(v)
+
+
+def build_explanations(model: RegisteredModel, records: list[dict], X: np.ndarray, attributions, reasons: list[str],
+                       weights: list[float], strata: list[str], *, adverse, explainer_version: str, cached: bool,
+                       worker: str) -> list[dict]:
+    names = model.feature_names
+    explained_at = int(time.time() * 1000)
+    events = []
+    for i, record in enumerate(records):
+        row, shap_row = X[i], attributions.shap[i]
+        events.append({
+            "prediction_id": record["prediction_id"],
+            "model_name": model.name,
+            "model_version": model.version,
+            "explainer": EXPLAINER_NAME,
+            "explainer_version": explainer_version,
+            "event_time": record["event_time"],
+            "explained_at": explained_at,
+            "output_space": "raw_margin",
+            "base_value": attributions.base_value,
+            "raw_score": float(attributions.raw[i]),
+            "attributions": [{"feature": f, "value": _value(row[j]), "shap": float(shap_row[j])}
+                             for j, f in enumerate(names)],
+            "top_reasons": top_reasons(names, row, shap_row, record["decision"] in adverse),
+            "score": record["score"],
+            "decision": record["decision"],
+            "threshold": record["threshold"],
+            "sampling_reason": reasons[i],
+            "inclusion_weight": float(weights[i]),
+            "stratum": strata[i],
+            "source": attributions.source[i],
+            "cached": cached,
+            "latency_ms": float(explained_at - record["event_time"]),
+            "worker": worker,
+        })
+    return events

@@ -1,0 +1,37 @@
+"""The worker's Prometheus metrics (served at /metrics by the worker's web server).
+
+Each Metrics object has its own registry, so several engines in one process
+(tests) do not collide.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self):
+        r = self.registry = CollectorRegistry()
+        self.consumed = Counter("whystream_events_consumed", "Prediction messages consumed", registry=r)
+        self.explained = Counter("whystream_explained", "Explanations published, by sampling reason and source",
+                                 ["reason", "source"], registry=r)
+        self.duplicates = Counter("whystream_duplicates_skipped", "Explanations not republished: the prediction_id "
+                                  "was already explained (redelivery)", registry=r)
+        self.dead_letters = Counter("whystream_dead_letters", "Messages sent to the dead-letter topic, by reason",
+                                    ["reason"], registry=r)
+        self.cache_hits = Counter("whystream_cache_hits", "Explanations served from the shared cache", registry=r)
+        self.fallbacks = Counter("whystream_fallbacks", "Explanations computed by the approximate fallback",
+                                 registry=r)
+        self.latency = Histogram("whystream_explanation_latency_seconds", "Event time to explanation published",
+                                 buckets=LATENCY_BUCKETS_S, registry=r)
+        self.lag = Gauge("whystream_consumer_lag", "Messages behind the end of the predictions topic, by partition",
+                         ["partition"], registry=r)
+        self.redis_up = Gauge("whystream_redis_available", "1 while the shared Redis answers", registry=r)
+        self.open_windows = Gauge("whystream_reservoir_open_windows", "Reservoir windows not yet closed", registry=r)
+        self.held_items = Gauge("whystream_reservoir_held_events", "Sampled events waiting for their window to close",
+                                registry=r)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

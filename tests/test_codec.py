@@ -1,0 +1,126 @@
+"""Avro contracts: every schema round-trips in both wire formats, old writers
+are readable by the current reader, and garbage only ever raises DecodeError."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import fastavro
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from whystream.errors import DecodeError
+from whystream.streams.codec import (SCHEMA_NAMES, ConfluentCodec, SingleObjectCodec, load_schema,
+                                     schema_fingerprint)
+
+PREDICTION = {
+    "prediction_id": "p-1", "model_name": "fraud", "model_version": "0123456789ab",
+    "event_time": 1_700_000_000_123, "features": {"amount": 12.5, "device_age_days": None},
+    "score": 0.93, "decision": "decline", "threshold": 0.5,
+    "segment": {"country": "GB", "channel": "ecom"}, "priority": True,
+}
+EXPLANATION = {
+    "prediction_id": "p-1", "model_name": "fraud", "model_version": "0123456789ab",
+    "explainer": "whystream-treeshap", "explainer_version": "1", "event_time": 1_700_000_000_123,
+    "explained_at": 1_700_000_000_200, "output_space": "raw_margin", "base_value": -4.2, "raw_score": 1.3,
+    "attributions": [{"feature": "amount", "value": 12.5, "shap": 5.0}, {"feature": "x", "value": None, "shap": 0.5}],
+    "top_reasons": [{"feature": "amount", "value": 12.5, "shap": 5.0}], "score": 0.93, "decision": "decline",
+    "threshold": 0.5, "sampling_reason": "ADVERSE", "inclusion_weight": 1.0, "stratum": "ecom",
+    "source": "LIVE", "cached": True, "latency_ms": 77.0, "worker": "host:1",
+}
+DEAD_LETTER = {
+    "reason_code": "UNDECODABLE", "reason": "bad", "original": b"\x00\x01", "original_key": None,
+    "topic": "predictions", "partition": 3, "offset": 42, "prediction_id": None,
+    "failed_at": 1_700_000_000_000, "worker": "w",
+}
+ALERT = {
+    "alert_id": "a", "model_name": "fraud", "model_version": "v", "feature": "amount",
+    "window_start": 1, "window_end": 2, "statistic": "psi", "value": 0.4, "threshold": 0.2,
+    "reference": "registry:v", "raised_at": 3,
+}
+EXAMPLES = {"PredictionEvent": PREDICTION, "ExplanationEvent": EXPLANATION, "DeadLetter": DEAD_LETTER,
+            "DriftAlert": ALERT}
+
+
+@pytest.mark.parametrize("name", SCHEMA_NAMES)
+def test_single_object_round_trip(name):
+    codec = SingleObjectCodec(name)
+    data = codec.encode(EXAMPLES[name])
+    assert data[:2] == b"\xc3\x01" and data[2:10] == schema_fingerprint(load_schema(name))
+    assert codec.decode(data) == EXAMPLES[name]
+
+
+@pytest.mark.parametrize("name", SCHEMA_NAMES)
+def test_confluent_wire_format_round_trip(name):
+    codec = ConfluentCodec(name, "mock://whystream-tests", f"topic-{name}")
+    data = codec.encode(EXAMPLES[name])
+    assert data[0] == 0 and len(data) > 5
+    assert codec.decode(data) == EXAMPLES[name]
+
+
+def test_fingerprint_matches_the_avro_spec_example():
+    # The Avro specification's CRC-64-AVRO fingerprint of "int" is 0x7275d51a3f395c8f.
+    assert schema_fingerprint("int") == (0x7275D51A3F395C8F).to_bytes(8, "little")
+
+
+def test_a_reader_on_the_current_schema_reads_events_written_with_version_1():
+    old = json.loads((__import__("pathlib").Path(__file__).parents[1] / "schemas/history/PredictionEvent.v1.avsc").read_text())
+    v1_record = {k: v for k, v in PREDICTION.items() if k not in ("segment", "priority")}
+    buffer = io.BytesIO()
+    buffer.write(b"\xc3\x01" + schema_fingerprint(old))
+    fastavro.schemaless_writer(buffer, fastavro.parse_schema(old), v1_record)
+    decoded = SingleObjectCodec("PredictionEvent").decode(buffer.getvalue())
+    assert decoded == {**v1_record, "segment": {}, "priority": False}
+
+
+def test_a_downstream_consumer_needs_only_the_avsc_files():
+    """What the README shows: decode an explanation with fastavro and the .avsc alone."""
+    data = SingleObjectCodec("ExplanationEvent").encode(EXPLANATION)
+    schema = fastavro.parse_schema(json.loads(
+        (__import__("pathlib").Path(__file__).parents[1] / "schemas/ExplanationEvent.avsc").read_text()))
+    assert data[:2] == b"\xc3\x01"
+    record = fastavro.schemaless_reader(io.BytesIO(data[10:]), schema)
+    assert record["prediction_id"] == "p-1" and record["attributions"][0]["shap"] == 5.0
+
+
+@pytest.mark.parametrize("data, words", [
+    (b"", "not Avro single-object"),
+    (b"\x00\x00\x00\x00\x01hello", "not Avro single-object"),
+    (b"\xc3\x01" + b"\xff" * 8 + b"body", "unknown schema fingerprint"),
+])
+def test_decode_errors_say_what_is_wrong(data, words):
+    with pytest.raises(DecodeError, match=words):
+        SingleObjectCodec("PredictionEvent").decode(data)
+
+
+def test_truncated_and_padded_bodies_are_decode_errors():
+    codec = SingleObjectCodec("PredictionEvent")
+    good = codec.encode(PREDICTION)
+    with pytest.raises(DecodeError, match="malformed"):
+        codec.decode(good[:-3])
+    with pytest.raises(DecodeError, match="trailing"):
+        codec.decode(good + b"\x00")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300), st.booleans())
+def test_random_bytes_only_ever_raise_decode_error(tail, with_header):
+    codec = SingleObjectCodec("PredictionEvent")
+    data = (codec.header + tail) if with_header else tail
+    try:
+        record = codec.decode(data)
+    except DecodeError:
+        return
+    assert set(record) == {f["name"] for f in load_schema("PredictionEvent")["fields"]}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200))
+def test_random_bytes_in_confluent_format_only_raise_decode_error(tail):
+    codec = ConfluentCodec("PredictionEvent", "mock://whystream-fuzz", "fuzz")
+    codec.encode(PREDICTION)  # registers the schema: id 1 exists
+    try:
+        codec.decode(b"\x00\x00\x00\x00\x01" + tail)
+    except DecodeError:
+        pass

@@ -1,0 +1,3 @@
+from whystream.cli import main
+
+main()
