@@ -3,9 +3,9 @@
 - cache: an identical feature vector of the same model version was explained
   before (by any worker); its exact attributions come from Redis.
 - live: exact path-dependent TreeSHAP (streams/treeshap.py), multi-core.
-- fallback: shap's approximate tree attribution (Saabas: each split's change in
-  expected value goes to the split feature). Cheap and additive, but not SHAP;
-  used when live computation raises or the batch's latency budget is spent.
+- fallback: Saabas path attribution (streams/approximate.py). Cheap and
+  additive, but not SHAP; used when live computation raises or the batch's
+  latency budget is spent.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from whystream.jobs.registry import RegisteredModel
+from whystream.streams.approximate import SaabasExplainer
 from whystream.streams.store import RedisStore, feature_hash
 from whystream.streams.treeshap import TreeShap
 
@@ -39,19 +40,15 @@ class ModelExplainer:
         self.model = model
         self.kernel = TreeShap(model.booster)
         self.kernel.warm_up()
-        self._approximate = None
+        self._approximate: SaabasExplainer | None = None
 
     def live(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.kernel.shap_values(X), self.kernel.raw_score(X)
 
     def fallback(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self._approximate is None:
-            import shap  # imported lazily: only a degraded worker pays for it
-
-            self._approximate = shap.TreeExplainer(self.model.booster)
-        values = np.asarray(self._approximate.shap_values(X, approximate=True), dtype=np.float64)
-        # Saabas starts from the same root expectation as TreeSHAP, so it is additive with our base value.
-        return values.reshape(len(X), -1), self.model.booster.predict(X, raw_score=True)
+        if self._approximate is None:  # built on first need: only a degraded worker pays for it
+            self._approximate = SaabasExplainer(self.model.booster)
+        return self._approximate.shap_values(X), self.model.booster.predict(X, raw_score=True)
 
 
 def _pack(shap_row: np.ndarray, raw: float) -> bytes:

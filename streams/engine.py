@@ -34,7 +34,7 @@ from whystream.streams.metrics import Metrics
 from whystream.streams.sampling import RESERVOIR, Reservoirs, SamplingConfig, priority_reasons
 from whystream.streams.store import RedisStore
 from whystream.streams.treeshap import EXPLAINER_VERSION
-from whystream.streams.validate import ModelBatch, RawMessage, Validator
+from whystream.streams.validate import RawMessage, Validator
 
 log = logging.getLogger("whystream.engine")
 
@@ -59,6 +59,13 @@ class Due:
     reasons: list[str] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
     strata: list[str] = field(default_factory=list)
+
+    def add(self, record: dict, row: np.ndarray, reason: str, weight: float, stratum: str) -> None:
+        self.records.append(record)
+        self.rows.append(row)
+        self.reasons.append(reason)
+        self.weights.append(weight)
+        self.strata.append(stratum)
 
 
 class Engine:
@@ -93,7 +100,7 @@ class Engine:
         for batch in batches.values():
             self.store.remember_predictions([r["prediction_id"] for r in batch.records],
                                             [m.value for m in batch.messages])
-            self._sample(batch, due, now_ms)
+        self._sample(batches.values(), due, now_ms)
         self._close_windows(due, now_ms)
         self._explain_and_publish(due, started)
         return self.held_offsets({m.partition for m in messages})
@@ -114,49 +121,42 @@ class Engine:
 
     # -- steps ----------------------------------------------------------------
 
-    def _sample(self, batch: ModelBatch, due: dict[str, Due], now_ms: int) -> None:
-        model, records = batch.model, batch.records
+    def _sample(self, batches, due: dict[str, Due], now_ms: int) -> None:
+        """Priority events go to `due`; the rest are reservoir candidates, added
+        once per partition in offset order across model versions, so that how
+        the stream was cut into batches never changes a window's sample."""
         config = self.config.sampling
-        n = len(records)
-        seen_before = self.store.note_version_events(model.version, n)
-        new_version = np.arange(seen_before, seen_before + n) < config.new_version_events
-        reasons = priority_reasons(
-            np.array([r["decision"] for r in records], dtype=object),
-            np.array([r["score"] for r in records]), np.array([r["threshold"] for r in records]),
-            np.array([r["priority"] for r in records], dtype=bool), new_version, config)
-        strata = [r["segment"].get(config.stratum_key, "") if config.stratum_key else "" for r in records]
-        X = batch.X()
-        target = due.setdefault(model.version, Due(model))
-        candidates = []
-        for i, reason in enumerate(reasons):
-            if reason is None:
-                candidates.append(i)
-            else:
-                target.records.append(records[i])
-                target.rows.append(X[i])
-                target.reasons.append(reason)
-                target.weights.append(1.0)
-                target.strata.append(strata[i])
-        by_partition: dict[int, list[int]] = {}
-        for i in candidates:
-            by_partition.setdefault(batch.messages[i].partition, []).append(i)
-        for partition, idx in by_partition.items():
-            self.reservoirs.add(
-                partition,
-                np.array([batch.messages[i].offset for i in idx], dtype=np.int64),
-                [records[i]["prediction_id"] for i in idx], [model.version] * len(idx),
-                [strata[i] for i in idx], np.array([records[i]["event_time"] for i in idx], dtype=np.int64),
-                [(model, records[i], X[i], strata[i]) for i in idx], now_ms)
+        candidates: dict[int, list[tuple]] = {}  # partition -> (offset, id, version, stratum, time, item)
+        for batch in batches:
+            model, records = batch.model, batch.records
+            n = len(records)
+            seen_before = self.store.note_version_events(model.version, n)
+            new_version = np.arange(seen_before, seen_before + n) < config.new_version_events
+            reasons = priority_reasons(
+                np.array([r["decision"] for r in records], dtype=object),
+                np.array([r["score"] for r in records]), np.array([r["threshold"] for r in records]),
+                np.array([r["priority"] for r in records], dtype=bool), new_version, config)
+            strata = [r["segment"].get(config.stratum_key, "") if config.stratum_key else "" for r in records]
+            X = batch.X()
+            target = due.setdefault(model.version, Due(model))
+            for i, reason in enumerate(reasons):
+                if reason is not None:
+                    target.add(records[i], X[i], reason, 1.0, strata[i])
+                    continue
+                message, record = batch.messages[i], records[i]
+                candidates.setdefault(message.partition, []).append(
+                    (message.offset, record["prediction_id"], model.version, strata[i], record["event_time"],
+                     (model, record, X[i], strata[i])))
+        for partition, rows in candidates.items():
+            rows.sort(key=lambda row: row[0])
+            offsets, ids, versions, strata, times, items = zip(*rows)
+            self.reservoirs.add(partition, np.array(offsets, dtype=np.int64), ids, versions, strata,
+                                np.array(times, dtype=np.int64), items, now_ms)
 
     def _close_windows(self, due: dict[str, Due], now_ms: int) -> None:
         for window in self.reservoirs.close_due(now_ms):
             for (model, record, row, stratum), weight in window.selected:
-                target = due.setdefault(model.version, Due(model))
-                target.records.append(record)
-                target.rows.append(row)
-                target.reasons.append(RESERVOIR)
-                target.weights.append(weight)
-                target.strata.append(stratum)
+                due.setdefault(model.version, Due(model)).add(record, row, RESERVOIR, weight, stratum)
         self.metrics.open_windows.set(self.reservoirs.open_windows())
         self.metrics.held_items.set(self.reservoirs.held_items())
 

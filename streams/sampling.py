@@ -207,7 +207,7 @@ class Reservoirs:
         change = (g_version[1:] != g_version[:-1]) | (g_stratum[1:] != g_stratum[:-1]) | (g_start[1:] != g_start[:-1])
         bounds = np.concatenate(([0], np.flatnonzero(change) + 1, [n]))
         sorted_offsets = offsets[order]
-        first_offsets = np.minimum.reduceat(sorted_offsets, bounds[:-1])
+        group_first = np.minimum.reduceat(sorted_offsets, bounds[:-1])
         sorted_u = u[order]
 
         for g in range(len(bounds) - 1):
@@ -217,7 +217,7 @@ class Reservoirs:
             if res is None:
                 res = state.windows[key] = _Reservoir()
             res.n += end - begin
-            first = int(first_offsets[g])
+            first = int(group_first[g])
             res.first_offset = first if res.first_offset is None else min(res.first_offset, first)
             top = slice(begin, min(end, begin + k))
             new_u = sorted_u[top]

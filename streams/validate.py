@@ -85,7 +85,7 @@ class Validator:
                 continue
             problem = self._check(record)
             if problem:
-                dead.append(DeadLetterRecord(*problem, message, record.get("prediction_id") or None))
+                dead.append(DeadLetterRecord(*problem, message, record["prediction_id"].strip() or None))
                 continue
             model = self.model(record["model_name"], record["model_version"])
             batch = batches.setdefault((model.name, model.version), ModelBatch(model))

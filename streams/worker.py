@@ -63,10 +63,12 @@ def create_app(settings: Settings, config: EngineConfig | None = None, web_port:
                batch_size: int = 2000, batch_wait_s: float = 0.05, session_timeout_s: float = 6.0) -> faust.App:
     engine = Engine(settings, config)
     topic_name = settings.topic("predictions")
+    datadir = settings.home / "faust" / str(web_port)  # one per worker on a host
+    datadir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         f"{settings.topic_prefix}whystream-worker",  # the consumer group
         broker=f"kafka://{settings.require('broker')}",
-        datadir=str(settings.home / "faust" / str(web_port)),  # one per worker on a host
+        datadir=str(datadir),
         web_port=web_port,
         web_host="127.0.0.1",
         web_bind="0.0.0.0",

@@ -163,6 +163,191 @@ def explain(ctx: typer.Context, prediction_id: str):
     print(json.dumps(explanation, indent=2))
 
 
+@app.command()
+def demo(ctx: typer.Context,
+         events: int = typer.Option(50_000, help="Prediction events to stream"),
+         rate: float = typer.Option(5_000, help="Events per second"),
+         drift: list[str] = typer.Option([], help="FEATURE:SHIFT@INDEX to inject drift")):
+    """Run the whole path on a fresh embedded stack (what `make demo` runs)."""
+    from whystream.jobs.demo import run_demo
+    from whystream.jobs.generator import DriftSpec
+
+    settings = settings_of(ctx)
+    run_demo(settings.home, settings.registry, events, rate, [DriftSpec.parse(d) for d in drift], console)
+
+
+# ---------------------------------------------------------------- ClickHouse: sink, drift, sql, report
+
+def parse_duration(text: str) -> int:
+    """Seconds in "90", "90s", "5m", "1h" or "2d"."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text or "")
+    if not m or float(m.group(1)) <= 0:
+        raise WhystreamError(f"invalid duration {text!r}; use e.g. 300s, 5m, 1h or 2d")
+    return int(float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)])
+
+
+def _log_to(target: Console) -> None:
+    import logging
+
+    from rich.logging import RichHandler
+
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(RichHandler(console=target, show_path=False, rich_tracebacks=False))
+        root.setLevel(logging.INFO)
+        logging.getLogger("whystream.clickhouse").setLevel(logging.WARNING)
+
+
+@app.command()
+def sink(ctx: typer.Context,
+         batch_size: int = typer.Option(5000, help="Explanations per ClickHouse insert (at most)"),
+         flush: float = typer.Option(1.0, help="Seconds a batch may wait before it is written anyway"),
+         drift: bool = typer.Option(True, help="Run the drift monitor in this process too"),
+         window: str = typer.Option("5m", help="Drift window (e.g. 300s, 5m)"),
+         interval: float = typer.Option(30.0, help="Seconds between drift evaluations"),
+         psi_threshold: float = typer.Option(0.2, help="Alert when PSI exceeds this"),
+         stability_threshold: float = typer.Option(0.2, help="Alert when the relative change of mean |SHAP| exceeds this"),
+         database: str = typer.Option("whystream", help="ClickHouse database")):
+    """Write `explanations` into ClickHouse and raise drift alerts, until Ctrl-C.
+
+    With an embedded (chDB) ClickHouse this process owns the directory; `whystream
+    sql`, `drift` and `report` reach it through a query port on 127.0.0.1
+    advertised in <home>/sink.port."""
+    import threading
+
+    from rich.live import Live
+    from rich.text import Text
+
+    from whystream.jobs import clickhouse as ch
+    from whystream.jobs.drift import DriftMonitor
+    from whystream.jobs.sink import run_sink
+
+    settings = settings_of(ctx)
+    settings.require("broker")
+    ch.connect(settings, database)  # fails fast, in one line, on a bad DSN or a held directory
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    _log_to(console)
+    server = None
+    if ch.parse_dsn(settings.clickhouse_dsn).kind == "chdb":
+        server = ch.QueryServer(settings, database).start()
+    monitor = None
+    if drift:
+        monitor = DriftMonitor(settings, window_seconds=parse_duration(window), interval_seconds=interval,
+                               psi_threshold=psi_threshold, stability_threshold=stability_threshold,
+                               database=database)
+        threading.Thread(target=monitor.run, args=(stop,), name="whystream-drift", daemon=True).start()
+    where = f"query port 127.0.0.1:{server.port}" if server else ch.redact(settings.clickhouse_dsn)
+    console.print(f"[dim]# sink: {settings.topic('explanations')} -> {database} ({where}); Ctrl-C stops it[/]")
+    with Live(Text("waiting for explanations..."), console=console, refresh_per_second=4, transient=False) as live:
+        def show(stats) -> None:
+            line = stats.line() + (f"; {len(monitor.episodes)} drift episodes open" if monitor else "")
+            live.update(Text(line))
+        try:
+            stats = run_sink(settings, stop, batch_size=batch_size, flush_seconds=flush, progress=show,
+                             database=database)
+        finally:
+            stop.set()
+            if server:
+                server.stop()
+    console.print(f"[dim]# sink stopped: {stats.line()}[/]")
+
+
+def _clickhouse_reader(settings: Settings, database: str):
+    from whystream.jobs.clickhouse import open_query_client
+
+    return open_query_client(settings, database)
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, tuple)) and len(value) > 12:
+        return "[" + ", ".join(_cell(v) for v in value[:12]) + f", ... ({len(value)})]"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_cell(v) for v in value) + "]"
+    return str(value)
+
+
+@app.command()
+def sql(ctx: typer.Context, query: str = typer.Argument(..., help="SELECT, WITH, SHOW, DESCRIBE or EXPLAIN"),
+        database: str = typer.Option("whystream", help="Default database for unqualified table names"),
+        max_rows: int = typer.Option(200, help="Rows to print at most")):
+    """Run a read-only SQL query against whystream's ClickHouse and print the result."""
+    from rich.table import Table
+
+    from whystream.jobs.clickhouse import check_read_only, read_only_query
+
+    check_read_only(query)  # before connecting: a write is refused without touching anything
+    result = read_only_query(_clickhouse_reader(settings_of(ctx), database), query)
+    table = Table(*result.column_names, show_lines=False)
+    for row in result.result_rows[:max_rows]:
+        table.add_row(*(_cell(v) for v in row))
+    console.print(table)
+    more = len(result.result_rows) - max_rows
+    console.print(f"[dim]{len(result.result_rows):,} rows" + (f" ({more:,} not shown)" if more > 0 else "") + "[/]")
+
+
+@app.command(name="drift")
+def drift_table(ctx: typer.Context, model: str = typer.Option("fraud", help="Registered model name"),
+                window: str = typer.Option("5m", help="Window ending now (e.g. 300s, 5m, 1h)"),
+                psi_threshold: float = typer.Option(0.2), stability_threshold: float = typer.Option(0.2),
+                database: str = typer.Option("whystream", help="ClickHouse database")):
+    """Per-feature attribution drift of a model over the last window, against its reference."""
+    from rich.table import Table
+
+    from whystream.jobs import drift_sql
+    from whystream.jobs.drift import DriftMonitor, now_ms
+
+    settings = settings_of(ctx)
+    seconds = parse_duration(window)
+    end = now_ms()
+    found = drift_sql.feature_drift(_clickhouse_reader(settings, database), model, end - seconds * 1000, end,
+                                    database)
+    if not found:
+        console.print(f"no explanations of model [bold]{model}[/] with a registered reference in the last {window}")
+        return
+    judge = DriftMonitor(settings, window_seconds=seconds, psi_threshold=psi_threshold,
+                         stability_threshold=stability_threshold, publish=False).judge
+    versions = sorted({r["model_version"] for r in found})
+    table = Table(title=f"{model}: attribution drift over the last {window}", show_lines=False)
+    for name in (["version"] if len(versions) > 1 else []) + ["feature", "PSI", "stability", "Wasserstein (rel)",
+                                                             "weighted n", "n eff", "alert"]:
+        table.add_column(name, justify="left" if name in ("version", "feature", "alert") else "right")
+    for r in sorted(found, key=lambda r: -(r["psi"] if r["psi"] is not None else -1)):
+        verdicts = judge(r)
+        flag = ", ".join(j.statistic for j in verdicts if j.above) if verdicts else "[dim]too few[/]"
+        cells = [r["feature"], _num(r["psi"]), _num(r["stability"]), _num(r["wasserstein_rel"]),
+                 f"{r['weighted_n']:,.0f}", f"{r['effective_n']:,.0f}", f"[red bold]{flag}[/]" if flag else ""]
+        table.add_row(*(([r["model_version"]] if len(versions) > 1 else []) + cells))
+    console.print(table)
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+@app.command()
+def report(ctx: typer.Context, out: Path = typer.Option(Path("whystream-report.html"), help="HTML file to write"),
+           model: str = typer.Option("fraud", help="Registered model name"),
+           window: str = typer.Option("1h", help="Window for 'now' (histograms, drift)"),
+           history: str = typer.Option("24h", help="Time span of the over-time charts"),
+           database: str = typer.Option("whystream", help="ClickHouse database")):
+    """Write a self-contained HTML report: attribution histograms now vs reference,
+    mean |SHAP| over time, coverage and latency, drift and alerts."""
+    from whystream.jobs.attribution_report import build_report
+    from whystream.jobs.drift import now_ms
+
+    settings = settings_of(ctx)
+    html = build_report(_clickhouse_reader(settings, database), model, now_ms(), parse_duration(window),
+                        parse_duration(history), database)
+    out.write_text(html)
+    console.print(f"wrote {out} ({len(html) / 1024:,.0f} KiB)")
+
+
 def main() -> None:
     try:
         app()

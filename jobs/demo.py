@@ -1,0 +1,160 @@
+"""`whystream demo` (what `make demo` runs): the whole path on the embedded stack.
+
+Starts a fresh embedded stack, trains and registers the fraud model (once; the
+registry persists in var/registry), starts a worker process, produces a
+seeded stream with a few malformed messages mixed in, follows the worker's
+/metrics with progress bars, and prints a few decoded explanations.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from confluent_kafka import Producer
+from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from whystream.config import Settings
+from whystream.errors import WhystreamError
+from whystream.infra.stack import EmbeddedStack, free_port
+from whystream.jobs.generator import DriftSpec
+from whystream.jobs.produce import produce
+from whystream.jobs.registry import ModelRegistry
+from whystream.jobs.train import train_model
+from whystream.streams.topic_stats import message_count, read_all
+
+MALFORMED = [b"not avro", b"\xc3\x01" + b"\x00" * 8, b""]
+
+
+class Process:
+    """A whystream command in a child process, logging to a file."""
+
+    def __init__(self, name: str, args: list[str], settings: Settings, log_dir: Path):
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self.log = open(self.log_path, "wb")
+        env = {**os.environ, **settings.as_env(), "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen([sys.executable, "-m", "whystream", *args], env=env,
+                                        stdout=self.log, stderr=subprocess.STDOUT)
+
+    def check(self) -> None:
+        if self.process.poll() is not None:
+            tail = self.log_path.read_text(errors="replace").splitlines()[-5:]
+            raise WhystreamError(f"{self.name} exited ({self.process.returncode}): {' | '.join(tail)}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The worker's metrics as {name{labels}: value}; empty while it starts."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}"] = sample.value
+    return values
+
+
+def total(metrics: dict[str, float], prefix: str, where: str = "") -> float:
+    return sum(v for k, v in metrics.items() if k.startswith(prefix + "{") and where in k)
+
+
+def explanation_table(explanations: list[dict]) -> Table:
+    table = Table(title="a few explanations from the `explanations` topic")
+    for column in ("prediction", "decision", "score", "reason", "weight", "source", "top reasons (feature = value: SHAP)"):
+        table.add_column(column)
+    for e in explanations:
+        reasons = "\n".join(f"{r['feature']} = {r['value']:.4g}: {r['shap']:+.3f}" if r["value"] is not None
+                            else f"{r['feature']} = missing: {r['shap']:+.3f}" for r in e["top_reasons"][:3])
+        table.add_row(e["prediction_id"], e["decision"], f"{e['score']:.3f}", e["sampling_reason"],
+                      f"{e['inclusion_weight']:.1f}", e["source"], reasons)
+    return table
+
+
+def run_demo(home: Path, registry: Path, events: int, rate: float, drift: list[DriftSpec], console: Console) -> None:
+    demo_home = home / "demo"
+    shutil.rmtree(demo_home, ignore_errors=True)
+    console.rule("[bold]whystream demo")
+    with EmbeddedStack(demo_home) as settings:
+        settings = settings.with_(registry=registry)
+        console.print(f"embedded stack: Kafka (Tansu) {settings.broker}, Redis {settings.redis_url}, "
+                      f"ClickHouse {settings.clickhouse_dsn}")
+        models = ModelRegistry(registry)
+        if "fraud" not in models.models():
+            console.print("training the fraud model (once; kept in the registry)")
+            train_model(models)
+        model = models.load("fraud")
+        console.print(f"model fraud@{model.version}: {len(model.feature_names)} features, "
+                      f"threshold {model.threshold:.4f}, AUC {model.metrics.get('auc', float('nan')):.3f}")
+
+        port = free_port()
+        worker = Process("worker", ["worker", "--web-port", str(port)], settings, demo_home / "logs")
+        try:
+            follow(settings, worker, port, events, rate, drift, console)
+        finally:
+            worker.stop()
+        sample = read_all(settings, settings.topic("explanations"), "ExplanationEvent", timeout=20)
+        adverse = [e for e in sample if e["sampling_reason"] == "ADVERSE"][:2]
+        sampled = [e for e in sample if e["sampling_reason"] == "RESERVOIR"][:2]
+        console.print(explanation_table(adverse + sampled))
+        console.print(f"worker log: {worker.log_path}. Decode the topics yourself with the .avsc files in schemas/.")
+
+
+def follow(settings: Settings, worker: Process, port: int, events: int, rate: float, drift, console) -> None:
+    """Produce the stream and show the worker's progress until it has caught up."""
+    console.print(f"worker started, web server on http://127.0.0.1:{port} (/metrics, /health, /explain/ID)")
+    while not scrape(port):
+        worker.check()
+        time.sleep(0.3)
+    columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"))
+    with Progress(*columns, console=console) as progress:
+        produced = progress.add_task("produced", total=events, note="")
+        consumed = progress.add_task("consumed by the worker", total=events + len(MALFORMED), note="")
+        explained = progress.add_task("explained", total=None, note="")
+        began = time.monotonic()
+
+        def on_chunk(n: int) -> None:
+            progress.advance(produced, n)
+            progress.update(produced, note=f"{progress.tasks[produced].completed / (time.monotonic() - began):,.0f}/s")
+
+        bad = Producer(settings.kafka())
+        for value in MALFORMED:  # a producer bug: these must end in the dead-letter topic
+            bad.produce(settings.topic("predictions"), value, b"malformed")
+        bad.flush(10)
+        produce(settings, events, rate, drift=drift, progress=on_chunk)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            worker.check()
+            m = scrape(port)
+            done = total(m, "whystream_events_consumed_total")
+            priority = total(m, "whystream_explained_total") - total(m, "whystream_explained_total", "RESERVOIR")
+            sampled = total(m, "whystream_explained_total", "RESERVOIR")
+            progress.update(consumed, completed=done, note=f"dead letters {total(m, 'whystream_dead_letters_total'):.0f}")
+            progress.update(explained, completed=priority + sampled,
+                            note=f"priority {priority:,.0f} · sampled {sampled:,.0f} · cache hits "
+                                 f"{total(m, 'whystream_cache_hits_total'):,.0f} · fallbacks {total(m, 'whystream_fallbacks_total'):,.0f}")
+            if done >= events + len(MALFORMED) and total(m, "whystream_reservoir_open_windows") == 0:
+                break
+            time.sleep(0.5)
+    console.print(f"topics now hold: predictions {message_count(settings, settings.topic('predictions')):,}, "
+                  f"explanations {message_count(settings, settings.topic('explanations')):,}, "
+                  f"predictions.dlq {message_count(settings, settings.topic('predictions.dlq')):,}")

@@ -1,0 +1,160 @@
+"""Drift and health queries over the ClickHouse tables.
+
+The statistics themselves are parameterised views in
+schemas/clickhouse/007_drift_views.sql (so analysts get them in plain SQL):
+
+- `feature_drift(model, start, end)`: per model version and feature, PSI of the
+  attribution histogram against the reference (bins floored at 1e-4),
+  stability = |weighted mean |SHAP| - reference mean |SHAP|| / reference mean
+  |SHAP|, Wasserstein-1 distance from t-digest quantiles against the reference
+  quantiles, weighted and effective counts;
+- `top_features(model, start, end)`: features by weighted mean |SHAP|;
+- `engine_health(model, start, end, bucket_seconds)`: coverage (explained /
+  sum of inclusion weights), latency quantiles, fallback and cache-hit rates.
+
+The functions here call them with literal parameters (the text is complete
+SQL, so it also goes through a running sink's query port) and return rows as
+dicts. Times are epoch milliseconds (UTC); windows are whole minutes of event
+time, [toStartOfMinute(start), end).
+"""
+
+from __future__ import annotations
+
+from whystream.jobs.clickhouse import DEFAULT_DATABASE, ident, lit, ms_lit, rows
+
+
+def _window(model: str, start_ms: int, end_ms: int) -> str:
+    return f"model = {lit(model)}, start = {ms_lit(start_ms)}, end = {ms_lit(end_ms)}"
+
+
+def feature_drift_sql(model: str, start_ms: int, end_ms: int, database: str = DEFAULT_DATABASE) -> str:
+    return f"SELECT * FROM {ident(database)}.feature_drift({_window(model, start_ms, end_ms)})"
+
+
+def feature_drift(client, model: str, start_ms: int, end_ms: int, database: str = DEFAULT_DATABASE) -> list[dict]:
+    """Rows of feature_drift: model_version, feature, feature_index, n, weighted_n,
+    effective_n, psi, mean_abs_shap, reference_mean_abs_shap, stability,
+    wasserstein, wasserstein_rel, mean_shap, reference_mean_shap."""
+    return [_floats(r) for r in rows(client, feature_drift_sql(model, start_ms, end_ms, database))]
+
+
+def top_features(client, model: str, start_ms: int, end_ms: int, limit: int = 10,
+                 database: str = DEFAULT_DATABASE) -> list[dict]:
+    """Features by weighted mean |SHAP| in the window: feature, mean_abs_shap, mean_shap, weighted_n, n."""
+    sql = f"SELECT * FROM {ident(database)}.top_features({_window(model, start_ms, end_ms)}) LIMIT {int(limit)}"
+    return [_floats(r) for r in rows(client, sql)]
+
+
+def engine_health(client, model: str, start_ms: int, end_ms: int, bucket_seconds: int = 0,
+                  database: str = DEFAULT_DATABASE) -> list[dict]:
+    """engine_health rows per model version (and bucket, unless bucket_seconds is
+    0); `bucket` comes back as epoch seconds."""
+    sql = (f"SELECT * EXCEPT (bucket, latency_q), toUnixTimestamp(bucket) AS bucket "
+           f"FROM {ident(database)}.engine_health({_window(model, start_ms, end_ms)}, "
+           f"bucket_seconds = {int(bucket_seconds)})")
+    return [_floats(r) for r in rows(client, sql)]
+
+
+def monitored_models(client, database: str = DEFAULT_DATABASE) -> list[str]:
+    """Model names that have a registered reference."""
+    return [r["model_name"] for r in rows(
+        client, f"SELECT DISTINCT model_name FROM {ident(database)}.model_reference ORDER BY model_name")]
+
+
+def busiest_version(client, model: str, start_ms: int, end_ms: int, database: str = DEFAULT_DATABASE) -> str | None:
+    """The version of `model` with the most explanations in the window (None if none)."""
+    found = rows(client, f"""
+        SELECT model_version, sum(n) AS n FROM {ident(database)}.engine_stats
+        WHERE model_name = {lit(model)} AND minute >= toStartOfMinute({ms_lit(start_ms)}) AND minute < {ms_lit(end_ms)}
+        GROUP BY model_version ORDER BY n DESC, model_version LIMIT 1""")
+    return found[0]["model_version"] if found else None
+
+
+def window_histograms(client, model: str, version: str, features: list[str], start_ms: int, end_ms: int,
+                      database: str = DEFAULT_DATABASE) -> dict[str, dict]:
+    """Per feature: bin_edges, reference proportions and the window's weighted
+    proportions (and weight) on the same bins."""
+    db = ident(database)
+    names = ", ".join(lit(f) for f in features) or "''"
+    ref = rows(client, f"""
+        SELECT feature, bin_edges, reference_hist FROM {db}.model_reference FINAL
+        WHERE model_name = {lit(model)} AND model_version = {lit(version)} AND feature IN ({names})""")
+    live = rows(client, f"""
+        SELECT feature, bin, sum(weight) AS w FROM {db}.attribution_hist
+        WHERE model_name = {lit(model)} AND model_version = {lit(version)} AND feature IN ({names})
+          AND minute >= toStartOfMinute({ms_lit(start_ms)}) AND minute < {ms_lit(end_ms)}
+        GROUP BY feature, bin""")
+    out: dict[str, dict] = {}
+    for r in ref:
+        edges = [float(e) for e in r["bin_edges"]]
+        out[r["feature"]] = {"bin_edges": edges, "reference": [float(p) for p in r["reference_hist"]],
+                             "window": [0.0] * (len(edges) - 1), "weight": 0.0}
+    for r in live:
+        h = out.get(r["feature"])
+        if h is not None and 0 <= int(r["bin"]) < len(h["window"]):
+            h["window"][int(r["bin"])] += float(r["w"])
+            h["weight"] += float(r["w"])
+    for h in out.values():
+        if h["weight"] > 0:
+            h["window"] = [w / h["weight"] for w in h["window"]]
+    return out
+
+
+def feature_trend(client, model: str, features: list[str], start_ms: int, end_ms: int, bucket_seconds: int = 60,
+                  database: str = DEFAULT_DATABASE) -> list[dict]:
+    """Weighted mean |SHAP| per feature and time bucket: feature, bucket (epoch
+    seconds), mean_abs_shap, weighted_n."""
+    step = max(60, int(bucket_seconds))
+    names = ", ".join(lit(f) for f in features) or "''"
+    return [_floats(r) for r in rows(client, f"""
+        SELECT feature, intDiv(toUInt32(minute), {step}) * {step} AS bucket,
+               sum(sum_abs_shap) / sum(weight) AS mean_abs_shap, sum(weight) AS weighted_n
+        FROM {ident(database)}.attribution_stats
+        WHERE model_name = {lit(model)} AND feature IN ({names})
+          AND minute >= toStartOfMinute({ms_lit(start_ms)}) AND minute < {ms_lit(end_ms)}
+        GROUP BY feature, bucket ORDER BY feature, bucket""")]
+
+
+def recent_alerts(client, model: str | None = None, since_ms: int = 0, limit: int = 50,
+                  database: str = DEFAULT_DATABASE) -> list[dict]:
+    """Drift alerts raised since `since_ms`, newest first (times as epoch ms)."""
+    where = f"raised_at >= {ms_lit(since_ms)}" + (f" AND model_name = {lit(model)}" if model else "")
+    return [_floats(r) for r in rows(client, f"""
+        SELECT alert_id, model_name, model_version, feature, statistic, value, threshold, reference,
+               toUnixTimestamp64Milli(window_start) AS window_start, toUnixTimestamp64Milli(window_end) AS window_end,
+               toUnixTimestamp64Milli(raised_at) AS raised_at, weighted_n, n
+        FROM {ident(database)}.drift_alerts FINAL WHERE {where}
+        ORDER BY raised_at DESC, feature LIMIT {int(limit)}""")]
+
+
+def _floats(row: dict) -> dict:
+    """Values that came through JSON (the sink's query port) as strings back to floats."""
+    for key, value in row.items():
+        if value in ("inf", "-inf"):
+            row[key] = float(value)
+    return row
+
+
+# Queries an auditor runs (documented in the README's ClickHouse section).
+AUDIT_QUERIES = {
+    "explanation of one decision": """
+SELECT prediction_id, model_name, model_version, event_time, score, decision, threshold,
+       base_value, raw_score, sampling_reason, inclusion_weight, source,
+       arraySort(x -> -abs(x.3), arrayZip(attributions.feature, attributions.value, attributions.shap)) AS attributions
+FROM whystream.explanations FINAL
+WHERE prediction_id = 'the-prediction-id'""",
+    "top features this hour against last week": """
+SELECT h.feature, h.mean_abs_shap AS this_hour, w.mean_abs_shap AS same_hour_last_week,
+       h.mean_abs_shap / w.mean_abs_shap - 1 AS relative_change
+FROM whystream.top_features(model = 'fraud', start = now() - INTERVAL 1 HOUR, end = now()) AS h
+LEFT JOIN whystream.top_features(model = 'fraud', start = now() - INTERVAL 7 DAY - INTERVAL 1 HOUR,
+                                 end = now() - INTERVAL 7 DAY) AS w USING (feature)
+ORDER BY this_hour DESC
+LIMIT 10""",
+    "features drifting now": """
+SELECT model_version, feature, round(psi, 3) AS psi, round(stability, 3) AS stability,
+       round(wasserstein_rel, 3) AS wasserstein_rel, round(weighted_n) AS weighted_n
+FROM whystream.feature_drift(model = 'fraud', start = now() - INTERVAL 5 MINUTE, end = now())
+WHERE psi > 0.2 OR stability > 0.2
+ORDER BY psi DESC""",
+}

@@ -1,0 +1,241 @@
+"""ClickHouse schema, histograms and statistics, on the real ClickHouse engine
+(chDB through clickhouse-connect, the session stack's directory)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from chdb_support import MINUTE_MS, base_minute, db, events_for, population_shap, sample_minute, stream, synthetic_model  # noqa: F401
+
+from whystream.config import Settings
+from whystream.errors import ConfigError, WhystreamError
+from whystream.jobs import clickhouse as ch
+from whystream.jobs import drift_sql
+
+TABLES = {"schema_migrations", "explanations", "model_reference", "attribution_hist", "attribution_hist_mv",
+          "attribution_stats", "attribution_stats_mv", "engine_stats", "engine_stats_mv", "drift_alerts",
+          "feature_drift", "top_features", "engine_health"}
+
+
+def test_migrations_apply_once_in_order(db):
+    client, database = db
+    assert ch.migrate(client, database) == []  # connect() applied them all already
+    assert ch.migrate(client, database) == []
+    applied = ch.rows(client, f"SELECT version, name FROM {database}.schema_migrations ORDER BY version")
+    assert [(r["version"], r["name"]) for r in applied] == [(m.version, m.name) for m in ch.migrations()]
+    assert [m.version for m in ch.migrations()] == list(range(1, len(applied) + 1))
+    tables = {r["name"] for r in ch.rows(client, f"SELECT name FROM system.tables WHERE database = '{database}'")}
+    assert tables == TABLES
+
+
+def test_feature_drift_view_uses_the_reference_quantile_levels():
+    sql = next(m.sql for m in ch.migrations() if m.name == "drift_views")
+    levels = re.search(r"quantilesTDigestWeightedMerge\(([^)]*)\)", sql).group(1)
+    assert tuple(float(x) for x in levels.split(",")) == ch.QUANTILE_LEVELS
+
+
+@pytest.mark.parametrize("dsn", ["ftp://somewhere", "chdb://", "http://", "http://127.0.0.1:notaport"])
+def test_malformed_dsn_is_a_config_error(dsn):
+    with pytest.raises(ConfigError) as e:
+        ch.connect(Settings(clickhouse_dsn=dsn))
+    assert e.value.setting == "WHYSTREAM_CLICKHOUSE_DSN"
+
+
+def test_unreachable_server_is_a_config_error():
+    from whystream.infra.stack import free_port
+
+    with pytest.raises(ConfigError) as e:
+        ch.connect(Settings(clickhouse_dsn=f"http://user:secret@127.0.0.1:{free_port()}"))
+    assert e.value.setting == "WHYSTREAM_CLICKHOUSE_DSN" and "cannot connect" in str(e.value)
+    assert "secret" not in str(e.value)
+
+
+def test_a_held_chdb_directory_names_whystream_sink(stack, db, tmp_path):
+    # This process holds the stack's chDB directory; another process must say who holds it.
+    env = {**os.environ, "WHYSTREAM_CLICKHOUSE_DSN": stack.clickhouse_dsn, "WHYSTREAM_HOME": str(tmp_path)}
+    cli = Path(sys.executable).with_name("whystream")
+    done = subprocess.run([str(cli), "sql", "SELECT 1"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    message = " ".join(done.stderr.split())
+    assert "WHYSTREAM_CLICKHOUSE_DSN" in message and "`whystream sink` holds it" in message
+    assert "Traceback" not in done.stderr
+
+
+def test_histograms_equal_numpy_on_the_raw_rows(db):
+    client, database = db
+    model = synthetic_model(n_features=4, seed=3)
+    ch.register_reference(client, model, database)
+    t0 = base_minute()
+    events, _ = stream(model, t0, minutes=5, per_minute=1500, seed=4)
+    ch.insert_explanations(client, events[:700], database)
+    ch.insert_explanations(client, events[700:], database)
+
+    got = {(r["feature"], r["minute"], r["bin"]): (r["w"], r["n"]) for r in ch.rows(client, f"""
+        SELECT feature, toUnixTimestamp(minute) * 1000 AS minute, bin, sum(weight) AS w, sum(n) AS n
+        FROM {database}.attribution_hist GROUP BY feature, minute, bin""")}
+    raw = ch.rows(client, f"""SELECT toUnixTimestamp64Milli(event_time) AS t, inclusion_weight AS w,
+                                     attributions.shap AS shap FROM {database}.explanations FINAL""")
+    assert len(raw) == len(events)
+    shap = np.array([r["shap"] for r in raw])
+    weights = np.array([r["w"] for r in raw])
+    minutes = np.array([r["t"] for r in raw]) // MINUTE_MS * MINUTE_MS
+    expected = {}
+    for j, feature in enumerate(model.feature_names):
+        bins = np.searchsorted(model.bin_edges[j], shap[:, j], side="right") - 1
+        for minute in np.unique(minutes):
+            here = minutes == minute
+            w = np.bincount(bins[here], weights=weights[here], minlength=10)
+            n = np.bincount(bins[here], minlength=10)
+            for b in np.flatnonzero(n):
+                expected[(feature, int(minute), int(b))] = (w[b], n[b])
+    assert got.keys() == expected.keys()
+    for key, (w, n) in expected.items():
+        assert got[key][1] == n
+        assert got[key][0] == pytest.approx(w, rel=1e-9)
+
+
+def test_weighted_estimates_match_population_totals(db):
+    """Inclusion-weighted sums over the explanations estimate the population:
+    decisions seen, histogram proportions and mean |SHAP|."""
+    client, database = db
+    model = synthetic_model(n_features=3, seed=5)
+    ch.register_reference(client, model, database)
+    t0 = base_minute()
+    events, populations = stream(model, t0, minutes=10, per_minute=5000, seed=6, k=300)
+    ch.insert_explanations(client, events, database)
+    population = np.concatenate(populations)
+    start, end = t0, t0 + 10 * MINUTE_MS
+
+    health = drift_sql.engine_health(client, model.name, start, end, database=database)[0]
+    assert health["explained"] == len(events)
+    # Reservoir weights are n_rest / k per minute, so the estimate of decisions seen is exact here.
+    assert health["estimated_seen"] == pytest.approx(len(population), rel=1e-9)
+    assert health["coverage"] == pytest.approx(len(events) / len(population), rel=1e-9)
+
+    top = {r["feature"]: r for r in drift_sql.top_features(client, model.name, start, end, database=database)}
+    hists = drift_sql.window_histograms(client, model.name, model.version, model.feature_names, start, end, database)
+    sample_shap = np.array([[a["shap"] for a in e["attributions"]] for e in events])
+    w = np.array([e["inclusion_weight"] for e in events])
+    for j, feature in enumerate(model.feature_names):
+        truth = np.abs(population[:, j]).mean()
+        # standard error of the weighted (Horvitz-Thompson) mean, from the sample
+        se = np.sqrt(np.sum(w ** 2 * (np.abs(sample_shap[:, j]) - truth) ** 2)) / w.sum()
+        assert abs(top[feature]["mean_abs_shap"] - truth) < 4 * se, feature
+        assert top[feature]["weighted_n"] == pytest.approx(len(population), rel=1e-9)
+        bins = np.searchsorted(model.bin_edges[j], population[:, j], side="right") - 1
+        truth_hist = np.bincount(bins, minlength=10) / len(population)
+        assert np.abs(np.array(hists[feature]["window"]) - truth_hist).max() < 0.03, feature
+
+
+def test_register_reference_backfills_earlier_explanations_once(db):
+    client, database = db
+    model = synthetic_model(n_features=3, seed=8)
+    events, _ = stream(model, base_minute(), minutes=2, per_minute=800, seed=9)
+    ch.insert_explanations(client, events, database)
+    assert ch.rows(client, f"SELECT count() AS c FROM {database}.attribution_hist")[0]["c"] == 0
+    assert ch.register_reference(client, model, database) is True
+    assert ch.register_reference(client, model, database) is False
+    more, _ = stream(model, base_minute(), minutes=1, per_minute=800, seed=10, prefix="q")
+    ch.insert_explanations(client, more, database)
+    counts = ch.rows(client, f"SELECT feature, sum(n) AS n FROM {database}.attribution_hist GROUP BY feature")
+    assert {r["feature"]: r["n"] for r in counts} == {f: len(events) + len(more) for f in model.feature_names}
+    refs = ch.rows(client, f"SELECT count() AS c FROM {database}.model_reference")
+    assert refs[0]["c"] == len(model.feature_names)
+
+
+def test_reference_rows_hold_the_models_reference(db, small_model):
+    client, database = db
+    ch.register_reference(client, small_model, database)
+    ref = ch.rows(client, f"""SELECT feature, bin_edges, reference_hist, reference_mean_abs_shap
+                              FROM {database}.model_reference FINAL ORDER BY feature_index""")
+    assert [r["feature"] for r in ref] == small_model.feature_names
+    assert np.allclose([r["bin_edges"] for r in ref], small_model.bin_edges)
+    assert np.allclose([r["reference_hist"] for r in ref], small_model.reference_hist)
+    assert np.allclose([r["reference_mean_abs_shap"] for r in ref], np.abs(small_model.reference_shap).mean(axis=0))
+
+
+def test_same_token_twice_writes_once_everywhere(db):
+    client, database = db
+    model = synthetic_model(n_features=2, seed=11)
+    ch.register_reference(client, model, database)
+    events, _ = stream(model, base_minute(), minutes=1, per_minute=500, seed=12)
+    for _ in range(3):
+        ch.insert_explanations(client, events, database, token="batch-1")
+    counts = ch.rows(client, f"""SELECT (SELECT count() FROM {database}.explanations) AS raw,
+        (SELECT sum(n) FROM {database}.attribution_hist) AS hist,
+        (SELECT sum(n) FROM {database}.attribution_stats) AS stats,
+        (SELECT sum(n) FROM {database}.engine_stats) AS engine""")[0]
+    assert counts == {"raw": len(events), "hist": 2 * len(events), "stats": 2 * len(events), "engine": len(events)}
+
+
+def test_sql_accepts_reads_and_rejects_writes(stack, db):
+    _, database = db
+    client = ch.connect(stack, database)  # read-only use only: a refused write leaves a chDB session read-only
+    for ok in ["SELECT 1", "  with 1 AS x SELECT x", "SHOW TABLES", "DESCRIBE TABLE system.one",
+               "EXPLAIN SELECT 1", "-- comment\nSELECT ';'", "SELECT 1;"]:
+        ch.check_read_only(ok)
+    for bad in ["INSERT INTO t VALUES (1)", "DROP TABLE x", "ALTER TABLE t DELETE WHERE 1", "SELECT 1; DROP TABLE t",
+                "OPTIMIZE TABLE t", "CREATE TABLE x (a Int8) ENGINE = Memory", "TRUNCATE t", "", "SYSTEM STOP MERGES"]:
+        with pytest.raises(WhystreamError):
+            ch.check_read_only(bad)
+    assert ch.read_only_query(client, "SELECT 41 + 1 AS x").result_rows == [(42,)]
+    # the server refuses writes too, whatever the text looks like
+    with pytest.raises(Exception, match="(?i)readonly"):
+        client.command(f"INSERT INTO {database}.drift_alerts (alert_id) VALUES ('x')", settings={"readonly": 2})
+
+
+def test_cli_sql_rejects_writes(stack, db):
+    from typer.testing import CliRunner
+
+    from whystream.cli import app
+
+    result = CliRunner().invoke(app, ["--clickhouse-dsn", stack.clickhouse_dsn, "sql", "DROP DATABASE whystream"])
+    assert isinstance(result.exception, WhystreamError) and "read-only" in str(result.exception)
+    result = CliRunner().invoke(app, ["--clickhouse-dsn", stack.clickhouse_dsn, "sql",
+                                      "SELECT number AS n FROM system.numbers LIMIT 3"])
+    assert result.exit_code == 0, result.output
+    assert "n" in result.output and "2" in result.output
+
+
+def test_query_port_serves_read_only_queries(stack, db, tmp_path):
+    client, database = db
+    model = synthetic_model(n_features=3, seed=13)
+    ch.register_reference(client, model, database)
+    t0 = base_minute()
+    events, _ = stream(model, t0, minutes=3, per_minute=600, seed=14)
+    ch.insert_explanations(client, events, database)
+    settings = stack.with_(home=tmp_path)
+    server = ch.QueryServer(settings, database).start()
+    try:
+        proxy = ch.open_query_client(settings, database)
+        assert isinstance(proxy, ch.SinkQueryClient)
+        direct = drift_sql.feature_drift(client, model.name, t0, t0 + 3 * MINUTE_MS, database)
+        via = drift_sql.feature_drift(proxy, model.name, t0, t0 + 3 * MINUTE_MS, database)
+        assert [(r["feature"], r["n"]) for r in via] == [(r["feature"], r["n"]) for r in direct]
+        assert [r["psi"] for r in via] == pytest.approx([r["psi"] for r in direct])
+        with pytest.raises(WhystreamError, match="read-only"):
+            proxy.query(f"DROP TABLE {database}.explanations")
+    finally:
+        server.stop()
+    assert not (tmp_path / ch.PORT_FILE).exists()
+
+
+def test_audit_queries_run(db):
+    client, database = db
+    model = synthetic_model(n_features=3, seed=15, name="fraud")
+    ch.register_reference(client, model, database)
+    events, _ = stream(model, base_minute(0.05), minutes=3, per_minute=600, seed=16)
+    ch.insert_explanations(client, events, database)
+    for name, sql in drift_sql.AUDIT_QUERIES.items():
+        sql = sql.replace("whystream.", f"{database}.").replace("the-prediction-id", events[0]["prediction_id"])
+        found = ch.rows(client, sql)
+        if name == "explanation of one decision":
+            assert len(found) == 1 and len(found[0]["attributions"]) == 3
+        if name == "top features this hour against last week":
+            assert [r["feature"] for r in found] == list(reversed(model.feature_names))

@@ -1,0 +1,258 @@
+"""RedisStore against real redis-server processes (no mocks): the stack's one
+for the round trips (a unique key prefix per test), and private ones that the
+outage tests stop, freeze and restart."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from contextlib import closing
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from whystream.errors import WhystreamError
+from whystream.infra.stack import Child, redis_binary, start_redis
+from whystream.streams.store import CHUNK, RedisStore, feature_hash
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"test-{uuid.uuid4().hex[:10]}:"
+
+
+@pytest.fixture
+def store(stack, prefix) -> RedisStore:
+    return RedisStore(stack.redis_url, explanation_ttl_s=3600, dedup_ttl_s=7200, prediction_ttl_s=900, prefix=prefix)
+
+
+@pytest.fixture
+def raw(stack):
+    client = redis.Redis.from_url(stack.redis_url)
+    yield client
+    client.close()
+
+
+def warnings_of(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "whystream.store" and r.levelno == logging.WARNING]
+
+
+# -- feature_hash ------------------------------------------------------------------------------------------------
+
+
+def test_feature_hash_is_stable_and_canonical():
+    rows = np.array([[1.0, np.nan, -0.0], [1.0, np.nan, 0.0], [1.0, 2.0, 0.0]])
+    odd_nan = np.frombuffer(np.uint64(0x7FF8_0000_DEAD_BEEF).tobytes(), dtype=np.float64)[0]
+    assert np.isnan(odd_nan)
+    hashes = feature_hash(rows)
+    assert all(len(h) == 16 for h in hashes)
+    assert hashes[0] == hashes[1]  # -0.0 == 0.0
+    assert hashes[0] == feature_hash(np.array([[1.0, odd_nan, 0.0]]))[0]  # any NaN is NaN
+    assert hashes[2] != hashes[0]
+    assert feature_hash(rows[::-1].copy()[::-1]) == hashes  # memory layout does not matter
+    assert feature_hash(np.asfortranarray(rows)) == hashes
+    assert feature_hash(rows.astype(np.float32)) == hashes  # same values, same hash
+    # Pinned: cached entries written by another worker (or release) must stay findable.
+    assert hashes[2].hex() == feature_hash(np.array([[1.0, 2.0, 0.0]]))[0].hex() == _PINNED
+    assert feature_hash(np.empty((0, 3))) == []
+    with pytest.raises(ValueError):
+        feature_hash(np.zeros(3))
+
+
+_PINNED = "a4eab4797e7398c23ca1bed358348931"  # blake2b-128 of the row's little-endian float64 bytes
+
+
+# -- round trips -------------------------------------------------------------------------------------------------
+
+
+def test_cache_round_trip_and_ttl(store, raw, prefix):
+    hashes = feature_hash(np.arange(12, dtype=np.float64).reshape(4, 3))
+    assert store.available and store.outages == 0
+    assert store.cached_explanations("v1", hashes) == [None] * 4
+    store.cache_explanations("v1", hashes[:3], [b"a", b"b", b"\x00\xffc"])
+    assert store.cached_explanations("v1", hashes) == [b"a", b"b", b"\x00\xffc", None]
+    assert store.cached_explanations("v2", hashes[:1]) == [None]  # keyed by model version
+    key = f"{prefix}xcache:v1:{hashes[0].hex()}"
+    assert raw.get(key) == b"a"
+    assert 3500 < raw.ttl(key) <= 3600
+    assert store.cached_explanations("v1", []) == []
+    store.cache_explanations("v1", [], [])
+
+
+def test_batches_larger_than_one_chunk(store):
+    n = 2 * CHUNK + 17
+    ids = [f"p{i}" for i in range(n)]
+    store.remember_predictions(ids, [f"raw{i}".encode() for i in range(n)])
+    store.mark_published(ids[::2], [b"e"] * len(ids[::2]))
+    assert store.published(ids) == [i % 2 == 0 for i in range(n)]
+    hashes = feature_hash(np.arange(n, dtype=np.float64).reshape(n, 1))
+    store.cache_explanations("v", hashes, [str(i).encode() for i in range(n)])
+    assert store.cached_explanations("v", hashes) == [str(i).encode() for i in range(n)]
+    assert store.recall_prediction(ids[-1]) == f"raw{n - 1}".encode()
+
+
+def test_dedup_and_published_lookup(store, raw, prefix):
+    assert store.published(["a", "b"]) == [False, False]
+    assert store.published_explanation("a") is None
+    store.mark_published(["a"], [b"explanation-of-a"])
+    assert store.published(["a", "b", "a"]) == [True, False, True]
+    assert store.published_explanation("a") == b"explanation-of-a"
+    assert 7100 < raw.ttl(f"{prefix}published:a") <= 7200
+    assert store.published([]) == []
+
+
+def test_recent_predictions(store, raw, prefix):
+    store.remember_predictions(["p1", "p2"], [b"\xc3\x01raw1", b"raw2"])
+    assert store.recall_prediction("p1") == b"\xc3\x01raw1"
+    assert store.recall_prediction("p3") is None
+    assert 800 < raw.ttl(f"{prefix}prediction:p2") <= 900
+    with pytest.raises(ValueError):
+        store.remember_predictions(["p1"], [])
+
+
+def test_version_counter_is_shared(stack, store, prefix):
+    assert store.note_version_events("v9", 150) == 0
+    assert store.note_version_events("v9", 100) == 150
+    other_worker = RedisStore(stack.redis_url, prefix=prefix)
+    assert other_worker.note_version_events("v9", 1) == 250
+    assert store.note_version_events("v10", 5) == 0
+    assert store.note_version_events("v9", 0) == 251
+
+
+# -- no Redis, Redis down, Redis slow ----------------------------------------------------------------------------
+
+
+def test_no_redis_configured(caplog):
+    caplog.set_level(logging.INFO, logger="whystream.store")
+    store = RedisStore(None)
+    assert not store.available and store.outages == 0
+    assert store.cached_explanations("v", [b"x" * 16]) == [None]
+    store.cache_explanations("v", [b"x" * 16], [b"p"])
+    assert store.published(["a"]) == [False]
+    store.mark_published(["a"], [b"e"])
+    assert store.published_explanation("a") is None
+    store.remember_predictions(["a"], [b"r"])
+    assert store.recall_prediction("a") is None
+    assert store.note_version_events("v", 3) == 0  # process-local count
+    assert store.note_version_events("v", 3) == 3
+    assert caplog.records == []
+
+
+def test_malformed_url_is_a_config_error():
+    with pytest.raises(WhystreamError, match="WHYSTREAM_REDIS_URL"):
+        RedisStore("http://not-redis:80")
+
+
+def _free_port() -> int:
+    with closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_redis_on(port: int, home: Path) -> Child:
+    """A redis-server on a given port (start_redis picks a free one; a restart must reuse it)."""
+    log = home / "logs" / f"redis-{port}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        process = subprocess.Popen([redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                    "--appendonly", "no", "--dir", str(home)], stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    child = Child("Redis", process, log)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        assert child.alive(), child.last_log_lines()
+        try:
+            if redis.Redis(port=port, socket_timeout=0.5).ping():
+                return child
+        except redis.RedisError:
+            time.sleep(0.05)
+    child.stop()
+    raise AssertionError(f"redis-server did not start on port {port}")
+
+
+def _misses(store: RedisStore) -> None:
+    """Every call answers a miss, fast, without raising."""
+    started = time.monotonic()
+    assert store.cached_explanations("v", [b"h" * 16, b"i" * 16]) == [None, None]
+    store.cache_explanations("v", [b"h" * 16], [b"p"])
+    assert store.published(["a", "b"]) == [False, False]
+    store.mark_published(["a"], [b"e"])
+    assert store.published_explanation("a") is None
+    store.remember_predictions(["a"], [b"r"])
+    assert store.recall_prediction("a") is None
+    assert time.monotonic() - started < 1.0  # no call waited on the dead server
+
+
+def test_redis_down_then_back(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="whystream.store")
+    child, url = start_redis(tmp_path)
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    try:
+        store = RedisStore(url, retry_after_s=0.3)
+        store.mark_published(["a"], [b"e"])
+        assert store.note_version_events("v", 100) == 0
+        assert store.available and store.published(["a"]) == [True]
+
+        child.stop()
+        for _ in range(3):
+            _misses(store)
+        assert not store.available and store.outages == 1
+        assert len(warnings_of(caplog)) == 1 and "unavailable" in warnings_of(caplog)[0]
+        assert store.note_version_events("v", 10) == 100  # carries on locally
+        time.sleep(0.35)
+        _misses(store)  # a retry that fails again is the same outage
+        assert store.outages == 1 and len(warnings_of(caplog)) == 1
+
+        child = _start_redis_on(port, tmp_path)  # same port; the new server starts empty
+        time.sleep(0.35)  # retry_after_s
+        assert store.published(["a"]) == [False]  # reachable, but the old server's keys are gone
+        assert store.available and store.outages == 1
+        store.mark_published(["b"], [b"eb"])  # the Lua scripts are reloaded into the new server
+        assert store.published(["a", "b"]) == [False, True]
+        assert store.published_explanation("b") == b"eb"
+        # the new server lost the counter: the local count keeps v from counting as new again
+        assert store.note_version_events("v", 1) == 110
+        assert any("reachable again" in r.getMessage() for r in caplog.records)
+
+        child.stop()  # a second outage counts again
+        _misses(store)
+        assert store.outages == 2 and len(warnings_of(caplog)) == 2
+    finally:
+        child.stop()
+
+
+def test_redis_down_at_start(caplog):
+    caplog.set_level(logging.WARNING, logger="whystream.store")
+    started = time.monotonic()
+    store = RedisStore(f"redis://127.0.0.1:{_free_port()}/0", retry_after_s=60)
+    assert not store.available and store.outages == 1
+    _misses(store)
+    assert time.monotonic() - started < 2.0
+    assert len(warnings_of(caplog)) == 1
+
+
+def test_frozen_redis_times_out(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="whystream.store")
+    child, url = start_redis(tmp_path)
+    try:
+        store = RedisStore(url, retry_after_s=0.3, socket_timeout_s=0.2)
+        store.remember_predictions(["p"], [b"raw"])
+        child.process.send_signal(signal.SIGSTOP)  # alive, connected, but never answers
+        started = time.monotonic()
+        assert store.recall_prediction("p") is None
+        assert time.monotonic() - started < 1.5  # one socket timeout, no client-side retries
+        assert not store.available and store.outages == 1
+        _misses(store)  # no further waits while the outage lasts
+        child.process.send_signal(signal.SIGCONT)
+        time.sleep(0.35)
+        assert store.recall_prediction("p") == b"raw"
+        assert store.available and len(warnings_of(caplog)) == 1
+    finally:
+        child.process.send_signal(signal.SIGCONT)
+        child.stop()
