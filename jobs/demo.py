@@ -78,16 +78,16 @@ def total(metrics: dict[str, float], prefix: str, where: str = "") -> float:
     return sum(v for k, v in metrics.items() if k.startswith(prefix + "{") and where in k)
 
 
-def explanation_table(explanations: list[dict]) -> Table:
-    table = Table(title="a few explanations from the `explanations` topic")
-    for column in ("prediction", "decision", "score", "reason", "weight", "source", "top reasons (feature = value: SHAP)"):
-        table.add_column(column)
+def print_explanations(console: Console, explanations: list[dict]) -> None:
+    """Each explanation as a header line and its top reasons."""
     for e in explanations:
-        reasons = "\n".join(f"{r['feature']} = {r['value']:.4g}: {r['shap']:+.3f}" if r["value"] is not None
-                            else f"{r['feature']} = missing: {r['shap']:+.3f}" for r in e["top_reasons"][:3])
-        table.add_row(e["prediction_id"], e["decision"], f"{e['score']:.3f}", e["sampling_reason"],
-                      f"{e['inclusion_weight']:.1f}", e["source"], reasons)
-    return table
+        console.print(f"[bold]{e['decision']}[/] score {e['score']:.3f} · {e['sampling_reason'].lower()} "
+                      f"(weight {e['inclusion_weight']:g}) · {e['source'].lower()} · {e['prediction_id']}")
+        table = Table(show_header=False, box=None, padding=(0, 2))
+        for r in e["top_reasons"][:3]:
+            value = "missing" if r["value"] is None else f"{r['value']:.4g}"
+            table.add_row(f"  {r['feature']}", value, f"{r['shap']:+.3f}")
+        console.print(table)
 
 
 def run_demo(home: Path, registry: Path, events: int, rate: float, drift: list[DriftSpec], console: Console) -> None:
@@ -115,7 +115,8 @@ def run_demo(home: Path, registry: Path, events: int, rate: float, drift: list[D
         sample = read_all(settings, settings.topic("explanations"), "ExplanationEvent", timeout=20)
         adverse = [e for e in sample if e["sampling_reason"] == "ADVERSE"][:2]
         sampled = [e for e in sample if e["sampling_reason"] == "RESERVOIR"][:2]
-        console.print(explanation_table(adverse + sampled))
+        console.rule("a few explanations from the `explanations` topic (top reasons: feature, value, SHAP)")
+        print_explanations(console, adverse + sampled)
         console.print(f"worker log: {worker.log_path}. Decode the topics yourself with the .avsc files in schemas/.")
 
 

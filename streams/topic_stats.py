@@ -1,77 +1,51 @@
-"""Look at a topic without joining a consumer group: message counts and a peek."""
+"""Look at a topic without joining a consumer group: count and decode messages.
+
+Counts come from reading, not from watermark offsets: the embedded Tansu
+broker (0.6.0) reports a high watermark that counts uncompressed record
+batches rather than records, so `high - low` undercounts there.
+"""
 
 from __future__ import annotations
 
+import time
 import uuid
+from typing import Callable
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from whystream.config import Settings
 from whystream.streams.codec import codec_for
 
 
-def _consumer(settings: Settings) -> Consumer:
-    # A throwaway group id; we only assign partitions, never subscribe or commit.
-    return Consumer(settings.kafka(**{"group.id": f"whystream-peek-{uuid.uuid4().hex[:8]}",
-                                      "enable.auto.commit": False}))
-
-
-def message_count(settings: Settings, topic: str, timeout: float = 10.0) -> int:
-    """Messages currently held by `topic`, summed over its partitions."""
-    consumer = _consumer(settings)
-    try:
-        partitions = consumer.list_topics(topic, timeout=timeout).topics[topic].partitions
-        total = 0
-        for p in partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-            total += high - low
-        return total
-    finally:
-        consumer.close()
-
-
-def peek(settings: Settings, topic: str, schema: str, n: int = 3, timeout: float = 10.0) -> list[dict]:
-    """Decode the first `n` messages of partition 0.. of `topic` with schema `schema`."""
-    consumer = _consumer(settings)
-    codec = codec_for(schema, settings.schema_registry_url, topic)
+def _scan(settings: Settings, topic: str, on_message: Callable[[Message], None], timeout: float, idle: float) -> None:
+    """Feed every message now in `topic` (all partitions, from the start) to on_message,
+    until `idle` seconds pass without one, or `timeout`."""
+    consumer = Consumer(settings.kafka(**{"group.id": f"whystream-peek-{uuid.uuid4().hex[:8]}",
+                                          "enable.auto.commit": False}))
     try:
         partitions = consumer.list_topics(topic, timeout=timeout).topics[topic].partitions
         consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        records: list[dict] = []
-        for message in consumer.consume(n, timeout=timeout):
-            if message.error() is None:
-                records.append(codec.decode(message.value()))
-        return records[:n]
-    finally:
-        consumer.close()
-
-
-def read_all(settings: Settings, topic: str, schema: str, timeout: float = 10.0, idle: float = 1.0) -> list[dict]:
-    """Decode every message now in `topic` (all partitions, from the start).
-
-    Stops when the end of every partition is reached, or after `idle` seconds
-    without a message, or at `timeout`."""
-    import time
-
-    consumer = _consumer(settings)
-    codec = codec_for(schema, settings.schema_registry_url, topic)
-    try:
-        partitions = consumer.list_topics(topic, timeout=timeout).topics[topic].partitions
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1] for p in partitions}
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        records: list[dict] = []
-        seen = {p: 0 for p in partitions}
         deadline = time.monotonic() + timeout
         last = time.monotonic()
-        while any(seen[p] < ends[p] for p in partitions) and time.monotonic() < deadline:
-            batch = consumer.consume(1000, timeout=0.2)
-            if not batch and time.monotonic() - last > idle:
-                break
-            for message in batch:
+        while time.monotonic() < deadline and time.monotonic() - last < idle:
+            for message in consumer.consume(1000, timeout=0.1):
                 if message.error() is None:
                     last = time.monotonic()
-                    seen[message.partition()] = message.offset() + 1
-                    records.append(codec.decode(message.value()))
-        return records
+                    on_message(message)
     finally:
         consumer.close()
+
+
+def message_count(settings: Settings, topic: str, timeout: float = 60.0, idle: float = 1.0) -> int:
+    """Messages currently held by `topic`, summed over its partitions."""
+    seen = [0]
+    _scan(settings, topic, lambda _: seen.__setitem__(0, seen[0] + 1), timeout, idle)
+    return seen[0]
+
+
+def read_all(settings: Settings, topic: str, schema: str, timeout: float = 60.0, idle: float = 1.0) -> list[dict]:
+    """Decode every message now in `topic` with schema `schema`."""
+    codec = codec_for(schema, settings.schema_registry_url, topic)
+    records: list[dict] = []
+    _scan(settings, topic, lambda m: records.append(codec.decode(m.value())), timeout, idle)
+    return records

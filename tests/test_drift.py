@@ -1,0 +1,135 @@
+"""The drift monitor on a seeded synthetic explanation stream, real ClickHouse
+engine (chDB) and, for publishing, the real broker."""
+
+from __future__ import annotations
+
+import pytest
+from chdb_support import MINUTE_MS, base_minute, db, stream, synthetic_model  # noqa: F401
+from confluent_kafka import Consumer, TopicPartition
+
+from whystream.config import Settings
+from whystream.jobs import clickhouse as ch
+from whystream.jobs import drift_sql
+from whystream.jobs.drift import DriftMonitor
+from whystream.streams.codec import codec_for
+
+LOCAL = Settings()  # monitors given a client and publish=False need no broker
+DRIFTED = 2  # feature_2's attributions move: x -> x + 2 * scale
+
+
+def load_stream(client, database, phases: list[tuple[int, bool]], seed: int = 31):
+    """Insert consecutive phases of (minutes, drifted?); return (model, first minute)."""
+    model = synthetic_model(n_features=6, seed=seed)
+    ch.register_reference(client, model, database)
+    t0 = base_minute(1.5)
+    minute = 0
+    for i, (minutes, drifted) in enumerate(phases):
+        drift = {DRIFTED: (1.0, 2.0 * model.scales[DRIFTED])} if drifted else None
+        events, _ = stream(model, t0 + minute * MINUTE_MS, minutes, per_minute=2000, seed=seed * 100 + i,
+                           drift=drift, prefix=f"s{i}m")
+        ch.insert_explanations(client, events, database)
+        minute += minutes
+    return model, t0
+
+
+def run_ticks(monitor: DriftMonitor, t0: int, minutes: range) -> list[tuple[int, dict]]:
+    return [(m, alert) for m in minutes for alert in monitor.tick(t0 + m * MINUTE_MS)]
+
+
+def test_injected_drift_alerts_once_per_feature_and_episode(fresh_topics, db):
+    client, database = db
+    # normal 10 min, feature_2 drifted 10 min, normal 15 min, drifted again 5 min
+    model, t0 = load_stream(client, database, [(10, False), (10, True), (15, False), (5, True)])
+    monitor = DriftMonitor(fresh_topics, window_seconds=300, database=database, client=client)
+    alerts = run_ticks(monitor, t0, range(5, 41))
+
+    features = {a["feature"] for _, a in alerts}
+    assert features == {f"feature_{DRIFTED}"}  # the untouched features never alert
+    psi = [(m, a) for m, a in alerts if a["statistic"] == "psi"]
+    stability = [(m, a) for m, a in alerts if a["statistic"] == "stability"]
+    # one alert per statistic and episode: the first drift (minutes 10-19), then the second (35-39)
+    assert [m for m, _ in psi][0] in range(11, 16) and [m for m, _ in psi][1] in range(36, 41)
+    assert len(psi) == 2 and len(stability) == 2
+    assert [m for m, _ in stability][0] in range(11, 20)
+    assert len({a["alert_id"] for _, a in alerts}) == 4
+    first = psi[0][1]
+    assert first["model_name"] == model.name and first["model_version"] == model.version
+    assert first["value"] > first["threshold"] == 0.2
+    assert first["window_end"] - first["window_start"] == 300_000 and first["reference"] == f"registry:{model.version}"
+
+    # the same alerts are in ClickHouse and on the drift-alerts topic
+    stored = drift_sql.recent_alerts(client, model.name, 0, database=database)
+    assert sorted(a["alert_id"] for a in stored) == sorted(a["alert_id"] for _, a in alerts)
+    assert all(a["weighted_n"] > 5000 for a in stored)
+    assert sorted(a["alert_id"] for a in consume_alerts(fresh_topics, len(alerts))) == \
+        sorted(a["alert_id"] for _, a in alerts)
+
+
+def consume_alerts(settings, expected: int) -> list[dict]:
+    topic = settings.topic("drift-alerts")
+    codec = codec_for("DriftAlert", settings.schema_registry_url, topic)
+    consumer = Consumer(settings.kafka(**{"group.id": "drift-test", "enable.auto.commit": False}))
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+        found: list[dict] = []
+        for _ in range(20):
+            for message in consumer.consume(expected, timeout=0.5):
+                if message.error() is None:
+                    found.append(codec.decode(message.value()))
+            if len(found) >= expected:
+                break
+        return found
+    finally:
+        consumer.close()
+
+
+def test_drift_statistics_single_out_the_drifted_feature(db):
+    client, database = db
+    model, t0 = load_stream(client, database, [(5, False), (5, True)])
+    calm = {r["feature"]: r for r in drift_sql.feature_drift(client, model.name, t0, t0 + 5 * MINUTE_MS, database)}
+    moved = {r["feature"]: r for r in drift_sql.feature_drift(client, model.name, t0 + 5 * MINUTE_MS,
+                                                              t0 + 10 * MINUTE_MS, database)}
+    for feature in model.feature_names:
+        assert calm[feature]["psi"] < 0.05 and calm[feature]["stability"] < 0.08
+        assert calm[feature]["wasserstein_rel"] < 0.1
+    drifted = f"feature_{DRIFTED}"
+    assert moved[drifted]["psi"] > 1.0 and moved[drifted]["stability"] > 0.5 and moved[drifted]["wasserstein_rel"] > 1
+    # shifting by 2 * scale moves the quantile function by 2 * scale: Wasserstein-1 sees it
+    assert moved[drifted]["wasserstein"] == pytest.approx(2.0 * model.scales[DRIFTED], rel=0.15)
+    assert all(moved[f]["psi"] < 0.05 for f in model.feature_names if f != drifted)
+
+
+def test_too_little_data_is_not_judged(db):
+    client, database = db
+    model = synthetic_model(n_features=3, seed=41)
+    ch.register_reference(client, model, database)
+    t0 = base_minute(1.0)
+    # a tiny, heavily drifted sample: 30 explanations
+    events, _ = stream(model, t0, 1, per_minute=300, k=20, seed=42, drift={0: (3.0, 5.0)})
+    ch.insert_explanations(client, events, database)
+    monitor = DriftMonitor(LOCAL, database=database, client=client, publish=False)
+    rows = drift_sql.feature_drift(client, model.name, t0, t0 + MINUTE_MS, database)
+    assert rows and rows[0]["psi"] > 1  # it did drift...
+    assert monitor.tick(t0 + MINUTE_MS) == []  # ...but 30 explanations are not enough to say so
+    loose = DriftMonitor(LOCAL, database=database, client=client, publish=False,
+                         min_weighted_n=10, min_effective_n=10)
+    assert {a["feature"] for a in loose.tick(t0 + MINUTE_MS)} == {"feature_0"}
+
+
+def test_per_feature_thresholds_and_restart(db):
+    client, database = db
+    model, t0 = load_stream(client, database, [(5, False), (8, True)], seed=51)
+    drifted = f"feature_{DRIFTED}"
+    lenient = DriftMonitor(LOCAL, database=database, client=client, publish=False,
+                           per_feature_thresholds={drifted: 50.0})
+    assert run_ticks(lenient, t0, range(5, 14)) == []
+    psi_only = DriftMonitor(LOCAL, database=database, client=client, publish=False,
+                            per_feature_thresholds={drifted: {"stability": 50.0}})
+    raised = run_ticks(psi_only, t0, range(5, 11))
+    assert [(a["feature"], a["statistic"]) for _, a in raised] == [(drifted, "psi")]
+    # a monitor started after a restart finds the open episode in drift_alerts and does not repeat it
+    restarted = DriftMonitor(LOCAL, database=database, client=client, publish=False,
+                             per_feature_thresholds={drifted: {"stability": 50.0}})
+    assert run_ticks(restarted, t0, range(11, 14)) == []
+    assert len(restarted.episodes) == 1
