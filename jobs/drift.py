@@ -181,12 +181,12 @@ class DriftMonitor:
         """Episodes alerted within the last window before a restart stay open."""
         for r in ch.rows(client, f"""
                 SELECT alert_id, model_name, model_version, feature, statistic,
-                       toUnixTimestamp64Milli(raised_at) AS raised_at
+                       toUnixTimestamp64Milli(raised_at) AS raised_at_ms
                 FROM {self.database}.drift_alerts FINAL
                 WHERE raised_at >= {ch.ms_lit(now - self.window_ms)} AND raised_at <= {ch.ms_lit(now)}
                 ORDER BY raised_at"""):
             key = (r["model_name"], r["model_version"], r["feature"], r["statistic"])
-            self.episodes[key] = Episode(r["alert_id"], int(r["raised_at"]), int(r["raised_at"]))
+            self.episodes[key] = Episode(r["alert_id"], int(r["raised_at_ms"]), int(r["raised_at_ms"]))
         self._restored = True
 
     def _flush(self, client) -> None:

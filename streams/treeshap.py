@@ -86,7 +86,7 @@ _ALGOS = {"quad": ALGO_QUAD, "classic": ALGO_CLASSIC}
 _LANES = 8  # quadrature points per vector (one AVX-512 register of doubles)
 _PHI_BLOCK_BYTES = 1 << 18  # per-thread lane accumulators of a row block: ~256 KiB (L2)
 _MAX_BLOCK_ROWS = 64
-_PAR_MIN_ROWS = 4  # smaller batches run on the calling thread only
+_PAR_MIN_ROWS = 8  # smaller batches run on the calling thread only
 
 
 class UnsupportedModel(WhystreamError, ValueError):
@@ -485,15 +485,6 @@ def _raw_block(X, r0, r1, M, out):
         out[r] = s
 
 
-@njit(nogil=True, cache=True, parallel=True)
-def _raw_parallel(X, M, out, block):
-    n = X.shape[0]
-    nb = (n + block - 1) // block
-    for b in prange(nb):
-        r0 = b * block
-        _raw_block(X, r0, min(n, r0 + block), M, out)
-
-
 # --------------------------------------------------------------------------
 # model parsing
 # --------------------------------------------------------------------------
@@ -802,20 +793,14 @@ class TreeShap:
         X, single = self._rows(X)
         n = X.shape[0]
         out = np.empty(n, dtype=np.float64)
-        if n >= 256 and self._parallel_ok(n):
-            try:
-                _raw_parallel(X, self._M, out, 128)
-            finally:
-                self._par_lock.release()
-        elif n:
-            _raw_block(X, 0, n, self._M, out)
+        if n:
+            _raw_block(X, 0, n, self._M, out)  # ~10 us a row: no need for threads
         return out[0] if single else out
 
     def warm_up(self) -> None:
         """Compile (or load from numba's on-disk cache) every kernel, on a tiny input."""
-        X = np.zeros((256, self.n_features))
+        X = np.zeros((_PAR_MIN_ROWS, self.n_features))
         X[::2] = np.nan
         self.shap_values(X[:1])
         self.shap_values(X[:_PAR_MIN_ROWS])
         self.raw_score(X[:1])
-        self.raw_score(X)

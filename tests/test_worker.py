@@ -182,3 +182,23 @@ def test_worker_serves_metrics_health_and_on_demand_explanations(engine_settings
                          env={**os.environ, **engine_settings.as_env()}, capture_output=True, text=True, timeout=120)
     assert cli.returncode == 0, cli.stderr
     assert json.loads(cli.stdout)["prediction_id"] == quiet["prediction_id"]
+
+
+def test_readme_consumer_example_decodes_explanations_with_the_avsc_files_alone(engine_settings, small_model):
+    from pathlib import Path
+
+    from whystream.streams.engine import Engine
+
+    engine = Engine(engine_settings)
+    records = records_for(small_model, 300, seed=4, run_id="readme")
+    codec = codec_for("PredictionEvent")
+    from whystream.streams.validate import RawMessage
+    engine.process([RawMessage(codec.encode(r), None, "predictions", 0, i) for i, r in enumerate(records)])
+    engine.close()
+    example = Path(__file__).parents[1] / "examples" / "consume_explanations.py"
+    result = subprocess.run([sys.executable, str(example), "--broker", engine_settings.broker,
+                             "--topic", engine_settings.topic("explanations"), "--max", "5"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 5 and all(line.startswith("readme-") for line in lines)
