@@ -73,3 +73,31 @@ def test_unknown_model_version_names_the_known_ones(tmp_path, stack, small_model
     line = one_error_line(run_cli("--broker", stack.broker, "--registry", str(small_model.path.parent.parent),
                                   "produce", "--version", "nope", "--count", "1", home=tmp_path))
     assert "nope" in line and small_model.version in line
+
+
+def test_whystream_up_prints_settings_and_stops_cleanly_on_ctrl_c(tmp_path):
+    import signal
+    import time
+
+    import psutil
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("WHYSTREAM_")}
+    up = subprocess.Popen([sys.executable, "-m", "whystream", "--home", str(tmp_path), "up"], env=clean,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = {}
+    while "WHYSTREAM_CLICKHOUSE_DSN" not in lines:
+        line = up.stdout.readline()
+        assert line, "whystream up ended early"
+        if "=" in line:
+            key, value = line.strip().split("=", 1)
+            lines[key] = value
+    children = psutil.Process(up.pid).children(recursive=True)
+    assert len(children) == 2 and all(c.is_running() for c in children)
+    assert Settings.load(home=tmp_path).broker == lines["WHYSTREAM_BROKER"]  # other commands find it
+    assert redis.Redis.from_url(lines["WHYSTREAM_REDIS_URL"]).ping()
+
+    up.send_signal(signal.SIGINT)
+    assert up.wait(30) == 0
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive
+    assert not (tmp_path / "stack.env").exists()
