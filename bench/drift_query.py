@@ -8,7 +8,8 @@ production), then times `feature_drift` (PSI + stability + Wasserstein-1 for
 all features against the reference) over the last 5 minutes and over 24 hours,
 plus `top_features` and `engine_health` over 24 hours.
 
-    python bench/drift_query.py [--minutes 1440] [--features 50] [--per-minute 60] [--repeat 7]
+    python bench/drift_query.py [--minutes 1440] [--features 50] [--per-minute 60] [--repeat 7] [--quick]
+    python -m bench --only drift_query
 
 Prints a table and writes JSON (default bench/results/drift_query.json).
 """
@@ -162,10 +163,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--features", type=int, default=50)
     parser.add_argument("--per-minute", type=int, default=60, help="explanations per minute")
     parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "drift_query.json")
+    parser.add_argument("--quick", action="store_true", help="6 hours of buckets and 3 repeats, for a first look")
+    parser.add_argument("--out", "--json", type=Path, dest="out",
+                        default=Path(__file__).resolve().parent / "results" / "drift_query.json")
     parser.add_argument("--dir", help="chDB directory to fill (kept); default a temporary one")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.quick:
+        args.minutes, args.repeat = min(args.minutes, 360), min(args.repeat, 3)
     if args.child:  # the process that opens chDB
         print(json.dumps(run(args)))
         return {}

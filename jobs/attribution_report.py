@@ -71,7 +71,7 @@ def lines_svg(series: dict[str, list[tuple[float, float]]], width: int = 760, he
     points = [p for s in series.values() for p in s if p[1] is not None and math.isfinite(p[1])]
     if not points:
         return '<p class="empty">no data in this period</p>'
-    pad_l, pad_r, pad_t, pad_b = 56, 150, 10, 26
+    pad_l, pad_r, pad_t, pad_b = 56, 210, 10, 26
     x_lo, x_hi = min(p[0] for p in points), max(p[0] for p in points)
     y_lo = min(p[1] for p in points) if y_min is None else min(y_min, min(p[1] for p in points))
     y_hi = max(p[1] for p in points)
@@ -111,7 +111,8 @@ def lines_svg(series: dict[str, list[tuple[float, float]]], width: int = 760, he
             parts.append(f'<circle cx="{sx(good[0][0]):.1f}" cy="{sy(good[0][1]):.1f}" r="3" fill="{color}"/>')
         ly = pad_t + 12 + 15 * i
         parts.append(f'<rect x="{pad_l + plot_w + 10}" y="{ly - 8}" width="10" height="10" fill="{color}"/>'
-                     f'<text x="{pad_l + plot_w + 24}" y="{ly + 1}" font-size="11">{_esc(name)}</text>')
+                     f'<text x="{pad_l + plot_w + 24}" y="{ly + 1}" font-size="11">'
+                     f'{_esc(name if len(name) <= 30 else name[:29] + "…")}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -128,13 +129,18 @@ def build_report(client, model: str, now_ms: int, window_s: int = 3600, history_
     and `history_s` for the over-time charts."""
     start, hist_start = now_ms - window_s * 1000, now_ms - history_s * 1000
     bucket = max(60, (history_s // 120) // 60 * 60)
-    version = (drift_sql.busiest_version(client, model, start, now_ms, database)
-               or drift_sql.busiest_version(client, model, hist_start, now_ms, database))
-    top = drift_sql.top_features(client, model, start, now_ms, TOP, database) \
-        or drift_sql.top_features(client, model, hist_start, now_ms, TOP, database)
-    features = [r["feature"] for r in top]
-    drift = [r for r in drift_sql.feature_drift(client, model, start, now_ms, database)
-             if r["model_version"] == version]
+    # "now" is the window; with nothing in it, the whole history stands in
+    drift_all = drift_sql.feature_drift(client, model, start, now_ms, database)
+    if not drift_all:
+        start = hist_start
+        drift_all = drift_sql.feature_drift(client, model, start, now_ms, database)
+    # the version with a reference and the most explanations, its top features by weighted mean |SHAP|
+    weight: dict[str, float] = {}
+    for r in drift_all:
+        weight[r["model_version"]] = max(weight.get(r["model_version"], 0.0), r["weighted_n"])
+    version = max(weight, key=weight.get) if weight else None
+    drift = [r for r in drift_all if r["model_version"] == version]
+    features = [r["feature"] for r in sorted(drift, key=lambda r: -r["mean_abs_shap"])[:TOP]]
     hists = drift_sql.window_histograms(client, model, version, features, start, now_ms, database) if version else {}
     trend = drift_sql.feature_trend(client, model, features, hist_start, now_ms, bucket, database)
     health_now = drift_sql.engine_health(client, model, start, now_ms, 0, database)
@@ -143,12 +149,13 @@ def build_report(client, model: str, now_ms: int, window_s: int = 3600, history_
 
     generated = dt.datetime.fromtimestamp(now_ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sections = [f"<h1>whystream report: {_esc(model)}</h1>",
-                f"<p class='meta'>generated {generated}; \"now\" = the last {window_s // 60} minutes; "
+                f"<p class='meta'>generated {generated}; \"now\" = the last {(now_ms - start) // 60_000} minutes; "
                 f"charts over the last {history_s / 3600:g} hours in {bucket // 60}-minute buckets; "
                 f"version {_esc(version or '-')}. All counts are inclusion-weighted estimates of decisions "
                 f"unless marked n.</p>"]
     if not version:
-        sections.append("<p class='empty'>No explanations of this model in ClickHouse for this period.</p>")
+        sections.append("<p class='empty'>No explanations of this model (with a registered reference) in "
+                        "ClickHouse for this period.</p>")
 
     # health summary
     if health_now:

@@ -169,6 +169,7 @@ def connect(settings: Settings, database: str = DEFAULT_DATABASE, migrate_schema
         bootstrap = _open_client(dsn, None)
         bootstrap.command(f"CREATE DATABASE IF NOT EXISTS {database}")
         client = _open_client(dsn, database)
+        bootstrap.close()
     except WhystreamError:
         raise
     except Exception as exc:
@@ -181,9 +182,9 @@ def connect(settings: Settings, database: str = DEFAULT_DATABASE, migrate_schema
 
 
 def held_message(settings: Settings, dsn: Dsn) -> str:
-    return (f"the chDB directory {dsn.path} is held by another process (`whystream sink` holds it while it runs) "
-            f"and no query port is advertised in {settings.home / PORT_FILE}; run this while `whystream sink` "
-            f"runs with the same --home, or stop the process holding the directory")
+    return (f"the chDB directory {dsn.path} is held by another process (`whystream sink` holds it while it runs), "
+            f"and no running sink advertises a query port in {settings.home / PORT_FILE}: pass the sink's --home, "
+            f"or stop the process that holds the directory")
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:
@@ -366,11 +367,11 @@ def explanation_columns(events: Iterable[dict], positions: Iterable[tuple[int, i
         attrs = e["attributions"]
         a_feat.append([a["feature"] for a in attrs])
         a_val.append([a["value"] for a in attrs])
-        a_shap.append([float(a["shap"]) for a in attrs])
+        a_shap.append([a["shap"] for a in attrs])
         reasons = e["top_reasons"]
         r_feat.append([a["feature"] for a in reasons])
         r_val.append([a["value"] for a in reasons])
-        r_shap.append([float(a["shap"]) for a in reasons])
+        r_shap.append([a["shap"] for a in reasons])
         score.append(float(e["score"]))
         decision.append(e["decision"])
         threshold.append(float(e["threshold"]))

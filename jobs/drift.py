@@ -12,10 +12,11 @@ two statistics per feature:
 A feature is judged only with enough data in the window: a weighted count of
 at least `min_weighted_n` and an effective sample size (Kish) of at least
 `min_effective_n`, so a handful of heavily weighted explanations cannot raise
-an alert. Stability is also judged only for features the reference actually
-uses (mean |SHAP| >= `min_reference_mean_abs_shap`), and only counts as over
-its threshold when the change is also `stability_z` standard errors away
-from the reference (so noisy, rarely-used features do not flap).
+an alert. Stability is also judged only for features that carry at least
+`min_reference_share` of the model's total reference mean |SHAP| (a relative
+change of a feature the model barely uses is noise, not news), and only counts
+as over its threshold when the change is also `stability_z` standard errors
+away from the reference.
 
 Alerts are raised once per feature, statistic and episode: an episode opens
 when the statistic goes over its threshold and ends once it has stayed under
@@ -58,7 +59,8 @@ class Judgement:
     above: bool
 
 
-def now_ms() -> int:
+def wall_ms() -> int:
+    """The clock, in epoch milliseconds."""
     return int(time.time() * 1000)
 
 
@@ -68,7 +70,7 @@ class DriftMonitor:
                  per_feature_thresholds: dict | None = None, *, database: str = ch.DEFAULT_DATABASE,
                  client=None, producer=None, publish: bool = True, models: list[str] | None = None,
                  min_weighted_n: float = 500.0, min_effective_n: float = 200.0,
-                 min_reference_mean_abs_shap: float = 1e-3, stability_z: float = 3.0):
+                 min_reference_share: float = 0.01, stability_z: float = 3.0):
         """`per_feature_thresholds` maps a feature to a threshold for both
         statistics or to {"psi": x, "stability": y}. `client` is a
         clickhouse-connect client (default: connect with `settings`), `producer`
@@ -86,7 +88,7 @@ class DriftMonitor:
         self.models = models
         self.min_weighted_n = min_weighted_n
         self.min_effective_n = min_effective_n
-        self.min_reference_mean_abs_shap = min_reference_mean_abs_shap
+        self.min_reference_share = min_reference_share
         self.stability_z = stability_z
         self.episodes: dict[tuple[str, str, str, str], Episode] = {}
         self._unwritten: list[tuple[dict, tuple[float, int]]] = []  # raised, not yet in drift_alerts
@@ -109,9 +111,19 @@ class DriftMonitor:
         return (float(row.get("weighted_n") or 0) >= self.min_weighted_n
                 and float(row.get("effective_n") or 0) >= self.min_effective_n)
 
-    def judge(self, row: dict) -> list[Judgement]:
+    def judge_all(self, rows: list[dict]) -> list[tuple[dict, list[Judgement]]]:
+        """Judge the feature_drift rows of one evaluation (all features of a version)."""
+        totals: dict[str, float] = {}
+        for row in rows:
+            totals[row["model_version"]] = totals.get(row["model_version"], 0.0) + \
+                (_number(row.get("reference_mean_abs_shap")) or 0.0)
+        return [(row, self.judge(row, totals[row["model_version"]])) for row in rows]
+
+    def judge(self, row: dict, reference_total: float | None = None) -> list[Judgement]:
         """The statistics of one feature_drift row that can be judged, each with
-        its threshold and whether it is over it. Empty without enough data."""
+        its threshold and whether it is over it. Empty without enough data.
+        `reference_total` is the sum of reference mean |SHAP| over the version's
+        features (default: this feature's, i.e. no share requirement)."""
         if not self.enough_data(row):
             return []
         out = []
@@ -121,7 +133,8 @@ class DriftMonitor:
             out.append(Judgement("psi", psi, threshold, psi > threshold))
         stability = _number(row.get("stability"))
         reference = _number(row.get("reference_mean_abs_shap")) or 0.0
-        if stability is not None and reference >= self.min_reference_mean_abs_shap:
+        total = reference if reference_total is None else reference_total
+        if stability is not None and reference > 0 and reference >= self.min_reference_share * total:
             threshold = self.threshold(row["feature"], "stability")
             mean_abs = float(row["mean_abs_shap"])
             variance = max(float(row.get("mean_sq_shap") or 0.0) - mean_abs * mean_abs, 0.0)
@@ -137,18 +150,18 @@ class DriftMonitor:
             self._client = ch.connect(self.settings, self.database)
         return self._client
 
-    def tick(self, now: int | None = None) -> list[dict]:
-        """Evaluate the window ending at `now` (epoch ms, default the clock);
+    def tick(self, now_ms: int | None = None) -> list[dict]:
+        """Evaluate the window ending at `now_ms` (epoch ms, default the clock);
         return the DriftAlert records raised (new episodes only)."""
-        now = now_ms() if now is None else int(now)
+        now = wall_ms() if now_ms is None else int(now_ms)
         client = self.client()
         if not self._restored:
             self._restore(client, now)
         start = now - self.window_ms
         alerts, extras = [], []
         for model in self.models or monitored_models(client, self.database):
-            for row in feature_drift(client, model, start, now, self.database):
-                for j in self.judge(row):
+            for row, judgements in self.judge_all(feature_drift(client, model, start, now, self.database)):
+                for j in judgements:
                     key = (model, row["model_version"], row["feature"], j.statistic)
                     episode = self.episodes.get(key)
                     if j.above and episode is None:
@@ -215,7 +228,7 @@ class DriftMonitor:
                 failures.append(str(err))
 
         for a in alerts:
-            self._producer.produce(self.topic, key=f"{a['model_name']}:{a['feature']}".encode(),
+            self._producer.produce(self.topic, key=a["feature"].encode(),
                                    value=self.codec.encode(a), on_delivery=delivered)
         remaining = self._producer.flush(30)
         if failures or remaining:

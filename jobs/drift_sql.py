@@ -61,15 +61,6 @@ def monitored_models(client, database: str = DEFAULT_DATABASE) -> list[str]:
         client, f"SELECT DISTINCT model_name FROM {ident(database)}.model_reference ORDER BY model_name")]
 
 
-def busiest_version(client, model: str, start_ms: int, end_ms: int, database: str = DEFAULT_DATABASE) -> str | None:
-    """The version of `model` with the most explanations in the window (None if none)."""
-    found = rows(client, f"""
-        SELECT model_version, sum(n) AS n FROM {ident(database)}.engine_stats
-        WHERE model_name = {lit(model)} AND minute >= toStartOfMinute({ms_lit(start_ms)}) AND minute < {ms_lit(end_ms)}
-        GROUP BY model_version ORDER BY n DESC, model_version LIMIT 1""")
-    return found[0]["model_version"] if found else None
-
-
 def window_histograms(client, model: str, version: str, features: list[str], start_ms: int, end_ms: int,
                       database: str = DEFAULT_DATABASE) -> dict[str, dict]:
     """Per feature: bin_edges, reference proportions and the window's weighted

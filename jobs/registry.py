@@ -58,18 +58,27 @@ class RegisteredModel:
 
 
 def shap_bin_edges(shap: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
-    """Per-feature bin edges [F, n_bins+1] at the deciles of `shap` [m, F].
+    """Per-feature bin edges [F, n_bins+1] near the deciles of `shap` [m, F].
 
-    The outer edges are -inf and +inf so every future value lands in a bin.
-    Tied quantiles (a feature the model barely uses has mostly zero SHAP) are
-    nudged up to the next float so edges stay strictly increasing.
+    Each inner edge lies halfway between two distinct reference values, never
+    on one: many features have a few SHAP values shared by most rows (binary
+    inputs, features the model barely uses), and an edge sitting on such an atom
+    would move the whole atom across it at the slightest change, a false drift.
+    Features with fewer distinct gaps than bins get the spare edges above their
+    range (bins empty in the reference). The outer edges are -inf and +inf.
     """
-    inner = np.quantile(shap, np.linspace(0, 1, n_bins + 1)[1:-1], axis=0).T
-    edges = np.concatenate(
-        [np.full((len(inner), 1), -np.inf), inner, np.full((len(inner), 1), np.inf)], axis=1
-    )
-    for j in range(2, n_bins):
-        edges[:, j] = np.maximum(edges[:, j], np.nextafter(edges[:, j - 1], np.inf))
+    n_features = shap.shape[1]
+    edges = np.empty((n_features, n_bins + 1))
+    deciles = np.linspace(0, 1, n_bins + 1)[1:-1]
+    for j in range(n_features):
+        values = np.unique(shap[:, j])
+        above = np.searchsorted(values, np.quantile(shap[:, j], deciles), side="right")
+        above = above[(above > 0) & (above < len(values))]
+        inner = np.unique((values[above - 1] + values[above]) / 2)
+        top = values[-1]
+        step = max(abs(top), 1.0) * 1e-6
+        spare = top + step * np.arange(1, n_bins - len(inner))
+        edges[j] = np.concatenate([[-np.inf], inner, spare, [np.inf]])
     return edges
 
 

@@ -261,8 +261,9 @@ def run_sink(settings: Settings, stop_event: threading.Event | None = None, batc
 
     A batch is written when it has `batch_size` messages or its first message
     waited `flush_seconds`; its offsets are committed once it is written.
-    `progress(stats)` is called after every batch. `idle_exit_seconds` (tests,
-    one-off loads) returns after that long without messages.
+    `progress(stats)` is called after every batch and about once a second
+    otherwise. `idle_exit_seconds` (tests, one-off loads) returns after that
+    long without messages.
     """
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
@@ -281,7 +282,7 @@ def run_sink(settings: Settings, stop_event: threading.Event | None = None, batc
     }))
     consumer.subscribe([topic])
     batch: list[RawMessage] = []
-    first_at = last_message_at = time.monotonic()
+    first_at = last_message_at = reported = time.monotonic()
     try:
         while not stop_event.is_set():
             wait = max(0.05, min(0.5, flush_seconds - (time.monotonic() - first_at))) if batch else 0.5
@@ -308,6 +309,10 @@ def run_sink(settings: Settings, stop_event: threading.Event | None = None, batc
                 batch = []
                 if progress:
                     progress(sink.stats)
+                    reported = time.monotonic()
+            if progress and time.monotonic() - reported >= 1.0:
+                progress(sink.stats)
+                reported = time.monotonic()
             if idle_exit_seconds is not None and not batch and time.monotonic() - last_message_at > idle_exit_seconds:
                 break
     finally:

@@ -34,7 +34,7 @@ from whystream.streams.metrics import Metrics
 from whystream.streams.sampling import RESERVOIR, Reservoirs, SamplingConfig, priority_reasons
 from whystream.streams.store import RedisStore
 from whystream.streams.treeshap import EXPLAINER_VERSION
-from whystream.streams.validate import RawMessage, Validator
+from whystream.streams.validate import Inbound, ModelBatch, RawMessage, Validator
 
 log = logging.getLogger("whystream.engine")
 
@@ -68,6 +68,25 @@ class Due:
         self.strata.append(stratum)
 
 
+class _Candidates:
+    """Reservoir items of a batch's candidates, made only when a reservoir keeps
+    one: (model, record, feature row, stratum). The row is a copy, so a held
+    item does not keep its batch's feature matrix alive."""
+
+    def __init__(self, batches: list[ModelBatch], which: np.ndarray, rows: np.ndarray):
+        self.batches, self.which, self.rows = batches, which, rows
+
+    def subset(self, sel: np.ndarray) -> "_Candidates":
+        return _Candidates(self.batches, self.which[sel], self.rows[sel])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        batch, j = self.batches[self.which[i]], int(self.rows[i])
+        return batch.model, batch.record(j), batch.X[j].copy(), batch.strata[j]
+
+
 class Engine:
     def __init__(self, settings: Settings, config: EngineConfig | None = None, metrics: Metrics | None = None,
                  store: RedisStore | None = None):
@@ -91,19 +110,23 @@ class Engine:
 
     def process(self, messages: list[RawMessage], now_ms: int | None = None) -> dict[int, set[int]]:
         """Handle one batch; returns {partition: offsets to keep unacknowledged}."""
+        return self.process_inbound(Inbound.of(messages), now_ms)
+
+    def process_inbound(self, inbound: Inbound, now_ms: int | None = None) -> dict[int, set[int]]:
+        """`process` for a batch already in columns (what the worker's transport hands over)."""
         started = time.monotonic()
         now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-        self.metrics.consumed.inc(len(messages))
-        batches, dead = self.validator.split(messages)
+        self.metrics.consumed.inc(len(inbound))
+        batches, dead = self.validator.split(inbound, self.config.sampling.stratum_key)
         self._dead_letters(dead)
+        for batch in batches:
+            values = inbound.values if len(batch) == len(inbound) else [inbound.values[i] for i in batch.index.tolist()]
+            self.store.remember_predictions(batch.prediction_ids, values)
         due: dict[str, Due] = {}
-        for batch in batches.values():
-            self.store.remember_predictions([r["prediction_id"] for r in batch.records],
-                                            [m.value for m in batch.messages])
-        self._sample(batches.values(), due, now_ms)
+        self._sample(batches, inbound, due, now_ms)
         self._close_windows(due, now_ms)
         self._explain_and_publish(due, started)
-        return self.held_offsets({m.partition for m in messages})
+        return self.held_offsets(np.unique(inbound.partitions).tolist())
 
     def tick(self, now_ms: int | None = None) -> None:
         """Close windows of idle partitions (called on a timer when no batch arrives)."""
@@ -121,37 +144,49 @@ class Engine:
 
     # -- steps ----------------------------------------------------------------
 
-    def _sample(self, batches, due: dict[str, Due], now_ms: int) -> None:
+    def _sample(self, batches: list[ModelBatch], inbound: Inbound, due: dict[str, Due], now_ms: int) -> None:
         """Priority events go to `due`; the rest are reservoir candidates, added
         once per partition in offset order across model versions, so that how
         the stream was cut into batches never changes a window's sample."""
         config = self.config.sampling
-        candidates: dict[int, list[tuple]] = {}  # partition -> (offset, id, version, stratum, time, item)
+        ids: list[str] = []
+        versions: list[str] = []
+        strata: list[str] = []
+        picks: list[tuple[ModelBatch, np.ndarray]] = []
         for batch in batches:
-            model, records = batch.model, batch.records
-            n = len(records)
+            model, n = batch.model, len(batch)
             seen_before = self.store.note_version_events(model.version, n)
             new_version = np.arange(seen_before, seen_before + n) < config.new_version_events
-            reasons = priority_reasons(
-                np.array([r["decision"] for r in records], dtype=object),
-                np.array([r["score"] for r in records]), np.array([r["threshold"] for r in records]),
-                np.array([r["priority"] for r in records], dtype=bool), new_version, config)
-            strata = [r["segment"].get(config.stratum_key, "") if config.stratum_key else "" for r in records]
-            X = batch.X()
+            reasons = priority_reasons(batch.decisions, batch.score, batch.threshold, batch.priority, new_version,
+                                       config)
+            chosen = reasons != None  # noqa: E711 (elementwise on an object array)
             target = due.setdefault(model.version, Due(model))
-            for i, reason in enumerate(reasons):
-                if reason is not None:
-                    target.add(records[i], X[i], reason, 1.0, strata[i])
-                    continue
-                message, record = batch.messages[i], records[i]
-                candidates.setdefault(message.partition, []).append(
-                    (message.offset, record["prediction_id"], model.version, strata[i], record["event_time"],
-                     (model, record, X[i], strata[i])))
-        for partition, rows in candidates.items():
-            rows.sort(key=lambda row: row[0])
-            offsets, ids, versions, strata, times, items = zip(*rows)
-            self.reservoirs.add(partition, np.array(offsets, dtype=np.int64), ids, versions, strata,
-                                np.array(times, dtype=np.int64), items, now_ms)
+            for j in np.flatnonzero(chosen).tolist():
+                target.add(batch.record(j), batch.X[j], reasons[j], 1.0, batch.strata[j])
+            rest = np.flatnonzero(~chosen)
+            if len(rest) == n:
+                ids.extend(batch.prediction_ids)
+                strata.extend(batch.strata)
+            else:
+                take = rest.tolist()
+                ids.extend([batch.prediction_ids[j] for j in take])
+                strata.extend([batch.strata[j] for j in take])
+            versions.extend([model.version] * len(rest))
+            picks.append((batch, rest))
+        if not ids:
+            return
+        rows = np.concatenate([rest for _, rest in picks])
+        which = np.concatenate([np.full(len(rest), k) for k, (_, rest) in enumerate(picks)])
+        positions = np.concatenate([batch.index[rest] for batch, rest in picks])
+        times = np.concatenate([batch.event_time[rest] for batch, rest in picks])
+        partitions, offsets = inbound.partitions[positions], inbound.offsets[positions]
+        items = _Candidates([batch for batch, _ in picks], which, rows)
+        for partition in np.unique(partitions).tolist():
+            sel = np.flatnonzero(partitions == partition)
+            sel = sel[np.argsort(offsets[sel], kind="stable")]
+            take = sel.tolist()
+            self.reservoirs.add(partition, offsets[sel], [ids[k] for k in take], [versions[k] for k in take],
+                                [strata[k] for k in take], times[sel], items.subset(sel), now_ms)
 
     def _close_windows(self, due: dict[str, Due], now_ms: int) -> None:
         for window in self.reservoirs.close_due(now_ms):
@@ -233,16 +268,16 @@ class Engine:
         raw = self.store.recall_prediction(prediction_id)
         if raw is None:
             return None
-        batches, dead = self.validator.split([RawMessage(raw, None, "", -1, -1)])
+        batches, dead = self.validator.split(Inbound.of([RawMessage(raw, None, "", -1, -1)]),
+                                             self.config.sampling.stratum_key)
         if dead or not batches:
             return None
-        batch = next(iter(batches.values()))
-        X = batch.X()
-        attributions = self.attributor.attribute(batch.model, X, time.monotonic())
-        stratum = batch.records[0]["segment"].get(self.config.sampling.stratum_key, "")
-        return build_explanations(batch.model, batch.records, X, attributions, ["ON_DEMAND"], [1.0], [stratum],
-                                  adverse=self.config.sampling.adverse_decisions, explainer_version=EXPLAINER_VERSION,
-                                  cached=self.store.available, worker=self.worker)[0]
+        batch = batches[0]
+        attributions = self.attributor.attribute(batch.model, batch.X, time.monotonic())
+        return build_explanations(batch.model, [batch.record(0)], batch.X, attributions, ["ON_DEMAND"], [1.0],
+                                  [batch.strata[0]], adverse=self.config.sampling.adverse_decisions,
+                                  explainer_version=EXPLAINER_VERSION, cached=self.store.available,
+                                  worker=self.worker)[0]
 
     def close(self) -> None:
         self.producer.flush(10)

@@ -55,13 +55,15 @@ LightGBM semantics mirrored (include/LightGBM/tree.h, src/c_api.cpp)
 from __future__ import annotations
 
 import math
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numba
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import intrinsic
 
 from whystream.errors import WhystreamError
@@ -79,6 +81,7 @@ _MISS_NONE, _MISS_ZERO, _MISS_NAN = 0, 1, 2
 _DEFAULT_LEFT = 4
 _CATEGORICAL = 8
 _MISSING_TYPES = {"None": _MISS_NONE, "Zero": _MISS_ZERO, "NaN": _MISS_NAN}
+_AVOID_INF = 1e300  # LightGBM's Common::AvoidInf bound in dump_model()
 
 ALGO_QUAD, ALGO_CLASSIC = 0, 1
 _ALGOS = {"quad": ALGO_QUAD, "classic": ALGO_CLASSIC}
@@ -86,7 +89,21 @@ _ALGOS = {"quad": ALGO_QUAD, "classic": ALGO_CLASSIC}
 _LANES = 8  # quadrature points per vector (one AVX-512 register of doubles)
 _PHI_BLOCK_BYTES = 1 << 18  # per-thread lane accumulators of a row block: ~256 KiB (L2)
 _MAX_BLOCK_ROWS = 64
-_PAR_MIN_ROWS = 8  # smaller batches run on the calling thread only
+_MIN_CHUNK_ROWS = 4  # a batch is cut into at most n / 4 chunks, one a thread
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """Worker threads shared by all explainers (the kernels release the GIL)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 1) - 1),
+                                       thread_name_prefix="treeshap")
+        return _POOL
 
 
 class UnsupportedModel(WhystreamError, ValueError):
@@ -353,13 +370,13 @@ def _classic_tree(phi, t, M, dec, o, pz, po, pw):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _shap_block(X, r0, r1, M, mode, out, max_nodes, max_d, max_nch):
-    """SHAP values of rows r0..r1 into out (+=), on the calling thread; tree-major so that
-    a tree's arrays stay in cache while the block's rows go through it."""
+def _shap_rows(X, r0, r1, block, M, mode, out, max_nodes, max_d, max_nch):
+    """SHAP values of rows r0..r1 added into out, on the calling thread, `block` rows at a
+    time; tree-major within a block, so that a tree's arrays stay in cache while the
+    block's rows go through it."""
     tree_node_off, un_off, un_int, un_flt = M[0], M[11], M[12], M[13]
     tree_nch, ru_off, RU = M[14], M[15], M[16]
     F = X.shape[1]
-    B = r1 - r0
     T = tree_node_off.shape[0] - 1
     gw_max = _LANES * max(max_nch, 1)
     n_rows = 2 * max_nodes + 2  # nodes + the "no previous occurrence" row
@@ -369,94 +386,81 @@ def _shap_block(X, r0, r1, M, mode, out, max_nodes, max_d, max_nch):
     I = np.empty(n_rows * gw_max)
     S = np.empty(n_rows * gw_max)
     A = np.empty(n_rows * gw_max)
-    Phi = np.zeros(B * F * _LANES)
+    Phi = np.empty(min(block, r1 - r0) * F * _LANES)  # per row and feature: 8 lanes
     pz = np.empty(max_d + 2)
     po = np.empty(max_d + 2)
     pw = np.empty(max_d + 2)
-    for t in range(T):
-        n0 = tree_node_off[t]
-        nint = tree_node_off[t + 1] - n0
-        if nint == 0:
-            continue  # single leaf: base value only
-        nch = tree_nch[t]
-        if mode == 1 or nch == 0:
+    for b0 in range(r0, r1, block):
+        B = min(block, r1 - b0)
+        Phi[:B * F * _LANES] = 0.0
+        for t in range(T):
+            n0 = tree_node_off[t]
+            nint = tree_node_off[t + 1] - n0
+            if nint == 0:
+                continue  # single leaf: base value only
+            nch = tree_nch[t]
+            if mode == 1 or nch == 0:
+                for rr in range(B):
+                    _decide(X[b0 + rr], n0, nint, M, dec)
+                    _classic_tree(out[b0 + rr], t, M, dec, o, pz, po, pw)
+                continue
+            u0 = un_off[t]
+            N = un_off[t + 1] - u0
+            gw = _LANES * nch
+            ro = ru_off[t]
             for rr in range(B):
-                _decide(X[r0 + rr], n0, nint, M, dec)
-                _classic_tree(out[r0 + rr], t, M, dec, o, pz, po, pw)
-            continue
-        u0 = un_off[t]
-        N = un_off[t + 1] - u0
-        gw = _LANES * nch
-        ro = ru_off[t]
+                _decide(X[b0 + rr], n0, nint, M, dec)
+                fo = rr * F
+                for k in range(nch):
+                    kk = _LANES * k
+                    _v_copy(P, kk, RU, ro + 3 * kk + 2 * _LANES)  # root: the weights
+                    _v_set(S, kk, 0.0)
+                    _v_set(A, kk, 0.0)
+                    _v_set(I, N * gw + kk, 1.0)  # "no previous occurrence": a = 1
+                o[N] = 1.0
+                # top-down over internal nodes (a parent's index is smaller than its children's)
+                for c in range(1, nint):
+                    e = u0 + c
+                    p = un_int[e, 0]
+                    pr = un_int[e, 1]
+                    of = np.float64(dec[p] == un_int[e, 3]) * o[pr]
+                    o[c] = of
+                    z = un_flt[e, 0]
+                    for k in range(nch):
+                        kk = _LANES * k
+                        _v_internal_down(P, I, S, A, RU, c * gw + kk, p * gw + kk, pr * gw + kk,
+                                         ro + 3 * kk, z, of)
+                # leaves: top-down and their bottom-up step at once
+                for c in range(nint, N):
+                    e = u0 + c
+                    p = un_int[e, 0]
+                    pr = un_int[e, 1]
+                    of = np.float64(dec[p] == un_int[e, 3]) * o[pr]
+                    ophi = (fo + un_int[e, 2]) * _LANES
+                    for k in range(nch):
+                        kk = _LANES * k
+                        _v_leaf(P, I, S, Phi, RU, c * gw + kk, p * gw + kk, pr * gw + kk, ro + 3 * kk,
+                                ophi, un_flt[e, 0], of, un_flt[e, 1])
+                    if pr < N:
+                        for k in range(nch):
+                            _v_add(A, pr * gw + _LANES * k, S, c * gw + _LANES * k)
+                # bottom-up over internal nodes (children first)
+                for c in range(nint - 1, 0, -1):
+                    e = u0 + c
+                    p = un_int[e, 0]
+                    pr = un_int[e, 1]
+                    coef = o[c] - un_flt[e, 0]
+                    ophi = (fo + un_int[e, 2]) * _LANES
+                    for k in range(nch):
+                        kk = _LANES * k
+                        _v_internal_up(S, A, I, Phi, c * gw + kk, p * gw + kk, ophi, coef)
+                    if pr < N:
+                        for k in range(nch):
+                            _v_add(A, pr * gw + _LANES * k, S, c * gw + _LANES * k)
         for rr in range(B):
-            _decide(X[r0 + rr], n0, nint, M, dec)
-            fo = rr * F
-            for k in range(nch):
-                kk = _LANES * k
-                _v_copy(P, kk, RU, ro + 3 * kk + 2 * _LANES)  # root: the weights
-                _v_set(S, kk, 0.0)
-                _v_set(A, kk, 0.0)
-                _v_set(I, N * gw + kk, 1.0)  # "no previous occurrence": a = 1
-            o[N] = 1.0
-            # top-down over internal nodes (a parent's index is smaller than its children's)
-            for c in range(1, nint):
-                e = u0 + c
-                p = un_int[e, 0]
-                pr = un_int[e, 1]
-                of = np.float64(dec[p] == un_int[e, 3]) * o[pr]
-                o[c] = of
-                z = un_flt[e, 0]
-                for k in range(nch):
-                    kk = _LANES * k
-                    _v_internal_down(P, I, S, A, RU, c * gw + kk, p * gw + kk, pr * gw + kk,
-                                     ro + 3 * kk, z, of)
-            # leaves: top-down and their bottom-up step at once
-            for c in range(nint, N):
-                e = u0 + c
-                p = un_int[e, 0]
-                pr = un_int[e, 1]
-                of = np.float64(dec[p] == un_int[e, 3]) * o[pr]
-                ophi = (fo + un_int[e, 2]) * _LANES
-                for k in range(nch):
-                    kk = _LANES * k
-                    _v_leaf(P, I, S, Phi, RU, c * gw + kk, p * gw + kk, pr * gw + kk, ro + 3 * kk,
-                            ophi, un_flt[e, 0], of, un_flt[e, 1])
-                if pr < N:
-                    for k in range(nch):
-                        _v_add(A, pr * gw + _LANES * k, S, c * gw + _LANES * k)
-            # bottom-up over internal nodes (children first)
-            for c in range(nint - 1, 0, -1):
-                e = u0 + c
-                p = un_int[e, 0]
-                pr = un_int[e, 1]
-                coef = o[c] - un_flt[e, 0]
-                ophi = (fo + un_int[e, 2]) * _LANES
-                for k in range(nch):
-                    kk = _LANES * k
-                    _v_internal_up(S, A, I, Phi, c * gw + kk, p * gw + kk, ophi, coef)
-                if pr < N:
-                    for k in range(nch):
-                        _v_add(A, pr * gw + _LANES * k, S, c * gw + _LANES * k)
-    for rr in range(B):
-        row = out[r0 + rr]
-        for f in range(F):
-            row[f] += _v_sum(Phi, (rr * F + f) * _LANES)
-
-
-@njit(nogil=True, cache=True)
-def _shap_serial(X, M, mode, out, max_nodes, max_d, max_nch, block):
-    n = X.shape[0]
-    for r0 in range(0, n, block):
-        _shap_block(X, r0, min(n, r0 + block), M, mode, out, max_nodes, max_d, max_nch)
-
-
-@njit(nogil=True, cache=True, parallel=True)
-def _shap_parallel(X, M, mode, out, max_nodes, max_d, max_nch, block):
-    n = X.shape[0]
-    nb = (n + block - 1) // block
-    for b in prange(nb):
-        r0 = b * block
-        _shap_block(X, r0, min(n, r0 + block), M, mode, out, max_nodes, max_d, max_nch)
+            row = out[b0 + rr]
+            for f in range(F):
+                row[f] += _v_sum(Phi, (rr * F + f) * _LANES)
 
 
 @njit(nogil=True, cache=True)
@@ -530,6 +534,7 @@ class _Flat:
     expected_value: float
     n_trees: int
     n_classic_trees: int
+    capped: dict  # tree index -> [(node position in nd_thr, split_index)] with |threshold| = 1e300
 
 
 def _flatten(dump: dict) -> _Flat:
@@ -551,6 +556,7 @@ def _flatten(dump: dict) -> _Flat:
     un_int: list[tuple] = []
     un_flt: list[tuple] = []
     tree_nch: list[int] = []
+    capped: dict = {}
     expected = 0.0
     max_nodes, max_d = 0, 1
 
@@ -612,6 +618,8 @@ def _flatten(dump: dict) -> _Flat:
                 if mt not in _MISSING_TYPES:
                     raise UnsupportedModel(f"tree {tid}: unknown missing_type {mt!r}")
                 t_thr[si] = float(node["threshold"])
+                if abs(t_thr[si]) >= _AVOID_INF:
+                    capped.setdefault(len(tree_nch), []).append((len(nd_feat) + si, si))
                 t_kind[si] = _MISSING_TYPES[mt] | (_DEFAULT_LEFT if node.get("default_left") else 0)
             else:
                 raise UnsupportedModel(f"tree {tid}: unknown decision_type {dt!r}")
@@ -708,11 +716,33 @@ def _flatten(dump: dict) -> _Flat:
         np.asarray(pe_feat, dtype=i32),
         np.asarray(pe_z, dtype=f64),
     )
-    n_split_trees = sum(1 for a, b in zip(tree_node_off, tree_node_off[1:]) if b > a)
     n_classic = sum(1 for a, b, n in zip(tree_node_off, tree_node_off[1:], tree_nch) if b > a and n == 0)
-    del n_split_trees
     return _Flat(M, max_nodes, max_d, max(tree_nch) if tree_nch else 0, expected,
-                 len(dump["tree_info"]), n_classic)
+                 len(dump["tree_info"]), n_classic, capped)
+
+
+def _restore_infinite_thresholds(booster, flat: _Flat) -> None:
+    """dump_model() writes thresholds through Common::AvoidInf, clamping them to +-1e300;
+    the booster itself (and its text format) keeps inf, e.g. the "NaN or not" split of a
+    feature with missing values has threshold +inf.  Read those trees' thresholds from the
+    model text (printed with %.17g, inf as "inf")."""
+    if not flat.capped:
+        return
+    text = booster.model_to_string(num_iteration=-1)
+    nd_thr = flat.M[3]
+    for t, nodes in flat.capped.items():
+        start = text.find(f"\nTree={t}\n")
+        line_at = text.find("\nthreshold=", start)
+        if start < 0 or line_at < 0:
+            raise UnsupportedModel(f"tree {t}: no thresholds in the model text")
+        line = text[line_at + 11:text.find("\n", line_at + 1)]
+        values = line.split(" ")
+        for pos, si in nodes:
+            exact = float(values[si])
+            if exact != nd_thr[pos] and not (abs(exact) >= _AVOID_INF and (exact > 0) == (nd_thr[pos] > 0)):
+                raise UnsupportedModel(f"tree {t}: threshold {values[si]} in the model text, "
+                                       f"{nd_thr[pos]} in its dump")
+            nd_thr[pos] = exact
 
 
 # --------------------------------------------------------------------------
@@ -736,6 +766,7 @@ class TreeShap:
             raise ValueError(f"algorithm must be one of {sorted(_ALGOS)}, not {algorithm!r}")
         dump = booster.dump_model(num_iteration=-1)
         flat = _flatten(dump)
+        _restore_infinite_thresholds(booster, flat)
         self._M = flat.M
         self._mode = _ALGOS[algorithm]
         self._max_nodes = flat.max_nodes
@@ -751,7 +782,6 @@ class TreeShap:
         self.n_classic_trees: int = flat.n_classic_trees  # zero-cover trees run "classic"
         # rows per block: the block's lane accumulators (rows x F x 8 doubles) stay in L2
         self._block = max(1, min(_MAX_BLOCK_ROWS, _PHI_BLOCK_BYTES // (self.n_features * _LANES * 8)))
-        self._par_lock = threading.Lock()
 
     def _rows(self, X) -> tuple[np.ndarray, bool]:
         X = np.asarray(X)
@@ -764,28 +794,32 @@ class TreeShap:
             X = np.ascontiguousarray(X, dtype=np.float64)
         return X, single
 
-    def _parallel_ok(self, n: int) -> bool:
-        # one parallel kernel at a time per explainer; a concurrent caller runs on its own
-        # thread instead (safe with any numba threading layer, workqueue included)
-        return n >= _PAR_MIN_ROWS and numba.get_num_threads() > 1 and self._par_lock.acquire(blocking=False)
+    def _run(self, X: np.ndarray, r0: int, r1: int, out: np.ndarray) -> None:
+        _shap_rows(X, r0, r1, self._block, self._M, self._mode, out, self._max_nodes, self._max_d,
+                   self._max_nch)
 
     def shap_values(self, X: np.ndarray) -> np.ndarray:
         """SHAP values [n, F] (float64) of rows X [n, F] (NaN = missing); a 1-D row gives [F].
 
-        Thread-safe; the kernels release the GIL."""
+        A batch is spread over numba.get_num_threads() threads (the calling thread and a
+        shared pool); the kernel releases the GIL, so concurrent callers run in parallel
+        too and share the pool's cores."""
         X, single = self._rows(X)
         n = X.shape[0]
         out = np.zeros((n, self.n_features), dtype=np.float64)
-        args = (self._M, self._mode, out, self._max_nodes, self._max_d, self._max_nch)
-        if n and self._parallel_ok(n):
+        n_chunks = min(numba.get_num_threads(), n // _MIN_CHUNK_ROWS) if n >= 2 * _MIN_CHUNK_ROWS else 1
+        if n_chunks <= 1:
+            self._run(X, 0, n, out)
+        else:
+            # chunk edges on block boundaries where the chunks are long enough
+            edges = np.linspace(0, n, n_chunks + 1).astype(int)
+            pool = _pool()
+            futures = [pool.submit(self._run, X, int(a), int(b), out) for a, b in zip(edges[1:-1], edges[2:])]
             try:
-                nt = numba.get_num_threads()
-                block = max(1, min(self._block, -(-n // nt)))
-                _shap_parallel(X, *args, block)
+                self._run(X, 0, int(edges[1]), out)
             finally:
-                self._par_lock.release()
-        elif n:
-            _shap_serial(X, *args, self._block)
+                for f in futures:
+                    f.result()
         return out[0] if single else out
 
     def raw_score(self, X: np.ndarray) -> np.ndarray:
@@ -798,9 +832,8 @@ class TreeShap:
         return out[0] if single else out
 
     def warm_up(self) -> None:
-        """Compile (or load from numba's on-disk cache) every kernel, on a tiny input."""
-        X = np.zeros((_PAR_MIN_ROWS, self.n_features))
-        X[::2] = np.nan
-        self.shap_values(X[:1])
-        self.shap_values(X[:_PAR_MIN_ROWS])
-        self.raw_score(X[:1])
+        """Compile (or load from numba's on-disk cache) the kernels, on a tiny input."""
+        X = np.zeros((2, self.n_features))
+        X[1] = np.nan
+        self.shap_values(X)
+        self.raw_score(X)

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
 from whystream.errors import DecodeError, ModelNotFound
 from whystream.jobs.registry import ModelRegistry, RegisteredModel
+from whystream.streams.batch_decode import NO_MODEL, OK, SLOW, Decoded, PredictionDecoder
+from whystream.streams.codec import load_schema, schema_fingerprint
 
 
 @dataclass(frozen=True)
@@ -44,25 +47,68 @@ class DeadLetterRecord:
                 "prediction_id": self.prediction_id, "failed_at": int(time.time() * 1000), "worker": worker}
 
 
+class Inbound:
+    """A batch of raw messages as columns, whatever the transport: the values,
+    partitions and offsets, and each whole message on demand (for dead letters)."""
+
+    def __init__(self, values: list[bytes], partitions: np.ndarray, offsets: np.ndarray,
+                 message: Callable[[int], RawMessage]):
+        self.values = values
+        self.partitions = np.asarray(partitions, dtype=np.int64)
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.message = message
+
+    @classmethod
+    def of(cls, messages: list[RawMessage]) -> "Inbound":
+        return cls([m.value for m in messages], np.fromiter((m.partition for m in messages), np.int64, len(messages)),
+                   np.fromiter((m.offset for m in messages), np.int64, len(messages)), messages.__getitem__)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
 @dataclass
 class ModelBatch:
-    """The valid events of one model version in a batch, as parallel arrays."""
+    """The valid events of one model version in a batch, as columns in arrival order."""
 
     model: RegisteredModel
-    messages: list[RawMessage] = field(default_factory=list)
-    records: list[dict] = field(default_factory=list)
-    rows: list[list[float]] = field(default_factory=list)
+    index: np.ndarray  # position of each event in the Inbound batch
+    prediction_ids: list[str]
+    decisions: list[str]
+    strata: list[str]  # the segment value under the stratum key ("" if absent)
+    event_time: np.ndarray  # int64 ms
+    score: np.ndarray
+    threshold: np.ndarray
+    priority: np.ndarray  # bool
+    X: np.ndarray  # [n, F] in the model's feature order, NaN = missing
 
-    def X(self) -> np.ndarray:
-        return np.asarray(self.rows, dtype=np.float64).reshape(len(self.rows), len(self.model.feature_names))
+    def __len__(self) -> int:
+        return len(self.prediction_ids)
+
+    def record(self, j: int) -> dict:
+        """Event j as a (partial) PredictionEvent record: what an explanation needs of it."""
+        return {"prediction_id": self.prediction_ids[j], "model_name": self.model.name,
+                "model_version": self.model.version, "event_time": int(self.event_time[j]),
+                "score": float(self.score[j]), "decision": self.decisions[j], "threshold": float(self.threshold[j]),
+                "priority": bool(self.priority[j])}
 
 
 class Validator:
+    """Splits a batch into valid events per model version (columns) and dead letters.
+
+    Events of the current schema in single-object encoding go through the
+    compiled batch decoder (streams/batch_decode.py); whatever it does not
+    accept outright (another schema version, the Confluent format, anything
+    invalid) is decoded by the codec and checked by `_check`, one at a time,
+    so the outcome and every dead-letter reason are those of the rules above.
+    """
+
     def __init__(self, registry: ModelRegistry, codec):
         self.registry = registry
         self.codec = codec
         self._models: dict[tuple[str, str], RegisteredModel] = {}
         self._columns: dict[str, dict[str, int]] = {}  # model version -> feature name -> column
+        self.decoder = PredictionDecoder(schema_fingerprint(load_schema("PredictionEvent")))
 
     def model(self, name: str, version: str) -> RegisteredModel:
         """The registered model, loaded on first sight (new versions need no restart)."""
@@ -73,10 +119,63 @@ class Validator:
             self._models[key] = model
         return self._models[key]
 
-    def split(self, messages: list[RawMessage]) -> tuple[dict[tuple[str, str], ModelBatch], list[DeadLetterRecord]]:
-        batches: dict[tuple[str, str], ModelBatch] = {}
+    def split(self, inbound: Inbound, stratum_key: str = "") -> tuple[list[ModelBatch], list[DeadLetterRecord]]:
+        """(valid events per model version, in order of first appearance; dead letters in arrival order)."""
+        decoded = self.decoder.decode(inbound.values, stratum_key)
+        self._load_models(inbound, decoded, stratum_key)
+        dead = self._slow_path(inbound, decoded, stratum_key)
+        ok = np.flatnonzero(decoded.status == OK)
+        slots = decoded.slot[ok]
+        present, first = np.unique(slots, return_index=True)
+        batches = []
+        for slot in present[np.argsort(first)].tolist():
+            index = ok if len(present) == 1 else ok[slots == slot]
+            model = self.decoder.models[slot]
+            if len(index) == len(inbound):  # the usual case: the whole batch
+                pick = lambda column: column
+            else:
+                pick = lambda column: [column[i] for i in index.tolist()]
+            batches.append(ModelBatch(
+                model, index, pick(decoded.prediction_ids), pick(decoded.decisions), pick(decoded.strata),
+                decoded.event_time[index], decoded.score[index], decoded.threshold[index], decoded.priority[index],
+                decoded.X[index, :len(model.feature_names)]))
+        return batches, dead
+
+    def _load_models(self, inbound: Inbound, decoded: Decoded, stratum_key: str) -> None:
+        """Events naming a model the decoder has no table for: load it (if it is
+        registered) and decode those events again; the rest take the slow path."""
+        waiting = np.flatnonzero(decoded.status == NO_MODEL)
+        if not len(waiting):
+            return
+        added = False
+        for name_start, name_stop, version_start, version_stop in {tuple(r) for r in decoded.model_at[waiting].tolist()}:
+            try:
+                name = decoded.data[name_start:name_stop].decode("utf-8")
+                version = decoded.data[version_start:version_stop].decode("utf-8")
+                self.decoder.add_model(name, version, self.model(name, version))
+                added = True
+            except (UnicodeDecodeError, ModelNotFound):
+                continue  # the slow path says what is wrong
+        if added:
+            again = self.decoder.decode([inbound.values[i] for i in waiting.tolist()], stratum_key)
+            if again.X.shape[1] > decoded.X.shape[1]:
+                wider = np.full((len(inbound), again.X.shape[1]), np.nan)
+                wider[:, :decoded.X.shape[1]] = decoded.X
+                decoded.X = wider
+            decoded.X[waiting, :again.X.shape[1]] = again.X
+            for column in ("status", "slot", "event_time", "score", "threshold", "priority"):
+                getattr(decoded, column)[waiting] = getattr(again, column)
+            for column in ("prediction_ids", "decisions", "strata"):
+                target, source = getattr(decoded, column), getattr(again, column)
+                for k, i in enumerate(waiting.tolist()):
+                    target[i] = source[k]
+        decoded.status[decoded.status == NO_MODEL] = SLOW
+
+    def _slow_path(self, inbound: Inbound, decoded: Decoded, stratum_key: str) -> list[DeadLetterRecord]:
+        """Full decode and check of the events the batch decoder left alone."""
         dead: list[DeadLetterRecord] = []
-        for message in messages:
+        for i in np.flatnonzero(decoded.status == SLOW).tolist():
+            message = inbound.message(i)
             try:
                 record = self.codec.decode(message.value)
             except DecodeError as exc:
@@ -87,17 +186,24 @@ class Validator:
             if problem:
                 dead.append(DeadLetterRecord(*problem, message, record["prediction_id"].strip() or None))
                 continue
-            model = self.model(record["model_name"], record["model_version"])
-            batch = batches.setdefault((model.name, model.version), ModelBatch(model))
+            name, version = record["model_name"], record["model_version"]
+            model = self.model(name, version)
+            slot = self.decoder.add_model(name, version, model)
+            if decoded.X.shape[1] < len(model.feature_names):
+                wider = np.full((len(inbound), len(model.feature_names)), np.nan)
+                wider[:, :decoded.X.shape[1]] = decoded.X
+                decoded.X = wider
             index = self._columns[model.version]
-            row = [math.nan] * len(index)
-            for name, value in record["features"].items():
+            decoded.X[i] = np.nan
+            for feature, value in record["features"].items():
                 if value is not None:
-                    row[index[name]] = value
-            batch.messages.append(message)
-            batch.records.append(record)
-            batch.rows.append(row)
-        return batches, dead
+                    decoded.X[i, index[feature]] = value
+            decoded.status[i], decoded.slot[i] = OK, slot
+            decoded.event_time[i], decoded.score[i] = record["event_time"], record["score"]
+            decoded.threshold[i], decoded.priority[i] = record["threshold"], record["priority"]
+            decoded.prediction_ids[i], decoded.decisions[i] = record["prediction_id"], record["decision"]
+            decoded.strata[i] = record["segment"].get(stratum_key, "") if stratum_key else ""
+        return dead
 
     def _check(self, record: dict) -> tuple[str, str] | None:
         """(reason_code, reason) for the first problem found, or None."""

@@ -1,116 +1,249 @@
 """`whystream worker`: the Faust app that turns `predictions` into `explanations`.
 
-One agent takes raw messages in batches without acknowledging them
-(`stream.noack_take`), hands each batch to the Engine on a single engine
-thread (CPU-bound work never blocks the event loop; TreeSHAP itself fans out
-over all cores), then acknowledges every message except the first candidate
-of each still-open reservoir window. Faust commits up to the first
-unacknowledged offset of a partition, so a crash replays exactly the open
-windows: nothing that was due is lost, and replayed priority events are
-recognised by prediction_id and not published twice.
+Faust runs the process (worker lifecycle, signals, logging) and its web server
+(/metrics for Prometheus, /health, /explain/{id}). Messages do not go through
+Faust's per-event stream machinery, which tops out near 10k events/s: the app
+starts without Faust's Kafka consumer, and an `Ingest` loop on a thread of its
+own reads `predictions` with a confluent-kafka (librdkafka) consumer in the
+consumer group `<prefix>whystream-worker`:
 
-The web server serves /metrics (Prometheus), /health and /explain/{id}.
+1. take what the client has fetched, up to `batch_size` messages, waiting only
+   while nothing is there (a lone event is handled at once);
+2. hand the batch to the Engine as columns (values, partitions, offsets);
+3. commit, per partition, exactly what the engine allows (once a second, on
+   revocation and on shutdown): the first candidate offset of the oldest
+   reservoir window still open, or else the next offset to read. A crash (even
+   kill -9) replays exactly the open windows: nothing that was due is lost,
+   and replayed priority events are recognised by prediction_id and not
+   published twice;
+4. once a second, close the windows of idle partitions and update the lag.
+
+When partitions are revoked (another worker joins), the loop commits what is
+allowed and drops their reservoirs: the new owner rebuilds them by replaying
+from that offset. The engine is used by one thread at a time (a lock shared
+with the web handlers).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import threading
+import time
+from functools import partial
 
 import faust
+import mode
+import numpy as np
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
+from faust.app.base import BootStrategy
 
 from whystream.config import Settings
 from whystream.streams.engine import Engine, EngineConfig
-from whystream.streams.validate import RawMessage
+from whystream.streams.validate import Inbound, RawMessage
 
 log = logging.getLogger("whystream.worker")
 
 
-class AckKeeper:
-    """Faust events held unacknowledged because a reservoir window still needs them."""
+class _WithoutFaustKafka(BootStrategy):
+    """Start the app's web server (and sensors), not its Kafka consumer and producer."""
 
-    def __init__(self):
-        self.held: dict[tuple[int, int], faust.types.EventT] = {}
-        self.position: dict[int, int] = {}  # next offset to read, per partition (for lag)
+    enable_kafka = False
 
-    def settle(self, events, holds: dict[int, set[int]]) -> None:
-        for event in events:
-            p, o = event.message.partition, event.message.offset
-            self.position[p] = max(self.position.get(p, 0), o + 1)
-            if o in holds.get(p, ()):
-                self.held[(p, o)] = event
-            else:
-                event.ack()
-        for (p, o), event in list(self.held.items()):
-            if p in holds and o not in holds[p]:
-                event.ack()
-                del self.held[(p, o)]
 
-    def partitions(self) -> set[int]:
-        return {p for p, _ in self.held}
+class Ingest:
+    """The consume -> engine -> commit loop, on a thread of its own."""
 
-    def forget(self, partitions) -> None:
-        """Revoked partitions: their held events are another worker's business now."""
-        for key in [k for k in self.held if k[0] in partitions]:
-            del self.held[key]
+    def __init__(self, engine: Engine, batch_size: int = 2000, session_timeout_s: float = 6.0,
+                 commit_interval_s: float = 1.0, tick_interval_s: float = 1.0, poll_timeout_s: float = 0.1):
+        self.engine = engine
+        self.lock = threading.Lock()  # one engine call at a time: this loop or a web handler
+        self.topic = engine.settings.topic("predictions")
+        self.batch_size = batch_size
+        self.commit_interval_s, self.tick_interval_s, self.poll_timeout_s = (commit_interval_s, tick_interval_s,
+                                                                              poll_timeout_s)
+        self.consumer = Consumer(engine.settings.kafka(**{
+            "group.id": f"{engine.settings.topic_prefix}whystream-worker",
+            "client.id": engine.worker,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": int(session_timeout_s * 1000),
+            "heartbeat.interval.ms": int(min(3.0, session_timeout_s / 3) * 1000),
+            "fetch.wait.max.ms": 20,  # an idle partition's next event is fetched within this
+            "queued.max.messages.kbytes": 16384,  # prefetched and not yet taken: bounded under any backlog
+        }))
+        self.positions: dict[int, int] = {}  # partition -> next offset to read (after what the engine handled)
+        self.committed: dict[int, int] = {}
+        self.stopping = threading.Event()
+        self.crashed: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="whystream-ingest", daemon=True)
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self) -> None:
+        self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_lost)
+        self.thread.start()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        self.stopping.set()
+        self.thread.join(timeout)
+
+    def _run(self) -> None:
+        next_commit = next_tick = time.monotonic()
+        try:
+            while not self.stopping.is_set():
+                messages = self._take()
+                if messages:
+                    self._handle(messages)
+                now = time.monotonic()
+                if now >= next_tick:
+                    next_tick = now + self.tick_interval_s
+                    with self.lock:
+                        self.engine.tick()
+                    self._update_lag()
+                if now >= next_commit:
+                    next_commit = now + self.commit_interval_s
+                    self._commit(self.positions, asynchronous=True)
+        except BaseException as exc:  # publishing failed, the broker went away for good, a bug: stop the worker
+            self.crashed = exc
+            log.exception("ingest loop stopped")
+        finally:
+            try:
+                if self.crashed is None:
+                    self._commit(self.positions, asynchronous=False)
+                self.consumer.close()  # leaves the group: the others take over now, not after a session timeout
+            finally:
+                self.engine.close()
+
+    # -- one batch ------------------------------------------------------------
+
+    def _take(self) -> list:
+        """Up to batch_size messages: wait for the first, then whatever else is already fetched."""
+        first = self.consumer.poll(self.poll_timeout_s)
+        if first is None:
+            return []
+        messages = [first]
+        if self.batch_size > 1:
+            messages += self.consumer.consume(self.batch_size - 1, timeout=0)
+        good = [m for m in messages if m.error() is None]
+        if len(good) != len(messages):
+            for m in messages:
+                if m.error() is not None and m.error().code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer: %s", m.error())
+        return good
+
+    def _handle(self, messages: list) -> None:
+        n = len(messages)
+        values = [m.value() or b"" for m in messages]  # a tombstone (no value) is undecodable input
+        partitions = np.fromiter((m.partition() for m in messages), dtype=np.int64, count=n)
+        offsets = np.fromiter((m.offset() for m in messages), dtype=np.int64, count=n)
+
+        def message(i: int) -> RawMessage:
+            m = messages[i]
+            return RawMessage(values[i], m.key(), m.topic(), m.partition(), m.offset())
+
+        with self.lock:
+            self.engine.process_inbound(Inbound(values, partitions, offsets, message))
+        for p in np.unique(partitions).tolist():
+            self.positions[p] = int(offsets[partitions == p].max()) + 1
+
+    # -- offsets --------------------------------------------------------------
+
+    def _commit(self, partitions, asynchronous: bool) -> None:
+        """Commit, for each of these partitions, as far as the engine allows."""
+        with self.lock:
+            held = self.engine.held_offsets([p for p in partitions if p in self.positions])
+        offsets = []
+        for p, keep in held.items():
+            offset = min(keep) if keep else self.positions[p]
+            if self.committed.get(p) != offset:
+                offsets.append(TopicPartition(self.topic, p, offset))
+                self.committed[p] = offset
+        if offsets:
+            try:
+                self.consumer.commit(offsets=offsets, asynchronous=asynchronous)
+            except Exception as exc:  # the next commit tries again; a replay only redoes work
+                for tp in offsets:
+                    self.committed.pop(tp.partition, None)
+                log.warning("commit failed: %s", exc)
+
+    def _update_lag(self) -> None:
+        for p, position in list(self.positions.items()):
+            try:
+                _, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)
+            except Exception:
+                continue
+            if high is not None and high >= 0:
+                self.engine.metrics.lag.labels(str(p)).set(max(high - position, 0))
+
+    # -- rebalancing (called by the consumer, on this loop's thread) ----------
+
+    def _on_assign(self, consumer, partitions) -> None:
+        log.info("assigned %s", sorted(tp.partition for tp in partitions))
+
+    def _on_revoke(self, consumer, partitions) -> None:
+        """Commit what is allowed; the open windows are the new owner's to rebuild."""
+        revoked = {tp.partition for tp in partitions if tp.topic == self.topic}
+        self._commit(revoked, asynchronous=False)
+        self._forget(revoked)
+
+    def _on_lost(self, consumer, partitions) -> None:
+        self._forget({tp.partition for tp in partitions if tp.topic == self.topic})
+
+    def _forget(self, partitions: set[int]) -> None:
+        with self.lock:
+            self.engine.revoke(partitions)
         for p in partitions:
-            self.position.pop(p, None)
+            self.positions.pop(p, None)
+            self.committed.pop(p, None)
+            try:
+                self.engine.metrics.lag.remove(str(p))
+            except KeyError:
+                pass
 
 
 def create_app(settings: Settings, config: EngineConfig | None = None, web_port: int = 6066,
-               batch_size: int = 2000, batch_wait_s: float = 0.05, session_timeout_s: float = 6.0) -> faust.App:
+               batch_size: int = 2000, session_timeout_s: float = 6.0) -> faust.App:
     engine = Engine(settings, config)
-    topic_name = settings.topic("predictions")
+    ingest = Ingest(engine, batch_size=batch_size, session_timeout_s=session_timeout_s)
     datadir = settings.home / "faust" / str(web_port)  # one per worker on a host
     datadir.parent.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
-        f"{settings.topic_prefix}whystream-worker",  # the consumer group
+
+    class WorkerApp(faust.App):
+        BootStrategy = _WithoutFaustKafka
+
+    app = WorkerApp(
+        f"{settings.topic_prefix}whystream-worker",
         broker=f"kafka://{settings.require('broker')}",
         datadir=str(datadir),
         web_port=web_port,
         web_host="127.0.0.1",
         web_bind="0.0.0.0",
-        stream_wait_empty=False,  # held events must not block a rebalance
-        broker_session_timeout=session_timeout_s,
-        broker_heartbeat_interval=min(3.0, session_timeout_s / 3),
-        broker_commit_interval=1.0,
-        topic_allow_declare=False,
-        topic_disable_leader=True,
-        consumer_auto_offset_reset="earliest",
     )
-    app.engine = engine
-    topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw")
-    engine_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whystream-engine")
-    keeper = AckKeeper()
+    app.engine, app.ingest = engine, ingest
 
-    async def on_engine(fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(engine_thread, fn, *args)
+    async def with_engine(fn, *args):
+        def locked():
+            with ingest.lock:
+                return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(None, locked)
 
-    @app.agent(topic)
-    async def explain(stream):
-        async for events in stream.noack_take(batch_size, within=batch_wait_s):
-            messages = [RawMessage(e.message.value, e.message.key, e.message.topic, e.message.partition,
-                                   e.message.offset) for e in events]
-            await on_engine(engine.process, messages)
-            holds = await on_engine(engine.held_offsets, {m.partition for m in messages} | keeper.partitions())
-            keeper.settle(events, holds)
+    @app.service
+    class IngestService(mode.Service):
+        async def on_start(self) -> None:
+            ingest.start()
+            self.add_future(self._watch())
 
-    @app.timer(1.0)
-    async def close_idle_windows():
-        await on_engine(engine.tick)
-        keeper.settle([], await on_engine(engine.held_offsets, keeper.partitions()))
-        for tp in app.consumer.assignment():
-            highwater = app.consumer.highwater(tp)
-            if highwater is not None and tp.partition in keeper.position:
-                engine.metrics.lag.labels(str(tp.partition)).set(max(highwater - keeper.position[tp.partition], 0))
+        async def _watch(self) -> None:
+            while ingest.thread.is_alive():
+                await asyncio.sleep(0.5)
+            if ingest.crashed is not None and not ingest.stopping.is_set():
+                await app.crash(ingest.crashed)
 
-    @app.on_partitions_revoked.connect
-    async def on_revoked(app, revoked, **kwargs):
-        partitions = {tp.partition for tp in revoked if tp.topic == topic_name}
-        keeper.forget(partitions)
-        await on_engine(engine.revoke, partitions)
+        async def on_stop(self) -> None:
+            await asyncio.get_running_loop().run_in_executor(None, ingest.stop)
 
     @app.page("/metrics")
     async def metrics(web, request):
@@ -118,12 +251,12 @@ def create_app(settings: Settings, config: EngineConfig | None = None, web_port:
 
     @app.page("/health")
     async def health(web, request):
-        checks = await on_engine(health_checks, engine)
+        checks = await asyncio.get_running_loop().run_in_executor(None, partial(health_checks, engine))
         return web.json(checks, status=200 if all(c["ok"] for c in checks.values()) else 503)
 
     @app.page("/explain/{prediction_id}")
     async def explain_one(web, request, prediction_id):
-        explanation = await on_engine(engine.explain_on_demand, prediction_id)
+        explanation = await with_engine(engine.explain_on_demand, prediction_id)
         if explanation is None:
             return web.json({"error": f"no recent decision with prediction_id {prediction_id!r}"}, status=404)
         return web.json(explanation)

@@ -125,3 +125,19 @@ def stream(model: SyntheticModel, first_minute_ms: int, minutes: int, per_minute
         events += events_for(model, pop[idx], w, reasons, first_minute_ms + m * MINUTE_MS, f"{prefix}{m}", rng)
         populations.append(pop)
     return events, populations
+
+
+def tiny_registered_model(root, n_features: int = 5, seed: int = 3):
+    """A real RegisteredModel from a real ModelRegistry, fast: a few LightGBM
+    trees on random data (the session's small_model trains for seconds)."""
+    import lightgbm as lgb
+
+    from whystream.jobs.registry import ModelRegistry
+
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(2000, n_features))
+    y = (X[:, 0] + 0.5 * X[:, 1] + rng.normal(size=2000) > 1).astype(int)
+    data = lgb.Dataset(X, y, feature_name=[f"x{j}" for j in range(n_features)])
+    booster = lgb.train({"objective": "binary", "num_leaves": 7, "verbose": -1, "seed": seed,
+                         "deterministic": True, "num_threads": 1}, data, num_boost_round=10)
+    return ModelRegistry(root).register("tiny", booster, 0.5, X[:1000])

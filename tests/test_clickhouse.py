@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from chdb_support import MINUTE_MS, base_minute, db, events_for, population_shap, sample_minute, stream, synthetic_model  # noqa: F401
+from chdb_support import MINUTE_MS, base_minute, db, stream, synthetic_model, tiny_registered_model  # noqa: F401
 
 from whystream.config import Settings
 from whystream.errors import ConfigError, WhystreamError
@@ -149,15 +149,16 @@ def test_register_reference_backfills_earlier_explanations_once(db):
     assert refs[0]["c"] == len(model.feature_names)
 
 
-def test_reference_rows_hold_the_models_reference(db, small_model):
+def test_reference_rows_hold_the_models_reference(db, tmp_path):
     client, database = db
-    ch.register_reference(client, small_model, database)
+    model = tiny_registered_model(tmp_path)
+    ch.register_reference(client, model, database)
     ref = ch.rows(client, f"""SELECT feature, bin_edges, reference_hist, reference_mean_abs_shap
                               FROM {database}.model_reference FINAL ORDER BY feature_index""")
-    assert [r["feature"] for r in ref] == small_model.feature_names
-    assert np.allclose([r["bin_edges"] for r in ref], small_model.bin_edges)
-    assert np.allclose([r["reference_hist"] for r in ref], small_model.reference_hist)
-    assert np.allclose([r["reference_mean_abs_shap"] for r in ref], np.abs(small_model.reference_shap).mean(axis=0))
+    assert [r["feature"] for r in ref] == model.feature_names
+    assert np.allclose([r["bin_edges"] for r in ref], model.bin_edges)
+    assert np.allclose([r["reference_hist"] for r in ref], model.reference_hist)
+    assert np.allclose([r["reference_mean_abs_shap"] for r in ref], np.abs(model.reference_shap).mean(axis=0))
 
 
 def test_same_token_twice_writes_once_everywhere(db):
@@ -232,7 +233,9 @@ def test_audit_queries_run(db):
     ch.register_reference(client, model, database)
     events, _ = stream(model, base_minute(0.05), minutes=3, per_minute=600, seed=16)
     ch.insert_explanations(client, events, database)
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
     for name, sql in drift_sql.AUDIT_QUERIES.items():
+        assert sql.strip() in readme, f"README's ClickHouse section lacks the query {name!r}"
         sql = sql.replace("whystream.", f"{database}.").replace("the-prediction-id", events[0]["prediction_id"])
         found = ch.rows(client, sql)
         if name == "explanation of one decision":

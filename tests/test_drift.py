@@ -38,19 +38,19 @@ def run_ticks(monitor: DriftMonitor, t0: int, minutes: range) -> list[tuple[int,
 
 def test_injected_drift_alerts_once_per_feature_and_episode(fresh_topics, db):
     client, database = db
-    # normal 10 min, feature_2 drifted 10 min, normal 15 min, drifted again 5 min
-    model, t0 = load_stream(client, database, [(10, False), (10, True), (15, False), (5, True)])
+    # normal 6 min, feature_2 drifted 8 min, normal 12 min, drifted again 4 min
+    model, t0 = load_stream(client, database, [(6, False), (8, True), (12, False), (4, True)])
     monitor = DriftMonitor(fresh_topics, window_seconds=300, database=database, client=client)
-    alerts = run_ticks(monitor, t0, range(5, 41))
+    alerts = run_ticks(monitor, t0, range(5, 31))
 
     features = {a["feature"] for _, a in alerts}
     assert features == {f"feature_{DRIFTED}"}  # the untouched features never alert
     psi = [(m, a) for m, a in alerts if a["statistic"] == "psi"]
     stability = [(m, a) for m, a in alerts if a["statistic"] == "stability"]
-    # one alert per statistic and episode: the first drift (minutes 10-19), then the second (35-39)
-    assert [m for m, _ in psi][0] in range(11, 16) and [m for m, _ in psi][1] in range(36, 41)
+    # one alert per statistic and episode: the first drift (minutes 6-13), then the second (26-29)
     assert len(psi) == 2 and len(stability) == 2
-    assert [m for m, _ in stability][0] in range(11, 20)
+    assert psi[0][0] in range(7, 12) and psi[1][0] in range(27, 31)
+    assert stability[0][0] in range(7, 15) and stability[1][0] in range(27, 31)
     assert len({a["alert_id"] for _, a in alerts}) == 4
     first = psi[0][1]
     assert first["model_name"] == model.name and first["model_version"] == model.version
@@ -134,3 +134,33 @@ def test_per_feature_thresholds_and_restart(db):
                              per_feature_thresholds={drifted: {"stability": 50.0}})
     assert run_ticks(restarted, t0, range(11, 14)) == []
     assert len(restarted.episodes) == 1
+
+
+def test_cli_drift_table_and_report(stack, db, tmp_path):
+    from typer.testing import CliRunner
+
+    from whystream.cli import app
+
+    client, database = db
+    model = synthetic_model(n_features=4, seed=61, name="fraud")
+    ch.register_reference(client, model, database)
+    now = base_minute(0) + MINUTE_MS
+    events, _ = stream(model, now - 4 * MINUTE_MS, 4, per_minute=2000, seed=62,
+                       drift={DRIFTED: (1.0, 2.0 * model.scales[DRIFTED])})
+    ch.insert_explanations(client, events, database)
+    flags = ["--clickhouse-dsn", stack.clickhouse_dsn, "--home", str(tmp_path)]
+    result = CliRunner().invoke(app, [*flags, "drift", "--model", "fraud", "--window", "10m",
+                                      "--database", database], env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    lines = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") > 3}
+    assert set(lines) == set(model.feature_names)
+    assert "psi" in lines[f"feature_{DRIFTED}"] and "psi" not in lines["feature_0"]
+
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(app, [*flags, "report", "--out", str(out), "--model", "fraud", "--window", "10m",
+                                      "--history", "1h", "--database", database])
+    assert result.exit_code == 0, result.output
+    page = out.read_text()
+    assert page.count("<svg") == 4 + 3  # 4 histograms; mean |SHAP|, coverage, latency over time
+    assert "<script" not in page and "src=" not in page and "href=" not in page  # nothing to fetch: opens offline
+    assert f"feature_{DRIFTED}" in page

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from chdb_support import base_minute, db, events_for, stream, synthetic_model  # noqa: F401
+from chdb_support import base_minute, db, events_for, stream, synthetic_model, tiny_registered_model  # noqa: F401
 from clickhouse_connect.driver.exceptions import OperationalError
 from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -103,12 +103,13 @@ def wait_for(condition, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_sink_survives_clickhouse_outage_without_loss_or_doubles(fresh_topics, small_model, db):
+def test_sink_survives_clickhouse_outage_without_loss_or_doubles(fresh_topics, db, tmp_path):
     client, database = db
-    settings = fresh_topics.with_(registry=small_model.path.parent.parent)
+    model = tiny_registered_model(tmp_path / "registry")
+    settings = fresh_topics.with_(registry=tmp_path / "registry")
     codec = codec_for("ExplanationEvent", settings.schema_registry_url, settings.topic("explanations"))
-    first = model_events(small_model, 1500, seed=1, prefix="a")
-    second = model_events(small_model, 1500, seed=2, prefix="b")
+    first = model_events(model, 1200, seed=1, prefix="a")
+    second = model_events(model, 1200, seed=2, prefix="b")
     encode = [(e["prediction_id"].encode(), codec.encode(e)) for e in first + second]
 
     outage = Outage(settings, database, lose_answers=1)
@@ -119,27 +120,27 @@ def test_sink_survives_clickhouse_outage_without_loss_or_doubles(fresh_topics, s
     runner.start()
     ends: dict[int, int] = {}
     try:
-        produce(settings, encode[:1500] + [(b"x", b"not an explanation")], ends)
-        wait_for(lambda: sink.stats.written == 1500, 60, "the first half")
+        produce(settings, encode[:1200] + [(b"x", b"not an explanation")], ends)
+        wait_for(lambda: sink.stats.written == 1200, 60, "the first half")
         outage.down = True
         # the second half, a redelivered stretch of the first, and one more undecodable message
-        produce(settings, encode[1500:] + encode[:200] + [(b"y", b"\xc3\x01garbage")], ends)
+        produce(settings, encode[1200:] + encode[:200] + [(b"y", b"\xc3\x01garbage")], ends)
         wait_for(lambda: outage.refused >= 3, 30, "the sink to hit the outage")
-        assert sink.stats.written == 1500
+        assert sink.stats.written == 1200
         outage.down = False
-        wait_for(lambda: sink.stats.written == 3000 and sink.stats.consumed == 3000 + 200 + 2, 60, "the rest")
+        wait_for(lambda: sink.stats.written == 2400 and sink.stats.consumed == 2400 + 200 + 2, 60, "the rest")
     finally:
         stop.set()
         runner.join(30)
     assert not runner.is_alive()
 
-    assert sink.stats.written == 3000 and sink.stats.undecodable == 2 and sink.stats.duplicates == 200
+    assert sink.stats.written == 2400 and sink.stats.undecodable == 2 and sink.stats.duplicates == 200
     assert sink.stats.retries >= 3
-    n_features = len(small_model.feature_names)
-    assert counts(client, database) == {"raw": 3000, "ids": 3000, "hist": 3000 * n_features,
-                                        "stats": 3000 * n_features, "engine": 3000}
+    n_features = len(model.feature_names)
+    assert counts(client, database) == {"raw": 2400, "ids": 2400, "hist": 2400 * n_features,
+                                        "stats": 2400 * n_features, "engine": 2400}
     # the sink registered the model's reference from the registry
-    assert ch.has_reference(client, small_model.name, small_model.version, database)
+    assert ch.has_reference(client, model.name, model.version, database)
     # every offset is committed: a restarted sink starts at the end
     consumer = Consumer(settings.kafka(**{"group.id": f"{settings.topic_prefix}whystream-sink"}))
     try:
@@ -223,3 +224,45 @@ def test_batch_token_depends_on_the_offset_ranges_only():
     a = [RawMessage(b"", None, "t", p, o) for p, o in [(0, 5), (1, 7), (0, 6), (1, 9)]]
     assert batch_token(a) == batch_token(list(reversed(a)))
     assert batch_token(a) != batch_token(a[:-1])
+
+
+def test_whystream_sink_command_serves_queries_while_it_owns_chdb(fresh_topics, tmp_path):
+    """`whystream sink` in its own process owns a chDB directory; this process reads
+    through its query port (it must not open the directory) and stops it with SIGINT."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    home = tmp_path / "home"
+    dsn = f"chdb://{tmp_path / 'chdb'}"
+    env = {**os.environ, **fresh_topics.with_(clickhouse_dsn=dsn, home=home).as_env(), "COLUMNS": "200"}
+    cli = str(Path(sys.executable).with_name("whystream"))
+    sink = subprocess.Popen([cli, "sink", "--no-drift", "--flush", "0.2"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        settings = fresh_topics.with_(clickhouse_dsn=dsn, home=home)
+        wait_for(lambda: (home / ch.PORT_FILE).exists() or sink.poll() is not None, 60, "the query port")
+        assert sink.poll() is None, sink.stdout.read()
+        model = synthetic_model(n_features=3, seed=71)
+        events, _ = stream(model, base_minute(0.5), 1, per_minute=300, seed=72)
+        codec = codec_for("ExplanationEvent", None, settings.topic("explanations"))
+        produce(settings, [(e["prediction_id"].encode(), codec.encode(e)) for e in events], {})
+        reader = ch.open_query_client(settings)
+        assert isinstance(reader, ch.SinkQueryClient)
+
+        def written():
+            return ch.rows(reader, "SELECT count() AS c FROM explanations")[0]["c"]
+
+        wait_for(lambda: written() == len(events), 60, "the rows")
+        done = subprocess.run([cli, "sql", "SELECT sampling_reason, count() AS n FROM explanations GROUP BY 1"],
+                              env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and "RESERVOIR" in done.stdout, done.stdout + done.stderr
+        assert json.loads((home / ch.PORT_FILE).read_text())["pid"] == sink.pid
+    finally:
+        sink.send_signal(signal.SIGINT)
+        output = sink.communicate(timeout=60)[0]
+    assert sink.returncode == 0, output
+    assert "sink stopped" in output and not (home / ch.PORT_FILE).exists()

@@ -48,7 +48,8 @@ def train(params: dict, rounds: int = 20, n: int = 1500, seed: int = 0) -> lgb.B
     y = target(X, np.random.default_rng(seed + 1))
     if params.get("objective") == "binary":
         y = (y > np.median(y)).astype(int)
-    base = dict(num_leaves=15, verbose=-1, min_data_in_leaf=5, min_data_per_group=5, cat_smooth=1, seed=seed)
+    base = dict(num_leaves=15, verbose=-1, min_data_in_leaf=5, min_data_per_group=5, cat_smooth=1, seed=seed,
+                num_threads=1)
     ds = lgb.Dataset(X, y, categorical_feature=[CAT])
     return lgb.train({**base, **params}, ds, num_boost_round=rounds)
 
@@ -141,11 +142,11 @@ def test_classic_algorithm_agrees(model):
 def test_long_paths_use_more_quadrature_points():
     # > 16 distinct features on a path needs 16 Gauss points (two 8-lane chunks)
     rng = np.random.default_rng(5)
-    n, f = 4000, 24
+    n, f = 3000, 24
     X = rng.normal(size=(n, f))
-    y = X.sum(axis=1) + 0.1 * rng.normal(size=n)
-    booster = lgb.train(dict(objective="regression", num_leaves=200, min_data_in_leaf=1, verbose=-1,
-                             learning_rate=0.3), lgb.Dataset(X, y), num_boost_round=3)
+    y = np.all(X > -1.5, axis=1) + 0.01 * rng.normal(size=n)  # an AND of 24 conditions: long paths
+    booster = lgb.train(dict(objective="regression", num_leaves=32, min_data_in_leaf=1, min_sum_hessian_in_leaf=0,
+                             verbose=-1, learning_rate=0.3, num_threads=1), lgb.Dataset(X, y), num_boost_round=3)
     ts = TreeShap(booster)
     assert ts._max_d > 16 and ts._max_nch >= 2
     Xt = X[:100]
@@ -158,11 +159,11 @@ def test_single_leaf_trees():
     X = make_data(400, 1)
     y = target(X, np.random.default_rng(2))
     # a leaf needs 10^4 rows: every tree is a single leaf
-    stumps = lgb.train(dict(objective="regression", min_data_in_leaf=10_000, verbose=-1), lgb.Dataset(X, y),
+    stumps = lgb.train(dict(objective="regression", min_data_in_leaf=10_000, verbose=-1, num_threads=1), lgb.Dataset(X, y),
                        num_boost_round=3)
     # mixed: trees with splits, then single-leaf trees
-    mixed = lgb.train(dict(objective="regression", num_leaves=7, verbose=-1), lgb.Dataset(X, y), num_boost_round=4)
-    mixed = lgb.train(dict(objective="regression", min_data_in_leaf=10_000, verbose=-1),
+    mixed = lgb.train(dict(objective="regression", num_leaves=7, verbose=-1, num_threads=1), lgb.Dataset(X, y), num_boost_round=4)
+    mixed = lgb.train(dict(objective="regression", min_data_in_leaf=10_000, verbose=-1, num_threads=1),
                       lgb.Dataset(X, y, free_raw_data=False), num_boost_round=2, init_model=mixed,
                       keep_training_booster=True)
     for booster in (stumps, mixed):
@@ -200,7 +201,7 @@ def test_zero_cover_falls_back_to_lightgbm_arithmetic():
 def test_multiclass_is_rejected():
     X = make_data(300, 3)
     y = np.random.default_rng(0).integers(0, 3, len(X))
-    booster = lgb.train(dict(objective="multiclass", num_class=3, verbose=-1), lgb.Dataset(X, y), num_boost_round=2)
+    booster = lgb.train(dict(objective="multiclass", num_class=3, verbose=-1, num_threads=1), lgb.Dataset(X, y), num_boost_round=2)
     with pytest.raises(ValueError, match="multiclass"):
         TreeShap(booster)
     with pytest.raises(UnsupportedModel):
@@ -210,7 +211,7 @@ def test_multiclass_is_rejected():
 def test_linear_trees_are_rejected():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(300, 3))
-    booster = lgb.train(dict(objective="regression", linear_tree=True, verbose=-1), lgb.Dataset(X, X[:, 0]),
+    booster = lgb.train(dict(objective="regression", linear_tree=True, verbose=-1, num_threads=1), lgb.Dataset(X, X[:, 0]),
                         num_boost_round=2)
     with pytest.raises(ValueError, match="linear"):
         TreeShap(booster)

@@ -225,8 +225,9 @@ def sink(ctx: typer.Context,
     from whystream.jobs.sink import run_sink
 
     settings = settings_of(ctx)
+    window_seconds = parse_duration(window)
     settings.require("broker")
-    ch.connect(settings, database)  # fails fast, in one line, on a bad DSN or a held directory
+    ch.connect(settings, database).close()  # fails fast, in one line, on a bad DSN or a held directory
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -236,23 +237,33 @@ def sink(ctx: typer.Context,
         server = ch.QueryServer(settings, database).start()
     monitor = None
     if drift:
-        monitor = DriftMonitor(settings, window_seconds=parse_duration(window), interval_seconds=interval,
+        monitor = DriftMonitor(settings, window_seconds=window_seconds, interval_seconds=interval,
                                psi_threshold=psi_threshold, stability_threshold=stability_threshold,
                                database=database)
         threading.Thread(target=monitor.run, args=(stop,), name="whystream-drift", daemon=True).start()
     where = f"query port 127.0.0.1:{server.port}" if server else ch.redact(settings.clickhouse_dsn)
     console.print(f"[dim]# sink: {settings.topic('explanations')} -> {database} ({where}); Ctrl-C stops it[/]")
-    with Live(Text("waiting for explanations..."), console=console, refresh_per_second=4, transient=False) as live:
-        def show(stats) -> None:
-            line = stats.line() + (f"; {len(monitor.episodes)} drift episodes open" if monitor else "")
+    live = Live(Text("waiting for explanations..."), console=console, refresh_per_second=4, transient=False)
+    last_print = [0.0]
+
+    def show(stats) -> None:
+        line = stats.line() + (f"; {len(monitor.episodes)} drift episodes open" if monitor else "")
+        if console.is_terminal:
             live.update(Text(line))
-        try:
-            stats = run_sink(settings, stop, batch_size=batch_size, flush_seconds=flush, progress=show,
-                             database=database)
-        finally:
-            stop.set()
-            if server:
-                server.stop()
+        elif time.monotonic() - last_print[0] >= 10:  # a log file gets a line every 10 s
+            last_print[0] = time.monotonic()
+            console.print(line, highlight=False)
+
+    if console.is_terminal:
+        live.start()
+    try:
+        stats = run_sink(settings, stop, batch_size=batch_size, flush_seconds=flush, progress=show,
+                         database=database)
+    finally:
+        stop.set()
+        live.stop()
+        if server:
+            server.stop()
     console.print(f"[dim]# sink stopped: {stats.line()}[/]")
 
 
@@ -300,25 +311,25 @@ def drift_table(ctx: typer.Context, model: str = typer.Option("fraud", help="Reg
     from rich.table import Table
 
     from whystream.jobs import drift_sql
-    from whystream.jobs.drift import DriftMonitor, now_ms
+    from whystream.jobs.drift import DriftMonitor, wall_ms
 
     settings = settings_of(ctx)
     seconds = parse_duration(window)
-    end = now_ms()
+    end = wall_ms()
     found = drift_sql.feature_drift(_clickhouse_reader(settings, database), model, end - seconds * 1000, end,
                                     database)
     if not found:
         console.print(f"no explanations of model [bold]{model}[/] with a registered reference in the last {window}")
         return
-    judge = DriftMonitor(settings, window_seconds=seconds, psi_threshold=psi_threshold,
-                         stability_threshold=stability_threshold, publish=False).judge
+    judged = DriftMonitor(settings, window_seconds=seconds, psi_threshold=psi_threshold,
+                          stability_threshold=stability_threshold, publish=False).judge_all(found)
     versions = sorted({r["model_version"] for r in found})
     table = Table(title=f"{model}: attribution drift over the last {window}", show_lines=False)
-    for name in (["version"] if len(versions) > 1 else []) + ["feature", "PSI", "stability", "Wasserstein (rel)",
+    for name in (["version"] if len(versions) > 1 else []) + ["feature", "PSI", "stability", "W1/ref",
                                                              "weighted n", "n eff", "alert"]:
-        table.add_column(name, justify="left" if name in ("version", "feature", "alert") else "right")
-    for r in sorted(found, key=lambda r: -(r["psi"] if r["psi"] is not None else -1)):
-        verdicts = judge(r)
+        table.add_column(name, justify="left" if name in ("version", "feature", "alert") else "right",
+                         no_wrap=name == "feature")
+    for r, verdicts in sorted(judged, key=lambda rv: -(rv[0]["psi"] if rv[0]["psi"] is not None else -1)):
         flag = ", ".join(j.statistic for j in verdicts if j.above) if verdicts else "[dim]too few[/]"
         cells = [r["feature"], _num(r["psi"]), _num(r["stability"]), _num(r["wasserstein_rel"]),
                  f"{r['weighted_n']:,.0f}", f"{r['effective_n']:,.0f}", f"[red bold]{flag}[/]" if flag else ""]
@@ -336,13 +347,15 @@ def report(ctx: typer.Context, out: Path = typer.Option(Path("whystream-report.h
            window: str = typer.Option("1h", help="Window for 'now' (histograms, drift)"),
            history: str = typer.Option("24h", help="Time span of the over-time charts"),
            database: str = typer.Option("whystream", help="ClickHouse database")):
-    """Write a self-contained HTML report: attribution histograms now vs reference,
-    mean |SHAP| over time, coverage and latency, drift and alerts."""
+    """Write a self-contained HTML report of a model's attributions.
+
+    Attribution histograms now vs the reference for the top features, mean |SHAP|
+    over time, coverage and latency, drift and alerts; opens offline."""
     from whystream.jobs.attribution_report import build_report
-    from whystream.jobs.drift import now_ms
+    from whystream.jobs.drift import wall_ms
 
     settings = settings_of(ctx)
-    html = build_report(_clickhouse_reader(settings, database), model, now_ms(), parse_duration(window),
+    html = build_report(_clickhouse_reader(settings, database), model, wall_ms(), parse_duration(window),
                         parse_duration(history), database)
     out.write_text(html)
     console.print(f"wrote {out} ({len(html) / 1024:,.0f} KiB)")

@@ -1,0 +1,556 @@
+"""Benchmark: how fast one worker ingests `predictions`, against a bare Faust agent.
+
+On a fresh embedded stack (Tansu broker, redis-server) with a small model
+trained into a temporary registry, in one run:
+
+1. ingest: N realistic PredictionEvents (whystream.jobs.produce, Avro
+   single-object encoded) are loaded into `predictions`, then read twice, by
+   (a) a bare Faust agent in a process of its own that only counts raw
+       messages (`async for value in stream: count += 1`): events/s from its
+       first to its last message;
+   (b) a `whystream worker` process (decode, validate, sample, explain the
+       priority events and the reservoir samples, publish): events/s from
+       `whystream_events_consumed_total` on its /metrics, its CPU time, its
+       peak resident memory; explanations per CPU-second;
+   and the ratio b / a.
+2. latency: the same worker, caught up, under a steady stream of --rate
+   events/s whose event_time is the moment each is sent: p50/p99 of the time
+   from event_time to the explanation event of each priority decision arriving
+   at a consumer of `explanations` (and to its `explained_at`); explanations per
+   CPU-second and resident memory at that steady load.
+3. backlog (--backlog N, off by default: a few minutes for a million): N events
+   queued before a fresh worker starts; its resident memory sampled every
+   second while it works through them.
+
+    python bench/ingest.py [--events 200000] [--quick] [--backlog 1000000] [--json PATH]
+
+Prints a table and writes JSON (default bench/results/ingest.json). The machine
+is shared: compare the ratios, which are measured side by side in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+BARE_FAUST_AGENT = r'''
+import json, os, sys, time
+import faust
+from faust.worker import Worker
+
+broker, topic, group, n, out, datadir = sys.argv[1:7]
+n = int(n)
+app = faust.App(group, broker=f"kafka://{broker}", datadir=datadir, web_enabled=False,
+                broker_session_timeout=6.0, broker_heartbeat_interval=2.0, topic_allow_declare=False,
+                topic_disable_leader=True, consumer_auto_offset_reset="earliest")
+source = app.topic(topic, value_serializer="raw", key_serializer="raw")
+state = {"count": 0}
+
+@app.agent(source)
+async def count(stream):
+    async for value in stream:
+        state["count"] += 1
+        if state["count"] == 1:
+            state["first"], state["cpu_first"] = time.time(), sum(os.times()[:2])
+        if state["count"] == n:
+            state["last"], state["cpu_last"] = time.time(), sum(os.times()[:2])
+            with open(out + ".tmp", "w") as f:
+                json.dump(state, f)
+            os.replace(out + ".tmp", out)
+
+Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
+'''
+
+
+# -- events ---------------------------------------------------------------------------------------------------------
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    shift = result = 0
+    while True:
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _zigzag(n: int) -> bytes:
+    n = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def with_event_time(value: bytes, event_time_ms: int) -> bytes:
+    """A single-object encoded PredictionEvent (current schema) with event_time replaced:
+    it follows three strings (prediction_id, model_name, model_version) in the body."""
+    pos = 10
+    for _ in range(3):
+        length, pos = _varint(value, pos)
+        pos += length >> 1
+    _, end = _varint(value, pos)
+    return value[:pos] + _zigzag(event_time_ms) + value[end:]
+
+
+def encoded_events(model, count: int, run_id: str, seed: int = 1, start: int = 0):
+    """Chunks of (key, value): realistic PredictionEvents, Avro single-object encoded."""
+    from whystream.jobs.generator import TransactionGenerator
+    from whystream.jobs.produce import prediction_events
+    from whystream.streams.codec import codec_for
+
+    encode = codec_for("PredictionEvent").encode
+    for records in prediction_events(model, TransactionGenerator(seed), start, count, run_id, seed):
+        yield [(r["prediction_id"].encode(), encode(r)) for r in records]
+
+
+def load_topic(settings, chunks) -> int:
+    """Produce (key, value) chunks as fast as the broker takes them."""
+    from confluent_kafka import Producer
+
+    topic = settings.topic("predictions")
+    producer = Producer(settings.kafka(**{"linger.ms": 20, "compression.type": "lz4", "batch.size": 1_000_000,
+                                          "queue.buffering.max.kbytes": 512 * 1024}))
+    sent = 0
+    for chunk in chunks:
+        for key, value in chunk:
+            while True:
+                try:
+                    producer.produce(topic, value=value, key=key)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        sent += len(chunk)
+        producer.poll(0)
+    if producer.flush(120):
+        raise RuntimeError("loading the predictions topic did not finish in 120 s")
+    return sent
+
+
+# -- processes --------------------------------------------------------------------------------------------------------
+
+def _peak_rss(pid: int) -> int:
+    """VmHWM: the peak resident set of a process, in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class Sampler(threading.Thread):
+    """Samples a process (RSS, CPU seconds) and, if given, a /metrics URL, every `interval` s."""
+
+    def __init__(self, pid: int, metrics_url: str | None = None, interval: float = 0.02):
+        super().__init__(daemon=True)
+        import psutil
+
+        self.process = psutil.Process(pid)
+        self.url, self.interval = metrics_url, interval
+        self.samples: list[dict] = []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                sample = self.sample()
+            except Exception:  # the process went away, or its web server is busy starting
+                sample = None
+            if sample:
+                self.samples.append(sample)
+            self._halt.wait(self.interval)
+
+    def sample(self) -> dict:
+        cpu = self.process.cpu_times()
+        sample = {"t": time.time(), "rss": self.process.memory_info().rss, "cpu": cpu.user + cpu.system}
+        if self.url:
+            with urllib.request.urlopen(self.url, timeout=5) as response:
+                sample.update(parse_metrics(response.read().decode()))
+        return sample
+
+    def stop(self) -> list[dict]:
+        self._halt.set()
+        self.join(10)
+        return self.samples
+
+
+def parse_metrics(text: str) -> dict:
+    consumed = explained = 0.0
+    for line in text.splitlines():
+        if line.startswith("whystream_events_consumed_total"):
+            consumed = float(line.split()[-1])
+        elif line.startswith("whystream_explained_total{"):
+            explained += float(line.split()[-1])
+    return {"consumed": consumed, "explained": explained}
+
+
+class WorkerProcess:
+    def __init__(self, settings, log_path: Path, *flags: str):
+        from whystream.infra.stack import free_port
+
+        self.port = free_port()
+        self.log = open(log_path, "wb")
+        env = {**os.environ, **settings.as_env(), "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen([sys.executable, "-m", "whystream", "worker", "--web-port", str(self.port),
+                                         *flags], env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.metrics_url = f"http://127.0.0.1:{self.port}/metrics"
+
+    def metrics(self) -> dict:
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
+            return parse_metrics(response.read().decode())
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited ({self.process.returncode}); see {self.log.name}")
+            try:
+                self.metrics()
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"worker not ready in {timeout:.0f}s; see {self.log.name}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+# -- phases ---------------------------------------------------------------------------------------------------------
+
+def bare_faust(settings, n: int, work: Path, timeout: float) -> dict:
+    """Events/s of a bare Faust agent that counts the raw messages of `predictions`."""
+    out = work / f"bare-{uuid.uuid4().hex[:6]}.json"
+    argv = [sys.executable, "-c", BARE_FAUST_AGENT, settings.broker, settings.topic("predictions"),
+            f"bench-bare-{uuid.uuid4().hex[:8]}", str(n), str(out), str(work / "faust-bare")]
+    log = open(work / "bare-faust.log", "wb")
+    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while not out.exists():
+            if process.poll() is not None:
+                raise RuntimeError(f"bare Faust agent exited ({process.returncode}); see {log.name}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"bare Faust agent did not count {n} messages in {timeout:.0f}s")
+            time.sleep(0.05)
+        state = json.loads(out.read_text())
+        peak = _peak_rss(process.pid)
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+    seconds, cpu = state["last"] - state["first"], state["cpu_last"] - state["cpu_first"]
+    return {"events": n, "seconds": round(seconds, 3), "events_per_s": round((n - 1) / seconds),
+            "cpu_s": round(cpu, 2), "cpu_us_per_event": round(cpu / (n - 1) * 1e6, 2),
+            "peak_rss_mib": round(peak / 2**20, 1)}
+
+
+def _rate(samples: list[dict], n: int) -> dict:
+    """Events/s between the first sample with consumed > 0 and the first with consumed >= n."""
+    first = next(s for s in samples if s.get("consumed", 0) > 0)
+    last = next(s for s in samples if s.get("consumed", 0) >= n)
+    seconds = last["t"] - first["t"]
+    events = last["consumed"] - first["consumed"]
+    cpu = last["cpu"] - first["cpu"]
+    explained = last["explained"] - first["explained"]
+    return {"events": n, "seconds": round(seconds, 3), "events_per_s": round(events / seconds) if seconds else None,
+            "cpu_s": round(cpu, 2), "cpu_us_per_event": round(cpu / events * 1e6, 2) if events else None,
+            "explained": int(last["explained"]),
+            "explanations_per_cpu_s": round(explained / cpu, 1) if cpu else None}
+
+
+def worker_ingest(worker: WorkerProcess, n: int, timeout: float) -> dict:
+    sampler = Sampler(worker.process.pid, worker.metrics_url)
+    sampler.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while not sampler.samples or sampler.samples[-1].get("consumed", 0) < n:
+            if worker.process.poll() is not None:
+                raise RuntimeError(f"worker exited ({worker.process.returncode}); see {worker.log.name}")
+            if time.monotonic() > deadline:
+                got = sampler.samples[-1].get("consumed") if sampler.samples else None
+                raise RuntimeError(f"worker consumed {got} of {n} in {timeout:.0f}s; see {worker.log.name}")
+            time.sleep(0.05)
+    finally:
+        samples = sampler.stop()
+    result = _rate(samples, n)
+    result["peak_rss_mib"] = round(_peak_rss(worker.process.pid) / 2**20, 1)
+    return result
+
+
+class ExplanationListener(threading.Thread):
+    """Reads `explanations` from its current end, noting when each message arrives."""
+
+    def __init__(self, settings):
+        super().__init__(daemon=True)
+        from confluent_kafka import Consumer, TopicPartition
+
+        self.topic = settings.topic("explanations")
+        self.consumer = Consumer(settings.kafka(**{"group.id": f"bench-listen-{uuid.uuid4().hex[:8]}",
+                                                   "enable.auto.commit": False, "fetch.wait.max.ms": 5,
+                                                   "fetch.error.backoff.ms": 5}))
+        partitions = self.consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions
+        ends = []
+        for p in partitions:
+            _, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
+            ends.append(TopicPartition(self.topic, p, high))
+        self.consumer.assign(ends)
+        self.received: list[tuple[float, bytes]] = []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            for message in self.consumer.consume(1000, timeout=0.005):
+                if message.error() is None:
+                    self.received.append((time.time(), message.value()))
+
+    def stop(self) -> list[tuple[float, bytes]]:
+        self._halt.set()
+        self.join(10)
+        self.consumer.close()
+        return self.received
+
+
+def steady_latency(settings, worker: WorkerProcess, model, rate: float, seconds: float, run_id: str) -> dict:
+    """Send `rate` events/s for `seconds` with event_time = send time; latency of priority explanations."""
+    from confluent_kafka import Producer
+
+    from whystream.streams.codec import codec_for
+
+    count = int(rate * seconds)
+    events = [e for chunk in encoded_events(model, count, run_id, seed=3) for e in chunk]
+    listener = ExplanationListener(settings)
+    listener.start()
+    time.sleep(0.5)
+    producer = Producer(settings.kafka(**{"linger.ms": 1, "compression.type": "lz4"}))
+    topic = settings.topic("predictions")
+    consumed_before = worker.metrics()["consumed"]
+    sampler = Sampler(worker.process.pid, worker.metrics_url, interval=0.5)
+    sampler.start()
+    began = time.monotonic()
+    step = max(1, int(rate / 1000))  # a few events every millisecond
+    for i in range(0, count, step):
+        ahead = i / rate - (time.monotonic() - began)
+        if ahead > 0:
+            time.sleep(ahead)
+        now_ms = int(time.time() * 1000)
+        for key, value in events[i:i + step]:
+            producer.produce(topic, value=with_event_time(value, now_ms), key=key)
+        producer.poll(0)
+    producer.flush(30)
+    sent_seconds = time.monotonic() - began
+    decode = codec_for("ExplanationEvent").decode
+    deadline = time.monotonic() + 60
+    while worker.metrics()["consumed"] < consumed_before + count and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    samples = sampler.stop()
+    received = listener.stop()
+    arrival, explained = [], []
+    counts = {"priority": 0, "reservoir": 0}
+    for at, value in received:
+        e = decode(value)
+        if not e["prediction_id"].startswith(run_id + "-"):
+            continue
+        if e["sampling_reason"] == "RESERVOIR":
+            counts["reservoir"] += 1
+            continue
+        counts["priority"] += 1
+        arrival.append(at * 1000 - e["event_time"])
+        explained.append(e["explained_at"] - e["event_time"])
+    busy = [s for s in samples if s["t"] - samples[0]["t"] <= sent_seconds]
+    cpu = busy[-1]["cpu"] - busy[0]["cpu"] if len(busy) > 1 else None
+    expl = busy[-1]["explained"] - busy[0]["explained"] if len(busy) > 1 else None
+    wall = busy[-1]["t"] - busy[0]["t"] if len(busy) > 1 else None
+    q = lambda xs, p: round(float(_quantile(xs, p)), 1) if xs else None
+    return {"rate": rate, "seconds": round(sent_seconds, 1), "sent": count, **counts,
+            "p50_ms": q(arrival, 0.5), "p99_ms": q(arrival, 0.99), "max_ms": q(arrival, 1.0),
+            "explained_at_p50_ms": q(explained, 0.5), "explained_at_p99_ms": q(explained, 0.99),
+            "worker_cpu_fraction": round(cpu / wall, 3) if cpu and wall else None,
+            "explanations_per_cpu_s": round(expl / cpu, 1) if cpu else None,
+            "rss_mib": round(samples[-1]["rss"] / 2**20, 1) if samples else None}
+
+
+def _quantile(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p * (len(xs) - 1))))]
+
+
+def backlog(settings, model, n: int, work: Path, timeout: float) -> dict:
+    """RSS over time of a fresh worker that starts with n events queued."""
+    run_id = f"backlog{uuid.uuid4().hex[:4]}"
+    began = time.monotonic()
+    loaded = load_topic(settings, encoded_events(model, n, run_id, seed=5))
+    load_s = time.monotonic() - began
+    worker = WorkerProcess(settings, work / "worker-backlog.log")
+    try:
+        worker.wait_ready()
+        sampler = Sampler(worker.process.pid, worker.metrics_url, interval=1.0)
+        sampler.start()
+        deadline = time.monotonic() + timeout
+        while not sampler.samples or sampler.samples[-1].get("consumed", 0) < n:
+            if worker.process.poll() is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        time.sleep(2)
+        samples = sampler.stop()
+        peak = _peak_rss(worker.process.pid)
+    finally:
+        worker.stop()
+    t0 = samples[0]["t"]
+    timeline = [{"s": round(s["t"] - t0, 1), "consumed": int(s.get("consumed", 0)), "rss_mib": round(s["rss"] / 2**20, 1)}
+                for s in samples]
+    working = [s for s in samples if 0 < s.get("consumed", 0) < n]
+    rss = [s["rss"] / 2**20 for s in working] or [s["rss"] / 2**20 for s in samples]
+    half = rss[len(rss) // 2:]
+    rate = _rate(samples, n) if samples and samples[-1].get("consumed", 0) >= n else {}
+    return {"events": loaded, "load_s": round(load_s, 1), "consumed": int(samples[-1].get("consumed", 0)),
+            "events_per_s": rate.get("events_per_s"),
+            "rss_mib_first_half_max": round(max(rss[:max(1, len(rss) // 2)]), 1),
+            "rss_mib_second_half_max": round(max(half), 1) if half else None,
+            "rss_mib_median": round(statistics.median(rss), 1), "peak_rss_mib": round(peak / 2**20, 1),
+            "timeline": timeline}
+
+
+# -- the run --------------------------------------------------------------------------------------------------------
+
+def run(args) -> dict:
+    from whystream.infra.stack import EmbeddedStack, ensure_topics
+    from whystream.jobs.registry import ModelRegistry
+    from whystream.jobs.train import train_model
+
+    result: dict = {"benchmark": "ingest", "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
+                                                      f"Python {platform.python_version()}", "events": args.events}
+    with tempfile.TemporaryDirectory(prefix="whystream-ingest-") as tmp:
+        work = Path(tmp)
+        stack = EmbeddedStack(work / "stack", write_env_file=False)
+        base = stack.start()
+        try:
+            began = time.monotonic()
+            if args.reference_model:
+                model = ModelRegistry(args.reference_model).load("fraud")
+                registry = Path(args.reference_model)
+            else:
+                registry = work / "registry"
+                model = train_model(ModelRegistry(registry), n_train=20_000, num_trees=50, progress=False)
+            result["model"] = {"version": model.version, "features": len(model.feature_names),
+                               "trees": model.booster.num_trees(), "train_s": round(time.monotonic() - began, 1)}
+            settings = base.with_(topic_prefix=f"b{uuid.uuid4().hex[:6]}.", registry=registry)
+            ensure_topics(settings, partitions=4)
+
+            run_id = f"ingest{uuid.uuid4().hex[:4]}"
+            began = time.monotonic()
+            events = [e for chunk in encoded_events(model, args.events, run_id) for e in chunk]
+            result["encode_s"] = round(time.monotonic() - began, 1)
+            result["event_bytes_mean"] = round(sum(len(v) for _, v in events) / len(events))
+            began = time.monotonic()
+            load_topic(settings, [events])
+            result["load_s"] = round(time.monotonic() - began, 1)
+            del events
+
+            print(f"loaded {args.events:,} events; bare Faust agent ...", file=sys.stderr)
+            result["bare_faust"] = bare_faust(settings, args.events, work, timeout=args.timeout)
+            print(f"  {result['bare_faust']['events_per_s']:,} events/s; whystream worker ...", file=sys.stderr)
+            worker = WorkerProcess(settings, work / "worker.log")
+            try:
+                worker.wait_ready()
+                result["worker"] = worker_ingest(worker, args.events, timeout=args.timeout)
+                result["ratio"] = round(result["worker"]["events_per_s"] / result["bare_faust"]["events_per_s"], 2)
+                print(f"  {result['worker']['events_per_s']:,} events/s; steady {args.rate:,.0f} events/s ...",
+                      file=sys.stderr)
+                time.sleep(6)  # the ingest windows close (idle) before the steady phase
+                result["latency"] = steady_latency(settings, worker, model, args.rate, args.latency_seconds,
+                                                   f"steady{uuid.uuid4().hex[:4]}")
+            finally:
+                worker.stop()
+            if args.backlog:
+                print(f"backlog of {args.backlog:,} events ...", file=sys.stderr)
+                backlog_settings = settings.with_(topic_prefix=f"q{uuid.uuid4().hex[:6]}.")
+                ensure_topics(backlog_settings, partitions=4)
+                result["backlog"] = backlog(backlog_settings, model, args.backlog, work, timeout=args.backlog_timeout)
+        finally:
+            if args.keep_logs:
+                for log in work.glob("*.log"):
+                    target = Path(args.keep_logs) / log.name
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(log.read_bytes())
+            stack.stop()
+    return result
+
+
+def report(r: dict) -> str:
+    bare, worker, lat = r["bare_faust"], r["worker"], r["latency"]
+    lines = [
+        f"ingest benchmark: {r['events']:,} PredictionEvents ({r['event_bytes_mean']} bytes, "
+        f"{r['model']['features']} features, {r['model']['trees']} trees) on the embedded broker ({r['machine']})",
+        f"  {'consumer':<34}{'events/s':>10}{'seconds':>9}{'CPU us/event':>14}{'peak RSS MiB':>14}",
+        f"  {'bare Faust agent (count only)':<34}{bare['events_per_s']:>10,}{bare['seconds']:>9}"
+        f"{bare['cpu_us_per_event']:>14}{bare['peak_rss_mib']:>14}",
+        f"  {'whystream worker':<34}{worker['events_per_s']:>10,}{worker['seconds']:>9}"
+        f"{worker['cpu_us_per_event']:>14}{worker['peak_rss_mib']:>14}",
+        f"  worker / bare Faust: {r['ratio']}x   (explained {worker['explained']:,}: "
+        f"{worker['explanations_per_cpu_s']} explanations per CPU-second while ingesting)",
+        f"  priority latency at {lat['rate']:,.0f} events/s for {lat['seconds']}s ({lat['priority']:,} priority, "
+        f"{lat['reservoir']:,} sampled): event_time -> on the topic p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, "
+        f"max {lat['max_ms']} ms; -> explained_at p50 {lat['explained_at_p50_ms']} ms, p99 {lat['explained_at_p99_ms']} ms",
+        f"  at that load: worker CPU {lat['worker_cpu_fraction']} cores, {lat['explanations_per_cpu_s']} explanations "
+        f"per CPU-second, RSS {lat['rss_mib']} MiB",
+    ]
+    if "backlog" in r:
+        b = r["backlog"]
+        lines.append(f"  backlog {b['events']:,} queued: consumed {b['consumed']:,} at {b['events_per_s']} events/s; RSS "
+                     f"median {b['rss_mib_median']} MiB, max first half {b['rss_mib_first_half_max']}, second half "
+                     f"{b['rss_mib_second_half_max']}, peak {b['peak_rss_mib']} MiB")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000, help="events loaded for the ingest comparison")
+    parser.add_argument("--quick", action="store_true", help="50,000 events and 8 s of steady load, for a first look")
+    parser.add_argument("--rate", type=float, default=5000.0, help="events/s of the steady latency phase")
+    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--backlog", type=int, default=0, help="also measure RSS under this many queued events")
+    parser.add_argument("--backlog-timeout", type=float, default=900.0)
+    parser.add_argument("--timeout", type=float, default=300.0, help="per ingest measurement")
+    parser.add_argument("--reference-model", help="registry holding a `fraud` model to use instead of training one")
+    parser.add_argument("--keep-logs", help="copy the worker and Faust logs to this folder")
+    parser.add_argument("--json", type=Path, default=Path(__file__).resolve().parent / "results" / "ingest.json")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.events, args.latency_seconds = min(args.events, 50_000), min(args.latency_seconds, 8.0)
+    result = run(args)
+    print(report(result))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"  wrote {args.json}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,263 @@
+"""Benchmark: whystream's TreeSHAP kernel against shap's TreeExplainer and LightGBM's pred_contrib.
+
+Three LightGBM binary classifiers on the same synthetic data (50 features, 5% NaN
+in the numeric ones, two categorical features, one zero-inflated feature):
+
+    reference  300 trees,  31 leaves   (the engine's model size)
+    deep      1000 trees, 255 leaves   (--quick: 250 trees)
+    shallow    100 trees,  15 leaves
+
+For each, measured side by side in one run:
+- throughput, rows/s, on one thread and on all cores, of
+  shap.TreeExplainer(booster).shap_values (which runs LightGBM's pred_contrib;
+  its one-thread figure forces num_threads=1 on that call),
+  booster.predict(pred_contrib=True), and TreeShap.shap_values (one thread via
+  numba.set_num_threads(1));
+- single-row latency p50/p99 of each (one row a call, one thread);
+- max |ours - shap| on the measured rows, and the init (parse) and warm-up
+  (numba compile or cache load) times.
+
+    python bench/treeshap.py [--quick] [--json PATH]
+
+Prints a table and writes JSON (default bench/results/treeshap.json). Trained
+models are cached in bench/results/models/. Throughput is the best of a few
+repeats, sample sizes adapt to each method's speed; the machine is shared, so
+compare the ratios, which are measured side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import time
+import warnings
+from pathlib import Path
+
+import lightgbm as lgb
+import numba
+import numpy as np
+
+from whystream.streams.treeshap import EXPLAINER_NAME, EXPLAINER_VERSION, TreeShap
+
+RESULTS = Path(__file__).resolve().parent / "results"
+N_FEATURES = 50
+CATEGORICAL = (0, 1)
+MODELS = {  # name: (trees, leaves, trees with --quick)
+    "reference": (300, 31, 300),
+    "deep": (1000, 255, 250),
+    "shallow": (100, 15, 100),
+}
+
+
+def make_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, N_FEATURES))
+    X[:, 0] = rng.integers(0, 20, n)  # e.g. merchant category
+    X[:, 1] = rng.integers(0, 5, n)  # e.g. entry mode
+    X[:, 2] = np.where(rng.random(n) < 0.4, 0.0, rng.exponential(2.0, n))  # zero-inflated amount
+    numeric = np.ones(N_FEATURES, dtype=bool)
+    numeric[list(CATEGORICAL)] = False
+    X[:, numeric] = np.where(rng.random((n, numeric.sum())) < 0.05, np.nan, X[:, numeric])
+    x = np.nan_to_num(X)
+    logit = (x[:, 3:12].sum(axis=1) * 0.6 + (x[:, 0] % 4 == 1) * 1.5 - (x[:, 1] == 2) + 0.4 * x[:, 2]
+             - 0.5 * x[:, 12] * x[:, 13] + np.isnan(X[:, 14]) - 1.0)
+    y = (logit + rng.logistic(size=n) > 0).astype(int)
+    return X, y
+
+
+def train(name: str, trees: int, leaves: int, X: np.ndarray, y: np.ndarray) -> tuple[lgb.Booster, float]:
+    """The model, from bench/results/models/ when an identical one was trained before."""
+    path = RESULTS / "models" / f"{name}-{trees}x{leaves}-n{len(X)}-lgb{lgb.__version__}.txt"
+    if path.exists():
+        return lgb.Booster(model_file=str(path)), 0.0
+    t0 = time.perf_counter()
+    params = dict(objective="binary", num_leaves=leaves, learning_rate=0.05, min_data_in_leaf=20,
+                  feature_fraction=0.9, bagging_fraction=0.8, bagging_freq=1, seed=7, verbose=-1)
+    booster = lgb.train(params, lgb.Dataset(X, y, categorical_feature=list(CATEGORICAL)), num_boost_round=trees)
+    seconds = time.perf_counter() - t0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    booster.save_model(str(path))
+    return lgb.Booster(model_file=str(path)), seconds
+
+
+def best_rows_per_s(fn, X: np.ndarray, budget_s: float, repeats: int, max_rows: int = 20_000) -> float:
+    """Best-of-`repeats` rows/s of fn(X[:n]), n sized from a pilot so one call takes ~budget_s."""
+    pilot = X[: min(len(X), 16)]
+    fn(pilot)
+    t0 = time.perf_counter()
+    fn(pilot)
+    per_row = max((time.perf_counter() - t0) / len(pilot), 1e-7)
+    n = int(min(len(X), max_rows, max(16, budget_s / per_row)))
+    best = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(X[:n])
+        best = max(best, n / (time.perf_counter() - t0))
+    return best
+
+
+def latency_ms(fn, X: np.ndarray, budget_s: float, min_calls: int = 30, max_calls: int = 2000) -> dict:
+    """p50/p99 milliseconds of fn(one row), over as many calls as fit in ~budget_s."""
+    for i in range(3):
+        fn(X[i:i + 1])
+    t0 = time.perf_counter()
+    fn(X[3:4])
+    calls = int(min(max_calls, max(min_calls, budget_s / max(time.perf_counter() - t0, 1e-7))))
+    times = np.empty(calls)
+    for i in range(calls):
+        row = X[i % len(X): i % len(X) + 1]
+        t0 = time.perf_counter()
+        fn(row)
+        times[i] = time.perf_counter() - t0
+    return {"p50": float(np.percentile(times, 50) * 1e3), "p99": float(np.percentile(times, 99) * 1e3),
+            "calls": calls}
+
+
+def max_path_features(booster: lgb.Booster) -> int:
+    deepest = 0
+    for tree in booster.dump_model(num_iteration=-1)["tree_info"]:
+        stack = [(tree["tree_structure"], frozenset())]
+        while stack:
+            node, feats = stack.pop()
+            if "split_index" in node:
+                f = feats | {node["split_feature"]}
+                stack += [(node["left_child"], f), (node["right_child"], f)]
+            else:
+                deepest = max(deepest, len(feats))
+    return deepest
+
+
+def bench_model(name: str, booster: lgb.Booster, X: np.ndarray, quick: bool) -> dict:
+    budget = 0.4 if quick else 1.2
+    repeats = 2 if quick else 3
+    all_threads = numba.config.NUMBA_NUM_THREADS
+    import shap
+
+    # shap's TreeExplainer on a LightGBM booster calls booster.predict(pred_contrib=True); its
+    # one-thread figure comes from a copy of the booster whose predict forces num_threads=1
+    one = lgb.Booster(model_str=booster.model_to_string())
+    one.predict = functools.partial(lgb.Booster.predict, one, num_threads=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        explainer_all = shap.TreeExplainer(booster)
+        explainer_one = shap.TreeExplainer(one)
+
+        def shap_all(rows):
+            return explainer_all.shap_values(rows)
+
+        def shap_one(rows):
+            return explainer_one.shap_values(rows)
+
+        t0 = time.perf_counter()
+        ours = TreeShap(booster)
+        init_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ours.warm_up()
+        warm_s = time.perf_counter() - t0
+
+        def lgb_one(rows):
+            return booster.predict(rows, pred_contrib=True, num_threads=1)
+
+        def lgb_all(rows):
+            return booster.predict(rows, pred_contrib=True)
+
+        def ours_one(rows):
+            numba.set_num_threads(1)
+            try:
+                return ours.shap_values(rows)
+            finally:
+                numba.set_num_threads(all_threads)
+
+        res: dict = {"trees": booster.num_trees(), "leaves": int(max(t["num_leaves"] for t in booster.dump_model()["tree_info"])),
+                     "features": booster.num_feature(), "max_path_features": max_path_features(booster),
+                     "init_s": round(init_s, 3), "warm_up_s": round(warm_s, 3)}
+        check = X[:200]
+        res["max_abs_diff_vs_shap"] = float(np.abs(ours.shap_values(check) - shap_all(check)).max())
+        res["expected_value_diff_vs_shap"] = abs(ours.expected_value - float(np.ravel(explainer_all.expected_value)[0]))
+        tp = {
+            "shap_1t": best_rows_per_s(shap_one, X, budget, repeats),
+            "shap_all": best_rows_per_s(shap_all, X, budget, repeats),
+            "lgb_contrib_1t": best_rows_per_s(lgb_one, X, budget, repeats),
+            "lgb_contrib_all": best_rows_per_s(lgb_all, X, budget, repeats),
+            "ours_1t": best_rows_per_s(ours_one, X, budget, repeats),
+            "ours_all": best_rows_per_s(ours.shap_values, X, budget, repeats),
+        }
+        lat_budget = budget / 2
+        lat = {
+            "shap": latency_ms(shap_one, X, lat_budget),
+            "lgb_contrib": latency_ms(lgb_one, X, lat_budget),
+            "ours": latency_ms(ours.shap_values, X, lat_budget),
+        }
+    res["rows_per_s"] = {k: round(v, 1) for k, v in tp.items()}
+    res["latency_ms"] = lat
+    res["ratio_vs_shap"] = {
+        "ours_1t / shap_1t (per core)": tp["ours_1t"] / tp["shap_1t"],
+        "ours_all / shap_all": tp["ours_all"] / tp["shap_all"],
+        "ours_1t / lgb_contrib_1t": tp["ours_1t"] / tp["lgb_contrib_1t"],
+        "shap p50 / ours p50 (latency)": lat["shap"]["p50"] / lat["ours"]["p50"],
+    }
+    return res
+
+
+def print_table(results: dict) -> None:
+    threads = numba.config.NUMBA_NUM_THREADS
+    print(f"\n{'model':<24} {'method':<22} {'threads':>7} {'rows/s':>10} {'x shap':>7} {'p50 ms':>8} {'p99 ms':>8}")
+    for name, r in results.items():
+        label = f"{name} {r['trees']}x{r['leaves']}"
+        tp, lat = r["rows_per_s"], r["latency_ms"]
+        rows = [
+            ("shap TreeExplainer", "1", tp["shap_1t"], tp["shap_1t"], lat["shap"]),
+            ("shap TreeExplainer", str(threads), tp["shap_all"], tp["shap_all"], None),
+            ("lightgbm pred_contrib", "1", tp["lgb_contrib_1t"], tp["shap_1t"], lat["lgb_contrib"]),
+            ("lightgbm pred_contrib", str(threads), tp["lgb_contrib_all"], tp["shap_all"], None),
+            (f"{EXPLAINER_NAME}", "1", tp["ours_1t"], tp["shap_1t"], lat["ours"]),
+            (f"{EXPLAINER_NAME}", str(threads), tp["ours_all"], tp["shap_all"], None),
+        ]
+        for method, th, rps, ref, latency in rows:
+            p50 = f"{latency['p50']:.3f}" if latency else ""
+            p99 = f"{latency['p99']:.3f}" if latency else ""
+            print(f"{label:<24} {method:<22} {th:>7} {rps:>10.0f} {rps / ref:>6.2f}x {p50:>8} {p99:>8}")
+            label = ""
+        print(f"{'':<24} max|ours - shap| = {r['max_abs_diff_vs_shap']:.1e}, init {r['init_s']:.2f} s, "
+              f"warm-up {r['warm_up_s']:.2f} s, up to {r['max_path_features']} features on a path")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller samples and a 250-tree deep model")
+    parser.add_argument("--json", type=Path, default=RESULTS / "treeshap.json")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ",".join(MODELS))
+    args = parser.parse_args(argv)
+    t_start = time.perf_counter()
+    X, y = make_data(20_000)
+    X_eval, _ = make_data(20_000, seed=1)
+    result: dict = {
+        "benchmark": "treeshap",
+        "explainer": f"{EXPLAINER_NAME} {EXPLAINER_VERSION}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "versions": {"lightgbm": lgb.__version__, "numba": numba.__version__,
+                     "shap": __import__("shap").__version__, "numpy": np.__version__},
+        "threads_all": numba.config.NUMBA_NUM_THREADS,
+        "quick": args.quick,
+        "models": {},
+    }
+    for name in args.models.split(","):
+        trees, leaves, quick_trees = MODELS[name]
+        booster, train_s = train(name, quick_trees if args.quick else trees, leaves, X, y)
+        print(f"{name}: {booster.num_trees()} trees" + (f" (trained in {train_s:.1f} s)" if train_s else ""),
+              flush=True)
+        result["models"][name] = bench_model(name, booster, X_eval, args.quick)
+        result["models"][name]["train_s"] = round(train_s, 2)
+    print_table(result["models"])
+    result["seconds"] = round(time.perf_counter() - t_start, 1)
+    print(f"\n{result['seconds']:.0f} s; JSON: {args.json}")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
