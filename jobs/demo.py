@@ -1,9 +1,11 @@
 """`whystream demo` (what `make demo` runs): the whole path on the embedded stack.
 
 Starts a fresh embedded stack, trains and registers the fraud model (once; the
-registry persists in var/registry), starts a worker process, produces a
-seeded stream with a few malformed messages mixed in, follows the worker's
-/metrics with progress bars, and prints a few decoded explanations.
+registry persists in var/registry), starts a worker and a ClickHouse sink with
+its drift monitor, produces a seeded stream (a fast replay of the last 20
+minutes, drift injected into one feature halfway, a few malformed messages
+mixed in), follows the worker's /metrics with progress bars, prints a few
+decoded explanations, then the drift table, the alert and the HTML report.
 """
 
 from __future__ import annotations
@@ -29,9 +31,13 @@ from whystream.jobs.generator import DriftSpec
 from whystream.jobs.produce import produce
 from whystream.jobs.registry import ModelRegistry
 from whystream.jobs.train import train_model
+from whystream.jobs.clickhouse import open_query_client, rows
 from whystream.streams.topic_stats import message_count, read_all
 
 MALFORMED = [b"not avro", b"\xc3\x01" + b"\x00" * 8, b""]
+REPLAY_SECONDS = 20 * 60  # event times span the last 20 minutes: drift shows in minute buckets
+DEFAULT_DRIFT = "amount:60@25000"  # amount's attributions move; nothing else's much
+DRIFT_WINDOW = "10m"  # the drifted second half of the replay
 
 
 class Process:
@@ -107,17 +113,22 @@ def run_demo(home: Path, registry: Path, events: int, rate: float, drift: list[D
                       f"threshold {model.threshold:.4f}, AUC {model.metrics.get('auc', float('nan')):.3f}")
 
         port = free_port()
-        worker = Process("worker", ["worker", "--web-port", str(port)], settings, demo_home / "logs")
+        logs = demo_home / "logs"
+        worker = Process("worker", ["worker", "--web-port", str(port), "--window", "60", "--budget", "50"],
+                         settings, logs)
+        sink = Process("sink", ["sink", "--window", DRIFT_WINDOW, "--interval", "5"], settings, logs)
         try:
             follow(settings, worker, port, events, rate, drift, console)
+            explained = read_all(settings, settings.topic("explanations"), "ExplanationEvent")
+            console.rule("a few explanations from the `explanations` topic (top reasons: feature, value, SHAP)")
+            print_explanations(console, [e for e in explained if e["sampling_reason"] == "ADVERSE"][:2]
+                               + [e for e in explained if e["sampling_reason"] == "RESERVOIR"][:2])
+            wait_for_sink(settings, sink, len(explained), console)
+            show_drift(settings, sink, demo_home, drift, console)
         finally:
             worker.stop()
-        sample = read_all(settings, settings.topic("explanations"), "ExplanationEvent", timeout=20)
-        adverse = [e for e in sample if e["sampling_reason"] == "ADVERSE"][:2]
-        sampled = [e for e in sample if e["sampling_reason"] == "RESERVOIR"][:2]
-        console.rule("a few explanations from the `explanations` topic (top reasons: feature, value, SHAP)")
-        print_explanations(console, adverse + sampled)
-        console.print(f"worker log: {worker.log_path}. Decode the topics yourself with the .avsc files in schemas/.")
+            sink.stop()
+        console.print(f"logs: {logs}. Decode the topics yourself with the .avsc files in schemas/.")
 
 
 def follow(settings: Settings, worker: Process, port: int, events: int, rate: float, drift, console) -> None:
@@ -141,7 +152,7 @@ def follow(settings: Settings, worker: Process, port: int, events: int, rate: fl
         for value in MALFORMED:  # a producer bug: these must end in the dead-letter topic
             bad.produce(settings.topic("predictions"), value, b"malformed")
         bad.flush(10)
-        produce(settings, events, rate, drift=drift, progress=on_chunk)
+        produce(settings, events, rate, drift=drift, progress=on_chunk, replay_seconds=REPLAY_SECONDS)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             worker.check()
@@ -159,3 +170,53 @@ def follow(settings: Settings, worker: Process, port: int, events: int, rate: fl
     console.print(f"topics now hold: predictions {message_count(settings, settings.topic('predictions')):,}, "
                   f"explanations {message_count(settings, settings.topic('explanations')):,}, "
                   f"predictions.dlq {message_count(settings, settings.topic('predictions.dlq')):,}")
+
+
+def wait_for_sink(settings: Settings, sink: Process, expected: int, console: Console, timeout: float = 180) -> None:
+    """Until ClickHouse holds every explanation on the topic."""
+    deadline = time.monotonic() + timeout
+    with console.status("sink writing explanations into ClickHouse") as status:
+        while time.monotonic() < deadline:
+            sink.check()
+            try:
+                client = open_query_client(settings)
+                written = rows(client, "SELECT count() AS n FROM explanations")[0]["n"]
+            except Exception:  # the sink is still starting
+                written = 0
+            status.update(f"sink writing explanations into ClickHouse: {written:,} of {expected:,}")
+            if written >= expected:
+                console.print(f"ClickHouse holds all {written:,} explanations")
+                return
+            time.sleep(1)
+    raise WhystreamError(f"the sink wrote fewer than {expected} explanations in {timeout:.0f}s; see {sink.log_path}")
+
+
+def show_drift(settings: Settings, sink: Process, home: Path, drift, console: Console, timeout: float = 60) -> None:
+    """The drift table of the last 5 minutes, the alerts raised, the report."""
+    env = {**os.environ, **settings.as_env()}
+    whystream = [sys.executable, "-m", "whystream"]
+    injected = {d.feature for d in drift}
+    deadline = time.monotonic() + timeout
+    alerts: list[dict] = []
+    with console.status(f"drift monitor evaluating the last {DRIFT_WINDOW}"):
+        while time.monotonic() < deadline and not (injected and alerts):
+            sink.check()
+            time.sleep(2)
+            alerts = read_all(settings, settings.topic("drift-alerts"), "DriftAlert", timeout=10, idle=0.5)
+    console.rule(f"attribution drift, last {DRIFT_WINDOW} (whystream drift --window {DRIFT_WINDOW})")
+    subprocess.run([*whystream, "drift", "--window", DRIFT_WINDOW], env=env, check=False)
+    console.rule("alerts on the `drift-alerts` topic")
+    for a in alerts:
+        console.print(f"[red bold]{a['feature']}[/]: {a['statistic']} {a['value']:.3f} > {a['threshold']:g} "
+                      f"(model {a['model_name']}@{a['model_version']}, against {a['reference']})")
+    if not alerts:
+        console.print("none" + (f" yet for {', '.join(sorted(injected))}" if injected else ""))
+    missed = injected - {a["feature"] for a in alerts}
+    if missed:
+        console.print(f"[yellow]no alert for the injected drift in {', '.join(sorted(missed))} within {timeout:.0f}s[/]")
+    report = home / "report.html"
+    subprocess.run([*whystream, "report", "--out", str(report), "--window", "10m", "--history", "30m"], env=env,
+                   check=False, stdout=subprocess.DEVNULL)
+    console.print(f"report: {report.resolve()} (open it in a browser; it needs no network)")
+    console.print("try: whystream sql \"SELECT feature, round(psi, 3) AS psi FROM feature_drift(...)\" "
+                  "(README, section ClickHouse) while `whystream up` runs")

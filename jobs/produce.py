@@ -45,8 +45,11 @@ def decide(scores: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def prediction_events(model: RegisteredModel, generator: TransactionGenerator, start: int, count: int,
-                      run_id: str, seed: int) -> Iterator[list[dict]]:
-    """Chunks of PredictionEvent records for events start .. start+count-1."""
+                      run_id: str, seed: int, replay: tuple[int, float] | None = None) -> Iterator[list[dict]]:
+    """Chunks of PredictionEvent records for events start .. start+count-1.
+
+    Event time is the wall clock, or with `replay` = (first_ms, step_ms) the
+    i-th event's time is first_ms + i * step_ms (a fast replay of history)."""
     names = model.feature_names
     for offset in range(start, start + count, CHUNK):
         n = min(CHUNK, start + count - offset)
@@ -56,13 +59,14 @@ def prediction_events(model: RegisteredModel, generator: TransactionGenerator, s
         flagged = np.random.default_rng([seed, offset, 7]).random(n) < FLAGGED_FRACTION
         now = int(time.time() * 1000)
         records = []
+        times = ([int(replay[0] + (offset - start + i) * replay[1]) for i in range(n)] if replay else [now] * n)
         for i in range(n):
             row = batch.X[i]
             records.append({
                 "prediction_id": f"{run_id}-{batch.index[i]:09d}",
                 "model_name": model.name,
                 "model_version": model.version,
-                "event_time": now,
+                "event_time": times[i],
                 "features": {name: (None if math.isnan(v) else float(v)) for name, v in zip(names, row.tolist())},
                 "score": float(scores[i]),
                 "decision": decisions[i],
@@ -75,8 +79,12 @@ def prediction_events(model: RegisteredModel, generator: TransactionGenerator, s
 
 def produce(settings: Settings, count: int, rate: float = 0.0, model_name: str = "fraud",
             model_version: str | None = None, seed: int = 1, start: int = 0,
-            drift: Sequence[DriftSpec] = (), run_id: str | None = None, progress=None) -> ProduceReport:
-    """Send `count` prediction events at `rate` events/s (0 = as fast as possible)."""
+            drift: Sequence[DriftSpec] = (), run_id: str | None = None, progress=None,
+            replay_seconds: float = 0.0) -> ProduceReport:
+    """Send `count` prediction events at `rate` events/s (0 = as fast as possible).
+
+    With replay_seconds > 0 the events' times are spread evenly over the
+    replay_seconds that end now, as if that stretch of history were replayed."""
     model = ModelRegistry(settings.registry).load(model_name, model_version)
     ensure_topics(settings)  # also fails fast, naming WHYSTREAM_BROKER, when the broker is unreachable
     topic = settings.topic("predictions")
@@ -90,9 +98,13 @@ def produce(settings: Settings, count: int, rate: float = 0.0, model_name: str =
 
     run_id = run_id or format(int(time.time() * 1000), "x")
     generator = TransactionGenerator(seed, drift)
+    replay = None
+    if replay_seconds > 0:
+        step_ms = replay_seconds * 1000 / count
+        replay = (time.time() * 1000 - replay_seconds * 1000, step_ms)
     began = time.monotonic()
     sent = declined = flagged = 0
-    for records in prediction_events(model, generator, start, count, run_id, seed):
+    for records in prediction_events(model, generator, start, count, run_id, seed, replay):
         for record in records:
             value = codec.encode(record)
             while True:

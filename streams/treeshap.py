@@ -49,7 +49,23 @@ LightGBM semantics mirrored (include/LightGBM/tree.h, src/c_api.cpp)
 - covers are internal_count / leaf_count of dump_model();
 - base value: per tree sum_l (leaf_count_l / root internal_count) * v_l, summed
   over trees in order (Tree::ExpectedValue); a single-leaf tree only adds its
-  value to the base value (and to the raw score).
+  value to the base value (and to the raw score);
+- dump_model() clamps thresholds to +-1e300 (Common::AvoidInf) while the booster
+  keeps inf (the "NaN or not" split of a feature with missing values is
+  `x <= inf`): such thresholds are read back from booster.model_to_string();
+- all trees are explained, as shap does (pred_contrib with num_iteration=-1),
+  even when the booster has a best_iteration from early stopping.
+
+Threads and compilation
+-----------------------
+The kernels are @njit(nogil=True, cache=True): compiled on first use (~10 s;
+then loaded from streams/__pycache__ in well under a second - numba falls back
+to a user cache directory where that is not writable, or NUMBA_CACHE_DIR).
+A batch is cut into up to numba.get_num_threads() chunks run by the calling
+thread and a shared thread pool; rows within a chunk go through the trees in
+blocks of up to 64.  There is no numba `parallel=True`: the pool costs no
+compilation, works the same with every numba threading layer, and concurrent
+callers share its cores instead of each starting a team of threads.
 """
 
 from __future__ import annotations
@@ -730,8 +746,9 @@ def _restore_infinite_thresholds(booster, flat: _Flat) -> None:
         return
     text = booster.model_to_string(num_iteration=-1)
     nd_thr = flat.M[3]
-    for t, nodes in flat.capped.items():
-        start = text.find(f"\nTree={t}\n")
+    start = 0
+    for t, nodes in sorted(flat.capped.items()):  # trees appear in order: search onwards
+        start = text.find(f"\nTree={t}\n", start)
         line_at = text.find("\nthreshold=", start)
         if start < 0 or line_at < 0:
             raise UnsupportedModel(f"tree {t}: no thresholds in the model text")

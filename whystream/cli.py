@@ -107,7 +107,8 @@ def produce(ctx: typer.Context,
             seed: int = typer.Option(1, help="Generator seed"),
             start: int = typer.Option(0, help="Index of the first event (to resume a seeded stream)"),
             drift: list[str] = typer.Option([], help="FEATURE:SHIFT@INDEX, repeatable: add SHIFT to FEATURE from event INDEX on"),
-            run_id: Optional[str] = typer.Option(None, help="Prefix of prediction ids (default: from the clock)")):
+            run_id: Optional[str] = typer.Option(None, help="Prefix of prediction ids (default: from the clock)"),
+            replay: float = typer.Option(0.0, help="Spread event times over this many seconds ending now (replay history fast)")):
     """Send scored card-transaction prediction events to `predictions`."""
     from whystream.jobs.generator import DriftSpec
     from whystream.jobs.produce import produce as run
@@ -117,7 +118,7 @@ def produce(ctx: typer.Context,
     with progress_bar("producing", count) as progress:
         task = progress.add_task("producing", total=count, rate="")
         report = run(settings, count, rate, model, version, seed, start, drifts, run_id,
-                     progress=with_rate(progress, task, time.monotonic()))
+                     progress=with_rate(progress, task, time.monotonic()), replay_seconds=replay)
     console.print(f"sent {report.sent:,} events to {report.topic} in {report.seconds:.1f}s "
                   f"({report.declined:,} declined, {report.flagged:,} flagged by the producer)")
 
@@ -167,13 +168,14 @@ def explain(ctx: typer.Context, prediction_id: str):
 def demo(ctx: typer.Context,
          events: int = typer.Option(50_000, help="Prediction events to stream"),
          rate: float = typer.Option(5_000, help="Events per second"),
-         drift: list[str] = typer.Option([], help="FEATURE:SHIFT@INDEX to inject drift")):
+         drift: list[str] = typer.Option([], help="FEATURE:SHIFT@INDEX to inject drift [amount:60@25000]")):
     """Run the whole path on a fresh embedded stack (what `make demo` runs)."""
-    from whystream.jobs.demo import run_demo
+    from whystream.jobs.demo import DEFAULT_DRIFT, run_demo
     from whystream.jobs.generator import DriftSpec
 
     settings = settings_of(ctx)
-    run_demo(settings.home, settings.registry, events, rate, [DriftSpec.parse(d) for d in drift], console)
+    run_demo(settings.home, settings.registry, events, rate, [DriftSpec.parse(d) for d in drift or [DEFAULT_DRIFT]],
+             console)
 
 
 # ---------------------------------------------------------------- ClickHouse: sink, drift, sql, report
