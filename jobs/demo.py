@@ -218,5 +218,3 @@ def show_drift(settings: Settings, sink: Process, home: Path, drift, console: Co
     subprocess.run([*whystream, "report", "--out", str(report), "--window", "10m", "--history", "30m"], env=env,
                    check=False, stdout=subprocess.DEVNULL)
     console.print(f"report: {report.resolve()} (open it in a browser; it needs no network)")
-    console.print("try: whystream sql \"SELECT feature, round(psi, 3) AS psi FROM feature_drift(...)\" "
-                  "(README, section ClickHouse) while `whystream up` runs")
