@@ -17,6 +17,7 @@ from whystream.jobs.clickhouse import DEFAULT_DATABASE
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 TOP = 6
+PSI_SHOWN = 0.1  # features drifting at least this much get a histogram whatever their importance
 
 
 def _esc(value) -> str:
@@ -140,7 +141,10 @@ def build_report(client, model: str, now_ms: int, window_s: int = 3600, history_
         weight[r["model_version"]] = max(weight.get(r["model_version"], 0.0), r["weighted_n"])
     version = max(weight, key=weight.get) if weight else None
     drift = [r for r in drift_all if r["model_version"] == version]
-    features = [r["feature"] for r in sorted(drift, key=lambda r: -r["mean_abs_shap"])[:TOP]]
+    # drifting features first (PSI above PSI_SHOWN), then the most important ones
+    drifting = [r["feature"] for r in sorted(drift, key=lambda r: -(r["psi"] or 0)) if (r["psi"] or 0) > PSI_SHOWN]
+    important = [r["feature"] for r in sorted(drift, key=lambda r: -r["mean_abs_shap"])]
+    features = list(dict.fromkeys(drifting + important))[:TOP]
     hists = drift_sql.window_histograms(client, model, version, features, start, now_ms, database) if version else {}
     trend = drift_sql.feature_trend(client, model, features, hist_start, now_ms, bucket, database)
     health_now = drift_sql.engine_health(client, model, start, now_ms, 0, database)

@@ -1,6 +1,6 @@
 """Exact path-dependent TreeSHAP for LightGBM boosters, compiled with numba.
 
-`TreeShap(booster)` parses `booster.dump_model()` once into flat numpy arrays;
+`TreeShap(booster)` parses the booster once into flat numpy arrays;
 `shap_values(X)` then returns what `shap.TreeExplainer(booster).shap_values(X)`
 returns (for a LightGBM booster shap returns LightGBM's own `pred_contrib`
 TreeSHAP without its last, bias, column), and `expected_value` is that bias in
@@ -46,13 +46,15 @@ LightGBM semantics mirrored (include/LightGBM/tree.h, src/c_api.cpp)
 - dense input rows drop values with |x| <= kZeroThreshold (1e-35f): read as 0.0;
 - categorical split: left iff int(x) (truncated toward zero) is in the
   threshold's category set; NaN, x <= -1 and x >= 2^31 go right;
-- covers are internal_count / leaf_count of dump_model();
+- covers are the trees' internal_count / leaf_count;
 - base value: per tree sum_l (leaf_count_l / root internal_count) * v_l, summed
   over trees in order (Tree::ExpectedValue); a single-leaf tree only adds its
   value to the base value (and to the raw score);
-- dump_model() clamps thresholds to +-1e300 (Common::AvoidInf) while the booster
-  keeps inf (the "NaN or not" split of a feature with missing values is
-  `x <= inf`): such thresholds are read back from booster.model_to_string();
+- the model is read from booster.model_to_string(), LightGBM's own format,
+  which has every number as the booster holds it: dump_model()'s JSON (what
+  shap parses) clamps thresholds to +-1e300 (Common::AvoidInf), while the
+  "NaN or not" split of a feature with missing values is `x <= inf`, and rows
+  with values above 1e300 would go the wrong way; it is also ~10x slower;
 - all trees are explained, as shap does (pred_contrib with num_iteration=-1),
   even when the booster has a best_iteration from early stopping.
 
@@ -97,7 +99,6 @@ _MISS_NONE, _MISS_ZERO, _MISS_NAN = 0, 1, 2
 _DEFAULT_LEFT = 4
 _CATEGORICAL = 8
 _MISSING_TYPES = {"None": _MISS_NONE, "Zero": _MISS_ZERO, "NaN": _MISS_NAN}
-_AVOID_INF = 1e300  # LightGBM's Common::AvoidInf bound in dump_model()
 
 ALGO_QUAD, ALGO_CLASSIC = 0, 1
 _ALGOS = {"quad": ALGO_QUAD, "classic": ALGO_CLASSIC}
@@ -291,7 +292,7 @@ def _v_sum(typingctx, D, od):
 # numba kernels
 # --------------------------------------------------------------------------
 
-# M, the model, is a tuple of flat arrays; its layout is fixed by _flatten():
+# M, the model, is a tuple of flat arrays; its layout is fixed by _parse_model():
 #  0 tree_node_off  int64[T+1]  internal nodes of tree t: tree_node_off[t] + split_index
 #  1 tree_leaf_off  int64[T+1]  leaves of tree t: tree_leaf_off[t] + leaf_index
 #  2 nd_feat int32   3 nd_thr f64   4 nd_kind int32   5 nd_catoff int64   6 nd_catlen int64
@@ -510,25 +511,128 @@ def _raw_block(X, r0, r1, M, out):
 # --------------------------------------------------------------------------
 
 
-def _cat_words(threshold) -> np.ndarray:
-    cats = [int(c) for c in str(threshold).split("||") if c != ""]
-    cats = [c for c in cats if c >= 0]
-    words = np.zeros(max(cats) // 32 + 1 if cats else 0, dtype=np.uint32)
-    for c in cats:
-        words[c // 32] |= np.uint32(1 << (c % 32))
-    return words
+@njit(nogil=True, cache=True, error_model="numpy")
+def _build_paths(node_off, leaf_off, un_off, left, right, feat, icount, lcount, lval):
+    """From each tree's child / feature / count arrays: the quad node arrays (parent, previous
+    occurrence of the edge's feature, combined cover fraction z), per tree the largest number
+    of distinct features on a path, whether a cover is zero, its expected value, and the
+    per-leaf unique paths of "classic"."""
+    T = node_off.shape[0] - 1
+    U = un_off[T]
+    un_int = np.zeros((U, 4), dtype=np.int32)
+    un_flt = np.zeros((U, 2))
+    dist = np.zeros(U, dtype=np.int64)  # distinct features on the path to the node
+    depth = np.zeros(U, dtype=np.int64)
+    tree_maxd = np.zeros(T, dtype=np.int64)
+    tree_zero = np.zeros(T, dtype=np.bool_)
+    tree_ev = np.zeros(T)
+    n_leaves = leaf_off[T]
+    lf_d = np.zeros(n_leaves, dtype=np.int64)
+    lf_pn_len = np.zeros(n_leaves, dtype=np.int64)
+    for t in range(T):
+        n0 = node_off[t]
+        l0 = leaf_off[t]
+        nint = node_off[t + 1] - n0
+        if nint == 0:
+            tree_ev[t] = lval[l0]  # Tree::ExpectedValue of a single leaf
+            continue
+        u0 = un_off[t]
+        N = 2 * nint + 1
+        un_int[u0, 1] = N
+        for n in range(nint):
+            for side in range(2):
+                child = left[n0 + n] if side == 1 else right[n0 + n]
+                uid = child if child >= 0 else nint + ~child
+                un_int[u0 + uid, 0] = n
+                un_int[u0 + uid, 3] = side
+        zero = False
+        for c in range(1, N):  # parents have smaller indices than their children
+            e = u0 + c
+            p = un_int[e, 0]
+            f = feat[n0 + p]
+            count = icount[n0 + c] if c < nint else lcount[l0 + c - nint]
+            frac = count / icount[n0 + p]
+            prev = N
+            a = p
+            while a != 0:
+                if feat[n0 + un_int[u0 + a, 0]] == f:
+                    prev = a
+                    break
+                a = un_int[u0 + a, 0]
+            z = frac * (un_flt[u0 + prev, 0] if prev < N else 1.0)
+            un_int[e, 1] = prev
+            un_int[e, 2] = f
+            un_flt[e, 0] = z
+            if not z > 0.0:
+                zero = True
+            dist[e] = dist[u0 + p] + (1 if prev == N else 0)
+            depth[e] = depth[u0 + p] + 1
+        ev = 0.0
+        total = icount[n0]
+        maxd = 1
+        for li in range(N - nint):
+            e = u0 + nint + li
+            un_flt[e, 1] = lval[l0 + li]
+            ev += (lcount[l0 + li] / total) * lval[l0 + li]
+            lf_d[l0 + li] = dist[e]
+            lf_pn_len[l0 + li] = depth[e]
+            maxd = max(maxd, dist[e])
+        tree_ev[t] = ev
+        tree_maxd[t] = maxd
+        tree_zero[t] = zero
 
-
-def _check_leaf(node: dict, tree) -> None:
-    if node.get("leaf_coeff") or node.get("leaf_features"):
-        raise UnsupportedModel(f"tree {tree}: LightGBM linear trees (linear_tree=true) are not supported")
+    # per-leaf unique paths for "classic"
+    lf_pe_off = np.zeros(n_leaves, dtype=np.int64)
+    lf_pn_off = np.zeros(n_leaves, dtype=np.int64)
+    for leaf in range(1, n_leaves):
+        lf_pe_off[leaf] = lf_pe_off[leaf - 1] + lf_d[leaf - 1]
+        lf_pn_off[leaf] = lf_pn_off[leaf - 1] + lf_pn_len[leaf - 1]
+    n_pe = lf_pe_off[n_leaves - 1] + lf_d[n_leaves - 1] if n_leaves else 0
+    n_pn = lf_pn_off[n_leaves - 1] + lf_pn_len[n_leaves - 1] if n_leaves else 0
+    pn_node = np.zeros(n_pn, dtype=np.int32)
+    pn_left = np.zeros(n_pn, dtype=np.bool_)
+    pn_pos = np.zeros(n_pn, dtype=np.int32)
+    pe_feat = np.zeros(n_pe, dtype=np.int32)
+    pe_z = np.zeros(n_pe)
+    chain = np.zeros(max(1, depth.max() if U else 1), dtype=np.int64)
+    for t in range(T):
+        n0 = node_off[t]
+        l0 = leaf_off[t]
+        nint = node_off[t + 1] - n0
+        u0 = un_off[t]
+        for li in range(leaf_off[t + 1] - l0 if nint > 0 else 0):
+            leaf = l0 + li
+            k = 0
+            a = nint + li
+            while a != 0:  # the nodes below the path's edges, leaf first
+                chain[k] = a
+                k += 1
+                a = un_int[u0 + a, 0]
+            pe0 = lf_pe_off[leaf]
+            pn0 = lf_pn_off[leaf]
+            nd = 0
+            for j in range(k):  # root first
+                e = u0 + chain[k - 1 - j]
+                f = un_int[e, 2]
+                pos = 0
+                while pos < nd and pe_feat[pe0 + pos] != f:
+                    pos += 1
+                if pos == nd:
+                    pe_feat[pe0 + pos] = f
+                    nd += 1
+                pe_z[pe0 + pos] = un_flt[e, 0]  # the combined fraction at the last occurrence
+                pn_node[pn0 + j] = un_int[e, 0]
+                pn_left[pn0 + j] = un_int[e, 3] == 1
+                pn_pos[pn0 + j] = pos
+    return (un_int, un_flt, tree_maxd, tree_zero, tree_ev, lf_d, lf_pe_off, lf_pn_off, lf_pn_len,
+            pn_node, pn_left, pn_pos, pe_feat, pe_z)
 
 
 def _quadrature_rules(nchs) -> tuple[np.ndarray, dict]:
     """Gauss-Legendre rules on [0, 1] with 8 * nch points, laid out per 8-lane chunk as
     u[8], 1 - u[8], w[8]."""
     parts, offsets, pos = [], {}, 0
-    for nch in sorted(set(nchs)):
+    for nch in sorted(set(int(n) for n in nchs)):
         if nch == 0:
             continue
         xs, ws = np.polynomial.legendre.leggauss(_LANES * nch)
@@ -541,225 +645,113 @@ def _quadrature_rules(nchs) -> tuple[np.ndarray, dict]:
     return (np.concatenate(parts) if parts else np.zeros(3 * _LANES)), offsets
 
 
+def _numbers(parts: list[str], dtype) -> np.ndarray:
+    text = " ".join(p for p in parts if p)
+    return np.fromstring(text, dtype=dtype, sep=" ") if text else np.zeros(0, dtype=dtype)
+
+
 @dataclass
-class _Flat:
+class _Model:
     M: tuple
+    n_features: int
     max_nodes: int
     max_d: int
     max_nch: int
     expected_value: float
     n_trees: int
     n_classic_trees: int
-    capped: dict  # tree index -> [(node position in nd_thr, split_index)] with |threshold| = 1e300
 
 
-def _flatten(dump: dict) -> _Flat:
-    n_class = dump.get("num_class", 1)
-    per_iter = dump.get("num_tree_per_iteration", 1)
+def _parse_model(text: str) -> _Model:
+    """LightGBM's own text format (booster.model_to_string()): every number as the booster
+    holds it, inf thresholds included, which dump_model()'s JSON clamps to +-1e300."""
+    start = text.find("\nTree=")
+    end = text.find("\nend of trees")
+    header = dict(line.split("=", 1) for line in text[:max(start, 0)].split("\n") if "=" in line)
+    n_class = int(header.get("num_class", 1))
+    per_iter = int(header.get("num_tree_per_iteration", 1))
     if n_class != 1 or per_iter != 1:
         raise UnsupportedModel(
             f"multiclass LightGBM models are not supported (num_class={n_class}, "
             f"num_tree_per_iteration={per_iter}): TreeShap explains single-output models only")
-    if dump.get("average_output"):
+    if "\naverage_output\n" in text[:max(start, 0) + 1]:
         raise UnsupportedModel("LightGBM random-forest models (average_output) are not supported")
+    n_features = int(header["max_feature_idx"]) + 1
 
-    tree_node_off, tree_leaf_off, un_off = [0], [0], [0]
-    nd_feat, nd_thr, nd_kind, nd_catoff, nd_catlen, nd_left, nd_right = [], [], [], [], [], [], []
-    cat_words: list[np.ndarray] = []
-    n_cat_words = 0
-    lf_val, lf_d, lf_pe_off, lf_pn_off, lf_pn_len = [], [], [], [], []
-    pn_node, pn_left, pn_pos, pe_feat, pe_z = [], [], [], [], []
-    un_int: list[tuple] = []
-    un_flt: list[tuple] = []
-    tree_nch: list[int] = []
-    capped: dict = {}
-    expected = 0.0
-    max_nodes, max_d = 0, 1
+    trees = []
+    if start >= 0:
+        for block in text[start + 1:end if end >= 0 else len(text)].split("\nTree=")[0:]:
+            lines = block.strip("\n").split("\n")
+            fields = dict(line.split("=", 1) for line in lines[1:] if "=" in line)
+            fields["index"] = lines[0].removeprefix("Tree=")
+            trees.append(fields)
 
-    for ti in dump["tree_info"]:
-        tid = ti.get("tree_index")
-        root = ti["tree_structure"]
-        if "split_index" not in root:  # a single leaf
-            _check_leaf(root, tid)
-            v = float(root["leaf_value"])
-            expected += v  # Tree::ExpectedValue of a one-leaf tree
-            tree_node_off.append(tree_node_off[-1])
-            tree_leaf_off.append(tree_leaf_off[-1] + 1)
-            un_off.append(un_off[-1])
-            tree_nch.append(0)
-            lf_val.append(v)
-            lf_d.append(0)
-            lf_pe_off.append(len(pe_feat))
-            lf_pn_off.append(len(pn_node))
-            lf_pn_len.append(0)
-            continue
+    node_off, leaf_off, un_off, cat_base = [0], [0], [0], []
+    cat_words = 0
+    for tr in trees:
+        if tr.get("is_linear", "0") != "0":
+            raise UnsupportedModel(f"tree {tr['index']}: LightGBM linear trees (linear_tree=true) are not supported")
+        L = int(tr["num_leaves"])
+        node_off.append(node_off[-1] + L - 1)
+        leaf_off.append(leaf_off[-1] + L)
+        un_off.append(un_off[-1] + (2 * L - 1 if L > 1 else 0))
+        cat_base.append(cat_words)
+        if int(tr.get("num_cat", "0")) > 0:
+            cat_words += len(tr["cat_threshold"].split())
 
-        n_leaves = int(ti["num_leaves"])
-        nint = n_leaves - 1
-        N = 2 * nint + 1
-        max_nodes = max(max_nodes, nint)
-        t_feat, t_thr, t_kind = [0] * nint, [0.0] * nint, [0] * nint
-        t_catoff, t_catlen, t_left, t_right = [0] * nint, [0] * nint, [0] * nint, [0] * nint
-        q_int = [(0, N, 0, 0)] * N
-        q_flt = [(1.0, 0.0)] * N
-        leaves: list = [None] * n_leaves
-        root_count = float(root["internal_count"])
-        any_zero = False
-
-        # DFS; per node: path [(split_index, went_left, pos)], {feature: pos}, [features],
-        # [combined z per pos], {feature: node below its last edge}
-        stack = [(root, (), {}, (), (), {})]
-        while stack:
-            node, path, fpos, flist, zlist, focc = stack.pop()
-            if "split_index" not in node:
-                _check_leaf(node, tid)
-                li = int(node["leaf_index"])
-                v = float(node["leaf_value"])
-                leaves[li] = (v, float(node["leaf_count"]), path, flist, zlist)
-                q_flt[nint + li] = (q_flt[nint + li][0], v)
-                continue
-            si = int(node["split_index"])
-            f = int(node["split_feature"])
-            t_feat[si] = f
-            dt = node["decision_type"]
-            if dt == "==":
-                words = _cat_words(node["threshold"])
-                t_kind[si] = _CATEGORICAL
-                t_catoff[si] = n_cat_words
-                t_catlen[si] = len(words)
-                cat_words.append(words)
-                n_cat_words += len(words)
-            elif dt == "<=":
-                mt = node.get("missing_type", "None")
-                if mt not in _MISSING_TYPES:
-                    raise UnsupportedModel(f"tree {tid}: unknown missing_type {mt!r}")
-                t_thr[si] = float(node["threshold"])
-                if abs(t_thr[si]) >= _AVOID_INF:
-                    capped.setdefault(len(tree_nch), []).append((len(nd_feat) + si, si))
-                t_kind[si] = _MISSING_TYPES[mt] | (_DEFAULT_LEFT if node.get("default_left") else 0)
-            else:
-                raise UnsupportedModel(f"tree {tid}: unknown decision_type {dt!r}")
-            count = float(node["internal_count"])
-            for side, child in ((1, node["left_child"]), (0, node["right_child"])):
-                is_int = "split_index" in child
-                code = int(child["split_index"]) if is_int else ~int(child["leaf_index"])
-                if side:
-                    t_left[si] = code
-                else:
-                    t_right[si] = code
-                ccount = float(child["internal_count"] if is_int else child["leaf_count"])
-                frac = ccount / count if count > 0 else math.nan
-                if f in fpos:
-                    pos = fpos[f]
-                    nfpos, nflist = fpos, flist
-                    nz = zlist[:pos] + (zlist[pos] * frac,) + zlist[pos + 1:]
-                else:
-                    pos = len(flist)
-                    nfpos = {**fpos, f: pos}
-                    nflist = flist + (f,)
-                    nz = zlist + (frac,)
-                if not nz[pos] > 0:
-                    any_zero = True
-                uid = code if is_int else nint + ~code
-                q_int[uid] = (si, focc.get(f, N), f, side)
-                q_flt[uid] = (nz[pos], q_flt[uid][1])
-                stack.append((child, path + ((si, side, pos),), nfpos, nflist, nz, {**focc, f: uid}))
-
-        ev = 0.0  # Tree::ExpectedValue, leaves in index order
-        tmax_d = 1
-        for li in range(n_leaves):
-            if leaves[li] is None:
-                raise UnsupportedModel(f"tree {tid}: leaf {li} missing from the dump")
-            v, cnt, path, flist, zlist = leaves[li]
-            ev += (cnt / root_count) * v
-            tmax_d = max(tmax_d, len(flist))
-            lf_val.append(v)
-            lf_d.append(len(flist))
-            lf_pe_off.append(len(pe_feat))
-            pe_feat.extend(flist)
-            pe_z.extend(zlist)
-            lf_pn_off.append(len(pn_node))
-            lf_pn_len.append(len(path))
-            for si, side, pos in path:
-                pn_node.append(si)
-                pn_left.append(side)
-                pn_pos.append(pos)
-        expected += ev
-        max_d = max(max_d, tmax_d)
-        # 8 * nch points integrate degree <= 16 nch - 1 exactly; the integrand has degree d - 1
-        tree_nch.append(0 if any_zero else -(-tmax_d // (2 * _LANES)))
-
-        nd_feat += t_feat
-        nd_thr += t_thr
-        nd_kind += t_kind
-        nd_catoff += t_catoff
-        nd_catlen += t_catlen
-        nd_left += t_left
-        nd_right += t_right
-        un_int += q_int
-        un_flt += q_flt
-        tree_node_off.append(tree_node_off[-1] + nint)
-        tree_leaf_off.append(tree_leaf_off[-1] + n_leaves)
-        un_off.append(un_off[-1] + N)
-
-    RU, rule_off = _quadrature_rules(tree_nch)
     i32, i64, f64 = np.int32, np.int64, np.float64
+    feat = _numbers([t.get("split_feature", "") for t in trees], i64).astype(i32)
+    thr = _numbers([t.get("threshold", "") for t in trees], f64)
+    dtype = _numbers([t.get("decision_type", "") for t in trees], i64)
+    left = _numbers([t.get("left_child", "") for t in trees], i64).astype(i32)
+    right = _numbers([t.get("right_child", "") for t in trees], i64).astype(i32)
+    lval = _numbers([t["leaf_value"] for t in trees], f64)
+    # counts only matter in trees with splits (a one-leaf tree may write none)
+    lcount = _numbers([t.get("leaf_count", "") if int(t["num_leaves"]) > 1 else "0" for t in trees], f64)
+    icount = _numbers([t.get("internal_count", "") for t in trees], f64)
+    if not (len(feat) == len(thr) == len(dtype) == len(left) == len(right) == len(icount) == node_off[-1]
+            and len(lval) == len(lcount) == leaf_off[-1]):
+        raise UnsupportedModel("unexpected LightGBM model text: array lengths do not match num_leaves")
+
+    # LightGBM decision_type: bit 0 categorical, bit 1 default left, bits 2-3 missing type
+    kind = (((dtype >> 2) & 3) | (((dtype >> 1) & 1) << 2) | ((dtype & 1) << 3)).astype(i32)
+    catoff = np.zeros(len(feat), dtype=i64)
+    catlen = np.zeros(len(feat), dtype=i64)
+    bits = []
+    for t, tr in enumerate(trees):
+        if int(tr.get("num_cat", "0")) == 0:
+            continue
+        bounds = np.fromstring(tr["cat_boundaries"], dtype=i64, sep=" ")
+        bits.append(np.fromstring(tr["cat_threshold"], dtype=np.uint64, sep=" ").astype(np.uint32))
+        nodes = np.arange(node_off[t], node_off[t + 1])
+        nodes = nodes[(dtype[nodes] & 1) == 1]
+        idx = thr[nodes].astype(i64)
+        catoff[nodes] = cat_base[t] + bounds[idx]
+        catlen[nodes] = bounds[idx + 1] - bounds[idx]
+    cat_bits = np.concatenate(bits) if bits else np.zeros(1, dtype=np.uint32)
+
+    node_off_a = np.asarray(node_off, dtype=i64)
+    leaf_off_a = np.asarray(leaf_off, dtype=i64)
+    un_off_a = np.asarray(un_off, dtype=i64)
+    (un_int, un_flt, tree_maxd, tree_zero, tree_ev, lf_d, lf_pe_off, lf_pn_off, lf_pn_len,
+     pn_node, pn_left, pn_pos, pe_feat, pe_z) = _build_paths(node_off_a, leaf_off_a, un_off_a, left, right, feat,
+                                                             icount, lcount, lval)
+    has_split = np.diff(node_off_a) > 0
+    # 8 * nch points integrate degree <= 16 nch - 1 exactly; the integrand has degree d - 1.
+    # 0: a tree with a zero cover, or a single leaf
+    tree_nch = np.where(has_split & ~tree_zero, -(-tree_maxd // (2 * _LANES)), 0).astype(i64)
+    RU, rule_off = _quadrature_rules(tree_nch)
+    expected = 0.0
+    for ev in tree_ev.tolist():  # in tree order, as PredictContrib accumulates it
+        expected += ev
     M = (
-        np.asarray(tree_node_off, dtype=i64),
-        np.asarray(tree_leaf_off, dtype=i64),
-        np.asarray(nd_feat, dtype=i32),
-        np.asarray(nd_thr, dtype=f64),
-        np.asarray(nd_kind, dtype=i32),
-        np.asarray(nd_catoff, dtype=i64),
-        np.asarray(nd_catlen, dtype=i64),
-        np.concatenate(cat_words) if cat_words else np.zeros(1, dtype=np.uint32),
-        np.asarray(nd_left, dtype=i32),
-        np.asarray(nd_right, dtype=i32),
-        np.asarray(lf_val, dtype=f64),
-        np.asarray(un_off, dtype=i64),
-        np.asarray(un_int, dtype=i32).reshape(-1, 4),
-        np.asarray(un_flt, dtype=f64).reshape(-1, 2),
-        np.asarray(tree_nch, dtype=i64),
-        np.asarray([rule_off.get(n, 0) for n in tree_nch], dtype=i64),
-        RU,
-        np.asarray(lf_d, dtype=i64),
-        np.asarray(lf_pe_off, dtype=i64),
-        np.asarray(lf_pn_off, dtype=i64),
-        np.asarray(lf_pn_len, dtype=i64),
-        np.asarray(pn_node, dtype=i32),
-        np.asarray(pn_left, dtype=np.bool_),
-        np.asarray(pn_pos, dtype=i32),
-        np.asarray(pe_feat, dtype=i32),
-        np.asarray(pe_z, dtype=f64),
+        node_off_a, leaf_off_a, feat, thr, kind, catoff, catlen, cat_bits, left, right, lval,
+        un_off_a, un_int, un_flt, tree_nch,
+        np.asarray([rule_off.get(int(n), 0) for n in tree_nch], dtype=i64), RU,
+        lf_d, lf_pe_off, lf_pn_off, lf_pn_len, pn_node, pn_left, pn_pos, pe_feat, pe_z,
     )
-    n_classic = sum(1 for a, b, n in zip(tree_node_off, tree_node_off[1:], tree_nch) if b > a and n == 0)
-    return _Flat(M, max_nodes, max_d, max(tree_nch) if tree_nch else 0, expected,
-                 len(dump["tree_info"]), n_classic, capped)
-
-
-def _restore_infinite_thresholds(booster, flat: _Flat) -> None:
-    """dump_model() writes thresholds through Common::AvoidInf, clamping them to +-1e300;
-    the booster itself (and its text format) keeps inf, e.g. the "NaN or not" split of a
-    feature with missing values has threshold +inf.  Read those trees' thresholds from the
-    model text (printed with %.17g, inf as "inf")."""
-    if not flat.capped:
-        return
-    text = booster.model_to_string(num_iteration=-1)
-    nd_thr = flat.M[3]
-    start = 0
-    for t, nodes in sorted(flat.capped.items()):  # trees appear in order: search onwards
-        start = text.find(f"\nTree={t}\n", start)
-        line_at = text.find("\nthreshold=", start)
-        if start < 0 or line_at < 0:
-            raise UnsupportedModel(f"tree {t}: no thresholds in the model text")
-        line = text[line_at + 11:text.find("\n", line_at + 1)]
-        values = line.split(" ")
-        for pos, si in nodes:
-            exact = float(values[si])
-            if exact != nd_thr[pos] and not (abs(exact) >= _AVOID_INF and (exact > 0) == (nd_thr[pos] > 0)):
-                raise UnsupportedModel(f"tree {t}: threshold {values[si]} in the model text, "
-                                       f"{nd_thr[pos]} in its dump")
-            nd_thr[pos] = exact
+    return _Model(M, n_features, int(np.diff(node_off_a).max(initial=0)), int(tree_maxd.max(initial=1)),
+                  int(tree_nch.max(initial=0)), expected, len(trees), int((has_split & tree_zero).sum()))
 
 
 # --------------------------------------------------------------------------
@@ -781,22 +773,20 @@ class TreeShap:
     def __init__(self, booster, *, algorithm: str = "quad"):
         if algorithm not in _ALGOS:
             raise ValueError(f"algorithm must be one of {sorted(_ALGOS)}, not {algorithm!r}")
-        dump = booster.dump_model(num_iteration=-1)
-        flat = _flatten(dump)
-        _restore_infinite_thresholds(booster, flat)
-        self._M = flat.M
+        model = _parse_model(booster.model_to_string(num_iteration=-1))
+        self._M = model.M
         self._mode = _ALGOS[algorithm]
-        self._max_nodes = flat.max_nodes
-        self._max_d = flat.max_d
-        self._max_nch = flat.max_nch
+        self._max_nodes = model.max_nodes
+        self._max_d = model.max_d
+        self._max_nch = model.max_nch
         self.algorithm = algorithm
-        self.n_features: int = int(dump["max_feature_idx"]) + 1
-        names = list(dump.get("feature_names") or [])
+        self.n_features: int = model.n_features
+        names = list(booster.feature_name())
         self.feature_names: list[str] = names if len(names) == self.n_features else [
             f"Column_{i}" for i in range(self.n_features)]
-        self.expected_value: float = float(flat.expected_value)
-        self.n_trees: int = flat.n_trees
-        self.n_classic_trees: int = flat.n_classic_trees  # zero-cover trees run "classic"
+        self.expected_value: float = float(model.expected_value)
+        self.n_trees: int = model.n_trees
+        self.n_classic_trees: int = model.n_classic_trees  # zero-cover trees run "classic"
         # rows per block: the block's lane accumulators (rows x F x 8 doubles) stay in L2
         self._block = max(1, min(_MAX_BLOCK_ROWS, _PHI_BLOCK_BYTES // (self.n_features * _LANES * 8)))
 

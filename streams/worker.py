@@ -71,7 +71,10 @@ class Ingest:
             "session.timeout.ms": int(session_timeout_s * 1000),
             "heartbeat.interval.ms": int(min(3.0, session_timeout_s / 3) * 1000),
             "fetch.wait.max.ms": 20,  # an idle partition's next event is fetched within this
-            "queued.max.messages.kbytes": 16384,  # prefetched and not yet taken: bounded under any backlog
+            # Prefetched and not yet taken: bounded under any backlog. A full queue pauses fetching for
+            # fetch.queue.backoff.ms (default 1 s, which would starve the loop): resume soon after it drains.
+            "queued.max.messages.kbytes": 16384,
+            "fetch.queue.backoff.ms": 10,
         }))
         self.positions: dict[int, int] = {}  # partition -> next offset to read (after what the engine handled)
         self.committed: dict[int, int] = {}

@@ -64,6 +64,11 @@ def eval_rows(seed: int = 7) -> np.ndarray:
     X[60:70] = -1e-36
     X[70:80] = np.nan
     X[80:90, 1] = np.inf
+    # beyond dump_model()'s +-1e300 clamp: LightGBM's "NaN or not" splits are x <= inf
+    X[90:100] = np.inf
+    X[100:110] = 1e301
+    X[110:120] = -np.inf
+    X[120:130, 3:] = np.where(rng.random((10, F - 3)) < 0.5, np.inf, -1e301)
     return X
 
 
@@ -102,6 +107,15 @@ def test_matches_shap(model):
     raw = booster.predict(X, raw_score=True)
     assert np.abs(ts.expected_value + phi.sum(axis=1) - raw).max() <= TOL
     assert np.abs(ts.raw_score(X) - raw).max() <= 1e-12
+
+
+def test_infinite_thresholds_come_back_from_the_model_text():
+    booster = train(MODELS["missing-nan"])
+    ts = TreeShap(booster)
+    assert np.isinf(ts._M[3]).any()  # the dump said 1e300
+    X = eval_rows()[90:130]
+    ref, _ = shap_reference(booster, X)
+    assert np.abs(ts.shap_values(X) - ref).max() <= TOL
 
 
 def test_model_really_has_the_split_kinds(model):
@@ -153,6 +167,22 @@ def test_long_paths_use_more_quadrature_points():
     ref, ev = shap_reference(booster, Xt)
     assert np.abs(ts.shap_values(Xt) - ref).max() <= TOL
     assert abs(ts.expected_value - ev) <= 1e-12
+
+
+def test_exact_where_lightgbm_loses_precision():
+    # an AND of 56 conditions: paths with ~56 distinct features, where LightGBM's
+    # extend/unwind arithmetic (and so shap) is no longer additive; the quadrature is
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(3000, 56))
+    y = np.all(X > -2.5, axis=1) + 0.001 * rng.normal(size=len(X))
+    booster = lgb.train(dict(objective="regression", num_leaves=120, min_data_in_leaf=1, min_sum_hessian_in_leaf=0,
+                             verbose=-1, learning_rate=0.5, num_threads=1), lgb.Dataset(X, y), num_boost_round=2)
+    ts = TreeShap(booster)
+    assert ts._max_d > 40
+    Xt = X[:200].copy()
+    Xt[:50] = -3.0
+    raw = booster.predict(Xt, raw_score=True)
+    assert np.abs(ts.expected_value + ts.shap_values(Xt).sum(axis=1) - raw).max() <= 1e-10
 
 
 def test_single_leaf_trees():
