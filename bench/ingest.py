@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -156,7 +155,7 @@ def _peak_rss(pid: int) -> int:
 class Sampler(threading.Thread):
     """Samples a process (RSS, CPU seconds) and, if given, a /metrics URL, every `interval` s."""
 
-    def __init__(self, pid: int, metrics_url: str | None = None, interval: float = 0.02):
+    def __init__(self, pid: int, metrics_url: str | None = None, interval: float = 0.1):
         super().__init__(daemon=True)
         import psutil
 
@@ -197,6 +196,26 @@ def parse_metrics(text: str) -> dict:
         elif line.startswith("whystream_explained_total{"):
             explained += float(line.split()[-1])
     return {"consumed": consumed, "explained": explained}
+
+
+class StackCpu:
+    """CPU (in cores) used by the broker and Redis while the block runs."""
+
+    def __init__(self, pids: dict[str, int]):
+        import psutil
+
+        self.processes = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self.cores: dict[str, float] = {}
+
+    def __enter__(self) -> "StackCpu":
+        self._began = time.monotonic()
+        self._cpu = {name: sum(p.cpu_times()[:2]) for name, p in self.processes.items()}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        seconds = time.monotonic() - self._began
+        self.cores = {name: round((sum(p.cpu_times()[:2]) - self._cpu[name]) / seconds, 2)
+                      for name, p in self.processes.items()}
 
 
 class WorkerProcess:
@@ -460,37 +479,58 @@ def run(args) -> dict:
                 model = train_model(ModelRegistry(registry), n_train=20_000, num_trees=50, progress=False)
             result["model"] = {"version": model.version, "features": len(model.feature_names),
                                "trees": model.booster.num_trees(), "train_s": round(time.monotonic() - began, 1)}
-            settings = base.with_(topic_prefix=f"b{uuid.uuid4().hex[:6]}.", registry=registry)
-            ensure_topics(settings, partitions=4)
-
             run_id = f"ingest{uuid.uuid4().hex[:4]}"
             began = time.monotonic()
             events = [e for chunk in encoded_events(model, args.events, run_id) for e in chunk]
             result["encode_s"] = round(time.monotonic() - began, 1)
             result["event_bytes_mean"] = round(sum(len(v) for _, v in events) / len(events))
+            # One copy of the events per round, each under a topic prefix (and so consumer groups) of its own.
+            rounds = [base.with_(topic_prefix=f"b{uuid.uuid4().hex[:6]}.", registry=registry)
+                      for _ in range(args.rounds)]
             began = time.monotonic()
-            load_topic(settings, [events])
+            for settings in rounds:
+                ensure_topics(settings, partitions=4)
+                load_topic(settings, [events])
             result["load_s"] = round(time.monotonic() - began, 1)
             del events
 
-            print(f"loaded {args.events:,} events; bare Faust agent ...", file=sys.stderr)
-            result["bare_faust"] = bare_faust(settings, args.events, work, timeout=args.timeout)
-            print(f"  {result['bare_faust']['events_per_s']:,} events/s; whystream worker ...", file=sys.stderr)
-            worker = WorkerProcess(settings, work / "worker.log")
+            stack_processes = {c.name: c.process.pid for c in stack.children}
+            result["rounds"] = []
+            worker = None
             try:
-                worker.wait_ready()
-                result["worker"] = worker_ingest(worker, args.events, timeout=args.timeout)
-                result["ratio"] = round(result["worker"]["events_per_s"] / result["bare_faust"]["events_per_s"], 2)
-                print(f"  {result['worker']['events_per_s']:,} events/s; steady {args.rate:,.0f} events/s ...",
-                      file=sys.stderr)
+                for r, settings in enumerate(rounds):
+                    if worker is not None:
+                        worker.stop()
+                    outcome = {}
+                    # Alternate which goes first, so that a drift in the machine's load hits both alike.
+                    for side in (("bare", "worker") if r % 2 == 0 else ("worker", "bare")):
+                        print(f"round {r + 1}/{args.rounds}: {side} ...", file=sys.stderr)
+                        if side == "bare":
+                            with StackCpu(stack_processes) as cpu:
+                                outcome["bare_faust"] = bare_faust(settings, args.events, work, timeout=args.timeout)
+                            outcome["bare_faust"]["stack_cores"] = cpu.cores
+                        else:
+                            worker = WorkerProcess(settings, work / f"worker-{r}.log")
+                            worker.wait_ready()
+                            with StackCpu(stack_processes) as cpu:
+                                outcome["worker"] = worker_ingest(worker, args.events, timeout=args.timeout)
+                            outcome["worker"]["stack_cores"] = cpu.cores
+                        print(f"  {outcome['bare_faust' if side == 'bare' else 'worker']['events_per_s']:,} events/s",
+                              file=sys.stderr)
+                    outcome["ratio"] = round(outcome["worker"]["events_per_s"] / outcome["bare_faust"]["events_per_s"],
+                                             2)
+                    result["rounds"].append(outcome)
+                result["ratio"] = round(statistics.median(o["ratio"] for o in result["rounds"]), 2)
+                print(f"steady {args.rate:,.0f} events/s ...", file=sys.stderr)
                 time.sleep(6)  # the ingest windows close (idle) before the steady phase
-                result["latency"] = steady_latency(settings, worker, model, args.rate, args.latency_seconds,
+                result["latency"] = steady_latency(rounds[-1], worker, model, args.rate, args.latency_seconds,
                                                    f"steady{uuid.uuid4().hex[:4]}")
             finally:
-                worker.stop()
+                if worker is not None:
+                    worker.stop()
             if args.backlog:
                 print(f"backlog of {args.backlog:,} events ...", file=sys.stderr)
-                backlog_settings = settings.with_(topic_prefix=f"q{uuid.uuid4().hex[:6]}.")
+                backlog_settings = rounds[0].with_(topic_prefix=f"q{uuid.uuid4().hex[:6]}.")
                 ensure_topics(backlog_settings, partitions=4)
                 result["backlog"] = backlog(backlog_settings, model, args.backlog, work, timeout=args.backlog_timeout)
         finally:
@@ -504,17 +544,26 @@ def run(args) -> dict:
 
 
 def report(r: dict) -> str:
-    bare, worker, lat = r["bare_faust"], r["worker"], r["latency"]
+    lat = r["latency"]
     lines = [
         f"ingest benchmark: {r['events']:,} PredictionEvents ({r['event_bytes_mean']} bytes, "
         f"{r['model']['features']} features, {r['model']['trees']} trees) on the embedded broker ({r['machine']})",
-        f"  {'consumer':<34}{'events/s':>10}{'seconds':>9}{'CPU us/event':>14}{'peak RSS MiB':>14}",
-        f"  {'bare Faust agent (count only)':<34}{bare['events_per_s']:>10,}{bare['seconds']:>9}"
-        f"{bare['cpu_us_per_event']:>14}{bare['peak_rss_mib']:>14}",
-        f"  {'whystream worker':<34}{worker['events_per_s']:>10,}{worker['seconds']:>9}"
-        f"{worker['cpu_us_per_event']:>14}{worker['peak_rss_mib']:>14}",
-        f"  worker / bare Faust: {r['ratio']}x   (explained {worker['explained']:,}: "
-        f"{worker['explanations_per_cpu_s']} explanations per CPU-second while ingesting)",
+        f"  {'round':<6}{'consumer':<32}{'events/s':>10}{'seconds':>9}{'CPU us/event':>14}{'peak RSS MiB':>14}"
+        f"{'ratio':>8}",
+    ]
+    for k, o in enumerate(r["rounds"], 1):
+        bare, worker = o["bare_faust"], o["worker"]
+        lines += [
+            f"  {k:<6}{'bare Faust agent (count only)':<32}{bare['events_per_s']:>10,}{bare['seconds']:>9}"
+            f"{bare['cpu_us_per_event']:>14}{bare['peak_rss_mib']:>14}",
+            f"  {k:<6}{'whystream worker':<32}{worker['events_per_s']:>10,}{worker['seconds']:>9}"
+            f"{worker['cpu_us_per_event']:>14}{worker['peak_rss_mib']:>14}{o['ratio']:>7}x",
+        ]
+    worker = r["rounds"][-1]["worker"]
+    stack = ", ".join(f"{name} {cores} cores" for name, cores in worker["stack_cores"].items())
+    lines += [
+        f"  worker / bare Faust (median of rounds): {r['ratio']}x; while the worker ingests: {stack}; "
+        f"it explained {worker['explained']:,} ({worker['explanations_per_cpu_s']} explanations per worker CPU-second)",
         f"  priority latency at {lat['rate']:,.0f} events/s for {lat['seconds']}s ({lat['priority']:,} priority, "
         f"{lat['reservoir']:,} sampled): event_time -> on the topic p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, "
         f"max {lat['max_ms']} ms; -> explained_at p50 {lat['explained_at_p50_ms']} ms, p99 {lat['explained_at_p99_ms']} ms",
@@ -532,7 +581,9 @@ def report(r: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000, help="events loaded for the ingest comparison")
-    parser.add_argument("--quick", action="store_true", help="50,000 events and 8 s of steady load, for a first look")
+    parser.add_argument("--quick", action="store_true",
+                        help="50,000 events, one round and 8 s of steady load, for a first look")
+    parser.add_argument("--rounds", type=int, default=2, help="bare / worker measurements, alternating which goes first")
     parser.add_argument("--rate", type=float, default=5000.0, help="events/s of the steady latency phase")
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--backlog", type=int, default=0, help="also measure RSS under this many queued events")
@@ -543,7 +594,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path, default=Path(__file__).resolve().parent / "results" / "ingest.json")
     args = parser.parse_args(argv)
     if args.quick:
-        args.events, args.latency_seconds = min(args.events, 50_000), min(args.latency_seconds, 8.0)
+        args.events, args.latency_seconds, args.rounds = min(args.events, 50_000), min(args.latency_seconds, 8.0), 1
     result = run(args)
     print(report(result))
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,8 @@ import logging
 import os
 import socket
 import time
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,12 +30,13 @@ from whystream.config import Settings
 from whystream.errors import WhystreamError
 from whystream.jobs.registry import ModelRegistry, RegisteredModel
 from whystream.streams.attribution import Attributor
-from whystream.streams.codec import codec_for
+from whystream.streams.batch_encode import ExplanationEncoder
+from whystream.streams.codec import SingleObjectCodec, codec_for
 from whystream.streams.explanation import build_explanations
 from whystream.streams.metrics import Metrics
 from whystream.streams.sampling import RESERVOIR, Reservoirs, SamplingConfig, priority_reasons
 from whystream.streams.store import RedisStore
-from whystream.streams.treeshap import EXPLAINER_VERSION
+from whystream.streams.treeshap import EXPLAINER_NAME, EXPLAINER_VERSION
 from whystream.streams.validate import Inbound, ModelBatch, RawMessage, Validator
 
 log = logging.getLogger("whystream.engine")
@@ -98,6 +101,11 @@ class Engine:
         topic = settings.topic("predictions")
         self.validator = Validator(self.registry, codec_for("PredictionEvent", settings.schema_registry_url, topic))
         self.explanation_codec = codec_for("ExplanationEvent", settings.schema_registry_url, settings.topic("explanations"))
+        # Explanations in single-object encoding are written straight from arrays (streams/batch_encode.py).
+        self._encoder = (ExplanationEncoder(self.explanation_codec.header, EXPLAINER_NAME)
+                         if isinstance(self.explanation_codec, SingleObjectCodec) else None)
+        if self._encoder is not None:
+            self._encoder.warm_up()
         self.dlq_codec = codec_for("DeadLetter", settings.schema_registry_url, settings.topic("predictions.dlq"))
         self.store = store or RedisStore(settings.redis_url)
         self.reservoirs = Reservoirs(self.config.sampling)
@@ -105,6 +113,8 @@ class Engine:
         self.producer = Producer(settings.kafka(**{"linger.ms": 2, "compression.type": "lz4",
                                                    "enable.idempotence": True}))
         self._delivery_error = None
+        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whystream-remember")
+        self._remembering: Future | None = None
 
     # -- the batch step -------------------------------------------------------
 
@@ -119,14 +129,30 @@ class Engine:
         self.metrics.consumed.inc(len(inbound))
         batches, dead = self.validator.split(inbound, self.config.sampling.stratum_key)
         self._dead_letters(dead)
-        for batch in batches:
-            values = inbound.values if len(batch) == len(inbound) else [inbound.values[i] for i in batch.index.tolist()]
-            self.store.remember_predictions(batch.prediction_ids, values)
+        self._remember(batches, inbound)
         due: dict[str, Due] = {}
         self._sample(batches, inbound, due, now_ms)
         self._close_windows(due, now_ms)
         self._explain_and_publish(due, started)
         return self.held_offsets(np.unique(inbound.partitions).tolist())
+
+    def _remember(self, batches: list[ModelBatch], inbound: Inbound) -> None:
+        """Keep the raw events in Redis (explain on demand), on a thread of its own: the
+        round trip overlaps the rest of the batch. One batch at a time, so it never falls behind."""
+        if len(batches) == 1 and len(batches[0]) == len(inbound):
+            ids, values = batches[0].prediction_ids, inbound.values
+        else:
+            ids = [pid for batch in batches for pid in batch.prediction_ids]
+            values = [inbound.values[i] for batch in batches for i in batch.index.tolist()]
+        self._remembered()
+        if ids:
+            self._remembering = self._background.submit(self.store.remember_predictions, ids, values)
+
+    def _remembered(self) -> None:
+        """Wait until the last batch's events are in Redis."""
+        if self._remembering is not None:
+            self._remembering.result()
+            self._remembering = None
 
     def tick(self, now_ms: int | None = None) -> None:
         """Close windows of idle partitions (called on a timer when no batch arrives)."""
@@ -210,18 +236,24 @@ class Engine:
                 continue
             X = np.asarray([work.rows[i] for i in keep])
             attributions = self.attributor.attribute(work.model, X, started)
-            events = build_explanations(
-                work.model, [work.records[i] for i in keep], X, attributions,
-                [work.reasons[i] for i in keep], [work.weights[i] for i in keep], [work.strata[i] for i in keep],
-                adverse=self.config.sampling.adverse_decisions, explainer_version=EXPLAINER_VERSION,
-                cached=self.store.available, worker=self.worker)
-            for event in events:
-                value = self.explanation_codec.encode(event)
-                self._produce(topic, value, event["prediction_id"].encode())
-                published_ids.append(event["prediction_id"])
+            records, reasons = [work.records[i] for i in keep], [work.reasons[i] for i in keep]
+            weights, strata = [work.weights[i] for i in keep], [work.strata[i] for i in keep]
+            common = dict(adverse=self.config.sampling.adverse_decisions, explainer_version=EXPLAINER_VERSION,
+                          cached=self.store.available, worker=self.worker)
+            explained_at = int(time.time() * 1000)
+            if self._encoder is not None:
+                values = self._encoder.encode(work.model, records, X, attributions, reasons, weights, strata,
+                                              explained_at=explained_at, **common)
+            else:
+                values = [self.explanation_codec.encode(event) for event in
+                          build_explanations(work.model, records, X, attributions, reasons, weights, strata, **common)]
+            for record, value in zip(records, values):
+                self._produce(topic, value, record["prediction_id"].encode())
+                published_ids.append(record["prediction_id"])
                 published_values.append(value)
-                self.metrics.explained.labels(event["sampling_reason"], event["source"]).inc()
-                self.metrics.latency.observe(max(event["latency_ms"], 0) / 1000)
+                self.metrics.latency.observe(max(explained_at - record["event_time"], 0) / 1000)
+            for (reason, source), count in Counter(zip(reasons, attributions.source)).items():
+                self.metrics.explained.labels(reason, source).inc(count)
             self.metrics.cache_hits.inc(int(np.sum(attributions.source == "CACHE")))
             self.metrics.fallbacks.inc(int(np.sum(attributions.source == "FALLBACK")))
         self._flush()
@@ -262,6 +294,7 @@ class Engine:
 
     def explain_on_demand(self, prediction_id: str) -> dict | None:
         """The explanation of any recent decision: the published one, or computed now."""
+        self._remembered()
         published = self.store.published_explanation(prediction_id)
         if published is not None:
             return self.explanation_codec.decode(published)
@@ -280,4 +313,5 @@ class Engine:
                                   worker=self.worker)[0]
 
     def close(self) -> None:
+        self._remembered()
         self.producer.flush(10)

@@ -94,14 +94,10 @@ __all__ = ["EXPLAINER_NAME", "EXPLAINER_VERSION", "TreeShap", "UnsupportedModel"
 # float(np.float32(1e-35)): LightGBM's kZeroThreshold is a float literal
 K_ZERO = 1.0000000180025095e-35
 
-# split kind bits
-_MISS_NONE, _MISS_ZERO, _MISS_NAN = 0, 1, 2
-_DEFAULT_LEFT = 4
-_CATEGORICAL = 8
-_MISSING_TYPES = {"None": _MISS_NONE, "Zero": _MISS_ZERO, "NaN": _MISS_NAN}
+# a split's kind (nd_kind): bits 0-1 missing type (0 None, 1 Zero, 2 NaN), bit 2 default
+# left, bit 3 categorical
 
-ALGO_QUAD, ALGO_CLASSIC = 0, 1
-_ALGOS = {"quad": ALGO_QUAD, "classic": ALGO_CLASSIC}
+_ALGOS = {"quad": 0, "classic": 1}  # the kernels' `mode`
 
 _LANES = 8  # quadrature points per vector (one AVX-512 register of doubles)
 _PHI_BLOCK_BYTES = 1 << 18  # per-thread lane accumulators of a row block: ~256 KiB (L2)
@@ -818,7 +814,6 @@ class TreeShap:
         if n_chunks <= 1:
             self._run(X, 0, n, out)
         else:
-            # chunk edges on block boundaries where the chunks are long enough
             edges = np.linspace(0, n, n_chunks + 1).astype(int)
             pool = _pool()
             futures = [pool.submit(self._run, X, int(a), int(b), out) for a, b in zip(edges[1:-1], edges[2:])]

@@ -109,6 +109,7 @@ class Validator:
         self._models: dict[tuple[str, str], RegisteredModel] = {}
         self._columns: dict[str, dict[str, int]] = {}  # model version -> feature name -> column
         self.decoder = PredictionDecoder(schema_fingerprint(load_schema("PredictionEvent")))
+        self.decoder.decode([b""])  # load (or compile) the decoder now rather than on the first batch
 
     def model(self, name: str, version: str) -> RegisteredModel:
         """The registered model, loaded on first sight (new versions need no restart)."""

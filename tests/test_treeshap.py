@@ -109,10 +109,10 @@ def test_matches_shap(model):
     assert np.abs(ts.raw_score(X) - raw).max() <= 1e-12
 
 
-def test_infinite_thresholds_come_back_from_the_model_text():
+def test_infinite_thresholds():
     booster = train(MODELS["missing-nan"])
     ts = TreeShap(booster)
-    assert np.isinf(ts._M[3]).any()  # the dump said 1e300
+    assert np.isinf(ts._M[3]).any()  # dump_model() (and shap's own parser) says 1e300
     X = eval_rows()[90:130]
     ref, _ = shap_reference(booster, X)
     assert np.abs(ts.shap_values(X) - ref).max() <= TOL
@@ -137,9 +137,9 @@ def test_model_really_has_the_split_kinds(model):
 def test_single_row_and_batch_paths_agree(model):
     _, ts = model
     X = eval_rows(11)
-    batch = ts.shap_values(X)  # parallel path (when numba has > 1 thread)
+    batch = ts.shap_values(X)  # cut into chunks for the threads (when numba has > 1)
     rows = np.stack([ts.shap_values(X[i]) for i in range(40)])  # 1-D rows, serial path
-    small = ts.shap_values(X[:3])  # below the parallel threshold
+    small = ts.shap_values(X[:3])  # too few rows to share out
     assert np.abs(rows - batch[:40]).max() <= 1e-12
     assert np.abs(small - batch[:3]).max() <= 1e-12
     assert ts.shap_values(X[:0]).shape == (0, F)
