@@ -64,21 +64,21 @@ def up(ctx: typer.Context, partitions: int = typer.Option(4, help="Partitions pe
     from whystream.infra.stack import EmbeddedStack
 
     home = settings_of(ctx).home
+    stopping = []  # Ctrl-C and SIGTERM both stop the stack, whenever they arrive
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.append(1))
     stack = EmbeddedStack(home, partitions=partitions)
-    stack.start()
-    for key, value in stack.env().items():
-        console.print(f"{key}={value}", highlight=False, soft_wrap=True)
-    console.print(f"[dim]# embedded stack up; other whystream commands with --home {home} find it. Ctrl-C stops it.[/]")
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     try:
+        stack.start()
+        for key, value in stack.env().items():
+            console.print(f"{key}={value}", highlight=False, soft_wrap=True)
+        console.print(f"[dim]# embedded stack up; other whystream commands with --home {home} find it. "
+                      "Ctrl-C stops it.[/]")
         while not stopping:
             dead = stack.dead_children()
             if dead:
                 raise WhystreamError(f"embedded stack: {', '.join(dead)} exited; see {home}/logs")
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
+            time.sleep(0.2)
     finally:
         stack.stop()
         console.print("[dim]# embedded stack stopped[/]")
