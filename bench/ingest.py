@@ -1,28 +1,33 @@
 """Benchmark: how fast one worker ingests `predictions`, against a bare Faust agent.
 
 On a fresh embedded stack (Tansu broker, redis-server) with a small model
-trained into a temporary registry, in one run:
+trained into a temporary registry (20,000 rows, 50 trees), in one run:
 
 1. ingest: N realistic PredictionEvents (whystream.jobs.produce, Avro
-   single-object encoded) are loaded into `predictions`, then read twice, by
+   single-object encoded, 39 features) are loaded into `predictions`, then
+   read by
    (a) a bare Faust agent in a process of its own that only counts raw
        messages (`async for value in stream: count += 1`): events/s from its
        first to its last message;
    (b) a `whystream worker` process (decode, validate, sample, explain the
-       priority events and the reservoir samples, publish): events/s from
-       `whystream_events_consumed_total` on its /metrics, its CPU time, its
-       peak resident memory; explanations per CPU-second;
-   and the ratio b / a.
-2. latency: the same worker, caught up, under a steady stream of --rate
-   events/s whose event_time is the moment each is sent: p50/p99 of the time
-   from event_time to the explanation event of each priority decision arriving
-   at a consumer of `explanations` (and to its `explained_at`); explanations per
-   CPU-second and resident memory at that steady load.
+       priority events and the reservoir samples, publish, remember every
+       event in Redis): events/s from `whystream_events_consumed_total` on its
+       /metrics, CPU per event, peak resident memory, explanations per
+       CPU-second;
+   and the ratio b / a. --rounds times, each on a copy of the events under a
+   topic prefix and Redis database of its own, alternating which goes first;
+   the ratio reported is the median over rounds.
+2. latency: the last worker, caught up, under a steady --rate events/s whose
+   event_time is the moment each is sent (produced like `whystream produce`:
+   lz4, linger 5 ms): p50/p99 from event_time to the priority decision's
+   explanation arriving at a consumer of `explanations`, and to its
+   explained_at; the worker's CPU, explanations per CPU-second and resident
+   memory at that load, and the broker's and Redis' CPU.
 3. backlog (--backlog N, off by default: a few minutes for a million): N events
    queued before a fresh worker starts; its resident memory sampled every
    second while it works through them.
 
-    python bench/ingest.py [--events 200000] [--quick] [--backlog 1000000] [--json PATH]
+    python bench/ingest.py [--events 200000] [--rounds 2] [--quick] [--backlog 1000000] [--json PATH]
 
 Prints a table and writes JSON (default bench/results/ingest.json). The machine
 is shared: compare the ratios, which are measured side by side in one run.
@@ -355,7 +360,8 @@ class ExplanationListener(threading.Thread):
         return self.received
 
 
-def steady_latency(settings, worker: WorkerProcess, model, rate: float, seconds: float, run_id: str) -> dict:
+def steady_latency(settings, worker: WorkerProcess, model, rate: float, seconds: float, run_id: str,
+                   stack_processes: dict[str, int] | None = None) -> dict:
     """Send `rate` events/s for `seconds` with event_time = send time; latency of priority explanations."""
     from confluent_kafka import Producer
 
@@ -366,23 +372,24 @@ def steady_latency(settings, worker: WorkerProcess, model, rate: float, seconds:
     listener = ExplanationListener(settings)
     listener.start()
     time.sleep(0.5)
-    producer = Producer(settings.kafka(**{"linger.ms": 1, "compression.type": "lz4"}))
+    producer = Producer(settings.kafka(**{"linger.ms": 5, "compression.type": "lz4"}))  # as `whystream produce`
     topic = settings.topic("predictions")
     consumed_before = worker.metrics()["consumed"]
     sampler = Sampler(worker.process.pid, worker.metrics_url, interval=0.5)
     sampler.start()
-    began = time.monotonic()
-    step = max(1, int(rate / 1000))  # a few events every millisecond
-    for i in range(0, count, step):
-        ahead = i / rate - (time.monotonic() - began)
-        if ahead > 0:
-            time.sleep(ahead)
-        now_ms = int(time.time() * 1000)
-        for key, value in events[i:i + step]:
-            producer.produce(topic, value=with_event_time(value, now_ms), key=key)
-        producer.poll(0)
-    producer.flush(30)
-    sent_seconds = time.monotonic() - began
+    with StackCpu(stack_processes or {}) as stack_cpu:
+        began, first_send = time.monotonic(), time.time()
+        step = max(1, int(rate / 1000))  # a few events every millisecond
+        for i in range(0, count, step):
+            ahead = i / rate - (time.monotonic() - began)
+            if ahead > 0:
+                time.sleep(ahead)
+            now_ms = int(time.time() * 1000)
+            for key, value in events[i:i + step]:
+                producer.produce(topic, value=with_event_time(value, now_ms), key=key)
+            producer.poll(0)
+        producer.flush(30)
+        sent_seconds = time.monotonic() - began
     decode = codec_for("ExplanationEvent").decode
     deadline = time.monotonic() + 60
     while worker.metrics()["consumed"] < consumed_before + count and time.monotonic() < deadline:
@@ -391,6 +398,7 @@ def steady_latency(settings, worker: WorkerProcess, model, rate: float, seconds:
     samples = sampler.stop()
     received = listener.stop()
     arrival, explained = [], []
+    by_second: dict[int, list[float]] = {}
     counts = {"priority": 0, "reservoir": 0}
     for at, value in received:
         e = decode(value)
@@ -401,6 +409,7 @@ def steady_latency(settings, worker: WorkerProcess, model, rate: float, seconds:
             continue
         counts["priority"] += 1
         arrival.append(at * 1000 - e["event_time"])
+        by_second.setdefault(int((e["event_time"] / 1000) - first_send), []).append(at * 1000 - e["event_time"])
         explained.append(e["explained_at"] - e["event_time"])
     busy = [s for s in samples if s["t"] - samples[0]["t"] <= sent_seconds]
     cpu = busy[-1]["cpu"] - busy[0]["cpu"] if len(busy) > 1 else None
@@ -412,7 +421,8 @@ def steady_latency(settings, worker: WorkerProcess, model, rate: float, seconds:
             "explained_at_p50_ms": q(explained, 0.5), "explained_at_p99_ms": q(explained, 0.99),
             "worker_cpu_fraction": round(cpu / wall, 3) if cpu and wall else None,
             "explanations_per_cpu_s": round(expl / cpu, 1) if cpu else None,
-            "rss_mib": round(samples[-1]["rss"] / 2**20, 1) if samples else None}
+            "rss_mib": round(samples[-1]["rss"] / 2**20, 1) if samples else None, "stack_cores": stack_cpu.cores,
+            "p99_ms_by_second": {s: q(v, 0.99) for s, v in sorted(by_second.items())}}
 
 
 def _quantile(xs: list[float], p: float) -> float:
@@ -485,8 +495,10 @@ def run(args) -> dict:
             result["encode_s"] = round(time.monotonic() - began, 1)
             result["event_bytes_mean"] = round(sum(len(v) for _, v in events) / len(events))
             # One copy of the events per round, each under a topic prefix (and so consumer groups) of its own.
-            rounds = [base.with_(topic_prefix=f"b{uuid.uuid4().hex[:6]}.", registry=registry)
-                      for _ in range(args.rounds)]
+            # and a Redis database of its own: the same prediction_ids, but nothing already published.
+            redis_base = base.redis_url.rpartition("/")[0]
+            rounds = [base.with_(topic_prefix=f"b{uuid.uuid4().hex[:6]}.", registry=registry,
+                                 redis_url=f"{redis_base}/{r % 14 + 1}") for r in range(args.rounds)]
             began = time.monotonic()
             for settings in rounds:
                 ensure_topics(settings, partitions=4)
@@ -524,13 +536,14 @@ def run(args) -> dict:
                 print(f"steady {args.rate:,.0f} events/s ...", file=sys.stderr)
                 time.sleep(6)  # the ingest windows close (idle) before the steady phase
                 result["latency"] = steady_latency(rounds[-1], worker, model, args.rate, args.latency_seconds,
-                                                   f"steady{uuid.uuid4().hex[:4]}")
+                                                   f"steady{uuid.uuid4().hex[:4]}", stack_processes)
             finally:
                 if worker is not None:
                     worker.stop()
             if args.backlog:
                 print(f"backlog of {args.backlog:,} events ...", file=sys.stderr)
-                backlog_settings = rounds[0].with_(topic_prefix=f"q{uuid.uuid4().hex[:6]}.")
+                backlog_settings = rounds[0].with_(topic_prefix=f"q{uuid.uuid4().hex[:6]}.",
+                                                   redis_url=f"{redis_base}/15")
                 ensure_topics(backlog_settings, partitions=4)
                 result["backlog"] = backlog(backlog_settings, model, args.backlog, work, timeout=args.backlog_timeout)
         finally:
@@ -568,7 +581,9 @@ def report(r: dict) -> str:
         f"{lat['reservoir']:,} sampled): event_time -> on the topic p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, "
         f"max {lat['max_ms']} ms; -> explained_at p50 {lat['explained_at_p50_ms']} ms, p99 {lat['explained_at_p99_ms']} ms",
         f"  at that load: worker CPU {lat['worker_cpu_fraction']} cores, {lat['explanations_per_cpu_s']} explanations "
-        f"per CPU-second, RSS {lat['rss_mib']} MiB",
+        f"per CPU-second, RSS {lat['rss_mib']} MiB; "
+        + ", ".join(f"{name} {cores} cores" for name, cores in lat["stack_cores"].items()),
+        "  p99 ms by second of the steady phase: " + " ".join(str(v) for v in lat["p99_ms_by_second"].values()),
     ]
     if "backlog" in r:
         b = r["backlog"]

@@ -339,8 +339,9 @@ class PredictionDecoder:
     def decode(self, values: list[bytes], stratum_key: str = "") -> Decoded:
         n = len(values)
         data = b"".join(values)
-        ends = np.cumsum(np.fromiter(map(len, values), dtype=np.int64, count=n))
-        starts = ends - np.fromiter(map(len, values), dtype=np.int64, count=n)
+        lengths = np.fromiter(map(len, values), dtype=np.int64, count=n)
+        ends = np.cumsum(lengths)
+        starts = ends - lengths
         buf = np.frombuffer(data, dtype=np.uint8) if data else np.zeros(1, dtype=np.uint8)
         status = np.empty(n, dtype=np.int8)
         slot = np.empty(n, dtype=np.int32)

@@ -1,16 +1,25 @@
 """The explanation engine, independent of how messages arrive.
 
-`Engine.process(messages)` takes one batch of raw prediction messages and:
-1. decodes and validates them; bad ones go to `predictions.dlq` with a reason;
-2. remembers every valid prediction briefly in Redis (explain on demand);
-3. picks priority events (always explained) and feeds the rest to the
+`Engine.process(messages)` (or `process_inbound`, for a batch the transport
+already holds as columns) takes one batch of raw prediction messages and:
+1. decodes and validates them, the whole batch into columns at once
+   (streams/batch_decode.py; anything unusual event by event through the
+   codec); bad ones go to `predictions.dlq` with a reason;
+2. picks priority events (always explained) and feeds the rest to the
    reservoirs; windows that closed hand over their weighted sample;
-4. explains (cache -> live TreeSHAP -> fallback), skipping prediction_ids
-   already explained (redelivery), publishes ExplanationEvents and waits for
-   the broker to confirm them;
+3. explains (cache -> live TreeSHAP -> fallback), skipping prediction_ids
+   already explained (redelivery), publishes ExplanationEvents (encoded
+   straight from the arrays, streams/batch_encode.py) and waits for the
+   broker to confirm them;
+4. remembers every valid prediction briefly in Redis (explain on demand), on a
+   thread of its own while the next batch comes in;
 5. returns, per partition, the offsets that must stay unacknowledged: the first
    candidate of each open reservoir window. Everything else may be committed,
    because whatever explanation it was due has been published.
+
+Per-event Python objects are few: the three strings the decoder hands over
+(prediction_id, decision, stratum); a record dict only for events explained
+or kept by a reservoir.
 """
 
 from __future__ import annotations
@@ -129,16 +138,16 @@ class Engine:
         self.metrics.consumed.inc(len(inbound))
         batches, dead = self.validator.split(inbound, self.config.sampling.stratum_key)
         self._dead_letters(dead)
-        self._remember(batches, inbound)
         due: dict[str, Due] = {}
         self._sample(batches, inbound, due, now_ms)
         self._close_windows(due, now_ms)
         self._explain_and_publish(due, started)
+        self._remember(batches, inbound)
         return self.held_offsets(np.unique(inbound.partitions).tolist())
 
     def _remember(self, batches: list[ModelBatch], inbound: Inbound) -> None:
-        """Keep the raw events in Redis (explain on demand), on a thread of its own: the
-        round trip overlaps the rest of the batch. One batch at a time, so it never falls behind."""
+        """Keep the raw events in Redis for a while (explain on demand), on a thread of its
+        own: the write overlaps the next batch. One batch in flight at a time."""
         if len(batches) == 1 and len(batches[0]) == len(inbound):
             ids, values = batches[0].prediction_ids, inbound.values
         else:

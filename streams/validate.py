@@ -132,14 +132,16 @@ class Validator:
         for slot in present[np.argsort(first)].tolist():
             index = ok if len(present) == 1 else ok[slots == slot]
             model = self.decoder.models[slot]
-            if len(index) == len(inbound):  # the usual case: the whole batch
+            whole = len(index) == len(inbound)
+            if whole:  # the usual case: the whole batch
                 pick = lambda column: column
             else:
                 pick = lambda column: [column[i] for i in index.tolist()]
             batches.append(ModelBatch(
                 model, index, pick(decoded.prediction_ids), pick(decoded.decisions), pick(decoded.strata),
                 decoded.event_time[index], decoded.score[index], decoded.threshold[index], decoded.priority[index],
-                decoded.X[index, :len(model.feature_names)]))
+                decoded.X if whole and decoded.X.shape[1] == len(model.feature_names)
+                else decoded.X[index, :len(model.feature_names)]))
         return batches, dead
 
     def _load_models(self, inbound: Inbound, decoded: Decoded, stratum_key: str) -> None:

@@ -27,6 +27,7 @@ with the web handlers).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import threading
 import time
@@ -70,11 +71,12 @@ class Ingest:
             "auto.offset.reset": "earliest",
             "session.timeout.ms": int(session_timeout_s * 1000),
             "heartbeat.interval.ms": int(min(3.0, session_timeout_s / 3) * 1000),
-            "fetch.wait.max.ms": 20,  # an idle partition's next event is fetched within this
+            "fetch.wait.max.ms": 10,  # a quiet partition's next event is fetched within this (latency)
             # Prefetched and not yet taken: bounded under any backlog. A full queue pauses fetching for
             # fetch.queue.backoff.ms (default 1 s, which would starve the loop): resume soon after it drains.
             "queued.max.messages.kbytes": 16384,
             "fetch.queue.backoff.ms": 10,
+            "on_commit": self._on_commit,
         }))
         self.positions: dict[int, int] = {}  # partition -> next offset to read (after what the engine handled)
         self.committed: dict[int, int] = {}
@@ -172,6 +174,12 @@ class Ingest:
                     self.committed.pop(tp.partition, None)
                 log.warning("commit failed: %s", exc)
 
+    def _on_commit(self, error, partitions) -> None:
+        """An asynchronous commit that failed is sent again by the next _commit."""
+        for tp in partitions:
+            if error is not None or tp.error is not None:
+                self.committed.pop(tp.partition, None)
+
     def _update_lag(self) -> None:
         for p, position in list(self.positions.items()):
             try:
@@ -187,9 +195,11 @@ class Ingest:
         log.info("assigned %s", sorted(tp.partition for tp in partitions))
 
     def _on_revoke(self, consumer, partitions) -> None:
-        """Commit what is allowed; the open windows are the new owner's to rebuild."""
+        """Commit what is allowed; the open windows are the new owner's to rebuild.
+        After a failed batch nothing is committed: the engine's state is not to be trusted."""
         revoked = {tp.partition for tp in partitions if tp.topic == self.topic}
-        self._commit(revoked, asynchronous=False)
+        if self.crashed is None:
+            self._commit(revoked, asynchronous=False)
         self._forget(revoked)
 
     def _on_lost(self, consumer, partitions) -> None:
@@ -282,10 +292,25 @@ def health_checks(engine: Engine) -> dict:
     return checks
 
 
+def keep_freed_memory(limit_bytes: int = 256 << 20) -> None:
+    """Ask glibc's malloc to keep freed memory for reuse rather than hand it back to the
+    kernel: every batch allocates and frees buffers of megabytes (message bytes, Redis
+    commands), and memory handed back is page-faulted in again by the next batch, which
+    measurably slows decoding. Resident size stays bounded by the largest batch.
+    Elsewhere than glibc this does nothing."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, limit_bytes)  # M_MMAP_THRESHOLD: allocations below this come from the heap
+        libc.mallopt(-1, limit_bytes)  # M_TRIM_THRESHOLD: free heap top kept up to this much
+    except (OSError, AttributeError):
+        pass
+
+
 def run_worker(settings: Settings, config: EngineConfig | None = None, web_port: int = 6066,
                loglevel: str = "warning", **app_options) -> None:
     """Run a worker until SIGINT/SIGTERM."""
     from faust.worker import Worker
 
+    if not __import__("os").environ.get("NOMALLOPT"): keep_freed_memory()  # TEMP
     app = create_app(settings, config, web_port=web_port, **app_options)
     Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
