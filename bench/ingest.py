@@ -17,17 +17,22 @@ trained into a temporary registry (20,000 rows, 50 trees), in one run:
    and the ratio b / a. --rounds times, each on a copy of the events under a
    topic prefix and Redis database of its own, alternating which goes first;
    the ratio reported is the median over rounds.
-2. latency: the last worker, caught up, under a steady --rate events/s whose
-   event_time is the moment each is sent (produced like `whystream produce`:
-   lz4, linger 5 ms): p50/p99 from event_time to the priority decision's
-   explanation arriving at a consumer of `explanations`, and to its
+2. latency: a fresh worker on a fresh topic, warmed up for 2 s, under a steady
+   --rate events/s whose event_time is the moment each is sent (lz4, linger
+   5 ms, like `whystream produce`): p50/p99 from event_time to the priority
+   decision's explanation arriving at a consumer of `explanations`, and to its
    explained_at; the worker's CPU, explanations per CPU-second and resident
-   memory at that load, and the broker's and Redis' CPU.
+   memory at that load, the broker's and Redis' CPU. Twice: with key =
+   prediction_id (as `whystream produce` sends), and without a key (the
+   producer's sticky partitioner then writes a quarter of the record batches:
+   the embedded broker, Tansu 0.6, spends CPU in proportion to the batches a
+   partition holds, and keyed small batches at 5,000/s saturate it within
+   seconds; compare its CPU in the two lines).
 3. backlog (--backlog N, off by default: a few minutes for a million): N events
    queued before a fresh worker starts; its resident memory sampled every
    second while it works through them.
 
-    python bench/ingest.py [--events 200000] [--rounds 2] [--quick] [--backlog 1000000] [--json PATH]
+    python bench/ingest.py [--events 200000] [--rounds 3] [--quick] [--backlog 1000000] [--json PATH]
 
 Prints a table and writes JSON (default bench/results/ingest.json). The machine
 is shared: compare the ratios, which are measured side by side in one run.
@@ -361,8 +366,10 @@ class ExplanationListener(threading.Thread):
 
 
 def steady_latency(settings, worker: WorkerProcess, model, rate: float, seconds: float, run_id: str,
-                   stack_processes: dict[str, int] | None = None) -> dict:
-    """Send `rate` events/s for `seconds` with event_time = send time; latency of priority explanations."""
+                   stack_processes: dict[str, int] | None = None, keyed: bool = True) -> dict:
+    """Send `rate` events/s for `seconds` with event_time = send time; latency of priority explanations.
+    keyed: with key = prediction_id (as `whystream produce`), else without a key (the producer's
+    sticky partitioner then fills one partition's batch at a time: a quarter of the record batches)."""
     from confluent_kafka import Producer
 
     from whystream.streams.codec import codec_for
@@ -386,7 +393,7 @@ def steady_latency(settings, worker: WorkerProcess, model, rate: float, seconds:
                 time.sleep(ahead)
             now_ms = int(time.time() * 1000)
             for key, value in events[i:i + step]:
-                producer.produce(topic, value=with_event_time(value, now_ms), key=key)
+                producer.produce(topic, value=with_event_time(value, now_ms), key=key if keyed else None)
             producer.poll(0)
         producer.flush(30)
         sent_seconds = time.monotonic() - began
@@ -416,7 +423,7 @@ def steady_latency(settings, worker: WorkerProcess, model, rate: float, seconds:
     expl = busy[-1]["explained"] - busy[0]["explained"] if len(busy) > 1 else None
     wall = busy[-1]["t"] - busy[0]["t"] if len(busy) > 1 else None
     q = lambda xs, p: round(float(_quantile(xs, p)), 1) if xs else None
-    return {"rate": rate, "seconds": round(sent_seconds, 1), "sent": count, **counts,
+    return {"rate": rate, "keyed": keyed, "seconds": round(sent_seconds, 1), "sent": count, **counts,
             "p50_ms": q(arrival, 0.5), "p99_ms": q(arrival, 0.99), "max_ms": q(arrival, 1.0),
             "explained_at_p50_ms": q(explained, 0.5), "explained_at_p99_ms": q(explained, 0.99),
             "worker_cpu_fraction": round(cpu / wall, 3) if cpu and wall else None,
@@ -494,11 +501,11 @@ def run(args) -> dict:
             events = [e for chunk in encoded_events(model, args.events, run_id) for e in chunk]
             result["encode_s"] = round(time.monotonic() - began, 1)
             result["event_bytes_mean"] = round(sum(len(v) for _, v in events) / len(events))
-            # One copy of the events per round, each under a topic prefix (and so consumer groups) of its own.
-            # and a Redis database of its own: the same prediction_ids, but nothing already published.
+            # One copy of the events per round, each under a topic prefix (and so consumer groups) of its own
+            # and with a Redis database of its own (1-12): the same prediction_ids, but nothing published yet.
             redis_base = base.redis_url.rpartition("/")[0]
             rounds = [base.with_(topic_prefix=f"b{uuid.uuid4().hex[:6]}.", registry=registry,
-                                 redis_url=f"{redis_base}/{r % 14 + 1}") for r in range(args.rounds)]
+                                 redis_url=f"{redis_base}/{r % 12 + 1}") for r in range(args.rounds)]
             began = time.monotonic()
             for settings in rounds:
                 ensure_topics(settings, partitions=4)
@@ -533,12 +540,23 @@ def run(args) -> dict:
                                              2)
                     result["rounds"].append(outcome)
                 result["ratio"] = round(statistics.median(o["ratio"] for o in result["rounds"]), 2)
-                print(f"steady {args.rate:,.0f} events/s ...", file=sys.stderr)
-                time.sleep(6)  # the ingest windows close (idle) before the steady phase
-                result["latency"] = steady_latency(rounds[-1], worker, model, args.rate, args.latency_seconds,
-                                                   f"steady{uuid.uuid4().hex[:4]}", stack_processes)
             finally:
                 if worker is not None:
+                    worker.stop()
+            result["latency"] = []
+            for keyed, db in ((True, 13), (False, 14)):
+                print(f"steady {args.rate:,.0f} events/s, {'keyed' if keyed else 'unkeyed'} ...", file=sys.stderr)
+                settings = base.with_(topic_prefix=f"s{uuid.uuid4().hex[:6]}.", registry=registry,
+                                      redis_url=f"{redis_base}/{db}")
+                ensure_topics(settings, partitions=4)
+                worker = WorkerProcess(settings, work / f"worker-steady-{'keyed' if keyed else 'unkeyed'}.log")
+                try:
+                    worker.wait_ready()
+                    # Warm-up, not measured: the worker loads the model and its TreeSHAP kernel on first sight.
+                    steady_latency(settings, worker, model, args.rate, 2.0, f"warm{uuid.uuid4().hex[:4]}", keyed=keyed)
+                    result["latency"].append(steady_latency(settings, worker, model, args.rate, args.latency_seconds,
+                                                            f"steady{uuid.uuid4().hex[:4]}", stack_processes, keyed))
+                finally:
                     worker.stop()
             if args.backlog:
                 print(f"backlog of {args.backlog:,} events ...", file=sys.stderr)
@@ -557,7 +575,6 @@ def run(args) -> dict:
 
 
 def report(r: dict) -> str:
-    lat = r["latency"]
     lines = [
         f"ingest benchmark: {r['events']:,} PredictionEvents ({r['event_bytes_mean']} bytes, "
         f"{r['model']['features']} features, {r['model']['trees']} trees) on the embedded broker ({r['machine']})",
@@ -577,14 +594,19 @@ def report(r: dict) -> str:
     lines += [
         f"  worker / bare Faust (median of rounds): {r['ratio']}x; while the worker ingests: {stack}; "
         f"it explained {worker['explained']:,} ({worker['explanations_per_cpu_s']} explanations per worker CPU-second)",
-        f"  priority latency at {lat['rate']:,.0f} events/s for {lat['seconds']}s ({lat['priority']:,} priority, "
-        f"{lat['reservoir']:,} sampled): event_time -> on the topic p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, "
-        f"max {lat['max_ms']} ms; -> explained_at p50 {lat['explained_at_p50_ms']} ms, p99 {lat['explained_at_p99_ms']} ms",
-        f"  at that load: worker CPU {lat['worker_cpu_fraction']} cores, {lat['explanations_per_cpu_s']} explanations "
-        f"per CPU-second, RSS {lat['rss_mib']} MiB; "
-        + ", ".join(f"{name} {cores} cores" for name, cores in lat["stack_cores"].items()),
-        "  p99 ms by second of the steady phase: " + " ".join(str(v) for v in lat["p99_ms_by_second"].values()),
     ]
+    for lat in r["latency"]:
+        how = "keyed like `whystream produce`" if lat["keyed"] else "unkeyed"
+        lines += [
+            f"  priority latency at {lat['rate']:,.0f} events/s ({how}, lz4, linger 5 ms) for {lat['seconds']}s "
+            f"({lat['priority']:,} priority, {lat['reservoir']:,} sampled): event_time -> read from the topic "
+            f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms; -> explained_at "
+            f"p50 {lat['explained_at_p50_ms']} ms, p99 {lat['explained_at_p99_ms']} ms",
+            f"    worker CPU {lat['worker_cpu_fraction']} cores, {lat['explanations_per_cpu_s']} explanations per "
+            f"CPU-second, RSS {lat['rss_mib']} MiB; "
+            + ", ".join(f"{name} {cores} cores" for name, cores in lat["stack_cores"].items())
+            + "; p99 ms by second: " + " ".join(str(v) for v in lat["p99_ms_by_second"].values()),
+        ]
     if "backlog" in r:
         b = r["backlog"]
         lines.append(f"  backlog {b['events']:,} queued: consumed {b['consumed']:,} at {b['events_per_s']} events/s; RSS "
@@ -598,9 +620,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--events", type=int, default=200_000, help="events loaded for the ingest comparison")
     parser.add_argument("--quick", action="store_true",
                         help="50,000 events, one round and 8 s of steady load, for a first look")
-    parser.add_argument("--rounds", type=int, default=2, help="bare / worker measurements, alternating which goes first")
+    parser.add_argument("--rounds", type=int, default=3, choices=range(1, 13), metavar="1..12",
+                        help="bare / worker measurements, alternating which goes first")
     parser.add_argument("--rate", type=float, default=5000.0, help="events/s of the steady latency phase")
-    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--latency-seconds", type=float, default=15.0, help="each steady phase (keyed, unkeyed)")
     parser.add_argument("--backlog", type=int, default=0, help="also measure RSS under this many queued events")
     parser.add_argument("--backlog-timeout", type=float, default=900.0)
     parser.add_argument("--timeout", type=float, default=300.0, help="per ingest measurement")

@@ -338,7 +338,11 @@ class PredictionDecoder:
 
     def decode(self, values: list[bytes], stratum_key: str = "") -> Decoded:
         n = len(values)
-        data = b"".join(values)
+        try:
+            data = b"".join(values)
+        except TypeError:  # a value that is not bytes (None, say): the slow path rejects it
+            values = [v if isinstance(v, (bytes, bytearray)) else b"" for v in values]
+            data = b"".join(values)
         lengths = np.fromiter(map(len, values), dtype=np.int64, count=n)
         ends = np.cumsum(lengths)
         starts = ends - lengths

@@ -27,7 +27,6 @@ with the web handlers).
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import threading
 import time
@@ -292,25 +291,10 @@ def health_checks(engine: Engine) -> dict:
     return checks
 
 
-def keep_freed_memory(limit_bytes: int = 256 << 20) -> None:
-    """Ask glibc's malloc to keep freed memory for reuse rather than hand it back to the
-    kernel: every batch allocates and frees buffers of megabytes (message bytes, Redis
-    commands), and memory handed back is page-faulted in again by the next batch, which
-    measurably slows decoding. Resident size stays bounded by the largest batch.
-    Elsewhere than glibc this does nothing."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, limit_bytes)  # M_MMAP_THRESHOLD: allocations below this come from the heap
-        libc.mallopt(-1, limit_bytes)  # M_TRIM_THRESHOLD: free heap top kept up to this much
-    except (OSError, AttributeError):
-        pass
-
-
 def run_worker(settings: Settings, config: EngineConfig | None = None, web_port: int = 6066,
                loglevel: str = "warning", **app_options) -> None:
     """Run a worker until SIGINT/SIGTERM."""
     from faust.worker import Worker
 
-    if not __import__("os").environ.get("NOMALLOPT"): keep_freed_memory()  # TEMP
     app = create_app(settings, config, web_port=web_port, **app_options)
     Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

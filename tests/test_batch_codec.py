@@ -198,6 +198,15 @@ def test_events_of_an_older_schema_version_and_unknown_models_take_the_slow_path
     assert_same_split([buffer.getvalue(), current, unknown])
 
 
+def test_a_value_that_is_not_bytes_is_a_dead_letter_not_an_error():
+    good = PREDICTION.encode({"prediction_id": "p-1", "model_name": "fraud", "model_version": "v1", "event_time": 5,
+                              "features": {}, "score": 0.1, "decision": "approve", "threshold": 0.5,
+                              "segment": {}, "priority": False})
+    batches, dead = Validator(FakeRegistry(), PREDICTION).split(
+        Inbound.of([RawMessage(None, None, "t", 0, 0), RawMessage(good, None, "t", 0, 1)]))
+    assert [d.reason_code for d in dead] == ["UNDECODABLE"] and batches[0].prediction_ids == ["p-1"]
+
+
 def test_the_confluent_wire_format_goes_through_its_codec():
     codec = codec_for("PredictionEvent", "mock://batch-codec", "predictions")
     event = {"prediction_id": "c-1", "model_name": "fraud", "model_version": "v1", "event_time": 5,
