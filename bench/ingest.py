@@ -54,6 +54,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from whystream.streams.batch_encode import avro_long
+
 BARE_FAUST_AGENT = r'''
 import json, os, sys, time
 import faust
@@ -96,16 +98,6 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _zigzag(n: int) -> bytes:
-    n = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def with_event_time(value: bytes, event_time_ms: int) -> bytes:
     """A single-object encoded PredictionEvent (current schema) with event_time replaced:
     it follows three strings (prediction_id, model_name, model_version) in the body."""
@@ -114,7 +106,7 @@ def with_event_time(value: bytes, event_time_ms: int) -> bytes:
         length, pos = _varint(value, pos)
         pos += length >> 1
     _, end = _varint(value, pos)
-    return value[:pos] + _zigzag(event_time_ms) + value[end:]
+    return value[:pos] + avro_long(event_time_ms) + value[end:]
 
 
 def encoded_events(model, count: int, run_id: str, seed: int = 1, start: int = 0):

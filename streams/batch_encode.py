@@ -26,7 +26,8 @@ from whystream.streams.codec import load_schema
 from whystream.streams.explanation import TOP_REASONS
 
 
-def _long(n: int) -> bytes:
+def avro_long(n: int) -> bytes:
+    """An Avro long: zigzag, then little-endian base-128 varint."""
     n = (n << 1) ^ (n >> 63)
     out = bytearray()
     while n >= 0x80:
@@ -38,7 +39,7 @@ def _long(n: int) -> bytes:
 
 def _string(text: str) -> bytes:
     data = text.encode("utf-8")
-    return _long(len(data)) + data
+    return avro_long(len(data)) + data
 
 
 def _texts(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
