@@ -35,7 +35,7 @@ from functools import partial
 import faust
 import mode
 import numpy as np
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from faust.app.base import BootStrategy
 
@@ -132,10 +132,9 @@ class Ingest:
         if self.batch_size > 1:
             messages += self.consumer.consume(self.batch_size - 1, timeout=0)
         good = [m for m in messages if m.error() is None]
-        if len(good) != len(messages):
-            for m in messages:
-                if m.error() is not None and m.error().code() != KafkaError._PARTITION_EOF:
-                    log.warning("consumer: %s", m.error())
+        for m in messages if len(good) != len(messages) else ():
+            if m.error() is not None:
+                log.warning("consumer: %s", m.error())
         return good
 
     def _handle(self, messages: list) -> None:
