@@ -39,7 +39,6 @@ from whystream.streams.codec import codec_for
 
 log = logging.getLogger("whystream.drift")
 
-STATISTICS = ("psi", "stability")
 ALERT_COLUMNS = ["alert_id", "model_name", "model_version", "feature", "window_start", "window_end", "statistic",
                  "value", "threshold", "reference", "raised_at", "weighted_n", "n"]
 

@@ -69,7 +69,6 @@ class Attributor:
         self.store = store
         self.latency_budget_ms = latency_budget_ms
         self._explainers: dict[str, ModelExplainer] = {}
-        self.live_failures = 0
 
     def explainer(self, model: RegisteredModel) -> ModelExplainer:
         if model.version not in self._explainers:
@@ -103,7 +102,6 @@ class Attributor:
                 try:
                     values, raw_chunk = explainer.live(X[rows])
                 except Exception:  # a kernel bug must degrade the stream, not stop it
-                    self.live_failures += 1
                     log.exception("live TreeSHAP failed for %s@%s; using the fallback", model.name, model.version)
             if values is None:
                 values, raw_chunk = explainer.fallback(X[rows])

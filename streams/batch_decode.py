@@ -304,9 +304,6 @@ class PredictionDecoder:
         self._slots: dict[tuple[str, str], int] = {}
         self._tables()
 
-    def slot_of(self, name: str, version: str) -> int | None:
-        return self._slots.get((name, version))
-
     def add_model(self, name: str, version: str, model) -> int:
         """The slot of the model that events naming (name, version) use."""
         key = (name, version)

@@ -330,7 +330,6 @@ def test_replay_from_hold_offset_rebuilds_the_same_sample():
 def test_weighted_sums_estimate_population_totals_without_bias():
     config = SamplingConfig(budget=10, window_ms=10_000)
     s = make_stream(200_000, config=config, partitions=4, windows=25, jitter_ms=3_000, seed=11)
-    cand = s.candidates
     priority = np.flatnonzero(~np.equal(s.reasons, None))
     assert 0.05 < len(priority) / len(s.pid) < 0.5
     truth = s.value.sum()

@@ -77,7 +77,6 @@ def test_unknown_model_version_names_the_known_ones(tmp_path, stack, small_model
 
 def test_whystream_up_prints_settings_and_stops_cleanly_on_ctrl_c(tmp_path):
     import signal
-    import time
 
     import psutil
 

@@ -43,7 +43,7 @@ def connections(
                             topic_prefix=topic_prefix, registry=registry, home=home)
 
 
-def progress_bar(description: str, total: int | None) -> Progress:
+def progress_bar() -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console,
                     transient=False)
@@ -115,7 +115,7 @@ def produce(ctx: typer.Context,
 
     settings = settings_of(ctx)
     drifts = [DriftSpec.parse(d) for d in drift]
-    with progress_bar("producing", count) as progress:
+    with progress_bar() as progress:
         task = progress.add_task("producing", total=count, rate="")
         report = run(settings, count, rate, model, version, seed, start, drifts, run_id,
                      progress=with_rate(progress, task, time.monotonic()), replay_seconds=replay)
