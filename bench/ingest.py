@@ -98,15 +98,30 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def with_event_time(value: bytes, event_time_ms: int) -> bytes:
-    """A single-object encoded PredictionEvent (current schema) with event_time replaced:
-    it follows three strings (prediction_id, model_name, model_version) in the body."""
+def _event_time_span(value: bytes) -> tuple[int, int]:
+    """Where event_time lies in a single-object encoded PredictionEvent (current schema): after
+    three strings (prediction_id, model_name, model_version) in the body."""
     pos = 10
     for _ in range(3):
         length, pos = _varint(value, pos)
         pos += length >> 1
     _, end = _varint(value, pos)
+    return pos, end
+
+
+def with_event_time(value: bytes, event_time_ms: int) -> bytes:
+    pos, end = _event_time_span(value)
     return value[:pos] + avro_long(event_time_ms) + value[end:]
+
+
+def event_time_of(value: bytes) -> int:
+    zigzag, _ = _varint(value, _event_time_span(value)[0])
+    return (zigzag >> 1) ^ -(zigzag & 1)
+
+
+def prediction_id_of(value: bytes) -> str:
+    length, pos = _varint(value, 10)  # the body's first field
+    return value[pos:pos + (length >> 1)].decode()
 
 
 def encoded_events(model, count: int, run_id: str, seed: int = 1, start: int = 0):
@@ -324,17 +339,17 @@ def worker_ingest(worker: WorkerProcess, n: int, timeout: float) -> dict:
     return result
 
 
-class ExplanationListener(threading.Thread):
-    """Reads `explanations` from its current end, noting when each message arrives."""
+class Listener(threading.Thread):
+    """Reads a topic from its current end, noting when each message arrives."""
 
-    def __init__(self, settings):
+    def __init__(self, settings, topic: str, **fetch_settings):
         super().__init__(daemon=True)
         from confluent_kafka import Consumer, TopicPartition
 
-        self.topic = settings.topic("explanations")
+        self.topic = settings.topic(topic)
         self.consumer = Consumer(settings.kafka(**{"group.id": f"bench-listen-{uuid.uuid4().hex[:8]}",
-                                                   "enable.auto.commit": False, "fetch.wait.max.ms": 5,
-                                                   "fetch.error.backoff.ms": 5}))
+                                                   "enable.auto.commit": False, "fetch.error.backoff.ms": 5,
+                                                   **(fetch_settings or {"fetch.wait.max.ms": 5})}))
         partitions = self.consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions
         ends = []
         for p in partitions:
@@ -346,9 +361,13 @@ class ExplanationListener(threading.Thread):
 
     def run(self) -> None:
         while not self._halt.is_set():
-            for message in self.consumer.consume(1000, timeout=0.005):
+            first = self.consumer.poll(0.05)
+            if first is None:
+                continue
+            now = time.time()  # taken at once, as the worker's loop does: no waiting for a fuller batch
+            for message in [first, *self.consumer.consume(1999, timeout=0)]:
                 if message.error() is None:
-                    self.received.append((time.time(), message.value()))
+                    self.received.append((now, message.value()))
 
     def stop(self) -> list[tuple[float, bytes]]:
         self._halt.set()
@@ -357,38 +376,74 @@ class ExplanationListener(threading.Thread):
         return self.received
 
 
+def send_steady(settings, events: list[tuple[bytes, bytes]], rate: float, keyed: bool) -> tuple[float, float]:
+    """Send the events at `rate`/s, a few every millisecond, each with event_time = its send time.
+    Returns (wall-clock time of the first send, seconds it took)."""
+    from confluent_kafka import Producer
+
+    producer = Producer(settings.kafka(**{"linger.ms": 5, "compression.type": "lz4"}))  # as `whystream produce`
+    topic = settings.topic("predictions")
+    began, first_send = time.monotonic(), time.time()
+    step = max(1, int(rate / 1000))
+    for i in range(0, len(events), step):
+        ahead = i / rate - (time.monotonic() - began)
+        if ahead > 0:
+            time.sleep(ahead)
+        now_ms = int(time.time() * 1000)
+        for key, value in events[i:i + step]:
+            producer.produce(topic, value=with_event_time(value, now_ms), key=key if keyed else None)
+        producer.poll(0)
+    producer.flush(30)
+    return first_send, time.monotonic() - began
+
+
+def latency_summary(delays: list[tuple[float, float]], first_send: float) -> dict:
+    """p50/p99/max of (event_time s, delay ms) pairs, and p99 per second of sending."""
+    by_second: dict[int, list[float]] = {}
+    for event_time, delay in delays:
+        by_second.setdefault(int(event_time - first_send), []).append(delay)
+    ms = [d for _, d in delays]
+    q = lambda xs, p: round(float(_quantile(xs, p)), 1) if xs else None
+    return {"p50_ms": q(ms, 0.5), "p99_ms": q(ms, 0.99), "max_ms": q(ms, 1.0),
+            "p99_ms_by_second": {s: q(v, 0.99) for s, v in sorted(by_second.items())}}
+
+
+def broker_floor(settings, model, rate: float, seconds: float, run_id: str, keyed: bool) -> dict:
+    """The same load with no worker: event_time -> a bare consumer, fetching as the worker does, has it.
+    What the broker alone costs; the worker's latency cannot be below it."""
+    from whystream.streams.worker import FETCH_SETTINGS
+
+    count = int(rate * seconds)
+    events = [e for chunk in encoded_events(model, count, run_id, seed=3) for e in chunk]
+    listener = Listener(settings, "predictions", **FETCH_SETTINGS)
+    listener.start()
+    time.sleep(0.5)
+    first_send, _ = send_steady(settings, events, rate, keyed)
+    deadline = time.monotonic() + 30
+    while len(listener.received) < count and time.monotonic() < deadline:  # (warm-up leftovers count too)
+        time.sleep(0.2)
+    received = [(at, v) for at, v in listener.stop() if prediction_id_of(v).startswith(run_id + "-")]
+    delays = [(t / 1000, at * 1000 - t) for at, t in ((at, event_time_of(v)) for at, v in received)]
+    return {"received": len(received), **latency_summary(delays, first_send)}
+
+
 def steady_latency(settings, worker: WorkerProcess, model, rate: float, seconds: float, run_id: str,
                    stack_processes: dict[str, int] | None = None, keyed: bool = True) -> dict:
     """Send `rate` events/s for `seconds` with event_time = send time; latency of priority explanations.
     keyed: with key = prediction_id (as `whystream produce`), else without a key (the producer's
     sticky partitioner then fills one partition's batch at a time: a quarter of the record batches)."""
-    from confluent_kafka import Producer
-
     from whystream.streams.codec import codec_for
 
     count = int(rate * seconds)
     events = [e for chunk in encoded_events(model, count, run_id, seed=3) for e in chunk]
-    listener = ExplanationListener(settings)
+    listener = Listener(settings, "explanations")
     listener.start()
     time.sleep(0.5)
-    producer = Producer(settings.kafka(**{"linger.ms": 5, "compression.type": "lz4"}))  # as `whystream produce`
-    topic = settings.topic("predictions")
     consumed_before = worker.metrics()["consumed"]
     sampler = Sampler(worker.process.pid, worker.metrics_url, interval=0.5)
     sampler.start()
     with StackCpu(stack_processes or {}) as stack_cpu:
-        began, first_send = time.monotonic(), time.time()
-        step = max(1, int(rate / 1000))  # a few events every millisecond
-        for i in range(0, count, step):
-            ahead = i / rate - (time.monotonic() - began)
-            if ahead > 0:
-                time.sleep(ahead)
-            now_ms = int(time.time() * 1000)
-            for key, value in events[i:i + step]:
-                producer.produce(topic, value=with_event_time(value, now_ms), key=key if keyed else None)
-            producer.poll(0)
-        producer.flush(30)
-        sent_seconds = time.monotonic() - began
+        first_send, sent_seconds = send_steady(settings, events, rate, keyed)
     decode = codec_for("ExplanationEvent").decode
     deadline = time.monotonic() + 60
     while worker.metrics()["consumed"] < consumed_before + count and time.monotonic() < deadline:
@@ -397,7 +452,6 @@ def steady_latency(settings, worker: WorkerProcess, model, rate: float, seconds:
     samples = sampler.stop()
     received = listener.stop()
     arrival, explained = [], []
-    by_second: dict[int, list[float]] = {}
     counts = {"priority": 0, "reservoir": 0}
     for at, value in received:
         e = decode(value)
@@ -407,21 +461,19 @@ def steady_latency(settings, worker: WorkerProcess, model, rate: float, seconds:
             counts["reservoir"] += 1
             continue
         counts["priority"] += 1
-        arrival.append(at * 1000 - e["event_time"])
-        by_second.setdefault(int((e["event_time"] / 1000) - first_send), []).append(at * 1000 - e["event_time"])
-        explained.append(e["explained_at"] - e["event_time"])
+        arrival.append((e["event_time"] / 1000, at * 1000 - e["event_time"]))
+        explained.append((e["event_time"] / 1000, e["explained_at"] - e["event_time"]))
     busy = [s for s in samples if s["t"] - samples[0]["t"] <= sent_seconds]
     cpu = busy[-1]["cpu"] - busy[0]["cpu"] if len(busy) > 1 else None
     expl = busy[-1]["explained"] - busy[0]["explained"] if len(busy) > 1 else None
     wall = busy[-1]["t"] - busy[0]["t"] if len(busy) > 1 else None
-    q = lambda xs, p: round(float(_quantile(xs, p)), 1) if xs else None
+    to_explained = latency_summary(explained, first_send)
     return {"rate": rate, "keyed": keyed, "seconds": round(sent_seconds, 1), "sent": count, **counts,
-            "p50_ms": q(arrival, 0.5), "p99_ms": q(arrival, 0.99), "max_ms": q(arrival, 1.0),
-            "explained_at_p50_ms": q(explained, 0.5), "explained_at_p99_ms": q(explained, 0.99),
+            **latency_summary(arrival, first_send),
+            "explained_at_p50_ms": to_explained["p50_ms"], "explained_at_p99_ms": to_explained["p99_ms"],
             "worker_cpu_fraction": round(cpu / wall, 3) if cpu and wall else None,
             "explanations_per_cpu_s": round(expl / cpu, 1) if cpu else None,
-            "rss_mib": round(samples[-1]["rss"] / 2**20, 1) if samples else None, "stack_cores": stack_cpu.cores,
-            "p99_ms_by_second": {s: q(v, 0.99) for s, v in sorted(by_second.items())}}
+            "rss_mib": round(samples[-1]["rss"] / 2**20, 1) if samples else None, "stack_cores": stack_cpu.cores}
 
 
 def _quantile(xs: list[float], p: float) -> float:
@@ -497,7 +549,7 @@ def run(args) -> dict:
             # and with a Redis database of its own (1-12): the same prediction_ids, but nothing published yet.
             redis_base = base.redis_url.rpartition("/")[0]
             rounds = [base.with_(topic_prefix=f"b{uuid.uuid4().hex[:6]}.", registry=registry,
-                                 redis_url=f"{redis_base}/{r % 12 + 1}") for r in range(args.rounds)]
+                                 redis_url=f"{redis_base}/{r % 12 + 1}") for r in range(args.rounds if "ingest" in args.phases else 0)]
             began = time.monotonic()
             for settings in rounds:
                 ensure_topics(settings, partitions=4)
@@ -531,12 +583,13 @@ def run(args) -> dict:
                     outcome["ratio"] = round(outcome["worker"]["events_per_s"] / outcome["bare_faust"]["events_per_s"],
                                              2)
                     result["rounds"].append(outcome)
-                result["ratio"] = round(statistics.median(o["ratio"] for o in result["rounds"]), 2)
+                if result["rounds"]:
+                    result["ratio"] = round(statistics.median(o["ratio"] for o in result["rounds"]), 2)
             finally:
                 if worker is not None:
                     worker.stop()
             result["latency"] = []
-            for keyed, db in ((True, 13), (False, 14)):
+            for keyed, db in ((True, 13), (False, 14)) if "latency" in args.phases else ():
                 print(f"steady {args.rate:,.0f} events/s, {'keyed' if keyed else 'unkeyed'} ...", file=sys.stderr)
                 settings = base.with_(topic_prefix=f"s{uuid.uuid4().hex[:6]}.", registry=registry,
                                       redis_url=f"{redis_base}/{db}")
@@ -544,12 +597,19 @@ def run(args) -> dict:
                 worker = WorkerProcess(settings, work / f"worker-steady-{'keyed' if keyed else 'unkeyed'}.log")
                 try:
                     worker.wait_ready()
-                    # Warm-up, not measured: the worker loads the model and its TreeSHAP kernel on first sight.
+                    # Warm-up, not measured: the first connections, the first windows.
                     steady_latency(settings, worker, model, args.rate, 2.0, f"warm{uuid.uuid4().hex[:4]}", keyed=keyed)
-                    result["latency"].append(steady_latency(settings, worker, model, args.rate, args.latency_seconds,
-                                                            f"steady{uuid.uuid4().hex[:4]}", stack_processes, keyed))
+                    measured = steady_latency(settings, worker, model, args.rate, args.latency_seconds,
+                                              f"steady{uuid.uuid4().hex[:4]}", stack_processes, keyed)
                 finally:
                     worker.stop()
+                # The broker alone, same load and as long, on a topic as fresh as the worker's was.
+                floor_settings = settings.with_(topic_prefix=f"f{uuid.uuid4().hex[:6]}.")
+                ensure_topics(floor_settings, partitions=4)
+                broker_floor(floor_settings, model, args.rate, 2.0, f"warm{uuid.uuid4().hex[:4]}", keyed)
+                measured["broker_only"] = broker_floor(floor_settings, model, args.rate, args.latency_seconds,
+                                                       f"floor{uuid.uuid4().hex[:4]}", keyed)
+                result["latency"].append(measured)
             if args.backlog:
                 print(f"backlog of {args.backlog:,} events ...", file=sys.stderr)
                 backlog_settings = rounds[0].with_(topic_prefix=f"q{uuid.uuid4().hex[:6]}.",
@@ -581,23 +641,27 @@ def report(r: dict) -> str:
             f"  {k:<6}{'whystream worker':<32}{worker['events_per_s']:>10,}{worker['seconds']:>9}"
             f"{worker['cpu_us_per_event']:>14}{worker['peak_rss_mib']:>14}{o['ratio']:>7}x",
         ]
-    worker = r["rounds"][-1]["worker"]
-    stack = ", ".join(f"{name} {cores} cores" for name, cores in worker["stack_cores"].items())
-    lines += [
-        f"  worker / bare Faust (median of rounds): {r['ratio']}x; while the worker ingests: {stack}; "
-        f"it explained {worker['explained']:,} ({worker['explanations_per_cpu_s']} explanations per worker CPU-second)",
-    ]
+    if r["rounds"]:
+        worker = r["rounds"][-1]["worker"]
+        stack = ", ".join(f"{name} {cores} cores" for name, cores in worker["stack_cores"].items())
+        lines.append(f"  worker / bare Faust (median of rounds): {r['ratio']}x; while the worker ingests: {stack}; "
+                     f"it explained {worker['explained']:,} ({worker['explanations_per_cpu_s']} explanations per "
+                     f"worker CPU-second)")
     for lat in r["latency"]:
         how = "keyed like `whystream produce`" if lat["keyed"] else "unkeyed"
+        floor = lat["broker_only"]
         lines += [
             f"  priority latency at {lat['rate']:,.0f} events/s ({how}, lz4, linger 5 ms) for {lat['seconds']}s "
-            f"({lat['priority']:,} priority, {lat['reservoir']:,} sampled): event_time -> read from the topic "
+            f"({lat['priority']:,} priority, {lat['reservoir']:,} sampled): event_time -> read from `explanations` "
             f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms; -> explained_at "
             f"p50 {lat['explained_at_p50_ms']} ms, p99 {lat['explained_at_p99_ms']} ms",
+            f"    broker only (same load, a bare consumer reading `predictions`): p50 {floor['p50_ms']} ms, "
+            f"p99 {floor['p99_ms']} ms; p99 - broker-only p99: {round(lat['p99_ms'] - floor['p99_ms'], 1)} ms",
             f"    worker CPU {lat['worker_cpu_fraction']} cores, {lat['explanations_per_cpu_s']} explanations per "
             f"CPU-second, RSS {lat['rss_mib']} MiB; "
-            + ", ".join(f"{name} {cores} cores" for name, cores in lat["stack_cores"].items())
-            + "; p99 ms by second: " + " ".join(str(v) for v in lat["p99_ms_by_second"].values()),
+            + ", ".join(f"{name} {cores} cores" for name, cores in lat["stack_cores"].items()),
+            "    p99 ms by second, worker:      " + " ".join(str(v) for v in lat["p99_ms_by_second"].values()),
+            "    p99 ms by second, broker only: " + " ".join(str(v) for v in floor["p99_ms_by_second"].values()),
         ]
     if "backlog" in r:
         b = r["backlog"]
@@ -616,6 +680,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="bare / worker measurements, alternating which goes first")
     parser.add_argument("--rate", type=float, default=5000.0, help="events/s of the steady latency phase")
     parser.add_argument("--latency-seconds", type=float, default=15.0, help="each steady phase (keyed, unkeyed)")
+    parser.add_argument("--phases", type=lambda v: set(v.split(",")), default={"ingest", "latency"},
+                        help="comma-separated: ingest (the comparison with bare Faust), latency")
     parser.add_argument("--backlog", type=int, default=0, help="also measure RSS under this many queued events")
     parser.add_argument("--backlog-timeout", type=float, default=900.0)
     parser.add_argument("--timeout", type=float, default=300.0, help="per ingest measurement")

@@ -125,6 +125,20 @@ class Engine:
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whystream-remember")
         self._remembering: Future | None = None
 
+    def preload_latest(self) -> list[str]:
+        """Load the latest version of every registered model and its TreeSHAP kernel now, so that
+        the first events of the stream do not wait for them (1-2 s). Returns "name@version"s."""
+        loaded = []
+        for name in self.registry.models():
+            try:
+                model = self.validator.model(name, self.registry.load(name).version)
+                self.attributor.explainer(model)
+            except Exception:  # a broken version must not keep the worker from starting; its events say why
+                log.exception("could not preload model %s", name)
+                continue
+            loaded.append(f"{name}@{model.version}")
+        return loaded
+
     # -- the batch step -------------------------------------------------------
 
     def process(self, messages: list[RawMessage], now_ms: int | None = None) -> dict[int, set[int]]:

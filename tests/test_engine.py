@@ -193,3 +193,23 @@ def test_top_reasons_point_toward_the_decision(engine_settings, small_model):
         assert shaps == sorted(shaps, reverse=adverse)
         reasons[adverse] += 1
     assert reasons[True] and reasons[False]
+
+
+def test_preloading_readies_the_latest_version_and_its_kernel_before_any_event(engine_settings, small_model):
+    engine = Engine(engine_settings, config())
+    assert engine.preload_latest() == [f"{small_model.name}@{small_model.version}"]
+    model = engine.validator.model(small_model.name, small_model.version)
+    explainer = engine.attributor.explainer(model)
+    assert engine.attributor.explainer(model) is explainer  # loaded once, by the preload
+    features = make_records(small_model, 1)[0]["features"]  # and it explains as the registered booster predicts
+    row = np.array([[np.nan if features[f] is None else features[f] for f in small_model.feature_names]])
+    shap_values, raw = explainer.live(row)
+    assert abs(shap_values.sum() + explainer.kernel.expected_value - raw[0]) <= 1e-6
+    assert abs(raw[0] - small_model.booster.predict(row, raw_score=True)[0]) <= 1e-6
+    engine.close()
+
+
+def test_preloading_an_empty_registry_loads_nothing_and_does_not_fail(engine_settings, tmp_path):
+    engine = Engine(engine_settings.with_(registry=tmp_path / "empty"), config())
+    assert engine.preload_latest() == []
+    engine.close()
