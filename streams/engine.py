@@ -11,8 +11,9 @@ already holds as columns) takes one batch of raw prediction messages and:
    already explained (redelivery), publishes ExplanationEvents (encoded
    straight from the arrays, streams/batch_encode.py) and waits for the
    broker to confirm them;
-4. remembers every valid prediction briefly in Redis (explain on demand), on a
-   thread of its own while the next batch comes in;
+4. remembers where every valid prediction lies in `predictions` (Redis, 15
+   minutes; explain on demand reads it back from there), on a thread of its
+   own while the next batch comes in;
 5. returns, per partition, the offsets that must stay unacknowledged: the first
    candidate of each open reservoir window. Everything else may be committed,
    because whatever explanation it was due has been published.
@@ -45,6 +46,7 @@ from whystream.streams.explanation import build_explanations
 from whystream.streams.metrics import Metrics
 from whystream.streams.sampling import RESERVOIR, Reservoirs, SamplingConfig, priority_reasons
 from whystream.streams.store import RedisStore
+from whystream.streams.topic_stats import read_one
 from whystream.streams.treeshap import EXPLAINER_NAME, EXPLAINER_VERSION
 from whystream.streams.validate import Inbound, ModelBatch, RawMessage, Validator
 
@@ -160,16 +162,17 @@ class Engine:
         return self.held_offsets(np.unique(inbound.partitions).tolist())
 
     def _remember(self, batches: list[ModelBatch], inbound: Inbound) -> None:
-        """Keep the raw events in Redis for a while (explain on demand), on a thread of its
-        own: the write overlaps the next batch. One batch in flight at a time."""
+        """Remember where the valid events lie (explain on demand), on a thread of its own:
+        the write overlaps the next batch. One batch in flight at a time."""
         if len(batches) == 1 and len(batches[0]) == len(inbound):
-            ids, values = batches[0].prediction_ids, inbound.values
+            ids, where = batches[0].prediction_ids, slice(None)
         else:
             ids = [pid for batch in batches for pid in batch.prediction_ids]
-            values = [inbound.values[i] for batch in batches for i in batch.index.tolist()]
+            where = np.concatenate([batch.index for batch in batches]) if batches else slice(0)
         self._remembered()
         if ids:
-            self._remembering = self._background.submit(self.store.remember_predictions, ids, values)
+            self._remembering = self._background.submit(self.store.remember_locations, ids,
+                                                         inbound.partitions[where], inbound.offsets[where])
 
     def _remembered(self) -> None:
         """Wait until the last batch's events are in Redis."""
@@ -321,12 +324,13 @@ class Engine:
         published = self.store.published_explanation(prediction_id)
         if published is not None:
             return self.explanation_codec.decode(published)
-        raw = self.store.recall_prediction(prediction_id)
+        location = self.store.recall_location(prediction_id)
+        raw = read_one(self.settings, self.settings.topic("predictions"), *location) if location else None
         if raw is None:
             return None
         batches, dead = self.validator.split(Inbound.of([RawMessage(raw, None, "", -1, -1)]),
                                              self.config.sampling.stratum_key)
-        if dead or not batches:
+        if dead or not batches or batches[0].prediction_ids[0] != prediction_id:
             return None
         batch = batches[0]
         attributions = self.attributor.attribute(batch.model, batch.X, time.monotonic())

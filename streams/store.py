@@ -7,15 +7,21 @@ Keys (the prefix is `whystream:` unless configured):
 |------------------------------------------|-----------------------------------------|---------------------|
 | `whystream:xcache:<version>:<hash hex>`  | cached attributions of one feature row  | explanation_ttl_s   |
 | `whystream:published:<prediction_id>`    | the encoded ExplanationEvent published  | dedup_ttl_s         |
-| `whystream:prediction:<prediction_id>`   | the original PredictionEvent bytes      | prediction_ttl_s    |
+| `whystream:at:<prediction_id>`           | where the PredictionEvent is in `predictions`: partition (int32) and offset (int64), little-endian | prediction_ttl_s |
 | `whystream:version-events:<version>`     | events seen of a model version (INCRBY) | none                |
 
 Every call handles a whole batch in one round trip: reads are MGET, writes of
 many keys with a TTL and the existence checks are small Lua scripts (one
 EVALSHA per 1000 keys; several chunks go in one pipeline), several times
 cheaper for the client than a pipeline of one command per key (measured: about
-2 us instead of 12 us of client CPU per key). Needs EVAL, which every Redis
-since 2.6 has.
+2 us instead of 12 us of client CPU per key). The location of every event, the
+one write per event, goes as three strings per 1000 events (ids, their
+lengths, the locations packed by numpy) that the script takes apart: 0.5 us of
+client CPU per event instead of 3 (`python bench/store.py`). Needs EVAL, which
+every Redis since 2.6 has.
+
+The stream itself stays in Kafka: for an on-demand explanation the engine
+reads the event back from `predictions` at the remembered location.
 
 Redis is an optimisation, never a dependency: when it is unreachable, slow
 (socket_timeout_s) or answers with an error, every call returns the "miss"
@@ -51,6 +57,19 @@ local ttl = ARGV[1]
 for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ttl) end
 return #KEYS
 """
+# SET ARGV[2] .. id  location  EX ARGV[1] for each event. ARGV[3]: the ids, concatenated;
+# ARGV[4]: their byte lengths (uint32 LE each); ARGV[5]: the locations, LOCATION bytes each.
+_SET_LOCATIONS = """
+local ttl, prefix, ids, lengths, locations = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local at = 1
+for i = 1, #lengths / 4 do
+  local n = struct.unpack('<I4', lengths, 4 * i - 3)
+  redis.call('SET', prefix .. string.sub(ids, at, at + n - 1), string.sub(locations, 12 * i - 11, 12 * i), 'EX', ttl)
+  at = at + n
+end
+return #lengths / 4
+"""
+LOCATION = np.dtype([("partition", "<i4"), ("offset", "<i8")])  # 12 bytes, as _SET_LOCATIONS slices them
 # 1 or 0 per key.
 _EXISTS_EACH = """
 local out = {}
@@ -101,6 +120,7 @@ class RedisStore:
         except ValueError as exc:  # a malformed URL is a configuration mistake, not an outage
             raise ConfigError("WHYSTREAM_REDIS_URL", f"not a usable Redis URL ({exc})") from None
         self._set_with_ttl = self.client.register_script(_SET_WITH_TTL)
+        self._set_locations = self.client.register_script(_SET_LOCATIONS)
         self._exists_each = self.client.register_script(_EXISTS_EACH)
         self.available = True
         self._call(self.client.ping, False)  # find out now; logs the warning if Redis is down at start
@@ -228,12 +248,29 @@ class RedisStore:
 
     # -- recent predictions (explain on demand) ----------------------------------------------------------------
 
-    def remember_predictions(self, prediction_ids: list[str], raw_events: list[bytes]) -> None:
-        """Keep the original PredictionEvent bytes for prediction_ttl_s."""
-        self._set_many([self._key("prediction", pid) for pid in prediction_ids], raw_events, self.prediction_ttl_s)
+    def remember_locations(self, prediction_ids: list[str], partitions: np.ndarray, offsets: np.ndarray) -> None:
+        """Remember, for prediction_ttl_s, where each event lies in `predictions`."""
+        n = len(prediction_ids)
+        if not (n == len(partitions) == len(offsets)):
+            raise ValueError(f"{n} ids but {len(partitions)} partitions and {len(offsets)} offsets")
+        if not n:
+            return
+        locations = np.empty(n, dtype=LOCATION)
+        locations["partition"], locations["offset"] = partitions, offsets
+        encoded = [pid.encode() for pid in prediction_ids]
+        lengths = np.fromiter(map(len, encoded), dtype="<u4", count=n)
+        prefix = self._key("at", "")
+        calls = [([], [self.prediction_ttl_s, prefix, b"".join(encoded[b:b + CHUNK]), lengths[b:b + CHUNK].tobytes(),
+                       locations[b:b + CHUNK].tobytes()]) for b in range(0, n, CHUNK)]
+        self._call(lambda: self._run_script(self._set_locations, calls), None)
 
-    def recall_prediction(self, prediction_id: str) -> bytes | None:
-        return self._call(lambda: self.client.get(self._key("prediction", prediction_id)), None)
+    def recall_location(self, prediction_id: str) -> tuple[int, int] | None:
+        """(partition, offset) of a recent event in `predictions`, or None."""
+        packed = self._call(lambda: self.client.get(self._key("at", prediction_id)), None)
+        if packed is None or len(packed) != LOCATION.itemsize:
+            return None
+        location = np.frombuffer(packed, dtype=LOCATION)[0]
+        return int(location["partition"]), int(location["offset"])
 
     # -- model version counters --------------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Look at a topic without joining a consumer group: count and decode messages.
+"""Look at a topic without joining a consumer group: count and decode messages,
+read one message at a known offset.
 
 Counts come from reading, not from watermark offsets: the embedded Tansu
 broker (0.6.0) reports a high watermark that counts uncompressed record
@@ -49,3 +50,22 @@ def read_all(settings: Settings, topic: str, schema: str, timeout: float = 60.0,
     records: list[dict] = []
     _scan(settings, topic, lambda m: records.append(codec.decode(m.value())), timeout, idle)
     return records
+
+
+def read_one(settings: Settings, topic: str, partition: int, offset: int, timeout: float = 5.0) -> bytes | None:
+    """The value of the message at (partition, offset), or None if the topic no longer has it."""
+    consumer = Consumer(settings.kafka(**{"group.id": f"whystream-peek-{uuid.uuid4().hex[:8]}",
+                                          "enable.auto.commit": False, "auto.offset.reset": "error"}))
+    try:
+        consumer.assign([TopicPartition(topic, partition, offset)])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.1)
+            if message is None:
+                continue
+            if message.error() is not None:  # offset out of range: gone with retention
+                return None
+            return message.value() if message.offset() == offset else None
+        return None
+    finally:
+        consumer.close()

@@ -33,6 +33,22 @@ def as_messages(records, topic="predictions", codec=None, first_offset=0):
                        first_offset + i // PARTITIONS) for i, r in enumerate(records)]
 
 
+def on_the_topic(settings, records, codec=None):
+    """Produce the records to `predictions` (partition i % PARTITIONS) and return them as the
+    RawMessages a consumer would hand over, with the offsets the broker gave them."""
+    from confluent_kafka import Producer
+
+    codec = codec or codec_for("PredictionEvent")
+    topic, delivered = settings.topic("predictions"), []
+    producer = Producer(settings.kafka())
+    for i, r in enumerate(records):
+        producer.produce(topic, codec.encode(r), r["prediction_id"].encode(), partition=i % PARTITIONS,
+                         on_delivery=lambda err, m: delivered.append(m))
+    assert producer.flush(30) == 0 and all(m.error() is None for m in delivered)
+    return [RawMessage(m.value(), m.key(), m.topic(), m.partition(), m.offset())
+            for m in sorted(delivered, key=lambda m: (m.offset(), m.partition()))]
+
+
 def explanations(settings):
     return read_all(settings, settings.topic("explanations"), "ExplanationEvent")
 
@@ -168,13 +184,22 @@ def test_blown_latency_budget_uses_the_marked_fallback(engine_settings, small_mo
 def test_any_recent_decision_can_be_explained_on_demand(engine_settings, small_model):
     records = make_records(small_model, 300)
     engine = Engine(engine_settings, config())
-    engine.process(as_messages(records))
+    messages = on_the_topic(engine_settings, records)
+    engine.process(messages)
     published = {e["prediction_id"]: e for e in explanations(engine_settings)}
-    not_sampled = next(r for r in records if r["prediction_id"] not in published)
-    on_demand = engine.explain_on_demand(not_sampled["prediction_id"])
-    assert on_demand["sampling_reason"] == "ON_DEMAND" and on_demand["source"] in ("LIVE", "CACHE")
-    assert abs(on_demand["base_value"] + sum(a["shap"] for a in on_demand["attributions"])
-               - on_demand["raw_score"]) <= 1e-6
+    not_sampled = [r for r in records if r["prediction_id"] not in published][:8]  # all partitions
+    for record in not_sampled:  # read back from the topic at the location Redis remembered
+        on_demand = engine.explain_on_demand(record["prediction_id"])
+        assert on_demand["prediction_id"] == record["prediction_id"] and on_demand["score"] == record["score"]
+        assert on_demand["sampling_reason"] == "ON_DEMAND" and on_demand["source"] in ("LIVE", "CACHE")
+        assert abs(on_demand["base_value"] + sum(a["shap"] for a in on_demand["attributions"])
+                   - on_demand["raw_score"]) <= 1e-6
+    engine.store.remember_locations([not_sampled[0]["prediction_id"]], np.array([0]), np.array([10**9]))
+    assert engine.explain_on_demand(not_sampled[0]["prediction_id"]) is None  # gone from the topic
+    other = next(m for m in messages if m.key.decode() != not_sampled[1]["prediction_id"])
+    engine.store.remember_locations([not_sampled[1]["prediction_id"]], np.array([other.partition]),
+                                    np.array([other.offset]))
+    assert engine.explain_on_demand(not_sampled[1]["prediction_id"]) is None  # never another decision's
     some_published = next(iter(published))
     assert engine.explain_on_demand(some_published)["prediction_id"] == some_published
     assert engine.explain_on_demand("never-seen") is None

@@ -88,13 +88,14 @@ def test_cache_round_trip_and_ttl(store, raw, prefix):
 def test_batches_larger_than_one_chunk(store):
     n = 2 * CHUNK + 17
     ids = [f"p{i}" for i in range(n)]
-    store.remember_predictions(ids, [f"raw{i}".encode() for i in range(n)])
+    store.remember_locations(ids, np.arange(n) % 4, np.arange(n) * 1000)
     store.mark_published(ids[::2], [b"e"] * len(ids[::2]))
     assert store.published(ids) == [i % 2 == 0 for i in range(n)]
     hashes = feature_hash(np.arange(n, dtype=np.float64).reshape(n, 1))
     store.cache_explanations("v", hashes, [str(i).encode() for i in range(n)])
     assert store.cached_explanations("v", hashes) == [str(i).encode() for i in range(n)]
-    assert store.recall_prediction(ids[-1]) == f"raw{n - 1}".encode()
+    assert store.recall_location(ids[-1]) == ((n - 1) % 4, (n - 1) * 1000)
+    assert store.recall_location(ids[CHUNK]) == (CHUNK % 4, CHUNK * 1000)
 
 
 def test_dedup_and_published_lookup(store, raw, prefix):
@@ -107,13 +108,15 @@ def test_dedup_and_published_lookup(store, raw, prefix):
     assert store.published([]) == []
 
 
-def test_recent_predictions(store, raw, prefix):
-    store.remember_predictions(["p1", "p2"], [b"\xc3\x01raw1", b"raw2"])
-    assert store.recall_prediction("p1") == b"\xc3\x01raw1"
-    assert store.recall_prediction("p3") is None
-    assert 800 < raw.ttl(f"{prefix}prediction:p2") <= 900
+def test_where_recent_predictions_lie(store, raw, prefix):
+    ids = ["p1", "ünïcode-id", "", "p" * 300]  # byte lengths differ from character lengths
+    store.remember_locations(ids, np.array([3, 0, 1, 2]), np.array([2**40 + 7, 0, 5, 9]))
+    assert [store.recall_location(pid) for pid in ids] == [(3, 2**40 + 7), (0, 0), (1, 5), (2, 9)]
+    assert store.recall_location("p3") is None
+    assert 800 < raw.ttl(f"{prefix}at:p1") <= 900
+    store.remember_locations([], np.array([]), np.array([]))
     with pytest.raises(ValueError):
-        store.remember_predictions(["p1"], [])
+        store.remember_locations(["p1"], np.array([]), np.array([1]))
 
 
 def test_version_counter_is_shared(stack, store, prefix):
@@ -137,8 +140,8 @@ def test_no_redis_configured(caplog):
     assert store.published(["a"]) == [False]
     store.mark_published(["a"], [b"e"])
     assert store.published_explanation("a") is None
-    store.remember_predictions(["a"], [b"r"])
-    assert store.recall_prediction("a") is None
+    store.remember_locations(["a"], np.array([0]), np.array([1]))
+    assert store.recall_location("a") is None
     assert store.note_version_events("v", 3) == 0  # process-local count
     assert store.note_version_events("v", 3) == 3
     assert caplog.records == []
@@ -184,8 +187,8 @@ def _misses(store: RedisStore) -> None:
     assert store.published(["a", "b"]) == [False, False]
     store.mark_published(["a"], [b"e"])
     assert store.published_explanation("a") is None
-    store.remember_predictions(["a"], [b"r"])
-    assert store.recall_prediction("a") is None
+    store.remember_locations(["a"], np.array([0]), np.array([1]))
+    assert store.recall_location("a") is None
     assert time.monotonic() - started < 1.0  # no call waited on the dead server
 
 
@@ -242,16 +245,16 @@ def test_frozen_redis_times_out(tmp_path, caplog):
     child, url = start_redis(tmp_path)
     try:
         store = RedisStore(url, retry_after_s=0.3, socket_timeout_s=0.2)
-        store.remember_predictions(["p"], [b"raw"])
+        store.remember_locations(["p"], np.array([1]), np.array([2]))
         child.process.send_signal(signal.SIGSTOP)  # alive, connected, but never answers
         started = time.monotonic()
-        assert store.recall_prediction("p") is None
+        assert store.recall_location("p") is None
         assert time.monotonic() - started < 1.5  # one socket timeout, no client-side retries
         assert not store.available and store.outages == 1
         _misses(store)  # no further waits while the outage lasts
         child.process.send_signal(signal.SIGCONT)
         time.sleep(0.35)
-        assert store.recall_prediction("p") == b"raw"
+        assert store.recall_location("p") == (1, 2)
         assert store.available and len(warnings_of(caplog)) == 1
     finally:
         child.process.send_signal(signal.SIGCONT)
