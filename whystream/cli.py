@@ -160,7 +160,7 @@ def explain(ctx: typer.Context, prediction_id: str):
     explanation = engine.explain_on_demand(prediction_id)
     if explanation is None:
         raise WhystreamError(f"no recent decision with prediction_id {prediction_id!r} "
-                             "(recent predictions are kept in Redis for 15 minutes)")
+                             "(workers remember for 15 minutes where each prediction lies in `predictions`)")
     print(json.dumps(explanation, indent=2))
 
 
