@@ -612,8 +612,8 @@ def run(args) -> dict:
                 result["latency"].append(measured)
             if args.backlog:
                 print(f"backlog of {args.backlog:,} events ...", file=sys.stderr)
-                backlog_settings = rounds[0].with_(topic_prefix=f"q{uuid.uuid4().hex[:6]}.",
-                                                   redis_url=f"{redis_base}/15")
+                backlog_settings = base.with_(topic_prefix=f"q{uuid.uuid4().hex[:6]}.", registry=registry,
+                                              redis_url=f"{redis_base}/15")
                 ensure_topics(backlog_settings, partitions=4)
                 result["backlog"] = backlog(backlog_settings, model, args.backlog, work, timeout=args.backlog_timeout)
         finally:
@@ -681,7 +681,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rate", type=float, default=5000.0, help="events/s of the steady latency phase")
     parser.add_argument("--latency-seconds", type=float, default=15.0, help="each steady phase (keyed, unkeyed)")
     parser.add_argument("--phases", type=lambda v: set(v.split(",")), default={"ingest", "latency"},
-                        help="comma-separated: ingest (the comparison with bare Faust), latency")
+                        help="comma-separated: ingest (the comparison with bare Faust), latency; "
+                             "--backlog adds its own phase")
     parser.add_argument("--backlog", type=int, default=0, help="also measure RSS under this many queued events")
     parser.add_argument("--backlog-timeout", type=float, default=900.0)
     parser.add_argument("--timeout", type=float, default=300.0, help="per ingest measurement")

@@ -320,14 +320,26 @@ class Engine:
 
     def explain_on_demand(self, prediction_id: str) -> dict | None:
         """The explanation of any recent decision: the published one, or computed now."""
-        self._remembered()
+        published, raw = self.find_decision(prediction_id)
+        if published is not None or raw is None:
+            return published
+        return self.explain_event(prediction_id, raw)
+
+    def find_decision(self, prediction_id: str) -> tuple[dict | None, bytes | None]:
+        """(its published explanation, None), else (None, the event read back from `predictions`),
+        else (None, None). Only Redis and the broker: safe beside a running batch, so a worker
+        answers it without holding up ingest (reading the topic can take a while)."""
+        remembering = self._remembering
+        if remembering is not None:  # the last batch's locations first (without taking over the wait)
+            remembering.result()
         published = self.store.published_explanation(prediction_id)
         if published is not None:
-            return self.explanation_codec.decode(published)
+            return self.explanation_codec.decode(published), None
         location = self.store.recall_location(prediction_id)
-        raw = read_one(self.settings, self.settings.topic("predictions"), *location) if location else None
-        if raw is None:
-            return None
+        return None, read_one(self.settings, self.settings.topic("predictions"), *location) if location else None
+
+    def explain_event(self, prediction_id: str, raw: bytes) -> dict | None:
+        """An ON_DEMAND explanation of the PredictionEvent `raw`, if it is valid and is `prediction_id`."""
         batches, dead = self.validator.split(Inbound.of([RawMessage(raw, None, "", -1, -1)]),
                                              self.config.sampling.stratum_key)
         if dead or not batches or batches[0].prediction_ids[0] != prediction_id:

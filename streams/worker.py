@@ -277,7 +277,8 @@ def create_app(settings: Settings, config: EngineConfig | None = None, web_port:
 
     @app.page("/explain/{prediction_id}")
     async def explain_one(web, request, prediction_id):
-        explanation = await with_engine(engine.explain_on_demand, prediction_id)
+        published, raw = await asyncio.get_running_loop().run_in_executor(None, engine.find_decision, prediction_id)
+        explanation = published or (await with_engine(engine.explain_event, prediction_id, raw) if raw else None)
         if explanation is None:
             return web.json({"error": f"no recent decision with prediction_id {prediction_id!r}"}, status=404)
         return web.json(explanation)
