@@ -102,6 +102,7 @@ class Ingest:
         try:
             with self.lock:
                 loaded = self.engine.preload_latest()
+                self.engine.connect_publisher()
             log.info("models ready: %s", ", ".join(loaded) or "none registered yet")
             # Join the group only now: a partition assigned to us is read at once, not after the kernels load.
             self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,

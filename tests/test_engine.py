@@ -238,3 +238,13 @@ def test_preloading_an_empty_registry_loads_nothing_and_does_not_fail(engine_set
     engine = Engine(engine_settings.with_(registry=tmp_path / "empty"), config())
     assert engine.preload_latest() == []
     engine.close()
+
+
+def test_connecting_the_publisher_without_a_broker_warns_and_carries_on(engine_settings, caplog):
+    from whystream.infra.stack import free_port
+
+    engine = Engine(engine_settings.with_(broker=f"127.0.0.1:{free_port()}"), config())  # nothing listens there
+    engine.connect_publisher(timeout=0.5)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "whystream.engine"]
+    assert any("no metadata for" in w and "explanations" in w for w in warnings)
+    engine.producer.purge()
