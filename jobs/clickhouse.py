@@ -229,8 +229,8 @@ def statements(sql: str) -> list[str]:
 def migrate(client, database: str = DEFAULT_DATABASE) -> list[int]:
     """Apply the migrations not yet recorded in `schema_migrations`; return their versions.
 
-    Every statement is `CREATE ... IF NOT EXISTS`, so a migration interrupted
-    half way is simply applied again. A changed file of an applied version is
+    Every statement is idempotent (`CREATE ... IF NOT EXISTS`, `ADD COLUMN IF NOT
+    EXISTS`), so a migration interrupted half way is simply applied again. A changed file of an applied version is
     reported in the log, not re-applied: add a new version instead.
     """
     db = ident(database)
@@ -260,8 +260,8 @@ def migrate(client, database: str = DEFAULT_DATABASE) -> list[int]:
 # ---------------------------------------------------------------- model reference
 
 REFERENCE_COLUMNS = ["model_name", "model_version", "feature", "feature_index", "bin_edges", "reference_hist",
-                     "reference_mean_abs_shap", "reference_mean_shap", "quantile_levels", "reference_quantiles",
-                     "n_reference", "threshold"]
+                     "reference_mean_abs_shap", "reference_mean_shap", "reference_mean_sq_shap", "quantile_levels",
+                     "reference_quantiles", "n_reference", "threshold"]
 
 
 def reference_columns(model) -> list[list]:
@@ -282,7 +282,7 @@ def reference_columns(model) -> list[list]:
         [model.name] * f, [model.version] * f, names, list(range(f)),
         [list(map(float, e)) for e in edges], [list(map(float, h)) for h in hist],
         [float(v) for v in np.abs(shap).mean(axis=0)], [float(v) for v in shap.mean(axis=0)],
-        [list(QUANTILE_LEVELS)] * f, [list(map(float, q)) for q in quantiles],
+        [float(v) for v in np.square(shap).mean(axis=0)], [list(QUANTILE_LEVELS)] * f, [list(map(float, q)) for q in quantiles],
         [len(shap)] * f, [float(getattr(model, "threshold", float("nan")))] * f,
     ]
 

@@ -16,7 +16,10 @@ an alert. Stability is also judged only for features that carry at least
 `min_reference_share` of the model's total reference mean |SHAP| (a relative
 change of a feature the model barely uses is noise, not news), and only counts
 as over its threshold when the change is also `stability_z` standard errors
-away from the reference.
+away from the reference, counting the errors of both means: the window's
+(from its weighted spread and effective n) and the reference's (the reference
+is a sample of a few thousand rows; heavy-tailed attributions leave its mean
+uncertain by several percent).
 
 Alerts are raised once per feature, statistic and episode: an episode opens
 when the statistic goes over its threshold and ends once it has stayed under
@@ -137,7 +140,11 @@ class DriftMonitor:
             threshold = self.threshold(row["feature"], "stability")
             mean_abs = float(row["mean_abs_shap"])
             variance = max(float(row.get("mean_sq_shap") or 0.0) - mean_abs * mean_abs, 0.0)
-            stderr = math.sqrt(variance / max(float(row["effective_n"]), 1.0))
+            # The reference mean is a sample mean too (a few thousand held-out rows): its error counts.
+            n_reference = float(row.get("n_reference") or 0.0)  # 0: registered before the spread was kept
+            reference_variance = max(float(row.get("reference_mean_sq_shap") or 0.0) - reference * reference, 0.0)
+            stderr = math.sqrt(variance / max(float(row["effective_n"]), 1.0)
+                               + (reference_variance / n_reference if n_reference > 0 else 0.0))
             significant = abs(mean_abs - reference) > self.stability_z * stderr
             out.append(Judgement("stability", stability, threshold, stability > threshold and significant))
         return out

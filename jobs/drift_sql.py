@@ -28,13 +28,21 @@ def _window(model: str, start_ms: int, end_ms: int) -> str:
 
 
 def feature_drift_sql(model: str, start_ms: int, end_ms: int, database: str = DEFAULT_DATABASE) -> str:
-    return f"SELECT * FROM {ident(database)}.feature_drift({_window(model, start_ms, end_ms)})"
+    """The view's rows with the reference sample's spread (reference_mean_sq_shap, n_reference) beside them."""
+    db = ident(database)
+    return f"""
+        SELECT d.*, r.reference_mean_sq_shap AS reference_mean_sq_shap, r.n_reference AS n_reference
+        FROM {db}.feature_drift({_window(model, start_ms, end_ms)}) AS d
+        LEFT JOIN (SELECT model_version, feature, reference_mean_sq_shap, n_reference
+                   FROM {db}.model_reference FINAL WHERE model_name = {lit(model)}) AS r
+               ON d.model_version = r.model_version AND d.feature = r.feature"""
 
 
 def feature_drift(client, model: str, start_ms: int, end_ms: int, database: str = DEFAULT_DATABASE) -> list[dict]:
     """Rows of feature_drift: model_version, feature, feature_index, n, weighted_n,
     effective_n, psi, mean_abs_shap, reference_mean_abs_shap, stability,
-    wasserstein, wasserstein_rel, mean_shap, reference_mean_shap."""
+    wasserstein, wasserstein_rel, mean_shap, reference_mean_shap, mean_sq_shap;
+    and of model_reference: reference_mean_sq_shap, n_reference."""
     return [_floats(r) for r in rows(client, feature_drift_sql(model, start_ms, end_ms, database))]
 
 

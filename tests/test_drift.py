@@ -164,3 +164,29 @@ def test_cli_drift_table_and_report(stack, db, tmp_path):
     assert page.count("<svg") == 4 + 3  # 4 histograms; mean |SHAP|, coverage, latency over time
     assert "<script" not in page and "src=" not in page and "href=" not in page  # nothing to fetch: opens offline
     assert f"feature_{DRIFTED}" in page
+
+
+def test_stability_counts_the_reference_samples_own_error(db):
+    client, database = db
+    model = synthetic_model(n_features=3, seed=61, n_reference=400)
+    ch.register_reference(client, model, database)
+    t0 = base_minute(1.0)
+    events, _ = stream(model, t0, 2, per_minute=2000, seed=62)
+    ch.insert_explanations(client, events, database)
+    rows = drift_sql.feature_drift(client, model.name, t0, t0 + 2 * MINUTE_MS, database)
+    assert len(rows) == 3
+    for row in rows:  # the reference's spread comes with every row
+        j = model.feature_names.index(row["feature"])
+        assert row["n_reference"] == 400
+        assert row["reference_mean_sq_shap"] == pytest.approx(float((model.reference_shap[:, j] ** 2).mean()))
+    # A window whose mean |SHAP| is 25% above a reference mean: tight against the window's own
+    # error, but not against that of a small, heavy-tailed reference sample.
+    row = {"feature": "feature_0", "weighted_n": 4000.0, "effective_n": 4000.0, "psi": 0.01,
+           "mean_abs_shap": 1.25, "mean_sq_shap": 1.25 ** 2 + 0.25, "reference_mean_abs_shap": 1.0,
+           "stability": 0.25, "reference_mean_sq_shap": 1.0 + 2.0}
+    monitor = DriftMonitor(LOCAL, database=database, client=client, publish=False)
+    stability = lambda **reference: next(j for j in monitor.judge({**row, **reference}) if j.statistic == "stability")
+    assert not stability(n_reference=100).above  # 3 standard errors of the difference: 0.43 > 0.25
+    assert stability(n_reference=5000).above  # a large reference: 3 standard errors are 0.07
+    # a reference registered before its spread was kept: the window's error alone, as before
+    assert stability(n_reference=0, reference_mean_sq_shap=0.0).above
