@@ -109,3 +109,23 @@ def test_bin_edges_stay_increasing_when_quantiles_tie():
     assert (counts.sum(axis=1) == 1000).all()
     assert counts[0].max() == 1000  # all the zeros share one bin
     assert np.abs(counts[2] - 100).max() <= 1  # continuous values fill deciles
+
+
+def test_an_early_stopped_booster_is_registered_as_it_predicts(tmp_path, data):
+    """The registry keeps the trees up to the best iteration, so explanations add up to
+    the score the model gave, not to the score of trees that predict() ignores."""
+    from whystream.streams.treeshap import TreeShap
+
+    train, valid = data
+    params = {"objective": "binary", "num_leaves": 15, "verbose": -1, "learning_rate": 0.5, "num_threads": 1}
+    ds = lgb.Dataset(train.X, train.y, feature_name=FEATURE_NAMES, categorical_feature=CATEGORICAL_FEATURES)
+    vs = lgb.Dataset(valid.X, valid.y, reference=ds)
+    booster = lgb.train(params, ds, num_boost_round=200, valid_sets=[vs], keep_training_booster=True,
+                        callbacks=[lgb.early_stopping(3, verbose=False)])
+    assert 0 < booster.best_iteration < booster.num_trees()  # it holds trees past the best iteration
+    saved = ModelRegistry(tmp_path).register("fraud", booster, 0.3, valid.X)
+    assert saved.booster.num_trees() == booster.best_iteration
+    X = valid.X[:40]
+    kernel = TreeShap(saved.booster)
+    raw = booster.predict(X, raw_score=True)  # what the model scored (best iteration)
+    np.testing.assert_allclose(kernel.shap_values(X).sum(axis=1) + kernel.expected_value, raw, atol=1e-6)
