@@ -126,6 +126,9 @@ class Engine:
         self._delivery_error = None
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whystream-remember")
         self._remembering: Future | None = None
+        # Versions whose first new_version_events events have been seen (by any worker): the shared
+        # count is not asked again, one Redis round trip less per batch.
+        self._established: set[str] = set()
 
     def connect_publisher(self, timeout: float = 10.0) -> None:
         """Fetch the metadata of the topics the engine writes now: a producer's first send to a
@@ -216,7 +219,12 @@ class Engine:
         picks: list[tuple[ModelBatch, np.ndarray]] = []
         for batch in batches:
             model, n = batch.model, len(batch)
-            seen_before = self.store.note_version_events(model.version, n)
+            if model.version in self._established:  # past its first events: no need to count further
+                seen_before = config.new_version_events
+            else:
+                seen_before = self.store.note_version_events(model.version, n)
+                if seen_before + n >= config.new_version_events:
+                    self._established.add(model.version)
             new_version = np.arange(seen_before, seen_before + n) < config.new_version_events
             reasons = priority_reasons(batch.decisions, batch.score, batch.threshold, batch.priority, new_version,
                                        config)

@@ -8,7 +8,7 @@ Keys (the prefix is `whystream:` unless configured):
 | `whystream:xcache:<version>:<hash hex>`  | cached attributions of one feature row  | explanation_ttl_s   |
 | `whystream:published:<prediction_id>`    | the encoded ExplanationEvent published  | dedup_ttl_s         |
 | `whystream:at:<prediction_id>`           | where the PredictionEvent is in `predictions`: partition (int32) and offset (int64), little-endian | prediction_ttl_s |
-| `whystream:version-events:<version>`     | events seen of a model version (INCRBY) | none                |
+| `whystream:version-events:<version>`     | events seen of a model version (INCRBY; a worker stops counting once it is past `new_version_events`) | none |
 
 Every call handles a whole batch in one round trip: reads are MGET, writes of
 many keys with a TTL and the existence checks are small Lua scripts (one

@@ -248,3 +248,20 @@ def test_connecting_the_publisher_without_a_broker_warns_and_carries_on(engine_s
     warnings = [r.getMessage() for r in caplog.records if r.name == "whystream.engine"]
     assert any("no metadata for" in w and "explanations" in w for w in warnings)
     engine.producer.purge()
+
+
+def test_the_first_events_of_a_new_version_are_explained_across_batches_and_workers(engine_settings, small_model):
+    records = make_records(small_model, 320)
+    new_version = EngineConfig(SamplingConfig(new_version_events=100))
+    first = Engine(engine_settings, new_version)
+    for b in range(0, 240, 80):  # the version is established during the second batch
+        first.process(as_messages(records[b:b + 80], first_offset=b // 4))
+    first.close()
+    second = Engine(engine_settings, new_version)  # another worker: the count is shared through Redis
+    second.process(as_messages(records[240:], first_offset=60))
+    second.close()
+    reasons = {e["prediction_id"]: e["sampling_reason"] for e in explanations(engine_settings)}
+    ids = [r["prediction_id"] for r in records]
+    assert all(pid in reasons for pid in ids[:100])  # every one of the first 100 is explained
+    assert {pid for pid, reason in reasons.items() if reason == "NEW_VERSION"} <= set(ids[:100])
+    assert sum(reason == "NEW_VERSION" for reason in reasons.values()) > 50  # most of them for that reason
