@@ -27,12 +27,17 @@ trained into a temporary registry (20,000 rows, 50 trees), in one run:
    producer's sticky partitioner then writes a quarter of the record batches:
    the embedded broker, Tansu 0.6, spends CPU in proportion to the batches a
    partition holds, and keyed small batches at 5,000/s saturate it within
-   seconds; compare its CPU in the two lines).
+   seconds; compare its CPU in the two lines). After each phase, the broker
+   alone: the same load on another fresh topic, no worker, a bare consumer
+   fetching as the worker does (the floor under the worker's latency).
+   --latency-rounds times each (fresh worker and topics every time); the
+   medians over rounds are the figures.
 3. backlog (--backlog N, off by default: a few minutes for a million): N events
    queued before a fresh worker starts; its resident memory sampled every
    second while it works through them.
 
-    python bench/ingest.py [--events 200000] [--rounds 3] [--quick] [--backlog 1000000] [--json PATH]
+    python bench/ingest.py [--events 200000] [--rounds 3] [--latency-rounds 3] [--phases ingest,latency]
+                           [--quick] [--backlog 1000000] [--json PATH]
 
 Prints a table and writes JSON (default bench/results/ingest.json). The machine
 is shared: compare the ratios, which are measured side by side in one run.
@@ -476,6 +481,29 @@ def steady_latency(settings, worker: WorkerProcess, model, rate: float, seconds:
             "rss_mib": round(samples[-1]["rss"] / 2**20, 1) if samples else None, "stack_cores": stack_cpu.cores}
 
 
+def latency_round(settings, model, args, stack_processes: dict[str, int], keyed: bool, log: Path) -> dict:
+    """One steady phase with a fresh worker on fresh topics, then the same load with no worker."""
+    from whystream.infra.stack import ensure_topics
+
+    ensure_topics(settings, partitions=4)
+    worker = WorkerProcess(settings, log)
+    try:
+        worker.wait_ready()
+        # Warm-up, not measured: the first connections, the first windows.
+        steady_latency(settings, worker, model, args.rate, 2.0, f"warm{uuid.uuid4().hex[:4]}", keyed=keyed)
+        measured = steady_latency(settings, worker, model, args.rate, args.latency_seconds,
+                                  f"steady{uuid.uuid4().hex[:4]}", stack_processes, keyed)
+    finally:
+        worker.stop()
+    # The broker alone, same load and as long, on a topic as fresh as the worker's was.
+    floor_settings = settings.with_(topic_prefix=f"f{uuid.uuid4().hex[:6]}.")
+    ensure_topics(floor_settings, partitions=4)
+    broker_floor(floor_settings, model, args.rate, 2.0, f"warm{uuid.uuid4().hex[:4]}", keyed)
+    measured["broker_only"] = broker_floor(floor_settings, model, args.rate, args.latency_seconds,
+                                           f"floor{uuid.uuid4().hex[:4]}", keyed)
+    return measured
+
+
 def _quantile(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(p * (len(xs) - 1))))]
@@ -590,26 +618,21 @@ def run(args) -> dict:
                     worker.stop()
             result["latency"] = []
             for keyed, db in ((True, 13), (False, 14)) if "latency" in args.phases else ():
-                print(f"steady {args.rate:,.0f} events/s, {'keyed' if keyed else 'unkeyed'} ...", file=sys.stderr)
-                settings = base.with_(topic_prefix=f"s{uuid.uuid4().hex[:6]}.", registry=registry,
-                                      redis_url=f"{redis_base}/{db}")
-                ensure_topics(settings, partitions=4)
-                worker = WorkerProcess(settings, work / f"worker-steady-{'keyed' if keyed else 'unkeyed'}.log")
-                try:
-                    worker.wait_ready()
-                    # Warm-up, not measured: the first connections, the first windows.
-                    steady_latency(settings, worker, model, args.rate, 2.0, f"warm{uuid.uuid4().hex[:4]}", keyed=keyed)
-                    measured = steady_latency(settings, worker, model, args.rate, args.latency_seconds,
-                                              f"steady{uuid.uuid4().hex[:4]}", stack_processes, keyed)
-                finally:
-                    worker.stop()
-                # The broker alone, same load and as long, on a topic as fresh as the worker's was.
-                floor_settings = settings.with_(topic_prefix=f"f{uuid.uuid4().hex[:6]}.")
-                ensure_topics(floor_settings, partitions=4)
-                broker_floor(floor_settings, model, args.rate, 2.0, f"warm{uuid.uuid4().hex[:4]}", keyed)
-                measured["broker_only"] = broker_floor(floor_settings, model, args.rate, args.latency_seconds,
-                                                       f"floor{uuid.uuid4().hex[:4]}", keyed)
-                result["latency"].append(measured)
+                rounds_of = []
+                for r in range(args.latency_rounds):
+                    print(f"steady {args.rate:,.0f} events/s, {'keyed' if keyed else 'unkeyed'}, round {r + 1}/"
+                          f"{args.latency_rounds} ...", file=sys.stderr)
+                    settings = base.with_(topic_prefix=f"s{uuid.uuid4().hex[:6]}.", registry=registry,
+                                          redis_url=f"{redis_base}/{db}")
+                    rounds_of.append(latency_round(settings, model, args, stack_processes, keyed,
+                                                   work / f"worker-steady-{'keyed' if keyed else 'unkeyed'}-{r}.log"))
+                median = lambda xs: round(statistics.median(xs), 1)
+                result["latency"].append({
+                    "keyed": keyed, "rate": args.rate, "rounds": rounds_of,
+                    "p50_ms": median([m["p50_ms"] for m in rounds_of]),
+                    "p99_ms": median([m["p99_ms"] for m in rounds_of]),
+                    "broker_only_p50_ms": median([m["broker_only"]["p50_ms"] for m in rounds_of]),
+                    "broker_only_p99_ms": median([m["broker_only"]["p99_ms"] for m in rounds_of])})
             if args.backlog:
                 print(f"backlog of {args.backlog:,} events ...", file=sys.stderr)
                 backlog_settings = base.with_(topic_prefix=f"q{uuid.uuid4().hex[:6]}.", registry=registry,
@@ -647,22 +670,26 @@ def report(r: dict) -> str:
         lines.append(f"  worker / bare Faust (median of rounds): {r['ratio']}x; while the worker ingests: {stack}; "
                      f"it explained {worker['explained']:,} ({worker['explanations_per_cpu_s']} explanations per "
                      f"worker CPU-second)")
-    for lat in r["latency"]:
-        how = "keyed like `whystream produce`" if lat["keyed"] else "unkeyed"
-        floor = lat["broker_only"]
-        lines += [
-            f"  priority latency at {lat['rate']:,.0f} events/s ({how}, lz4, linger 5 ms) for {lat['seconds']}s "
-            f"({lat['priority']:,} priority, {lat['reservoir']:,} sampled): event_time -> read from `explanations` "
-            f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms; -> explained_at "
-            f"p50 {lat['explained_at_p50_ms']} ms, p99 {lat['explained_at_p99_ms']} ms",
-            f"    broker only (same load, a bare consumer reading `predictions`): p50 {floor['p50_ms']} ms, "
-            f"p99 {floor['p99_ms']} ms; p99 - broker-only p99: {round(lat['p99_ms'] - floor['p99_ms'], 1)} ms",
-            f"    worker CPU {lat['worker_cpu_fraction']} cores, {lat['explanations_per_cpu_s']} explanations per "
-            f"CPU-second, RSS {lat['rss_mib']} MiB; "
-            + ", ".join(f"{name} {cores} cores" for name, cores in lat["stack_cores"].items()),
-            "    p99 ms by second, worker:      " + " ".join(str(v) for v in lat["p99_ms_by_second"].values()),
-            "    p99 ms by second, broker only: " + " ".join(str(v) for v in floor["p99_ms_by_second"].values()),
-        ]
+    for summary in r["latency"]:
+        how = "keyed like `whystream produce`" if summary["keyed"] else "unkeyed"
+        lines.append(f"  priority latency at {summary['rate']:,.0f} events/s ({how}, lz4, linger 5 ms), event_time -> "
+                     f"read from `explanations`; broker only: the same load, no worker, a bare consumer reading "
+                     f"`predictions`")
+        for k, lat in enumerate(summary["rounds"], 1):
+            floor = lat["broker_only"]
+            lines += [
+                f"    round {k}: {lat['seconds']}s, {lat['priority']:,} priority, {lat['reservoir']:,} sampled: "
+                f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms; -> explained_at "
+                f"p50 {lat['explained_at_p50_ms']} ms, p99 {lat['explained_at_p99_ms']} ms; broker only p50 "
+                f"{floor['p50_ms']} ms, p99 {floor['p99_ms']} ms",
+                f"      worker CPU {lat['worker_cpu_fraction']} cores, {lat['explanations_per_cpu_s']} explanations per "
+                f"CPU-second, RSS {lat['rss_mib']} MiB; "
+                + ", ".join(f"{name} {cores} cores" for name, cores in lat["stack_cores"].items()),
+                "      p99 ms by second, worker:      " + " ".join(str(v) for v in lat["p99_ms_by_second"].values()),
+                "      p99 ms by second, broker only: " + " ".join(str(v) for v in floor["p99_ms_by_second"].values()),
+            ]
+        lines.append(f"    median of rounds: p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms; broker only "
+                     f"p50 {summary['broker_only_p50_ms']} ms, p99 {summary['broker_only_p99_ms']} ms")
     if "backlog" in r:
         b = r["backlog"]
         lines.append(f"  backlog {b['events']:,} queued: consumed {b['consumed']:,} at {b['events_per_s']} events/s; RSS "
@@ -680,6 +707,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="bare / worker measurements, alternating which goes first")
     parser.add_argument("--rate", type=float, default=5000.0, help="events/s of the steady latency phase")
     parser.add_argument("--latency-seconds", type=float, default=15.0, help="each steady phase (keyed, unkeyed)")
+    parser.add_argument("--latency-rounds", type=int, default=3,
+                        help="steady phases of each kind; p50/p99 reported as the median over them (the machine is "
+                             "shared: one phase can land on a noisy neighbour's burst)")
     parser.add_argument("--phases", type=lambda v: set(v.split(",")), default={"ingest", "latency"},
                         help="comma-separated: ingest (the comparison with bare Faust), latency; "
                              "--backlog adds its own phase")
@@ -692,6 +722,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.quick:
         args.events, args.latency_seconds, args.rounds = min(args.events, 50_000), min(args.latency_seconds, 8.0), 1
+        args.latency_rounds = 1
     result = run(args)
     print(report(result))
     args.json.parent.mkdir(parents=True, exist_ok=True)
