@@ -724,11 +724,16 @@ def main(argv: list[str] | None = None) -> dict:
         args.events, args.latency_seconds, args.rounds = min(args.events, 50_000), min(args.latency_seconds, 8.0), 1
         args.latency_rounds = 1
     result = run(args)
-    print(report(result))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"  wrote {args.json}")
+    publish(result, report(result), args.json)
     return result
+
+
+def publish(result: dict, table: str, path: Path) -> None:
+    """Print a benchmark's table and write its figures as JSON."""
+    print(table)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"  wrote {path}")
 
 
 if __name__ == "__main__":

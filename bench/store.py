@@ -18,7 +18,6 @@ event is what 15 minutes of stream cost.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -106,11 +105,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.quick:
         args.batches = min(args.batches, 10)
+    from bench.ingest import publish
     result = run(args)
-    print(report(result))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"  wrote {args.json}")
+    publish(result, report(result), args.json)
     return result
 
 
