@@ -1,7 +1,8 @@
 """Attributions for a batch of rows: shared cache -> live TreeSHAP -> fallback.
 
 - cache: an identical feature vector of the same model version was explained
-  before (by any worker); its exact attributions come from Redis.
+  before (by any worker); its exact attributions come from Redis (the engine
+  reads and writes them with its other Redis calls; this module packs them).
 - live: exact path-dependent TreeSHAP (streams/treeshap.py), multi-core.
 - fallback: Saabas path attribution (streams/approximate.py). Cheap and
   additive, but not SHAP; used when live computation raises or the batch's
@@ -18,7 +19,6 @@ import numpy as np
 
 from whystream.jobs.registry import RegisteredModel
 from whystream.streams.approximate import SaabasExplainer
-from whystream.streams.store import RedisStore, feature_hash
 from whystream.streams.treeshap import TreeShap
 
 log = logging.getLogger("whystream.attribution")
@@ -31,6 +31,12 @@ class Attributions:
     raw: np.ndarray  # [n] raw model output
     source: np.ndarray  # [n] "LIVE" | "CACHE" | "FALLBACK"
     base_value: float
+
+    def cache_entries(self, model_version: str, feature_hashes: list[bytes]) -> list[tuple[str, bytes, bytes]]:
+        """(model_version, feature hash, packed attributions) of each row computed live: for
+        the shared cache (RedisStore.record). `feature_hashes` holds one per row."""
+        return [(model_version, feature_hashes[i], _pack(self.shap[i], self.raw[i]))
+                for i in np.flatnonzero(self.source == "LIVE").tolist()]
 
 
 class ModelExplainer:
@@ -65,8 +71,7 @@ def _unpack(payload: bytes, n_features: int) -> tuple[np.ndarray, float] | None:
 class Attributor:
     """Explains rows of any registered model version, loading explainers on first sight."""
 
-    def __init__(self, store: RedisStore, latency_budget_ms: float = 2000.0):
-        self.store = store
+    def __init__(self, latency_budget_ms: float = 2000.0):
         self.latency_budget_ms = latency_budget_ms
         self._explainers: dict[str, ModelExplainer] = {}
 
@@ -75,25 +80,28 @@ class Attributor:
             self._explainers[model.version] = ModelExplainer(model)
         return self._explainers[model.version]
 
-    def attribute(self, model: RegisteredModel, X: np.ndarray, started: float) -> Attributions:
-        """Attributions for the rows of X; `started` (monotonic s) is when the batch began."""
+    def attribute(self, model: RegisteredModel, X: np.ndarray, started: float,
+                  cached: list[bytes | None]) -> Attributions:
+        """Attributions for the rows of X: from `cached` (a payload from the shared cache, or
+        None, per row) where it holds one, else computed. `started` (monotonic s) is when
+        the batch began."""
         loading = time.monotonic()
         explainer = self.explainer(model)
         started += time.monotonic() - loading  # compiling a new version's kernel is not the batch's fault
         n, F = X.shape
+        if len(cached) != n:
+            raise ValueError(f"{n} rows but {len(cached)} cache answers")
         shap_values = np.zeros((n, F))
         raw = np.zeros(n)
         source = np.full(n, "LIVE", dtype=object)
-        hashes = feature_hash(X) if n else []
         missing = []
-        for i, payload in enumerate(self.store.cached_explanations(model.version, hashes)):
+        for i, payload in enumerate(cached):
             unpacked = _unpack(payload, F) if payload else None
             if unpacked is None:
                 missing.append(i)
             else:
                 shap_values[i], raw[i] = unpacked
                 source[i] = "CACHE"
-        fresh = []
         for begin in range(0, len(missing), CHUNK):
             rows = np.asarray(missing[begin:begin + CHUNK])
             over_budget = (time.monotonic() - started) * 1000 > self.latency_budget_ms
@@ -106,10 +114,5 @@ class Attributor:
             if values is None:
                 values, raw_chunk = explainer.fallback(X[rows])
                 source[rows] = "FALLBACK"
-            else:
-                fresh.extend(rows.tolist())
             shap_values[rows], raw[rows] = values, raw_chunk
-        if fresh:
-            self.store.cache_explanations(model.version, [hashes[i] for i in fresh],
-                                          [_pack(shap_values[i], raw[i]) for i in fresh])
         return Attributions(shap_values, raw, source, float(explainer.kernel.expected_value))

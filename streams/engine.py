@@ -45,7 +45,7 @@ from whystream.streams.codec import SingleObjectCodec, codec_for
 from whystream.streams.explanation import build_explanations
 from whystream.streams.metrics import Metrics
 from whystream.streams.sampling import RESERVOIR, Reservoirs, SamplingConfig, priority_reasons
-from whystream.streams.store import RedisStore
+from whystream.streams.store import RedisStore, feature_hash
 from whystream.streams.topic_stats import read_one
 from whystream.streams.treeshap import EXPLAINER_NAME, EXPLAINER_VERSION
 from whystream.streams.validate import Inbound, ModelBatch, RawMessage, Validator
@@ -120,7 +120,7 @@ class Engine:
         self.dlq_codec = codec_for("DeadLetter", settings.schema_registry_url, settings.topic("predictions.dlq"))
         self.store = store or RedisStore(settings.redis_url)
         self.reservoirs = Reservoirs(self.config.sampling)
-        self.attributor = Attributor(self.store, self.config.latency_budget_ms)
+        self.attributor = Attributor(self.config.latency_budget_ms)
         self.producer = Producer(settings.kafka(**{"linger.ms": 2, "compression.type": "lz4",
                                                    "enable.idempotence": True}))
         self._delivery_error = None
@@ -268,17 +268,20 @@ class Engine:
         topic = self.settings.topic("explanations")
         published_ids: list[str] = []
         published_values: list[bytes] = []
+        fresh: list[tuple[str, bytes, bytes]] = []  # (model version, feature hash, attributions) for the cache
         for work in due.values():
             if not work.records:
                 continue
             ids = [r["prediction_id"] for r in work.records]
-            already = self.store.published(ids)
+            hashes = feature_hash(np.asarray(work.rows))
+            already, cached = self.store.recall(ids, work.model.version, hashes)
             keep = [i for i, seen in enumerate(already) if not seen]
             self.metrics.duplicates.inc(len(ids) - len(keep))
             if not keep:
                 continue
             X = np.asarray([work.rows[i] for i in keep])
-            attributions = self.attributor.attribute(work.model, X, started)
+            attributions = self.attributor.attribute(work.model, X, started, [cached[i] for i in keep])
+            fresh.extend(attributions.cache_entries(work.model.version, [hashes[i] for i in keep]))
             records, reasons = [work.records[i] for i in keep], [work.reasons[i] for i in keep]
             weights, strata = [work.weights[i] for i in keep], [work.strata[i] for i in keep]
             common = dict(adverse=self.config.sampling.adverse_decisions, explainer_version=EXPLAINER_VERSION,
@@ -300,7 +303,7 @@ class Engine:
             self.metrics.cache_hits.inc(int(np.sum(attributions.source == "CACHE")))
             self.metrics.fallbacks.inc(int(np.sum(attributions.source == "FALLBACK")))
         self._flush()
-        self.store.mark_published(published_ids, published_values)
+        self.store.record(published_ids, published_values, fresh)
         self.metrics.redis_up.set(1 if self.store.available else 0)
 
     def _dead_letters(self, dead) -> None:
@@ -362,7 +365,10 @@ class Engine:
         if dead or not batches or batches[0].prediction_ids[0] != prediction_id:
             return None
         batch = batches[0]
-        attributions = self.attributor.attribute(batch.model, batch.X, time.monotonic())
+        hashes = feature_hash(batch.X)
+        _, cached = self.store.recall([], batch.model.version, hashes)
+        attributions = self.attributor.attribute(batch.model, batch.X, time.monotonic(), cached)
+        self.store.record([], [], attributions.cache_entries(batch.model.version, hashes))
         return build_explanations(batch.model, [batch.record(0)], batch.X, attributions, ["ON_DEMAND"], [1.0],
                                   [batch.strata[0]], adverse=self.config.sampling.adverse_decisions,
                                   explainer_version=EXPLAINER_VERSION, cached=self.store.available,

@@ -10,11 +10,12 @@ Keys (the prefix is `whystream:` unless configured):
 | `whystream:at:<prediction_id>`           | where the PredictionEvent is in `predictions`: partition (int32) and offset (int64), little-endian | prediction_ttl_s |
 | `whystream:version-events:<version>`     | events seen of a model version (INCRBY; a worker stops counting once it is past `new_version_events`) | none |
 
-Every call handles a whole batch in one round trip: reads are MGET, writes of
-many keys with a TTL and the existence checks are small Lua scripts (one
-EVALSHA per 1000 keys; several chunks go in one pipeline), several times
-cheaper for the client than a pipeline of one command per key (measured: about
-2 us instead of 12 us of client CPU per key). The location of every event, the
+Every call handles a whole batch in one round trip, and a batch of due events
+needs two: `recall` before explaining (already published? cached?) and `record`
+after publishing (published, and the fresh attributions cached). Both are small
+Lua scripts (one EVALSHA per 1000 keys; several chunks go in one pipeline),
+several times cheaper for the client than a pipeline of one command per key
+(measured: about 2 us instead of 12 us of client CPU per key). The location of every event, the
 one write per event, goes as three strings per 1000 events (ids, their
 lengths, the locations packed by numpy) that the script takes apart: 0.5 us of
 client CPU per event instead of 3 (`python bench/store.py`). Needs EVAL, which
@@ -51,10 +52,10 @@ T = TypeVar("T")
 
 CHUNK = 1000  # keys per command: keeps each Lua call short (Redis runs scripts one at a time)
 
-# SET key value EX ttl for each KEYS[i] / ARGV[i + 1]; ARGV[1] is the TTL.
-_SET_WITH_TTL = """
-local ttl = ARGV[1]
-for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ttl) end
+# SET KEYS[i] ARGV[i + 3] EX ttl: the first ARGV[1] keys with TTL ARGV[2], the rest with ARGV[3].
+_SET_WITH_TTLS = """
+local first, ttl_first, ttl_rest = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 3], 'EX', i <= first and ttl_first or ttl_rest) end
 return #KEYS
 """
 # SET ARGV[2] .. id  location  EX ARGV[1] for each event. ARGV[3]: the ids, concatenated;
@@ -70,10 +71,10 @@ end
 return #lengths / 4
 """
 LOCATION = np.dtype([("partition", "<i4"), ("offset", "<i8")])  # 12 bytes, as _SET_LOCATIONS slices them
-# 1 or 0 per key.
-_EXISTS_EACH = """
-local out = {}
-for i = 1, #KEYS do out[i] = redis.call('EXISTS', KEYS[i]) end
+# Per key: EXISTS (1 or 0) for the first ARGV[1] keys, GET (the value, or nil) for the rest.
+_EXISTS_THEN_GET = """
+local first, out = tonumber(ARGV[1]), {}
+for i = 1, #KEYS do out[i] = i <= first and redis.call('EXISTS', KEYS[i]) or redis.call('GET', KEYS[i]) end
 return out
 """
 
@@ -119,9 +120,9 @@ class RedisStore:
                 retry=Retry(NoBackoff(), 0), health_check_interval=0)
         except ValueError as exc:  # a malformed URL is a configuration mistake, not an outage
             raise ConfigError("WHYSTREAM_REDIS_URL", f"not a usable Redis URL ({exc})") from None
-        self._set_with_ttl = self.client.register_script(_SET_WITH_TTL)
+        self._set_with_ttls = self.client.register_script(_SET_WITH_TTLS)
         self._set_locations = self.client.register_script(_SET_LOCATIONS)
-        self._exists_each = self.client.register_script(_EXISTS_EACH)
+        self._exists_then_get = self.client.register_script(_EXISTS_THEN_GET)
         self.available = True
         self._call(self.client.ping, False)  # find out now; logs the warning if Redis is down at start
 
@@ -176,17 +177,13 @@ class RedisStore:
     def _key(self, kind: str, name: str) -> str:
         return f"{self.prefix}{kind}:{name}"
 
-    def _set_many(self, keys: list[str], values: list[bytes], ttl_s: int) -> None:
-        if len(keys) != len(values):
-            raise ValueError(f"{len(keys)} keys but {len(values)} values")
-        if not keys:
-            return
-
-        def write():
-            self._run_script(self._set_with_ttl, [(keys[b:b + CHUNK], [ttl_s, *values[b:b + CHUNK]])
-                                                  for b in range(0, len(keys), CHUNK)])
-
-        self._call(write, None)
+    @staticmethod
+    def _chunks(keys: list[str], first: int, shared: list, per_key: list = ()) -> list[tuple[list, list]]:
+        """(keys, args) per CHUNK keys for a script that treats its first ARGV[1] keys apart:
+        args are how many of this chunk's keys are among the first `first`, then `shared`,
+        then this chunk's share of `per_key`."""
+        return [(keys[b:b + CHUNK], [min(max(first - b, 0), CHUNK), *shared, *per_key[b:b + CHUNK]])
+                for b in range(0, len(keys), CHUNK)]
 
     def _run_script(self, script, calls: list[tuple[list, list]]) -> list:
         """One script over several (keys, args) chunks. A single chunk (the usual
@@ -200,48 +197,43 @@ class RedisStore:
             script(keys=keys, args=args, client=pipe)
         return pipe.execute()
 
-    def _get_many(self, keys: list[str]) -> list[bytes | None]:
-        if not keys:
-            return []
-
-        def read():
-            pipe = self.client.pipeline(transaction=False)
-            for begin in range(0, len(keys), CHUNK):
-                pipe.mget(keys[begin:begin + CHUNK])
-            return [value for chunk in pipe.execute() for value in chunk]
-
-        return self._call(read, [None] * len(keys))
-
-    # -- explanation cache -------------------------------------------------------------------------------------
-
     def _cache_keys(self, model_version: str, feature_hashes: list[bytes]) -> list[str]:
         head = self._key("xcache", model_version) + ":"
         return [head + h.hex() for h in feature_hashes]
 
-    def cached_explanations(self, model_version: str, feature_hashes: list[bytes]) -> list[bytes | None]:
-        """The cached payload per feature hash of this model version, None where absent."""
-        return self._get_many(self._cache_keys(model_version, feature_hashes))
+    # -- a batch's due events: dedup of published explanations and the explanation cache ------------------------
 
-    def cache_explanations(self, model_version: str, feature_hashes: list[bytes], payloads: list[bytes]) -> None:
-        self._set_many(self._cache_keys(model_version, feature_hashes), payloads, self.explanation_ttl_s)
+    def recall(self, prediction_ids: list[str], model_version: str,
+               feature_hashes: list[bytes]) -> tuple[list[bool], list[bytes | None]]:
+        """In one round trip: per id, was an explanation for it already published (by any
+        worker)? Per feature hash, the cached attributions of this model version, or None."""
+        n = len(prediction_ids)
+        keys = [self._key("published", pid) for pid in prediction_ids] + self._cache_keys(model_version,
+                                                                                           feature_hashes)
+        if not keys:
+            return [], []
 
-    # -- dedup of published explanations -----------------------------------------------------------------------
+        def read():
+            chunks = self._run_script(self._exists_then_get, self._chunks(keys, n, []))
+            answers = [answer for chunk in chunks for answer in chunk]
+            return [bool(flag) for flag in answers[:n]], answers[n:]
 
-    def published(self, prediction_ids: list[str]) -> list[bool]:
-        """Per id: was an explanation for it already published (by any worker)?"""
-        if not prediction_ids:
-            return []
+        return self._call(read, ([False] * n, [None] * len(feature_hashes)))
+
+    def record(self, prediction_ids: list[str], explanations: list[bytes],
+               cached: list[tuple[str, bytes, bytes]] = ()) -> None:
+        """In one round trip: remember each published id's encoded ExplanationEvent (dedup
+        and on-demand lookups, dedup_ttl_s), and cache fresh attributions, given as
+        (model_version, feature_hash, payload), for explanation_ttl_s."""
+        if len(prediction_ids) != len(explanations):
+            raise ValueError(f"{len(prediction_ids)} ids but {len(explanations)} explanations")
         keys = [self._key("published", pid) for pid in prediction_ids]
-
-        def check():
-            chunks = self._run_script(self._exists_each, [(keys[b:b + CHUNK], []) for b in range(0, len(keys), CHUNK)])
-            return [bool(flag) for chunk in chunks for flag in chunk]
-
-        return self._call(check, [False] * len(keys))
-
-    def mark_published(self, prediction_ids: list[str], explanations: list[bytes]) -> None:
-        """Remember the encoded ExplanationEvent of each id: dedup, and on-demand lookups."""
-        self._set_many([self._key("published", pid) for pid in prediction_ids], explanations, self.dedup_ttl_s)
+        keys += [self._cache_keys(version, [digest])[0] for version, digest, _ in cached]
+        if not keys:
+            return
+        values = [*explanations, *(payload for _, _, payload in cached)]
+        calls = self._chunks(keys, len(prediction_ids), [self.dedup_ttl_s, self.explanation_ttl_s], values)
+        self._call(lambda: self._run_script(self._set_with_ttls, calls), None)
 
     def published_explanation(self, prediction_id: str) -> bytes | None:
         return self._call(lambda: self.client.get(self._key("published", prediction_id)), None)

@@ -74,38 +74,52 @@ _PINNED = "a4eab4797e7398c23ca1bed358348931"  # blake2b-128 of the row's little-
 def test_cache_round_trip_and_ttl(store, raw, prefix):
     hashes = feature_hash(np.arange(12, dtype=np.float64).reshape(4, 3))
     assert store.available and store.outages == 0
-    assert store.cached_explanations("v1", hashes) == [None] * 4
-    store.cache_explanations("v1", hashes[:3], [b"a", b"b", b"\x00\xffc"])
-    assert store.cached_explanations("v1", hashes) == [b"a", b"b", b"\x00\xffc", None]
-    assert store.cached_explanations("v2", hashes[:1]) == [None]  # keyed by model version
+    assert store.recall([], "v1", hashes) == ([], [None] * 4)
+    store.record([], [], [("v1", hashes[0], b"a"), ("v1", hashes[1], b"b"), ("v1", hashes[2], b"\x00\xffc")])
+    assert store.recall([], "v1", hashes) == ([], [b"a", b"b", b"\x00\xffc", None])
+    assert store.recall([], "v2", hashes[:1]) == ([], [None])  # keyed by model version
     key = f"{prefix}xcache:v1:{hashes[0].hex()}"
     assert raw.get(key) == b"a"
     assert 3500 < raw.ttl(key) <= 3600
-    assert store.cached_explanations("v1", []) == []
-    store.cache_explanations("v1", [], [])
+    assert store.recall([], "v1", []) == ([], [])
+    store.record([], [], [])
 
 
-def test_batches_larger_than_one_chunk(store):
+def test_one_round_trip_answers_dedup_and_cache(store, raw, prefix):
+    hashes = feature_hash(np.arange(6, dtype=np.float64).reshape(3, 2))
+    store.record(["a", "c"], [b"ea", b"ec"], [("v", hashes[1], b"attributions-1"), ("w", hashes[2], b"other")])
+    assert store.recall(["a", "b", "c"], "v", hashes) == ([True, False, True], [None, b"attributions-1", None])
+    assert store.recall(["b"], "v", []) == ([False], [])
+    # each kind keeps its own TTL, whichever side of the split in the script a key falls
+    assert 7100 < raw.ttl(f"{prefix}published:c") <= 7200
+    assert 3500 < raw.ttl(f"{prefix}xcache:w:{hashes[2].hex()}") <= 3600
+    with pytest.raises(ValueError):
+        store.record(["a"], [], [])
+
+
+def test_batches_larger_than_one_chunk(store, raw, prefix):
     n = 2 * CHUNK + 17
     ids = [f"p{i}" for i in range(n)]
     store.remember_locations(ids, np.arange(n) % 4, np.arange(n) * 1000)
-    store.mark_published(ids[::2], [b"e"] * len(ids[::2]))
-    assert store.published(ids) == [i % 2 == 0 for i in range(n)]
     hashes = feature_hash(np.arange(n, dtype=np.float64).reshape(n, 1))
-    store.cache_explanations("v", hashes, [str(i).encode() for i in range(n)])
-    assert store.cached_explanations("v", hashes) == [str(i).encode() for i in range(n)]
+    # published ids and cache entries straddle chunk boundaries in both calls
+    store.record(ids[::2], [b"e"] * len(ids[::2]), [("v", h, str(i).encode()) for i, h in enumerate(hashes)])
+    published, cached = store.recall(ids, "v", hashes)
+    assert published == [i % 2 == 0 for i in range(n)]
+    assert cached == [str(i).encode() for i in range(n)]
+    assert 7100 < raw.ttl(f"{prefix}published:{ids[-1]}") <= 7200
+    assert 3500 < raw.ttl(f"{prefix}xcache:v:{hashes[-1].hex()}") <= 3600
     assert store.recall_location(ids[-1]) == ((n - 1) % 4, (n - 1) * 1000)
     assert store.recall_location(ids[CHUNK]) == (CHUNK % 4, CHUNK * 1000)
 
 
 def test_dedup_and_published_lookup(store, raw, prefix):
-    assert store.published(["a", "b"]) == [False, False]
+    assert store.recall(["a", "b"], "v", []) == ([False, False], [])
     assert store.published_explanation("a") is None
-    store.mark_published(["a"], [b"explanation-of-a"])
-    assert store.published(["a", "b", "a"]) == [True, False, True]
+    store.record(["a"], [b"explanation-of-a"])
+    assert store.recall(["a", "b", "a"], "v", []) == ([True, False, True], [])
     assert store.published_explanation("a") == b"explanation-of-a"
     assert 7100 < raw.ttl(f"{prefix}published:a") <= 7200
-    assert store.published([]) == []
 
 
 def test_where_recent_predictions_lie(store, raw, prefix):
@@ -135,10 +149,8 @@ def test_no_redis_configured(caplog):
     caplog.set_level(logging.INFO, logger="whystream.store")
     store = RedisStore(None)
     assert not store.available and store.outages == 0
-    assert store.cached_explanations("v", [b"x" * 16]) == [None]
-    store.cache_explanations("v", [b"x" * 16], [b"p"])
-    assert store.published(["a"]) == [False]
-    store.mark_published(["a"], [b"e"])
+    assert store.recall(["a"], "v", [b"x" * 16]) == ([False], [None])
+    store.record(["a"], [b"e"], [("v", b"x" * 16, b"p")])
     assert store.published_explanation("a") is None
     store.remember_locations(["a"], np.array([0]), np.array([1]))
     assert store.recall_location("a") is None
@@ -182,10 +194,8 @@ def _start_redis_on(port: int, home: Path) -> Child:
 def _misses(store: RedisStore) -> None:
     """Every call answers a miss, fast, without raising."""
     started = time.monotonic()
-    assert store.cached_explanations("v", [b"h" * 16, b"i" * 16]) == [None, None]
-    store.cache_explanations("v", [b"h" * 16], [b"p"])
-    assert store.published(["a", "b"]) == [False, False]
-    store.mark_published(["a"], [b"e"])
+    assert store.recall(["a", "b"], "v", [b"h" * 16, b"i" * 16]) == ([False, False], [None, None])
+    store.record(["a"], [b"e"], [("v", b"h" * 16, b"p")])
     assert store.published_explanation("a") is None
     store.remember_locations(["a"], np.array([0]), np.array([1]))
     assert store.recall_location("a") is None
@@ -198,9 +208,9 @@ def test_redis_down_then_back(tmp_path, caplog):
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     try:
         store = RedisStore(url, retry_after_s=0.3)
-        store.mark_published(["a"], [b"e"])
+        store.record(["a"], [b"e"])
         assert store.note_version_events("v", 100) == 0
-        assert store.available and store.published(["a"]) == [True]
+        assert store.available and store.recall(["a"], "v", []) == ([True], [])
 
         child.stop()
         for _ in range(3):
@@ -214,10 +224,10 @@ def test_redis_down_then_back(tmp_path, caplog):
 
         child = _start_redis_on(port, tmp_path)  # same port; the new server starts empty
         time.sleep(0.35)  # retry_after_s
-        assert store.published(["a"]) == [False]  # reachable, but the old server's keys are gone
+        assert store.recall(["a"], "v", []) == ([False], [])  # reachable, but the old server's keys are gone
         assert store.available and store.outages == 1
-        store.mark_published(["b"], [b"eb"])  # the Lua scripts are reloaded into the new server
-        assert store.published(["a", "b"]) == [False, True]
+        store.record(["b"], [b"eb"])  # the Lua scripts are reloaded into the new server
+        assert store.recall(["a", "b"], "v", []) == ([False, True], [])
         assert store.published_explanation("b") == b"eb"
         # the new server lost the counter: the local count keeps v from counting as new again
         assert store.note_version_events("v", 1) == 110
