@@ -15,11 +15,11 @@ needs two: `recall` before explaining (already published? cached?) and `record`
 after publishing (published, and the fresh attributions cached). Both are small
 Lua scripts (one EVALSHA per 1000 keys; several chunks go in one pipeline),
 several times cheaper for the client than a pipeline of one command per key
-(measured: about 2 us instead of 12 us of client CPU per key). The location of every event, the
-one write per event, goes as three strings per 1000 events (ids, their
-lengths, the locations packed by numpy) that the script takes apart: 0.5 us of
-client CPU per event instead of 3 (`python bench/store.py`). Needs EVAL, which
-every Redis since 2.6 has.
+(measured: about 2 us instead of 12 us of client CPU per key). The location of
+every event, the one write per event, goes as three strings per 1000 events
+(ids, their lengths, the locations packed by numpy) that the script takes
+apart: 0.5 us of client CPU per event instead of 3 (`python bench/store.py`).
+Needs EVAL, which every Redis since 2.6 has.
 
 The stream itself stays in Kafka: for an on-demand explanation the engine
 reads the event back from `predictions` at the remembered location.
