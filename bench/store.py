@@ -62,8 +62,9 @@ def run(args) -> dict:
             admin = redis.Redis.from_url(url)  # no short socket timeout: FLUSHDB of 300,000 keys takes a while
             used = lambda: int(admin.info("memory")["used_memory"])
 
-            def copy_events(ids, values, k):
-                store._set_many([store._key("prediction", pid) for pid in ids], values, store.prediction_ttl_s)
+            def copy_events(ids, values, k):  # as the worker did: SET key bytes EX ttl, batched in the Lua script
+                keys, ttl = [store._key("prediction", pid) for pid in ids], store.prediction_ttl_s
+                store._run_script(store._set_with_ttls, store._chunks(keys, len(keys), [ttl, ttl], values))
 
             def locations(ids, values, k):
                 store.remember_locations(ids, partitions, offsets + 2000 * k)
