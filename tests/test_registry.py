@@ -111,6 +111,27 @@ def test_bin_edges_stay_increasing_when_quantiles_tie():
     assert np.abs(counts[2] - 100).max() <= 1  # continuous values fill deciles
 
 
+def test_an_atom_whose_copies_differ_by_rounding_is_never_split(monkeypatch):
+    """One SHAP value shared by many rows comes out of the summation a few ulps apart
+    from row to row; an edge between those twins would send part of the atom to
+    another bin depending on rounding alone, a false drift (seen: PSI 0.15)."""
+    import whystream.jobs.registry as registry
+
+    atom = -7.479421716995523e-07
+    twin = np.nextafter(np.nextafter(atom, 1.0), 1.0)
+    spread = np.random.default_rng(1).uniform(-3e-6, 3e-6, size=694)
+    shap = np.concatenate([np.full(294, atom), np.full(12, twin), spread])[:, None]
+
+    def atom_bins(edges):
+        return set(np.searchsorted(edges[0], [atom, twin], side="right") - 1)
+
+    edges = shap_bin_edges(shap)
+    assert len(atom_bins(edges)) == 1
+    assert (np.diff(edges, axis=1) > 0).all() and shap_histogram(shap, edges).sum() == len(shap)
+    monkeypatch.setattr(registry, "ATOM_TOLERANCE", 0.0)  # the data does hit the case: exact equality splits it
+    assert len(atom_bins(shap_bin_edges(shap))) == 2
+
+
 def test_an_early_stopped_booster_is_registered_as_it_predicts(tmp_path, data):
     """The registry keeps the trees up to the best iteration, so explanations add up to
     the score the model gave, not to the score of trees that predict() ignores."""
