@@ -17,9 +17,11 @@ an alert. Stability is also judged only for features that carry at least
 change of a feature the model barely uses is noise, not news), and only counts
 as over its threshold when the change is also `stability_z` standard errors
 away from the reference, counting the errors of both means: the window's
-(from its weighted spread and effective n) and the reference's (the reference
-is a sample of a few thousand rows; heavy-tailed attributions leave its mean
-uncertain by several percent).
+(from its effective n and its weighted spread, or the reference's spread if
+that is larger: a window that missed a heavy tail's rare large values looks
+falsely precise) and the reference's (the reference is a sample of a few
+thousand rows; heavy-tailed attributions leave its mean uncertain by several
+percent).
 
 Alerts are raised once per feature, statistic and episode: an episode opens
 when the statistic goes over its threshold and ends once it has stayed under
@@ -143,6 +145,10 @@ class DriftMonitor:
             # The reference mean is a sample mean too (a few thousand held-out rows): its error counts.
             n_reference = float(row.get("n_reference") or 0.0)  # 0: registered before the spread was kept
             reference_variance = max(float(row.get("reference_mean_sq_shap") or 0.0) - reference * reference, 0.0)
+            # A heavy-tailed attribution's window that happens to miss its rare large values has both
+            # a low mean and a low spread, and would look precisely off: without drift the window
+            # spreads like the reference, so its error is taken as at least that.
+            variance = max(variance, reference_variance if n_reference > 0 else 0.0)
             stderr = math.sqrt(variance / max(float(row["effective_n"]), 1.0)
                                + (reference_variance / n_reference if n_reference > 0 else 0.0))
             significant = abs(mean_abs - reference) > self.stability_z * stderr

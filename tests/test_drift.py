@@ -187,6 +187,25 @@ def test_stability_counts_the_reference_samples_own_error(db):
     monitor = DriftMonitor(LOCAL, database=database, client=client, publish=False)
     stability = lambda **reference: next(j for j in monitor.judge({**row, **reference}) if j.statistic == "stability")
     assert not stability(n_reference=100).above  # 3 standard errors of the difference: 0.43 > 0.25
-    assert stability(n_reference=5000).above  # a large reference: 3 standard errors are 0.07
+    assert stability(n_reference=5000).above  # a large reference: 3 standard errors are 0.09
     # a reference registered before its spread was kept: the window's error alone, as before
     assert stability(n_reference=0, reference_mean_sq_shap=0.0).above
+
+
+def test_a_window_that_missed_a_heavy_tail_is_not_falsely_precise(db):
+    """Seen in `make demo`: 873 effective explanations whose failed_pin_attempts happened to
+    miss most of its rare large attributions. Mean |SHAP| 27% under the reference, and the
+    window's own spread (sd 0.068 against the reference's 0.154) made that 4.3 standard
+    errors; with the spread it should have had, 2.4: noise. The same window later held
+    4,050 effective explanations and sat 7% under the reference."""
+    client, database = db
+    monitor = DriftMonitor(LOCAL, database=database, client=client, publish=False)
+    reference, reference_sd, mean, sd = 0.0507, 0.154, 0.0369, 0.068
+    row = {"feature": "feature_0", "weighted_n": 5122.0, "effective_n": 873.0, "psi": 0.01,
+           "mean_abs_shap": mean, "mean_sq_shap": mean ** 2 + sd ** 2, "reference_mean_abs_shap": reference,
+           "stability": abs(mean - reference) / reference, "reference_mean_sq_shap": reference ** 2 + reference_sd ** 2,
+           "n_reference": 5000.0}
+    stability = lambda r: next(j for j in monitor.judge(r) if j.statistic == "stability")
+    assert row["stability"] > 0.2 and not stability(row).above
+    # a real move of the same size, with a window as wide as the reference, still alerts
+    assert stability({**row, "effective_n": 4050.0, "mean_sq_shap": mean ** 2 + reference_sd ** 2}).above
