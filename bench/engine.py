@@ -158,9 +158,8 @@ def run(args) -> dict:
 
 def report(r: dict) -> str:
     ours, theirs = r["median"]["this checkout"], r["median"]["reference"]
-    lines = [f"engine benchmark: this checkout against {r['against']}, in-process, {r['events']:,} events in batches of 2,000 "
-             f"and {r['events'] // 4:,} in batches of 50, "
-             f"medians of {len(r['rounds'])} rounds ({r['machine']})",
+    lines = [f"engine benchmark: this checkout against {r['against']}, in-process, {r['events']:,} events in "
+             f"batches of 2,000 and {r['events'] // 4:,} in batches of 50, medians of {len(r['rounds'])} rounds ({r['machine']})",
              f"  {'':<18}{'figure':<20}{r['against']:>12}{'this':>12}   ratio (better > 1)"]
     for part, name, label, better in FIGURES:
         before, after = theirs[part][name], ours[part][name]

@@ -576,8 +576,9 @@ def run(args) -> dict:
             # One copy of the events per round, each under a topic prefix (and so consumer groups) of its own
             # and with a Redis database of its own (1-12): the same prediction_ids, but nothing published yet.
             redis_base = base.redis_url.rpartition("/")[0]
+            ingest_rounds = args.rounds if "ingest" in args.phases else 0
             rounds = [base.with_(topic_prefix=f"b{uuid.uuid4().hex[:6]}.", registry=registry,
-                                 redis_url=f"{redis_base}/{r % 12 + 1}") for r in range(args.rounds if "ingest" in args.phases else 0)]
+                                 redis_url=f"{redis_base}/{r % 12 + 1}") for r in range(ingest_rounds)]
             began = time.monotonic()
             for settings in rounds:
                 ensure_topics(settings, partitions=4)
@@ -682,8 +683,8 @@ def report(r: dict) -> str:
                 f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms; -> explained_at "
                 f"p50 {lat['explained_at_p50_ms']} ms, p99 {lat['explained_at_p99_ms']} ms; broker only p50 "
                 f"{floor['p50_ms']} ms, p99 {floor['p99_ms']} ms",
-                f"      worker CPU {lat['worker_cpu_fraction']} cores, {lat['explanations_per_cpu_s']} explanations per "
-                f"CPU-second, RSS {lat['rss_mib']} MiB; "
+                f"      worker CPU {lat['worker_cpu_fraction']} cores, {lat['explanations_per_cpu_s']} "
+                f"explanations per CPU-second, RSS {lat['rss_mib']} MiB; "
                 + ", ".join(f"{name} {cores} cores" for name, cores in lat["stack_cores"].items()),
                 "      p99 ms by second, worker:      " + " ".join(str(v) for v in lat["p99_ms_by_second"].values()),
                 "      p99 ms by second, broker only: " + " ".join(str(v) for v in floor["p99_ms_by_second"].values()),

@@ -89,7 +89,8 @@ def report(r: dict) -> str:
     lines = [f"store benchmark: {r['events_per_round']:,} PredictionEvents ({r['event_bytes_mean']} bytes) "
              f"remembered in batches of 2,000 ({r['machine']})",
              f"  {'what is written per event':<40}{'client CPU us':>15}{'wall us':>10}{'Redis bytes':>13}"]
-    for name, label in (("copy_events", "the event's bytes (reference)"), ("locations", "its location in `predictions`")):
+    for name, label in (("copy_events", "the event's bytes (reference)"),
+                        ("locations", "its location in `predictions`")):
         m = r[name]
         lines.append(f"  {label:<40}{m['client_cpu_us_per_event']:>15}{m['wall_us_per_event']:>10}"
                      f"{m['redis_bytes_per_event']:>13}")

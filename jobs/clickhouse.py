@@ -230,8 +230,9 @@ def migrate(client, database: str = DEFAULT_DATABASE) -> list[int]:
     """Apply the migrations not yet recorded in `schema_migrations`; return their versions.
 
     Every statement is idempotent (`CREATE ... IF NOT EXISTS`, `ADD COLUMN IF NOT
-    EXISTS`), so a migration interrupted half way is simply applied again. A changed file of an applied version is
-    reported in the log, not re-applied: add a new version instead.
+    EXISTS`), so a migration interrupted half way is simply applied again. A
+    changed file of an applied version is reported in the log, not re-applied:
+    add a new version instead.
     """
     db = ident(database)
     client.command(
@@ -282,7 +283,8 @@ def reference_columns(model) -> list[list]:
         [model.name] * f, [model.version] * f, names, list(range(f)),
         [list(map(float, e)) for e in edges], [list(map(float, h)) for h in hist],
         [float(v) for v in np.abs(shap).mean(axis=0)], [float(v) for v in shap.mean(axis=0)],
-        [float(v) for v in np.square(shap).mean(axis=0)], [list(QUANTILE_LEVELS)] * f, [list(map(float, q)) for q in quantiles],
+        [float(v) for v in np.square(shap).mean(axis=0)],
+        [list(QUANTILE_LEVELS)] * f, [list(map(float, q)) for q in quantiles],
         [len(shap)] * f, [float(getattr(model, "threshold", float("nan")))] * f,
     ]
 

@@ -145,12 +145,14 @@ class DriftMonitor:
             # The reference mean is a sample mean too (a few thousand held-out rows): its error counts.
             n_reference = float(row.get("n_reference") or 0.0)  # 0: registered before the spread was kept
             reference_variance = max(float(row.get("reference_mean_sq_shap") or 0.0) - reference * reference, 0.0)
-            # A heavy-tailed attribution's window that happens to miss its rare large values has both
-            # a low mean and a low spread, and would look precisely off: without drift the window
-            # spreads like the reference, so its error is taken as at least that.
-            variance = max(variance, reference_variance if n_reference > 0 else 0.0)
-            stderr = math.sqrt(variance / max(float(row["effective_n"]), 1.0)
-                               + (reference_variance / n_reference if n_reference > 0 else 0.0))
+            reference_error = 0.0
+            if n_reference > 0:
+                reference_error = reference_variance / n_reference
+                # A heavy-tailed attribution's window that happens to miss its rare large values has
+                # both a low mean and a low spread, and would look precisely off: without drift the
+                # window spreads like the reference, so its error is taken as at least that.
+                variance = max(variance, reference_variance)
+            stderr = math.sqrt(variance / max(float(row["effective_n"]), 1.0) + reference_error)
             significant = abs(mean_abs - reference) > self.stability_z * stderr
             out.append(Judgement("stability", stability, threshold, stability > threshold and significant))
         return out

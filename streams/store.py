@@ -197,9 +197,8 @@ class RedisStore:
             script(keys=keys, args=args, client=pipe)
         return pipe.execute()
 
-    def _cache_keys(self, model_version: str, feature_hashes: list[bytes]) -> list[str]:
-        head = self._key("xcache", model_version) + ":"
-        return [head + h.hex() for h in feature_hashes]
+    def _cache_key(self, model_version: str, feature_hash: bytes) -> str:
+        return self._key("xcache", f"{model_version}:{feature_hash.hex()}")
 
     # -- a batch's due events: dedup of published explanations and the explanation cache ------------------------
 
@@ -208,8 +207,8 @@ class RedisStore:
         """In one round trip: per id, was an explanation for it already published (by any
         worker)? Per feature hash, the cached attributions of this model version, or None."""
         n = len(prediction_ids)
-        keys = [self._key("published", pid) for pid in prediction_ids] + self._cache_keys(model_version,
-                                                                                           feature_hashes)
+        keys = [self._key("published", pid) for pid in prediction_ids]
+        keys += [self._cache_key(model_version, digest) for digest in feature_hashes]
         if not keys:
             return [], []
 
@@ -228,7 +227,7 @@ class RedisStore:
         if len(prediction_ids) != len(explanations):
             raise ValueError(f"{len(prediction_ids)} ids but {len(explanations)} explanations")
         keys = [self._key("published", pid) for pid in prediction_ids]
-        keys += [self._cache_keys(version, [digest])[0] for version, digest, _ in cached]
+        keys += [self._cache_key(version, digest) for version, digest, _ in cached]
         if not keys:
             return
         values = [*explanations, *(payload for _, _, payload in cached)]
