@@ -23,7 +23,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-from whystream.config import TOPICS, Settings, stack_env_file
+from whystream.config import TOPICS, Settings, stack_env_file, write_private
 from whystream.errors import ConfigError, WhystreamError
 
 
@@ -209,7 +209,7 @@ class EmbeddedStack:
             raise
         if self.write_env_file:
             lines = {**self.env(), "WHYSTREAM_STACK_PID": str(os.getpid())}
-            stack_env_file(self.home).write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
+            write_private(stack_env_file(self.home), "".join(f"{k}={v}\n" for k, v in lines.items()))
         return self.settings
 
     def env(self) -> dict[str, str]:

@@ -11,26 +11,17 @@ and read-only queries through a running sink.
   histogram, mean |SHAP| and quantiles in `model_reference` (once per version).
 - A chDB directory is open in one process only. While `whystream sink` runs it
   owns the directory and serves read-only queries on a loopback port written to
-  `<home>/sink.port`; `open_query_client` uses that port when it is there.
+  `<home>/sink.port` (`query_port`; what may run there: `sql_guard`).
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import decimal
 import hashlib
-import ipaddress
-import json
 import logging
 import math
-import os
 import re
-import threading
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
@@ -38,7 +29,7 @@ from urllib.parse import urlparse, urlunparse
 
 import numpy as np
 
-from whystream.config import ENV, Settings
+from whystream.config import ENV, Settings, mask_secrets
 from whystream.errors import ConfigError, WhystreamError
 
 log = logging.getLogger("whystream.clickhouse")
@@ -52,7 +43,6 @@ QUANTILE_LEVELS = tuple(round((i + 0.5) / 20, 3) for i in range(20))
 # Settings for every insert into `explanations`: the deduplication token must
 # also deduplicate the blocks the materialized views write (see docs).
 DEDUP_SETTINGS = {"deduplicate_blocks_in_dependent_materialized_views": 1}
-READ_ONLY_VERBS = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN")
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -106,19 +96,7 @@ class Dsn:
 
     @property
     def redacted(self) -> str:
-        return redact(self.url)
-
-
-def redact(dsn: str) -> str:
-    """The DSN without its password, for messages."""
-    try:
-        parts = urlparse(dsn)
-        if parts.password:
-            netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-            return urlunparse(parts._replace(netloc=netloc))
-    except ValueError:
-        pass
-    return dsn
+        return mask_secrets(self.url)
 
 
 def parse_dsn(dsn: str) -> Dsn:
@@ -128,7 +106,7 @@ def parse_dsn(dsn: str) -> Dsn:
         parts = urlparse(text)
         _ = parts.port  # raises on a malformed port
     except ValueError as exc:
-        raise ConfigError(DSN_VAR, f"cannot parse {redact(text)!r} ({exc}); expected chdb:///path or http://host:8123") from None
+        raise ConfigError(DSN_VAR, f"cannot parse {mask_secrets(text)!r} ({exc}); expected chdb:///path or http://host:8123") from None
     if parts.scheme == "chdb":
         rest = text[len("chdb://"):].split("?", 1)[0]
         if rest in ("memory", ":memory:"):
@@ -139,7 +117,7 @@ def parse_dsn(dsn: str) -> Dsn:
         return Dsn("chdb", path, f"chdb://{path}")
     if parts.scheme in ("http", "https") and parts.hostname:
         return Dsn("http", None, text)
-    raise ConfigError(DSN_VAR, f"unsupported DSN {redact(text)!r}; expected chdb:///path (embedded) or "
+    raise ConfigError(DSN_VAR, f"unsupported DSN {mask_secrets(text)!r}; expected chdb:///path (embedded) or "
                                "http(s)://[user:password@]host:8123 (a ClickHouse server)")
 
 
@@ -342,7 +320,7 @@ EXPLANATION_COLUMNS = [
     "explained_at", "output_space", "base_value", "raw_score", "attributions.feature", "attributions.value",
     "attributions.shap", "top_reasons.feature", "top_reasons.value", "top_reasons.shap", "score", "decision",
     "threshold", "sampling_reason", "inclusion_weight", "stratum", "source", "cached", "latency_ms", "worker",
-    "kafka_partition", "kafka_offset",
+    "redacted_features", "kafka_partition", "kafka_offset",
 ]
 
 
@@ -354,7 +332,7 @@ def explanation_columns(events: Iterable[dict], positions: Iterable[tuple[int, i
     cols: list[list] = [[] for _ in EXPLANATION_COLUMNS]
     (pid, name, version, explainer, explainer_v, event_time, explained_at, space, base, raw, a_feat, a_val, a_shap,
      r_feat, r_val, r_shap, score, decision, threshold, reason, weight, stratum, source, cached, latency, worker,
-     part, off) = cols
+     redacted, part, off) = cols
     for e, (p, o) in zip(events, positions):
         pid.append(e["prediction_id"])
         name.append(e["model_name"])
@@ -384,6 +362,7 @@ def explanation_columns(events: Iterable[dict], positions: Iterable[tuple[int, i
         cached.append(bool(e.get("cached", True)))
         latency.append(float(e["latency_ms"]))
         worker.append(e.get("worker", ""))
+        redacted.append(list(e.get("redacted_features", ())))
         part.append(int(p))
         off.append(int(o))
     return cols
@@ -401,173 +380,3 @@ def insert_columns(client, columns: list[list], database: str = DEFAULT_DATABASE
     client.insert("explanations", columns, database=ident(database),
                   column_names=EXPLANATION_COLUMNS, column_oriented=True,
                   settings={**DEDUP_SETTINGS, "insert_deduplication_token": token or uuid.uuid4().hex})
-
-
-# ---------------------------------------------------------------- read-only queries
-
-def check_read_only(sql: str) -> str:
-    """`sql` if it is one read-only statement (SELECT, WITH, SHOW, DESCRIBE,
-    EXPLAIN); else WhystreamError saying so."""
-    text = sql.strip().rstrip(";").strip()
-    body = re.sub(r"^(\s*(--[^\n]*\n|/\*.*?\*/))*", "", text, flags=re.S).strip()
-    verb = (re.match(r"[A-Za-z]+", body) or [""])[0].upper()
-    if verb not in READ_ONLY_VERBS:
-        raise WhystreamError(f"only read-only queries are allowed ({', '.join(READ_ONLY_VERBS)}); "
-                             f"got {verb or body[:20]!r}")
-    if ";" in _strip_strings(body):
-        raise WhystreamError("one statement at a time, please (found ';' inside the query)")
-    return body
-
-
-def _strip_strings(sql: str) -> str:
-    return re.sub(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|`(?:[^`\\]|\\.)*`", "''", sql)
-
-
-def read_only_query(client, sql: str):
-    """Run a checked read-only statement; the server enforces it too (readonly=2).
-    Use a client dedicated to reading: on chDB a refused statement can leave
-    its session read-only (the setting cannot be reset in read-only mode)."""
-    return client.query(check_read_only(sql), settings={"readonly": 2})
-
-
-class ProxyResult:
-    def __init__(self, column_names, column_types, result_rows):
-        self.column_names = tuple(column_names)
-        self.column_types = tuple(column_types)
-        self.result_rows = [tuple(r) for r in result_rows]
-
-    def named_results(self):
-        return [dict(zip(self.column_names, r)) for r in self.result_rows]
-
-
-class SinkQueryClient:
-    """Read-only queries through the query port of a running `whystream sink`
-    (which owns the chDB directory). Quacks like a clickhouse-connect client
-    for `query()`; values come back as JSON types (times as ISO strings)."""
-
-    def __init__(self, port: int, database: str = DEFAULT_DATABASE, timeout: float = 120.0):
-        self.url = f"http://127.0.0.1:{port}/query"
-        self.database = database
-        self.timeout = timeout
-
-    def query(self, sql: str, settings: dict | None = None) -> ProxyResult:
-        body = json.dumps({"sql": sql, "database": self.database}).encode()
-        request = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                reply = json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            reply = json.loads(exc.read() or b"{}")
-            raise WhystreamError(reply.get("error") or f"query port answered HTTP {exc.code}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise ConfigError(DSN_VAR, f"the `whystream sink` query port {self.url} does not answer ({exc})") from None
-        return ProxyResult(reply["columns"], reply["types"], reply["rows"])
-
-    def close(self) -> None:
-        pass
-
-
-def _jsonable(value):
-    if isinstance(value, (dt.datetime, dt.date)):
-        return value.isoformat()
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, (decimal.Decimal, uuid.UUID, ipaddress.IPv4Address, ipaddress.IPv6Address, bytes)):
-        return str(value)
-    return value
-
-
-class QueryServer:
-    """The read-only query port a `whystream sink` process serves on 127.0.0.1,
-    advertised in `<home>/sink.port` while it runs."""
-
-    def __init__(self, settings: Settings, database: str = DEFAULT_DATABASE, port: int = 0):
-        self.settings = settings
-        self.database = database
-        self._clients: dict[str, Any] = {}
-        self._lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server's naming)
-                try:
-                    request = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-                    result = server.query(request.get("database") or server.database, request["sql"])
-                    reply = {"columns": list(result.column_names),
-                             "types": [t.name for t in result.column_types],
-                             "rows": [_jsonable(list(r)) for r in result.result_rows]}
-                    status = 200
-                except Exception as exc:  # the caller gets the message, the sink keeps running
-                    reply, status = {"error": one_line(exc, 2000)}, 400
-                data = json.dumps(reply).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="whystream-query-port", daemon=True)
-
-    def query(self, database: str, sql: str):
-        """One read-only query, on a client per database (queries run one at a time)."""
-        with self._lock:
-            if database not in self._clients:
-                dsn = parse_dsn(self.settings.require("clickhouse_dsn"))
-                self._clients[database] = _open_client(dsn, ident(database))
-            return read_only_query(self._clients[database], sql)
-
-    def port_file(self) -> Path:
-        return self.settings.home / PORT_FILE
-
-    def start(self) -> "QueryServer":
-        self.thread.start()
-        path = self.port_file()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"port": self.port, "pid": os.getpid(),
-                                    "dsn": parse_dsn(self.settings.require("clickhouse_dsn")).url}) + "\n")
-        return self
-
-    def stop(self) -> None:
-        try:
-            advertised = json.loads(self.port_file().read_text())
-            if advertised.get("pid") == os.getpid():
-                self.port_file().unlink()
-        except (OSError, ValueError):
-            pass
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def advertised_port(settings: Settings, dsn: Dsn) -> int | None:
-    """The query port of a live `whystream sink` that owns this chDB directory, if any."""
-    try:
-        info = json.loads((settings.home / PORT_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    pid = info.get("pid")
-    if not isinstance(pid, int) or not Path(f"/proc/{pid}").exists():
-        return None
-    if info.get("dsn") != dsn.url:
-        return None
-    return int(info["port"])
-
-
-def open_query_client(settings: Settings, database: str = DEFAULT_DATABASE):
-    """A client for read-only work: through a running sink's query port when it
-    owns the chDB directory, else a direct connection."""
-    dsn = parse_dsn(settings.require("clickhouse_dsn"))
-    if dsn.kind == "chdb":
-        port = advertised_port(settings, dsn)
-        if port is not None:
-            return SinkQueryClient(port, database)
-    return connect(settings, database)

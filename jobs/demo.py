@@ -31,7 +31,8 @@ from whystream.jobs.generator import DriftSpec
 from whystream.jobs.produce import produce
 from whystream.jobs.registry import ModelRegistry
 from whystream.jobs.train import train_model
-from whystream.jobs.clickhouse import open_query_client, rows
+from whystream.jobs.clickhouse import rows
+from whystream.jobs.query_port import open_query_client
 from whystream.streams.topic_stats import message_count, read_all
 
 MALFORMED = [b"not avro", b"\xc3\x01" + b"\x00" * 8, b""]

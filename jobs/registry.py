@@ -23,11 +23,12 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterable
 
 import lightgbm as lgb
 import numpy as np
 
-from whystream.errors import ModelNotFound
+from whystream.errors import ModelNotFound, WhystreamError
 
 N_BINS = 10  # drift-histogram bins per feature
 ATOM_TOLERANCE = 1e-9  # SHAP values this close (relative to the feature's scale) are one value for binning
@@ -52,6 +53,7 @@ class RegisteredModel:
     created_at: str  # ISO 8601, UTC
     metrics: dict = field(default_factory=dict)
     path: Path | None = None
+    redacted_features: frozenset[str] = frozenset()  # values left out of explanations (attributions stay)
 
     def feature_index(self) -> dict[str, int]:
         """Column of each feature in X and in SHAP arrays."""
@@ -101,9 +103,12 @@ def shap_histogram(shap: np.ndarray, bin_edges: np.ndarray) -> np.ndarray:
     return counts
 
 
-def _content_version(model_str: str, threshold: float, feature_names: list[str]) -> str:
+def _content_version(model_str: str, threshold: float, feature_names: list[str], redact: list[str]) -> str:
     h = hashlib.sha256()
-    for part in (model_str, repr(float(threshold)), "\n".join(feature_names)):
+    # A redaction list is part of the version (a version's explanations are redacted alike);
+    # versions without one keep the hash they always had.
+    parts = (model_str, repr(float(threshold)), "\n".join(feature_names)) + (("\n".join(redact),) if redact else ())
+    for part in parts:
         h.update(part.encode())
         h.update(b"\0")  # keeps the parts from running into each other
     return h.hexdigest()[:12]
@@ -130,15 +135,22 @@ class ModelRegistry:
         threshold: float,
         reference_X: np.ndarray,
         metrics: dict | None = None,
+        redact: Iterable[str] = (),
     ) -> RegisteredModel:
         """Store `booster` as a version of `name` and make it the latest.
 
         `reference_X` is a held-out sample; its SHAP values become the baseline
-        that live explanations are compared against.
+        that live explanations are compared against. The values of the features
+        in `redact` never appear in its explanations (their attributions do).
         """
         model_str = booster.model_to_string()
         feature_names = booster.feature_name()
-        version = _content_version(model_str, threshold, feature_names)
+        redact = sorted(set(redact))
+        unknown = [f for f in redact if f not in feature_names]
+        if unknown:
+            raise WhystreamError(f"cannot redact {', '.join(unknown)}: not features of this model "
+                                 f"({', '.join(feature_names[:8])}{', ...' if len(feature_names) > 8 else ''})")
+        version = _content_version(model_str, threshold, feature_names, redact)
         model_dir = self.root / name / version
         if not model_dir.exists():
             shap = booster.predict(np.asarray(reference_X, dtype=float), pred_contrib=True)[:, :-1]
@@ -154,6 +166,7 @@ class ModelRegistry:
                 "metrics": metrics or {},
                 "n_reference": len(shap),
                 "n_bins": N_BINS,
+                "redact": redact,
             }
             self._write_version(model_dir, model_str, meta, shap, edges, hist)
         _write_atomic(self.root / name / "LATEST", version + "\n")
@@ -236,5 +249,6 @@ def _load_version(version_dir: Path) -> RegisteredModel:
         created_at=meta["created_at"],
         metrics=meta["metrics"],
         path=version_dir,
+        redacted_features=frozenset(meta.get("redact", ())),
         **arrays,
     )

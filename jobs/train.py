@@ -34,6 +34,7 @@ def train_model(
     num_trees: int = 300,
     num_leaves: int = 31,
     progress: bool = True,
+    redact: tuple[str, ...] = (),
 ) -> RegisteredModel:
     """Train a LightGBM fraud classifier on generated data and register it.
 
@@ -90,7 +91,7 @@ def train_model(
             "num_leaves": num_leaves,
             "train_seconds": round(train_seconds, 2),
         }
-        model = registry.register(name, booster, threshold, valid.X[:N_REFERENCE], metrics)
+        model = registry.register(name, booster, threshold, valid.X[:N_REFERENCE], metrics, redact=redact)
         bar.update(step, total=1, completed=1)
     if progress:
         Console().print(

@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit
 
 from whystream.streams.codec import load_schema
-from whystream.streams.explanation import TOP_REASONS
+from whystream.streams.explanation import TOP_REASONS, redact_values
 
 
 def avro_long(n: int) -> bytes:
@@ -40,6 +40,11 @@ def avro_long(n: int) -> bytes:
 def _string(text: str) -> bytes:
     data = text.encode("utf-8")
     return avro_long(len(data)) + data
+
+
+def _string_array(texts: list[str]) -> bytes:
+    """An Avro array of strings: one block of all items, then the closing 0."""
+    return (avro_long(len(texts)) + b"".join(map(_string, texts)) if texts else b"") + b"\0"
 
 
 def _texts(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -149,7 +154,7 @@ def _encode(header, head, output_space, tail, names, name_at, ids, id_at, decisi
         out[o] = 1 if cached else 0
         o += 1
         o = _put_double(out, o, float(explained_at - event_time[i]), cell, cell_bytes)  # latency_ms
-        o = _put_bytes(out, o, tail, 0, tail.shape[0])  # worker
+        o = _put_bytes(out, o, tail, 0, tail.shape[0])  # worker, redacted_features
         ends[i] = o
 
 
@@ -181,10 +186,11 @@ class ExplanationEncoder:
 
     def encode(self, model, records: list[dict], X: np.ndarray, attributions, reasons: list[str],
                weights: list[float], strata: list[str], *, adverse, explainer_version: str, cached: bool,
-               worker: str, explained_at: int) -> list[bytes]:
+               worker: str, explained_at: int, redacted=frozenset()) -> list[bytes]:
         n = len(records)
         if n == 0:
             return []
+        X, redacted_names = redact_values(model.feature_names, X, redacted)
         X = np.ascontiguousarray(X, dtype=np.float64)
         shap = np.ascontiguousarray(attributions.shap, dtype=np.float64)
         names, name_at = self._feature_names(model.feature_names)
@@ -194,7 +200,7 @@ class ExplanationEncoder:
         head = np.frombuffer(_string(model.name) + _string(model.version) + _string(self.explainer)
                              + _string(explainer_version), dtype=np.uint8)
         output_space = np.frombuffer(_string("raw_margin"), dtype=np.uint8)
-        tail = np.frombuffer(_string(worker), dtype=np.uint8)
+        tail = np.frombuffer(_string(worker) + _string_array(redacted_names), dtype=np.uint8)
         widest = int(name_at[-1]) + 27 * X.shape[1]  # names, union branch, value and shap of every feature
         size = n * (len(self.header) + len(head) + len(output_space) + len(tail) + widest * 2 + 120) \
             + len(ids) + len(decisions) + len(strata_blob)

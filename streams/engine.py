@@ -46,7 +46,7 @@ from whystream.streams.explanation import build_explanations
 from whystream.streams.metrics import Metrics
 from whystream.streams.sampling import RESERVOIR, Reservoirs, SamplingConfig, priority_reasons
 from whystream.streams.store import RedisStore, feature_hash
-from whystream.streams.topic_stats import read_one
+from whystream.streams.topic_stats import OffsetReader
 from whystream.streams.treeshap import EXPLAINER_NAME, EXPLAINER_VERSION
 from whystream.streams.validate import Inbound, ModelBatch, RawMessage, Validator
 
@@ -61,6 +61,7 @@ def worker_id() -> str:
 class EngineConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     latency_budget_ms: float = 2000.0
+    redact: frozenset[str] = frozenset()  # --redact: on top of each model's own list
 
 
 @dataclass
@@ -129,6 +130,7 @@ class Engine:
         # Versions whose first new_version_events events have been seen (by any worker): the shared
         # count is not asked again, one Redis round trip less per batch.
         self._established: set[str] = set()
+        self.predictions_reader = OffsetReader(settings, topic)  # explain on demand reads events back
 
     def connect_publisher(self, timeout: float = 10.0) -> None:
         """Fetch the metadata of the topics the engine writes now: a producer's first send to a
@@ -285,7 +287,7 @@ class Engine:
             records, reasons = [work.records[i] for i in keep], [work.reasons[i] for i in keep]
             weights, strata = [work.weights[i] for i in keep], [work.strata[i] for i in keep]
             common = dict(adverse=self.config.sampling.adverse_decisions, explainer_version=EXPLAINER_VERSION,
-                          cached=self.store.available, worker=self.worker)
+                          cached=self.store.available, worker=self.worker, redacted=self.redacted(work.model))
             explained_at = int(time.time() * 1000)
             if self._encoder is not None:
                 values = self._encoder.encode(work.model, records, X, attributions, reasons, weights, strata,
@@ -356,7 +358,7 @@ class Engine:
         if published is not None:
             return self.explanation_codec.decode(published), None
         location = self.store.recall_location(prediction_id)
-        return None, read_one(self.settings, self.settings.topic("predictions"), *location) if location else None
+        return None, self.predictions_reader.read(*location) if location else None
 
     def explain_event(self, prediction_id: str, raw: bytes) -> dict | None:
         """An ON_DEMAND explanation of the PredictionEvent `raw`, if it is valid and is `prediction_id`."""
@@ -372,8 +374,13 @@ class Engine:
         return build_explanations(batch.model, [batch.record(0)], batch.X, attributions, ["ON_DEMAND"], [1.0],
                                   [batch.strata[0]], adverse=self.config.sampling.adverse_decisions,
                                   explainer_version=EXPLAINER_VERSION, cached=self.store.available,
-                                  worker=self.worker)[0]
+                                  worker=self.worker, redacted=self.redacted(batch.model))[0]
+
+    def redacted(self, model) -> frozenset[str]:
+        """Features whose values this worker leaves out of `model`'s explanations."""
+        return model.redacted_features | self.config.redact
 
     def close(self) -> None:
         self._remembered()
         self.producer.flush(10)
+        self.predictions_reader.close()

@@ -27,14 +27,27 @@ def _value(v: float) -> float | None:
     return None if math.isnan(v) else float(v)
 
 
+def redact_values(feature_names: list[str], X: np.ndarray, redacted) -> tuple[np.ndarray, list[str]]:
+    """The feature values an explanation may show: X with the columns of the
+    `redacted` features blanked (written as null), and those features' names
+    in model order. The attributions are computed from X itself, before this."""
+    hidden = [j for j, f in enumerate(feature_names) if f in redacted]
+    if not hidden:
+        return X, []
+    values = np.array(X, dtype=np.float64)
+    values[:, hidden] = np.nan
+    return values, [feature_names[j] for j in hidden]
+
+
 def build_explanations(model: RegisteredModel, records: list[dict], X: np.ndarray, attributions, reasons: list[str],
                        weights: list[float], strata: list[str], *, adverse, explainer_version: str, cached: bool,
-                       worker: str) -> list[dict]:
+                       worker: str, redacted=frozenset()) -> list[dict]:
     names = model.feature_names
+    values, redacted_names = redact_values(names, np.atleast_2d(X), redacted)
     explained_at = int(time.time() * 1000)
     events = []
     for i, record in enumerate(records):
-        row, shap_row = X[i], attributions.shap[i]
+        row, shap_row = values[i], attributions.shap[i]
         events.append({
             "prediction_id": record["prediction_id"],
             "model_name": model.name,
@@ -59,5 +72,6 @@ def build_explanations(model: RegisteredModel, records: list[dict], X: np.ndarra
             "cached": cached,
             "latency_ms": float(explained_at - record["event_time"]),
             "worker": worker,
+            "redacted_features": redacted_names,
         })
     return events

@@ -8,6 +8,7 @@ batches rather than records, so `high - low` undercounts there.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from typing import Callable
@@ -52,20 +53,39 @@ def read_all(settings: Settings, topic: str, schema: str, timeout: float = 60.0,
     return records
 
 
-def read_one(settings: Settings, topic: str, partition: int, offset: int, timeout: float = 5.0) -> bytes | None:
-    """The value of the message at (partition, offset), or None if the topic no longer has it."""
-    consumer = Consumer(settings.kafka(**{"group.id": f"whystream-peek-{uuid.uuid4().hex[:8]}",
-                                          "enable.auto.commit": False, "auto.offset.reset": "error"}))
-    try:
-        consumer.assign([TopicPartition(topic, partition, offset)])
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            message = consumer.poll(0.1)
-            if message is None:
-                continue
-            if message.error() is not None:  # offset out of range: gone with retention
-                return None
-            return message.value() if message.offset() == offset else None
-        return None
-    finally:
-        consumer.close()
+class OffsetReader:
+    """Reads single messages of one topic at known offsets through one
+    long-lived consumer (no group), one read at a time: explain-on-demand
+    must not open a broker connection per request."""
+
+    def __init__(self, settings: Settings, topic: str):
+        self.settings = settings
+        self.topic = topic
+        self._consumer: Consumer | None = None
+        self._lock = threading.Lock()
+
+    def read(self, partition: int, offset: int, timeout: float = 5.0) -> bytes | None:
+        """The value at (partition, offset), or None if the topic no longer has it."""
+        with self._lock:
+            if self._consumer is None:
+                self._consumer = Consumer(self.settings.kafka(**{
+                    "group.id": f"whystream-peek-{uuid.uuid4().hex[:8]}",
+                    "enable.auto.commit": False, "auto.offset.reset": "error"}))
+            consumer = self._consumer
+            consumer.assign([TopicPartition(self.topic, partition, offset)])
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                message = consumer.poll(0.1)
+                if message is None:
+                    continue
+                if message.error() is not None:  # offset out of range: gone with retention
+                    return None
+                if message.partition() == partition and message.offset() == offset:
+                    return message.value()
+            return None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._consumer is not None:
+                self._consumer.close()
+                self._consumer = None

@@ -30,7 +30,6 @@ import asyncio
 import logging
 import threading
 import time
-from functools import partial
 
 import faust
 import mode
@@ -42,6 +41,7 @@ from faust.app.base import BootStrategy
 from whystream.config import Settings
 from whystream.streams.engine import Engine, EngineConfig
 from whystream.streams.validate import Inbound, RawMessage
+from whystream.streams.web_access import WebAccess
 
 log = logging.getLogger("whystream.worker")
 
@@ -226,8 +226,15 @@ class Ingest:
                 pass
 
 
+# /explain requests served at once (each reads the topic and may run TreeSHAP); more wait.
+EXPLAIN_CONCURRENCY = 4
+EXPLAIN_WAIT_S = 10.0
+
+
 def create_app(settings: Settings, config: EngineConfig | None = None, web_port: int = 6066,
-               batch_size: int = 2000, session_timeout_s: float = 6.0) -> faust.App:
+               batch_size: int = 2000, session_timeout_s: float = 6.0,
+               access: WebAccess | None = None) -> faust.App:
+    access = access or WebAccess()
     engine = Engine(settings, config)
     ingest = Ingest(engine, batch_size=batch_size, session_timeout_s=session_timeout_s)
     datadir = settings.home / "faust" / str(web_port)  # one per worker on a host
@@ -241,8 +248,8 @@ def create_app(settings: Settings, config: EngineConfig | None = None, web_port:
         broker=f"kafka://{settings.require('broker')}",
         datadir=str(datadir),
         web_port=web_port,
-        web_host="127.0.0.1",
-        web_bind="0.0.0.0",
+        web_host=access.advertised_host,
+        web_bind=access.bind,
     )
     app.engine, app.ingest = engine, ingest
 
@@ -271,35 +278,60 @@ def create_app(settings: Settings, config: EngineConfig | None = None, web_port:
     async def metrics(web, request):
         return web.bytes(engine.metrics.exposition(), content_type="text/plain; version=0.0.4")
 
+    health = HealthChecks(engine)
+
     @app.page("/health")
-    async def health(web, request):
-        checks = await asyncio.get_running_loop().run_in_executor(None, partial(health_checks, engine))
+    async def health_page(web, request):
+        checks = await asyncio.get_running_loop().run_in_executor(None, health.run)
         return web.json(checks, status=200 if all(c["ok"] for c in checks.values()) else 503)
+
+    explaining = asyncio.Semaphore(EXPLAIN_CONCURRENCY)
 
     @app.page("/explain/{prediction_id}")
     async def explain_one(web, request, prediction_id):
-        published, raw = await asyncio.get_running_loop().run_in_executor(None, engine.find_decision, prediction_id)
-        explanation = published or (await with_engine(engine.explain_event, prediction_id, raw) if raw else None)
+        if not access.may_explain(request.headers.get("Authorization")):
+            return web.json({"error": "missing or wrong bearer token"}, status=401,
+                            headers={"WWW-Authenticate": "Bearer"})
+        try:
+            await asyncio.wait_for(explaining.acquire(), EXPLAIN_WAIT_S)
+        except asyncio.TimeoutError:
+            return web.json({"error": "busy explaining; try again"}, status=503, headers={"Retry-After": "1"})
+        try:
+            published, raw = await asyncio.get_running_loop().run_in_executor(None, engine.find_decision,
+                                                                              prediction_id)
+            explanation = published or (await with_engine(engine.explain_event, prediction_id, raw) if raw else None)
+        finally:
+            explaining.release()
         if explanation is None:
-            return web.json({"error": f"no recent decision with prediction_id {prediction_id!r}"}, status=404)
+            return web.json({"error": f"no recent decision with prediction_id {prediction_id[:200]!r}"},
+                            status=404)
         return web.json(explanation)
 
     return app
 
 
-def health_checks(engine: Engine) -> dict:
-    """Whether the broker, Redis and the model registry are reachable, each with a detail."""
-    checks = {}
-    try:
-        AdminClient(engine.settings.kafka()).list_topics(timeout=2)
-        checks["broker"] = {"ok": True, "detail": engine.settings.broker}
-    except Exception as exc:
-        checks["broker"] = {"ok": False, "detail": str(exc)}
-    up = engine.store.ping()
-    checks["redis"] = {"ok": up, "detail": "reachable" if up else "unreachable: explaining without cache and dedup"}
-    models = engine.registry.models() if engine.registry.root.exists() else []
-    checks["registry"] = {"ok": bool(models), "detail": ", ".join(models) or f"no models in {engine.registry.root}"}
-    return checks
+class HealthChecks:
+    """Whether the broker, Redis and the model registry are reachable, each with
+    a detail that names no address or secret. One admin client serves every check."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._admin: AdminClient | None = None
+
+    def run(self) -> dict:
+        engine, checks = self.engine, {}
+        try:
+            if self._admin is None:
+                self._admin = AdminClient(engine.settings.kafka())
+            self._admin.list_topics(timeout=2)
+            checks["broker"] = {"ok": True, "detail": "reachable"}
+        except Exception as exc:
+            checks["broker"] = {"ok": False, "detail": f"unreachable ({type(exc).__name__})"}
+        up = engine.store.ping()
+        checks["redis"] = {"ok": up, "detail": "reachable" if up else "unreachable: explaining without cache and dedup"}
+        models = engine.registry.models() if engine.registry.root.exists() else []
+        checks["registry"] = {"ok": bool(models), "detail": f"{len(models)} models" if models else "no models"}
+        return checks
 
 
 def run_worker(settings: Settings, config: EngineConfig | None = None, web_port: int = 6066,

@@ -17,6 +17,7 @@ from whystream.config import Settings
 from whystream.errors import ConfigError, WhystreamError
 from whystream.jobs import clickhouse as ch
 from whystream.jobs import drift_sql
+from whystream.jobs.query_port import QueryServer, SinkQueryClient, open_query_client
 
 TABLES = {"schema_migrations", "explanations", "model_reference", "attribution_hist", "attribution_hist_mv",
           "attribution_stats", "attribution_stats_mv", "engine_stats", "engine_stats_mv", "drift_alerts",
@@ -175,35 +176,6 @@ def test_same_token_twice_writes_once_everywhere(db):
     assert counts == {"raw": len(events), "hist": 2 * len(events), "stats": 2 * len(events), "engine": len(events)}
 
 
-def test_sql_accepts_reads_and_rejects_writes(stack, db):
-    _, database = db
-    client = ch.connect(stack, database)  # read-only use only: a refused write leaves a chDB session read-only
-    for ok in ["SELECT 1", "  with 1 AS x SELECT x", "SHOW TABLES", "DESCRIBE TABLE system.one",
-               "EXPLAIN SELECT 1", "-- comment\nSELECT ';'", "SELECT 1;"]:
-        ch.check_read_only(ok)
-    for bad in ["INSERT INTO t VALUES (1)", "DROP TABLE x", "ALTER TABLE t DELETE WHERE 1", "SELECT 1; DROP TABLE t",
-                "OPTIMIZE TABLE t", "CREATE TABLE x (a Int8) ENGINE = Memory", "TRUNCATE t", "", "SYSTEM STOP MERGES"]:
-        with pytest.raises(WhystreamError):
-            ch.check_read_only(bad)
-    assert ch.read_only_query(client, "SELECT 41 + 1 AS x").result_rows == [(42,)]
-    # the server refuses writes too, whatever the text looks like
-    with pytest.raises(Exception, match="(?i)readonly"):
-        client.command(f"INSERT INTO {database}.drift_alerts (alert_id) VALUES ('x')", settings={"readonly": 2})
-
-
-def test_cli_sql_rejects_writes(stack, db):
-    from typer.testing import CliRunner
-
-    from whystream.cli import app
-
-    result = CliRunner().invoke(app, ["--clickhouse-dsn", stack.clickhouse_dsn, "sql", "DROP DATABASE whystream"])
-    assert isinstance(result.exception, WhystreamError) and "read-only" in str(result.exception)
-    result = CliRunner().invoke(app, ["--clickhouse-dsn", stack.clickhouse_dsn, "sql",
-                                      "SELECT number AS n FROM system.numbers LIMIT 3"])
-    assert result.exit_code == 0, result.output
-    assert "n" in result.output and "2" in result.output
-
-
 def test_query_port_serves_read_only_queries(stack, db, tmp_path):
     client, database = db
     model = synthetic_model(n_features=3, seed=13)
@@ -212,15 +184,15 @@ def test_query_port_serves_read_only_queries(stack, db, tmp_path):
     events, _ = stream(model, t0, minutes=3, per_minute=600, seed=14)
     ch.insert_explanations(client, events, database)
     settings = stack.with_(home=tmp_path)
-    server = ch.QueryServer(settings, database).start()
+    server = QueryServer(settings, database).start()
     try:
-        proxy = ch.open_query_client(settings, database)
-        assert isinstance(proxy, ch.SinkQueryClient)
+        proxy = open_query_client(settings, database)
+        assert isinstance(proxy, SinkQueryClient)
         direct = drift_sql.feature_drift(client, model.name, t0, t0 + 3 * MINUTE_MS, database)
         via = drift_sql.feature_drift(proxy, model.name, t0, t0 + 3 * MINUTE_MS, database)
         assert [(r["feature"], r["n"]) for r in via] == [(r["feature"], r["n"]) for r in direct]
         assert [r["psi"] for r in via] == pytest.approx([r["psi"] for r in direct])
-        with pytest.raises(WhystreamError, match="read-only"):
+        with pytest.raises(WhystreamError, match="only one read query"):
             proxy.query(f"DROP TABLE {database}.explanations")
     finally:
         server.stop()

@@ -27,7 +27,7 @@ EXPLANATION = {
     "attributions": [{"feature": "amount", "value": 12.5, "shap": 5.0}, {"feature": "x", "value": None, "shap": 0.5}],
     "top_reasons": [{"feature": "amount", "value": 12.5, "shap": 5.0}], "score": 0.93, "decision": "decline",
     "threshold": 0.5, "sampling_reason": "ADVERSE", "inclusion_weight": 1.0, "stratum": "ecom",
-    "source": "LIVE", "cached": True, "latency_ms": 77.0, "worker": "host:1",
+    "source": "LIVE", "cached": True, "latency_ms": 77.0, "worker": "host:1", "redacted_features": ["x"],
 }
 DEAD_LETTER = {
     "reason_code": "UNDECODABLE", "reason": "bad", "original": b"\x00\x01", "original_key": None,
@@ -72,6 +72,30 @@ def test_a_reader_on_the_current_schema_reads_events_written_with_version_1():
     fastavro.schemaless_writer(buffer, fastavro.parse_schema(old), v1_record)
     decoded = SingleObjectCodec("PredictionEvent").decode(buffer.getvalue())
     assert decoded == {**v1_record, "segment": {}, "priority": False}
+
+
+def _history_schema(name: str) -> dict:
+    return json.loads((__import__("pathlib").Path(__file__).parents[1] / f"schemas/history/{name}").read_text())
+
+
+def test_explanation_events_of_version_1_read_with_no_redacted_features():
+    old = _history_schema("ExplanationEvent.v1.avsc")
+    v1_record = {k: v for k, v in EXPLANATION.items() if k != "redacted_features"}
+    buffer = io.BytesIO(b"\xc3\x01" + schema_fingerprint(old))
+    buffer.seek(0, io.SEEK_END)
+    fastavro.schemaless_writer(buffer, fastavro.parse_schema(old), v1_record)
+    assert SingleObjectCodec("ExplanationEvent").decode(buffer.getvalue()) == {**v1_record, "redacted_features": []}
+
+
+def test_a_reader_on_explanation_version_1_reads_current_events():
+    """Old consumers keep working: they resolve the current writer schema to theirs."""
+    old = fastavro.parse_schema(_history_schema("ExplanationEvent.v1.avsc"))
+    data = SingleObjectCodec("ExplanationEvent").encode(EXPLANATION)
+    read = fastavro.schemaless_reader(io.BytesIO(data[10:]), fastavro.parse_schema(load_schema("ExplanationEvent")),
+                                      old)
+    for name in ("event_time", "explained_at"):  # fastavro applies the timestamp-millis logical type
+        read[name] = round(read[name].timestamp() * 1000)
+    assert read == {k: v for k, v in EXPLANATION.items() if k != "redacted_features"}
 
 
 def test_a_downstream_consumer_needs_only_the_avsc_files():

@@ -15,6 +15,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from whystream.errors import ConfigError
 from whystream.jobs import clickhouse as ch
+from whystream.jobs.query_port import SinkQueryClient, open_query_client
 from whystream.jobs.sink import Sink, SinkStopped, batch_token, run_sink
 from whystream.streams.codec import codec_for
 from whystream.streams.validate import RawMessage
@@ -250,8 +251,8 @@ def test_whystream_sink_command_serves_queries_while_it_owns_chdb(fresh_topics, 
         events, _ = stream(model, base_minute(0.5), 1, per_minute=300, seed=72)
         codec = codec_for("ExplanationEvent", None, settings.topic("explanations"))
         produce(settings, [(e["prediction_id"].encode(), codec.encode(e)) for e in events], {})
-        reader = ch.open_query_client(settings)
-        assert isinstance(reader, ch.SinkQueryClient)
+        reader = open_query_client(settings)
+        assert isinstance(reader, SinkQueryClient)
 
         def written():
             return ch.rows(reader, "SELECT count() AS c FROM explanations")[0]["c"]

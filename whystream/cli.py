@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from whystream.config import Settings
+from whystream.config import Settings, mask_secrets
 from whystream.errors import WhystreamError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -33,8 +33,9 @@ def settings_of(ctx: typer.Context) -> Settings:
 def connections(
     ctx: typer.Context,
     broker: Optional[str] = typer.Option(None, help="Kafka bootstrap servers [WHYSTREAM_BROKER]"),
-    redis_url: Optional[str] = typer.Option(None, help="Redis URL [WHYSTREAM_REDIS_URL]"),
-    clickhouse_dsn: Optional[str] = typer.Option(None, help="chdb:///path or http://host:8123 [WHYSTREAM_CLICKHOUSE_DSN]"),
+    redis_url: Optional[str] = typer.Option(None, help="Redis URL without a password [WHYSTREAM_REDIS_URL]"),
+    clickhouse_dsn: Optional[str] = typer.Option(None, help="chdb:///path or http://host:8123, without a password "
+                                                 "[WHYSTREAM_CLICKHOUSE_DSN]"),
     topic_prefix: Optional[str] = typer.Option(None, help="Prefix for every topic name [WHYSTREAM_TOPIC_PREFIX]"),
     registry: Optional[Path] = typer.Option(None, help="Model registry directory [WHYSTREAM_REGISTRY]"),
     home: Optional[Path] = typer.Option(None, help="Working directory for the embedded stack [WHYSTREAM_HOME, ./var]"),
@@ -70,7 +71,7 @@ def up(ctx: typer.Context, partitions: int = typer.Option(4, help="Partitions pe
     stack = EmbeddedStack(home, partitions=partitions)
     try:
         stack.start()
-        for key, value in stack.env().items():
+        for key, value in stack.settings.shown().items():
             console.print(f"{key}={value}", highlight=False, soft_wrap=True)
         console.print(f"[dim]# embedded stack up; other whystream commands with --home {home} find it. "
                       "Ctrl-C stops it.[/]")
@@ -87,13 +88,14 @@ def up(ctx: typer.Context, partitions: int = typer.Option(4, help="Partitions pe
 @app.command()
 def train(ctx: typer.Context, name: str = typer.Option("fraud", help="Model name"),
           rows: int = typer.Option(200_000, help="Training rows"),
-          trees: int = typer.Option(300), leaves: int = typer.Option(31), seed: int = typer.Option(7)):
+          trees: int = typer.Option(300), leaves: int = typer.Option(31), seed: int = typer.Option(7),
+          redact: str = typer.Option("", help="FEATURE,... whose values never appear in this model's explanations")):
     """Train the LightGBM fraud model on synthetic transactions and register it."""
     from whystream.jobs.registry import ModelRegistry
     from whystream.jobs.train import train_model
 
     model = train_model(ModelRegistry(settings_of(ctx).registry), name=name, n_train=rows, seed=seed,
-                        num_trees=trees, num_leaves=leaves)
+                        num_trees=trees, num_leaves=leaves, redact=tuple(parse_features(redact)))
     console.print(f"registered [bold]{model.name}[/] version [bold]{model.version}[/] "
                   f"(AUC {model.metrics.get('auc', float('nan')):.3f}, threshold {model.threshold:.4f}) in {model.path}")
 
@@ -126,6 +128,10 @@ def produce(ctx: typer.Context,
 @app.command()
 def worker(ctx: typer.Context,
            web_port: int = typer.Option(6066, help="Port of the worker's web server (/metrics, /health, /explain/ID)"),
+           web_bind: str = typer.Option("127.0.0.1", help="Address the web server binds; beyond loopback "
+                                        "/explain needs WHYSTREAM_API_TOKEN"),
+           redact: str = typer.Option("", help="FEATURE,... whose values are left out of every explanation "
+                                      "(attributions stay); added to the model's own list"),
            batch: int = typer.Option(2000, help="Largest batch taken from the stream at once"),
            budget: int = typer.Option(20, help="Reservoir sample size k per partition, model version, stratum and window"),
            window: float = typer.Option(10.0, help="Reservoir window length in seconds of event time"),
@@ -138,15 +144,21 @@ def worker(ctx: typer.Context,
     """Run a worker: consume `predictions`, publish `explanations` (scale out by running more)."""
     from whystream.streams.engine import EngineConfig
     from whystream.streams.sampling import SamplingConfig
+    from whystream.streams.web_access import WebAccess
     from whystream.streams.worker import run_worker
 
     settings = settings_of(ctx)
     settings.require("broker")
+    access = WebAccess.configure(web_bind)
     sampling = SamplingConfig(budget=budget, window_ms=int(window * 1000), near_threshold_band=band,
                               stratum_key=stratum, new_version_events=new_version_events,
                               idle_close_ms=int(idle_close * 1000))
-    run_worker(settings, EngineConfig(sampling, latency_budget_ms), web_port=web_port, loglevel=loglevel,
-               batch_size=batch)
+    run_worker(settings, EngineConfig(sampling, latency_budget_ms, redact=parse_features(redact)),
+               web_port=web_port, loglevel=loglevel, batch_size=batch, access=access)
+
+
+def parse_features(text: str) -> frozenset[str]:
+    return frozenset(f.strip() for f in text.split(",") if f.strip())
 
 
 @app.command()
@@ -236,14 +248,16 @@ def sink(ctx: typer.Context,
     _log_to(console)
     server = None
     if ch.parse_dsn(settings.clickhouse_dsn).kind == "chdb":
-        server = ch.QueryServer(settings, database).start()
+        from whystream.jobs.query_port import QueryServer
+
+        server = QueryServer(settings, database).start()
     monitor = None
     if drift:
         monitor = DriftMonitor(settings, window_seconds=window_seconds, interval_seconds=interval,
                                psi_threshold=psi_threshold, stability_threshold=stability_threshold,
                                database=database)
         threading.Thread(target=monitor.run, args=(stop,), name="whystream-drift", daemon=True).start()
-    where = f"query port 127.0.0.1:{server.port}" if server else ch.redact(settings.clickhouse_dsn)
+    where = f"query port 127.0.0.1:{server.port}" if server else mask_secrets(settings.clickhouse_dsn)
     console.print(f"[dim]# sink: {settings.topic('explanations')} -> {database} ({where}); Ctrl-C stops it[/]")
     live = Live(Text("waiting for explanations..."), console=console, refresh_per_second=4, transient=False)
     last_print = [0.0]
@@ -270,7 +284,7 @@ def sink(ctx: typer.Context,
 
 
 def _clickhouse_reader(settings: Settings, database: str):
-    from whystream.jobs.clickhouse import open_query_client
+    from whystream.jobs.query_port import open_query_client
 
     return open_query_client(settings, database)
 
@@ -286,16 +300,17 @@ def _cell(value) -> str:
 
 
 @app.command()
-def sql(ctx: typer.Context, query: str = typer.Argument(..., help="SELECT, WITH, SHOW, DESCRIBE or EXPLAIN"),
+def sql(ctx: typer.Context, query: str = typer.Argument(..., help="One read query: SELECT or WITH, or EXPLAIN of one"),
         database: str = typer.Option("whystream", help="Default database for unqualified table names"),
         max_rows: int = typer.Option(200, help="Rows to print at most")):
-    """Run a read-only SQL query against whystream's ClickHouse and print the result."""
+    """Run one read query against whystream's ClickHouse and print the result.
+
+    ClickHouse's own parser decides what the statement is (see SECURITY.md): one
+    read query, no file, network or host access, on a read-only session with the
+    operator's limits (WHYSTREAM_SQL_*)."""
     from rich.table import Table
 
-    from whystream.jobs.clickhouse import check_read_only, read_only_query
-
-    check_read_only(query)  # before connecting: a write is refused without touching anything
-    result = read_only_query(_clickhouse_reader(settings_of(ctx), database), query)
+    result = _clickhouse_reader(settings_of(ctx), database).query(query)
     table = Table(*result.column_names, show_lines=False)
     for row in result.result_rows[:max_rows]:
         table.add_row(*(_cell(v) for v in row))
@@ -367,5 +382,5 @@ def main() -> None:
     try:
         app()
     except WhystreamError as exc:
-        print(f"whystream: error: {exc}", file=sys.stderr)  # one line, never wrapped
+        print(f"whystream: error: {mask_secrets(exc)}", file=sys.stderr)  # one line, never wrapped
         sys.exit(2)

@@ -8,6 +8,7 @@ with passwords) only ever come from the environment.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -29,6 +30,30 @@ ENV = {
 def stack_env_file(home: Path) -> Path:
     """Where a running embedded stack writes its WHYSTREAM_* lines."""
     return home / "stack.env"
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (it holds connection settings or a
+    token): created 0600 under a temporary name, then renamed into place, so
+    it is never readable by others, not even for a moment."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.replace(partial, path)
+
+
+_URL_PASSWORD = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@/\s]+)@")
+
+
+def mask_secrets(text: str) -> str:
+    """`text` with the password of every URL in it replaced by ***."""
+    return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", str(text))
+
+
+def has_password(url: str | None) -> bool:
+    return bool(url) and _URL_PASSWORD.search(url) is not None
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -58,6 +83,11 @@ class Settings:
     @classmethod
     def load(cls, **overrides) -> "Settings":
         """Settings from flags (overrides that are not None), env, the stack file, defaults."""
+        for name, value in overrides.items():
+            if name in ENV and isinstance(value, str) and has_password(value):
+                raise ConfigError(ENV[name], "a password on the command line is visible to every user of this "
+                                             f"machine (ps, /proc, shell history); set {ENV[name]} in the "
+                                             "environment instead")
         home = Path(overrides.get("home") or os.environ.get(ENV["home"]) or "var")
         stack = read_env_file(stack_env_file(home))
         values = {}
@@ -97,3 +127,7 @@ class Settings:
         """The WHYSTREAM_* variables that reproduce these settings."""
         pairs = {ENV[name]: getattr(self, name) for name in ENV}
         return {k: str(v) for k, v in pairs.items() if v not in (None, "")}
+
+    def shown(self) -> dict[str, str]:
+        """as_env() with passwords masked: for printing and logging."""
+        return {k: mask_secrets(v) for k, v in self.as_env().items()}

@@ -1,0 +1,65 @@
+"""Who may ask the worker's web server for what.
+
+`/metrics` and `/health` stay open, as Prometheus and load balancers expect;
+they reveal counts and reachability, never settings or feature values.
+`/explain/{id}` returns feature values, scores and reasons, so it is guarded:
+
+- the server binds 127.0.0.1 unless `--web-bind` says otherwise, and
+  advertises the address it binds;
+- bound beyond loopback, a worker refuses to start without
+  WHYSTREAM_API_TOKEN, and `/explain` then wants `Authorization: Bearer
+  <token>`; with a token set, it wants it on loopback too.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+import socket
+from dataclasses import dataclass
+
+from whystream.errors import ConfigError
+
+TOKEN_VAR = "WHYSTREAM_API_TOKEN"
+MIN_TOKEN_LENGTH = 16
+
+
+def is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class WebAccess:
+    bind: str = "127.0.0.1"
+    token: str | None = None
+
+    @classmethod
+    def configure(cls, bind: str, environ=os.environ) -> "WebAccess":
+        """The access rules for a server bound to `bind`; ConfigError when a
+        non-loopback bind has no (or a too short) token."""
+        token = environ.get(TOKEN_VAR) or None
+        if token is not None and len(token) < MIN_TOKEN_LENGTH:
+            raise ConfigError(TOKEN_VAR, f"at least {MIN_TOKEN_LENGTH} characters, please "
+                                         "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
+        if not is_loopback(bind) and token is None:
+            raise ConfigError(TOKEN_VAR, f"--web-bind {bind} makes /explain (feature values, scores) reachable "
+                                         f"from other machines; set {TOKEN_VAR} to a secret that callers send as "
+                                         "`Authorization: Bearer <token>`, or bind 127.0.0.1")
+        return cls(bind, token)
+
+    @property
+    def advertised_host(self) -> str:
+        """The address others reach the server at: the bind address, or the
+        host's name when bound to every interface."""
+        return socket.gethostname() if self.bind in ("0.0.0.0", "::", "") else self.bind
+
+    def may_explain(self, authorization: str | None) -> bool:
+        if self.token is None:
+            return True
+        return hmac.compare_digest((authorization or "").encode(), f"Bearer {self.token}".encode())
