@@ -207,15 +207,17 @@ def advertised_port(settings: Settings, dsn: Dsn) -> tuple[int, str] | None:
 def open_query_client(settings: Settings, database: str = DEFAULT_DATABASE):
     """A client for read-only work whose `query()` runs only what the guard
     passes: through a running sink's query port when it owns the chDB
-    directory, else on a read-only session of its own."""
+    directory, else on a read-only session of its own. Readers never migrate
+    a ClickHouse server (analysts' users are read-only); an embedded directory
+    with no sink yet gets its schema, so a first look finds the tables."""
     dsn = parse_dsn(settings.require("clickhouse_dsn"))
-    if dsn.kind == "chdb":
-        advertised = advertised_port(settings, dsn)
-        if advertised is not None:
-            return SinkQueryClient(*advertised, database)
-    writer = connect(settings, database)  # the database exists, and the schema (for a first look without a sink)
+    if dsn.kind != "chdb":
+        return ReadOnlyQueries(partial(open_read_only_client, dsn, ident(database)))
+    advertised = advertised_port(settings, dsn)
+    if advertised is not None:
+        return SinkQueryClient(*advertised, database)
+    writer = connect(settings, database)
     try:
         return ReadOnlyQueries(partial(open_read_only_client, dsn, ident(database)))
     finally:
         writer.close()
-

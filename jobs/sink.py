@@ -34,6 +34,7 @@ from typing import Callable, Iterable
 
 from whystream.config import Settings
 from whystream.errors import DecodeError, ModelNotFound, WhystreamError
+from whystream.logsafe import printable
 from whystream.jobs import clickhouse as ch
 from whystream.streams.codec import codec_for
 from whystream.streams.validate import RawMessage
@@ -173,7 +174,7 @@ class Sink:
                 kept.append(m)
             except DecodeError as exc:
                 self.stats.undecodable += 1
-                log.error("skipping undecodable message %s[%d]@%d: %s", m.topic, m.partition, m.offset, exc)
+                log.error("skipping undecodable message %s[%d]@%d: %s", m.topic, m.partition, m.offset, printable(exc))
         return events, kept
 
     def process(self, messages: list[RawMessage]) -> int:
@@ -241,7 +242,7 @@ class Sink:
             except ModelNotFound as exc:
                 self._unreferenced[(name, version)] = time.monotonic()
                 log.warning("no reference for %s %s (%s): its explanations are stored without histogram rows "
-                            "until it is registered", name, version, exc)
+                            "until it is registered", printable(name), printable(version), printable(exc))
                 continue
             ch.register_reference(client, model, self.database)
             self._referenced.add((name, version))

@@ -39,6 +39,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+from whystream.config import ENV
 from whystream.errors import ConfigError, WhystreamError
 
 # Table functions that read nothing but their arguments and the tables a read
@@ -89,13 +90,18 @@ def open_read_only_client(dsn, database: str | None, limits: QueryLimits | None 
     import clickhouse_connect
 
     settings = (limits or QueryLimits.from_env()).settings()
-    if dsn.kind == "chdb":
-        if dsn.path is not None:
-            dsn.path.mkdir(parents=True, exist_ok=True)
-        return clickhouse_connect.get_client(interface="chdb", path=str(dsn.path) if dsn.path else ":memory:",
-                                             database=database, settings=settings)
-    return clickhouse_connect.get_client(dsn=dsn.url, database=database, connect_timeout=5,
-                                         send_receive_timeout=settings["max_execution_time"] + 10, settings=settings)
+    try:
+        if dsn.kind == "chdb":
+            if dsn.path is not None:
+                dsn.path.mkdir(parents=True, exist_ok=True)
+            return clickhouse_connect.get_client(interface="chdb", path=str(dsn.path) if dsn.path else ":memory:",
+                                                 database=database, settings=settings)
+        return clickhouse_connect.get_client(dsn=dsn.url, database=database, connect_timeout=5,
+                                             send_receive_timeout=settings["max_execution_time"] + 10,
+                                             settings=settings)
+    except Exception as exc:
+        raise ConfigError(ENV["clickhouse_dsn"], f"cannot open a read-only session at {dsn.redacted}: "
+                                                 f"{_reason(exc)}") from None
 
 
 def _literal(text: str) -> str:

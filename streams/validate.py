@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from whystream.errors import DecodeError, ModelNotFound
+from whystream.logsafe import printable
 from whystream.jobs.registry import ModelRegistry, RegisteredModel
 from whystream.streams.batch_decode import NO_MODEL, OK, SLOW, Decoded, PredictionDecoder
 from whystream.streams.codec import load_schema, schema_fingerprint
@@ -33,12 +34,19 @@ class RawMessage:
     offset: int
 
 
+REASON_LIMIT = 1000
+
+
 @dataclass
 class DeadLetterRecord:
     reason_code: str
     reason: str
     message: RawMessage
     prediction_id: str | None = None
+
+    def __post_init__(self) -> None:
+        # Reasons quote the producer (feature and model names): logged and shown, so made safe once here.
+        self.reason = printable(self.reason, REASON_LIMIT)
 
     def to_avro(self, worker: str) -> dict:
         m = self.message

@@ -93,6 +93,7 @@ def test_whystream_up_prints_settings_and_stops_cleanly_on_ctrl_c(tmp_path):
     children = psutil.Process(up.pid).children(recursive=True)
     assert len(children) == 2 and all(c.is_running() for c in children)
     assert Settings.load(home=tmp_path).broker == lines["WHYSTREAM_BROKER"]  # other commands find it
+    assert (tmp_path / "stack.env").stat().st_mode & 0o777 == 0o600  # connection settings: the owner's only
     assert redis.Redis.from_url(lines["WHYSTREAM_REDIS_URL"]).ping()
 
     up.send_signal(signal.SIGINT)
