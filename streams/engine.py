@@ -42,7 +42,7 @@ from whystream.jobs.registry import ModelRegistry, RegisteredModel
 from whystream.streams.attribution import Attributor
 from whystream.streams.batch_encode import ExplanationEncoder
 from whystream.streams.codec import SingleObjectCodec, codec_for
-from whystream.streams.explanation import build_explanations
+from whystream.streams.explanation import build_explanations, redact_event
 from whystream.streams.metrics import Metrics
 from whystream.streams.sampling import RESERVOIR, Reservoirs, SamplingConfig, priority_reasons
 from whystream.streams.store import RedisStore, feature_hash
@@ -356,7 +356,7 @@ class Engine:
             remembering.result()
         published = self.store.published_explanation(prediction_id)
         if published is not None:
-            return self.explanation_codec.decode(published), None
+            return redact_event(self.explanation_codec.decode(published), self.config.redact), None
         location = self.store.recall_location(prediction_id)
         return None, self.predictions_reader.read(*location) if location else None
 

@@ -39,6 +39,20 @@ def redact_values(feature_names: list[str], X: np.ndarray, redacted) -> tuple[np
     return values, [feature_names[j] for j in hidden]
 
 
+def redact_event(event: dict, redacted) -> dict:
+    """A decoded ExplanationEvent with the values of `redacted` features blanked
+    too (for one published before this reader's redaction list applied)."""
+    hidden = set(event.get("redacted_features", ())) | {a["feature"] for a in event["attributions"]
+                                                         if a["feature"] in redacted}
+    if not hidden:
+        return event
+
+    def blank(items: list[dict]) -> list[dict]:
+        return [{**a, "value": None} if a["feature"] in hidden else a for a in items]
+    return {**event, "attributions": blank(event["attributions"]), "top_reasons": blank(event["top_reasons"]),
+            "redacted_features": [a["feature"] for a in event["attributions"] if a["feature"] in hidden]}
+
+
 def build_explanations(model: RegisteredModel, records: list[dict], X: np.ndarray, attributions, reasons: list[str],
                        weights: list[float], strata: list[str], *, adverse, explainer_version: str, cached: bool,
                        worker: str, redacted=frozenset()) -> list[dict]:

@@ -18,6 +18,7 @@ from chdb_support import db  # noqa: F401
 
 from whystream.errors import WhystreamError
 from whystream.jobs import clickhouse as ch
+from whystream.jobs import drift_sql
 from whystream.jobs.query_port import QueryServer, SinkQueryClient, open_query_client
 from whystream.jobs.sql_guard import QueryLimits, ReadOnlyQueries, RefusedQuery, open_read_only_client
 
@@ -140,6 +141,8 @@ def test_ordinary_reads_still_work(stack, target):
     ]:
         assert guard.query(sql).result_rows[0][0] == expected, sql
     assert guard.query("EXPLAIN SELECT 1").result_rows
+    for name, sql in drift_sql.AUDIT_QUERIES.items():  # the README's auditor queries, as printed there
+        guard.query(sql.replace("whystream.", f"{database}."))
 
 
 def test_limits_are_the_operators_not_the_querys(stack, target, monkeypatch):

@@ -120,6 +120,16 @@ def test_redacted_values_appear_nowhere_but_attributions_stay(engine_settings, s
 
     assert any(a["shap"] != 0 for e in published for a in e["attributions"] if a["feature"] in hidden)
 
+    # `whystream explain --redact` blanks more, even in an explanation published before
+    extra = model.feature_names[2]
+    cli = subprocess.run([sys.executable, "-m", "whystream", "explain", published[0]["prediction_id"],
+                          "--redact", extra], env={**os.environ, **engine_settings.as_env()},
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    shown = json.loads(cli.stdout)
+    assert shown["redacted_features"] == [f for f in model.feature_names if f in {*hidden, extra}]
+    assert all(a["value"] is None for a in shown["attributions"] if a["feature"] in shown["redacted_features"])
+
     ch.insert_explanations(client, published, database)
     stored = ch.rows(client, f"""
         SELECT countIf(v IS NOT NULL) AS leaked, count() AS n, any(r) AS redacted

@@ -162,13 +162,14 @@ def parse_features(text: str) -> frozenset[str]:
 
 
 @app.command()
-def explain(ctx: typer.Context, prediction_id: str):
+def explain(ctx: typer.Context, prediction_id: str,
+            redact: str = typer.Option("", help="FEATURE,... whose values to leave out (on top of the model's list)")):
     """Print the explanation of a recent decision as JSON (computed now if it was not sampled)."""
     import json
 
-    from whystream.streams.engine import Engine
+    from whystream.streams.engine import Engine, EngineConfig
 
-    engine = Engine(settings_of(ctx))
+    engine = Engine(settings_of(ctx), EngineConfig(redact=parse_features(redact)))
     explanation = engine.explain_on_demand(prediction_id)
     if explanation is None:
         raise WhystreamError(f"no recent decision with prediction_id {prediction_id!r} "
