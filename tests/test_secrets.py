@@ -33,6 +33,20 @@ def test_urls_without_a_password_are_still_taken_from_flags(tmp_path):
     assert settings.redis_url == "redis://127.0.0.1:6379/0"
 
 
+def test_secrets_can_come_from_mounted_files(tmp_path, monkeypatch):
+    secret = tmp_path / "redis-url"
+    secret.write_text("redis://:from-file@127.0.0.1:6379/3\n")
+    monkeypatch.delenv("WHYSTREAM_REDIS_URL", raising=False)
+    monkeypatch.setenv("WHYSTREAM_REDIS_URL_FILE", str(secret))
+    assert Settings.load(home=tmp_path).redis_url == "redis://:from-file@127.0.0.1:6379/3"
+    monkeypatch.setenv("WHYSTREAM_REDIS_URL", "redis://127.0.0.1:6379/4")  # the variable itself wins
+    assert Settings.load(home=tmp_path).redis_url == "redis://127.0.0.1:6379/4"
+    monkeypatch.delenv("WHYSTREAM_REDIS_URL")
+    monkeypatch.setenv("WHYSTREAM_REDIS_URL_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="WHYSTREAM_REDIS_URL_FILE: cannot read"):
+        Settings.load(home=tmp_path)
+
+
 def test_passwords_from_the_environment_are_masked_wherever_settings_are_shown(tmp_path, monkeypatch):
     monkeypatch.setenv("WHYSTREAM_REDIS_URL", "rediss://worker:s3cr3t@cache.internal:6380/2")
     monkeypatch.setenv("WHYSTREAM_CLICKHOUSE_DSN", "https://analyst:p%40ss@ch.internal:8443")

@@ -1,8 +1,9 @@
 """Settings: where the broker, Redis, ClickHouse and the model registry are.
 
-Precedence: CLI flags > WHYSTREAM_* environment variables > the connection file
-written by a running `whystream up` (var/stack.env) > defaults. Secrets (URLs
-with passwords) only ever come from the environment.
+Precedence: CLI flags > WHYSTREAM_* environment variables > files named by
+WHYSTREAM_*_FILE (mounted secrets) > the connection file written by a running
+`whystream up` (var/stack.env) > defaults. Secrets (URLs with passwords) only
+ever come from the environment or those files: a flag with a password is refused.
 """
 
 from __future__ import annotations
@@ -56,6 +57,18 @@ def has_password(url: str | None) -> bool:
     return bool(url) and _URL_PASSWORD.search(url) is not None
 
 
+def from_file(var: str) -> str | None:
+    """The value of `var` read from the file named by `<var>_FILE` (as container
+    secrets are mounted), stripped of the trailing newline; None when unset."""
+    path = os.environ.get(f"{var}_FILE")
+    if not path:
+        return None
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError as exc:
+        raise ConfigError(f"{var}_FILE", f"cannot read {path}: {exc.strerror}") from None
+
+
 def read_env_file(path: Path) -> dict[str, str]:
     """KEY=VALUE lines of a running stack's stack.env; empty if there is none or
     the `whystream up` that wrote it is gone (killed without cleaning up)."""
@@ -93,7 +106,8 @@ class Settings:
         values = {}
         for name, var in ENV.items():
             flag = overrides.get(name)
-            values[name] = flag if flag is not None else os.environ.get(var) or stack.get(var)
+            values[name] = flag if flag is not None else (os.environ.get(var) or from_file(var)
+                                                          or stack.get(var))
         values["home"] = home
         values["registry"] = Path(values["registry"]) if values["registry"] else home / "registry"
         values["topic_prefix"] = values["topic_prefix"] or ""
