@@ -3,17 +3,18 @@
 `PredictionDecoder.decode(values, stratum_key)` makes one compiled pass
 (numba) over the concatenated message bytes and fills per-event columns:
 prediction_id, decision and stratum (as text), event_time, score, threshold,
-priority, the model each event names (a slot in the decoder's model tables)
+priority, decision_class (NO_CLASS for null), the model each event names (a slot in the decoder's model tables)
 and the feature matrix in that model's column order. No per-event Python
 object is made but the three strings.
 
-The Avro binary encoding read here (schemas/PredictionEvent.avsc, version 2,
+The Avro binary encoding read here (schemas/PredictionEvent.avsc, version 3,
 behind the single-object header C3 01 + 8-byte fingerprint):
 - long: zigzag varint; string: long length, then UTF-8 bytes; double: 8 bytes
   little-endian; boolean: one byte, 0 or 1;
 - map: blocks of (long count, count x (string key, value)) ended by a zero
   count (a negative count is followed by the block's size in bytes);
-- union ["null", "double"]: long branch index, then the branch's value.
+- union ["null", "double"] / ["null", "int"]: long branch index, then the branch's value
+  (an int is a zigzag varint like a long).
 
 The fast path only accepts what it can judge exactly as the full decoder
 (SingleObjectCodec) and the Validator would; each event is marked
@@ -24,8 +25,8 @@ The fast path only accepts what it can judge exactly as the full decoder
 - NO_MODEL: its model (name, version) is not in the tables yet; the caller
   loads it (or not) and decodes again;
 - SLOW: anything else: another writer schema (e.g. version 1), any doubt about
-  the bytes, non-ASCII text, negative map block counts, a problem the
-  Validator reports. The caller runs the full decoder and the Validator on
+  the bytes, non-ASCII text, negative map block counts, a negative or
+  out-of-int decision_class, a problem the Validator reports. The caller runs the full decoder and the Validator on
   these, message by message, so errors and dead-letter reasons are exactly
   theirs.
 """
@@ -38,6 +39,7 @@ import numpy as np
 from numba import njit
 
 OK, SLOW, NO_MODEL = 0, 1, 2
+NO_CLASS = -1  # decision_class null
 SEPARATOR = "\x00"  # between the text fields in the decoder's text output (never inside one: NUL means SLOW)
 
 
@@ -52,6 +54,7 @@ class Decoded:
     score: np.ndarray
     threshold: np.ndarray
     priority: np.ndarray  # bool
+    decision_class: np.ndarray  # int64; NO_CLASS for null
     prediction_ids: list[str]
     decisions: list[str]
     strata: list[str]
@@ -115,7 +118,7 @@ def _double(buf, p, bits, value):
 
 @njit(nogil=True, cache=True)
 def _decode(buf, starts, ends, fingerprint, blob, model_names, model_versions, feature_names, model_features,
-            stratum_key, status, slot, X, event_time, score, threshold, priority, model_at, text):
+            stratum_key, status, slot, X, event_time, score, threshold, priority, decision_class, model_at, text):
     """Fill the columns of messages buf[starts[i]:ends[i]]; returns the length of `text` used."""
     bits = np.zeros(1, dtype=np.uint64)
     value = bits.view(np.float64)
@@ -258,8 +261,21 @@ def _decode(buf, starts, ends, fingerprint, blob, model_names, model_versions, f
                 p = value_stop
                 if has_stratum and _same(buf, key_start, key_stop, stratum_key, 0, stratum_key.shape[0]):
                     stratum_start, stratum_stop = value_start, value_stop
-        # priority, and nothing after it
-        if not good or p + 1 != end or buf[p] > 1:
+        # priority, decision_class (union null / int), and nothing after it
+        if not good or p + 1 >= end or buf[p] > 1:
+            text[t:t + 3] = 0
+            t += 3
+            continue
+        flag = buf[p]
+        branch, p = _long(buf, p + 1, end)
+        cls = np.int64(NO_CLASS)
+        if p >= 0 and branch == 1:
+            cls, p = _long(buf, p, end)
+            if cls < 0 or cls > 2147483647:
+                p = -1
+        elif branch != 0:
+            p = -1
+        if p != end:
             text[t:t + 3] = 0
             t += 3
             continue
@@ -268,7 +284,8 @@ def _decode(buf, starts, ends, fingerprint, blob, model_names, model_versions, f
         event_time[i] = when
         score[i] = s_value
         threshold[i] = th_value
-        priority[i] = buf[p] == 1
+        priority[i] = flag == 1
+        decision_class[i] = cls
         t = t_row
         for k in range(id_start, id_stop):
             text[t] = buf[k]
@@ -350,11 +367,13 @@ class PredictionDecoder:
         event_time = np.zeros(n, dtype=np.int64)
         score, threshold = np.zeros(n), np.zeros(n)
         priority = np.zeros(n, dtype=bool)
+        decision_class = np.full(n, NO_CLASS, dtype=np.int64)
         model_at = np.zeros((n, 4), dtype=np.int64)
         text = np.empty(len(data) + 3 * n, dtype=np.uint8)
         used = _decode(buf, starts, ends, self.fingerprint, self._blob, self._names, self._versions, self._features,
                        self._per_model, np.frombuffer(stratum_key.encode(), dtype=np.uint8), status, slot, X,
-                       event_time, score, threshold, priority, model_at, text)
+                       event_time, score, threshold, priority, decision_class, model_at, text)
         fields = text[:used].tobytes().decode("ascii").split(SEPARATOR)
-        return Decoded(status, slot, X, event_time, score, threshold, priority, fields[0:3 * n:3], fields[1:3 * n:3],
+        return Decoded(status, slot, X, event_time, score, threshold, priority, decision_class,
+                       fields[0:3 * n:3], fields[1:3 * n:3],
                        fields[2:3 * n:3], model_at, data)
