@@ -178,8 +178,9 @@ class ModelRegistry:
         model_dir = self.root / name / version
         if not model_dir.exists():
             X = np.asarray(reference_X, dtype=float)
-            check_kernel(booster, kind, X[:SELF_CHECK_ROWS])
-            shap = reference_shap(booster, kind, X)
+            stored = lgb.Booster(model_str=model_str)  # what workers will load (an early-stopped model: its best trees)
+            check_kernel(stored, kind, X[:SELF_CHECK_ROWS])
+            shap = reference_shap(stored, kind, X)
             edges = shap_bin_edges(shap)
             hist = shap_histogram(shap, edges) / len(shap)
             meta = {
@@ -191,7 +192,7 @@ class ModelRegistry:
                 "objective": kind.objective,
                 "output_space": kind.output_space,
                 "n_outputs": kind.n_outputs,
-                "score_scale": score_scale(booster, kind, X),
+                "score_scale": score_scale(stored, kind, X),
                 "adverse_direction": adverse_direction,
                 "reason_codes": None if reason_codes is None else reason_codes.to_json(),
                 "reason_codes_version": None if reason_codes is None else reason_codes.version,
