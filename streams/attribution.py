@@ -77,9 +77,12 @@ class ModelExplainer:
         """Shared-cache keys: the feature vector, and for multiclass models the class."""
         return feature_hash(X if self.n_outputs == 1 else np.column_stack([X, classes]))
 
-    def live(self, X: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def live(self, X: np.ndarray, classes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(SHAP values, raw scores) of rows X, each for its class (None: the highest-scoring)."""
         if self.n_outputs == 1:
             return self.kernel.shap_values(X), self.kernel.raw_score(X)
+        if classes is None:
+            classes = self.classes(X, np.full(len(X), NO_CLASS))
         shap, raw = np.zeros(X.shape), np.zeros(len(X))
         for k in np.unique(classes).tolist():
             rows = np.flatnonzero(classes == k)
