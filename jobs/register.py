@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import csv
 import math
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,10 +64,22 @@ def load_booster(model: str) -> lgb.Booster:
                              "it starts with a line 'tree')")
     if "\nend of trees" not in text:
         raise WhystreamError(f"model file {path}: truncated (no 'end of trees' line); save the model again")
+    _probe(path)
     try:
         return lgb.Booster(model_str=text)
     except Exception as exc:  # LightGBMError on a damaged file
         raise WhystreamError(f"model file {path}: LightGBM cannot load it ({_first_line(exc)})") from None
+
+
+def _probe(path: Path) -> None:
+    """Load the file once in a child process: some damage (a number that is not one, say)
+    makes LightGBM's parser abort the whole process instead of raising."""
+    probe = subprocess.run([sys.executable, "-c", "import sys, lightgbm; lightgbm.Booster(model_file=sys.argv[1])",
+                            str(path)], capture_output=True, text=True, timeout=600)
+    if probe.returncode != 0:
+        said = [line for line in (probe.stdout + probe.stderr).splitlines() if "[Fatal]" in line or "Error" in line]
+        why = said[-1].strip() if said else f"the loader died with exit status {probe.returncode}"
+        raise WhystreamError(f"model file {path}: LightGBM cannot load it ({why[:300]})")
 
 
 def _mlflow_booster(uri: str) -> lgb.Booster:
@@ -114,12 +128,12 @@ def load_reference(path: Path | str, feature_names: list[str], categorical: list
         column = X[:, j]
         infinite = np.flatnonzero(np.isinf(column))
         if len(infinite):
-            raise WhystreamError(f"reference {path}: column {f}, row {infinite[0] + 1}: {column[infinite[0]]}; "
+            raise WhystreamError(f"reference {path}: column {f}, row {infinite[0] + 1}: {float(column[infinite[0]])}; "
                                  "values must be finite (missing is empty / null)")
         if f in categorical:
             bad = np.flatnonzero(~np.isnan(column) & ((column != np.floor(column)) | (column < 0)))
             if len(bad):
-                raise WhystreamError(f"reference {path}: column {f}, row {bad[0] + 1}: {column[bad[0]]!r} is not "
+                raise WhystreamError(f"reference {path}: column {f}, row {bad[0] + 1}: {float(column[bad[0]]):g} is not "
                                      "a category code; categorical features are the non-negative integer codes "
                                      "the model was trained on")
     return Reference(X, path)

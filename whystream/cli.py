@@ -140,7 +140,7 @@ def models(ctx: typer.Context, name: Optional[str] = typer.Argument(None, help="
     table = Table(*COLUMNS)
     for row in rows:
         table.add_row(*row)
-    console.print(table, width=max(console.width, 132))  # versions in full, also in a log file
+    Console(width=max(console.width, 140)).print(table)  # versions in full, also in a log file
 
 
 @app.command()
