@@ -192,3 +192,26 @@ def test_a_linear_tree_model_is_refused_in_one_line(files, tmp_path):
     code, out = cli(tmp_path / "r", "register", "lin", str(path), "--reference", str(files["csv"]))
     assert code == 2 and "cannot be explained exactly: linear trees" in out
     assert not (tmp_path / "r").exists()
+
+
+def test_an_mlflow_model_uri_from_a_real_local_store(files, tmp_path, monkeypatch):
+    """whystream[mlflow]: a model logged with mlflow.lightgbm into a file store made here, registered
+    by its models:/NAME/VERSION URI; a URI MLflow cannot resolve is one line."""
+    import lightgbm as lgb
+    import mlflow
+    import mlflow.lightgbm
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 asks for this to use a plain directory
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    mlflow.set_tracking_uri((tmp_path / "mlruns").as_uri())
+    booster = lgb.Booster(model_file=str(files["models"]["multiclass"]))
+    with mlflow.start_run():
+        mlflow.lightgbm.log_model(booster, name="model", registered_model_name="tiers")
+    code, out = cli(tmp_path / "r", "register", "tiers", "models:/tiers/1", "--reference", str(files["parquet"]))
+    assert code == 0, out
+    model = ModelRegistry(tmp_path / "r").load("tiers")
+    assert model.source == "models:/tiers/1" and model.kind.n_outputs == 3
+    assert model.booster.model_to_string() == lgb.Booster(model_str=booster.model_to_string()).model_to_string()
+    code, out = cli(tmp_path / "r", "register", "tiers", "models:/tiers/7", "--reference", str(files["parquet"]))
+    assert code == 2 and out.startswith("whystream: error: models:/tiers/7: MLflow cannot load it")
+    assert "\n" not in out.strip()
