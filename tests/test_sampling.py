@@ -134,7 +134,7 @@ def test_near_threshold_is_scaled_for_scores_that_are_not_probabilities_and_off_
     registered without a threshold is never near one, however close its score is to the field."""
     config = SamplingConfig(near_threshold_band=0.02)
     decision = np.array(["approve"] * 4, dtype=object)
-    score = np.array([1000.0, 1019.0, 1021.0, 1000.0])
+    score = np.array([1000.0, 1019.0, 1021.0, 1015.0])
     threshold = np.array([1000.5, 1000.0, 1000.0, 1000.0])
     none = np.zeros(4, dtype=bool)
     assert priority_reasons(decision, score, threshold, none, none, config).tolist() == [None] * 4
