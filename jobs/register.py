@@ -196,7 +196,8 @@ def register_model(registry: ModelRegistry, name: str, model: str, reference: Pa
                    adverse_direction: int = 1) -> RegisteredModel:
     """Check everything, then register; WhystreamError (one line) on any problem, nothing written."""
     if not name or "/" in name or name.startswith(".") or name != name.strip():
-        raise WhystreamError(f"model name {name!r}: use letters, digits, '-', '_' or '.' (no '/', no leading '.')")
+        raise WhystreamError(f"model name {name!r}: it must not be empty, contain '/', start with '.' or have "
+                             "spaces around it")
     booster = load_booster(model)
     try:
         kind = model_kind(booster.model_to_string())

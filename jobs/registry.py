@@ -245,7 +245,7 @@ class ModelRegistry:
     def _check_name(self, name: str) -> None:
         models = self.models()
         if not models:
-            raise ModelNotFound(f"no models in registry {self.root}; run `whystream train` first")
+            raise ModelNotFound(f"no models in registry {self.root}; `whystream register` adds one (`whystream train` the demo model)")
         if name not in models:
             raise ModelNotFound(f"no model {name!r} in registry {self.root}; known: {', '.join(models)}")
 
