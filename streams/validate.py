@@ -115,7 +115,8 @@ class Validator:
         self.prepare = prepare  # called once per new version (the explainer's kernels); raising = unsupported
         self._models: dict[tuple[str, str], RegisteredModel] = {}
         self._columns: dict[str, dict[str, int]] = {}  # model version -> feature name -> column
-        self.decoder = PredictionDecoder(schema_fingerprint(load_schema("PredictionEvent")))
+        self.decoder = PredictionDecoder(schema_fingerprint(load_schema("PredictionEvent")),
+                                         schema_fingerprint(load_schema("PredictionEvent", version=2)))
         self.decoder.decode([b""])  # load (or compile) the decoder now rather than on the first batch
 
     def model(self, name: str, version: str) -> RegisteredModel:

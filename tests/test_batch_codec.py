@@ -292,3 +292,46 @@ def test_an_empty_batch_encodes_to_nothing():
         FakeModel("m", "v"), [], np.zeros((0, 6)), None, [], [], [], adverse=frozenset(), explainer_version="1",
         cached=False, worker="w", explained_at=0) == []
 
+
+
+def _v2(record: dict) -> bytes:
+    """A PredictionEvent as a producer still on version 2 (no decision_class) writes it."""
+    import io
+    import json
+    from pathlib import Path
+
+    import fastavro
+
+    from whystream.streams.codec import schema_fingerprint
+
+    old = json.loads((Path(__file__).parents[1] / "schemas/history/PredictionEvent.v2.avsc").read_text())
+    buffer = io.BytesIO()
+    buffer.write(b"\xc3\x01" + schema_fingerprint(old))
+    fastavro.schemaless_writer(buffer, fastavro.parse_schema(old), {k: v for k, v in record.items()
+                                                                     if k != "decision_class"})
+    return buffer.getvalue()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(records(ordinary=True), records()), min_size=1, max_size=8), st.data())
+def test_version_2_events_split_exactly_as_one_at_a_time(events, data):
+    values = [_v2(r) for r in events]
+    if data.draw(st.booleans()):  # and damaged ones
+        i = data.draw(st.integers(0, len(values) - 1))
+        values[i] = values[i][:data.draw(st.integers(0, len(values[i])))]
+    assert_same_split(values)
+
+
+def test_ordinary_version_2_events_keep_the_fast_path():
+    from whystream.streams.batch_decode import NO_CLASS
+
+    events = [{"prediction_id": f"p-{i}", "model_name": "fraud", "model_version": "v1", "event_time": 5 + i,
+               "features": {"amount": float(i)}, "score": 0.1, "decision": "approve", "threshold": 0.5,
+               "segment": {"channel": "pos"}, "priority": i % 2 == 0} for i in range(20)]
+    validator = Validator(FakeRegistry(), PREDICTION)
+    validator.decoder.add_model("fraud", "v1", FakeModel("fraud", "v1"))
+    decoded = validator.decoder.decode([_v2(r) for r in events], "channel")
+    assert (decoded.status == OK).all() and (decoded.decision_class == NO_CLASS).all()
+    assert decoded.priority.tolist() == [r["priority"] for r in events]
+    current = validator.decoder.decode([PREDICTION.encode({**events[0], "decision_class": None})], "channel")
+    assert (current.status == OK).all()
