@@ -10,7 +10,9 @@ embedded stack, with one model and one set of events for both sides:
   which every priority decision in the batch waits.
 
 The reference is the same measurement on REV, checked out in a temporary git
-worktree and imported instead of this checkout. Each measurement runs in a
+worktree and imported instead of this checkout. Each side encodes the same
+records with its own PredictionEvent schema (when the schema changed between
+the two, events of the other's version would take the decoder's slow path). Each measurement runs in a
 fresh process on an emptied Redis; the two sides alternate, --rounds times, so
 that the machine's noise falls on both; the figures are medians over rounds.
 REV must have `Engine.process_inbound` and `Engine.preload_latest` (any
@@ -50,10 +52,12 @@ def measure(events_file: Path, n_large: int) -> dict:
 
     from whystream.config import Settings
     from whystream.streams import engine as engine_module
+    from whystream.streams.codec import codec_for
     from whystream.streams.engine import Engine
     from whystream.streams.validate import Inbound
 
-    values = pickle.loads(events_file.read_bytes())
+    encode = codec_for("PredictionEvent").encode
+    values = [encode(record) for record in pickle.loads(events_file.read_bytes())]
     engine = Engine(Settings.load())
     engine.preload_latest()
     next_offset = 0
@@ -100,8 +104,9 @@ def checkout(rev: str, into: Path) -> Path:
 def run(args) -> dict:
     import redis
 
-    from bench.ingest import encoded_events
     from whystream.infra.stack import EmbeddedStack, ensure_topics
+    from whystream.jobs.generator import TransactionGenerator
+    from whystream.jobs.produce import prediction_events
     from whystream.jobs.registry import ModelRegistry
     from whystream.jobs.train import train_model
 
@@ -120,8 +125,9 @@ def run(args) -> dict:
             model = train_model(ModelRegistry(work / "registry"), n_train=20_000, num_trees=50, progress=False)
             events = work / "events.pickle"
             count = WARM_UP + args.events + args.events // 4
-            values = [value for chunk in encoded_events(model, count, f"engine{time.time_ns()}") for _, value in chunk]
-            events.write_bytes(pickle.dumps(values))
+            records = [r for chunk in prediction_events(model, TransactionGenerator(1), 0, count,
+                                                        f"engine{time.time_ns()}", 1) for r in chunk]
+            events.write_bytes(pickle.dumps(records))
             admin = redis.Redis.from_url(base.redis_url)
             sides = {"reference": reference, "this checkout": None}
             rounds = []

@@ -1,11 +1,17 @@
 """Benchmark: whystream's TreeSHAP kernel against shap's TreeExplainer and LightGBM's pred_contrib.
 
-Three LightGBM binary classifiers on the same synthetic data (50 features, 5% NaN
-in the numeric ones, two categorical features, one zero-inflated feature):
+Three LightGBM binary classifiers and one multiclass model on the same synthetic
+data (50 features, 5% NaN in the numeric ones, two categorical features, one
+zero-inflated feature):
 
-    reference  300 trees,  31 leaves   (the engine's model size)
-    deep      1000 trees, 255 leaves   (--quick: 200 trees)
-    shallow    100 trees,  15 leaves
+    reference   300 trees,  31 leaves   (the engine's model size)
+    deep       1000 trees, 255 leaves   (--quick: 200 trees)
+    shallow     100 trees,  15 leaves
+    multiclass  3 classes x 100 iterations = 300 trees, 31 leaves
+
+For the multiclass model shap explains every class of a row at once; ours runs
+one kernel per class (TreeShap(booster, class_index=k)) and is timed doing all
+of them, the same work; the engine explains one class per event, a third of it.
 
 For each, measured side by side in one run:
 - throughput, rows/s, on one thread and on all cores, of
@@ -45,10 +51,11 @@ from whystream.streams.treeshap import EXPLAINER_NAME, EXPLAINER_VERSION, TreeSh
 RESULTS = Path(__file__).resolve().parent / "results"
 N_FEATURES = 50
 CATEGORICAL = (0, 1)
-MODELS = {  # name: (trees, leaves, trees with --quick)
-    "reference": (300, 31, 300),
-    "deep": (1000, 255, 200),
-    "shallow": (100, 15, 100),
+MODELS = {  # name: (iterations, leaves, iterations with --quick, classes)
+    "reference": (300, 31, 300, 1),
+    "deep": (1000, 255, 200, 1),
+    "shallow": (100, 15, 100, 1),
+    "multiclass": (100, 31, 100, 3),
 }
 
 
@@ -68,9 +75,10 @@ def make_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return X, y
 
 
-def train(name: str, trees: int, leaves: int, X: np.ndarray, y: np.ndarray) -> tuple[lgb.Booster, float]:
+def train(name: str, trees: int, leaves: int, X: np.ndarray, y: np.ndarray,
+          classes: int = 1) -> tuple[lgb.Booster, float]:
     """The model, from bench/results/models/ when an identical one was trained before."""
-    path = RESULTS / "models" / f"{name}-{trees}x{leaves}-n{len(X)}-b63-lgb{lgb.__version__}.txt"
+    path = RESULTS / "models" / f"{name}-{trees}x{leaves}-n{len(X)}-b63-k{classes}-lgb{lgb.__version__}.txt"
     if path.exists():
         return lgb.Booster(model_file=str(path)), 0.0
     t0 = time.perf_counter()
@@ -78,6 +86,11 @@ def train(name: str, trees: int, leaves: int, X: np.ndarray, y: np.ndarray) -> t
     params = dict(objective="binary", num_leaves=leaves, learning_rate=0.05, min_data_in_leaf=20, max_bin=63,
                   feature_fraction=0.9, bagging_fraction=0.8, bagging_freq=1, seed=7, verbose=-1,
                   num_threads=1, force_col_wise=True)
+    if classes > 1:  # the classes: terciles of a second score of the same features
+        x = np.nan_to_num(X)
+        score = x[:, 3:9].sum(axis=1) - x[:, 9:12].sum(axis=1) + (x[:, 0] % 5 == 2) + 0.5 * x[:, 2]
+        y = np.digitize(score, np.quantile(score, np.linspace(0, 1, classes + 1)[1:-1]))
+        params.update(objective="multiclass", num_class=classes)
     booster = lgb.train(params, lgb.Dataset(X, y, categorical_feature=list(CATEGORICAL)), num_boost_round=trees)
     seconds = time.perf_counter() - t0
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,6 +136,26 @@ def latency_ms(fn, X: np.ndarray, budget_s: float, min_calls: int = 30, max_call
             "calls": calls}
 
 
+class _AllClasses:
+    """A multiclass booster's SHAP values [n, F, K] from one TreeShap per class, the layout
+    shap returns; what bench_model needs of TreeShap."""
+
+    def __init__(self, booster: lgb.Booster, classes: int):
+        self.kernels = [TreeShap(booster, class_index=k) for k in range(classes)]
+        first = self.kernels[0]
+        self.n_trees = sum(k.n_trees for k in self.kernels)
+        self.n_features, self._max_nodes = first.n_features, max(k._max_nodes for k in self.kernels)
+        self._max_d = max(k._max_d for k in self.kernels)
+        self.expected_value = first.expected_value
+
+    def warm_up(self) -> None:
+        for k in self.kernels:
+            k.warm_up()
+
+    def shap_values(self, X: np.ndarray) -> np.ndarray:
+        return np.stack([k.shap_values(X) for k in self.kernels], axis=-1)
+
+
 class _OneThread:
     """A booster whose predict runs on one thread (what shap calls on it)."""
 
@@ -134,7 +167,7 @@ class _OneThread:
         return self._booster.predict(X, num_threads=1, **kwargs)
 
 
-def bench_model(name: str, booster: lgb.Booster, X: np.ndarray, quick: bool) -> dict:
+def bench_model(name: str, booster: lgb.Booster, X: np.ndarray, quick: bool, classes: int = 1) -> dict:
     budget = 0.15 if quick else 0.6
     repeats = 2 if quick else 5
     all_threads = numba.config.NUMBA_NUM_THREADS
@@ -156,7 +189,7 @@ def bench_model(name: str, booster: lgb.Booster, X: np.ndarray, quick: bool) -> 
             return explainer_one.shap_values(rows)
 
         t0 = time.perf_counter()
-        ours = TreeShap(booster)
+        ours = TreeShap(booster) if classes == 1 else _AllClasses(booster, classes)
         init_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         ours.warm_up()
@@ -175,10 +208,12 @@ def bench_model(name: str, booster: lgb.Booster, X: np.ndarray, quick: bool) -> 
             finally:
                 numba.set_num_threads(all_threads)
 
-        res: dict = {"trees": ours.n_trees, "leaves": ours._max_nodes + 1, "features": ours.n_features,
+        res: dict = {"classes": classes, "trees": ours.n_trees, "leaves": ours._max_nodes + 1, "features": ours.n_features,
                      "max_path_features": ours._max_d, "init_s": round(init_s, 3), "warm_up_s": round(warm_s, 3)}
         check = X[:200]
-        res["max_abs_diff_vs_shap"] = float(np.abs(ours.shap_values(check) - shap_all(check)).max())
+        theirs = np.asarray(shap_all(check))
+        res["max_abs_diff_vs_shap"] = float(np.abs(ours.shap_values(check) - theirs.reshape(
+            ours.shap_values(check).shape)).max())
         res["expected_value_diff_vs_shap"] = abs(ours.expected_value - float(np.ravel(explainer_all.expected_value)[0]))
         tp = best_rows_per_s({"shap_1t": shap_one, "shap_all": shap_all, "lgb_contrib_1t": lgb_one,
                               "lgb_contrib_all": lgb_all, "ours_1t": ours_one, "ours_all": ours.shap_values},
@@ -204,7 +239,7 @@ def print_table(results: dict) -> None:
     threads = numba.config.NUMBA_NUM_THREADS
     print(f"\n{'model':<24} {'method':<22} {'threads':>7} {'rows/s':>10} {'x shap':>7} {'p50 ms':>8} {'p99 ms':>8}")
     for name, r in results.items():
-        label = f"{name} {r['trees']}x{r['leaves']}"
+        label = f"{name} {r['trees']}x{r['leaves']}" + (f" ({r['classes']} classes)" if r.get("classes", 1) > 1 else "")
         tp, lat = r["rows_per_s"], r["latency_ms"]
         rows = [
             ("shap TreeExplainer", "1", tp["shap_1t"], tp["shap_1t"], lat["shap"]),
@@ -243,11 +278,11 @@ def main(argv: list[str] | None = None) -> dict:
         "models": {},
     }
     for name in args.models.split(","):
-        trees, leaves, quick_trees = MODELS[name]
-        booster, train_s = train(name, quick_trees if args.quick else trees, leaves, X, y)
+        trees, leaves, quick_trees, classes = MODELS[name]
+        booster, train_s = train(name, quick_trees if args.quick else trees, leaves, X, y, classes)
         print(f"{name}: {booster.num_trees()} trees" + (f" (trained in {train_s:.1f} s)" if train_s else ""),
               flush=True)
-        result["models"][name] = bench_model(name, booster, X_eval, args.quick)
+        result["models"][name] = bench_model(name, booster, X_eval, args.quick, classes)
         result["models"][name]["train_s"] = round(train_s, 2)
     print_table(result["models"])
     result["seconds"] = round(time.perf_counter() - t_start, 1)

@@ -320,7 +320,9 @@ EXPLANATION_COLUMNS = [
     "explained_at", "output_space", "base_value", "raw_score", "attributions.feature", "attributions.value",
     "attributions.shap", "top_reasons.feature", "top_reasons.value", "top_reasons.shap", "score", "decision",
     "threshold", "sampling_reason", "inclusion_weight", "stratum", "source", "cached", "latency_ms", "worker",
-    "redacted_features", "kafka_partition", "kafka_offset",
+    "kafka_partition", "kafka_offset", "explained_class", "principal_reasons.code", "principal_reasons.text",
+    "principal_reasons.feature", "principal_reasons.value", "principal_reasons.shap", "reason_codes_version",
+    "redacted_features",
 ]
 
 
@@ -332,7 +334,7 @@ def explanation_columns(events: Iterable[dict], positions: Iterable[tuple[int, i
     cols: list[list] = [[] for _ in EXPLANATION_COLUMNS]
     (pid, name, version, explainer, explainer_v, event_time, explained_at, space, base, raw, a_feat, a_val, a_shap,
      r_feat, r_val, r_shap, score, decision, threshold, reason, weight, stratum, source, cached, latency, worker,
-     redacted, part, off) = cols
+     part, off, klass, p_code, p_text, p_feat, p_val, p_shap, codes_version, redacted) = cols
     for e, (p, o) in zip(events, positions):
         pid.append(e["prediction_id"])
         name.append(e["model_name"])
@@ -365,6 +367,14 @@ def explanation_columns(events: Iterable[dict], positions: Iterable[tuple[int, i
         redacted.append(list(e.get("redacted_features", ())))
         part.append(int(p))
         off.append(int(o))
+        klass.append(e.get("explained_class"))
+        principal = e.get("principal_reasons") or []
+        p_code.append([a["code"] for a in principal])
+        p_text.append([a["text"] for a in principal])
+        p_feat.append([a["feature"] for a in principal])
+        p_val.append([a["value"] for a in principal])
+        p_shap.append([a["shap"] for a in principal])
+        codes_version.append(e.get("reason_codes_version") or "")
     return cols
 
 

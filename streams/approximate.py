@@ -8,7 +8,8 @@ to raw output - base value, exactly like SHAP, but they are not SHAP values
 (they ignore feature interactions' order). LightGBM routes rows
 (`pred_leaf=True`), so missing values and categorical splits follow the model.
 
-Cost per row: one leaf lookup and one [F] vector add per tree.
+Cost per row: one leaf lookup and one [F] vector add per tree. Of a multiclass
+model, `class_index` picks one output's trees (tree i belongs to class i % K).
 """
 
 from __future__ import annotations
@@ -46,15 +47,18 @@ def _leaf_tables(tree: dict, n_features: int) -> tuple[dict[int, np.ndarray], fl
 
 
 class SaabasExplainer:
-    def __init__(self, booster: lgb.Booster):
+    def __init__(self, booster: lgb.Booster, class_index: int | None = None):
         dump = booster.dump_model()
-        if dump.get("num_class", 1) != 1:
-            raise ValueError("Saabas fallback supports binary and regression models only")
+        per_iter = dump.get("num_tree_per_iteration", 1)
+        if per_iter != 1 and class_index is None:
+            raise ValueError("a multiclass model's Saabas attributions need class_index")
         self.booster = booster
         self.n_features = dump["max_feature_idx"] + 1
         self.tables = []
         self.expected_value = 0.0
-        for tree in dump["tree_info"]:
+        self._trees = [i for i in range(len(dump["tree_info"])) if per_iter == 1 or i % per_iter == class_index]
+        for i in self._trees:
+            tree = dump["tree_info"][i]
             tables, base = _leaf_tables(tree, self.n_features)
             table = np.zeros((max(tables) + 1, self.n_features))
             for leaf, path in tables.items():
@@ -63,7 +67,7 @@ class SaabasExplainer:
             self.expected_value += base
 
     def shap_values(self, X: np.ndarray) -> np.ndarray:
-        leaves = self.booster.predict(X, pred_leaf=True).reshape(len(X), len(self.tables))
+        leaves = self.booster.predict(X, pred_leaf=True).reshape(len(X), -1)[:, self._trees]
         out = np.zeros((len(X), self.n_features))
         for t, table in enumerate(self.tables):
             out += table[leaves[:, t]]

@@ -7,6 +7,11 @@
 - fallback: Saabas path attribution (streams/approximate.py). Cheap and
   additive, but not SHAP; used when live computation raises or the batch's
   latency budget is spent.
+
+Multiclass models: each row is explained for one class, its `classes` entry
+(the PredictionEvent's decision_class, else the class with the highest raw
+score, `ModelExplainer.classes`), by that class's kernel; the cache key holds
+the class (`cache_keys`). Single-output models take the path they always took.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import numpy as np
 
 from whystream.jobs.registry import RegisteredModel
 from whystream.streams.approximate import SaabasExplainer
+from whystream.streams.batch_decode import NO_CLASS
+from whystream.streams.store import feature_hash
 from whystream.streams.treeshap import TreeShap
 
 log = logging.getLogger("whystream.attribution")
@@ -27,10 +34,11 @@ CHUNK = 512  # rows per live computation; the latency budget is checked between 
 
 @dataclass
 class Attributions:
-    shap: np.ndarray  # [n, F], raw-margin space
-    raw: np.ndarray  # [n] raw model output
+    shap: np.ndarray  # [n, F], raw-score space
+    raw: np.ndarray  # [n] raw model output (of the row's class)
     source: np.ndarray  # [n] "LIVE" | "CACHE" | "FALLBACK"
-    base_value: float
+    base_value: np.ndarray  # [n] the SHAP base value (of the row's class)
+    classes: np.ndarray  # [n] int64 explained class; NO_CLASS for single-output models
 
     def cache_entries(self, model_version: str, feature_hashes: list[bytes]) -> list[tuple[str, bytes, bytes]]:
         """(model_version, feature hash, packed attributions) of each row computed live: for
@@ -40,21 +48,65 @@ class Attributions:
 
 
 class ModelExplainer:
-    """Live and fallback attribution for one model version (kernel compiled once)."""
+    """Live and fallback attribution for one model version (kernels compiled once, one per output)."""
 
     def __init__(self, model: RegisteredModel):
         self.model = model
-        self.kernel = TreeShap(model.booster)
-        self.kernel.warm_up()
-        self._approximate: SaabasExplainer | None = None
+        self.n_outputs = model.kind.n_outputs
+        multi = self.n_outputs > 1
+        self.kernels = [TreeShap(model.booster, class_index=k if multi else None) for k in range(self.n_outputs)]
+        for kernel in self.kernels:
+            kernel.warm_up()
+        self.kernel = self.kernels[0]
+        self.expected = np.asarray([k.expected_value for k in self.kernels])
+        self._approximate: list[SaabasExplainer] | None = None
 
-    def live(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.kernel.shap_values(X), self.kernel.raw_score(X)
+    def classes(self, X: np.ndarray, requested: np.ndarray) -> np.ndarray:
+        """The class each row is explained for: `requested` where given, else the highest raw
+        score; NO_CLASS throughout for a single-output model."""
+        if self.n_outputs == 1:
+            return np.full(len(X), NO_CLASS, dtype=np.int64)
+        classes = np.array(requested, dtype=np.int64)
+        missing = classes == NO_CLASS
+        if missing.any():
+            raw = np.column_stack([k.raw_score(X[missing]) for k in self.kernels])
+            classes[missing] = np.argmax(raw, axis=1)
+        return classes
 
-    def fallback(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def cache_keys(self, X: np.ndarray, classes: np.ndarray) -> list[bytes]:
+        """Shared-cache keys: the feature vector, and for multiclass models the class."""
+        return feature_hash(X if self.n_outputs == 1 else np.column_stack([X, classes]))
+
+    def live(self, X: np.ndarray, classes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(SHAP values, raw scores) of rows X, each for its class (None: the highest-scoring)."""
+        if self.n_outputs == 1:
+            return self.kernel.shap_values(X), self.kernel.raw_score(X)
+        if classes is None:
+            classes = self.classes(X, np.full(len(X), NO_CLASS))
+        shap, raw = np.zeros(X.shape), np.zeros(len(X))
+        for k in np.unique(classes).tolist():
+            rows = np.flatnonzero(classes == k)
+            shap[rows], raw[rows] = self.kernels[k].shap_values(X[rows]), self.kernels[k].raw_score(X[rows])
+        return shap, raw
+
+    def fallback(self, X: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._approximate is None:  # built on first need: only a degraded worker pays for it
-            self._approximate = SaabasExplainer(self.model.booster)
-        return self._approximate.shap_values(X), self.model.booster.predict(X, raw_score=True)
+            multi = self.n_outputs > 1
+            self._approximate = [SaabasExplainer(self.model.booster, class_index=k if multi else None)
+                                 for k in range(self.n_outputs)]
+        raw = np.asarray(self.model.booster.predict(X, raw_score=True)).reshape(len(X), self.n_outputs)
+        if self.n_outputs == 1:
+            return self._approximate[0].shap_values(X), raw[:, 0]
+        shap = np.zeros(X.shape)
+        for k in np.unique(classes).tolist():
+            rows = np.flatnonzero(classes == k)
+            shap[rows] = self._approximate[k].shap_values(X[rows])
+        return shap, raw[np.arange(len(X)), classes]
+
+    def base_values(self, classes: np.ndarray) -> np.ndarray:
+        if self.n_outputs == 1:
+            return np.full(len(classes), self.expected[0])
+        return self.expected[classes]
 
 
 def _pack(shap_row: np.ndarray, raw: float) -> bytes:
@@ -81,10 +133,10 @@ class Attributor:
         return self._explainers[model.version]
 
     def attribute(self, model: RegisteredModel, X: np.ndarray, started: float,
-                  cached: list[bytes | None]) -> Attributions:
-        """Attributions for the rows of X: from `cached` (a payload from the shared cache, or
-        None, per row) where it holds one, else computed. `started` (monotonic s) is when
-        the batch began."""
+                  cached: list[bytes | None], classes: np.ndarray) -> Attributions:
+        """Attributions for the rows of X, each for its entry of `classes` (ModelExplainer.classes):
+        from `cached` (a payload from the shared cache, or None, per row) where it holds one,
+        else computed. `started` (monotonic s) is when the batch began."""
         loading = time.monotonic()
         explainer = self.explainer(model)
         started += time.monotonic() - loading  # compiling a new version's kernel is not the batch's fault
@@ -108,11 +160,11 @@ class Attributor:
             values = None
             if not over_budget:
                 try:
-                    values, raw_chunk = explainer.live(X[rows])
+                    values, raw_chunk = explainer.live(X[rows], classes[rows])
                 except Exception:  # a kernel bug must degrade the stream, not stop it
                     log.exception("live TreeSHAP failed for %s@%s; using the fallback", model.name, model.version)
             if values is None:
-                values, raw_chunk = explainer.fallback(X[rows])
+                values, raw_chunk = explainer.fallback(X[rows], classes[rows])
                 source[rows] = "FALLBACK"
             shap_values[rows], raw[rows] = values, raw_chunk
-        return Attributions(shap_values, raw, source, float(explainer.kernel.expected_value))
+        return Attributions(shap_values, raw, source, explainer.base_values(classes), classes)

@@ -3,17 +3,20 @@
 `PredictionDecoder.decode(values, stratum_key)` makes one compiled pass
 (numba) over the concatenated message bytes and fills per-event columns:
 prediction_id, decision and stratum (as text), event_time, score, threshold,
-priority, the model each event names (a slot in the decoder's model tables)
+priority, decision_class (NO_CLASS for null), the model each event names (a slot in the decoder's model tables)
 and the feature matrix in that model's column order. No per-event Python
 object is made but the three strings.
 
-The Avro binary encoding read here (schemas/PredictionEvent.avsc, version 2,
-behind the single-object header C3 01 + 8-byte fingerprint):
+The Avro binary encoding read here (schemas/PredictionEvent.avsc, version 3,
+and version 2, which is version 3 without the trailing decision_class, so
+that producers still writing version 2 keep the fast path; behind the
+single-object header C3 01 + 8-byte fingerprint):
 - long: zigzag varint; string: long length, then UTF-8 bytes; double: 8 bytes
   little-endian; boolean: one byte, 0 or 1;
 - map: blocks of (long count, count x (string key, value)) ended by a zero
   count (a negative count is followed by the block's size in bytes);
-- union ["null", "double"]: long branch index, then the branch's value.
+- union ["null", "double"] / ["null", "int"]: long branch index, then the branch's value
+  (an int is a zigzag varint like a long).
 
 The fast path only accepts what it can judge exactly as the full decoder
 (SingleObjectCodec) and the Validator would; each event is marked
@@ -24,8 +27,8 @@ The fast path only accepts what it can judge exactly as the full decoder
 - NO_MODEL: its model (name, version) is not in the tables yet; the caller
   loads it (or not) and decodes again;
 - SLOW: anything else: another writer schema (e.g. version 1), any doubt about
-  the bytes, non-ASCII text, negative map block counts, a problem the
-  Validator reports. The caller runs the full decoder and the Validator on
+  the bytes, non-ASCII text, negative map block counts, a negative or
+  out-of-int decision_class, a problem the Validator reports. The caller runs the full decoder and the Validator on
   these, message by message, so errors and dead-letter reasons are exactly
   theirs.
 """
@@ -38,6 +41,7 @@ import numpy as np
 from numba import njit
 
 OK, SLOW, NO_MODEL = 0, 1, 2
+NO_CLASS = -1  # decision_class null
 SEPARATOR = "\x00"  # between the text fields in the decoder's text output (never inside one: NUL means SLOW)
 
 
@@ -52,6 +56,7 @@ class Decoded:
     score: np.ndarray
     threshold: np.ndarray
     priority: np.ndarray  # bool
+    decision_class: np.ndarray  # int64; NO_CLASS for null
     prediction_ids: list[str]
     decisions: list[str]
     strata: list[str]
@@ -114,8 +119,8 @@ def _double(buf, p, bits, value):
 
 
 @njit(nogil=True, cache=True)
-def _decode(buf, starts, ends, fingerprint, blob, model_names, model_versions, feature_names, model_features,
-            stratum_key, status, slot, X, event_time, score, threshold, priority, model_at, text):
+def _decode(buf, starts, ends, fingerprint, previous, blob, model_names, model_versions, feature_names, model_features,
+            stratum_key, status, slot, X, event_time, score, threshold, priority, decision_class, model_at, text):
     """Fill the columns of messages buf[starts[i]:ends[i]]; returns the length of `text` used."""
     bits = np.zeros(1, dtype=np.uint64)
     value = bits.view(np.float64)
@@ -132,10 +137,13 @@ def _decode(buf, starts, ends, fingerprint, blob, model_names, model_versions, f
             text[t:t + 3] = 0
             t += 3
             continue
-        same = True
+        same, old = True, previous[8] == 1  # the current schema's fingerprint; version 2's (no decision_class)
         for k in range(8):
             if buf[p + 2 + k] != fingerprint[k]:
                 same = False
+            if buf[p + 2 + k] != previous[k]:
+                old = False
+        same = same or old
         p += 10
         # prediction_id, model_name, model_version, event_time
         id_start, id_stop = _string(buf, p, end)
@@ -258,8 +266,24 @@ def _decode(buf, starts, ends, fingerprint, blob, model_names, model_versions, f
                 p = value_stop
                 if has_stratum and _same(buf, key_start, key_stop, stratum_key, 0, stratum_key.shape[0]):
                     stratum_start, stratum_stop = value_start, value_stop
-        # priority, and nothing after it
-        if not good or p + 1 != end or buf[p] > 1:
+        # priority, decision_class (union null / int; version 2 has none), and nothing after it
+        if not good or p >= end or buf[p] > 1:
+            text[t:t + 3] = 0
+            t += 3
+            continue
+        flag = buf[p]
+        cls = np.int64(NO_CLASS)
+        if old:
+            branch, p = np.int64(0), p + 1
+        else:
+            branch, p = _long(buf, p + 1, end)
+        if p >= 0 and branch == 1:
+            cls, p = _long(buf, p, end)
+            if cls < 0 or cls > 2147483647:
+                p = -1
+        elif branch != 0:
+            p = -1
+        if p != end:
             text[t:t + 3] = 0
             t += 3
             continue
@@ -268,7 +292,8 @@ def _decode(buf, starts, ends, fingerprint, blob, model_names, model_versions, f
         event_time[i] = when
         score[i] = s_value
         threshold[i] = th_value
-        priority[i] = buf[p] == 1
+        priority[i] = flag == 1
+        decision_class[i] = cls
         t = t_row
         for k in range(id_start, id_stop):
             text[t] = buf[k]
@@ -291,15 +316,19 @@ def _decode(buf, starts, ends, fingerprint, blob, model_names, model_versions, f
 class PredictionDecoder:
     """Batch decoder for single-object encoded PredictionEvents of the current schema.
 
-    `fingerprint`: the 8 fingerprint bytes of the current writer schema. Models
+    `fingerprint`: the 8 fingerprint bytes of the current writer schema; `previous`:
+    those of version 2 (no decision_class), whose events are read as decision_class
+    null (None: only the current schema takes the fast path). Models
     are added with `add_model` (the caller decides which exist); their feature
     names fix the column order of X for their events.
     """
 
-    def __init__(self, fingerprint: bytes):
-        if len(fingerprint) != 8:
-            raise ValueError("fingerprint must be 8 bytes")
+    def __init__(self, fingerprint: bytes, previous: bytes | None = None):
+        if len(fingerprint) != 8 or (previous is not None and len(previous) != 8):
+            raise ValueError("fingerprints must be 8 bytes")
         self.fingerprint = np.frombuffer(fingerprint, dtype=np.uint8).copy()
+        # (fingerprint, 0) or (version 2's fingerprint, 1): the kernel reads the flag
+        self.previous = np.frombuffer((previous or bytes(8)) + bytes([previous is not None]), dtype=np.uint8).copy()
         self.models: list = []  # RegisteredModel per slot
         self._slots: dict[tuple[str, str], int] = {}
         self._tables()
@@ -350,11 +379,13 @@ class PredictionDecoder:
         event_time = np.zeros(n, dtype=np.int64)
         score, threshold = np.zeros(n), np.zeros(n)
         priority = np.zeros(n, dtype=bool)
+        decision_class = np.full(n, NO_CLASS, dtype=np.int64)
         model_at = np.zeros((n, 4), dtype=np.int64)
         text = np.empty(len(data) + 3 * n, dtype=np.uint8)
-        used = _decode(buf, starts, ends, self.fingerprint, self._blob, self._names, self._versions, self._features,
+        used = _decode(buf, starts, ends, self.fingerprint, self.previous, self._blob, self._names, self._versions, self._features,
                        self._per_model, np.frombuffer(stratum_key.encode(), dtype=np.uint8), status, slot, X,
-                       event_time, score, threshold, priority, model_at, text)
+                       event_time, score, threshold, priority, decision_class, model_at, text)
         fields = text[:used].tobytes().decode("ascii").split(SEPARATOR)
-        return Decoded(status, slot, X, event_time, score, threshold, priority, fields[0:3 * n:3], fields[1:3 * n:3],
+        return Decoded(status, slot, X, event_time, score, threshold, priority, decision_class,
+                       fields[0:3 * n:3], fields[1:3 * n:3],
                        fields[2:3 * n:3], model_at, data)

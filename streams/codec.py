@@ -33,11 +33,13 @@ SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 SCHEMA_NAMES = ("PredictionEvent", "ExplanationEvent", "DeadLetter", "DriftAlert")
 
 
-def load_schema(name: str) -> dict:
-    """The current schema `name` as published in schemas/NAME.avsc."""
+def load_schema(name: str, version: int | None = None) -> dict:
+    """The current schema `name` as published in schemas/NAME.avsc; an earlier `version`
+    from schemas/history/NAME.vN.avsc."""
     if name not in SCHEMA_NAMES:
         raise ValueError(f"unknown schema {name!r}; known: {', '.join(SCHEMA_NAMES)}")
-    return json.loads(resources.files("whystream.schemas").joinpath(f"{name}.avsc").read_text())
+    path = f"{name}.avsc" if version is None else f"history/{name}.v{version}.avsc"
+    return json.loads(resources.files("whystream.schemas").joinpath(path).read_text())
 
 
 def _history(name: str) -> list[dict]:

@@ -40,12 +40,13 @@ from whystream.config import Settings
 from whystream.errors import WhystreamError
 from whystream.jobs.registry import ModelRegistry, RegisteredModel
 from whystream.streams.attribution import Attributor
+from whystream.streams.batch_decode import NO_CLASS
 from whystream.streams.batch_encode import ExplanationEncoder
 from whystream.streams.codec import SingleObjectCodec, codec_for
 from whystream.streams.explanation import build_explanations, redact_event
 from whystream.streams.metrics import Metrics
 from whystream.streams.sampling import RESERVOIR, Reservoirs, SamplingConfig, priority_reasons
-from whystream.streams.store import RedisStore, feature_hash
+from whystream.streams.store import RedisStore
 from whystream.streams.topic_stats import OffsetReader
 from whystream.streams.treeshap import EXPLAINER_NAME, EXPLAINER_VERSION
 from whystream.streams.validate import Inbound, ModelBatch, RawMessage, Validator
@@ -83,6 +84,13 @@ class Due:
         self.strata.append(stratum)
 
 
+def requested_classes(explainer, records: list[dict]) -> np.ndarray:
+    """The decision_class of each record (NO_CLASS for null); not read for single-output models."""
+    if explainer.n_outputs == 1:
+        return np.full(len(records), NO_CLASS, dtype=np.int64)
+    return np.fromiter((r.get("decision_class", NO_CLASS) for r in records), dtype=np.int64, count=len(records))
+
+
 class _Candidates:
     """Reservoir items of a batch's candidates, made only when a reservoir keeps
     one: (model, record, feature row, stratum). The row is a copy, so a held
@@ -111,7 +119,10 @@ class Engine:
         self.worker = worker_id()
         self.registry = ModelRegistry(settings.registry)
         topic = settings.topic("predictions")
-        self.validator = Validator(self.registry, codec_for("PredictionEvent", settings.schema_registry_url, topic))
+        self.attributor = Attributor(self.config.latency_budget_ms)
+        self._loading_s = 0.0  # time spent building explainers in this batch's validation
+        self.validator = Validator(self.registry, codec_for("PredictionEvent", settings.schema_registry_url, topic),
+                                   prepare=self._prepare)
         self.explanation_codec = codec_for("ExplanationEvent", settings.schema_registry_url, settings.topic("explanations"))
         # Explanations in single-object encoding are written straight from arrays (streams/batch_encode.py).
         self._encoder = (ExplanationEncoder(self.explanation_codec.header, EXPLAINER_NAME)
@@ -121,7 +132,6 @@ class Engine:
         self.dlq_codec = codec_for("DeadLetter", settings.schema_registry_url, settings.topic("predictions.dlq"))
         self.store = store or RedisStore(settings.redis_url)
         self.reservoirs = Reservoirs(self.config.sampling)
-        self.attributor = Attributor(self.config.latency_budget_ms)
         self.producer = Producer(settings.kafka(**{"linger.ms": 2, "compression.type": "lz4",
                                                    "enable.idempotence": True}))
         self._delivery_error = None
@@ -131,6 +141,15 @@ class Engine:
         # count is not asked again, one Redis round trip less per batch.
         self._established: set[str] = set()
         self.predictions_reader = OffsetReader(settings, topic)  # explain on demand reads events back
+
+    def _prepare(self, model: RegisteredModel) -> None:
+        """Build a new version's explainer when the validator first meets it: a version whose
+        kernels cannot be built is dead-lettered (UNSUPPORTED_MODEL), never explained."""
+        began = time.monotonic()
+        try:
+            self.attributor.explainer(model)
+        finally:
+            self._loading_s += time.monotonic() - began
 
     def connect_publisher(self, timeout: float = 10.0) -> None:
         """Fetch the metadata of the topics the engine writes now: a producer's first send to a
@@ -166,7 +185,9 @@ class Engine:
         started = time.monotonic()
         now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
         self.metrics.consumed.inc(len(inbound))
+        self._loading_s = 0.0
         batches, dead = self.validator.split(inbound, self.config.sampling.stratum_key)
+        started += self._loading_s  # compiling a new version's kernels is not the batch's fault
         self._dead_letters(dead)
         due: dict[str, Due] = {}
         self._sample(batches, inbound, due, now_ms)
@@ -229,7 +250,7 @@ class Engine:
                     self._established.add(model.version)
             new_version = np.arange(seen_before, seen_before + n) < config.new_version_events
             reasons = priority_reasons(batch.decisions, batch.score, batch.threshold, batch.priority, new_version,
-                                       config)
+                                       config, band_scale=model.score_scale, near=model.has_threshold)
             chosen = reasons != None  # noqa: E711 (elementwise on an object array)
             target = due.setdefault(model.version, Due(model))
             for j in np.flatnonzero(chosen).tolist():
@@ -275,14 +296,18 @@ class Engine:
             if not work.records:
                 continue
             ids = [r["prediction_id"] for r in work.records]
-            hashes = feature_hash(np.asarray(work.rows))
+            rows = np.asarray(work.rows)
+            explainer = self.attributor.explainer(work.model)
+            classes = explainer.classes(rows, requested_classes(explainer, work.records))
+            hashes = explainer.cache_keys(rows, classes)
             already, cached = self.store.recall(ids, work.model.version, hashes)
             keep = [i for i, seen in enumerate(already) if not seen]
             self.metrics.duplicates.inc(len(ids) - len(keep))
             if not keep:
                 continue
-            X = np.asarray([work.rows[i] for i in keep])
-            attributions = self.attributor.attribute(work.model, X, started, [cached[i] for i in keep])
+            X = rows[keep] if len(keep) < len(rows) else rows
+            attributions = self.attributor.attribute(work.model, X, started, [cached[i] for i in keep],
+                                                     classes[keep])
             fresh.extend(attributions.cache_entries(work.model.version, [hashes[i] for i in keep]))
             records, reasons = [work.records[i] for i in keep], [work.reasons[i] for i in keep]
             weights, strata = [work.weights[i] for i in keep], [work.strata[i] for i in keep]
@@ -367,9 +392,11 @@ class Engine:
         if dead or not batches or batches[0].prediction_ids[0] != prediction_id:
             return None
         batch = batches[0]
-        hashes = feature_hash(batch.X)
+        explainer = self.attributor.explainer(batch.model)
+        classes = explainer.classes(batch.X, batch.decision_class)
+        hashes = explainer.cache_keys(batch.X, classes)
         _, cached = self.store.recall([], batch.model.version, hashes)
-        attributions = self.attributor.attribute(batch.model, batch.X, time.monotonic(), cached)
+        attributions = self.attributor.attribute(batch.model, batch.X, time.monotonic(), cached, classes)
         self.store.record([], [], attributions.cache_entries(batch.model.version, hashes))
         return build_explanations(batch.model, [batch.record(0)], batch.X, attributions, ["ON_DEMAND"], [1.0],
                                   [batch.strata[0]], adverse=self.config.sampling.adverse_decisions,

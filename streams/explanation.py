@@ -1,4 +1,13 @@
-"""Building ExplanationEvent records (schemas/ExplanationEvent.avsc)."""
+"""Building ExplanationEvent records (schemas/ExplanationEvent.avsc).
+
+Top reasons are the features that pushed toward the decision taken, strongest
+first: toward the adverse outcome for an adverse decision, away from it
+otherwise. Which way is adverse is the model's `adverse_direction` (+1: a
+higher raw score, the default, as for risk scores and the class a multiclass
+decision was taken on; -1: a lower one). For adverse decisions the first
+MAX_PRINCIPAL_REASONS of them are also the *principal reasons*, with the
+codes and texts of the model's reason-code table (jobs/reason_codes.py).
+"""
 
 from __future__ import annotations
 
@@ -7,20 +16,35 @@ import time
 
 import numpy as np
 
+from whystream.jobs.reason_codes import MAX_PRINCIPAL_REASONS
 from whystream.jobs.registry import RegisteredModel
+from whystream.streams.batch_decode import NO_CLASS
 from whystream.streams.treeshap import EXPLAINER_NAME
 
 TOP_REASONS = 5
 
 
-def top_reasons(names: list[str], values: np.ndarray, shap_row: np.ndarray, adverse: bool) -> list[dict]:
-    """Features that pushed toward the decision taken, strongest first: positive
-    attributions for an adverse decision (toward a higher risk score), negative
-    ones otherwise."""
-    toward = shap_row if adverse else -shap_row
+def toward_sign(model: RegisteredModel, adverse: bool) -> float:
+    """+1 when a positive attribution pushes toward the decision taken, else -1."""
+    return float(model.adverse_direction) * (1.0 if adverse else -1.0)
+
+
+def top_reasons(names: list[str], values: np.ndarray, shap_row: np.ndarray, sign: float) -> list[dict]:
+    """Features whose attribution times `sign` is positive, largest first (at most TOP_REASONS)."""
+    toward = sign * shap_row
     order = np.argsort(-toward, kind="stable")[:TOP_REASONS]
     return [{"feature": names[j], "value": _value(values[j]), "shap": float(shap_row[j])}
             for j in order if toward[j] > 0]
+
+
+def principal_reasons(model: RegisteredModel, reasons: list[dict]) -> list[dict]:
+    """The first MAX_PRINCIPAL_REASONS top reasons of an adverse decision, with code and text."""
+    index = model.feature_index()
+    out = []
+    for reason in reasons[:MAX_PRINCIPAL_REASONS]:
+        code, text = model.reason_codes[index[reason["feature"]]] if model.reason_codes else (reason["feature"],) * 2
+        out.append({"code": code, "text": text, **reason})
+    return out
 
 
 def _value(v: float) -> float | None:
@@ -50,6 +74,7 @@ def redact_event(event: dict, redacted) -> dict:
     def blank(items: list[dict]) -> list[dict]:
         return [{**a, "value": None} if a["feature"] in hidden else a for a in items]
     return {**event, "attributions": blank(event["attributions"]), "top_reasons": blank(event["top_reasons"]),
+            "principal_reasons": blank(event.get("principal_reasons", [])),
             "redacted_features": [a["feature"] for a in event["attributions"] if a["feature"] in hidden]}
 
 
@@ -61,7 +86,10 @@ def build_explanations(model: RegisteredModel, records: list[dict], X: np.ndarra
     explained_at = int(time.time() * 1000)
     events = []
     for i, record in enumerate(records):
-        row, shap_row = values[i], attributions.shap[i]
+        row, shap_row = values[i], attributions.shap[i]  # the values shown: redacted ones blanked
+        is_adverse = record["decision"] in adverse
+        top = top_reasons(names, row, shap_row, toward_sign(model, is_adverse))
+        explained_class = int(attributions.classes[i])
         events.append({
             "prediction_id": record["prediction_id"],
             "model_name": model.name,
@@ -70,12 +98,12 @@ def build_explanations(model: RegisteredModel, records: list[dict], X: np.ndarra
             "explainer_version": explainer_version,
             "event_time": record["event_time"],
             "explained_at": explained_at,
-            "output_space": "raw_margin",
-            "base_value": attributions.base_value,
+            "output_space": model.kind.output_space,
+            "base_value": float(attributions.base_value[i]),
             "raw_score": float(attributions.raw[i]),
             "attributions": [{"feature": f, "value": _value(row[j]), "shap": float(shap_row[j])}
                              for j, f in enumerate(names)],
-            "top_reasons": top_reasons(names, row, shap_row, record["decision"] in adverse),
+            "top_reasons": top,
             "score": record["score"],
             "decision": record["decision"],
             "threshold": record["threshold"],
@@ -86,6 +114,9 @@ def build_explanations(model: RegisteredModel, records: list[dict], X: np.ndarra
             "cached": cached,
             "latency_ms": float(explained_at - record["event_time"]),
             "worker": worker,
+            "explained_class": None if explained_class == NO_CLASS else explained_class,
+            "principal_reasons": principal_reasons(model, top) if is_adverse else [],
+            "reason_codes_version": model.reason_codes_version,
             "redacted_features": redacted_names,
         })
     return events

@@ -94,15 +94,23 @@ class SamplingConfig:
 
 
 def priority_reasons(decision: np.ndarray, score: np.ndarray, threshold: np.ndarray, flagged: np.ndarray,
-                     new_version: np.ndarray, config: SamplingConfig) -> np.ndarray:
+                     new_version: np.ndarray, config: SamplingConfig, *, band_scale: float = 1.0,
+                     near: bool = True) -> np.ndarray:
     """Per event the first matching priority reason, in the order ADVERSE,
-    FLAGGED, NEAR_THRESHOLD, NEW_VERSION; None for a candidate (object array)."""
+    FLAGGED, NEAR_THRESHOLD, NEW_VERSION; None for a candidate (object array).
+
+    Near threshold means |score - threshold| <= band * band_scale: the scale is 1
+    for models whose scores are probabilities (binary, multiclass: the decision
+    class's probability) and the reference predictions' interquartile range for
+    the others (a regression's score is in its target's units); `near=False`
+    (a model registered without a threshold) leaves NEAR_THRESHOLD out."""
     decision = np.asarray(decision, dtype=object)
     out = np.full(decision.shape, None, dtype=object)
     # Lowest precedence first: later assignments overwrite earlier ones.
     out[np.asarray(new_version, dtype=bool)] = NEW_VERSION
-    gap = np.abs(np.asarray(score, dtype=np.float64) - np.asarray(threshold, dtype=np.float64))
-    out[gap <= config.near_threshold_band + _BAND_SLACK] = NEAR_THRESHOLD
+    if near:
+        gap = np.abs(np.asarray(score, dtype=np.float64) - np.asarray(threshold, dtype=np.float64))
+        out[gap <= (config.near_threshold_band + _BAND_SLACK) * band_scale] = NEAR_THRESHOLD
     out[np.asarray(flagged, dtype=bool)] = FLAGGED
     if config.adverse_decisions:
         out[np.isin(decision, list(config.adverse_decisions))] = ADVERSE

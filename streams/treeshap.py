@@ -6,6 +6,12 @@ returns (for a LightGBM booster shap returns LightGBM's own `pred_contrib`
 TreeSHAP without its last, bias, column), and `expected_value` is that bias in
 raw margin space.
 
+Multi-output boosters (multiclass, multiclassova: K trees per iteration, tree i
+belongs to class i % K) are explained one output at a time:
+`TreeShap(booster, class_index=k)` keeps the trees of class k, which is a
+single-output model of its own whose raw score is class k's raw score; its
+SHAP values are pred_contrib's block of class k.
+
 Algorithm: Gauss-Legendre quadrature over the tree ("quad", default)
 --------------------------------------------------------------------
 Path-dependent TreeSHAP is a sum of one small game per leaf l with value v_l:
@@ -120,7 +126,7 @@ def _pool() -> ThreadPoolExecutor:
 
 
 class UnsupportedModel(WhystreamError, ValueError):
-    """A LightGBM model this explainer cannot explain exactly (multiclass, linear trees, ...)."""
+    """A LightGBM model this explainer cannot explain exactly (linear trees, random forests, ...)."""
 
 
 # --------------------------------------------------------------------------
@@ -658,18 +664,21 @@ class _Model:
     n_classic_trees: int
 
 
-def _parse_model(text: str) -> _Model:
+def _parse_model(text: str, class_index: int | None = None) -> _Model:
     """LightGBM's own text format (booster.model_to_string()): every number as the booster
-    holds it, inf thresholds included, which dump_model()'s JSON clamps to +-1e300."""
+    holds it, inf thresholds included, which dump_model()'s JSON clamps to +-1e300.
+    `class_index`: of a multi-output model, keep only the trees of that output."""
     start = text.find("\nTree=")
     end = text.find("\nend of trees")
     header = dict(line.split("=", 1) for line in text[:max(start, 0)].split("\n") if "=" in line)
     n_class = int(header.get("num_class", 1))
     per_iter = int(header.get("num_tree_per_iteration", 1))
-    if n_class != 1 or per_iter != 1:
+    if per_iter != 1 and class_index is None:
         raise UnsupportedModel(
-            f"multiclass LightGBM models are not supported (num_class={n_class}, "
-            f"num_tree_per_iteration={per_iter}): TreeShap explains single-output models only")
+            f"multiclass LightGBM model (num_class={n_class}, num_tree_per_iteration={per_iter}): "
+            "TreeShap explains one output at a time; pass class_index")
+    if class_index is not None and not 0 <= class_index < per_iter:
+        raise ValueError(f"class_index must be in 0..{per_iter - 1}, got {class_index}")
     if "\naverage_output\n" in text[:max(start, 0) + 1]:
         raise UnsupportedModel("LightGBM random-forest models (average_output) are not supported")
     n_features = int(header["max_feature_idx"]) + 1
@@ -681,6 +690,8 @@ def _parse_model(text: str) -> _Model:
             fields = dict(line.split("=", 1) for line in lines[1:] if "=" in line)
             fields["index"] = lines[0].removeprefix("Tree=")
             trees.append(fields)
+    if per_iter != 1:  # tree i belongs to output i % num_tree_per_iteration
+        trees = [tr for tr in trees if int(tr["index"]) % per_iter == class_index]
 
     node_off, leaf_off, un_off, cat_base = [0], [0], [0], []
     cat_words = 0
@@ -762,14 +773,15 @@ class TreeShap:
     >>> phi = ts.shap_values(X)           # [n, F]; phi.sum(1) + ts.expected_value == raw margin
 
     All trees of the booster are explained (as shap's TreeExplainer does, whatever
-    booster.best_iteration says).  `algorithm`: "quad" (default) or "classic"
+    booster.best_iteration says); of a multiclass booster, those of `class_index`.  `algorithm`: "quad" (default) or "classic"
     (Lundberg's O(L D^2) recursion as LightGBM runs it; a cross-check).
     """
 
-    def __init__(self, booster, *, algorithm: str = "quad"):
+    def __init__(self, booster, *, algorithm: str = "quad", class_index: int | None = None):
         if algorithm not in _ALGOS:
             raise ValueError(f"algorithm must be one of {sorted(_ALGOS)}, not {algorithm!r}")
-        model = _parse_model(booster.model_to_string(num_iteration=-1))
+        model = _parse_model(booster.model_to_string(num_iteration=-1), class_index)
+        self.class_index = class_index
         self._M = model.M
         self._mode = _ALGOS[algorithm]
         self._max_nodes = model.max_nodes

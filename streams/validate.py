@@ -2,9 +2,13 @@
 matrices and the bad ones into dead letters with a reason a person can act on.
 
 Rules: the bytes decode as a PredictionEvent; prediction_id is non-empty; the
-model name and version are registered; every feature name belongs to the model
+model name and version are registered, and the explainer can serve the version
+(UNSUPPORTED_MODEL otherwise: say, linear trees written into the registry
+behind `whystream register`'s back); every feature name belongs to the model
 (absent names and nulls are missing values); every value, the score and the
-threshold are finite (NaN and infinities are rejected: missing is null).
+threshold are finite (NaN and infinities are rejected: missing is null);
+decision_class is null for a single-output model and one of its classes
+(0 .. K-1) for a multiclass one (BAD_CLASS otherwise).
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ import numpy as np
 from whystream.errors import DecodeError, ModelNotFound
 from whystream.logsafe import printable
 from whystream.jobs.registry import ModelRegistry, RegisteredModel
-from whystream.streams.batch_decode import NO_MODEL, OK, SLOW, Decoded, PredictionDecoder
+from whystream.streams.batch_decode import NO_CLASS, NO_MODEL, OK, SLOW, Decoded, PredictionDecoder
 from whystream.streams.codec import load_schema, schema_fingerprint
+from whystream.streams.treeshap import UnsupportedModel
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,7 @@ class ModelBatch:
     score: np.ndarray
     threshold: np.ndarray
     priority: np.ndarray  # bool
+    decision_class: np.ndarray  # int64, NO_CLASS for null
     X: np.ndarray  # [n, F] in the model's feature order, NaN = missing
 
     def __len__(self) -> int:
@@ -98,7 +104,7 @@ class ModelBatch:
         return {"prediction_id": self.prediction_ids[j], "model_name": self.model.name,
                 "model_version": self.model.version, "event_time": int(self.event_time[j]),
                 "score": float(self.score[j]), "decision": self.decisions[j], "threshold": float(self.threshold[j]),
-                "priority": bool(self.priority[j])}
+                "priority": bool(self.priority[j]), "decision_class": int(self.decision_class[j])}
 
 
 class Validator:
@@ -111,19 +117,29 @@ class Validator:
     so the outcome and every dead-letter reason are those of the rules above.
     """
 
-    def __init__(self, registry: ModelRegistry, codec):
+    def __init__(self, registry: ModelRegistry, codec, prepare: Callable[[RegisteredModel], object] | None = None):
         self.registry = registry
         self.codec = codec
+        self.prepare = prepare  # called once per new version (the explainer's kernels); raising = unsupported
         self._models: dict[tuple[str, str], RegisteredModel] = {}
         self._columns: dict[str, dict[str, int]] = {}  # model version -> feature name -> column
-        self.decoder = PredictionDecoder(schema_fingerprint(load_schema("PredictionEvent")))
+        self.decoder = PredictionDecoder(schema_fingerprint(load_schema("PredictionEvent")),
+                                         schema_fingerprint(load_schema("PredictionEvent", version=2)))
         self.decoder.decode([b""])  # load (or compile) the decoder now rather than on the first batch
 
     def model(self, name: str, version: str) -> RegisteredModel:
         """The registered model, loaded on first sight (new versions need no restart)."""
         key = (name, version)
         if key not in self._models:
-            model = self.registry.load(name, version)
+            model = self.registry.load(name, version)  # UnsupportedModel for an objective it cannot explain
+            if self.prepare is not None:
+                try:
+                    self.prepare(model)
+                except UnsupportedModel:
+                    raise
+                except Exception as exc:  # whatever else keeps the kernels from being built: not servable
+                    raise UnsupportedModel(f"{name}@{version}: the explainer cannot be built "
+                                           f"({type(exc).__name__}: {exc})") from exc
             self._columns[model.version] = model.feature_index()
             self._models[key] = model
         return self._models[key]
@@ -132,6 +148,7 @@ class Validator:
         """(valid events per model version, in order of first appearance; dead letters in arrival order)."""
         decoded = self.decoder.decode(inbound.values, stratum_key)
         self._load_models(inbound, decoded, stratum_key)
+        self._check_classes(decoded)
         dead = self._slow_path(inbound, decoded, stratum_key)
         ok = np.flatnonzero(decoded.status == OK)
         slots = decoded.slot[ok]
@@ -148,9 +165,18 @@ class Validator:
             batches.append(ModelBatch(
                 model, index, pick(decoded.prediction_ids), pick(decoded.decisions), pick(decoded.strata),
                 decoded.event_time[index], decoded.score[index], decoded.threshold[index], decoded.priority[index],
-                decoded.X if whole and decoded.X.shape[1] == len(model.feature_names)
+                decoded.decision_class[index], decoded.X if whole and decoded.X.shape[1] == len(model.feature_names)
                 else decoded.X[index, :len(model.feature_names)]))
         return batches, dead
+
+    def _check_classes(self, decoded: Decoded) -> None:
+        """Events whose decision_class does not fit their model go the slow path (BAD_CLASS)."""
+        given = np.flatnonzero((decoded.status == OK) & (decoded.decision_class != NO_CLASS))
+        if not len(given):
+            return
+        outputs = np.asarray([m.kind.n_outputs for m in self.decoder.models])[decoded.slot[given]]
+        classes = decoded.decision_class[given]
+        decoded.status[given[(outputs == 1) | (classes >= outputs)]] = SLOW
 
     def _load_models(self, inbound: Inbound, decoded: Decoded, stratum_key: str) -> None:
         """Events naming a model the decoder has no table for: load it (if it is
@@ -165,7 +191,7 @@ class Validator:
                 version = decoded.data[version_start:version_stop].decode("utf-8")
                 self.decoder.add_model(name, version, self.model(name, version))
                 added = True
-            except (UnicodeDecodeError, ModelNotFound):
+            except (UnicodeDecodeError, ModelNotFound, UnsupportedModel):
                 continue  # the slow path says what is wrong
         if added:
             again = self.decoder.decode([inbound.values[i] for i in waiting.tolist()], stratum_key)
@@ -174,7 +200,7 @@ class Validator:
                 wider[:, :decoded.X.shape[1]] = decoded.X
                 decoded.X = wider
             decoded.X[waiting, :again.X.shape[1]] = again.X
-            for column in ("status", "slot", "event_time", "score", "threshold", "priority"):
+            for column in ("status", "slot", "event_time", "score", "threshold", "priority", "decision_class"):
                 getattr(decoded, column)[waiting] = getattr(again, column)
             for column in ("prediction_ids", "decisions", "strata"):
                 target, source = getattr(decoded, column), getattr(again, column)
@@ -212,6 +238,7 @@ class Validator:
             decoded.status[i], decoded.slot[i] = OK, slot
             decoded.event_time[i], decoded.score[i] = record["event_time"], record["score"]
             decoded.threshold[i], decoded.priority[i] = record["threshold"], record["priority"]
+            decoded.decision_class[i] = NO_CLASS if record["decision_class"] is None else record["decision_class"]
             decoded.prediction_ids[i], decoded.decisions[i] = record["prediction_id"], record["decision"]
             decoded.strata[i] = record["segment"].get(stratum_key, "") if stratum_key else ""
         return dead
@@ -225,7 +252,10 @@ class Validator:
             model = self.model(name, version)
         except ModelNotFound as exc:
             code = "UNKNOWN_MODEL" if name not in self.registry.models() else "UNKNOWN_VERSION"
-            return code, f"{exc}. Register the model (whystream train) or fix model_name/model_version."
+            return code, f"{exc}. Register the model (whystream register) or fix model_name/model_version."
+        except UnsupportedModel as exc:
+            return "UNSUPPORTED_MODEL", (f"model {name}@{version} cannot be explained: {exc}. Register a "
+                                         "supported version with whystream register.")
         columns = self._columns[model.version]
         unknown = [f for f in record["features"] if f not in columns]
         if unknown:
@@ -238,4 +268,11 @@ class Validator:
         for field_name in ("score", "threshold"):
             if not math.isfinite(record[field_name]):
                 return "BAD_FIELD", f"{field_name} is {record[field_name]}; it must be a finite number"
+        cls, outputs = record.get("decision_class"), model.kind.n_outputs
+        if cls is not None and outputs == 1:
+            return "BAD_CLASS", (f"decision_class is {cls}, but {name}@{version} ({model.kind.objective}) has a "
+                                 "single output; send null")
+        if cls is not None and not 0 <= cls < outputs:
+            return "BAD_CLASS", (f"decision_class is {cls}; {name}@{version} has classes 0..{outputs - 1} "
+                                 "(null: the highest-scoring class)")
         return None

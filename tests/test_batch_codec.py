@@ -16,10 +16,15 @@ from whystream.streams.batch_decode import OK, PredictionDecoder
 from whystream.streams.batch_encode import ExplanationEncoder
 from whystream.streams.codec import SingleObjectCodec, codec_for
 from whystream.streams.explanation import build_explanations
+from whystream.streams.objectives import ModelKind
 from whystream.streams.treeshap import EXPLAINER_NAME
 from whystream.streams.validate import Inbound, RawMessage, Validator
 
 FEATURES = ["amount", "hour_of_day", "card_present", "merchant_risk_score", "ip_risk_score", "déjà_vu"]
+
+
+BINARY = ModelKind("binary", 1, "raw_margin")
+MULTICLASS = ModelKind("multiclass", 3, "softmax_logit")
 
 
 @dataclass
@@ -27,6 +32,10 @@ class FakeModel:
     name: str
     version: str
     feature_names: list[str] = field(default_factory=lambda: list(FEATURES))
+    kind: ModelKind = BINARY
+    adverse_direction: int = 1
+    reason_codes: tuple = ()
+    reason_codes_version: str | None = None
 
     def feature_index(self) -> dict[str, int]:
         return {f: i for i, f in enumerate(self.feature_names)}
@@ -37,7 +46,8 @@ class FakeRegistry:
 
     def __init__(self):
         self.known = {("fraud", "v1"): FakeModel("fraud", "v1"), ("fraud", "v2"): FakeModel("fraud", "v2", FEATURES[:3]),
-                      ("risk", "r1"): FakeModel("risk", "r1", FEATURES[::-1])}
+                      ("risk", "r1"): FakeModel("risk", "r1", FEATURES[::-1]),
+                      ("tier", "t1"): FakeModel("tier", "t1", FEATURES[:4], MULTICLASS)}
 
     def load(self, name, version=None):
         if (name, version) not in self.known:
@@ -64,13 +74,16 @@ def records(draw, ordinary=False):
     """PredictionEvent records: `ordinary` ones are valid, plain-ASCII events of a known model
     (the fast path's business); the others may break any rule."""
     if ordinary:
-        name, version = draw(st.sampled_from([("fraud", "v1"), ("fraud", "v2"), ("risk", "r1")]))
-        names = draw(st.lists(st.sampled_from(FEATURES[:3] if version == "v2" else FEATURES), max_size=8))
+        name, version = draw(st.sampled_from([("fraud", "v1"), ("fraud", "v2"), ("risk", "r1"), ("tier", "t1")]))
+        names = draw(st.lists(st.sampled_from(FEATURES[:3] if version == "v2" else FEATURES[:4] if name == "tier"
+                                              else FEATURES), max_size=8))
+        decision_class = st.one_of(st.none(), st.integers(0, 2)) if name == "tier" else st.none()
         values, identifier, decision = st.one_of(st.none(), finite), plain, st.sampled_from(["approve", "decline"])
         segment_value, score = st.one_of(st.sampled_from(["pos", "ecom", ""]), ascii_text), finite
     else:
         name, version = draw(st.sampled_from([("fraud", "v1"), ("fraud", "v2"), ("risk", "r1"), ("fraud", "v9"),
-                                              ("nope", "v1")]))
+                                              ("nope", "v1"), ("tier", "t1")]))
+        decision_class = st.one_of(st.none(), st.integers(-2**31, 2**31 - 1), st.integers(-1, 4))
         names = draw(st.lists(st.sampled_from(FEATURES + ["shoe_size"]), max_size=8))
         values, identifier, decision = st.one_of(st.none(), number), st.one_of(plain, text), text
         segment_value, score = st.one_of(st.sampled_from(["pos", "ecom", ""]), text), number
@@ -78,7 +91,8 @@ def records(draw, ordinary=False):
     return {"prediction_id": draw(identifier), "model_name": name, "model_version": version,
             "event_time": draw(st.integers(-2**62, 2**62)), "features": {n: draw(values) for n in names},
             "score": draw(score), "decision": draw(decision), "threshold": draw(score),
-            "segment": draw(st.dictionaries(segment_keys, segment_value, max_size=3)), "priority": draw(st.booleans())}
+            "segment": draw(st.dictionaries(segment_keys, segment_value, max_size=3)), "priority": draw(st.booleans()),
+            "decision_class": draw(decision_class)}
 
 
 def reference_split(validator: Validator, values: list[bytes], stratum_key: str):
@@ -102,7 +116,8 @@ def reference_split(validator: Validator, values: list[bytes], stratum_key: str)
                 row[index[feature]] = v
         valid.setdefault(model.version, []).append(
             (i, record["prediction_id"], record["decision"], record["segment"].get(stratum_key, "") if stratum_key else "",
-             record["event_time"], record["score"], record["threshold"], record["priority"], row))
+             record["event_time"], record["score"], record["threshold"], record["priority"],
+             -1 if record["decision_class"] is None else record["decision_class"], row))
     return valid, dead
 
 
@@ -113,7 +128,8 @@ def batch_split(validator: Validator, values: list[bytes], stratum_key: str):
     for b in batches:
         valid[b.model.version] = [
             (int(b.index[j]), b.prediction_ids[j], b.decisions[j], b.strata[j], int(b.event_time[j]), float(b.score[j]),
-             float(b.threshold[j]), bool(b.priority[j]), b.X[j].tolist()) for j in range(len(b))]
+             float(b.threshold[j]), bool(b.priority[j]), int(b.decision_class[j]), b.X[j].tolist())
+            for j in range(len(b))]
     return valid, [(letter.message.offset, letter.reason_code, letter.prediction_id) for letter in letters]
 
 
@@ -222,7 +238,12 @@ def test_the_confluent_wire_format_goes_through_its_codec():
 
 @st.composite
 def explanation_batches(draw):
-    model = FakeModel(draw(st.sampled_from(["fraud", "rïsk"])), "v1", draw(st.sampled_from([FEATURES, FEATURES[:1]])))
+    names = draw(st.sampled_from([FEATURES, FEATURES[:1]]))
+    kind = draw(st.sampled_from([BINARY, MULTICLASS, ModelKind("poisson", 1, "log_link")]))
+    table = draw(st.one_of(st.none(), st.lists(st.tuples(text.filter(bool), text), min_size=len(names),
+                                                max_size=len(names))))
+    model = FakeModel(draw(st.sampled_from(["fraud", "rïsk"])), "v1", names, kind, draw(st.sampled_from([1, -1])),
+                      tuple(table) if table else (), draw(st.sampled_from(["a1b2c3", "tåble"])) if table else None)
     n, F = draw(st.integers(1, 6)), len(model.feature_names)
     values = st.one_of(st.sampled_from([0.0, -0.0, 1.0, -1.0, 0.5]), st.floats(-1e6, 1e6, allow_nan=False))
     X = np.array(draw(st.lists(st.lists(st.one_of(values, st.just(math.nan)), min_size=F, max_size=F),
@@ -233,7 +254,10 @@ def explanation_batches(draw):
                for _ in range(n)]
     attributions = Attributions(shap, np.array(draw(st.lists(finite, min_size=n, max_size=n))),
                                 np.array(draw(st.lists(st.sampled_from(["LIVE", "CACHE", "FALLBACK"]), min_size=n,
-                                                       max_size=n)), dtype=object), draw(finite))
+                                                       max_size=n)), dtype=object),
+                                np.array(draw(st.lists(finite, min_size=n, max_size=n))),
+                                np.array(draw(st.lists(st.integers(0, 2**31 - 1) if kind.multiclass else st.just(-1),
+                                                       min_size=n, max_size=n)), dtype=np.int64))
     reasons = draw(st.lists(st.sampled_from(["ADVERSE", "NEAR_THRESHOLD", "FLAGGED", "NEW_VERSION", "RESERVOIR",
                                              "ON_DEMAND"]), min_size=n, max_size=n))
     weights = draw(st.lists(st.floats(1, 1e4), min_size=n, max_size=n))
@@ -268,3 +292,46 @@ def test_an_empty_batch_encodes_to_nothing():
         FakeModel("m", "v"), [], np.zeros((0, 6)), None, [], [], [], adverse=frozenset(), explainer_version="1",
         cached=False, worker="w", explained_at=0) == []
 
+
+
+def _v2(record: dict) -> bytes:
+    """A PredictionEvent as a producer still on version 2 (no decision_class) writes it."""
+    import io
+    import json
+    from pathlib import Path
+
+    import fastavro
+
+    from whystream.streams.codec import schema_fingerprint
+
+    old = json.loads((Path(__file__).parents[1] / "schemas/history/PredictionEvent.v2.avsc").read_text())
+    buffer = io.BytesIO()
+    buffer.write(b"\xc3\x01" + schema_fingerprint(old))
+    fastavro.schemaless_writer(buffer, fastavro.parse_schema(old), {k: v for k, v in record.items()
+                                                                     if k != "decision_class"})
+    return buffer.getvalue()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(records(ordinary=True), records()), min_size=1, max_size=8), st.data())
+def test_version_2_events_split_exactly_as_one_at_a_time(events, data):
+    values = [_v2(r) for r in events]
+    if data.draw(st.booleans()):  # and damaged ones
+        i = data.draw(st.integers(0, len(values) - 1))
+        values[i] = values[i][:data.draw(st.integers(0, len(values[i])))]
+    assert_same_split(values)
+
+
+def test_ordinary_version_2_events_keep_the_fast_path():
+    from whystream.streams.batch_decode import NO_CLASS
+
+    events = [{"prediction_id": f"p-{i}", "model_name": "fraud", "model_version": "v1", "event_time": 5 + i,
+               "features": {"amount": float(i)}, "score": 0.1, "decision": "approve", "threshold": 0.5,
+               "segment": {"channel": "pos"}, "priority": i % 2 == 0} for i in range(20)]
+    validator = Validator(FakeRegistry(), PREDICTION)
+    validator.decoder.add_model("fraud", "v1", FakeModel("fraud", "v1"))
+    decoded = validator.decoder.decode([_v2(r) for r in events], "channel")
+    assert (decoded.status == OK).all() and (decoded.decision_class == NO_CLASS).all()
+    assert decoded.priority.tolist() == [r["priority"] for r in events]
+    current = validator.decoder.decode([PREDICTION.encode({**events[0], "decision_class": None})], "channel")
+    assert (current.status == OK).all()

@@ -18,7 +18,7 @@ PREDICTION = {
     "prediction_id": "p-1", "model_name": "fraud", "model_version": "0123456789ab",
     "event_time": 1_700_000_000_123, "features": {"amount": 12.5, "device_age_days": None},
     "score": 0.93, "decision": "decline", "threshold": 0.5,
-    "segment": {"country": "GB", "channel": "ecom"}, "priority": True,
+    "segment": {"country": "GB", "channel": "ecom"}, "priority": True, "decision_class": None,
 }
 EXPLANATION = {
     "prediction_id": "p-1", "model_name": "fraud", "model_version": "0123456789ab",
@@ -27,7 +27,10 @@ EXPLANATION = {
     "attributions": [{"feature": "amount", "value": 12.5, "shap": 5.0}, {"feature": "x", "value": None, "shap": 0.5}],
     "top_reasons": [{"feature": "amount", "value": 12.5, "shap": 5.0}], "score": 0.93, "decision": "decline",
     "threshold": 0.5, "sampling_reason": "ADVERSE", "inclusion_weight": 1.0, "stratum": "ecom",
-    "source": "LIVE", "cached": True, "latency_ms": 77.0, "worker": "host:1", "redacted_features": ["x"],
+    "source": "LIVE", "cached": True, "latency_ms": 77.0, "worker": "host:1", "explained_class": 2,
+    "principal_reasons": [{"code": "R01", "text": "Amount unusually high", "feature": "amount", "value": 12.5,
+                           "shap": 5.0}],
+    "reason_codes_version": "a1b2c3d4e5f6", "redacted_features": ["x"],
 }
 DEAD_LETTER = {
     "reason_code": "UNDECODABLE", "reason": "bad", "original": b"\x00\x01", "original_key": None,
@@ -71,31 +74,54 @@ def test_a_reader_on_the_current_schema_reads_events_written_with_version_1():
     buffer.write(b"\xc3\x01" + schema_fingerprint(old))
     fastavro.schemaless_writer(buffer, fastavro.parse_schema(old), v1_record)
     decoded = SingleObjectCodec("PredictionEvent").decode(buffer.getvalue())
-    assert decoded == {**v1_record, "segment": {}, "priority": False}
+    assert decoded == {**v1_record, "segment": {}, "priority": False, "decision_class": None}
 
 
-def _history_schema(name: str) -> dict:
-    return json.loads((__import__("pathlib").Path(__file__).parents[1] / f"schemas/history/{name}").read_text())
+HISTORY = __import__("pathlib").Path(__file__).parents[1] / "schemas/history"
+# (schema, previous version's file, the fields it lacks and what the current reader fills in)
+PREVIOUS = [
+    ("PredictionEvent", "PredictionEvent.v2.avsc", {"decision_class": None}),
+    ("ExplanationEvent", "ExplanationEvent.v1.avsc",
+     {"explained_class": None, "principal_reasons": [], "reason_codes_version": None,
+      "redacted_features": []}),
+    ("DeadLetter", "DeadLetter.v1.avsc", {}),
+]
 
 
-def test_explanation_events_of_version_1_read_with_no_redacted_features():
-    old = _history_schema("ExplanationEvent.v1.avsc")
-    v1_record = {k: v for k, v in EXPLANATION.items() if k != "redacted_features"}
-    buffer = io.BytesIO(b"\xc3\x01" + schema_fingerprint(old))
-    buffer.seek(0, io.SEEK_END)
-    fastavro.schemaless_writer(buffer, fastavro.parse_schema(old), v1_record)
-    assert SingleObjectCodec("ExplanationEvent").decode(buffer.getvalue()) == {**v1_record, "redacted_features": []}
+@pytest.mark.parametrize("name, old_file, added", PREVIOUS)
+def test_new_readers_read_what_the_previous_version_wrote(name, old_file, added):
+    old = json.loads((HISTORY / old_file).read_text())
+    record = {k: v for k, v in EXAMPLES[name].items() if k not in added}
+    buffer = io.BytesIO()
+    buffer.write(b"\xc3\x01" + schema_fingerprint(old))
+    fastavro.schemaless_writer(buffer, fastavro.parse_schema(old), record)
+    assert SingleObjectCodec(name).decode(buffer.getvalue()) == {**record, **added}
 
 
-def test_a_reader_on_explanation_version_1_reads_current_events():
-    """Old consumers keep working: they resolve the current writer schema to theirs."""
-    old = fastavro.parse_schema(_history_schema("ExplanationEvent.v1.avsc"))
-    data = SingleObjectCodec("ExplanationEvent").encode(EXPLANATION)
-    read = fastavro.schemaless_reader(io.BytesIO(data[10:]), fastavro.parse_schema(load_schema("ExplanationEvent")),
-                                      old)
-    for name in ("event_time", "explained_at"):  # fastavro applies the timestamp-millis logical type
-        read[name] = round(read[name].timestamp() * 1000)
-    assert read == {k: v for k, v in EXPLANATION.items() if k != "redacted_features"}
+@pytest.mark.parametrize("name, old_file, added", PREVIOUS)
+def test_readers_of_the_previous_version_read_what_the_current_one_writes(name, old_file, added):
+    old = fastavro.parse_schema(json.loads((HISTORY / old_file).read_text()))
+    data = SingleObjectCodec(name).encode(EXAMPLES[name])
+    record = fastavro.schemaless_reader(io.BytesIO(data[10:]), fastavro.parse_schema(load_schema(name)), old)
+    millis = {k: int(v.timestamp() * 1000) if hasattr(v, "timestamp") else v for k, v in record.items()}
+    assert millis == {k: v for k, v in EXAMPLES[name].items() if k not in added}
+
+
+def test_an_old_dead_letter_reader_cannot_read_the_new_reason_codes_but_any_later_one_falls_back():
+    """DeadLetter v1's enum has no default: a v1 reader fails on UNSUPPORTED_MODEL / BAD_CLASS
+    (documented). v2's enum has one, so a v2 reader maps symbols added later to BAD_FIELD."""
+    v1 = fastavro.parse_schema(json.loads((HISTORY / "DeadLetter.v1.avsc").read_text()))
+    current = load_schema("DeadLetter")
+    data = SingleObjectCodec("DeadLetter").encode({**DEAD_LETTER, "reason_code": "BAD_CLASS"})
+    with pytest.raises(Exception):
+        fastavro.schemaless_reader(io.BytesIO(data[10:]), fastavro.parse_schema(current), v1)
+    later = json.loads(json.dumps(current))
+    later["fields"][0]["type"]["symbols"].append("SOMETHING_NEW")
+    buffer = io.BytesIO()
+    fastavro.schemaless_writer(buffer, fastavro.parse_schema(later), {**DEAD_LETTER, "reason_code": "SOMETHING_NEW"})
+    buffer.seek(0)
+    record = fastavro.schemaless_reader(buffer, fastavro.parse_schema(later), fastavro.parse_schema(current))
+    assert record["reason_code"] == "BAD_FIELD"
 
 
 def test_a_downstream_consumer_needs_only_the_avsc_files():

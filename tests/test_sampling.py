@@ -129,6 +129,24 @@ def test_priority_precedence():
                                 None]
 
 
+def test_near_threshold_is_scaled_for_scores_that_are_not_probabilities_and_off_without_a_threshold():
+    """A regression's score is in its target's units: the band is in units of its scale. A model
+    registered without a threshold is never near one, however close its score is to the field."""
+    config = SamplingConfig(near_threshold_band=0.02)
+    decision = np.array(["approve"] * 4, dtype=object)
+    score = np.array([1000.0, 1019.0, 1021.0, 1015.0])
+    threshold = np.array([1000.5, 1000.0, 1000.0, 1000.0])
+    none = np.zeros(4, dtype=bool)
+    assert priority_reasons(decision, score, threshold, none, none, config).tolist() == [None] * 4
+    scaled = priority_reasons(decision, score, threshold, none, none, config, band_scale=1000.0)
+    assert scaled.tolist() == [NEAR_THRESHOLD, NEAR_THRESHOLD, None, NEAR_THRESHOLD]
+    assert priority_reasons(decision, score, threshold, none, none, config, band_scale=1000.0,
+                            near=False).tolist() == [None] * 4
+    adverse = priority_reasons(np.array(["decline"], dtype=object), np.array([5.0]), np.array([5.0]),
+                               np.array([False]), np.array([False]), config, near=False)
+    assert adverse.tolist() == [ADVERSE]
+
+
 def test_priority_config_and_empty():
     config = SamplingConfig(adverse_decisions=frozenset(), near_threshold_band=0.0)
     reasons = priority_reasons(np.array(["decline"], dtype=object), np.array([0.9]), np.array([0.5]),

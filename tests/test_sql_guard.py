@@ -232,7 +232,10 @@ def test_query_port_wants_its_token_loopback_and_json(port, target):
     for headers, status in refused:
         assert _post(port.port, body, headers)[0] == status, headers
     assert _post(port.port, b"", good, method="GET")[0] == 405
-    assert _post(port.port, b"x" * (2 << 20), good)[0] == 413
+    try:  # refused before it is read: 413, or the connection closed while the client still sends
+        assert _post(port.port, b"x" * (2 << 20), good)[0] == 413
+    except urllib.error.URLError as exc:
+        assert isinstance(exc.reason, (BrokenPipeError, ConnectionResetError)), exc
     drop = json.dumps({"sql": f"DROP TABLE {database}.drift_alerts", "database": database}).encode()
     assert _post(port.port, drop, {"Content-Type": "application/json"})[0] == 401
     assert ch.rows(client, f"SELECT count() AS n FROM {database}.drift_alerts")[0]["n"] == 1

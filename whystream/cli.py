@@ -101,6 +101,53 @@ def train(ctx: typer.Context, name: str = typer.Option("fraud", help="Model name
 
 
 @app.command()
+def register(ctx: typer.Context,
+             name: str = typer.Argument(..., help="Model name (producers send it as model_name)"),
+             model_file: str = typer.Argument(..., help="LightGBM text model (Booster.save_model), or an MLflow "
+                                                        "model URI (models:/NAME/VERSION, runs:/...) with whystream[mlflow]"),
+             reference: Path = typer.Option(..., help="Held-out rows, Parquet or CSV, one column per feature (>= 1,000 rows)"),
+             threshold: Optional[float] = typer.Option(None, help="What decisions are taken against (required for binary)"),
+             reason_codes: Optional[Path] = typer.Option(None, help="CSV (feature,code,text) or JSON reason-code table"),
+             adverse_when_lower: bool = typer.Option(False, "--adverse-when-lower",
+                                                     help="A lower score is the adverse outcome (default: higher)"),
+             redact: str = typer.Option("", help="FEATURE,... whose values never appear in explanations "
+                                                 "(attributions stay)")):
+    """Register your own LightGBM model, with its SHAP reference (and reason codes)."""
+    from whystream.jobs.register import describe, register_model
+    from whystream.jobs.registry import ModelRegistry
+
+    model = register_model(ModelRegistry(settings_of(ctx).registry), name, model_file, reference, threshold,
+                           reason_codes, -1 if adverse_when_lower else 1, redact=parse_features(redact))
+    for label, value in describe(model):
+        console.print(f"{label:>15}: {value}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def models(ctx: typer.Context, name: Optional[str] = typer.Argument(None, help="Show this model's latest version in detail"),
+           version: Optional[str] = typer.Option(None, help="With NAME: this version instead of the latest")):
+    """List registered models and versions, or show one version in detail."""
+    from rich.table import Table
+
+    from whystream.jobs.models import COLUMNS, model_rows
+    from whystream.jobs.register import describe
+    from whystream.jobs.registry import ModelRegistry
+
+    registry = ModelRegistry(settings_of(ctx).registry)
+    if name:
+        for label, value in describe(registry.load(name, version)):
+            console.print(f"{label:>15}: {value}", highlight=False, soft_wrap=True)
+        console.print()
+    rows = model_rows(registry, name)
+    if not rows:
+        console.print(f"no models in registry {registry.root}; `whystream register` or `whystream train` adds one")
+        return
+    table = Table(*COLUMNS)
+    for row in rows:
+        table.add_row(*row)
+    Console(width=max(console.width, 140)).print(table)  # versions in full, also in a log file
+
+
+@app.command()
 def produce(ctx: typer.Context,
             count: int = typer.Option(50_000, help="Events to send"),
             rate: float = typer.Option(5_000, help="Events per second (0 = as fast as possible)"),

@@ -2,4 +2,4 @@
 -- model's registered list and the worker's --redact): their attributions.value
 -- is NULL although the decision had a value. Rows inserted before read [].
 ALTER TABLE {db}.explanations
-    ADD COLUMN IF NOT EXISTS redacted_features Array(String) DEFAULT [] AFTER worker;
+    ADD COLUMN IF NOT EXISTS redacted_features Array(String) DEFAULT [] AFTER reason_codes_version;
