@@ -154,9 +154,12 @@ def explain(ctx: typer.Context, prediction_id: str):
     """Print the explanation of a recent decision as JSON (computed now if it was not sampled)."""
     import json
 
+    from whystream.kafka_config import check_broker
     from whystream.streams.engine import Engine
 
-    engine = Engine(settings_of(ctx))
+    settings = settings_of(ctx)
+    check_broker(settings.kafka_config, settings.require("broker"))  # a wrong CA ends here, in one line
+    engine = Engine(settings)
     explanation = engine.explain_on_demand(prediction_id)
     if explanation is None:
         raise WhystreamError(f"no recent decision with prediction_id {prediction_id!r} "
