@@ -182,7 +182,9 @@ def check_broker(config: KafkaConfig, broker: str, timeout: float = 10.0, broker
         raise ConfigError(", ".join(config.origin(p) for p in names),
                           f"the Kafka broker at {broker} refused the login: {_reason(config, failure)}")
     detail = _reason(config, errors[-1] if errors else (last.args[0] if last and last.args else last))
-    raise ConfigError(broker_var, f"cannot reach a Kafka broker at {broker} within {timeout:g}s ({detail})")
+    protocol = config.properties.get("security.protocol")
+    hint = f"; security.protocol is {protocol} ({config.origin('security.protocol')})" if protocol else ""
+    raise ConfigError(broker_var, f"cannot reach a Kafka broker at {broker} within {timeout:g}s ({detail}){hint}")
 
 
 def _reason(config: KafkaConfig, error) -> str:
