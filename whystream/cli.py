@@ -272,10 +272,14 @@ def sink(ctx: typer.Context,
     console.print(f"[dim]# sink stopped: {stats.line()}[/]")
 
 
-def _clickhouse_reader(settings: Settings, database: str):
-    from whystream.jobs.clickhouse import open_query_client
+def _clickhouse_reader(settings: Settings, database: str, schema: bool = True):
+    """A read-only client (never migrates); with `schema`, one line if whystream's tables are missing."""
+    from whystream.jobs.clickhouse import SinkQueryClient, open_query_client, require_schema
 
-    return open_query_client(settings, database)
+    client = open_query_client(settings, database)
+    if schema and not isinstance(client, SinkQueryClient):
+        require_schema(client, database)
+    return client
 
 
 def _cell(value) -> str:
@@ -298,7 +302,7 @@ def sql(ctx: typer.Context, query: str = typer.Argument(..., help="SELECT, WITH,
     from whystream.jobs.clickhouse import check_read_only, read_only_query
 
     check_read_only(query)  # before connecting: a write is refused without touching anything
-    result = read_only_query(_clickhouse_reader(settings_of(ctx), database), query)
+    result = read_only_query(_clickhouse_reader(settings_of(ctx), database, schema=False), query)
     table = Table(*result.column_names, show_lines=False)
     for row in result.result_rows[:max_rows]:
         table.add_row(*(_cell(v) for v in row))

@@ -20,6 +20,7 @@ ENV = {
     "broker": "WHYSTREAM_BROKER",
     "redis_url": "WHYSTREAM_REDIS_URL",
     "clickhouse_dsn": "WHYSTREAM_CLICKHOUSE_DSN",
+    "clickhouse_cluster": "WHYSTREAM_CLICKHOUSE_CLUSTER",
     "topic_prefix": "WHYSTREAM_TOPIC_PREFIX",
     "registry": "WHYSTREAM_REGISTRY",
     "schema_registry_url": "WHYSTREAM_SCHEMA_REGISTRY_URL",
@@ -51,6 +52,7 @@ class Settings:
     broker: str | None = None
     redis_url: str | None = None
     clickhouse_dsn: str | None = None
+    clickhouse_cluster: str | None = None  # a ClickHouse cluster's name: cluster-aware migrations
     topic_prefix: str = ""
     registry: Path | None = None
     schema_registry_url: str | None = None
