@@ -5,21 +5,43 @@ until every node reports cluster_state:ok."""
 
 from __future__ import annotations
 
+import random
+import socket
 import time
+from contextlib import closing
 from pathlib import Path
 
 import redis
 
-from whystream.infra.stack import Child, _start, free_port, redis_binary, _port_open
+from whystream.infra.stack import Child, _port_open, _start, redis_binary
 
 SLOTS = 16384
+BUS_OFFSET = 10000  # a node also listens on port + 10000 (the cluster bus), so port <= 55535
+
+
+def cluster_port() -> int:
+    """A free loopback port whose cluster bus port is free too."""
+    for _ in range(1000):
+        port = random.randint(20000, 65535 - BUS_OFFSET)
+        if all(_free(p) for p in (port, port + BUS_OFFSET)):
+            return port
+    raise AssertionError("no free port pair for a Redis cluster node")
+
+
+def _free(port: int) -> bool:
+    with closing(socket.socket()) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
 
 
 def start_cluster(home: Path, masters: int = 3, timeout: float = 30.0) -> tuple[list[Child], list[int]]:
     children, ports = [], []
     try:
         for i in range(masters):
-            port = free_port()
+            port = cluster_port()
             data = home / f"node-{port}"
             data.mkdir(parents=True, exist_ok=True)
             argv = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",

@@ -6,6 +6,7 @@ real TLS terminator (the bundled redis-server is built without TLS)."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,16 +46,29 @@ def test_a_batch_spreads_over_every_master_of_a_cluster(redis_cluster):
     assert not plain.available
 
 
+# The ACL rules infra/DEPLOYMENT.md gives: only whystream's keys, only the commands it sends.
+SINGLE_ACL = ["~whystream:*", "+get", "+set", "+exists", "+incrby", "+evalsha", "+eval", "+script|load", "+ping"]
+CLUSTER_ACL = ["~whystream:*", "+get", "+set", "+exists", "+incrby", "+ping", "+cluster|slots", "+command"]
+DOCS = Path(__file__).parents[1] / "infra" / "DEPLOYMENT.md"
+
+
+def test_cluster_with_an_acl_user(redis_cluster):
+    for port in redis_cluster:
+        redis.Redis(port=port).execute_command("ACL", "SETUSER", "whystream-c", "on", f">{PASSWORD}", *CLUSTER_ACL)
+    exercise(RedisStore(f"redis+cluster://whystream-c:{PASSWORD}@127.0.0.1:{redis_cluster[1]}"))
+    assert " ".join(CLUSTER_ACL) in DOCS.read_text()
+
+
 def test_acl_user_and_password_in_the_url(tmp_path, caplog):
     child, url = start_redis(tmp_path)
     try:
         admin = redis.Redis.from_url(url)
         # Only what whystream needs, only on its own keys; the default user is switched off.
-        admin.execute_command("ACL", "SETUSER", "whystream", "on", f">{PASSWORD}", "~whystream:*",
-                              "+get", "+set", "+exists", "+incrby", "+evalsha", "+eval", "+script|load", "+ping")
+        admin.execute_command("ACL", "SETUSER", "whystream", "on", f">{PASSWORD}", *SINGLE_ACL)
         admin.execute_command("ACL", "SETUSER", "default", "off")
         host = url.split("//", 1)[1]
         exercise(RedisStore(f"redis://whystream:{PASSWORD}@{host}"))
+        assert " ".join(SINGLE_ACL) in DOCS.read_text()
         caplog.set_level(logging.WARNING, logger="whystream.store")
         wrong = RedisStore(f"redis://whystream:not-the-password@{host}")
         assert not wrong.available
