@@ -128,3 +128,18 @@ def test_a_wrong_ca_ends_each_command_in_one_line_naming_the_setting(tls, engine
     env["WHYSTREAM_HOME"] = str(tmp_path)
     line = one_error_line(whystream(env, *command, timeout=60))
     assert "WHYSTREAM_KAFKA_SSL_CA_LOCATION" in line and "certificate verify failed" in line, line
+
+
+def test_a_refused_sasl_login_ends_in_one_line_without_the_password(tls, engine_settings, small_model, tmp_path):
+    """Tansu 0.6.0 answers every SASL handshake with "unsupported mechanism" (it cannot
+    authenticate anyone here): the login path still has to end in one line, naming the SASL
+    settings, never showing the password."""
+    address, certs, _ = tls
+    properties = tmp_path / "client.properties"
+    properties.write_text("security.protocol=SASL_SSL\nsasl.mechanisms=SCRAM-SHA-512\nsasl.username=whystream\n")
+    env = client_env(engine_settings, address, properties, certs.ca)
+    env["WHYSTREAM_KAFKA_SASL_PASSWORD"] = "sasl-Pa55-word"
+    result = whystream(env, "produce", "--count", "1", timeout=60)
+    line = one_error_line(result)
+    assert "refused the login" in line and f"{properties}:2" in line and "WHYSTREAM_KAFKA_SASL_PASSWORD" in line, line
+    assert "sasl-Pa55-word" not in result.stderr + result.stdout
