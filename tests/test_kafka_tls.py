@@ -74,7 +74,7 @@ def test_produce_worker_explain_sink_and_example_over_tls(tls, engine_settings, 
     settings = engine_settings.with_(broker=address, kafka_config=KafkaConfig.from_env(env))
     assert settings.kafka_config.properties == {"security.protocol": "SSL", "ssl.ca.location": str(certs.ca)}
     ensure_topics(settings)
-    before = proxy.handshakes
+    before, failed_before = proxy.handshakes, proxy.failed_handshakes
 
     sent = whystream(env, "produce", "--count", "400", "--rate", "0", "--seed", "3", "--run-id", "tls")
     assert sent.returncode == 0, sent.stderr
@@ -113,7 +113,7 @@ def test_produce_worker_explain_sink_and_example_over_tls(tls, engine_settings, 
 
     # Every client went through the TLS port, and nothing (no Faust/aiokafka client either)
     # tried it in plaintext: a plaintext or untrusting client is a failed handshake.
-    assert proxy.handshakes > before and proxy.failed_handshakes == 0
+    assert proxy.handshakes > before and proxy.failed_handshakes == failed_before
 
 
 @pytest.mark.parametrize("command", [["produce", "--count", "1"], ["worker", "--web-port", "0"], ["sink"],
@@ -143,3 +143,22 @@ def test_a_refused_sasl_login_ends_in_one_line_without_the_password(tls, engine_
     line = one_error_line(result)
     assert "refused the login" in line and f"{properties}:2" in line and "WHYSTREAM_KAFKA_SASL_PASSWORD" in line, line
     assert "sasl-Pa55-word" not in result.stderr + result.stdout
+
+
+def test_the_drift_monitor_publishes_alerts_over_tls(tls, fresh_topics, db, tmp_path):  # noqa: F811
+    from test_drift import consume_alerts, load_stream, run_ticks
+
+    from whystream.jobs.drift import DriftMonitor
+
+    address, certs, proxy = tls
+    client, database = db
+    settings = fresh_topics.with_(broker=address, kafka_config=KafkaConfig.of(
+        {"security.protocol": "SSL", "ssl.ca.location": str(certs.ca)}))
+    ensure_topics(settings)
+    failed_before = proxy.failed_handshakes
+    model, t0 = load_stream(client, database, [(6, False), (6, True)])
+    alerts = run_ticks(DriftMonitor(settings, window_seconds=300, database=database, client=client), t0, range(5, 12))
+    assert alerts
+    assert sorted(a["alert_id"] for a in consume_alerts(settings, len(alerts))) == \
+        sorted(a["alert_id"] for _, a in alerts)
+    assert proxy.failed_handshakes == failed_before
