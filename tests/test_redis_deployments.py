@@ -98,3 +98,28 @@ def test_cluster_url_with_a_database_is_a_config_error():
 
     with pytest.raises(ConfigError, match="WHYSTREAM_REDIS_URL"):
         RedisStore("redis+cluster://127.0.0.1:7000/3")
+
+
+def test_the_engine_dedups_caches_and_finds_events_through_a_cluster(engine_settings, small_model, redis_cluster):
+    from test_engine import config, explanations, make_records, on_the_topic
+
+    from whystream.streams.engine import Engine
+
+    settings = engine_settings.with_(redis_url=f"redis+cluster://127.0.0.1:{redis_cluster[2]}")
+    records = make_records(small_model, 400)
+    engine = Engine(settings, config())
+    assert engine.store.cluster
+    messages = on_the_topic(settings, records)
+    engine.process(messages)
+    first = explanations(settings)
+    engine.process(messages)  # redelivered: every published id is recognised through the cluster
+    assert len(explanations(settings)) == len(first) and engine.metrics.duplicates._value.get() == len(first)
+    copies = [{**r, "prediction_id": r["prediction_id"] + "-copy"} for r in records]
+    engine.process(on_the_topic(settings, copies))
+    copied = [e for e in explanations(settings) if e["prediction_id"].endswith("-copy")]
+    assert copied and all(e["source"] == "CACHE" for e in copied)
+    published = {e["prediction_id"] for e in explanations(settings)}
+    quiet = next(r for r in records if r["prediction_id"] not in published)
+    assert engine.explain_on_demand(quiet["prediction_id"])["sampling_reason"] == "ON_DEMAND"
+    assert engine.store.available and engine.store.outages == 0
+    engine.close()
