@@ -293,8 +293,8 @@ class RedisStore:
         locations = np.empty(n, dtype=LOCATION)
         locations["partition"], locations["offset"] = partitions, offsets
         if self.cluster:
-            packed = locations.tobytes()
-            commands = [("set", self._key("at", pid), packed[12 * i:12 * i + 12], self.prediction_ttl_s)
+            packed, size = locations.tobytes(), LOCATION.itemsize
+            commands = [("set", self._key("at", pid), packed[size * i:size * (i + 1)], self.prediction_ttl_s)
                         for i, pid in enumerate(prediction_ids)]
             self._call(lambda: self._per_key(commands), None)
             return
