@@ -74,7 +74,7 @@ def test_produce_worker_explain_sink_and_example_over_tls(tls, engine_settings, 
     settings = engine_settings.with_(broker=address, kafka_config=KafkaConfig.from_env(env))
     assert settings.kafka_config.properties == {"security.protocol": "SSL", "ssl.ca.location": str(certs.ca)}
     ensure_topics(settings)
-    before, failed_before = proxy.handshakes, proxy.failed_handshakes
+    before, plaintext, untrusting = proxy.handshakes, proxy.plaintext, proxy.untrusting
 
     sent = whystream(env, "produce", "--count", "400", "--rate", "0", "--seed", "3", "--run-id", "tls")
     assert sent.returncode == 0, sent.stderr
@@ -112,22 +112,25 @@ def test_produce_worker_explain_sink_and_example_over_tls(tls, engine_settings, 
     assert len(example.stdout.splitlines()) == 3
 
     # Every client went through the TLS port, and nothing (no Faust/aiokafka client either)
-    # tried it in plaintext: a plaintext or untrusting client is a failed handshake.
-    assert proxy.handshakes > before and proxy.failed_handshakes == failed_before
+    # tried it in plaintext or refused its certificate.
+    assert proxy.handshakes > before
+    assert (proxy.plaintext, proxy.untrusting) == (plaintext, untrusting), proxy.failures
 
 
 @pytest.mark.parametrize("command", [["produce", "--count", "1"], ["worker", "--web-port", "0"], ["sink"],
                                      ["explain", "some-id"]])
 def test_a_wrong_ca_ends_each_command_in_one_line_naming_the_setting(tls, engine_settings, small_model, tmp_path,
                                                                      command):
-    address, certs, _ = tls
+    address, certs, proxy = tls
     properties = tmp_path / "client.properties"
     properties.write_text("security.protocol=SSL\n")
     env = client_env(engine_settings, address, properties, certs.other_ca)
     env["WHYSTREAM_CLICKHOUSE_DSN"] = f"chdb://{tmp_path / 'chdb'}"  # the session's directory is held by this process
     env["WHYSTREAM_HOME"] = str(tmp_path)
+    untrusting = proxy.untrusting
     line = one_error_line(whystream(env, *command, timeout=60))
     assert "WHYSTREAM_KAFKA_SSL_CA_LOCATION" in line and "certificate verify failed" in line, line
+    assert proxy.wait_until(lambda: proxy.untrusting > untrusting)  # the terminator saw the refusal
 
 
 def test_a_refused_sasl_login_ends_in_one_line_without_the_password(tls, engine_settings, small_model, tmp_path):
@@ -155,10 +158,23 @@ def test_the_drift_monitor_publishes_alerts_over_tls(tls, fresh_topics, db, tmp_
     settings = fresh_topics.with_(broker=address, kafka_config=KafkaConfig.of(
         {"security.protocol": "SSL", "ssl.ca.location": str(certs.ca)}))
     ensure_topics(settings)
-    failed_before = proxy.failed_handshakes
+    plaintext, untrusting = proxy.plaintext, proxy.untrusting
     model, t0 = load_stream(client, database, [(6, False), (6, True)])
     alerts = run_ticks(DriftMonitor(settings, window_seconds=300, database=database, client=client), t0, range(5, 12))
     assert alerts
     assert sorted(a["alert_id"] for a in consume_alerts(settings, len(alerts))) == \
         sorted(a["alert_id"] for _, a in alerts)
-    assert proxy.failed_handshakes == failed_before
+    assert (proxy.plaintext, proxy.untrusting) == (plaintext, untrusting), proxy.failures
+
+
+def test_the_terminator_would_see_a_plaintext_client(tls):
+    """What the end-to-end test relies on to prove that no client (Faust's included) spoke
+    plaintext to the TLS port: such a client is counted."""
+    from confluent_kafka.admin import AdminClient
+
+    address, _, proxy = tls
+    plaintext = proxy.plaintext
+    admin = AdminClient({"bootstrap.servers": address, "log_level": 0})
+    with pytest.raises(Exception):
+        admin.list_topics(timeout=2)
+    assert proxy.wait_until(lambda: proxy.plaintext > plaintext)

@@ -87,7 +87,7 @@ def test_tls_with_a_ca_in_the_url(tmp_path):
         assert proxy.handshakes >= 1
         untrusting = RedisStore(f"rediss://127.0.0.1:{proxy.port}/0?ssl_ca_certs={certs.other_ca}")
         assert not untrusting.available  # a certificate it cannot verify: no connection, a miss
-        assert proxy.failed_handshakes >= 1
+        assert proxy.wait_until(lambda: proxy.untrusting >= 1), proxy.failures
     finally:
         proxy.stop()
         child.stop()

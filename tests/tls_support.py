@@ -10,6 +10,7 @@ import datetime as dt
 import ipaddress
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,8 +67,9 @@ def make_certs(folder: Path) -> Certs:
 
 class TlsProxy:
     """Accepts TLS on 127.0.0.1:port and forwards to 127.0.0.1:upstream, on a thread
-    of its own. Counts completed and failed handshakes (a plaintext client or one that
-    rejects the certificate shows up as failed)."""
+    of its own. Counts completed handshakes and keeps the reason of each failed one:
+    `plaintext` counts clients that spoke no TLS at all, `untrusting` those that
+    refused the certificate (a client closing mid-handshake is neither)."""
 
     def __init__(self, certs: Certs, upstream: int, port: int | None = None):
         self.port = port or free_port()
@@ -75,10 +77,20 @@ class TlsProxy:
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.context.load_cert_chain(certs.cert, certs.key)
         self.handshakes = 0
-        self.failed_handshakes = 0
+        self.failures: list[str] = []  # the reason of each failed handshake
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"tls-proxy-{self.port}", daemon=True)
+
+    @property
+    def plaintext(self) -> int:
+        """Clients that sent something other than a TLS ClientHello (e.g. a Kafka request)."""
+        return sum(r in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL") for r in self.failures)
+
+    @property
+    def untrusting(self) -> int:
+        """Clients that refused the server's certificate (a TLS alert about it)."""
+        return sum("UNKNOWN_CA" in r or "BAD_CERTIFICATE" in r or "CERTIFICATE_UNKNOWN" in r for r in self.failures)
 
     def start(self) -> "TlsProxy":
         self._thread.start()
@@ -86,8 +98,25 @@ class TlsProxy:
         return self
 
     def stop(self) -> None:
+        async def cancel_connections():
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(cancel_connections(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+    def wait_until(self, condition, timeout: float = 10.0) -> bool:
+        """Whether `condition()` holds within `timeout` s: the terminator records a failed
+        handshake on its own thread, a moment after the client has given up."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -101,8 +130,8 @@ class TlsProxy:
     async def _client(self, reader, writer) -> None:
         try:
             await writer.start_tls(self.context)  # the handshake, server side
-        except (ssl.SSLError, OSError, ConnectionError):
-            self.failed_handshakes += 1
+        except (ssl.SSLError, OSError, ConnectionError) as exc:
+            self.failures.append(getattr(exc, "reason", None) or type(exc).__name__)
             writer.close()
             return
         self.handshakes += 1
