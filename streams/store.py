@@ -28,8 +28,12 @@ any one node. A cluster routes each key to the node owning its hash slot, and a 
 script or multi-key command may only touch keys of one slot, so in cluster mode
 every operation is a single-key command (SET, GET, EXISTS, INCRBY), sent in one
 pipeline per batch that redis-py splits by node: no script, no multi-key command,
-and the key names are the same as on a single Redis. This costs more client CPU
-per key than the scripts (one command each); a single Redis keeps the scripts.
+and the key names are the same as on a single Redis. It costs far more client CPU
+than the scripts, which a single Redis keeps: measured with 2,000-event batches on a
+3-master loopback cluster, 17 us per event to remember locations (0.3 us with the
+script), 29 us per key to recall and 37 us to record (1.6 and 2.7 us): about 9% of a
+core at 5,000 events/s. Grouping keys by hash tag to use scripts per slot would
+cut it, at the price of concentrating data in few slots; not done.
 
 The stream itself stays in Kafka: for an on-demand explanation the engine
 reads the event back from `predictions` at the remembered location.
