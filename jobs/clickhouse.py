@@ -31,6 +31,8 @@ import numpy as np
 
 from whystream.config import ENV, Settings, mask_secrets
 from whystream.errors import ConfigError, WhystreamError
+from whystream.jobs.clickhouse_cluster import (CLUSTER_INSERT_SETTINGS, cluster_statement, create_database,
+                                               schema_migrations_ddl)
 
 log = logging.getLogger("whystream.clickhouse")
 
@@ -125,7 +127,7 @@ def _held_elsewhere(exc: Exception) -> bool:
     return "Error initializing EmbeddedServer" in str(exc)
 
 
-def _open_client(dsn: Dsn, database: str | None):
+def _open_client(dsn: Dsn, database: str | None, settings: dict | None = None):
     import clickhouse_connect
 
     if dsn.kind == "chdb":
@@ -134,19 +136,25 @@ def _open_client(dsn: Dsn, database: str | None):
         return clickhouse_connect.get_client(interface="chdb", path=str(dsn.path) if dsn.path else ":memory:",
                                              database=database)
     return clickhouse_connect.get_client(dsn=dsn.url, database=database, connect_timeout=5,
-                                         send_receive_timeout=60)
+                                         send_receive_timeout=60, settings=settings or {})
 
 
 def connect(settings: Settings, database: str = DEFAULT_DATABASE, migrate_schema: bool = True):
     """A clickhouse-connect client on `database` (created if missing), with the
     schema migrated. Raises ConfigError naming WHYSTREAM_CLICKHOUSE_DSN when the
-    DSN is malformed or ClickHouse cannot be reached."""
+    DSN is malformed or ClickHouse cannot be reached. With migrate_schema=False
+    (readers: `sql`, `drift`, `report`) nothing is written, not even the database:
+    read-only credentials suffice; a missing database gives a client without one."""
     dsn = parse_dsn(settings.require("clickhouse_dsn"))
     ident(database)
+    cluster = settings.clickhouse_cluster or None
     try:
         bootstrap = _open_client(dsn, None)
-        bootstrap.command(f"CREATE DATABASE IF NOT EXISTS {database}")
-        client = _open_client(dsn, database)
+        if migrate_schema:
+            bootstrap.command(create_database(database, cluster))
+        elif not rows(bootstrap, f"SELECT count() AS n FROM system.databases WHERE name = {lit(database)}")[0]["n"]:
+            return bootstrap
+        client = _open_client(dsn, database, CLUSTER_INSERT_SETTINGS if cluster else None)
         bootstrap.close()
     except WhystreamError:
         raise
@@ -155,8 +163,17 @@ def connect(settings: Settings, database: str = DEFAULT_DATABASE, migrate_schema
             raise ConfigError(DSN_VAR, held_message(settings, dsn)) from None
         raise ConfigError(DSN_VAR, f"cannot connect to ClickHouse at {dsn.redacted}: {one_line(exc)}") from None
     if migrate_schema:
-        migrate(client, database)
+        migrate(client, database, cluster)
     return client
+
+
+def require_schema(client, database: str = DEFAULT_DATABASE) -> None:
+    """A ConfigError unless `database` holds whystream's tables (readers never create them)."""
+    found = rows(client, f"SELECT count() AS n FROM system.tables WHERE database = {lit(database)} "
+                         f"AND name = 'schema_migrations'")
+    if not found[0]["n"]:
+        raise ConfigError(DSN_VAR, f"ClickHouse has no whystream tables in database {database!r} yet; "
+                                   "`whystream sink` creates them when it starts (readers never write)")
 
 
 def held_message(settings: Settings, dsn: Dsn) -> str:
@@ -204,19 +221,24 @@ def statements(sql: str) -> list[str]:
     return [s.strip() for s in re.split(r";\s*(?:\n|$)", text) if s.strip()]
 
 
-def migrate(client, database: str = DEFAULT_DATABASE) -> list[int]:
+def migration_statements(mig: Migration, database: str, cluster: str | None = None) -> list[str]:
+    """The statements of a migration for `database`: the file's own, or their cluster
+    form (jobs/clickhouse_cluster.py) when a cluster name is given."""
+    own = statements(mig.sql.replace("{db}", ident(database)))
+    return own if not cluster else [out for statement in own for out in cluster_statement(statement, cluster)]
+
+
+def migrate(client, database: str = DEFAULT_DATABASE, cluster: str | None = None) -> list[int]:
     """Apply the migrations not yet recorded in `schema_migrations`; return their versions.
 
     Every statement is idempotent (`CREATE ... IF NOT EXISTS`, `ADD COLUMN IF NOT
     EXISTS`), so a migration interrupted half way is simply applied again. A
     changed file of an applied version is reported in the log, not re-applied:
-    add a new version instead.
+    add a new version instead. With `cluster` (WHYSTREAM_CLICKHOUSE_CLUSTER) the
+    statements are the cluster-aware ones: ON CLUSTER, Replicated, Distributed.
     """
     db = ident(database)
-    client.command(
-        f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32, name String, checksum String, "
-        f"applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = MergeTree ORDER BY version"
-    )
+    client.command(schema_migrations_ddl(db, cluster))
     applied = {r["version"]: r["checksum"] for r in rows(
         client, f"SELECT version, any(checksum) AS checksum FROM {db}.schema_migrations GROUP BY version")}
     done = []
@@ -226,7 +248,7 @@ def migrate(client, database: str = DEFAULT_DATABASE) -> list[int]:
                 log.warning("ClickHouse migration %03d_%s changed after it was applied to %s; "
                             "not re-applied (add a new migration instead)", mig.version, mig.name, db)
             continue
-        for statement in statements(mig.sql.replace("{db}", db)):
+        for statement in migration_statements(mig, db, cluster):
             client.command(statement)
         client.insert("schema_migrations", [[mig.version], [mig.name], [mig.checksum]], database=db,
                       column_names=["version", "name", "checksum"], column_oriented=True)

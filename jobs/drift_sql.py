@@ -20,11 +20,20 @@ time, [toStartOfMinute(start), end).
 
 from __future__ import annotations
 
+import datetime as dt
+
 from whystream.jobs.clickhouse import DEFAULT_DATABASE, ident, lit, ms_lit, rows
 
 
 def _window(model: str, start_ms: int, end_ms: int) -> str:
-    return f"model = {lit(model)}, start = {ms_lit(start_ms)}, end = {ms_lit(end_ms)}"
+    # Literals, not expressions: ClickHouse before 24.6 takes only literals as view arguments.
+    return f"model = {lit(model)}, start = {time_lit(start_ms)}, end = {time_lit(end_ms)}"
+
+
+def time_lit(ms: int) -> str:
+    """Epoch milliseconds as a string literal of a UTC DateTime64(3), e.g. '2026-01-02 03:04:05.678'."""
+    seconds, millis = divmod(int(ms), 1000)
+    return f"'{dt.datetime.fromtimestamp(seconds, dt.timezone.utc):%Y-%m-%d %H:%M:%S}.{millis:03d}'"
 
 
 def feature_drift_sql(model: str, start_ms: int, end_ms: int, database: str = DEFAULT_DATABASE) -> str:

@@ -30,7 +30,8 @@ from pathlib import Path
 
 from whystream.config import Settings, write_private
 from whystream.errors import ConfigError, WhystreamError
-from whystream.jobs.clickhouse import DEFAULT_DATABASE, DSN_VAR, PORT_FILE, Dsn, connect, ident, one_line, parse_dsn
+from whystream.jobs.clickhouse import (DEFAULT_DATABASE, DSN_VAR, PORT_FILE, Dsn, connect, ident, lit, one_line,
+                                       parse_dsn, rows)
 from whystream.jobs.sql_guard import ReadOnlyQueries, open_read_only_client
 
 MAX_REQUEST_BYTES = 1 << 20
@@ -207,17 +208,17 @@ def advertised_port(settings: Settings, dsn: Dsn) -> tuple[int, str] | None:
 def open_query_client(settings: Settings, database: str = DEFAULT_DATABASE):
     """A client for read-only work whose `query()` runs only what the guard
     passes: through a running sink's query port when it owns the chDB
-    directory, else on a read-only session of its own. Readers never migrate
-    a ClickHouse server (analysts' users are read-only); an embedded directory
-    with no sink yet gets its schema, so a first look finds the tables."""
+    directory, else on a read-only session of its own. Readers never write,
+    not even the database (read-only credentials suffice); with no database
+    yet the session has none, and `require_schema` says so in one line."""
     dsn = parse_dsn(settings.require("clickhouse_dsn"))
-    if dsn.kind != "chdb":
-        return ReadOnlyQueries(partial(open_read_only_client, dsn, ident(database)))
-    advertised = advertised_port(settings, dsn)
-    if advertised is not None:
-        return SinkQueryClient(*advertised, database)
-    writer = connect(settings, database)
+    if dsn.kind == "chdb":
+        advertised = advertised_port(settings, dsn)
+        if advertised is not None:
+            return SinkQueryClient(*advertised, database)
+    probe = connect(settings, database, migrate_schema=False)  # one line for a held directory or a dead server
     try:
-        return ReadOnlyQueries(partial(open_read_only_client, dsn, ident(database)))
+        exists = rows(probe, f"SELECT count() AS n FROM system.databases WHERE name = {lit(database)}")[0]["n"]
+        return ReadOnlyQueries(partial(open_read_only_client, dsn, ident(database) if exists else None))
     finally:
-        writer.close()
+        probe.close()

@@ -36,6 +36,7 @@ from whystream.config import Settings
 from whystream.errors import DecodeError, ModelNotFound, WhystreamError
 from whystream.logsafe import printable
 from whystream.jobs import clickhouse as ch
+from whystream.kafka_config import check_broker
 from whystream.streams.codec import codec_for
 from whystream.streams.validate import RawMessage
 
@@ -269,6 +270,7 @@ def run_sink(settings: Settings, stop_event: threading.Event | None = None, batc
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     stop_event = stop_event or threading.Event()
+    check_broker(settings.kafka_config, settings.require("broker"))  # a wrong CA ends here, in one line
     sink = sink or Sink(settings, database, stop_event=stop_event)
     if sink.stop_event is not stop_event:
         sink.stop_event = stop_event

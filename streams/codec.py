@@ -28,6 +28,7 @@ import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from whystream.errors import DecodeError
+from whystream.schema_registry import registry_client
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 SCHEMA_NAMES = ("PredictionEvent", "ExplanationEvent", "DeadLetter", "DriftAlert")
@@ -138,13 +139,13 @@ class ConfluentCodec:
     """Confluent Schema Registry wire format, through confluent-kafka's serializers."""
 
     def __init__(self, name: str, registry_url: str, topic: str):
-        from confluent_kafka.schema_registry import SchemaRegistryClient
         from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
         from confluent_kafka.serialization import MessageField, SerializationContext
 
         self.name = name
         schema_str = json.dumps(load_schema(name))
-        client = SchemaRegistryClient.new_client({"url": registry_url})  # mock:// gives the in-memory registry
+        # Auth and TLS from WHYSTREAM_SCHEMA_REGISTRY_* (whystream/schema_registry.py); subject: "<topic>-value".
+        client = registry_client(registry_url)
         self._serializer = AvroSerializer(client, schema_str)
         self._deserializer = AvroDeserializer(client, schema_str)
         self._context = SerializationContext(topic, MessageField.VALUE)

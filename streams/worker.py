@@ -39,6 +39,7 @@ from confluent_kafka.admin import AdminClient
 from faust.app.base import BootStrategy
 
 from whystream.config import Settings
+from whystream.kafka_config import check_broker
 from whystream.streams.engine import Engine, EngineConfig
 from whystream.streams.validate import Inbound, RawMessage
 from whystream.streams.web_access import WebAccess
@@ -235,6 +236,8 @@ def create_app(settings: Settings, config: EngineConfig | None = None, web_port:
                batch_size: int = 2000, session_timeout_s: float = 6.0,
                access: WebAccess | None = None) -> faust.App:
     access = access or WebAccess()
+    # A wrong CA, a refused login or no broker ends the worker here, in one line.
+    check_broker(settings.kafka_config, settings.require("broker"))
     engine = Engine(settings, config)
     ingest = Ingest(engine, batch_size=batch_size, session_timeout_s=session_timeout_s)
     datadir = settings.home / "faust" / str(web_port)  # one per worker on a host
@@ -243,9 +246,12 @@ def create_app(settings: Settings, config: EngineConfig | None = None, web_port:
     class WorkerApp(faust.App):
         BootStrategy = _WithoutFaustKafka
 
+    # Faust opens no Kafka connection here (_WithoutFaustKafka: no producer, consumer or
+    # conductor; the tests check that a TLS-only broker sees no plaintext client), so it
+    # gets no TLS/SASL settings; every Kafka client is confluent-kafka, from settings.kafka().
     app = WorkerApp(
         f"{settings.topic_prefix}whystream-worker",
-        broker=f"kafka://{settings.require('broker')}",
+        broker="kafka://" + settings.require("broker").replace(",", ";"),  # Faust separates servers by ;
         datadir=str(datadir),
         web_port=web_port,
         web_host=access.advertised_host,

@@ -22,6 +22,17 @@ def stack(tmp_path_factory):
         yield settings
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """Ports of a real 3-master Redis Cluster on loopback (tests/redis_cluster.py)."""
+    from redis_cluster import start_cluster
+
+    children, ports = start_cluster(tmp_path_factory.mktemp("redis-cluster"))
+    yield ports
+    for child in children:
+        child.stop()
+
+
 @pytest.fixture
 def fresh_topics(stack):
     """Settings with a unique topic prefix, so each test sees empty topics."""

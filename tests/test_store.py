@@ -19,7 +19,7 @@ import redis
 
 from whystream.errors import WhystreamError
 from whystream.infra.stack import Child, redis_binary, start_redis
-from whystream.streams.store import CHUNK, RedisStore, feature_hash
+from whystream.streams.store import CHUNK, RedisStore, cluster_node_url, feature_hash
 
 
 @pytest.fixture
@@ -27,14 +27,23 @@ def prefix() -> str:
     return f"test-{uuid.uuid4().hex[:10]}:"
 
 
-@pytest.fixture
-def store(stack, prefix) -> RedisStore:
-    return RedisStore(stack.redis_url, explanation_ttl_s=3600, dedup_ttl_s=7200, prediction_ttl_s=900, prefix=prefix)
+@pytest.fixture(params=["single", "cluster"])
+def redis_url(request, stack) -> str:
+    """The round trips run against the stack's redis-server and a real 3-master Redis Cluster."""
+    if request.param == "single":
+        return stack.redis_url
+    return f"redis+cluster://127.0.0.1:{request.getfixturevalue('redis_cluster')[0]}"
 
 
 @pytest.fixture
-def raw(stack):
-    client = redis.Redis.from_url(stack.redis_url)
+def store(redis_url, prefix) -> RedisStore:
+    return RedisStore(redis_url, explanation_ttl_s=3600, dedup_ttl_s=7200, prediction_ttl_s=900, prefix=prefix)
+
+
+@pytest.fixture
+def raw(redis_url):
+    node = cluster_node_url(redis_url)
+    client = redis.RedisCluster.from_url(node) if node else redis.Redis.from_url(redis_url)
     yield client
     client.close()
 
@@ -133,10 +142,10 @@ def test_where_recent_predictions_lie(store, raw, prefix):
         store.remember_locations(["p1"], np.array([]), np.array([1]))
 
 
-def test_version_counter_is_shared(stack, store, prefix):
+def test_version_counter_is_shared(store, prefix):
     assert store.note_version_events("v9", 150) == 0
     assert store.note_version_events("v9", 100) == 150
-    other_worker = RedisStore(stack.redis_url, prefix=prefix)
+    other_worker = RedisStore(store.url, prefix=prefix)
     assert other_worker.note_version_events("v9", 1) == 250
     assert store.note_version_events("v10", 5) == 0
     assert store.note_version_events("v9", 0) == 251

@@ -214,9 +214,12 @@ def explain(ctx: typer.Context, prediction_id: str,
     """Print the explanation of a recent decision as JSON (computed now if it was not sampled)."""
     import json
 
+    from whystream.kafka_config import check_broker
     from whystream.streams.engine import Engine, EngineConfig
 
-    engine = Engine(settings_of(ctx), EngineConfig(redact=parse_features(redact)))
+    settings = settings_of(ctx)
+    check_broker(settings.kafka_config, settings.require("broker"))  # a wrong CA ends here, in one line
+    engine = Engine(settings, EngineConfig(redact=parse_features(redact)))
     explanation = engine.explain_on_demand(prediction_id)
     if explanation is None:
         raise WhystreamError(f"no recent decision with prediction_id {prediction_id!r} "
@@ -331,10 +334,16 @@ def sink(ctx: typer.Context,
     console.print(f"[dim]# sink stopped: {stats.line()}[/]")
 
 
-def _clickhouse_reader(settings: Settings, database: str):
-    from whystream.jobs.query_port import open_query_client
+def _clickhouse_reader(settings: Settings, database: str, schema: bool = True):
+    """A read-only client (never migrates; runs only what the SQL guard passes); with
+    `schema`, one line if whystream's tables are missing."""
+    from whystream.jobs.clickhouse import require_schema
+    from whystream.jobs.query_port import SinkQueryClient, open_query_client
 
-    return open_query_client(settings, database)
+    client = open_query_client(settings, database)
+    if schema and not isinstance(client, SinkQueryClient):
+        require_schema(client, database)
+    return client
 
 
 def _cell(value) -> str:
@@ -358,7 +367,7 @@ def sql(ctx: typer.Context, query: str = typer.Argument(..., help="One read quer
     operator's limits (WHYSTREAM_SQL_*)."""
     from rich.table import Table
 
-    result = _clickhouse_reader(settings_of(ctx), database).query(query)
+    result = _clickhouse_reader(settings_of(ctx), database, schema=False).query(query)
     table = Table(*result.column_names, show_lines=False)
     for row in result.result_rows[:max_rows]:
         table.add_row(*(_cell(v) for v in row))

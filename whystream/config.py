@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from whystream.errors import ConfigError
+from whystream.kafka_config import KafkaConfig
 
 TOPICS = ("predictions", "explanations", "predictions.dlq", "drift-alerts")
 
@@ -21,6 +22,7 @@ ENV = {
     "broker": "WHYSTREAM_BROKER",
     "redis_url": "WHYSTREAM_REDIS_URL",
     "clickhouse_dsn": "WHYSTREAM_CLICKHOUSE_DSN",
+    "clickhouse_cluster": "WHYSTREAM_CLICKHOUSE_CLUSTER",
     "topic_prefix": "WHYSTREAM_TOPIC_PREFIX",
     "registry": "WHYSTREAM_REGISTRY",
     "schema_registry_url": "WHYSTREAM_SCHEMA_REGISTRY_URL",
@@ -88,10 +90,13 @@ class Settings:
     broker: str | None = None
     redis_url: str | None = None
     clickhouse_dsn: str | None = None
+    clickhouse_cluster: str | None = None  # a ClickHouse cluster's name: cluster-aware migrations
     topic_prefix: str = ""
     registry: Path | None = None
     schema_registry_url: str | None = None
     extra: dict = field(default_factory=dict, compare=False)
+    # librdkafka properties from WHYSTREAM_KAFKA_CONFIG and WHYSTREAM_KAFKA_* (TLS, SASL, ...)
+    kafka_config: KafkaConfig = field(default_factory=KafkaConfig, compare=False)
 
     @classmethod
     def load(cls, **overrides) -> "Settings":
@@ -103,11 +108,15 @@ class Settings:
                                              "environment instead")
         home = Path(overrides.get("home") or os.environ.get(ENV["home"]) or "var")
         stack = read_env_file(stack_env_file(home))
-        values = {}
+        kafka_config = KafkaConfig.from_env()
+        values = {"kafka_config": kafka_config}
         for name, var in ENV.items():
             flag = overrides.get(name)
             values[name] = flag if flag is not None else (os.environ.get(var) or from_file(var)
                                                           or stack.get(var))
+        # A properties file that names its bootstrap.servers needs no WHYSTREAM_BROKER.
+        values["broker"] = (overrides.get("broker") or os.environ.get(ENV["broker"]) or from_file(ENV["broker"])
+                            or kafka_config.bootstrap_servers or stack.get(ENV["broker"]))
         values["home"] = home
         values["registry"] = Path(values["registry"]) if values["registry"] else home / "registry"
         values["topic_prefix"] = values["topic_prefix"] or ""
@@ -134,8 +143,11 @@ class Settings:
         return value
 
     def kafka(self, **conf) -> dict:
-        """confluent-kafka configuration for the broker."""
-        return {"bootstrap.servers": self.require("broker"), **conf}
+        """confluent-kafka configuration for the broker: the user's client properties
+        (checked once; a rejected one is a ConfigError naming where it came from),
+        then this client's own settings."""
+        self.kafka_config.validate()
+        return self.kafka_config.client(self.require("broker"), **conf)
 
     def as_env(self) -> dict[str, str]:
         """The WHYSTREAM_* variables that reproduce these settings."""
