@@ -93,7 +93,7 @@ def test_view_arguments_are_literals_for_clickhouse_before_24_6():
 def test_readers_never_write_not_even_the_database(stack, tmp_path):
     database = f"r_{uuid.uuid4().hex[:10]}"
     settings = stack.with_(home=tmp_path)  # no sink.port here: the reader connects itself
-    from whystream.jobs.clickhouse import open_query_client
+    from whystream.jobs.query_port import open_query_client
 
     reader = open_query_client(settings, database)
     assert ch.rows(reader, "SELECT 1 AS one")[0]["one"] == 1  # `whystream sql` works on what is there
