@@ -30,7 +30,8 @@ EXPLANATION = {
     "source": "LIVE", "cached": True, "latency_ms": 77.0, "worker": "host:1", "redacted_features": ["x"],
 }
 DEAD_LETTER = {
-    "reason_code": "UNDECODABLE", "reason": "bad", "original": b"\x00\x01", "original_key": None,
+    "reason_code": "UNDECODABLE", "reason": "bad", "original": b"\x00\x01", "original_size": 2,
+    "original_truncated": False, "original_key": None,
     "topic": "predictions", "partition": 3, "offset": 42, "prediction_id": None,
     "failed_at": 1_700_000_000_000, "worker": "w",
 }
@@ -96,6 +97,47 @@ def test_a_reader_on_explanation_version_1_reads_current_events():
     for name in ("event_time", "explained_at"):  # fastavro applies the timestamp-millis logical type
         read[name] = round(read[name].timestamp() * 1000)
     assert read == {k: v for k, v in EXPLANATION.items() if k != "redacted_features"}
+
+
+def _write_v1_dead_letter(record: dict) -> bytes:
+    old = _history_schema("DeadLetter.v1.avsc")
+    buffer = io.BytesIO(b"\xc3\x01" + schema_fingerprint(old))
+    buffer.seek(0, io.SEEK_END)
+    fastavro.schemaless_writer(buffer, fastavro.parse_schema(old), record)
+    return buffer.getvalue()
+
+
+def test_dead_letters_of_version_1_read_with_unknown_size_and_not_truncated():
+    v1_record = {k: v for k, v in DEAD_LETTER.items() if k not in ("original_size", "original_truncated")}
+    decoded = SingleObjectCodec("DeadLetter").decode(_write_v1_dead_letter(v1_record))
+    assert decoded == {**v1_record, "original_size": -1, "original_truncated": False}
+
+
+def test_a_reader_on_dead_letter_version_1_reads_current_letters_of_the_old_reasons():
+    """Old DLQ consumers keep working for the reasons they know; the new fields are skipped."""
+    old = fastavro.parse_schema(_history_schema("DeadLetter.v1.avsc"))
+    current = fastavro.parse_schema(load_schema("DeadLetter"))
+    letter = {**DEAD_LETTER, "reason_code": "BAD_FIELD", "original_size": 5_000_000, "original_truncated": True}
+    data = SingleObjectCodec("DeadLetter").encode(letter)
+    read = fastavro.schemaless_reader(io.BytesIO(data[10:]), current, old)
+    read["failed_at"] = round(read["failed_at"].timestamp() * 1000)
+    assert read == {k: v for k, v in letter.items() if k not in ("original_size", "original_truncated")}
+    # Version 1 has no enum default, so it cannot read the reasons added since (README: upgrade DLQ readers).
+    with pytest.raises(fastavro.read.SchemaResolutionError):
+        data = SingleObjectCodec("DeadLetter").encode({**letter, "reason_code": "MODEL_UNAVAILABLE"})
+        fastavro.schemaless_reader(io.BytesIO(data[10:]), current, old)
+
+
+def test_a_reason_added_after_this_version_reads_as_the_enum_default():
+    """From this version on, a DLQ reader survives reason codes added later."""
+    future = load_schema("DeadLetter")
+    future = json.loads(json.dumps(future))
+    future["fields"][0]["type"]["symbols"].append("SOME_FUTURE_REASON")
+    buffer = io.BytesIO()
+    fastavro.schemaless_writer(buffer, fastavro.parse_schema(future), {**DEAD_LETTER, "reason_code": "SOME_FUTURE_REASON"})
+    buffer.seek(0)
+    read = fastavro.schemaless_reader(buffer, fastavro.parse_schema(future), fastavro.parse_schema(load_schema("DeadLetter")))
+    assert read["reason_code"] == "UNDECODABLE" and read["reason"] == DEAD_LETTER["reason"]
 
 
 def test_a_downstream_consumer_needs_only_the_avsc_files():
