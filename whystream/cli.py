@@ -139,10 +139,19 @@ def worker(ctx: typer.Context,
            stratum: str = typer.Option("channel", help="Segment attribute used as sampling stratum"),
            new_version_events: int = typer.Option(200, help="First events of a never-seen model version that are always explained"),
            idle_close: float = typer.Option(5.0, help="Close a partition's windows after this many idle seconds"),
-           latency_budget_ms: float = typer.Option(2000.0, help="Past this per batch, explain with the fallback"),
+           latency_budget_ms: float = typer.Option(2000.0, help="Past this per batch, explain priority decisions "
+                                                   "with the fallback (reservoir samples always wait for TreeSHAP)"),
+           max_skew: float = typer.Option(300.0, help="Dead-letter events whose time is more than this many "
+                                          "seconds ahead of their broker timestamp"),
+           max_open: float = typer.Option(30.0, help="Close a partition's windows once one has been open this "
+                                          "many seconds of wall-clock time"),
+           max_strata: int = typer.Option(50, help="Strata per partition, model version and window; the rest "
+                                          "pool as `other`"),
+           dlq_original_cap: int = typer.Option(512 * 1024, help="Bytes of a bad message kept in its dead letter"),
            loglevel: str = typer.Option("warning")):
     """Run a worker: consume `predictions`, publish `explanations` (scale out by running more)."""
     from whystream.streams.engine import EngineConfig
+    from whystream.streams.event_time import EventTimeRule
     from whystream.streams.sampling import SamplingConfig
     from whystream.streams.web_access import WebAccess
     from whystream.streams.worker import run_worker
@@ -152,8 +161,12 @@ def worker(ctx: typer.Context,
     access = WebAccess.configure(web_bind)
     sampling = SamplingConfig(budget=budget, window_ms=int(window * 1000), near_threshold_band=band,
                               stratum_key=stratum, new_version_events=new_version_events,
-                              idle_close_ms=int(idle_close * 1000))
-    run_worker(settings, EngineConfig(sampling, latency_budget_ms, redact=parse_features(redact)),
+                              idle_close_ms=int(idle_close * 1000), max_open_ms=int(max_open * 1000),
+                              max_strata=max_strata)
+    config = EngineConfig(sampling, latency_budget_ms, redact=parse_features(redact),
+                          event_time=EventTimeRule(max_ahead_ms=int(max_skew * 1000)),
+                          dlq_original_cap=dlq_original_cap)
+    run_worker(settings, config,
                web_port=web_port, loglevel=loglevel, batch_size=batch, access=access)
 
 
