@@ -51,6 +51,7 @@ from whystream.streams.labels import DecisionLabels
 from whystream.streams.metrics import Metrics
 from whystream.streams.publish import Publisher
 from whystream.streams.quarantine import Quarantine
+from whystream.streams.replay_guard import ReplayGuard
 from whystream.streams.sampling import RESERVOIR, Reservoirs, SamplingConfig, priority_reasons
 from whystream.streams.store import RedisStore, feature_hash
 from whystream.streams.topic_stats import OffsetReader
@@ -143,6 +144,7 @@ class Engine:
         self.producer = Producer(settings.kafka(**{"linger.ms": 2, "compression.type": "lz4",
                                                    "enable.idempotence": True}))
         self.publisher = Publisher(self.producer)
+        self.replay_guard = ReplayGuard(settings)  # what a replay must not publish again (without Redis)
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whystream-remember")
         self._remembering: Future | None = None
         # Versions whose first new_version_events events have been seen (by any worker): the shared
@@ -194,7 +196,11 @@ class Engine:
         self._close_windows(due, now_ms)
         self._explain_and_publish(due, started)
         self._remember(batches, inbound)
-        return self.held_offsets(np.unique(inbound.partitions).tolist())
+        partitions = np.unique(inbound.partitions).tolist()
+        if self.replay_guard.active():
+            for p in partitions:
+                self.replay_guard.handled(p, int(inbound.offsets[inbound.partitions == p].max()) + 1)
+        return self.held_offsets(partitions)
 
     def _remember(self, batches: list[ModelBatch], inbound: Inbound) -> None:
         """Remember where the valid events lie (explain on demand), on a thread of its own:
@@ -228,6 +234,7 @@ class Engine:
         """Partitions moved to another worker: it rebuilds their windows from the committed offsets."""
         for p in partitions:
             self.reservoirs.drop_partition(p)
+        self.replay_guard.forget(partitions)
 
     # -- steps ----------------------------------------------------------------
 
@@ -293,6 +300,8 @@ class Engine:
         published_values: list[bytes] = []
         fresh: list[tuple[str, bytes, bytes]] = []  # (model version, feature hash, attributions) for the cache
         now: set[str] = set()  # ids published by this call: the same id twice in a batch is published once
+        # Replaying after a crash or rebalance: what is on the broker already counts as published.
+        on_broker = self.replay_guard.explained if self.replay_guard.active() else ()
         for work in due.values():
             if not work.records:
                 continue
@@ -301,7 +310,7 @@ class Engine:
             already, cached = self.store.recall(ids, work.model.version, hashes)
             keep = []
             for i, seen in enumerate(already):
-                if not seen and ids[i] not in now:
+                if not seen and ids[i] not in now and ids[i] not in on_broker:
                     now.add(ids[i])
                     keep.append(i)
             self.metrics.duplicates.inc(len(ids) - len(keep))
@@ -354,8 +363,12 @@ class Engine:
         if not dead:
             return
         topic = self.settings.topic("predictions.dlq")
+        guard = self.replay_guard
         for letter in dead:
             m = letter.message
+            if guard.active() and (m.partition, m.offset) in guard.dead:
+                self.metrics.duplicates.inc()
+                continue
             cap = self.config.dlq_original_cap
             value = self.dlq_codec.encode(letter.to_avro(self.worker, cap))
 

@@ -84,6 +84,7 @@ class Ingest:
             "on_commit": self._on_commit,
         }))
         self.assigned: set[int] = set()  # partitions this worker owns now (rebalance callbacks keep it)
+        self._to_guard: set[int] = set()  # newly assigned: read what was published before replaying them
         self.positions: dict[int, int] = {}  # partition -> next offset to read (after what the engine handled)
         self.committed: dict[int, int] = {}
         self.dropped_revoked = 0  # messages fetched for a partition revoked before they were handled
@@ -156,6 +157,10 @@ class Ingest:
         return good
 
     def _handle(self, messages: list) -> None:
+        if self._to_guard:
+            guarded, self._to_guard = sorted(self._to_guard & self.assigned), set()
+            with self.lock:
+                self.engine.replay_guard.guard(self.consumer, guarded)
         n = len(messages)
         values = [m.value() or b"" for m in messages]  # a tombstone (no value) is undecodable input
         partitions = np.fromiter((m.partition() for m in messages), dtype=np.int64, count=n)
@@ -209,7 +214,9 @@ class Ingest:
     # -- rebalancing (called by the consumer, on this loop's thread) ----------
 
     def _on_assign(self, consumer, partitions) -> None:
-        self.assigned = self.assigned | {tp.partition for tp in partitions if tp.topic == self.topic}
+        new = {tp.partition for tp in partitions if tp.topic == self.topic}
+        self.assigned = self.assigned | new
+        self._to_guard |= new  # before their first batch (outside this callback)
         log.info("assigned %s", sorted(tp.partition for tp in partitions))
 
     def _on_revoke(self, consumer, partitions) -> None:

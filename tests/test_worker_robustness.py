@@ -13,6 +13,7 @@ import time
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from whystream.infra.stack import free_port
 from whystream.streams.codec import codec_for
 from whystream.streams.topic_stats import read_all
 
@@ -137,3 +138,53 @@ def test_an_event_far_ahead_does_not_stall_a_busy_partition(engine_settings, sma
               and e["explained_at"] < stream_end_ms]
     assert during, "reservoir samples stopped coming after the event ahead"
     assert sum(e["inclusion_weight"] for e in sampled) == pytest.approx(len(stream) - 1)
+
+
+def garbage(records, every=150):
+    """Bad messages interleaved with the records: (key, value) pairs, and how many are bad."""
+    codec = codec_for("PredictionEvent")
+    kinds = [lambda r: b"\x00not avro", lambda r: codec.encode({**r, "model_name": "nope"}),
+             lambda r: codec.encode({**r, "prediction_id": " "}),
+             lambda r: codec.encode({**r, "event_time": 32_503_680_000_000}),
+             lambda r: codec.encode({**r, "score": float("nan")})]
+    out, bad = [], 0
+    for i, r in enumerate(records):
+        out.append((r["prediction_id"].encode(), codec.encode(r)))
+        if i % every == every - 1:
+            out.append((f"bad-{i}".encode(), kinds[bad % len(kinds)]({**r, "prediction_id": f"bad-{i}"})))
+            bad += 1
+    return out, bad
+
+
+def test_kill_minus_9_with_redis_down_publishes_nothing_twice(engine_settings, small_model, tmp_path):
+    settings = engine_settings.with_(redis_url=f"redis://127.0.0.1:{free_port()}/0")  # nobody listens there
+    records = records_for(small_model, 6000, seed=31, run_id="noredis")
+    for i, r in enumerate(records):  # event time advances 1 ms per event: 6 s of stream, 2 s windows
+        r["event_time"] = int(time.time() * 1000) - 60_000 + i
+    values, bad = garbage(records)
+    worker = Worker(settings, tmp_path)
+    worker.wait_ready()
+    sender = threading.Thread(target=produce, args=(settings, values, None, 1500.0))
+    sender.start()
+    deadline = time.monotonic() + 90
+    while not read_all(settings, settings.topic("explanations"), "ExplanationEvent", timeout=3):
+        assert time.monotonic() < deadline, "no explanation before the kill"
+        time.sleep(0.5)
+    time.sleep(1.5)
+    worker.kill()  # kill -9 in the middle of the stream, Redis never there
+    replacement = Worker(settings, tmp_path)
+    sender.join()
+    replacement.wait_ready()
+    published = wait_quiet(settings, quiet_s=10.0, timeout=180)
+    letters = read_all(settings, settings.topic("predictions.dlq"), "DeadLetter")
+    replacement.kill(signal.SIGTERM)
+
+    ids = [e["prediction_id"] for e in published]
+    assert len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} explanations published twice"
+    positions = [(d["partition"], d["offset"]) for d in letters]
+    assert len(positions) == len(set(positions)), f"{len(positions) - len(set(positions))} dead letters twice"
+    assert len(letters) == bad
+    due = {r["prediction_id"] for r in records if is_priority(r)}
+    assert due == {e["prediction_id"] for e in published if e["sampling_reason"] != "RESERVOIR"}
+    sampled = [e for e in published if e["sampling_reason"] == "RESERVOIR"]
+    assert sum(e["inclusion_weight"] for e in sampled) == pytest.approx(len(records) - len(due))
