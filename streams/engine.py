@@ -140,6 +140,9 @@ class Engine:
             self._encoder.warm_up()
         self.dlq_codec = codec_for("DeadLetter", settings.schema_registry_url, settings.topic("predictions.dlq"))
         self.store = store or RedisStore(settings.redis_url)
+        # The background location writes get a client (and an availability flag) of their own: a slow
+        # write must not switch dedup and the cache off for everyone (streams/store.py's retry pause).
+        self.location_store = RedisStore(settings.redis_url) if store is None else store
         self.reservoirs = Reservoirs(self.config.sampling)
         self.producer = Producer(settings.kafka(**{"linger.ms": 2, "compression.type": "lz4",
                                                    "enable.idempotence": True}))
@@ -212,7 +215,7 @@ class Engine:
             where = np.concatenate([batch.index for batch in batches]) if batches else slice(0)
         self._remembered()
         if ids:
-            self._remembering = self._background.submit(self.store.remember_locations, ids,
+            self._remembering = self._background.submit(self.location_store.remember_locations, ids,
                                                          inbound.partitions[where], inbound.offsets[where])
 
     def _remembered(self) -> None:
@@ -410,7 +413,7 @@ class Engine:
         published = self.store.published_explanation(prediction_id)
         if published is not None:
             return redact_event(self.explanation_codec.decode(published), self.config.redact), None
-        location = self.store.recall_location(prediction_id)
+        location = self.location_store.recall_location(prediction_id)
         return None, self.predictions_reader.read(*location) if location else None
 
     def explain_event(self, prediction_id: str, raw: bytes) -> dict | None:

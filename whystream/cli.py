@@ -392,6 +392,49 @@ def report(ctx: typer.Context, out: Path = typer.Option(Path("whystream-report.h
     console.print(f"wrote {out} ({len(html) / 1024:,.0f} KiB)")
 
 
+# ---------------------------------------------------------------- dead letters
+
+dlq_app = typer.Typer(help="Dead letters: by reason (`whystream dlq`), and sent back (`whystream dlq replay`)",
+                      invoke_without_command=True)
+app.add_typer(dlq_app, name="dlq")
+
+
+@dlq_app.callback()
+def dlq(ctx: typer.Context, since: str = typer.Option("", help="Only dead letters of the last 90s, 5m, 1h, 2d...")):
+    """Dead letters in `predictions.dlq` by reason, with the newest reason of each."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import time
+
+    from rich.table import Table
+
+    from whystream.jobs.dlq import summary
+
+    since_ms = int((time.time() - parse_duration(since)) * 1000) if since else None
+    found = summary(settings_of(ctx), since_ms)
+    if not found.counts:
+        console.print("no dead letters")
+        return
+    table = Table("reason", "count", "newest reason", box=None)
+    for code, count in found.counts.most_common():
+        table.add_row(code, f"{count:,}", found.latest[code]["reason"][:160])
+    console.print(table)
+
+
+@dlq_app.command("replay")
+def dlq_replay(ctx: typer.Context, reason: str = typer.Option(..., help="Reason code to send back, e.g. UNKNOWN_VERSION"),
+               since: str = typer.Option("", help="Only dead letters of the last 90s, 5m, 1h, 2d...")):
+    """Send the original bytes of these dead letters back to `predictions` (each one once, however often run)."""
+    import time
+
+    from whystream.jobs.dlq import replay
+
+    since_ms = int((time.time() - parse_duration(since)) * 1000) if since else None
+    report = replay(settings_of(ctx), reason.strip().upper(), since_ms)
+    console.print(f"sent back {report.sent:,}; {report.already:,} sent back before; "
+                  f"{report.truncated:,} truncated (too large for the DLQ: not sent)")
+
+
 def main() -> None:
     try:
         app()
