@@ -51,6 +51,7 @@ second call may see the watermark of events that came after it.
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -64,6 +65,7 @@ NEAR_THRESHOLD = "NEAR_THRESHOLD"
 FLAGGED = "FLAGGED"
 NEW_VERSION = "NEW_VERSION"
 RESERVOIR = "RESERVOIR"
+RECENT_WINDOWS = 8
 OTHER = "other"  # the stratum of a window's strata beyond max_strata
 
 # Slack on the threshold band so that e.g. score 0.52, threshold 0.50, band 0.02
@@ -203,6 +205,9 @@ class Reservoirs:
         # blake2b keys are at most 64 bytes; longer salts are folded into one.
         self._key = salt if len(salt) <= 64 else hashlib.blake2b(salt).digest()
         self._partitions: dict[int, _Partition] = {}
+        # Per partition, the ids of its last RECENT_WINDOWS closed windows: a decision sent again just
+        # after its window closed (the partition idled, or a window hit max_open_ms) is not counted again.
+        self._recent: dict[int, deque[_Seen]] = {}
 
     def hashes(self, prediction_ids: Sequence[str]) -> np.ndarray:
         """u per prediction_id: the first 8 bytes of keyed blake2b, little-endian uint64."""
@@ -228,6 +233,7 @@ class Reservoirs:
         window_ms, k = self.config.window_ms, self.config.budget
 
         u = self.hashes(prediction_ids)
+        recent = self._recent.get(partition, ())
         version_codes, versions = _codes(model_versions)
         stratum_codes, stratum_names = _codes(strata)
 
@@ -263,6 +269,8 @@ class Reservoirs:
             fresh[1:] = group_u[1:] != group_u[:-1]
             if res.n:
                 fresh &= res.seen.unseen(group_u)
+            for seen in recent:
+                fresh &= seen.unseen(group_u)
             fresh_at = np.flatnonzero(fresh)
             if not len(fresh_at):
                 continue
@@ -315,6 +323,9 @@ class Reservoirs:
             for key in sorted(due, key=lambda key: (key[2], key[0], key[1])):
                 res = state.windows.pop(key)
                 state.strata.pop((key[0], key[2]), None)
+                self._recent.setdefault(partition, deque(maxlen=RECENT_WINDOWS)).append(res.seen)
+                if not res.items:  # only decisions counted in an earlier window: nothing to hand over
+                    continue
                 weight = res.n / len(res.items)
                 closed.append(ClosedWindow(partition, key[0], key[1], key[2], key[2] + window_ms, res.n,
                                            [(item, weight) for item in res.items]))
@@ -337,6 +348,7 @@ class Reservoirs:
     def drop_partition(self, partition: int) -> None:
         """Forget a revoked partition; its new owner rebuilds it from the committed offset."""
         self._partitions.pop(partition, None)
+        self._recent.pop(partition, None)
 
     def open_windows(self) -> int:
         return sum(len(state.windows) for state in self._partitions.values())
