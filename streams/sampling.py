@@ -42,6 +42,17 @@ Windows, per partition
   opens a new reservoir for the same key: each such reservoir is its own exact
   sample, so weighted totals stay unbiased.)
 
+- Wall clock: once a window of a partition has been open `max_open_ms`, all
+  its windows close and its watermark is forgotten, as when idle: one event far
+  ahead (within the skew streams/event_time.py accepts) cannot hold a busy
+  partition's windows open or gather every later event into one window.
+
+n counts distinct prediction_ids: a decision sent twice (same u) counts once in
+its window, and once only when the copy comes within the partition's last
+RECENT_WINDOWS closed windows. Strata: the first `max_strata` strata of a
+(partition, model version, window) get reservoirs of their own; later ones
+share the reservoir of stratum OTHER (`other`).
+
 `add` expects the candidates of a partition in offset order across calls (within
 one call they are ordered by offset anyway): give it all model versions of a
 batch in one call rather than one call per version, otherwise an event of the
