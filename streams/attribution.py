@@ -6,7 +6,8 @@
 - live: exact path-dependent TreeSHAP (streams/treeshap.py), multi-core.
 - fallback: Saabas path attribution (streams/approximate.py). Cheap and
   additive, but not SHAP; used when live computation raises or the batch's
-  latency budget is spent.
+  latency budget is spent. Rows without a latency target (reservoir samples:
+  `started=None`) never take it for latency: they wait for the live result.
 
 Multiclass models: each row is explained for one class, its `classes` entry
 (the PredictionEvent's decision_class, else the class with the highest raw
@@ -132,14 +133,16 @@ class Attributor:
             self._explainers[model.version] = ModelExplainer(model)
         return self._explainers[model.version]
 
-    def attribute(self, model: RegisteredModel, X: np.ndarray, started: float,
+    def attribute(self, model: RegisteredModel, X: np.ndarray, started: float | None,
                   cached: list[bytes | None], classes: np.ndarray) -> Attributions:
         """Attributions for the rows of X, each for its entry of `classes` (ModelExplainer.classes):
         from `cached` (a payload from the shared cache, or None, per row) where it holds one,
-        else computed. `started` (monotonic s) is when the batch began."""
+        else computed. `started` (monotonic s) is when the batch began; None: no latency
+        budget (always live, unless live raises)."""
         loading = time.monotonic()
         explainer = self.explainer(model)
-        started += time.monotonic() - loading  # compiling a new version's kernel is not the batch's fault
+        if started is not None:
+            started += time.monotonic() - loading  # compiling a new version's kernel is not the batch's fault
         n, F = X.shape
         if len(cached) != n:
             raise ValueError(f"{n} rows but {len(cached)} cache answers")
@@ -156,7 +159,7 @@ class Attributor:
                 source[i] = "CACHE"
         for begin in range(0, len(missing), CHUNK):
             rows = np.asarray(missing[begin:begin + CHUNK])
-            over_budget = (time.monotonic() - started) * 1000 > self.latency_budget_ms
+            over_budget = started is not None and (time.monotonic() - started) * 1000 > self.latency_budget_ms
             values = None
             if not over_budget:
                 try:

@@ -4,13 +4,16 @@
 already holds as columns) takes one batch of raw prediction messages and:
 1. decodes and validates them, the whole batch into columns at once
    (streams/batch_decode.py; anything unusual event by event through the
-   codec); bad ones go to `predictions.dlq` with a reason;
+   codec); bad ones go to `predictions.dlq` with a reason (events of a model
+   version that cannot be served, or with an event time not to be trusted,
+   too), the original bytes capped at `dlq_original_cap`;
 2. picks priority events (always explained) and feeds the rest to the
    reservoirs; windows that closed hand over their weighted sample;
-3. explains (cache -> live TreeSHAP -> fallback), skipping prediction_ids
-   already explained (redelivery), publishes ExplanationEvents (encoded
+3. explains (cache -> live TreeSHAP -> fallback; reservoir samples never
+   fall back for latency), skipping prediction_ids already explained
+   (redelivery, or twice in one batch), publishes ExplanationEvents (encoded
    straight from the arrays, streams/batch_encode.py) and waits for the
-   broker to confirm them;
+   broker to confirm each of them (streams/publish.py);
 4. remembers where every valid prediction lies in `predictions` (Redis, 15
    minutes; explain on demand reads it back from there), on a thread of its
    own while the next batch comes in;
@@ -37,14 +40,19 @@ import numpy as np
 from confluent_kafka import Producer
 
 from whystream.config import Settings
-from whystream.errors import WhystreamError
 from whystream.jobs.registry import ModelRegistry, RegisteredModel
 from whystream.streams.attribution import Attributor
 from whystream.streams.batch_decode import NO_CLASS
 from whystream.streams.batch_encode import ExplanationEncoder
 from whystream.streams.codec import SingleObjectCodec, codec_for
+from whystream.streams.event_time import EventTimeRule
+from whystream.streams.attribution import Attributions
 from whystream.streams.explanation import build_explanations, redact_event
+from whystream.streams.labels import DecisionLabels
 from whystream.streams.metrics import Metrics
+from whystream.streams.publish import Publisher
+from whystream.streams.quarantine import Quarantine
+from whystream.streams.replay_guard import ReplayGuard
 from whystream.streams.sampling import RESERVOIR, Reservoirs, SamplingConfig, priority_reasons
 from whystream.streams.store import RedisStore
 from whystream.streams.topic_stats import OffsetReader
@@ -52,6 +60,7 @@ from whystream.streams.treeshap import EXPLAINER_NAME, EXPLAINER_VERSION
 from whystream.streams.validate import Inbound, ModelBatch, RawMessage, Validator
 
 log = logging.getLogger("whystream.engine")
+KEY_LIMIT = 1024  # bytes of a dead message's key used as its dead letter's key (original_key keeps it whole)
 
 
 def worker_id() -> str:
@@ -61,8 +70,13 @@ def worker_id() -> str:
 @dataclass
 class EngineConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    latency_budget_ms: float = 2000.0
+    latency_budget_ms: float = 2000.0  # for priority decisions; reservoir samples have no latency target
     redact: frozenset[str] = frozenset()  # --redact: on top of each model's own list
+    event_time: EventTimeRule = field(default_factory=EventTimeRule)
+    # Bytes of a dead message's value kept in its DeadLetter: with the reason and key it stays under the
+    # producer's message.max.bytes (1 MB by default); a broker that still refuses it gets less (publish.py).
+    dlq_original_cap: int = 512 * 1024
+    quarantine_s: float = 30.0  # first back-off before a version that failed to load is tried again
 
 
 @dataclass
@@ -121,8 +135,12 @@ class Engine:
         topic = settings.topic("predictions")
         self.attributor = Attributor(self.config.latency_budget_ms)
         self._loading_s = 0.0  # time spent building explainers in this batch's validation
+        # A version is usable once its explainer builds: one that cannot be explained is quarantined.
         self.validator = Validator(self.registry, codec_for("PredictionEvent", settings.schema_registry_url, topic),
-                                   prepare=self._prepare)
+                                   event_time=self.config.event_time, prepare=self._prepare,
+                                   quarantine=Quarantine(first_s=self.config.quarantine_s))
+        self.labels = DecisionLabels(self.config.sampling.adverse_decisions, self.config.sampling.known_decisions,
+                                     self.metrics.unknown_decisions)
         self.explanation_codec = codec_for("ExplanationEvent", settings.schema_registry_url, settings.topic("explanations"))
         # Explanations in single-object encoding are written straight from arrays (streams/batch_encode.py).
         self._encoder = (ExplanationEncoder(self.explanation_codec.header, EXPLAINER_NAME)
@@ -131,10 +149,14 @@ class Engine:
             self._encoder.warm_up()
         self.dlq_codec = codec_for("DeadLetter", settings.schema_registry_url, settings.topic("predictions.dlq"))
         self.store = store or RedisStore(settings.redis_url)
+        # The background location writes get a client (and an availability flag) of their own: a slow
+        # write must not switch dedup and the cache off for everyone (streams/store.py's retry pause).
+        self.location_store = RedisStore(settings.redis_url) if store is None else store
         self.reservoirs = Reservoirs(self.config.sampling)
         self.producer = Producer(settings.kafka(**{"linger.ms": 2, "compression.type": "lz4",
                                                    "enable.idempotence": True}))
-        self._delivery_error = None
+        self.publisher = Publisher(self.producer)
+        self.replay_guard = ReplayGuard(settings)  # what a replay must not publish again (without Redis)
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whystream-remember")
         self._remembering: Future | None = None
         # Versions whose first new_version_events events have been seen (by any worker): the shared
@@ -144,7 +166,7 @@ class Engine:
 
     def _prepare(self, model: RegisteredModel) -> None:
         """Build a new version's explainer when the validator first meets it: a version whose
-        kernels cannot be built is dead-lettered (UNSUPPORTED_MODEL), never explained."""
+        kernels cannot be built is dead-lettered (MODEL_UNAVAILABLE, quarantined), never explained."""
         began = time.monotonic()
         try:
             self.attributor.explainer(model)
@@ -186,15 +208,22 @@ class Engine:
         now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
         self.metrics.consumed.inc(len(inbound))
         self._loading_s = 0.0
-        batches, dead = self.validator.split(inbound, self.config.sampling.stratum_key)
+        batches, dead = self.validator.split(inbound, self.config.sampling.stratum_key, now_ms)
         started += self._loading_s  # compiling a new version's kernels is not the batch's fault
+        self.metrics.quarantined.set(len(self.validator.quarantine))
         self._dead_letters(dead)
+        for batch in batches:
+            self.labels.note(batch.decisions)
         due: dict[str, Due] = {}
         self._sample(batches, inbound, due, now_ms)
         self._close_windows(due, now_ms)
         self._explain_and_publish(due, started)
         self._remember(batches, inbound)
-        return self.held_offsets(np.unique(inbound.partitions).tolist())
+        partitions = np.unique(inbound.partitions).tolist()
+        if self.replay_guard.active():
+            for p in partitions:
+                self.replay_guard.handled(p, int(inbound.offsets[inbound.partitions == p].max()) + 1)
+        return self.held_offsets(partitions)
 
     def _remember(self, batches: list[ModelBatch], inbound: Inbound) -> None:
         """Remember where the valid events lie (explain on demand), on a thread of its own:
@@ -206,7 +235,7 @@ class Engine:
             where = np.concatenate([batch.index for batch in batches]) if batches else slice(0)
         self._remembered()
         if ids:
-            self._remembering = self._background.submit(self.store.remember_locations, ids,
+            self._remembering = self._background.submit(self.location_store.remember_locations, ids,
                                                          inbound.partitions[where], inbound.offsets[where])
 
     def _remembered(self) -> None:
@@ -228,6 +257,7 @@ class Engine:
         """Partitions moved to another worker: it rebuilds their windows from the committed offsets."""
         for p in partitions:
             self.reservoirs.drop_partition(p)
+        self.replay_guard.forget(partitions)
 
     # -- steps ----------------------------------------------------------------
 
@@ -282,8 +312,8 @@ class Engine:
 
     def _close_windows(self, due: dict[str, Due], now_ms: int) -> None:
         for window in self.reservoirs.close_due(now_ms):
-            for (model, record, row, stratum), weight in window.selected:
-                due.setdefault(model.version, Due(model)).add(record, row, RESERVOIR, weight, stratum)
+            for (model, record, row, _), weight in window.selected:  # the window's stratum: maybe pooled OTHER
+                due.setdefault(model.version, Due(model)).add(record, row, RESERVOIR, weight, window.stratum)
         self.metrics.open_windows.set(self.reservoirs.open_windows())
         self.metrics.held_items.set(self.reservoirs.held_items())
 
@@ -292,6 +322,9 @@ class Engine:
         published_ids: list[str] = []
         published_values: list[bytes] = []
         fresh: list[tuple[str, bytes, bytes]] = []  # (model version, feature hash, attributions) for the cache
+        now: set[str] = set()  # ids published by this call: the same id twice in a batch is published once
+        # Replaying after a crash or rebalance: what is on the broker already counts as published.
+        on_broker = self.replay_guard.explained if self.replay_guard.active() else ()
         for work in due.values():
             if not work.records:
                 continue
@@ -301,17 +334,21 @@ class Engine:
             classes = explainer.classes(rows, requested_classes(explainer, work.records))
             hashes = explainer.cache_keys(rows, classes)
             already, cached = self.store.recall(ids, work.model.version, hashes)
-            keep = [i for i, seen in enumerate(already) if not seen]
+            keep = []
+            for i, seen in enumerate(already):
+                if not seen and ids[i] not in now and ids[i] not in on_broker:
+                    now.add(ids[i])
+                    keep.append(i)
             self.metrics.duplicates.inc(len(ids) - len(keep))
             if not keep:
                 continue
             X = rows[keep] if len(keep) < len(rows) else rows
-            attributions = self.attributor.attribute(work.model, X, started, [cached[i] for i in keep],
-                                                     classes[keep])
+            attributions = self._attribute(work.model, X, [work.reasons[i] for i in keep], started,
+                                           [cached[i] for i in keep], classes[keep])
             fresh.extend(attributions.cache_entries(work.model.version, [hashes[i] for i in keep]))
             records, reasons = [work.records[i] for i in keep], [work.reasons[i] for i in keep]
             weights, strata = [work.weights[i] for i in keep], [work.strata[i] for i in keep]
-            common = dict(adverse=self.config.sampling.adverse_decisions, explainer_version=EXPLAINER_VERSION,
+            common = dict(adverse=self.labels, explainer_version=EXPLAINER_VERSION,
                           cached=self.store.available, worker=self.worker, redacted=self.redacted(work.model))
             explained_at = int(time.time() * 1000)
             if self._encoder is not None:
@@ -333,35 +370,53 @@ class Engine:
         self.store.record(published_ids, published_values, fresh)
         self.metrics.redis_up.set(1 if self.store.available else 0)
 
+    def _attribute(self, model: RegisteredModel, X: np.ndarray, reasons: list[str], started: float,
+                   cached: list[bytes | None], classes: np.ndarray) -> Attributions:
+        """Attributions of the rows of X: priority decisions within the latency budget (else the
+        fallback, which their `source` says), reservoir samples always live (no latency target)."""
+        sampled = np.fromiter((r == RESERVOIR for r in reasons), dtype=bool, count=len(reasons))
+        if sampled.all() or not sampled.any():
+            return self.attributor.attribute(model, X, None if sampled.all() else started, cached, classes)
+        parts = [(rows, self.attributor.attribute(model, X[rows], when, [cached[i] for i in rows.tolist()],
+                                                  classes[rows]))
+                 for rows, when in ((np.flatnonzero(~sampled), started), (np.flatnonzero(sampled), None))]
+        shap, raw, base = np.zeros(X.shape), np.zeros(len(X)), np.zeros(len(X))
+        source = np.empty(len(X), dtype=object)
+        for rows, part in parts:
+            shap[rows], raw[rows], source[rows], base[rows] = part.shap, part.raw, part.source, part.base_value
+        return Attributions(shap, raw, source, base, classes)
+
     def _dead_letters(self, dead) -> None:
         if not dead:
             return
         topic = self.settings.topic("predictions.dlq")
+        guard = self.replay_guard
         for letter in dead:
-            self._produce(topic, self.dlq_codec.encode(letter.to_avro(self.worker)), letter.message.key)
+            m = letter.message
+            if guard.active() and (m.partition, m.offset) in guard.dead:
+                self.metrics.duplicates.inc()
+                continue
+            cap = self.config.dlq_original_cap
+            value = self.dlq_codec.encode(letter.to_avro(self.worker, cap))
+
+            def shrink(value: bytes, letter=letter, cap=[min(cap, len(letter.message.value))]) -> bytes | None:
+                if cap[0] == 0:
+                    return None
+                cap[0] //= 4  # the broker refused it: keep a quarter as much of the original
+                return self.dlq_codec.encode(letter.to_avro(self.worker, cap[0]))
+
+            key = m.key if m.key is None or len(m.key) <= KEY_LIMIT else m.key[:KEY_LIMIT]
+            self._produce(topic, value, key, shrink)
             self.metrics.dead_letters.labels(letter.reason_code).inc()
-            log.warning("dead letter %s at %s[%d]@%d: %s", letter.reason_code, letter.message.topic,
-                        letter.message.partition, letter.message.offset, letter.reason)
+            log.warning("dead letter %s at %s[%d]@%d: %s", letter.reason_code, m.topic, m.partition, m.offset,
+                        letter.reason)
 
-    def _produce(self, topic: str, value: bytes, key: bytes | None) -> None:
-        while True:
-            try:
-                self.producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery)
-                return
-            except BufferError:
-                self.producer.poll(0.05)
-
-    def _on_delivery(self, err, msg) -> None:
-        if err is not None:
-            self._delivery_error = err
+    def _produce(self, topic: str, value: bytes, key: bytes | None, shrink=None) -> None:
+        self.publisher.produce(topic, value, key, shrink=shrink)
 
     def _flush(self) -> None:
         """Wait until the broker has every message; offsets are acknowledged only after this."""
-        while self.producer.flush(5.0):
-            log.warning("broker slow to confirm explanations; still waiting")
-        error, self._delivery_error = self._delivery_error, None
-        if error is not None:
-            raise WhystreamError(f"publishing failed: {error}")
+        self.publisher.flush()
 
     # -- on demand ------------------------------------------------------------
 
@@ -382,7 +437,7 @@ class Engine:
         published = self.store.published_explanation(prediction_id)
         if published is not None:
             return redact_event(self.explanation_codec.decode(published), self.config.redact), None
-        location = self.store.recall_location(prediction_id)
+        location = self.location_store.recall_location(prediction_id)
         return None, self.predictions_reader.read(*location) if location else None
 
     def explain_event(self, prediction_id: str, raw: bytes) -> dict | None:
@@ -399,7 +454,7 @@ class Engine:
         attributions = self.attributor.attribute(batch.model, batch.X, time.monotonic(), cached, classes)
         self.store.record([], [], attributions.cache_entries(batch.model.version, hashes))
         return build_explanations(batch.model, [batch.record(0)], batch.X, attributions, ["ON_DEMAND"], [1.0],
-                                  [batch.strata[0]], adverse=self.config.sampling.adverse_decisions,
+                                  [batch.strata[0]], adverse=self.labels,
                                   explainer_version=EXPLAINER_VERSION, cached=self.store.available,
                                   worker=self.worker, redacted=self.redacted(batch.model))[0]
 

@@ -28,6 +28,10 @@ class Metrics:
                                  buckets=LATENCY_BUCKETS_S, registry=r)
         self.lag = Gauge("whystream_consumer_lag", "Messages behind the end of the predictions topic, by partition",
                          ["partition"], registry=r)
+        self.unknown_decisions = Counter("whystream_unknown_decisions", "Events whose decision label is neither "
+                                         "adverse nor known (compared case-insensitively)", ["label"], registry=r)
+        self.quarantined = Gauge("whystream_models_quarantined", "Model versions that cannot be served now "
+                                 "(their events are dead-lettered as MODEL_UNAVAILABLE)", registry=r)
         self.redis_up = Gauge("whystream_redis_available", "1 while the shared Redis answers", registry=r)
         self.open_windows = Gauge("whystream_reservoir_open_windows", "Reservoir windows not yet closed", registry=r)
         self.held_items = Gauge("whystream_reservoir_held_events", "Sampled events waiting for their window to close",

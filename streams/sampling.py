@@ -42,6 +42,17 @@ Windows, per partition
   opens a new reservoir for the same key: each such reservoir is its own exact
   sample, so weighted totals stay unbiased.)
 
+- Wall clock: once a window of a partition has been open `max_open_ms`, all
+  its windows close and its watermark is forgotten, as when idle: one event far
+  ahead (within the skew streams/event_time.py accepts) cannot hold a busy
+  partition's windows open or gather every later event into one window.
+
+n counts distinct prediction_ids: a decision sent twice (same u) counts once in
+its window, and once only when the copy comes within the partition's last
+RECENT_WINDOWS closed windows. Strata: the first `max_strata` strata of a
+(partition, model version, window) get reservoirs of their own; later ones
+share the reservoir of stratum OTHER (`other`).
+
 `add` expects the candidates of a partition in offset order across calls (within
 one call they are ordered by offset anyway): give it all model versions of a
 batch in one call rather than one call per version, otherwise an event of the
@@ -51,6 +62,7 @@ second call may see the watermark of events that came after it.
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -64,6 +76,8 @@ NEAR_THRESHOLD = "NEAR_THRESHOLD"
 FLAGGED = "FLAGGED"
 NEW_VERSION = "NEW_VERSION"
 RESERVOIR = "RESERVOIR"
+RECENT_WINDOWS = 8
+OTHER = "other"  # the stratum of a window's strata beyond max_strata
 
 # Slack on the threshold band so that e.g. score 0.52, threshold 0.50, band 0.02
 # counts as near despite 0.52 - 0.50 being 0.020000000000000018 in binary.
@@ -79,8 +93,17 @@ class SamplingConfig:
     budget: int = 20  # k: reservoir sample size per (partition, model version, stratum, window)
     window_ms: int = 10_000  # tumbling event-time windows
     idle_close_ms: int = 5_000  # close windows of a partition when no event arrived for this long (wall clock)
+    max_open_ms: int = 30_000  # ... and when one of its windows has been open for this long (wall clock)
+    max_strata: int = 50  # distinct strata per partition, model version and window; the rest pool as OTHER
+    known_decisions: frozenset[str] = frozenset({"approve"})  # labels that are neither adverse nor unknown
 
     def __post_init__(self):
+        # Labels are compared case-folded (streams/labels.py): `DECLINE` is adverse too.
+        object.__setattr__(self, "adverse_decisions", frozenset(d.casefold() for d in self.adverse_decisions))
+        if self.max_open_ms < 1:
+            raise ConfigError("sampling.max_open_ms", f"must be a positive number of ms, got {self.max_open_ms}")
+        if self.max_strata < 1:
+            raise ConfigError("sampling.max_strata", f"must be at least 1, got {self.max_strata}")
         if self.budget < 1:
             raise ConfigError("sampling.budget", f"must be at least 1, got {self.budget}")
         if self.window_ms < 1:
@@ -113,7 +136,8 @@ def priority_reasons(decision: np.ndarray, score: np.ndarray, threshold: np.ndar
         out[gap <= (config.near_threshold_band + _BAND_SLACK) * band_scale] = NEAR_THRESHOLD
     out[np.asarray(flagged, dtype=bool)] = FLAGGED
     if config.adverse_decisions:
-        out[np.isin(decision, list(config.adverse_decisions))] = ADVERSE
+        folded = np.array([d.casefold() for d in decision.tolist()], dtype=object)
+        out[np.isin(folded, list(config.adverse_decisions))] = ADVERSE
     return out
 
 
@@ -131,26 +155,54 @@ class ClosedWindow:
     selected: list[tuple[Any, float]]
 
 
+class _Seen:
+    """The distinct hashes u of one window so far: sorted runs, merged as they pile
+    up (sizes stay geometric, so a window of n candidates costs O(n log n))."""
+
+    __slots__ = ("runs",)
+
+    def __init__(self):
+        self.runs: list[np.ndarray] = []
+
+    def unseen(self, u: np.ndarray) -> np.ndarray:
+        """Per u (any order): whether it is not among the hashes seen so far."""
+        mask = np.ones(len(u), dtype=bool)
+        for run in self.runs:
+            at = np.minimum(np.searchsorted(run, u), len(run) - 1)
+            mask &= run[at] != u
+        return mask
+
+    def add(self, u: np.ndarray) -> None:
+        """Add hashes not seen before (sorted, distinct)."""
+        self.runs.append(u)
+        while len(self.runs) > 1 and len(self.runs[-2]) <= 2 * len(self.runs[-1]):
+            last = self.runs.pop()
+            self.runs[-1] = np.sort(np.concatenate((self.runs[-1], last)))
+
+
 class _Reservoir:
     """The k smallest (u, offset) of one window so far, with their items."""
 
-    __slots__ = ("u", "offsets", "items", "n", "first_offset")
+    __slots__ = ("u", "offsets", "items", "n", "first_offset", "opened_ms", "seen")
 
-    def __init__(self):
+    def __init__(self, opened_ms: int):
         self.u = np.empty(0, dtype=np.uint64)
         self.offsets = np.empty(0, dtype=np.int64)
         self.items: list = []
-        self.n = 0
+        self.n = 0  # distinct prediction_ids
         self.first_offset = None
+        self.opened_ms = opened_ms  # wall clock
+        self.seen = _Seen()
 
 
 class _Partition:
-    __slots__ = ("watermark", "last_event_ms", "windows")
+    __slots__ = ("watermark", "last_event_ms", "windows", "strata")
 
     def __init__(self):
         self.watermark: int | None = None
         self.last_event_ms = 0
         self.windows: dict[tuple[str, str, int], _Reservoir] = {}
+        self.strata: dict[tuple[str, int], set[str]] = {}  # (version, window start) -> its own strata
 
 
 def _codes(values: Sequence[str]) -> tuple[np.ndarray, list[str]]:
@@ -172,6 +224,9 @@ class Reservoirs:
         # blake2b keys are at most 64 bytes; longer salts are folded into one.
         self._key = salt if len(salt) <= 64 else hashlib.blake2b(salt).digest()
         self._partitions: dict[int, _Partition] = {}
+        # Per partition, the ids of its last RECENT_WINDOWS closed windows: a decision sent again just
+        # after its window closed (the partition idled, or a window hit max_open_ms) is not counted again.
+        self._recent: dict[int, deque[_Seen]] = {}
 
     def hashes(self, prediction_ids: Sequence[str]) -> np.ndarray:
         """u per prediction_id: the first 8 bytes of keyed blake2b, little-endian uint64."""
@@ -197,6 +252,7 @@ class Reservoirs:
         window_ms, k = self.config.window_ms, self.config.budget
 
         u = self.hashes(prediction_ids)
+        recent = self._recent.get(partition, ())
         version_codes, versions = _codes(model_versions)
         stratum_codes, stratum_names = _codes(strata)
 
@@ -220,18 +276,41 @@ class Reservoirs:
 
         for g in range(len(bounds) - 1):
             begin, end = int(bounds[g]), int(bounds[g + 1])
-            key = (versions[g_version[begin]], stratum_names[g_stratum[begin]], int(g_start[begin]))
+            key = self._reservoir_key(state, versions[g_version[begin]], stratum_names[g_stratum[begin]], int(g_start[begin]))
             res = state.windows.get(key)
             if res is None:
-                res = state.windows[key] = _Reservoir()
-            res.n += end - begin
+                res = state.windows[key] = _Reservoir(now_ms)
             first = int(group_first[g])
             res.first_offset = first if res.first_offset is None else min(res.first_offset, first)
-            top = slice(begin, min(end, begin + k))
+            # A prediction_id sent again (same u) counts once: n is the number of distinct decisions.
+            group_u = sorted_u[begin:end]
+            fresh = np.ones(end - begin, dtype=bool)
+            fresh[1:] = group_u[1:] != group_u[:-1]
+            if res.n:
+                fresh &= res.seen.unseen(group_u)
+            for seen in recent:
+                fresh &= seen.unseen(group_u)
+            fresh_at = np.flatnonzero(fresh)
+            if not len(fresh_at):
+                continue
+            res.seen.add(group_u[fresh_at])
+            res.n += len(fresh_at)
+            top = begin + fresh_at[:k]
             new_u = sorted_u[top]
             if len(res.items) == k and new_u[0] > res.u[-1]:
                 continue  # nothing in this batch beats the current k smallest
             self._merge(res, new_u, sorted_offsets[top], [items[i] for i in order[top]], k)
+
+    def _reservoir_key(self, state: _Partition, version: str, stratum: str, start: int) -> tuple[str, str, int]:
+        """The reservoir key; a stratum beyond the first max_strata of its version and window pools as OTHER."""
+        strata = state.strata.get((version, start))
+        if strata is None:
+            strata = state.strata[(version, start)] = set()
+        if stratum not in strata:
+            if len(strata) >= self.config.max_strata:
+                return version, OTHER, start
+            strata.add(stratum)
+        return version, stratum, start
 
     @staticmethod
     def _merge(res: _Reservoir, u: np.ndarray, offsets: np.ndarray, items: list, k: int) -> None:
@@ -251,14 +330,21 @@ class Reservoirs:
         closed: list[ClosedWindow] = []
         for partition in sorted(self._partitions):
             state = self._partitions[partition]
-            if now_ms - state.last_event_ms >= self.config.idle_close_ms:
+            stale = any(now_ms - res.opened_ms >= self.config.max_open_ms for res in state.windows.values())
+            if stale or now_ms - state.last_event_ms >= self.config.idle_close_ms:
+                # Idle, or a window held open too long (an event far ahead moved the watermark):
+                # close everything and forget the watermark too: start afresh, like a replay.
                 due = list(state.windows)
-                del self._partitions[partition]  # forget the watermark too: start afresh, like a replay
+                del self._partitions[partition]
             else:
                 current = state.watermark // window_ms * window_ms
                 due = [key for key in state.windows if key[2] < current]
             for key in sorted(due, key=lambda key: (key[2], key[0], key[1])):
                 res = state.windows.pop(key)
+                state.strata.pop((key[0], key[2]), None)
+                self._recent.setdefault(partition, deque(maxlen=RECENT_WINDOWS)).append(res.seen)
+                if not res.items:  # only decisions counted in an earlier window: nothing to hand over
+                    continue
                 weight = res.n / len(res.items)
                 closed.append(ClosedWindow(partition, key[0], key[1], key[2], key[2] + window_ms, res.n,
                                            [(item, weight) for item in res.items]))
@@ -281,6 +367,7 @@ class Reservoirs:
     def drop_partition(self, partition: int) -> None:
         """Forget a revoked partition; its new owner rebuilds it from the committed offset."""
         self._partitions.pop(partition, None)
+        self._recent.pop(partition, None)
 
     def open_windows(self) -> int:
         return sum(len(state.windows) for state in self._partitions.values())

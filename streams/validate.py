@@ -2,17 +2,21 @@
 matrices and the bad ones into dead letters with a reason a person can act on.
 
 Rules: the bytes decode as a PredictionEvent; prediction_id is non-empty; the
-model name and version are registered, and the explainer can serve the version
-(UNSUPPORTED_MODEL otherwise: say, linear trees written into the registry
-behind `whystream register`'s back); every feature name belongs to the model
-(absent names and nulls are missing values); every value, the score and the
-threshold are finite (NaN and infinities are rejected: missing is null);
-decision_class is null for a single-output model and one of its classes
-(0 .. K-1) for a multiclass one (BAD_CLASS otherwise).
+model name and version are registered, and the version can be served (else
+MODEL_UNAVAILABLE with the loader's reason, the version quarantined and tried
+again later, streams/quarantine.py: corrupt files, or say linear trees written
+into the registry behind `whystream register`'s back); every feature name
+belongs to the model (absent names and nulls are missing values); every value,
+the score and the threshold are finite (NaN and infinities are rejected:
+missing is null); decision_class is null for a single-output model and one of
+its classes (0 .. K-1) for a multiclass one (BAD_CLASS otherwise); the event
+time is plausible (streams/event_time.py). Every dead letter of a batch leaves
+`Validator.split`, nowhere else.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -25,7 +29,10 @@ from whystream.logsafe import printable
 from whystream.jobs.registry import ModelRegistry, RegisteredModel
 from whystream.streams.batch_decode import NO_CLASS, NO_MODEL, OK, SLOW, Decoded, PredictionDecoder
 from whystream.streams.codec import load_schema, schema_fingerprint
-from whystream.streams.treeshap import UnsupportedModel
+from whystream.streams.event_time import EventTimeRule
+from whystream.streams.quarantine import ModelUnavailable, Quarantine
+
+log = logging.getLogger("whystream.validate")
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,7 @@ class RawMessage:
     topic: str
     partition: int
     offset: int
+    timestamp: int = -1  # broker (or producer) timestamp, ms; -1 if the transport has none
 
 
 REASON_LIMIT = 1000
@@ -53,10 +61,15 @@ class DeadLetterRecord:
         # Reasons quote the producer (feature and model names): logged and shown, so made safe once here.
         self.reason = printable(self.reason, REASON_LIMIT)
 
-    def to_avro(self, worker: str) -> dict:
+    def to_avro(self, worker: str, cap: int | None = None) -> dict:
+        """The DeadLetter record; `original` keeps at most `cap` bytes of the value (None: all),
+        with the value's size and whether it was cut."""
         m = self.message
-        return {"reason_code": self.reason_code, "reason": self.reason, "original": m.value,
-                "original_key": m.key, "topic": m.topic, "partition": m.partition, "offset": m.offset,
+        original = m.value if cap is None or len(m.value) <= cap else m.value[:max(cap, 0)]
+        key = m.key if cap is None or m.key is None or len(m.key) <= cap else m.key[:max(cap, 0)]
+        return {"reason_code": self.reason_code, "reason": self.reason, "original": original,
+                "original_size": len(m.value), "original_truncated": len(original) < len(m.value),
+                "original_key": key, "topic": m.topic, "partition": m.partition, "offset": m.offset,
                 "prediction_id": self.prediction_id, "failed_at": int(time.time() * 1000), "worker": worker}
 
 
@@ -65,16 +78,20 @@ class Inbound:
     partitions and offsets, and each whole message on demand (for dead letters)."""
 
     def __init__(self, values: list[bytes], partitions: np.ndarray, offsets: np.ndarray,
-                 message: Callable[[int], RawMessage]):
+                 message: Callable[[int], RawMessage], timestamps: np.ndarray | None = None):
         self.values = values
         self.partitions = np.asarray(partitions, dtype=np.int64)
         self.offsets = np.asarray(offsets, dtype=np.int64)
         self.message = message
+        # Broker timestamps (ms, -1 where unknown); None: the transport has none at all.
+        self.timestamps = None if timestamps is None else np.asarray(timestamps, dtype=np.int64)
 
     @classmethod
     def of(cls, messages: list[RawMessage]) -> "Inbound":
-        return cls([m.value for m in messages], np.fromiter((m.partition for m in messages), np.int64, len(messages)),
-                   np.fromiter((m.offset for m in messages), np.int64, len(messages)), messages.__getitem__)
+        n = len(messages)
+        return cls([m.value for m in messages], np.fromiter((m.partition for m in messages), np.int64, n),
+                   np.fromiter((m.offset for m in messages), np.int64, n), messages.__getitem__,
+                   np.fromiter((m.timestamp for m in messages), np.int64, n))
 
     def __len__(self) -> int:
         return len(self.values)
@@ -117,10 +134,13 @@ class Validator:
     so the outcome and every dead-letter reason are those of the rules above.
     """
 
-    def __init__(self, registry: ModelRegistry, codec, prepare: Callable[[RegisteredModel], object] | None = None):
+    def __init__(self, registry: ModelRegistry, codec, event_time: EventTimeRule | None = None,
+                 prepare: Callable[[RegisteredModel], object] | None = None, quarantine: Quarantine | None = None):
         self.registry = registry
         self.codec = codec
-        self.prepare = prepare  # called once per new version (the explainer's kernels); raising = unsupported
+        self.event_time = event_time  # None: event times are not checked
+        self.prepare = prepare  # called once per new version (the explainer's kernels): a failure = cannot be served
+        self.quarantine = quarantine or Quarantine()
         self._models: dict[tuple[str, str], RegisteredModel] = {}
         self._columns: dict[str, dict[str, int]] = {}  # model version -> feature name -> column
         self.decoder = PredictionDecoder(schema_fingerprint(load_schema("PredictionEvent")),
@@ -128,28 +148,42 @@ class Validator:
         self.decoder.decode([b""])  # load (or compile) the decoder now rather than on the first batch
 
     def model(self, name: str, version: str) -> RegisteredModel:
-        """The registered model, loaded on first sight (new versions need no restart)."""
+        """The registered model, loaded on first sight (new versions need no restart).
+        Raises ModelNotFound (not registered) or ModelUnavailable (registered, but its
+        files or its explainer fail: quarantined, tried again after a back-off)."""
         key = (name, version)
         if key not in self._models:
-            model = self.registry.load(name, version)  # UnsupportedModel for an objective it cannot explain
-            if self.prepare is not None:
-                try:
+            held = self.quarantine.reason(key)
+            if held is not None:
+                raise ModelUnavailable(held)
+            try:
+                model = self.registry.load(name, version)
+                if self.prepare is not None:
                     self.prepare(model)
-                except UnsupportedModel:
-                    raise
-                except Exception as exc:  # whatever else keeps the kernels from being built: not servable
-                    raise UnsupportedModel(f"{name}@{version}: the explainer cannot be built "
-                                           f"({type(exc).__name__}: {exc})") from exc
+            except ModelNotFound:
+                raise
+            except Exception as exc:  # corrupt files, an objective the kernel cannot explain, a bug
+                reason = f"{name}@{version} cannot be served: {type(exc).__name__}: {exc}"
+                self.quarantine.hold(key, reason)
+                log.warning("%s (quarantined; tried again later)", printable(reason, REASON_LIMIT))
+                raise ModelUnavailable(reason) from None
+            self.quarantine.release(key)
             self._columns[model.version] = model.feature_index()
             self._models[key] = model
         return self._models[key]
 
-    def split(self, inbound: Inbound, stratum_key: str = "") -> tuple[list[ModelBatch], list[DeadLetterRecord]]:
-        """(valid events per model version, in order of first appearance; dead letters in arrival order)."""
+    def split(self, inbound: Inbound, stratum_key: str = "",
+              now_ms: int | None = None) -> tuple[list[ModelBatch], list[DeadLetterRecord]]:
+        """(valid events per model version, in order of first appearance; dead letters in arrival order).
+        `now_ms` is the reference for event times of messages without a broker timestamp."""
         decoded = self.decoder.decode(inbound.values, stratum_key)
         self._load_models(inbound, decoded, stratum_key)
         self._check_classes(decoded)
         dead = self._slow_path(inbound, decoded, stratum_key)
+        dead += self._check_times(inbound, decoded, now_ms)
+        if len(dead) > 1:
+            dead.sort(key=lambda letter: letter[0])
+        dead = [letter for _, letter in dead]
         ok = np.flatnonzero(decoded.status == OK)
         slots = decoded.slot[ok]
         present, first = np.unique(slots, return_index=True)
@@ -191,7 +225,7 @@ class Validator:
                 version = decoded.data[version_start:version_stop].decode("utf-8")
                 self.decoder.add_model(name, version, self.model(name, version))
                 added = True
-            except (UnicodeDecodeError, ModelNotFound, UnsupportedModel):
+            except (UnicodeDecodeError, ModelNotFound, ModelUnavailable):
                 continue  # the slow path says what is wrong
         if added:
             again = self.decoder.decode([inbound.values[i] for i in waiting.tolist()], stratum_key)
@@ -208,20 +242,39 @@ class Validator:
                     target[i] = source[k]
         decoded.status[decoded.status == NO_MODEL] = SLOW
 
-    def _slow_path(self, inbound: Inbound, decoded: Decoded, stratum_key: str) -> list[DeadLetterRecord]:
-        """Full decode and check of the events the batch decoder left alone."""
-        dead: list[DeadLetterRecord] = []
+    def _check_times(self, inbound: Inbound, decoded: Decoded, now_ms: int | None) -> list[tuple[int, DeadLetterRecord]]:
+        """Events whose time is implausible or too far ahead: (position, dead letter) each; they leave the batch."""
+        if self.event_time is None:
+            return []
+        ok = np.flatnonzero(decoded.status == OK)
+        if not len(ok):
+            return []
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        broker = inbound.timestamps[ok] if inbound.timestamps is not None else np.full(len(ok), -1)
+        bad = self.event_time.bad(decoded.event_time[ok], broker, now_ms)
+        dead = []
+        for k in np.flatnonzero(bad).tolist():
+            i = int(ok[k])
+            reason = self.event_time.reason(int(decoded.event_time[i]), int(broker[k]), now_ms)
+            dead.append((i, DeadLetterRecord("EVENT_TIME", reason, inbound.message(i), decoded.prediction_ids[i])))
+            decoded.status[i] = SLOW  # out of the batch (the slow path has run already)
+        return dead
+
+    def _slow_path(self, inbound: Inbound, decoded: Decoded, stratum_key: str) -> list[tuple[int, DeadLetterRecord]]:
+        """Full decode and check of the events the batch decoder left alone: (position, dead letter) each."""
+        dead: list[tuple[int, DeadLetterRecord]] = []
         for i in np.flatnonzero(decoded.status == SLOW).tolist():
             message = inbound.message(i)
             try:
                 record = self.codec.decode(message.value)
             except DecodeError as exc:
-                dead.append(DeadLetterRecord("UNDECODABLE", f"{exc}. The producer must write PredictionEvent "
-                                             "(schemas/PredictionEvent.avsc) in Avro single-object encoding.", message))
+                dead.append((i, DeadLetterRecord("UNDECODABLE", f"{exc}. The producer must write PredictionEvent "
+                                                 "(schemas/PredictionEvent.avsc) in Avro single-object encoding.",
+                                                 message)))
                 continue
             problem = self._check(record)
             if problem:
-                dead.append(DeadLetterRecord(*problem, message, record["prediction_id"].strip() or None))
+                dead.append((i, DeadLetterRecord(*problem, message, record["prediction_id"].strip() or None)))
                 continue
             name, version = record["model_name"], record["model_version"]
             model = self.model(name, version)
@@ -253,9 +306,9 @@ class Validator:
         except ModelNotFound as exc:
             code = "UNKNOWN_MODEL" if name not in self.registry.models() else "UNKNOWN_VERSION"
             return code, f"{exc}. Register the model (whystream register) or fix model_name/model_version."
-        except UnsupportedModel as exc:
-            return "UNSUPPORTED_MODEL", (f"model {name}@{version} cannot be explained: {exc}. Register a "
-                                         "supported version with whystream register.")
+        except ModelUnavailable as exc:
+            return "MODEL_UNAVAILABLE", (f"{exc}. Fix or re-register the version; its dead letters can be sent "
+                                         "again with `whystream dlq replay --reason MODEL_UNAVAILABLE`.")
         columns = self._columns[model.version]
         unknown = [f for f in record["features"] if f not in columns]
         if unknown:

@@ -84,8 +84,11 @@ class Ingest:
             **FETCH_SETTINGS,
             "on_commit": self._on_commit,
         }))
+        self.assigned: set[int] = set()  # partitions this worker owns now (rebalance callbacks keep it)
+        self._to_guard: set[int] = set()  # newly assigned: read what was published before replaying them
         self.positions: dict[int, int] = {}  # partition -> next offset to read (after what the engine handled)
         self.committed: dict[int, int] = {}
+        self.dropped_revoked = 0  # messages fetched for a partition revoked before they were handled
         self.stopping = threading.Event()
         self.crashed: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="whystream-ingest", daemon=True)
@@ -143,24 +146,34 @@ class Ingest:
         messages = [first]
         if self.batch_size > 1:
             messages += self.consumer.consume(self.batch_size - 1, timeout=0)
-        good = [m for m in messages if m.error() is None]
-        for m in messages if len(good) != len(messages) else ():
-            if m.error() is not None:
-                log.warning("consumer: %s", m.error())
+        # A partition revoked between poll() and consume() (the callback runs inside consume()) is
+        # another worker's now: what was fetched of it is not ours to handle or commit.
+        assigned = self.assigned
+        good = [m for m in messages if m.error() is None and m.partition() in assigned]
+        if len(good) != len(messages):
+            for m in messages:
+                if m.error() is not None:
+                    log.warning("consumer: %s", m.error())
+            self.dropped_revoked += sum(1 for m in messages if m.error() is None and m.partition() not in assigned)
         return good
 
     def _handle(self, messages: list) -> None:
+        if self._to_guard:
+            guarded, self._to_guard = sorted(self._to_guard & self.assigned), set()
+            with self.lock:
+                self.engine.replay_guard.guard(self.consumer, guarded)
         n = len(messages)
         values = [m.value() or b"" for m in messages]  # a tombstone (no value) is undecodable input
         partitions = np.fromiter((m.partition() for m in messages), dtype=np.int64, count=n)
         offsets = np.fromiter((m.offset() for m in messages), dtype=np.int64, count=n)
+        timestamps = np.fromiter((m.timestamp()[1] for m in messages), dtype=np.int64, count=n)
 
         def message(i: int) -> RawMessage:
             m = messages[i]
-            return RawMessage(values[i], m.key(), m.topic(), m.partition(), m.offset())
+            return RawMessage(values[i], m.key(), m.topic(), m.partition(), m.offset(), int(timestamps[i]))
 
         with self.lock:
-            self.engine.process_inbound(Inbound(values, partitions, offsets, message))
+            self.engine.process_inbound(Inbound(values, partitions, offsets, message, timestamps))
         for p in np.unique(partitions).tolist():
             self.positions[p] = int(offsets[partitions == p].max()) + 1
 
@@ -202,18 +215,24 @@ class Ingest:
     # -- rebalancing (called by the consumer, on this loop's thread) ----------
 
     def _on_assign(self, consumer, partitions) -> None:
+        new = {tp.partition for tp in partitions if tp.topic == self.topic}
+        self.assigned = self.assigned | new
+        self._to_guard |= new  # before their first batch (outside this callback)
         log.info("assigned %s", sorted(tp.partition for tp in partitions))
 
     def _on_revoke(self, consumer, partitions) -> None:
         """Commit what is allowed; the open windows are the new owner's to rebuild.
         After a failed batch nothing is committed: the engine's state is not to be trusted."""
         revoked = {tp.partition for tp in partitions if tp.topic == self.topic}
+        self.assigned = self.assigned - revoked
         if self.crashed is None:
             self._commit(revoked, asynchronous=False)
         self._forget(revoked)
 
     def _on_lost(self, consumer, partitions) -> None:
-        self._forget({tp.partition for tp in partitions if tp.topic == self.topic})
+        lost = {tp.partition for tp in partitions if tp.topic == self.topic}
+        self.assigned = self.assigned - lost
+        self._forget(lost)
 
     def _forget(self, partitions: set[int]) -> None:
         with self.lock:

@@ -155,7 +155,7 @@ def test_every_objective_end_to_end_through_a_real_worker(engine_settings, byo_r
     reasons = {d["prediction_id"]: (d["reason_code"], d["reason"]) for d in dead}
     assert reasons["bad-class"][0] == "BAD_CLASS" and "classes 0..2" in reasons["bad-class"][1]
     assert reasons["class-for-binary"][0] == "BAD_CLASS" and "single output" in reasons["class-for-binary"][1]
-    assert reasons["linear"][0] == "UNSUPPORTED_MODEL" and "linear trees" in reasons["linear"][1]
+    assert reasons["linear"][0] == "MODEL_UNAVAILABLE" and "linear trees" in reasons["linear"][1]
 
     # ClickHouse keeps them; the README's auditor queries answer from the table.
     client, database = db

@@ -33,7 +33,8 @@ EXPLANATION = {
     "reason_codes_version": "a1b2c3d4e5f6", "redacted_features": ["x"],
 }
 DEAD_LETTER = {
-    "reason_code": "UNDECODABLE", "reason": "bad", "original": b"\x00\x01", "original_key": None,
+    "reason_code": "UNDECODABLE", "reason": "bad", "original": b"\x00\x01", "original_size": 2,
+    "original_truncated": False, "original_key": None,
     "topic": "predictions", "partition": 3, "offset": 42, "prediction_id": None,
     "failed_at": 1_700_000_000_000, "worker": "w",
 }
@@ -84,7 +85,7 @@ PREVIOUS = [
     ("ExplanationEvent", "ExplanationEvent.v1.avsc",
      {"explained_class": None, "principal_reasons": [], "reason_codes_version": None,
       "redacted_features": []}),
-    ("DeadLetter", "DeadLetter.v1.avsc", {}),
+    ("DeadLetter", "DeadLetter.v1.avsc", {"original_size": -1, "original_truncated": False}),
 ]
 
 
@@ -108,7 +109,7 @@ def test_readers_of_the_previous_version_read_what_the_current_one_writes(name, 
 
 
 def test_an_old_dead_letter_reader_cannot_read_the_new_reason_codes_but_any_later_one_falls_back():
-    """DeadLetter v1's enum has no default: a v1 reader fails on UNSUPPORTED_MODEL / BAD_CLASS
+    """DeadLetter v1's enum has no default: a v1 reader fails on MODEL_UNAVAILABLE / EVENT_TIME / BAD_CLASS
     (documented). v2's enum has one, so a v2 reader maps symbols added later to BAD_FIELD."""
     v1 = fastavro.parse_schema(json.loads((HISTORY / "DeadLetter.v1.avsc").read_text()))
     current = load_schema("DeadLetter")
@@ -122,6 +123,39 @@ def test_an_old_dead_letter_reader_cannot_read_the_new_reason_codes_but_any_late
     buffer.seek(0)
     record = fastavro.schemaless_reader(buffer, fastavro.parse_schema(later), fastavro.parse_schema(current))
     assert record["reason_code"] == "BAD_FIELD"
+
+
+def _history_schema(name: str) -> dict:
+    return json.loads((HISTORY / name).read_text())
+
+
+def _write_v1_dead_letter(record: dict) -> bytes:
+    old = _history_schema("DeadLetter.v1.avsc")
+    buffer = io.BytesIO(b"\xc3\x01" + schema_fingerprint(old))
+    buffer.seek(0, io.SEEK_END)
+    fastavro.schemaless_writer(buffer, fastavro.parse_schema(old), record)
+    return buffer.getvalue()
+
+
+def test_dead_letters_of_version_1_read_with_unknown_size_and_not_truncated():
+    v1_record = {k: v for k, v in DEAD_LETTER.items() if k not in ("original_size", "original_truncated")}
+    decoded = SingleObjectCodec("DeadLetter").decode(_write_v1_dead_letter(v1_record))
+    assert decoded == {**v1_record, "original_size": -1, "original_truncated": False}
+
+
+def test_a_reader_on_dead_letter_version_1_reads_current_letters_of_the_old_reasons():
+    """Old DLQ consumers keep working for the reasons they know; the new fields are skipped."""
+    old = fastavro.parse_schema(_history_schema("DeadLetter.v1.avsc"))
+    current = fastavro.parse_schema(load_schema("DeadLetter"))
+    letter = {**DEAD_LETTER, "reason_code": "BAD_FIELD", "original_size": 5_000_000, "original_truncated": True}
+    data = SingleObjectCodec("DeadLetter").encode(letter)
+    read = fastavro.schemaless_reader(io.BytesIO(data[10:]), current, old)
+    read["failed_at"] = round(read["failed_at"].timestamp() * 1000)
+    assert read == {k: v for k, v in letter.items() if k not in ("original_size", "original_truncated")}
+    # Version 1 has no enum default, so it cannot read the reasons added since (README: upgrade DLQ readers).
+    with pytest.raises(fastavro.read.SchemaResolutionError):
+        data = SingleObjectCodec("DeadLetter").encode({**letter, "reason_code": "MODEL_UNAVAILABLE"})
+        fastavro.schemaless_reader(io.BytesIO(data[10:]), current, old)
 
 
 def test_a_downstream_consumer_needs_only_the_avsc_files():

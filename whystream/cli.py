@@ -186,10 +186,19 @@ def worker(ctx: typer.Context,
            stratum: str = typer.Option("channel", help="Segment attribute used as sampling stratum"),
            new_version_events: int = typer.Option(200, help="First events of a never-seen model version that are always explained"),
            idle_close: float = typer.Option(5.0, help="Close a partition's windows after this many idle seconds"),
-           latency_budget_ms: float = typer.Option(2000.0, help="Past this per batch, explain with the fallback"),
+           latency_budget_ms: float = typer.Option(2000.0, help="Past this per batch, explain priority decisions "
+                                                   "with the fallback (reservoir samples always wait for TreeSHAP)"),
+           max_skew: float = typer.Option(300.0, help="Dead-letter events whose time is more than this many "
+                                          "seconds ahead of their broker timestamp"),
+           max_open: float = typer.Option(30.0, help="Close a partition's windows once one has been open this "
+                                          "many seconds of wall-clock time"),
+           max_strata: int = typer.Option(50, help="Strata per partition, model version and window; the rest "
+                                          "pool as `other`"),
+           dlq_original_cap: int = typer.Option(512 * 1024, help="Bytes of a bad message kept in its dead letter"),
            loglevel: str = typer.Option("warning")):
     """Run a worker: consume `predictions`, publish `explanations` (scale out by running more)."""
     from whystream.streams.engine import EngineConfig
+    from whystream.streams.event_time import EventTimeRule
     from whystream.streams.sampling import SamplingConfig
     from whystream.streams.web_access import WebAccess
     from whystream.streams.worker import run_worker
@@ -199,8 +208,12 @@ def worker(ctx: typer.Context,
     access = WebAccess.configure(web_bind)
     sampling = SamplingConfig(budget=budget, window_ms=int(window * 1000), near_threshold_band=band,
                               stratum_key=stratum, new_version_events=new_version_events,
-                              idle_close_ms=int(idle_close * 1000))
-    run_worker(settings, EngineConfig(sampling, latency_budget_ms, redact=parse_features(redact)),
+                              idle_close_ms=int(idle_close * 1000), max_open_ms=int(max_open * 1000),
+                              max_strata=max_strata)
+    config = EngineConfig(sampling, latency_budget_ms, redact=parse_features(redact),
+                          event_time=EventTimeRule(max_ahead_ms=int(max_skew * 1000)),
+                          dlq_original_cap=dlq_original_cap)
+    run_worker(settings, config,
                web_port=web_port, loglevel=loglevel, batch_size=batch, access=access)
 
 
@@ -433,6 +446,49 @@ def report(ctx: typer.Context, out: Path = typer.Option(Path("whystream-report.h
                         parse_duration(history), database)
     out.write_text(html)
     console.print(f"wrote {out} ({len(html) / 1024:,.0f} KiB)")
+
+
+# ---------------------------------------------------------------- dead letters
+
+dlq_app = typer.Typer(help="Dead letters: by reason (`whystream dlq`), and sent back (`whystream dlq replay`)",
+                      invoke_without_command=True)
+app.add_typer(dlq_app, name="dlq")
+
+
+@dlq_app.callback()
+def dlq(ctx: typer.Context, since: str = typer.Option("", help="Only dead letters of the last 90s, 5m, 1h, 2d...")):
+    """Dead letters in `predictions.dlq` by reason, with the newest reason of each."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import time
+
+    from rich.table import Table
+
+    from whystream.jobs.dlq import summary
+
+    since_ms = int((time.time() - parse_duration(since)) * 1000) if since else None
+    found = summary(settings_of(ctx), since_ms)
+    if not found.counts:
+        console.print("no dead letters")
+        return
+    table = Table("reason", "count", "newest reason", box=None)
+    for code, count in found.counts.most_common():
+        table.add_row(code, f"{count:,}", found.latest[code]["reason"][:160])
+    console.print(table)
+
+
+@dlq_app.command("replay")
+def dlq_replay(ctx: typer.Context, reason: str = typer.Option(..., help="Reason code to send back, e.g. UNKNOWN_VERSION"),
+               since: str = typer.Option("", help="Only dead letters of the last 90s, 5m, 1h, 2d...")):
+    """Send the original bytes of these dead letters back to `predictions` (each one once, however often run)."""
+    import time
+
+    from whystream.jobs.dlq import replay
+
+    since_ms = int((time.time() - parse_duration(since)) * 1000) if since else None
+    report = replay(settings_of(ctx), reason.strip().upper(), since_ms)
+    console.print(f"sent back {report.sent:,}; {report.already:,} sent back before; "
+                  f"{report.truncated:,} truncated (too large for the DLQ: not sent)")
 
 
 def main() -> None:

@@ -1,0 +1,189 @@
+"""Soak: mixed valid and bad traffic for a few minutes through real worker
+processes, with kill -9 of the worker at random moments and Redis killed and
+restarted, then count what was lost or published twice (`make soak`; not part
+of `make test`).
+
+Prints, at the end, lost and duplicated priority explanations and dead
+letters (all must be 0), whether the reservoir weights add up to the distinct
+candidates, and the worker's RSS over time (sampled every 5 s from /proc).
+Exits 1 if anything was lost or duplicated.
+
+    python -m bench.soak --minutes 3 --rate 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from confluent_kafka import Producer
+
+from whystream.infra.stack import EmbeddedStack, free_port, redis_binary
+from whystream.jobs.generator import TransactionGenerator
+from whystream.jobs.produce import prediction_events
+from whystream.jobs.registry import ModelRegistry
+from whystream.jobs.train import train_model
+from whystream.streams.codec import codec_for
+from whystream.streams.topic_stats import read_all
+
+BAND = 0.02
+
+
+class Redis:
+    """A redis-server of the soak's own, on a fixed port, to kill and start again."""
+
+    def __init__(self, home: Path):
+        self.port, self.home, self.process = free_port(), home, None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self):
+        self.process = subprocess.Popen([redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                         "--appendonly", "no", "--dir", str(self.home)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def kill(self):
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+class Worker:
+    def __init__(self, settings, log: Path):
+        env = {**os.environ, **settings.as_env(), "PYTHONUNBUFFERED": "1"}
+        self.log = open(log, "ab")
+        self.process = subprocess.Popen([sys.executable, "-m", "whystream", "worker", "--web-port", str(free_port()),
+                                         "--new-version-events", "0", "--window", "2", "--idle-close", "3",
+                                         "--budget", "5"], env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def rss_mib(self) -> float | None:
+        try:
+            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            return None
+        return None
+
+    def kill(self, sig=signal.SIGKILL):
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(30)
+
+
+def traffic(model, count: int, bad_every: int):
+    """(key, value, kind) with kind 'ok' or the bad kind; event times now-ish, 1 ms apart."""
+    codec = codec_for("PredictionEvent")
+    gen = TransactionGenerator(5)
+    records = [r for chunk in prediction_events(model, gen, 0, count, "soak", 5) for r in chunk]
+    kinds = [("UNDECODABLE", lambda r: b"\x00garbage"), ("UNKNOWN_MODEL", lambda r: codec.encode({**r, "model_name": "x"})),
+             ("EVENT_TIME", lambda r: codec.encode({**r, "event_time": r["event_time"] * 1000})),
+             ("BAD_FIELD", lambda r: codec.encode({**r, "score": float("nan")}))]
+    out = []
+    for i, r in enumerate(records):
+        out.append((r["prediction_id"].encode(), codec.encode(r), r))
+        if i % bad_every == bad_every - 1:
+            name, make = kinds[(i // bad_every) % len(kinds)]
+            out.append((f"bad-{i}".encode(), make({**r, "prediction_id": f"bad-{i}"}), None))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=3.0)
+    parser.add_argument("--rate", type=float, default=1000.0, help="messages per second")
+    parser.add_argument("--bad-every", type=int, default=100, help="one bad message after every N valid ones")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    home = Path(tempfile.mkdtemp(prefix="whystream-soak-"))
+    with EmbeddedStack(home / "stack", write_env_file=False) as stack:
+        redis = Redis(home)
+        redis.start()
+        model = train_model(ModelRegistry(home / "registry"), n_train=20_000, num_trees=40, num_leaves=15,
+                            progress=False)
+        settings = stack.with_(registry=home / "registry", redis_url=redis.url)
+        messages = traffic(model, int(args.minutes * 60 * args.rate), args.bad_every)
+        print(f"soak: {len(messages):,} messages over {args.minutes:g} min, worker logs in {home}", flush=True)
+        worker = Worker(settings, home / "worker.log")
+        rss, kills, redis_restarts = [], 0, 0
+        done = threading.Event()
+
+        def send():
+            producer = Producer(settings.kafka())
+            began = time.monotonic()
+            for i, (key, value, _) in enumerate(messages):
+                producer.produce(settings.topic("predictions"), value, key)
+                if i % 100 == 99:
+                    producer.poll(0)
+                    time.sleep(max(0.0, (i + 1) / args.rate - (time.monotonic() - began)))
+            producer.flush(60)
+            done.set()
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        began = time.monotonic()
+        next_kill = began + rng.uniform(20, 50)
+        next_redis = began + rng.uniform(10, 30)
+        next_rss = began
+        while not done.is_set():
+            now = time.monotonic()
+            if now >= next_rss:
+                rss.append((round(now - began), worker.rss_mib()))
+                next_rss = now + 5
+            if now >= next_kill:
+                worker.kill()
+                kills += 1
+                worker = Worker(settings, home / "worker.log")
+                next_kill = now + rng.uniform(20, 50)
+            if now >= next_redis:
+                redis.kill()
+                time.sleep(rng.uniform(1, 6))
+                redis.start()
+                redis_restarts += 1
+                next_redis = time.monotonic() + rng.uniform(10, 30)
+            time.sleep(0.5)
+        sender.join()
+        # Let the last worker finish: explanations settle when their count stops growing.
+        last, since = -1, time.monotonic()
+        while time.monotonic() - since < 15:
+            rss.append((round(time.monotonic() - began), worker.rss_mib()))
+            found = read_all(settings, settings.topic("explanations"), "ExplanationEvent")
+            if len(found) != last:
+                last, since = len(found), time.monotonic()
+            time.sleep(2)
+        letters = read_all(settings, settings.topic("predictions.dlq"), "DeadLetter")
+        worker.kill(signal.SIGTERM)
+        redis.kill()
+
+    records = [r for _, _, r in messages if r is not None]
+    due = {r["prediction_id"] for r in records
+           if r["decision"] != "approve" or r["priority"] or abs(r["score"] - r["threshold"]) <= BAND}
+    bad = {key.decode() for key, _, r in messages if r is None}
+    ids = [e["prediction_id"] for e in found]
+    explained_priority = {e["prediction_id"] for e in found if e["sampling_reason"] != "RESERVOIR"}
+    letter_ids = [d["original_key"].decode() for d in letters]
+    sampled = sum(e["inclusion_weight"] for e in found if e["sampling_reason"] == "RESERVOIR")
+    figures = {
+        "lost explanations": len(due - explained_priority),
+        "duplicated explanations": len(ids) - len(set(ids)),
+        "lost dead letters": len(bad - set(letter_ids)),
+        "duplicated dead letters": len(letter_ids) - len(set(letter_ids)),
+    }
+    print(f"soak: {kills} kill -9 of the worker, {redis_restarts} Redis restarts")
+    for name, value in figures.items():
+        print(f"  {name:26s} {value}")
+    print(f"  {'reservoir weights':26s} {sampled:,.1f} for {len(records) - len(due):,} candidates")
+    print("  worker RSS (s: MiB): " + ", ".join(f"{t}: {m:.0f}" for t, m in rss if m is not None))
+    return 1 if any(figures.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
