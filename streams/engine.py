@@ -47,15 +47,15 @@ from whystream.streams.batch_encode import ExplanationEncoder
 from whystream.streams.codec import SingleObjectCodec, codec_for
 from whystream.streams.event_time import EventTimeRule
 from whystream.streams.attribution import Attributions
-from whystream.streams.explanation import build_explanations, redact_event
+from whystream.streams.explanation import build_explanations
 from whystream.streams.labels import DecisionLabels
 from whystream.streams.metrics import Metrics
 from whystream.streams.publish import Publisher
 from whystream.streams.quarantine import Quarantine
+from whystream.streams.on_demand import OnDemand
 from whystream.streams.replay_guard import ReplayGuard
 from whystream.streams.sampling import RESERVOIR, Reservoirs, SamplingConfig, priority_reasons
 from whystream.streams.store import RedisStore
-from whystream.streams.topic_stats import OffsetReader
 from whystream.streams.treeshap import EXPLAINER_NAME, EXPLAINER_VERSION
 from whystream.streams.validate import Inbound, ModelBatch, RawMessage, Validator
 
@@ -162,7 +162,7 @@ class Engine:
         # Versions whose first new_version_events events have been seen (by any worker): the shared
         # count is not asked again, one Redis round trip less per batch.
         self._established: set[str] = set()
-        self.predictions_reader = OffsetReader(settings, topic)  # explain on demand reads events back
+        self.on_demand = OnDemand(self)  # explanations of any recent decision, beside the batch path
 
     def _prepare(self, model: RegisteredModel) -> None:
         """Build a new version's explainer when the validator first meets it: a version whose
@@ -418,45 +418,11 @@ class Engine:
         """Wait until the broker has every message; offsets are acknowledged only after this."""
         self.publisher.flush()
 
-    # -- on demand ------------------------------------------------------------
-
-    def explain_on_demand(self, prediction_id: str) -> dict | None:
-        """The explanation of any recent decision: the published one, or computed now."""
-        published, raw = self.find_decision(prediction_id)
-        if published is not None or raw is None:
-            return published
-        return self.explain_event(prediction_id, raw)
-
-    def find_decision(self, prediction_id: str) -> tuple[dict | None, bytes | None]:
-        """(its published explanation, None), else (None, the event read back from `predictions`),
-        else (None, None). Only Redis and the broker: safe beside a running batch, so a worker
-        answers it without holding up ingest (reading the topic can take a while)."""
+    def wait_for_locations(self) -> None:
+        """Wait (from any thread) until the last batch's event locations are in Redis."""
         remembering = self._remembering
-        if remembering is not None:  # the last batch's locations first (without taking over the wait)
+        if remembering is not None:
             remembering.result()
-        published = self.store.published_explanation(prediction_id)
-        if published is not None:
-            return redact_event(self.explanation_codec.decode(published), self.config.redact), None
-        location = self.location_store.recall_location(prediction_id)
-        return None, self.predictions_reader.read(*location) if location else None
-
-    def explain_event(self, prediction_id: str, raw: bytes) -> dict | None:
-        """An ON_DEMAND explanation of the PredictionEvent `raw`, if it is valid and is `prediction_id`."""
-        batches, dead = self.validator.split(Inbound.of([RawMessage(raw, None, "", -1, -1)]),
-                                             self.config.sampling.stratum_key)
-        if dead or not batches or batches[0].prediction_ids[0] != prediction_id:
-            return None
-        batch = batches[0]
-        explainer = self.attributor.explainer(batch.model)
-        classes = explainer.classes(batch.X, batch.decision_class)
-        hashes = explainer.cache_keys(batch.X, classes)
-        _, cached = self.store.recall([], batch.model.version, hashes)
-        attributions = self.attributor.attribute(batch.model, batch.X, time.monotonic(), cached, classes)
-        self.store.record([], [], attributions.cache_entries(batch.model.version, hashes))
-        return build_explanations(batch.model, [batch.record(0)], batch.X, attributions, ["ON_DEMAND"], [1.0],
-                                  [batch.strata[0]], adverse=self.labels,
-                                  explainer_version=EXPLAINER_VERSION, cached=self.store.available,
-                                  worker=self.worker, redacted=self.redacted(batch.model))[0]
 
     def redacted(self, model) -> frozenset[str]:
         """Features whose values this worker leaves out of `model`'s explanations."""
@@ -465,4 +431,4 @@ class Engine:
     def close(self) -> None:
         self._remembered()
         self.producer.flush(10)
-        self.predictions_reader.close()
+        self.on_demand.close()

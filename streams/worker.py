@@ -322,9 +322,10 @@ def create_app(settings: Settings, config: EngineConfig | None = None, web_port:
         except asyncio.TimeoutError:
             return web.json({"error": "busy explaining; try again"}, status=503, headers={"Retry-After": "1"})
         try:
-            published, raw = await asyncio.get_running_loop().run_in_executor(None, engine.find_decision,
-                                                                              prediction_id)
-            explanation = published or (await with_engine(engine.explain_event, prediction_id, raw) if raw else None)
+            loop = asyncio.get_running_loop()
+            published, raw = await loop.run_in_executor(None, engine.on_demand.find, prediction_id)
+            explanation = published or (await with_engine(engine.on_demand.compute, prediction_id, raw)
+                                        if raw else None)
         finally:
             explaining.release()
         if explanation is None:

@@ -189,20 +189,20 @@ def test_any_recent_decision_can_be_explained_on_demand(engine_settings, small_m
     published = {e["prediction_id"]: e for e in explanations(engine_settings)}
     not_sampled = [r for r in records if r["prediction_id"] not in published][:8]  # all partitions
     for record in not_sampled:  # read back from the topic at the location Redis remembered
-        on_demand = engine.explain_on_demand(record["prediction_id"])
+        on_demand = engine.on_demand.explain(record["prediction_id"])
         assert on_demand["prediction_id"] == record["prediction_id"] and on_demand["score"] == record["score"]
         assert on_demand["sampling_reason"] == "ON_DEMAND" and on_demand["source"] in ("LIVE", "CACHE")
         assert abs(on_demand["base_value"] + sum(a["shap"] for a in on_demand["attributions"])
                    - on_demand["raw_score"]) <= 1e-6
     engine.store.remember_locations([not_sampled[0]["prediction_id"]], np.array([0]), np.array([10**9]))
-    assert engine.explain_on_demand(not_sampled[0]["prediction_id"]) is None  # gone from the topic
+    assert engine.on_demand.explain(not_sampled[0]["prediction_id"]) is None  # gone from the topic
     other = next(m for m in messages if m.key.decode() != not_sampled[1]["prediction_id"])
     engine.store.remember_locations([not_sampled[1]["prediction_id"]], np.array([other.partition]),
                                     np.array([other.offset]))
-    assert engine.explain_on_demand(not_sampled[1]["prediction_id"]) is None  # never another decision's
+    assert engine.on_demand.explain(not_sampled[1]["prediction_id"]) is None  # never another decision's
     some_published = next(iter(published))
-    assert engine.explain_on_demand(some_published)["prediction_id"] == some_published
-    assert engine.explain_on_demand("never-seen") is None
+    assert engine.on_demand.explain(some_published)["prediction_id"] == some_published
+    assert engine.on_demand.explain("never-seen") is None
     engine.close()
 
 

@@ -2,7 +2,8 @@
 stack (broker, Redis, consumer-group commits) with random interleavings of
 valid events, garbage of every kind, duplicates, batches, idle ticks, crashes
 (the engine is dropped, with or without committing its last batch, and a new
-one replays from the committed offsets) and Redis flushes, then checks: each
+one replays from the committed offsets), rebalances (a partition revoked and
+replayed from its commit), Redis flushes and Redis outages, then checks: each
 valid priority decision explained exactly once, each bad message
 dead-lettered exactly once, the reservoir weights adding up to the distinct
 candidates, and nothing escaping the engine."""
@@ -18,10 +19,11 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
-from whystream.infra.stack import ensure_topics
+from whystream.infra.stack import ensure_topics, free_port
 from whystream.streams.codec import codec_for
 from whystream.streams.engine import Engine, EngineConfig
 from whystream.streams.sampling import SamplingConfig
+from whystream.streams.store import RedisStore
 from whystream.streams.topic_stats import read_all
 from whystream.streams.validate import RawMessage
 
@@ -67,6 +69,7 @@ class EngineMachine(RuleBasedStateMachine):
         self.position = {p: 0 for p in range(PARTITIONS)}  # next index of log[p] to hand to the engine
         self.valid, self.bad = {}, set()  # prediction_id -> record; (partition, offset) of bad messages
         self.next_record, self.now = 0, 1_800_000_000_000
+        self.dead_port = free_port()  # nothing listens here: a Redis outage
         self.engine = self._engine()
 
     def _engine(self):
@@ -144,6 +147,24 @@ class EngineMachine(RuleBasedStateMachine):
     @rule()
     def flush_redis(self):
         redis.Redis.from_url(self.settings.redis_url).flushdb()
+
+    @rule(down=st.booleans())
+    def redis_outage(self, down):
+        """Redis stops answering (a real client against a port nobody listens on), or comes back."""
+        url = f"redis://127.0.0.1:{self.dead_port}/0" if down else self.settings.redis_url
+        self.engine.store = self.engine.location_store = RedisStore(url, socket_timeout_s=0.2)
+
+    @rule(partition=st.integers(0, PARTITIONS - 1))
+    def rebalance(self, partition):
+        """The partition is revoked (the engine commits what it may and drops its windows) and
+        assigned again: it is replayed from the committed offset, as a new owner would."""
+        self._commit()
+        self.engine.revoke({partition})
+        tp = self.group.committed([TopicPartition(self.settings.topic("predictions"), partition)], timeout=10)[0]
+        offsets = [m.offset for m in self.log[partition]]
+        self.position[partition] = offsets.index(tp.offset) if tp.offset in offsets else \
+            (0 if tp.offset < 0 else len(offsets))
+        self.engine.replay_guard.guard(self.group, [partition])
 
     def teardown(self):
         if not hasattr(self, "engine"):

@@ -120,6 +120,6 @@ def test_the_engine_dedups_caches_and_finds_events_through_a_cluster(engine_sett
     assert copied and all(e["source"] == "CACHE" for e in copied)
     published = {e["prediction_id"] for e in explanations(settings)}
     quiet = next(r for r in records if r["prediction_id"] not in published)
-    assert engine.explain_on_demand(quiet["prediction_id"])["sampling_reason"] == "ON_DEMAND"
+    assert engine.on_demand.explain(quiet["prediction_id"])["sampling_reason"] == "ON_DEMAND"
     assert engine.store.available and engine.store.outages == 0
     engine.close()

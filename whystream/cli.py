@@ -233,7 +233,7 @@ def explain(ctx: typer.Context, prediction_id: str,
     settings = settings_of(ctx)
     check_broker(settings.kafka_config, settings.require("broker"))  # a wrong CA ends here, in one line
     engine = Engine(settings, EngineConfig(redact=parse_features(redact)))
-    explanation = engine.explain_on_demand(prediction_id)
+    explanation = engine.on_demand.explain(prediction_id)
     if explanation is None:
         raise WhystreamError(f"no recent decision with prediction_id {prediction_id!r} "
                              "(workers remember for 15 minutes where each prediction lies in `predictions`)")

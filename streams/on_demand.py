@@ -1,0 +1,69 @@
+"""Explain on demand: the explanation of any recent decision, published or not.
+
+`whystream explain ID` and the worker's `/explain/{id}` ask for it. It is apart
+from the batch path (`engine.py`) because it runs on another thread, beside a
+batch: finding the decision touches only Redis and the broker, and only
+computing an explanation takes the engine's validator and attributor (the
+worker holds its ingest lock for that step alone).
+
+1. `find(id)`: the published explanation from Redis (blanked further by this
+   reader's redaction list), else the PredictionEvent read back from
+   `predictions` where Redis remembers it lies (15 minutes), else nothing.
+2. `compute(id, raw)`: an ON_DEMAND explanation of that event, validated as
+   the stream validates it; not published.
+"""
+
+from __future__ import annotations
+
+import time
+
+from whystream.streams.explanation import build_explanations, redact_event
+from whystream.streams.topic_stats import OffsetReader
+from whystream.streams.treeshap import EXPLAINER_VERSION
+from whystream.streams.validate import Inbound, RawMessage
+
+
+class OnDemand:
+    def __init__(self, engine):
+        self.engine = engine
+        self.reader = OffsetReader(engine.settings, engine.settings.topic("predictions"))  # one, shared
+
+    def explain(self, prediction_id: str) -> dict | None:
+        """The explanation of any recent decision: the published one, or computed now."""
+        published, raw = self.find(prediction_id)
+        if published is not None or raw is None:
+            return published
+        return self.compute(prediction_id, raw)
+
+    def find(self, prediction_id: str) -> tuple[dict | None, bytes | None]:
+        """(its published explanation, None), else (None, the event read back from `predictions`),
+        else (None, None). Only Redis and the broker: safe beside a running batch."""
+        engine = self.engine
+        engine.wait_for_locations()  # the last batch's locations first
+        published = engine.store.published_explanation(prediction_id)
+        if published is not None:
+            return redact_event(engine.explanation_codec.decode(published), engine.config.redact), None
+        location = engine.location_store.recall_location(prediction_id)
+        return None, self.reader.read(*location) if location else None
+
+    def compute(self, prediction_id: str, raw: bytes) -> dict | None:
+        """An ON_DEMAND explanation of the PredictionEvent `raw`, if it is valid and is `prediction_id`."""
+        engine = self.engine
+        batches, dead = engine.validator.split(Inbound.of([RawMessage(raw, None, "", -1, -1)]),
+                                               engine.config.sampling.stratum_key)
+        if dead or not batches or batches[0].prediction_ids[0] != prediction_id:
+            return None
+        batch = batches[0]
+        explainer = engine.attributor.explainer(batch.model)
+        classes = explainer.classes(batch.X, batch.decision_class)
+        hashes = explainer.cache_keys(batch.X, classes)
+        _, cached = engine.store.recall([], batch.model.version, hashes)
+        attributions = engine.attributor.attribute(batch.model, batch.X, time.monotonic(), cached, classes)
+        engine.store.record([], [], attributions.cache_entries(batch.model.version, hashes))
+        return build_explanations(batch.model, [batch.record(0)], batch.X, attributions, ["ON_DEMAND"], [1.0],
+                                  [batch.strata[0]], adverse=engine.labels,
+                                  explainer_version=EXPLAINER_VERSION, cached=engine.store.available,
+                                  worker=engine.worker, redacted=engine.redacted(batch.model))[0]
+
+    def close(self) -> None:
+        self.reader.close()
