@@ -93,6 +93,17 @@ def wait_quiet(settings, quiet_s=8.0, timeout=120):
     raise AssertionError("explanations never settled")
 
 
+def kill_mid_stream(settings, worker, log_dir, timeout_s=60, settle_s=1.0):
+    """kill -9 `worker` once explanations flow (and `settle_s` more), and start its replacement."""
+    deadline = time.monotonic() + timeout_s
+    while not read_all(settings, settings.topic("explanations"), "ExplanationEvent", timeout=3):
+        assert time.monotonic() < deadline, "no explanation before the kill"
+        time.sleep(0.5)
+    time.sleep(settle_s)
+    worker.kill()  # kill -9 in the middle of the stream
+    return Worker(settings, log_dir)
+
+
 def dedup(explanations):
     return {e["prediction_id"]: e for e in explanations}
 
@@ -105,13 +116,7 @@ def test_kill_minus_9_mid_stream_loses_no_due_explanation(engine_settings, small
     worker.wait_ready()
     producer = threading.Thread(target=send, args=(engine_settings, records, 1500.0))
     producer.start()
-    deadline = time.monotonic() + 60
-    while not read_all(engine_settings, engine_settings.topic("explanations"), "ExplanationEvent", timeout=3):
-        assert time.monotonic() < deadline, "no explanation before the kill"
-        time.sleep(0.5)
-    time.sleep(1.0)
-    worker.kill()  # kill -9 in the middle of the stream
-    replacement = Worker(engine_settings, tmp_path)
+    replacement = kill_mid_stream(engine_settings, worker, tmp_path)
     producer.join()
     replacement.wait_ready()
     published = wait_quiet(engine_settings)

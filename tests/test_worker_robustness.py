@@ -18,7 +18,7 @@ from whystream.streams.codec import codec_for
 from whystream.streams.topic_stats import read_all
 
 from tests.test_robustness import broken_registry  # noqa: F401 (fixture)
-from tests.test_worker import BAND, Worker, records_for, wait_quiet
+from tests.test_worker import BAND, Worker, kill_mid_stream, records_for, wait_quiet
 
 pytestmark = pytest.mark.integration
 MB = 1024 * 1024
@@ -166,13 +166,7 @@ def test_kill_minus_9_with_redis_down_publishes_nothing_twice(engine_settings, s
     worker.wait_ready()
     sender = threading.Thread(target=produce, args=(settings, values, None, 1500.0))
     sender.start()
-    deadline = time.monotonic() + 90
-    while not read_all(settings, settings.topic("explanations"), "ExplanationEvent", timeout=3):
-        assert time.monotonic() < deadline, "no explanation before the kill"
-        time.sleep(0.5)
-    time.sleep(1.5)
-    worker.kill()  # kill -9 in the middle of the stream, Redis never there
-    replacement = Worker(settings, tmp_path)
+    replacement = kill_mid_stream(settings, worker, tmp_path, timeout_s=90, settle_s=1.5)  # Redis never there
     sender.join()
     replacement.wait_ready()
     published = wait_quiet(settings, quiet_s=10.0, timeout=180)
