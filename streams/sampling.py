@@ -227,6 +227,20 @@ class Reservoirs:
         # Per partition, the ids of its last RECENT_WINDOWS closed windows: a decision sent again just
         # after its window closed (the partition idled, or a window hit max_open_ms) is not counted again.
         self._recent: dict[int, deque[_Seen]] = {}
+        # The same ids as one sorted run per partition, built when first needed after a window closed
+        # (a closed window's ids never change): one lookup per group instead of one per run per window.
+        self._recent_union: dict[int, _Seen] = {}
+
+    def _recent_seen(self, partition: int) -> "_Seen | None":
+        """The ids of the partition's last closed windows as one sorted run; None if there are none."""
+        union = self._recent_union.get(partition)
+        if union is None and self._recent.get(partition):
+            union = _Seen()
+            runs = [run for seen in self._recent[partition] for run in seen.runs]
+            if runs:  # a window whose every decision was counted before holds none
+                union.runs.append(np.unique(np.concatenate(runs)))
+            self._recent_union[partition] = union
+        return union
 
     def hashes(self, prediction_ids: Sequence[str]) -> np.ndarray:
         """u per prediction_id: the first 8 bytes of keyed blake2b, little-endian uint64."""
@@ -252,7 +266,7 @@ class Reservoirs:
         window_ms, k = self.config.window_ms, self.config.budget
 
         u = self.hashes(prediction_ids)
-        recent = self._recent.get(partition, ())
+        recent = self._recent_seen(partition)
         version_codes, versions = _codes(model_versions)
         stratum_codes, stratum_names = _codes(strata)
 
@@ -288,8 +302,8 @@ class Reservoirs:
             fresh[1:] = group_u[1:] != group_u[:-1]
             if res.n:
                 fresh &= res.seen.unseen(group_u)
-            for seen in recent:
-                fresh &= seen.unseen(group_u)
+            if recent is not None:
+                fresh &= recent.unseen(group_u)
             fresh_at = np.flatnonzero(fresh)
             if not len(fresh_at):
                 continue
@@ -343,6 +357,7 @@ class Reservoirs:
                 res = state.windows.pop(key)
                 state.strata.pop((key[0], key[2]), None)
                 self._recent.setdefault(partition, deque(maxlen=RECENT_WINDOWS)).append(res.seen)
+                self._recent_union.pop(partition, None)
                 if not res.items:  # only decisions counted in an earlier window: nothing to hand over
                     continue
                 weight = res.n / len(res.items)
@@ -368,6 +383,7 @@ class Reservoirs:
         """Forget a revoked partition; its new owner rebuilds it from the committed offset."""
         self._partitions.pop(partition, None)
         self._recent.pop(partition, None)
+        self._recent_union.pop(partition, None)
 
     def open_windows(self) -> int:
         return sum(len(state.windows) for state in self._partitions.values())
