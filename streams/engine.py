@@ -41,18 +41,17 @@ from confluent_kafka import Producer
 
 from whystream.config import Settings
 from whystream.jobs.registry import ModelRegistry, RegisteredModel
-from whystream.streams.attribution import Attributor
+from whystream.streams.attribution import Attributions, Attributor
 from whystream.streams.batch_decode import NO_CLASS
 from whystream.streams.batch_encode import ExplanationEncoder
 from whystream.streams.codec import SingleObjectCodec, codec_for
 from whystream.streams.event_time import EventTimeRule
-from whystream.streams.attribution import Attributions
 from whystream.streams.explanation import build_explanations
 from whystream.streams.labels import DecisionLabels
 from whystream.streams.metrics import Metrics
+from whystream.streams.on_demand import OnDemand
 from whystream.streams.publish import Publisher
 from whystream.streams.quarantine import Quarantine
-from whystream.streams.on_demand import OnDemand
 from whystream.streams.replay_guard import ReplayGuard
 from whystream.streams.sampling import RESERVOIR, Reservoirs, SamplingConfig, priority_reasons
 from whystream.streams.store import RedisStore
