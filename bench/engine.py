@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.child:
         print(json.dumps(measure(args.child, args.events)))
         return {}
-    from bench.ingest import publish
+    from bench.results import publish
     result = run(args)
     publish(result, report(result), args.json)
     return result
@@ -194,5 +194,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     if "--child" not in sys.argv:  # a child imports whichever whystream its PYTHONPATH names
-        sys.path.insert(0, str(ROOT))  # `python bench/engine.py`: find bench.ingest
+        sys.path.insert(0, str(ROOT))  # `python bench/engine.py`: find bench.*
     main()

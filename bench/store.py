@@ -44,7 +44,7 @@ def run(args) -> dict:
     import numpy as np
     import redis
 
-    from bench.ingest import encoded_events
+    from bench.ingest_events import encoded_events
     from whystream.infra.stack import start_redis
     from whystream.jobs.registry import ModelRegistry
     from whystream.jobs.train import train_model
@@ -107,12 +107,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.quick:
         args.batches = min(args.batches, 10)
-    from bench.ingest import publish
+    from bench.results import publish
     result = run(args)
     publish(result, report(result), args.json)
     return result
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/store.py`: find bench.ingest
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/store.py`: find bench.*
     main()

@@ -22,8 +22,8 @@ Reservoir key: (partition, model_version, stratum, window_start), with tumbling
 event-time windows of `window_ms`. Keying by partition makes the sample
 independent of how partitions are spread over workers, and lets a revoked
 partition's reservoirs simply be dropped: the new owner rebuilds them by
-re-reading from the committed offset, which `hold_offset` keeps at or before the
-first candidate of every window not yet handed over.
+re-reading from the committed offset, which is kept at or before the first
+candidate of every window not yet handed over (`first_offsets`).
 
 Windows, per partition
 ----------------------
@@ -34,7 +34,7 @@ Windows, per partition
   window that holds the watermark. Put differently, every event goes to the
   watermark's window at the moment it arrives (its own window if it is on time).
   Windows are therefore decided by arrival order, not by how arrivals are cut
-  into batches, so a replay from `hold_offset` rebuilds the same windows.
+  into batches, so a replay from the committed offset rebuilds the same windows.
 - Idle: when a partition saw no candidate for `idle_close_ms` of wall-clock
   time, all its windows close and its watermark is forgotten; the partition then
   starts afresh, exactly as a worker that replays it from the committed offset
@@ -365,17 +365,9 @@ class Reservoirs:
                                            [(item, weight) for item in res.items]))
         return closed
 
-    def hold_offset(self, partition: int) -> int | None:
-        """Smallest offset of any candidate in a window of this partition not yet
-        handed over: commit below it, never at or past it. None if nothing is open."""
-        state = self._partitions.get(partition)
-        if state is None or not state.windows:
-            return None
-        return min(res.first_offset for res in state.windows.values())
-
     def first_offsets(self, partition: int) -> set[int]:
-        """The first candidate offset of each open window of the partition, for
-        callers that keep offsets unacknowledged one by one (min() == hold_offset)."""
+        """The first candidate offset of each open window of the partition: a commit
+        stays below their min(), never at or past it, until the window is handed over."""
         state = self._partitions.get(partition)
         return {res.first_offset for res in state.windows.values()} if state else set()
 

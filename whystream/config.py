@@ -94,7 +94,6 @@ class Settings:
     topic_prefix: str = ""
     registry: Path | None = None
     schema_registry_url: str | None = None
-    extra: dict = field(default_factory=dict, compare=False)
     # librdkafka properties from WHYSTREAM_KAFKA_CONFIG and WHYSTREAM_KAFKA_* (TLS, SASL, ...)
     kafka_config: KafkaConfig = field(default_factory=KafkaConfig, compare=False)
 
