@@ -1,5 +1,5 @@
 """Which decisions to explain: every priority one, and a weighted random sample
-of the rest (DESIGN.md, Sampling).
+of the rest (docs/design.md, The data plane).
 
 Priority events (always explained, inclusion weight 1) are picked by
 `priority_reasons`, vectorised over a batch. Everything else is a *candidate*
