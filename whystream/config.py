@@ -111,11 +111,10 @@ class Settings:
         values = {"kafka_config": kafka_config}
         for name, var in ENV.items():
             flag = overrides.get(name)
-            values[name] = flag if flag is not None else (os.environ.get(var) or from_file(var)
+            # A properties file that names its bootstrap.servers needs no WHYSTREAM_BROKER.
+            from_properties = kafka_config.bootstrap_servers if name == "broker" else None
+            values[name] = flag if flag is not None else (os.environ.get(var) or from_file(var) or from_properties
                                                           or stack.get(var))
-        # A properties file that names its bootstrap.servers needs no WHYSTREAM_BROKER.
-        values["broker"] = (overrides.get("broker") or os.environ.get(ENV["broker"]) or from_file(ENV["broker"])
-                            or kafka_config.bootstrap_servers or stack.get(ENV["broker"]))
         values["home"] = home
         values["registry"] = Path(values["registry"]) if values["registry"] else home / "registry"
         values["topic_prefix"] = values["topic_prefix"] or ""
