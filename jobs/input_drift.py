@@ -1,0 +1,118 @@
+"""Input drift beside attribution drift: did the data move, or did the reasons move?
+
+The statistics are parameterised views of schemas/clickhouse/030_input_drift.sql
+over aggregates the materialized views keep per minute (inclusion-weighted, so
+they estimate all decisions, not only the explained ones):
+
+- `input_drift(model, start, end)`: per model version and feature, PSI of the
+  window's value histogram against the reference rows' on the reference's value
+  bins (`value_psi`), the missing-value rate and the reference's;
+- `decision_drift(model, start, end)`: per model version, PSI of the score
+  histogram (`score_psi`), mean score, the decline rate (share on the adverse side
+  of the threshold) and the reference's, and the adverse rate by the decision labels.
+
+The functions here read them (literal view arguments, as drift_sql does, so the
+text also runs through a sink's query port), say why input drift is unavailable
+for a version (registered before input references were kept), and lay the
+figures beside the attribution drift rows that `whystream drift` and the report show.
+"""
+
+from __future__ import annotations
+
+import math
+
+from whystream.jobs.clickhouse import DEFAULT_DATABASE, ident, lit, ms_lit, rows
+from whystream.jobs.drift_sql import time_lit
+from whystream.jobs.input_reference import MISSING_REASON
+
+
+def _window(model: str, start_ms: int, end_ms: int) -> str:
+    return f"model = {lit(model)}, start = {time_lit(start_ms)}, end = {time_lit(end_ms)}"
+
+
+def _floats(row: dict) -> dict:
+    for key, value in row.items():
+        if value in ("inf", "-inf", "nan"):  # through JSON (the sink's query port) they come as strings
+            row[key] = float(value)
+    return row
+
+
+def input_drift(client, model: str, start_ms: int, end_ms: int, database: str = DEFAULT_DATABASE) -> list[dict]:
+    """Rows of input_drift: model_version, feature, feature_index, n, weighted_n, effective_n,
+    value_psi (NaN when no decision had a value), missing_rate, reference_missing."""
+    sql = f"SELECT * FROM {ident(database)}.input_drift({_window(model, start_ms, end_ms)})"
+    return [_floats(r) for r in rows(client, sql)]
+
+
+def decision_drift(client, model: str, start_ms: int, end_ms: int, database: str = DEFAULT_DATABASE) -> list[dict]:
+    """Rows of decision_drift per model version: n, weighted_n, effective_n, mean_score,
+    adverse_rate, decline_rate, score_psi, reference_mean_score, reference_decline (the
+    reference figures NaN for a version without a score reference)."""
+    sql = f"SELECT * FROM {ident(database)}.decision_drift({_window(model, start_ms, end_ms)})"
+    return [_floats(r) for r in rows(client, sql)]
+
+
+def decision_trend(client, model: str, start_ms: int, end_ms: int, bucket_seconds: int = 60,
+                   database: str = DEFAULT_DATABASE) -> list[dict]:
+    """Per model version and bucket (epoch seconds): weighted_n, mean_score, decline rates
+    (above / below the threshold: the view picks the adverse side) and adverse_rate."""
+    step = max(60, int(bucket_seconds))
+    return [_floats(r) for r in rows(client, f"""
+        SELECT model_version, intDiv(toUInt32(minute), {step}) * {step} AS bucket, sum(weight) AS weighted_n,
+               sum(sum_score) / sum(weight) AS mean_score, sum(above_weight) / sum(weight) AS above_rate,
+               sum(below_weight) / sum(weight) AS below_rate, sum(adverse_weight) / sum(weight) AS adverse_rate
+        FROM {ident(database)}.decision_stats
+        WHERE model_name = {lit(model)}
+          AND minute >= toStartOfMinute({ms_lit(start_ms)}) AND minute < {ms_lit(end_ms)}
+        GROUP BY model_version, bucket ORDER BY model_version, bucket""")]
+
+
+def versions_with_input_reference(client, model: str, database: str = DEFAULT_DATABASE) -> set[str]:
+    return {r["model_version"] for r in rows(
+        client, f"SELECT DISTINCT model_version FROM {ident(database)}.input_reference WHERE model_name = {lit(model)}")}
+
+
+def unavailable(client, model: str, versions, database: str = DEFAULT_DATABASE) -> dict[str, str]:
+    """{version: why input drift is unavailable} for the versions without an input reference."""
+    have = versions_with_input_reference(client, model, database)
+    return {v: MISSING_REASON for v in sorted(set(versions) - have)}
+
+
+def beside(attribution_rows: list[dict], input_rows: list[dict]) -> list[dict]:
+    """The attribution drift rows with the input figures of the same version and feature
+    added (value_psi, missing_rate, reference_missing; None where there are none)."""
+    by_key = {(r["model_version"], r["feature"]): r for r in input_rows}
+    out = []
+    for row in attribution_rows:
+        found = by_key.get((row["model_version"], row["feature"]), {})
+        out.append({**row, **{k: _number(found.get(k)) for k in ("value_psi", "missing_rate", "reference_missing")}})
+    return out
+
+
+def _number(value) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def pct(value) -> str:
+    value = _number(value)
+    return "-" if value is None else f"{value:.1%}"
+
+
+def missing_cell(row: dict) -> str:
+    """'2.0% (ref 1.9%)' or '-'."""
+    if row.get("missing_rate") is None:
+        return "-"
+    return f"{pct(row['missing_rate'])} (ref {pct(row.get('reference_missing'))})"
+
+
+def decision_line(row: dict) -> str:
+    """One line of a version's score and decline-rate shift, for the drift table's caption."""
+    if _number(row.get("score_psi")) is None and _number(row.get("reference_mean_score")) is None:
+        return (f"score mean {row['mean_score']:.4g}, adverse rate {pct(row['adverse_rate'])} "
+                f"(no score reference: {MISSING_REASON})")
+    return (f"score PSI {_number(row['score_psi']) or 0:.3f}, mean {row['mean_score']:.4g} "
+            f"(ref {row['reference_mean_score']:.4g}); decline rate {pct(row['decline_rate'])} "
+            f"(ref {pct(row['reference_decline'])}); adverse decisions {pct(row['adverse_rate'])}")
