@@ -397,31 +397,39 @@ def drift_table(ctx: typer.Context, model: str = typer.Option("fraud", help="Reg
     """Per-feature attribution drift of a model over the last window, against its reference."""
     from rich.table import Table
 
-    from whystream.jobs import drift_sql
+    from whystream.jobs import drift_sql, input_drift
     from whystream.jobs.drift import DriftMonitor, wall_ms
 
     settings = settings_of(ctx)
     seconds = parse_duration(window)
     end = wall_ms()
-    found = drift_sql.feature_drift(_clickhouse_reader(settings, database), model, end - seconds * 1000, end,
-                                    database)
+    client = _clickhouse_reader(settings, database)
+    found = drift_sql.feature_drift(client, model, end - seconds * 1000, end, database)
     if not found:
         console.print(f"no explanations of model [bold]{model}[/] with a registered reference in the last {window}")
         return
+    # input drift (the data) beside attribution drift (the reasons)
+    found = input_drift.beside(found, input_drift.input_drift(client, model, end - seconds * 1000, end, database))
     judged = DriftMonitor(settings, window_seconds=seconds, psi_threshold=psi_threshold,
                           stability_threshold=stability_threshold, publish=False).judge_all(found)
     versions = sorted({r["model_version"] for r in found})
     table = Table(title=f"{model}: attribution drift over the last {window}", show_lines=False)
     for name in (["version"] if len(versions) > 1 else []) + ["feature", "PSI", "stability", "W1/ref",
+                                                             "value PSI", "missing (ref)",
                                                              "weighted n", "n eff", "alert"]:
         table.add_column(name, justify="left" if name in ("version", "feature", "alert") else "right",
                          no_wrap=name == "feature")
     for r, verdicts in sorted(judged, key=lambda rv: -(rv[0]["psi"] if rv[0]["psi"] is not None else -1)):
         flag = ", ".join(j.statistic for j in verdicts if j.above) if verdicts else "[dim]too few[/]"
         cells = [r["feature"], _num(r["psi"]), _num(r["stability"]), _num(r["wasserstein_rel"]),
-                 f"{r['weighted_n']:,.0f}", f"{r['effective_n']:,.0f}", f"[red bold]{flag}[/]" if flag else ""]
+                 _num(r["value_psi"]), input_drift.missing_cell(r), f"{r['weighted_n']:,.0f}",
+                 f"{r['effective_n']:,.0f}", f"[red bold]{flag}[/]" if flag else ""]
         table.add_row(*(([r["model_version"]] if len(versions) > 1 else []) + cells))
     console.print(table)
+    for d in input_drift.decision_drift(client, model, end - seconds * 1000, end, database):
+        console.print(f"version {d['model_version']}: {input_drift.decision_line(d)}", highlight=False)
+    for version, why in input_drift.unavailable(client, model, versions, database).items():
+        console.print(f"version {version}: input drift unavailable: {why}", highlight=False)
 
 
 def _num(value) -> str:

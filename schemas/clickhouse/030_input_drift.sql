@@ -85,7 +85,8 @@ INNER JOIN
 (
     SELECT model_name, model_version, feature, bin_edges FROM {db}.input_reference FINAL
 ) AS r ON e.model_name = r.model_name AND e.model_version = r.model_version AND e.feature = r.feature
-GROUP BY model_name, model_version, feature, minute, missing, bin;
+GROUP BY model_name, model_version, feature, minute, missing, bin
+COMMENT 'Bins each explanation''s feature values on input_reference into input_hist (weights finite and positive, values finite or missing, redacted values left out)';
 
 CREATE TABLE IF NOT EXISTS {db}.decision_stats
 (
@@ -123,7 +124,8 @@ SELECT
     sum(inclusion_weight * score * score) AS sum_sq_score
 FROM {db}.explanations
 WHERE isFinite(inclusion_weight) AND inclusion_weight > 0 AND isFinite(score)
-GROUP BY model_name, model_version, minute;
+GROUP BY model_name, model_version, minute
+COMMENT 'Sums each minute''s inclusion weights, adverse and beyond-threshold decisions and score moments into decision_stats';
 
 CREATE TABLE IF NOT EXISTS {db}.score_hist
 (
@@ -159,7 +161,8 @@ INNER JOIN
 (
     SELECT model_name, model_version, bin_edges FROM {db}.score_reference FINAL
 ) AS r ON e.model_name = r.model_name AND e.model_version = r.model_version
-GROUP BY model_name, model_version, minute, bin;
+GROUP BY model_name, model_version, minute, bin
+COMMENT 'Bins each explanation''s score on score_reference into score_hist';
 
 -- Per model version and feature, the window's inputs against the reference:
 --   value_psi        sum over the value bins (p - q) * ln(p / q), p the window's weighted
@@ -218,7 +221,8 @@ INNER JOIN
     WHERE model_name = {model:String}
 ) AS r ON r.model_version = t.model_version AND r.feature = t.feature
 LEFT JOIN psi AS p ON p.model_version = t.model_version AND p.feature = t.feature
-ORDER BY t.model_version, r.feature_index;
+ORDER BY t.model_version, r.feature_index
+COMMENT 'Input drift per model version and feature over [start, end): value PSI on the reference value bins, missing-value rate against the reference (call as input_drift(model = ..., start = ..., end = ...))';
 
 -- Per model version, the window's scores and decisions against the reference:
 --   score_psi        PSI of the weighted score histogram against the reference scores' (floored at 1e-4)
@@ -283,4 +287,5 @@ LEFT JOIN
     FROM {db}.score_reference FINAL WHERE model_name = {model:String}
 ) AS r ON r.model_version = s.model_version
 LEFT JOIN psi AS p ON p.model_version = s.model_version
-ORDER BY s.model_version;
+ORDER BY s.model_version
+COMMENT 'Score and decision drift per model version over [start, end): score PSI, mean score, decline rate (adverse side of the threshold) and adverse-label rate against the reference (call as decision_drift(model = ..., start = ..., end = ...))';
