@@ -93,8 +93,12 @@ def fetch(client, prediction_ids: list[str], database: str = DEFAULT_DATABASE) -
 def sample_ids(client, n: int, model: str | None = None, since_ms: int | None = None, seed: int = 0,
                database: str = DEFAULT_DATABASE) -> list[str]:
     """`n` prediction_ids drawn at random (reproducibly for a seed) from the stored explanations."""
-    where = " AND ".join([f"model_name = {lit(model)}"] * bool(model)
-                         + [f"event_time >= fromUnixTimestamp64Milli({int(since_ms)}, 'UTC')"] * (since_ms is not None))
+    conditions = []
+    if model:
+        conditions.append(f"model_name = {lit(model)}")
+    if since_ms is not None:
+        conditions.append(f"event_time >= fromUnixTimestamp64Milli({int(since_ms)}, 'UTC')")
+    where = " AND ".join(conditions)
     return [r["prediction_id"] for r in rows(client, f"""
         SELECT DISTINCT prediction_id FROM {ident(database)}.explanations {"WHERE " + where if where else ""}
         ORDER BY cityHash64(prediction_id, {int(seed)}) LIMIT {int(n)}""")]
@@ -254,3 +258,50 @@ def exit_code(verdicts: list[Verdict]) -> int:
     if MISMATCH in statuses:
         return 1
     return 0 if statuses <= {MATCH} and verdicts else 3
+
+
+# ---------------------------------------------------------------- what `whystream verify` prints
+
+def _e(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1e}"
+
+
+def verdict_table(verdicts: list[Verdict]):
+    from rich.table import Table
+
+    table = Table(title=f"recomputed within {TOLERANCE:g}", show_lines=False)
+    for name in ("prediction_id", "model", "version", "source", "class", "inputs", "max |Δ shap|", "feature",
+                 "|Δ base|", "|Δ raw|", "additivity", "result"):
+        table.add_column(name, justify="right" if name.startswith(("max", "|", "add")) else "left")
+    colour = {MATCH: "green", MISMATCH: "red bold"}
+    for v in verdicts:
+        s = v.stored
+        klass = "-" if s is None or s.explained_class is None else str(s.explained_class)
+        result = f"[{colour.get(v.status, 'yellow')}]{v.status}[/]" + (f": {v.detail}" if v.detail else "")
+        table.add_row(v.prediction_id, s.model_name if s else "-", s.model_version if s else "-",
+                      s.source if s else "-", klass, v.inputs or "-", _e(v.max_shap_diff), v.worst_feature or "-",
+                      _e(v.base_diff), _e(v.raw_diff), _e(v.additivity), result)
+    return table
+
+
+def feature_table(verdict: Verdict):
+    from rich.table import Table
+
+    s = verdict.stored
+    table = Table(title=f"{verdict.prediction_id}: per feature", show_lines=False)
+    for name in ("feature", "stored value", "stored shap", "recomputed shap", "|Δ|"):
+        table.add_column(name, justify="left" if name == "feature" else "right")
+    for f, value, stored, again in zip(s.features, s.values, s.shap, verdict.recomputed_shap):
+        shown = "redacted" if f in s.redacted else ("missing" if value is None else f"{value:.6g}")
+        diff = abs(stored - again)
+        table.add_row(f, shown, f"{stored:.12g}", f"{again:.12g}",
+                      f"[red bold]{diff:.1e}[/]" if not diff <= TOLERANCE else f"{diff:.1e}")
+    return table
+
+
+def summary(verdicts: list[Verdict]) -> str:
+    counts: dict[str, int] = {}
+    for v in verdicts:
+        counts[v.status] = counts.get(v.status, 0) + 1
+    parts = ", ".join(f"{n:,} {status.lower()}" for status, n in sorted(counts.items()))
+    return f"{len(verdicts):,} explanation(s) checked: {parts}"

@@ -456,6 +456,45 @@ def report(ctx: typer.Context, out: Path = typer.Option(Path("whystream-report.h
     console.print(f"wrote {out} ({len(html) / 1024:,.0f} KiB)")
 
 
+@app.command()
+def verify(ctx: typer.Context,
+           prediction_id: Optional[str] = typer.Argument(None, help="The decision whose stored explanation to check"),
+           sample: int = typer.Option(0, help="Check N explanations drawn at random instead"),
+           model: Optional[str] = typer.Option(None, help="With --sample: only this model"),
+           since: str = typer.Option("", help="With --sample: only decisions of the last 90s, 5m, 1h, 2d..."),
+           seed: int = typer.Option(0, help="With --sample: the draw (the same seed draws the same decisions)"),
+           from_topic: bool = typer.Option(False, help="Recompute from the decision's event on `predictions` (and "
+                                           "check the stored values against it), not from the stored values"),
+           database: str = typer.Option("whystream", help="ClickHouse database")):
+    """Recompute stored explanations with their registered model version and check them within 1e-9.
+
+    Exit status 0: all match; 1: a mismatch; 3: not found or not verifiable (a redacted
+    value whose event is gone, a version the registry cannot load)."""
+    import time
+
+    from whystream.jobs import verify as v
+    from whystream.jobs.registry import ModelRegistry
+
+    if (prediction_id is None) == (sample <= 0):
+        raise WhystreamError("verify: give a PREDICTION_ID or --sample N (one of them)")
+    settings = settings_of(ctx)
+    client = _clickhouse_reader(settings, database)
+    since_ms = int((time.time() - parse_duration(since)) * 1000) if since else None
+    ids = [prediction_id] if prediction_id else v.sample_ids(client, sample, model, since_ms, seed, database)
+    if not ids:
+        console.print("no stored explanations to verify")
+        raise typer.Exit(3)
+    with progress_bar() as bar:
+        task = bar.add_task("verifying", total=len(ids), rate="")
+        verdicts = v.verify_ids(client, settings, ModelRegistry(settings.registry), ids, from_topic=from_topic,
+                                database=database, progress=lambda: bar.advance(task))
+    console.print(v.verdict_table(verdicts))
+    if prediction_id and len(verdicts) == 1 and verdicts[0].recomputed_shap:
+        console.print(v.feature_table(verdicts[0]))
+    console.print(v.summary(verdicts), highlight=False)
+    raise typer.Exit(v.exit_code(verdicts))
+
+
 # ---------------------------------------------------------------- dead letters
 
 dlq_app = typer.Typer(help="Dead letters: by reason (`whystream dlq`), and sent back (`whystream dlq replay`)",
