@@ -204,7 +204,8 @@ class Verifier:
         diffs[np.isnan(diffs)] = np.inf
         worst = int(np.argmax(diffs))
         verdict.recomputed_shap = [float(v) for v in shap]
-        verdict.max_shap_diff, verdict.worst_feature = float(diffs[worst]), stored.features[worst]
+        verdict.max_shap_diff = float(diffs[worst])
+        verdict.worst_feature = stored.features[worst] if diffs[worst] > 0 else ""
         verdict.base_diff = _diff(stored.base_value, base)
         verdict.raw_diff = _diff(stored.raw_score, raw)
         verdict.additivity = _diff(stored.base_value + float(stored_shap.sum()), raw)
