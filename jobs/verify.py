@@ -30,6 +30,7 @@ import numpy as np
 from whystream.jobs.clickhouse import DEFAULT_DATABASE, ident, lit, one_line, rows
 
 TOLERANCE = 1e-9
+FETCH_CHUNK = 500  # prediction_ids per query
 MATCH, MISMATCH, NOT_FOUND, UNVERIFIABLE, MODEL_UNAVAILABLE = (
     "MATCH", "MISMATCH", "NOT FOUND", "UNVERIFIABLE", "MODEL UNAVAILABLE")
 
@@ -72,9 +73,13 @@ def _float(value) -> float:
 
 def fetch(client, prediction_ids: list[str], database: str = DEFAULT_DATABASE) -> dict[str, list[Stored]]:
     """The stored explanations of these ids (one per model name and id, as FINAL keeps them)."""
-    if not prediction_ids:
-        return {}
     found: dict[str, list[Stored]] = {}
+    for begin in range(0, len(prediction_ids), FETCH_CHUNK):  # an IN list of any length would pass max_query_size
+        _fetch_into(found, client, prediction_ids[begin:begin + FETCH_CHUNK], database)
+    return found
+
+
+def _fetch_into(found: dict[str, list[Stored]], client, prediction_ids: list[str], database: str) -> None:
     for r in rows(client, f"""
             SELECT prediction_id, model_name, model_version, toUnixTimestamp64Milli(event_time) AS event_time_ms,
                    base_value, raw_score, attributions.feature AS features, attributions.value AS vals,
@@ -87,7 +92,6 @@ def fetch(client, prediction_ids: list[str], database: str = DEFAULT_DATABASE) -
             _float(r["raw_score"]), list(r["features"]), [None if v is None else float(v) for v in r["vals"]],
             [_float(v) for v in r["shap"]], r["source"],
             None if r["explained_class"] is None else int(r["explained_class"]), list(r["redacted_features"])))
-    return found
 
 
 def sample_ids(client, n: int, model: str | None = None, since_ms: int | None = None, seed: int = 0,
@@ -163,6 +167,11 @@ class Verifier:
             verdict.status, verdict.detail = MISMATCH, "the stored features are not the model version's features"
             return verdict
         x = np.array([np.nan if v is None else v for v in stored.values], dtype=float)
+        if event is not None and event.get("model_version") != stored.model_version:
+            verdict.status = MISMATCH
+            verdict.detail = (f"the decision's event names model version {event.get('model_version')}, "
+                              f"the explanation {stored.model_version}")
+            return verdict
         if event is not None:
             verdict.inputs = "predictions topic"
             from_event = np.array([np.nan if event["features"].get(f) is None else event["features"][f]
