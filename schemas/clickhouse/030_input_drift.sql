@@ -60,31 +60,37 @@ TTL minute + INTERVAL 90 DAY DELETE
 SETTINGS non_replicated_deduplication_window = 1000
 COMMENT 'Inclusion-weighted value histograms (reference bins) and missing values per feature and minute; filled by input_hist_mv';
 
+-- One join per explanation (not per feature): the version's value bins as arrays in
+-- model order, checked against the explanation's feature names (attributions are in
+-- model order; a row whose features differ from the reference's is left out).
 CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.input_hist_mv TO {db}.input_hist AS
 SELECT
-    e.model_name AS model_name,
-    e.model_version AS model_version,
-    e.feature AS feature,
-    e.minute AS minute,
-    isNull(e.value) AS missing,
-    if(missing, toUInt16(0), toUInt16(arrayCount(edge -> edge <= assumeNotNull(e.value), r.bin_edges) - 1)) AS bin,
-    sum(e.weight) AS weight,
-    sum(e.weight * e.weight) AS weight_sq,
+    model_name,
+    model_version,
+    feature,
+    minute,
+    isNull(value) AS missing,
+    if(missing, toUInt16(0), toUInt16(arrayCount(edge -> edge <= assumeNotNull(value), edges) - 1)) AS bin,
+    sum(w) AS weight,
+    sum(w * w) AS weight_sq,
     count() AS n
 FROM
 (
-    SELECT model_name, model_version, toStartOfMinute(event_time) AS minute, inclusion_weight AS weight,
-           attributions.feature AS feature, attributions.value AS value, redacted_features
-    FROM {db}.explanations
-    ARRAY JOIN attributions
-    WHERE isFinite(inclusion_weight) AND inclusion_weight > 0
-      AND (isNull(attributions.value) OR isFinite(assumeNotNull(attributions.value)))
-      AND NOT has(redacted_features, attributions.feature)
-) AS e
-INNER JOIN
-(
-    SELECT model_name, model_version, feature, bin_edges FROM {db}.input_reference FINAL
-) AS r ON e.model_name = r.model_name AND e.model_version = r.model_version AND e.feature = r.feature
+    SELECT e.model_name AS model_name, e.model_version AS model_version, toStartOfMinute(e.event_time) AS minute,
+           e.inclusion_weight AS w, e.attributions.feature AS features, e.attributions.value AS vals,
+           r.all_edges AS all_edges, e.redacted_features AS redacted
+    FROM {db}.explanations AS e
+    INNER JOIN
+    (
+        SELECT model_name, model_version, arraySort(x -> x.1, groupArray((feature_index, feature, bin_edges))) AS ordered,
+               arrayMap(x -> x.2, ordered) AS reference_features, arrayMap(x -> x.3, ordered) AS all_edges
+        FROM {db}.input_reference FINAL
+        GROUP BY model_name, model_version
+    ) AS r ON e.model_name = r.model_name AND e.model_version = r.model_version
+    WHERE isFinite(e.inclusion_weight) AND e.inclusion_weight > 0 AND e.attributions.feature = r.reference_features
+)
+ARRAY JOIN features AS feature, vals AS value, all_edges AS edges
+WHERE (isNull(value) OR isFinite(assumeNotNull(value))) AND NOT has(redacted, feature)
 GROUP BY model_name, model_version, feature, minute, missing, bin
 COMMENT 'Bins each explanation''s feature values on input_reference into input_hist (weights finite and positive, values finite or missing, redacted values left out)';
 
