@@ -79,7 +79,16 @@ def test_live_explanations_match_and_tampering_is_found(engine_settings, small_m
     assert verdict.status == v.MISMATCH and verdict.worst_feature == attributions[3]["feature"]
     assert verdict.max_shap_diff == pytest.approx(1e-6, rel=1e-3) and "attributions" in verdict.detail
 
-    # a stored value changed (the attributions left alone): the decision's event on the topic tells
+    # a stored value changed (the attributions left alone): its recomputed attributions differ
+    third = published[2]
+    values = [dict(a) for a in third["attributions"]]
+    j = max((i for i, a in enumerate(values) if a["value"] is not None), key=lambda i: abs(values[i]["shap"]))
+    values[j]["value"] = -1e12 if values[j]["value"] > 0 else 1e12
+    ch.insert_explanations(client, [retouched(third, attributions=values)], database)
+    result = cli(engine_settings, database, third["prediction_id"])
+    assert result.exit_code == 1 and "MISMATCH" in result.output, result.output
+
+    # and from the decision's event on the topic, the changed value itself is named
     other = published[1]
     values = [dict(a) for a in other["attributions"]]
     j = next(i for i, a in enumerate(values) if a["value"] is not None)
