@@ -197,11 +197,13 @@ class Verifier:
         from whystream.streams.batch_decode import NO_CLASS
 
         X = x.reshape(1, -1)
-        requested = np.array([NO_CLASS if stored.explained_class is None else stored.explained_class], dtype=np.int64)
-        if explainer.n_outputs > 1 and not 0 <= int(requested[0]) < explainer.n_outputs:
-            classes = explainer.classes(X, np.array([NO_CLASS], dtype=np.int64))  # an old event: the top class
-        else:
-            classes = explainer.classes(X, requested)
+        klass = stored.explained_class
+        if klass is not None and not 0 <= klass < (explainer.n_outputs if explainer.n_outputs > 1 else 0):
+            verdict.status = MISMATCH
+            verdict.detail = f"explained_class {klass} is not a class of this {explainer.model.kind.objective} model"
+            return
+        # no class stored: a single-output model, or an ExplanationEvent v1 of a multiclass one (the top class)
+        classes = explainer.classes(X, np.array([NO_CLASS if klass is None else klass], dtype=np.int64))
         if stored.source == "FALLBACK":
             shap, raw = explainer.fallback(X, classes)
         else:  # LIVE, and CACHE (the shared cache holds live TreeSHAP values)

@@ -150,6 +150,10 @@ def test_multiclass_explanations_are_recomputed_for_their_class(engine_settings,
                            database)
     again = v.verify_ids(client, settings, registry, [event["prediction_id"]], database=database)[0]
     assert again.status == v.MISMATCH
+    ch.insert_explanations(client, [retouched(event, explained_at=event["explained_at"] + 5000,
+                                              explained_class=N_CLASSES)], database)
+    again = v.verify_ids(client, settings, registry, [event["prediction_id"]], database=database)[0]
+    assert again.status == v.MISMATCH and f"explained_class {N_CLASSES} is not a class" in again.detail
 
     # a version the registry no longer holds: said plainly, not a traceback
     empty = ModelRegistry(tmp_path / "empty")
