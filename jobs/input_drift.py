@@ -102,10 +102,10 @@ def pct(value) -> str:
 
 
 def missing_cell(row: dict) -> str:
-    """'2.0% (ref 1.9%)' or '-'."""
+    """'2.0% (1.9%)': the window's missing rate and the reference's; '-' without one."""
     if row.get("missing_rate") is None:
         return "-"
-    return f"{pct(row['missing_rate'])} (ref {pct(row.get('reference_missing'))})"
+    return f"{pct(row['missing_rate'])} ({pct(row.get('reference_missing'))})"
 
 
 def decision_line(row: dict) -> str:

@@ -276,7 +276,9 @@ def test_the_drift_table_and_report_show_input_drift(db, model, tmp_path, stack)
     value_psi = header.index("value PSI")
     assert float(lines["x0"][value_psi]) > 0.2 and float(lines["x3"][value_psi]) < 0.05
     assert lines["x1"][value_psi] == "-"  # redacted: no values to bin
-    assert "(ref" in lines["x2"][header.index("missing (ref)")]
+    missing = lines["x2"][header.index("missing (ref)")]
+    now, ref = (float(p.strip("()%")) for p in missing.split())
+    assert ref == pytest.approx(100 * model.input_reference.missing[2], abs=0.05) and abs(now - ref) < 5
     out = tmp_path / "report.html"
     result = CliRunner().invoke(app, [*flags, "report", "--out", str(out), "--model", "fraud", "--window", "10m",
                                       "--history", "1h", "--database", database])

@@ -425,7 +425,7 @@ def drift_table(ctx: typer.Context, model: str = typer.Option("fraud", help="Reg
                  _num(r["value_psi"]), input_drift.missing_cell(r), f"{r['weighted_n']:,.0f}",
                  f"{r['effective_n']:,.0f}", f"[red bold]{flag}[/]" if flag else ""]
         table.add_row(*(([r["model_version"]] if len(versions) > 1 else []) + cells))
-    console.print(table)
+    Console(width=max(console.width, 150)).print(table)  # narrower, rich would cut the numbers to "0.…"
     for d in input_drift.decision_drift(client, model, end - seconds * 1000, end, database):
         console.print(f"version {d['model_version']}: {input_drift.decision_line(d)}", highlight=False)
     for version, why in input_drift.unavailable(client, model, versions, database).items():
