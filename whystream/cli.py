@@ -488,9 +488,14 @@ def verify(ctx: typer.Context,
         task = bar.add_task("verifying", total=len(ids), rate="")
         verdicts = v.verify_ids(client, settings, ModelRegistry(settings.registry), ids, from_topic=from_topic,
                                 database=database, progress=lambda: bar.advance(task))
-    console.print(v.verdict_table(verdicts))
+    shown = verdicts if len(verdicts) <= 50 else [x for x in verdicts if x.status != v.MATCH]
+    wide = Console(width=max(console.width, 170))  # narrower, rich would cut the figures
+    if shown:
+        wide.print(v.verdict_table(shown))
+    if len(shown) < len(verdicts):
+        console.print(f"[dim]{len(verdicts) - len(shown):,} matching explanations not listed[/]")
     if prediction_id and len(verdicts) == 1 and verdicts[0].recomputed_shap:
-        console.print(v.feature_table(verdicts[0]))
+        wide.print(v.feature_table(verdicts[0]))
     console.print(v.summary(verdicts), highlight=False)
     raise typer.Exit(v.exit_code(verdicts))
 
