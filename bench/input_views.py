@@ -45,7 +45,7 @@ def model(n_features: int):
     m.reference_hist = shap_histogram(m.reference_shap, m.bin_edges) / 5000
     X = rng.normal(size=(5000, n_features))
     X[rng.random(X.shape) < 0.05] = np.nan
-    m.input_reference = ir.compute(_Scores(), None, X, 0.5)
+    m.input_reference = ir.compute(_Scores(), X, 0.5)
     return m
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 
-from whystream.jobs.clickhouse import DEFAULT_DATABASE, ident, lit, ms_lit, rows
+from whystream.jobs.clickhouse import DEFAULT_DATABASE, ident, lit, rows
 from whystream.jobs.drift_sql import time_lit
 from whystream.jobs.input_reference import MISSING_REASON
 
@@ -50,21 +50,6 @@ def decision_drift(client, model: str, start_ms: int, end_ms: int, database: str
     reference figures NaN for a version without a score reference)."""
     sql = f"SELECT * FROM {ident(database)}.decision_drift({_window(model, start_ms, end_ms)})"
     return [_floats(r) for r in rows(client, sql)]
-
-
-def decision_trend(client, model: str, start_ms: int, end_ms: int, bucket_seconds: int = 60,
-                   database: str = DEFAULT_DATABASE) -> list[dict]:
-    """Per model version and bucket (epoch seconds): weighted_n, mean_score, decline rates
-    (above / below the threshold: the view picks the adverse side) and adverse_rate."""
-    step = max(60, int(bucket_seconds))
-    return [_floats(r) for r in rows(client, f"""
-        SELECT model_version, intDiv(toUInt32(minute), {step}) * {step} AS bucket, sum(weight) AS weighted_n,
-               sum(sum_score) / sum(weight) AS mean_score, sum(above_weight) / sum(weight) AS above_rate,
-               sum(below_weight) / sum(weight) AS below_rate, sum(adverse_weight) / sum(weight) AS adverse_rate
-        FROM {ident(database)}.decision_stats
-        WHERE model_name = {lit(model)}
-          AND minute >= toStartOfMinute({ms_lit(start_ms)}) AND minute < {ms_lit(end_ms)}
-        GROUP BY model_version, bucket ORDER BY model_version, bucket""")]
 
 
 def versions_with_input_reference(client, model: str, database: str = DEFAULT_DATABASE) -> set[str]:

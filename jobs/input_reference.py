@@ -66,17 +66,18 @@ def proportions(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return counts / values.size if values.size else counts.astype(float)
 
 
-def reference_scores(booster, kind, X: np.ndarray) -> np.ndarray:
+def reference_scores(booster, X: np.ndarray) -> np.ndarray:
     """The score a producer reports for each row: the prediction (multiclass: the top class's)."""
     predicted = np.asarray(booster.predict(X), dtype=float)
     return predicted.max(axis=1) if predicted.ndim == 2 else predicted
 
 
-def compute(booster, kind, X: np.ndarray, threshold: float | None, adverse_direction: int = 1) -> InputReference:
+def compute(booster, X: np.ndarray, threshold: float | None, adverse_direction: int = 1) -> InputReference:
+    """The input reference of reference rows X [m, F] (NaN = missing) for `booster`'s scores."""
     X = np.asarray(X, dtype=float)
     edges = np.stack([value_bin_edges(X[:, j]) for j in range(X.shape[1])])
     hist = np.stack([proportions(X[~np.isnan(X[:, j]), j], edges[j]) for j in range(X.shape[1])])
-    scores = reference_scores(booster, kind, X)
+    scores = reference_scores(booster, X)
     score_edges = value_bin_edges(scores)
     if threshold is None or not np.isfinite(threshold):
         decline = float("nan")

@@ -195,7 +195,7 @@ class ModelRegistry:
         model_dir = self.root / name / version
         X = np.asarray(reference_X, dtype=float)
         stored = lgb.Booster(model_str=model_str)  # what workers will load (an early-stopped model: its best trees)
-        inputs = input_reference.compute(stored, kind, X, threshold, adverse_direction)
+        inputs = input_reference.compute(stored, X, threshold, adverse_direction)
         if not model_dir.exists():
             check_kernel(stored, kind, X[:SELF_CHECK_ROWS])
             shap = reference_shap(stored, kind, X)
