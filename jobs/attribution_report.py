@@ -213,6 +213,9 @@ def build_report(client, model: str, now_ms: int, window_s: int = 3600, history_
         sections.append("<h2>Drift now, per feature</h2>" + _table(
             ["feature", "PSI", "stability", "Wasserstein-1", "mean |SHAP|", "reference mean |SHAP|", "weighted n",
              "n"], body))
+    from whystream.jobs.input_drift import report_sections  # imports this module's helpers
+
+    sections.extend(report_sections(client, model, version, drift, start, now_ms, database))
     body = [[_esc(dt.datetime.fromtimestamp(a["raised_at_ms"] / 1000, dt.timezone.utc).strftime("%m-%d %H:%M")),
              _esc(a["model_version"]), _esc(a["feature"]), _esc(a["statistic"]), _fmt(a["value"]),
              _fmt(a["threshold"]), _fmt(a["weighted_n"], 0)] for a in alerts]

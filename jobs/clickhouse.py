@@ -304,6 +304,9 @@ def register_reference(client, model, database: str = DEFAULT_DATABASE, backfill
     they are binned now, so the histograms cover them exactly once.
     """
     db = ident(database)
+    from whystream.jobs.input_reference import register_input_reference  # imports this module
+
+    register_input_reference(client, model, db, backfill)  # its own once-per-version check
     if has_reference(client, model.name, model.version, db):
         return False
     client.insert("model_reference", reference_columns(model), database=db,

@@ -6,6 +6,8 @@ Layout under the root:
     <name>/<version>/meta.json      everything but the arrays, human readable: feature names,
                                     objective and output space, threshold, reason-code table
     <name>/<version>/reference.npz  reference_shap, bin_edges, reference_hist
+    <name>/<version>/input_reference.npz  value bins, value proportions, missing rates and
+                                    score distribution of the reference rows (jobs/input_reference.py)
     <name>/LATEST                   the most recently registered version
 
 A version is a content hash of the model, its threshold and feature names (and
@@ -37,6 +39,7 @@ import lightgbm as lgb
 import numpy as np
 
 from whystream.errors import ModelNotFound, WhystreamError
+from whystream.jobs import input_reference
 from whystream.streams.objectives import ModelKind, model_kind
 from whystream.streams.treeshap import TreeShap, UnsupportedModel
 
@@ -72,6 +75,7 @@ class RegisteredModel:
     reason_codes_version: str | None = None  # None: no table registered (the code is the feature name)
     source: str = ""  # where the model was registered from
     redacted_features: frozenset[str] = frozenset()  # values left out of explanations (attributions stay)
+    input_reference: object | None = None  # jobs.input_reference.InputReference; None: registered before it was kept
 
     def feature_index(self) -> dict[str, int]:
         """Column of each feature in X and in SHAP arrays."""
@@ -189,9 +193,10 @@ class ModelRegistry:
                  + (("redact:" + ",".join(redact),) if redact else ()))
         version = _content_version(model_str, threshold, feature_names, extra)
         model_dir = self.root / name / version
+        X = np.asarray(reference_X, dtype=float)
+        stored = lgb.Booster(model_str=model_str)  # what workers will load (an early-stopped model: its best trees)
+        inputs = input_reference.compute(stored, X, threshold, adverse_direction)
         if not model_dir.exists():
-            X = np.asarray(reference_X, dtype=float)
-            stored = lgb.Booster(model_str=model_str)  # what workers will load (an early-stopped model: its best trees)
             check_kernel(stored, kind, X[:SELF_CHECK_ROWS])
             shap = reference_shap(stored, kind, X)
             edges = shap_bin_edges(shap)
@@ -216,11 +221,14 @@ class ModelRegistry:
                 "n_bins": N_BINS,
                 "redact": redact,
             }
-            self._write_version(model_dir, model_str, meta, shap, edges, hist)
+            self._write_version(model_dir, model_str, meta, shap, edges, hist, inputs)
+        elif input_reference.load(model_dir) is None:  # registered before input references were kept
+            input_reference.save(model_dir, inputs)
+            _load_version.cache_clear()
         _write_atomic(self.root / name / "LATEST", version + "\n")
         return self.load(name, version)
 
-    def _write_version(self, model_dir, model_str, meta, shap, edges, hist) -> None:
+    def _write_version(self, model_dir, model_str, meta, shap, edges, hist, inputs) -> None:
         # Build the whole version in a temp dir beside it, then rename: readers
         # never see half a version, and a concurrent writer of the same content wins harmlessly.
         model_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -230,6 +238,7 @@ class ModelRegistry:
             (tmp / "model.txt").write_text(model_str)
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
             np.savez(tmp / "reference.npz", reference_shap=shap, bin_edges=edges, reference_hist=hist)
+            input_reference.save(tmp, inputs)
             os.rename(tmp, model_dir)
         except OSError:
             if not model_dir.exists():
@@ -355,5 +364,6 @@ def _load_version(version_dir: Path) -> RegisteredModel:
         reason_codes_version=meta.get("reason_codes_version"),
         source=meta.get("source", ""),
         redacted_features=frozenset(meta.get("redact", ())),
+        input_reference=input_reference.load(version_dir),
         **arrays,
     )

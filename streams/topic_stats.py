@@ -89,3 +89,36 @@ class OffsetReader:
             if self._consumer is not None:
                 self._consumer.close()
                 self._consumer = None
+
+
+def find_by_key(settings: Settings, topic: str, wanted: dict[bytes, int], timeout: float = 30.0, idle: float = 2.0,
+                margin_ms: int = 300_000) -> dict[bytes, bytes]:
+    """The value of the first message with each key in `wanted` (key -> its event time, ms):
+    every partition is read from `margin_ms` before the earliest event time (offsets_for_times)
+    until all are found, `idle` seconds pass without a message, or `timeout`. Raises
+    KafkaException when the broker or topic cannot be reached."""
+    from confluent_kafka import KafkaException
+
+    consumer = Consumer(settings.kafka(**{"group.id": f"whystream-peek-{uuid.uuid4().hex[:8]}",
+                                          "enable.auto.commit": False, "auto.offset.reset": "earliest"}))
+    found: dict[bytes, bytes] = {}
+    try:
+        meta = consumer.list_topics(topic, timeout=min(timeout, 10.0)).topics.get(topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            raise KafkaException(f"topic {topic} is not on the broker" + (f" ({meta.error})" if meta and meta.error
+                                                                            else ""))
+        since = max(min(wanted.values()) - margin_ms, 0)
+        starts = consumer.offsets_for_times([TopicPartition(topic, p, since) for p in meta.partitions],
+                                            timeout=min(timeout, 10.0))
+        consumer.assign([TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else 0) for tp in starts
+                         if tp.offset != -1])
+        deadline, last = time.monotonic() + timeout, time.monotonic()
+        while len(found) < len(wanted) and time.monotonic() < deadline and time.monotonic() - last < idle:
+            for message in consumer.consume(1000, timeout=0.1):
+                if message.error() is None:
+                    last = time.monotonic()
+                    if message.key() in wanted and message.key() not in found:
+                        found[message.key()] = message.value()
+    finally:
+        consumer.close()
+    return found

@@ -42,3 +42,11 @@ def test_engine_benchmark_compares_against_a_worktree_of_the_revision(tmp_path):
         assert figures["batches of 2,000"]["events_per_s"] > 0 and figures["batches of 50"]["batch_p50_ms"] > 0
     worktrees = subprocess.run(["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True).stdout
     assert "whystream-bench-engine-" not in worktrees  # removed again
+
+
+def test_input_views_benchmark_runs(tmp_path):
+    result = _run("input_views.py", "--batches", "2", "--per-batch", "200", "--repeat", "1",
+                  out=tmp_path / "input_views.json")
+    assert set(result["inserts"]) == {"all views", "without the input-drift views"}
+    assert all(f["explanations_per_s"] > 0 for f in result["inserts"].values()) and result["insert_time_ratio"] > 0
+    assert result["queries"]["input_drift"]["rows"] == 39 and result["queries"]["decision_drift"]["rows"] == 1

@@ -38,7 +38,8 @@ def test_round_trip(tmp_path, booster, data):
 
     version_dir = tmp_path / "fraud" / saved.version
     assert loaded.path == version_dir.resolve()
-    assert {p.name for p in version_dir.iterdir()} == {"model.txt", "meta.json", "reference.npz"}
+    assert {p.name for p in version_dir.iterdir()} == {"model.txt", "meta.json", "reference.npz",
+                                                            "input_reference.npz"}
     assert json.loads((version_dir / "meta.json").read_text())["threshold"] == 0.3
     assert (tmp_path / "fraud" / "LATEST").read_text().strip() == saved.version
     assert not [p for p in (tmp_path / "fraud").iterdir() if p.name.startswith(".")]  # no temp leftovers

@@ -397,31 +397,39 @@ def drift_table(ctx: typer.Context, model: str = typer.Option("fraud", help="Reg
     """Per-feature attribution drift of a model over the last window, against its reference."""
     from rich.table import Table
 
-    from whystream.jobs import drift_sql
+    from whystream.jobs import drift_sql, input_drift
     from whystream.jobs.drift import DriftMonitor, wall_ms
 
     settings = settings_of(ctx)
     seconds = parse_duration(window)
     end = wall_ms()
-    found = drift_sql.feature_drift(_clickhouse_reader(settings, database), model, end - seconds * 1000, end,
-                                    database)
+    client = _clickhouse_reader(settings, database)
+    found = drift_sql.feature_drift(client, model, end - seconds * 1000, end, database)
     if not found:
         console.print(f"no explanations of model [bold]{model}[/] with a registered reference in the last {window}")
         return
+    # input drift (the data) beside attribution drift (the reasons)
+    found = input_drift.beside(found, input_drift.input_drift(client, model, end - seconds * 1000, end, database))
     judged = DriftMonitor(settings, window_seconds=seconds, psi_threshold=psi_threshold,
                           stability_threshold=stability_threshold, publish=False).judge_all(found)
     versions = sorted({r["model_version"] for r in found})
     table = Table(title=f"{model}: attribution drift over the last {window}", show_lines=False)
     for name in (["version"] if len(versions) > 1 else []) + ["feature", "PSI", "stability", "W1/ref",
+                                                             "value PSI", "missing (ref)",
                                                              "weighted n", "n eff", "alert"]:
         table.add_column(name, justify="left" if name in ("version", "feature", "alert") else "right",
                          no_wrap=name == "feature")
     for r, verdicts in sorted(judged, key=lambda rv: -(rv[0]["psi"] if rv[0]["psi"] is not None else -1)):
         flag = ", ".join(j.statistic for j in verdicts if j.above) if verdicts else "[dim]too few[/]"
         cells = [r["feature"], _num(r["psi"]), _num(r["stability"]), _num(r["wasserstein_rel"]),
-                 f"{r['weighted_n']:,.0f}", f"{r['effective_n']:,.0f}", f"[red bold]{flag}[/]" if flag else ""]
+                 _num(r["value_psi"]), input_drift.missing_cell(r), f"{r['weighted_n']:,.0f}",
+                 f"{r['effective_n']:,.0f}", f"[red bold]{flag}[/]" if flag else ""]
         table.add_row(*(([r["model_version"]] if len(versions) > 1 else []) + cells))
-    console.print(table)
+    Console(width=max(console.width, 150)).print(table)  # narrower, rich would cut the numbers to "0.…"
+    for d in input_drift.decision_drift(client, model, end - seconds * 1000, end, database):
+        console.print(f"version {d['model_version']}: {input_drift.decision_line(d)}", highlight=False)
+    for version, why in input_drift.unavailable(client, model, versions, database).items():
+        console.print(f"version {version}: input drift unavailable: {why}", highlight=False)
 
 
 def _num(value) -> str:
@@ -446,6 +454,50 @@ def report(ctx: typer.Context, out: Path = typer.Option(Path("whystream-report.h
                         parse_duration(history), database)
     out.write_text(html)
     console.print(f"wrote {out} ({len(html) / 1024:,.0f} KiB)")
+
+
+@app.command()
+def verify(ctx: typer.Context,
+           prediction_id: Optional[str] = typer.Argument(None, help="The decision whose stored explanation to check"),
+           sample: int = typer.Option(0, help="Check N explanations drawn at random instead"),
+           model: Optional[str] = typer.Option(None, help="With --sample: only this model"),
+           since: str = typer.Option("", help="With --sample: only decisions of the last 90s, 5m, 1h, 2d..."),
+           seed: int = typer.Option(0, help="With --sample: the draw (the same seed draws the same decisions)"),
+           from_topic: bool = typer.Option(False, help="Recompute from the decision's event on `predictions` (and "
+                                           "check the stored values against it), not from the stored values"),
+           database: str = typer.Option("whystream", help="ClickHouse database")):
+    """Recompute stored explanations with their registered model version and check them within 1e-9.
+
+    Exit status 0: all match; 1: a mismatch; 3: not found or not verifiable (a redacted
+    value whose event is gone, a version the registry cannot load)."""
+    import time
+
+    from whystream.jobs import verify as v
+    from whystream.jobs.registry import ModelRegistry
+
+    if (prediction_id is None) == (sample <= 0):
+        raise WhystreamError("verify: give a PREDICTION_ID or --sample N (one of them)")
+    settings = settings_of(ctx)
+    client = _clickhouse_reader(settings, database)
+    since_ms = int((time.time() - parse_duration(since)) * 1000) if since else None
+    ids = [prediction_id] if prediction_id else v.sample_ids(client, sample, model, since_ms, seed, database)
+    if not ids:
+        console.print("no stored explanations to verify")
+        raise typer.Exit(3)
+    with progress_bar() as bar:
+        task = bar.add_task("verifying", total=len(ids), rate="")
+        verdicts = v.verify_ids(client, settings, ModelRegistry(settings.registry), ids, from_topic=from_topic,
+                                database=database, progress=lambda: bar.advance(task))
+    shown = verdicts if len(verdicts) <= 50 else [x for x in verdicts if x.status != v.MATCH]
+    wide = Console(width=max(console.width, 170))  # narrower, rich would cut the figures
+    if shown:
+        wide.print(v.verdict_table(shown))
+    if len(shown) < len(verdicts):
+        console.print(f"[dim]{len(verdicts) - len(shown):,} matching explanations not listed[/]")
+    if prediction_id and len(verdicts) == 1 and verdicts[0].recomputed_shap:
+        wide.print(v.feature_table(verdicts[0]))
+    console.print(v.summary(verdicts), highlight=False)
+    raise typer.Exit(v.exit_code(verdicts))
 
 
 # ---------------------------------------------------------------- dead letters
