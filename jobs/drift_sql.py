@@ -3,12 +3,15 @@
 The statistics themselves are parameterised views in
 schemas/clickhouse/007_drift_views.sql (so analysts get them in plain SQL):
 
-- `feature_drift(model, start, end)`: per model version and feature, PSI of the
-  attribution histogram against the reference (bins floored at 1e-4),
-  stability = |weighted mean |SHAP| - reference mean |SHAP|| / reference mean
-  |SHAP|, Wasserstein-1 distance from t-digest quantiles against the reference
-  quantiles, weighted and effective counts;
-- `top_features(model, start, end)`: features by weighted mean |SHAP|;
+- `feature_drift(model, start, end)` and `feature_drift_by_stratum(model, start,
+  end, stratum)`: per model version and feature (of one stratum, '*' all), PSI
+  and weighted KS of the attribution histogram against the reference (bins
+  floored at 1e-4), stability = |weighted mean |SHAP| - reference mean |SHAP||
+  / reference mean |SHAP|, Wasserstein-1 distance from 100 t-digest quantiles
+  (never below the difference of the means), weighted and effective counts,
+  the reference's size and spread, the window's fallback share (schemas/
+  clickhouse/020_exact_drift.sql; exact attributions only);
+- `top_features(model, start, end)`: features of each version by weighted mean |SHAP|;
 - `engine_health(model, start, end, bucket_seconds)`: coverage (explained /
   sum of inclusion weights), latency quantiles, fallback and cache-hit rates.
 
@@ -24,6 +27,8 @@ import datetime as dt
 
 from whystream.jobs.clickhouse import DEFAULT_DATABASE, ident, lit, ms_lit, rows
 
+ALL_STRATA = "*"  # feature_drift_by_stratum's stratum for all strata together
+
 
 def _window(model: str, start_ms: int, end_ms: int) -> str:
     # Literals, not expressions: ClickHouse before 24.6 takes only literals as view arguments.
@@ -36,29 +41,38 @@ def time_lit(ms: int) -> str:
     return f"'{dt.datetime.fromtimestamp(seconds, dt.timezone.utc):%Y-%m-%d %H:%M:%S}.{millis:03d}'"
 
 
-def feature_drift_sql(model: str, start_ms: int, end_ms: int, database: str = DEFAULT_DATABASE) -> str:
-    """The view's rows with the reference sample's spread (reference_mean_sq_shap, n_reference) beside them."""
-    db = ident(database)
-    return f"""
-        SELECT d.*, r.reference_mean_sq_shap AS reference_mean_sq_shap, r.n_reference AS n_reference
-        FROM {db}.feature_drift({_window(model, start_ms, end_ms)}) AS d
-        LEFT JOIN (SELECT model_version, feature, reference_mean_sq_shap, n_reference
-                   FROM {db}.model_reference FINAL WHERE model_name = {lit(model)}) AS r
-               ON d.model_version = r.model_version AND d.feature = r.feature"""
+def feature_drift_sql(model: str, start_ms: int, end_ms: int, database: str = DEFAULT_DATABASE,
+                      stratum: str | None = None) -> str:
+    """The feature_drift rows of one stratum (None: all strata together)."""
+    return (f"SELECT * EXCEPT (window_hist) FROM {ident(database)}.feature_drift_by_stratum("
+            f"{_window(model, start_ms, end_ms)}, stratum = {lit(ALL_STRATA if stratum is None else stratum)})")
 
 
-def feature_drift(client, model: str, start_ms: int, end_ms: int, database: str = DEFAULT_DATABASE) -> list[dict]:
-    """Rows of feature_drift: model_version, feature, feature_index, n, weighted_n,
-    effective_n, psi, mean_abs_shap, reference_mean_abs_shap, stability,
-    wasserstein, wasserstein_rel, mean_shap, reference_mean_shap, mean_sq_shap;
-    and of model_reference: reference_mean_sq_shap, n_reference."""
-    return [_floats(r) for r in rows(client, feature_drift_sql(model, start_ms, end_ms, database))]
+def feature_drift(client, model: str, start_ms: int, end_ms: int, database: str = DEFAULT_DATABASE,
+                  stratum: str | None = None) -> list[dict]:
+    """Rows of feature_drift_by_stratum: model_version, feature, feature_index,
+    stratum, n, weighted_n, effective_n, psi, ks, psi_bins, mean_abs_shap,
+    reference_mean_abs_shap, stability, wasserstein, wasserstein_rel, mean_shap,
+    reference_mean_shap, mean_sq_shap, reference_mean_sq_shap, n_reference,
+    reference_cdf_spread, fallback_share. `stratum` slices by the sampling
+    stratum (None: all strata)."""
+    return [_floats(r) for r in rows(client, feature_drift_sql(model, start_ms, end_ms, database, stratum))]
+
+
+def strata(client, model: str, start_ms: int, end_ms: int, database: str = DEFAULT_DATABASE) -> list[str]:
+    """The strata with exact explanations of `model` in the window, largest first."""
+    return [r["stratum"] for r in rows(client, f"""
+        SELECT stratum, sum(weight) AS w FROM {ident(database)}.attribution_stats
+        WHERE model_name = {lit(model)} AND minute >= toStartOfMinute({ms_lit(start_ms)}) AND minute < {ms_lit(end_ms)}
+        GROUP BY stratum ORDER BY w DESC, stratum""")]
 
 
 def top_features(client, model: str, start_ms: int, end_ms: int, limit: int = 10,
                  database: str = DEFAULT_DATABASE) -> list[dict]:
-    """Features by weighted mean |SHAP| in the window: feature, mean_abs_shap, mean_shap, weighted_n, n."""
-    sql = f"SELECT * FROM {ident(database)}.top_features({_window(model, start_ms, end_ms)}) LIMIT {int(limit)}"
+    """The `limit` features of each model version by weighted mean |SHAP| in the
+    window: model_version, feature, mean_abs_shap, mean_shap, weighted_n, n."""
+    sql = (f"SELECT * FROM {ident(database)}.top_features({_window(model, start_ms, end_ms)}) "
+           f"LIMIT {int(limit)} BY model_version")
     return [_floats(r) for r in rows(client, sql)]
 
 
