@@ -82,12 +82,16 @@ def test_sharded_tables_are_replicated_per_shard_behind_distributed_tables(db): 
     assert len(drift_views) == 3 and all("_local" not in s for s in drift_views)  # they read every shard
     altered = [s for s in ddl if s.startswith("ALTER TABLE")]
     assert altered and all(" ON CLUSTER analytics " in s for s in altered)
+    # a sorting key changes on the shards' tables only; a view's new query reads the shard's own tables
+    assert not any("MODIFY ORDER BY" in s for s in altered if not re.match(r"ALTER TABLE whystream\.\w+_local ", s))
+    queries = [s for s in altered if "MODIFY QUERY" in s]
+    assert len(queries) == 2 and all("FROM whystream.explanations_local" in s for s in queries)
 
 
 def test_view_arguments_are_literals_for_clickhouse_before_24_6():
     sql = drift_sql.feature_drift_sql("fraud", 1_767_225_600_123, 1_767_225_900_000)
-    args = re.search(r"feature_drift\((.*?)\) AS d", sql).group(1)
-    assert args == "model = 'fraud', start = '2026-01-01 00:00:00.123', end = '2026-01-01 00:05:00.000'"
+    args = re.search(r"feature_drift_by_stratum\((.*?)\)$", sql).group(1)
+    assert args == "model = 'fraud', start = '2026-01-01 00:00:00.123', end = '2026-01-01 00:05:00.000', stratum = '*'"
 
 
 def test_readers_never_write_not_even_the_database(stack, tmp_path):

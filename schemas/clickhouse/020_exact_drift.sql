@@ -166,13 +166,11 @@ INNER JOIN
 ) AS r ON r.model_version = s.model_version AND r.feature = s.feature
 LEFT JOIN window_hist AS h ON h.model_version = s.model_version AND h.feature = s.feature
 LEFT JOIN health AS hl ON hl.model_version = s.model_version
-ORDER BY s.model_version, r.feature_index
-COMMENT 'Attribution drift per model version and feature of one stratum (* = all) in [toStartOfMinute(start), end): PSI, KS, stability, Wasserstein-1, effective n, fallback share';
+ORDER BY s.model_version, r.feature_index;
 
 CREATE OR REPLACE VIEW {db}.feature_drift AS
 SELECT * FROM {db}.feature_drift_by_stratum(model = {model:String}, start = {start:DateTime64(3, 'UTC')},
-                                            end = {end:DateTime64(3, 'UTC')}, stratum = '*')
-COMMENT 'Attribution drift per model version and feature over all strata: feature_drift_by_stratum with stratum = *';
+                                            end = {end:DateTime64(3, 'UTC')}, stratum = '*');
 
 -- Features ranked by weighted mean |SHAP|, per model version (versions are not pooled).
 CREATE OR REPLACE VIEW {db}.top_features AS
@@ -188,5 +186,4 @@ WHERE model_name = {model:String}
   AND minute >= toStartOfMinute({start:DateTime64(3, 'UTC')}) AND minute < {end:DateTime64(3, 'UTC')}
   AND isFinite(weight) AND weight > 0 AND isFinite(sum_abs_shap) AND isFinite(sum_shap)
 GROUP BY model_version, feature
-ORDER BY model_version, mean_abs_shap DESC, feature
-COMMENT 'Features of each model version ranked by weighted mean |SHAP| (exact attributions) in [toStartOfMinute(start), end)';
+ORDER BY model_version, mean_abs_shap DESC, feature;
