@@ -140,13 +140,14 @@ def feature_trend(client, model: str, features: list[str], start_ms: int, end_ms
 def recent_alerts(client, model: str | None = None, since_ms: int = 0, limit: int = 50,
                   database: str = DEFAULT_DATABASE) -> list[dict]:
     """Drift alerts raised since `since_ms`, newest first (times as epoch ms:
-    window_start_ms, window_end_ms, raised_at_ms)."""
+    window_start_ms, window_end_ms, raised_at_ms; effective_n and fallback_share
+    are 0 for alerts raised before migration 020)."""
     where = f"raised_at >= {ms_lit(since_ms)}" + (f" AND model_name = {lit(model)}" if model else "")
     return [_floats(r) for r in rows(client, f"""
         SELECT alert_id, model_name, model_version, feature, statistic, value, threshold, reference,
                toUnixTimestamp64Milli(window_start) AS window_start_ms,
                toUnixTimestamp64Milli(window_end) AS window_end_ms,
-               toUnixTimestamp64Milli(raised_at) AS raised_at_ms, weighted_n, n
+               toUnixTimestamp64Milli(raised_at) AS raised_at_ms, weighted_n, n, effective_n, fallback_share
         FROM {ident(database)}.drift_alerts FINAL WHERE {where}
         ORDER BY raised_at DESC, feature LIMIT {int(limit)}""")]
 
