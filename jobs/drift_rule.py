@@ -19,7 +19,9 @@ n = n_eff * n_ref / (n_eff + n_ref):
   (`reference_cdf_spread`), and which exceeds its mean by t with probability
   at most exp(-t^2 / (2 sigma^2)) (Gaussian concentration; sigma the
   reference SHAP's standard deviation bounds the norm's weak variance).
-  Critical value (sqrt(2/pi) * J + sigma * sqrt(2 ln(1/alpha))) / sqrt(n).
+  Critical value (sqrt(2/pi) * J + sigma * sqrt(2 ln(1/alpha))) / sqrt(n), plus
+  the resolution of the 100 quantile midpoints (`wasserstein_resolution`: a
+  binary feature's rare atom moves the estimate by whole quantile steps).
 - stability: the difference of the window's and the reference's mean |SHAP|
   must exceed z(alpha) standard errors of the difference (both samples'), see
   `stability_error`.
@@ -85,7 +87,8 @@ class DriftRule:
         sd = math.sqrt(max((number(row.get("reference_mean_sq_shap")) or 0.0)
                            - (number(row.get("reference_mean_shap")) or 0.0) ** 2, 0.0))
         if w1 is not None and sd > 0:
-            critical = wasserstein_critical(self.alpha, number(row.get("reference_cdf_spread")) or 0.0, sd, n)
+            critical = (wasserstein_critical(self.alpha, number(row.get("reference_cdf_spread")) or 0.0, sd, n)
+                        + (number(row.get("wasserstein_resolution")) or 0.0))
             out.append(_verdict("wasserstein", w1 / reference, effect["wasserstein"], critical / reference))
         stability = number(row.get("stability"))
         total = reference if reference_total is None else reference_total

@@ -79,6 +79,8 @@ GROUP BY model_name, model_version, feature, minute, stratum;
 --                 t-digest against the reference's, and never less than |mean_shap -
 --                 reference_mean_shap| (exact, tails included); references registered before
 --                 migration 020 have 20 quantiles: 20 midpoints then
+--   reference_cdf_spread, wasserstein_resolution: the W1 statistic's null scale and the
+--                 midpoints' resolution (jobs/drift_rule.py)
 --   fallback_share FALLBACK share of the version's explanations in the window (all strata;
 --                 their attributions are not in the other columns)
 CREATE OR REPLACE VIEW {db}.feature_drift_by_stratum AS
@@ -155,6 +157,11 @@ SELECT
                          arrayPopFront(r.reference_quantiles_100), arrayMap(i -> (i + 1) / 100, range(99)))),
        arraySum(arrayMap((lo, hi, u) -> (hi - lo) * sqrt(u * (1 - u)), arrayPopBack(r.reference_quantiles),
                          arrayPopFront(r.reference_quantiles), arrayMap(i -> (i + 1) / 20, range(19))))) AS reference_cdf_spread,
+    -- the midpoints' resolution: an atom's edge (a binary feature's rare value) moves by whole quantile
+    -- steps, so the W1 estimate may be off by the largest step of either quantile function / midpoints
+    if(length(r.reference_quantiles_100) = 100,
+       greatest(arrayMax(arrayDifference(r.reference_quantiles_100)), arrayMax(arrayDifference(s.q))) / 100,
+       arrayMax(arrayDifference(r.reference_quantiles)) / 20) AS wasserstein_resolution,
     coalesce(hl.fallback_share, 0) AS fallback_share
 FROM stats AS s
 INNER JOIN
