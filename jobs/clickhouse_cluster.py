@@ -37,7 +37,7 @@ CLUSTER_VAR = "WHYSTREAM_CLICKHOUSE_CLUSTER"
 EVERYWHERE = {"model_reference", "schema_migrations"}
 SHARDING_KEYS = {"explanations": "cityHash64(prediction_id)", "drift_alerts": "cityHash64(alert_id)"}
 # Parameterised views (materialized views are the names ending in _mv): one per node, not sharded.
-VIEWS = {"feature_drift", "feature_drift_by_stratum", "top_features", "engine_health"}
+VIEWS = {"feature_drift", "feature_drift_by_stratum", "top_features", "engine_health", "top_reason_flips"}
 DEFAULT_SHARDING_KEY = "rand()"  # aggregate tables: written by each shard's views, inserted into only by hand
 CLUSTER_INSERT_SETTINGS = {"insert_distributed_sync": 1}
 ZK_ROOT = "/clickhouse/tables"

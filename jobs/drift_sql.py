@@ -86,6 +86,17 @@ def engine_health(client, model: str, start_ms: int, end_ms: int, bucket_seconds
     return [_floats(r) for r in rows(client, sql)]
 
 
+def top_reason_flips(client, model: str, start_ms: int, end_ms: int, reference_start_ms: int,
+                     reference_end_ms: int, top: int = 3, database: str = DEFAULT_DATABASE) -> list[dict]:
+    """Did the top reasons flip? Per model version and decision: n, weighted_n, `flipped` (the
+    weighted share of the window's decisions whose first top reason is not among the `top` most
+    frequent ones of the reference period), `reference_flipped` (that share in the reference
+    period itself) and `reference_reasons`."""
+    sql = (f"SELECT * FROM {ident(database)}.top_reason_flips({_window(model, start_ms, end_ms)}, "
+           f"ref_start = {time_lit(reference_start_ms)}, ref_end = {time_lit(reference_end_ms)}, top = {int(top)})")
+    return [_floats(r) for r in rows(client, sql)]
+
+
 def monitored_models(client, database: str = DEFAULT_DATABASE) -> list[str]:
     """Model names that have a registered reference."""
     return [r["model_name"] for r in rows(

@@ -20,7 +20,7 @@ CLUSTER = "analytics"
 # Checksums of the migrations as released: applied deployments record them, so they must never change.
 RELEASED = {1: "d9138ad7cbd57250", 2: "ebdc9234eb4db4b4", 3: "6122a47411c0d09c", 4: "5bb3d6ecd5c3c10c",
             5: "b64c21ea3bfe6ca0", 6: "ab11e14c640a7bde", 7: "07cb6b0ea00db85b", 8: "a2d74fb9a47aa86a"}
-SHARDED = {"explanations", "attribution_hist", "attribution_stats", "engine_stats", "drift_alerts"}
+SHARDED = {"explanations", "attribution_hist", "attribution_stats", "engine_stats", "drift_alerts", "top_reason_stats"}
 
 
 def cluster_ddl(database: str = "whystream") -> list[str]:
@@ -73,13 +73,13 @@ def test_sharded_tables_are_replicated_per_shard_behind_distributed_tables(db): 
         assert f"'/clickhouse/tables/all/whystream/{name}', '{{replica}}'" in tables[name]
         assert f"{name}_local" not in tables
     views = [s for s in ddl if s.startswith("CREATE MATERIALIZED VIEW")]
-    assert len(views) == 3
+    assert len(views) == 4
     for view in views:  # each shard's views read and write the shard's own tables, the reference whole
         assert re.search(r"TO whystream\.\w+_local ", view) and "FROM whystream.explanations_local" in view
         assert not re.search(r"whystream\.(explanations|attribution_hist|attribution_stats|engine_stats)\b(?!_)",
                              view.split(" AS ", 1)[1])
     drift_views = [s for s in ddl if s.startswith("CREATE VIEW")]
-    assert len(drift_views) == 3 and all("_local" not in s for s in drift_views)  # they read every shard
+    assert len(drift_views) == 4 and all("_local" not in s for s in drift_views)  # they read every shard
     altered = [s for s in ddl if s.startswith("ALTER TABLE")]
     assert altered and all(" ON CLUSTER analytics " in s for s in altered)
     # a sorting key changes on the shards' tables only; a view's new query reads the shard's own tables

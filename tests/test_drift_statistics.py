@@ -249,3 +249,37 @@ def test_the_power_benchmark_computes_what_the_view_computes(db):
             assert row[key] == pytest.approx(sql[feature][key], rel=1e-6), (feature, key)
         # the view's quantiles come from a t-digest, the benchmark's are exact
         assert row["wasserstein"] == pytest.approx(sql[feature]["wasserstein"], rel=0.1, abs=0.01)
+
+
+def test_did_the_top_reasons_flip(db):
+    client, database = db
+    model = synthetic_model(n_features=4, seed=27)
+    ch.register_reference(client, model, database)
+    t0 = base_minute(1.0)
+    before, _ = stream(model, t0, 3, seed=28, prefix="before")
+    # later feature_0, the weakest, pushes much harder: it becomes the first reason far more often
+    after, _ = stream(model, t0 + 3 * MINUTE_MS, 2, seed=29, prefix="after", drift={0: (1.0, 3.0)})
+    ch.insert_explanations(client, before + after, database)
+
+    def first_reasons(events):
+        return [(e["top_reasons"][0]["feature"] if e["top_reasons"] else "", e["inclusion_weight"],
+                 e["decision"]) for e in events]
+
+    flips = {r["decision"]: r for r in drift_sql.top_reason_flips(
+        client, model.name, t0 + 3 * MINUTE_MS, t0 + 5 * MINUTE_MS, t0, t0 + 3 * MINUTE_MS, top=2, database=database)}
+    assert set(flips) == {"approve", "decline"}
+    for decision, row in flips.items():
+        ref = [(f, w) for f, w, d in first_reasons(before) if d == decision]
+        totals: dict[str, float] = {}
+        for f, w in ref:
+            totals[f] = totals.get(f, 0.0) + w
+        common = sorted(totals, key=lambda f: (-totals[f], f))[:2]
+        assert sorted(row["reference_reasons"]) == sorted(common)
+        now = [(f, w) for f, w, d in first_reasons(after) if d == decision]
+        expected = sum(w for f, w in now if f not in common) / sum(w for _, w in now)
+        assert row["flipped"] == pytest.approx(expected)
+        assert row["reference_flipped"] == pytest.approx(sum(w for f, w in ref if f not in common) / sum(w for _, w in ref))
+    # feature_0 (shifted up) becomes the first reason of most decisions, outside the reference's top 2
+    for row in flips.values():
+        assert "feature_0" not in row["reference_reasons"]
+        assert row["flipped"] > row["reference_flipped"] + 0.2
