@@ -180,17 +180,30 @@ SELECT prediction_id, model_name, model_version, event_time, score, decision, th
 FROM whystream.explanations FINAL
 WHERE prediction_id = 'the-prediction-id'""",
     "top features this hour against last week": """
-SELECT h.feature, h.mean_abs_shap AS this_hour, w.mean_abs_shap AS same_hour_last_week,
+SELECT h.model_version, h.feature, h.mean_abs_shap AS this_hour, w.mean_abs_shap AS same_hour_last_week,
        h.mean_abs_shap / w.mean_abs_shap - 1 AS relative_change
 FROM whystream.top_features(model = 'fraud', start = now() - INTERVAL 1 HOUR, end = now()) AS h
 LEFT JOIN whystream.top_features(model = 'fraud', start = now() - INTERVAL 7 DAY - INTERVAL 1 HOUR,
-                                 end = now() - INTERVAL 7 DAY) AS w USING (feature)
+                                 end = now() - INTERVAL 7 DAY) AS w USING (model_version, feature)
 ORDER BY this_hour DESC
 LIMIT 10""",
     "features drifting now": """
-SELECT model_version, feature, round(psi, 3) AS psi, round(stability, 3) AS stability,
-       round(wasserstein_rel, 3) AS wasserstein_rel, round(weighted_n) AS weighted_n
-FROM whystream.feature_drift(model = 'fraud', start = now() - INTERVAL 5 MINUTE, end = now())
-WHERE psi > 0.2 OR stability > 0.2
-ORDER BY psi DESC""",
+SELECT model_version, feature, round(psi, 3) AS psi, round(ks, 3) AS ks, round(stability, 3) AS stability,
+       round(wasserstein_rel, 3) AS wasserstein_rel, round(effective_n) AS effective_n,
+       round(fallback_share, 3) AS fallback_share
+FROM whystream.feature_drift(model = 'fraud', start = now() - INTERVAL 6 MINUTE,
+                             end = toStartOfMinute(now() - INTERVAL 10 SECOND))
+-- KS over its critical value at alpha 1e-4 (2.22 / sqrt(n), n = n_eff n_ref / (n_eff + n_ref)) and over 0.05
+WHERE ks > greatest(0.05, 2.22 * sqrt((effective_n + n_reference) / (effective_n * n_reference)))
+ORDER BY ks DESC""",
+    "drift of one stratum": """
+SELECT stratum, model_version, feature, round(psi, 3) AS psi, round(ks, 3) AS ks, round(stability, 3) AS stability,
+       round(effective_n) AS effective_n
+FROM whystream.feature_drift_by_stratum(model = 'fraud', start = now() - INTERVAL 1 HOUR, end = now(), stratum = 'ecom')
+ORDER BY ks DESC""",
+    "did the top reasons flip": """
+SELECT model_version, decision, weighted_n, round(flipped, 3) AS flipped,
+       round(reference_flipped, 3) AS reference_flipped, reference_reasons
+FROM whystream.top_reason_flips(model = 'fraud', start = now() - INTERVAL 1 HOUR, end = now(),
+                                ref_start = now() - INTERVAL 8 DAY, ref_end = now() - INTERVAL 1 DAY, top = 3)""",
 }
