@@ -12,6 +12,7 @@ Without a cluster name every statement is the file's own, byte for byte. With on
 | `CREATE MATERIALIZED VIEW {db}.V TO {db}.T AS ... FROM {db}.S` | `ON CLUSTER c`, reading and writing the shard's local tables (`S_local`, `T_local`) |
 | `CREATE [OR REPLACE] VIEW` (the parameterised drift views) | `ON CLUSTER c`, reading the Distributed tables: a query on any node sees every shard |
 | `ALTER TABLE {db}.T ...` | `ON CLUSTER c`, on `T_local` and on the Distributed `T` (which gets only the column changes of an ALTER that also does `MODIFY ORDER BY`) |
+| `INSERT INTO {db}.T SELECT ...` (a one-off backfill) | as it is, once: through the Distributed tables, reading every shard |
 | `ALTER TABLE {db}.V ...` of a view (`*_mv`, or in `VIEWS`) | `ON CLUSTER c` on the view itself; a materialized view's `MODIFY QUERY` reads the shard's local tables |
 
 `explanations` is sharded by `cityHash64(prediction_id)`: every copy of one
@@ -112,6 +113,8 @@ def cluster_statement(statement: str, cluster: str) -> list[str]:
                 + _local_sources(rest, db)]
     if m := _CREATE_VIEW.match(statement):
         return [f"CREATE {m.group('how')} {m.group('db')}.{m.group('name')}{on}{m.group('rest')}"]
+    if statement.startswith("INSERT INTO "):
+        return [statement]
     if m := _ALTER.match(statement):
         db, name, rest = m.group("db"), m.group("name"), m.group("rest")
         if name.endswith("_mv") or name in VIEWS:  # a view: one per node (a materialized one reads its shard)

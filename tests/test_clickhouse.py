@@ -22,7 +22,8 @@ from whystream.jobs.query_port import QueryServer, SinkQueryClient, open_query_c
 TABLES = {"schema_migrations", "explanations", "model_reference", "attribution_hist", "attribution_hist_mv",
           "attribution_stats", "attribution_stats_mv", "engine_stats", "engine_stats_mv", "drift_alerts",
           "feature_drift", "feature_drift_by_stratum", "top_features", "engine_health", "top_reason_stats",
-          "top_reason_stats_mv", "top_reason_flips"}
+          "top_reason_stats_mv", "top_reason_flips", "attribution_hist_hourly", "attribution_hist_hourly_mv",
+          "attribution_stats_hourly", "attribution_stats_hourly_mv"}
 
 
 def test_migrations_apply_once_in_order(db):

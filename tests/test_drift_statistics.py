@@ -283,3 +283,37 @@ def test_did_the_top_reasons_flip(db):
     for row in flips.values():
         assert "feature_0" not in row["reference_reasons"]
         assert row["flipped"] > row["reference_flipped"] + 0.2
+
+
+def test_whole_hours_come_from_the_hourly_rollups_and_agree_with_the_minutes(db):
+    client, database = db
+    model = synthetic_model(n_features=3, seed=30)
+    ch.register_reference(client, model, database)
+    t0 = base_minute(4.0)
+    t0 -= t0 % 3_600_000  # an hour's start
+    events, _ = stream(model, t0, 150, per_minute=300, k=20, seed=31, drift={0: (1.5, 0.2)})
+    ch.insert_explanations(client, events, database)
+    start, end = t0 + 17 * MINUTE_MS + 30_000, t0 + 143 * MINUTE_MS  # hours 1 whole, edges in minutes
+    inside = [e for e in events if start - 30_000 <= e["event_time"] < end]
+    w = np.array([e["inclusion_weight"] for e in inside])
+    before = {r["feature"]: r for r in drift_sql.feature_drift(client, model.name, start, end, database)}
+    for j, feature in enumerate(model.feature_names):
+        x = np.array([e["attributions"][j]["shap"] for e in inside])
+        row = before[feature]
+        assert row["n"] == len(inside) and row["weighted_n"] == pytest.approx(w.sum())
+        assert row["mean_abs_shap"] == pytest.approx(np.average(np.abs(x), weights=w))
+        bins = np.searchsorted(model.bin_edges[j], x, side="right") - 1
+        p = np.maximum(np.bincount(bins, weights=w, minlength=10) / w.sum(), 1e-4)
+        q = np.maximum(model.reference_hist[j], 1e-4)
+        assert row["psi"] == pytest.approx(((p - q) * np.log(p / q)).sum())
+    # Whole hours are read from the rollups: without their minute rows the answer stays the same.
+    hour = f"toStartOfHour(minute) = fromUnixTimestamp64Milli({t0 + 3_600_000}, 'UTC')"
+    for table in ("attribution_hist", "attribution_stats"):
+        client.command(f"ALTER TABLE {database}.{table} DELETE WHERE {hour} SETTINGS mutations_sync = 1")
+    after = {r["feature"]: r for r in drift_sql.feature_drift(client, model.name, start, end, database)}
+    for feature, row in before.items():
+        for key in ("n", "weighted_n", "effective_n", "psi", "ks", "mean_abs_shap", "stability"):
+            assert after[feature][key] == pytest.approx(row[key]), (feature, key)
+        assert after[feature]["wasserstein"] == pytest.approx(row["wasserstein"], rel=0.05)
+    partial = drift_sql.feature_drift(client, model.name, t0 + 3_600_000, t0 + 3_600_000 + 30 * MINUTE_MS, database)
+    assert partial == []  # half of that hour is minutes only, and those were deleted

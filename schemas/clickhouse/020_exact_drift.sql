@@ -70,6 +70,81 @@ WHERE source IN ('LIVE', 'CACHE') AND isFinite(inclusion_weight) AND inclusion_w
   AND isFinite(attributions.shap)
 GROUP BY model_name, model_version, feature, minute, stratum;
 
+-- Hourly rollups of the two drift aggregates (filled from them, so from the same exact, finite
+-- rows): a day's drift query merges 24 hourly t-digests per feature instead of 1,440. The
+-- drift views read whole hours inside a window here and the minutes at its edges from the
+-- minute tables. Rows already in the minute tables are rolled up once, when this migration runs
+-- (apply it with the sinks stopped, or rows a sink writes meanwhile may be rolled up twice).
+CREATE TABLE IF NOT EXISTS {db}.attribution_hist_hourly
+(
+    model_name    LowCardinality(String),
+    model_version LowCardinality(String),
+    feature       LowCardinality(String),
+    hour          DateTime('UTC'),
+    bin           UInt16,
+    stratum       LowCardinality(String),
+    weight        Float64,
+    n             UInt64
+)
+ENGINE = SummingMergeTree((weight, n))
+PARTITION BY toYYYYMM(hour)
+ORDER BY (model_name, model_version, feature, hour, bin, stratum)
+TTL hour + INTERVAL 90 DAY DELETE
+SETTINGS non_replicated_deduplication_window = 1000;
+
+CREATE TABLE IF NOT EXISTS {db}.attribution_stats_hourly
+(
+    model_name     LowCardinality(String),
+    model_version  LowCardinality(String),
+    feature        LowCardinality(String),
+    hour           DateTime('UTC'),
+    stratum        LowCardinality(String),
+    n              SimpleAggregateFunction(sum, UInt64),
+    weight         SimpleAggregateFunction(sum, Float64),
+    weight_sq      SimpleAggregateFunction(sum, Float64),
+    sum_shap       SimpleAggregateFunction(sum, Float64),
+    sum_abs_shap   SimpleAggregateFunction(sum, Float64),
+    sum_sq_shap    SimpleAggregateFunction(sum, Float64),
+    shap_quantiles AggregateFunction(quantileTDigestWeighted, Float64, UInt64)
+)
+ENGINE = AggregatingMergeTree
+PARTITION BY toYYYYMM(hour)
+ORDER BY (model_name, model_version, feature, hour, stratum)
+TTL hour + INTERVAL 90 DAY DELETE
+SETTINGS non_replicated_deduplication_window = 1000;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.attribution_hist_hourly_mv TO {db}.attribution_hist_hourly AS
+SELECT model_name, model_version, feature, toStartOfHour(minute) AS hour, bin, stratum, sum(weight) AS weight, sum(n) AS n
+FROM {db}.attribution_hist AS m
+WHERE isFinite(m.weight) AND m.weight > 0
+GROUP BY model_name, model_version, feature, hour, bin, stratum;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.attribution_stats_hourly_mv TO {db}.attribution_stats_hourly AS
+SELECT model_name, model_version, feature, toStartOfHour(minute) AS hour, stratum,
+       sum(n) AS n, sum(weight) AS weight, sum(weight_sq) AS weight_sq, sum(sum_shap) AS sum_shap,
+       sum(sum_abs_shap) AS sum_abs_shap, sum(sum_sq_shap) AS sum_sq_shap,
+       quantileTDigestWeightedMergeState(shap_quantiles) AS shap_quantiles
+FROM {db}.attribution_stats AS m
+WHERE isFinite(m.weight) AND m.weight > 0 AND isFinite(m.weight_sq) AND isFinite(m.sum_shap)
+  AND isFinite(m.sum_abs_shap) AND isFinite(m.sum_sq_shap)
+GROUP BY model_name, model_version, feature, hour, stratum;
+
+INSERT INTO {db}.attribution_hist_hourly
+SELECT model_name, model_version, feature, toStartOfHour(minute) AS hour, bin, stratum, sum(weight), sum(n)
+FROM {db}.attribution_hist
+WHERE isFinite(weight) AND weight > 0
+GROUP BY model_name, model_version, feature, hour, bin, stratum
+SETTINGS insert_deduplication_token = 'migration-020-hist';
+
+INSERT INTO {db}.attribution_stats_hourly
+SELECT model_name, model_version, feature, toStartOfHour(minute) AS hour, stratum, sum(n), sum(weight), sum(weight_sq),
+       sum(sum_shap), sum(sum_abs_shap), sum(sum_sq_shap), quantileTDigestWeightedMergeState(shap_quantiles)
+FROM {db}.attribution_stats
+WHERE isFinite(weight) AND weight > 0 AND isFinite(weight_sq) AND isFinite(sum_shap)
+  AND isFinite(sum_abs_shap) AND isFinite(sum_sq_shap)
+GROUP BY model_name, model_version, feature, hour, stratum
+SETTINGS insert_deduplication_token = 'migration-020-stats';
+
 -- Per model version and feature, the window of one stratum ('*': all strata) against the
 -- version's reference. Besides 007's columns (psi, stability, mean_* ...):
 --   ks            max over the reference bin edges of |F_window - F_reference| (weighted
@@ -91,11 +166,16 @@ WITH
         FROM
         (
             SELECT model_version, feature, bin, sum(weight) AS w
-            FROM {db}.attribution_hist
-            WHERE model_name = {model:String}
-              AND minute >= toStartOfMinute({start:DateTime64(3, 'UTC')}) AND minute < {end:DateTime64(3, 'UTC')}
-              AND ({stratum:String} = '*' OR stratum = {stratum:String})
-              AND isFinite(weight) AND weight > 0
+            FROM
+            (
+                SELECT model_version, feature, bin, stratum, weight FROM {db}.attribution_hist
+                WHERE model_name = {model:String} AND minute >= toStartOfMinute({start:DateTime64(3, 'UTC')}) AND minute < {end:DateTime64(3, 'UTC')}
+                  AND NOT (toStartOfHour(minute) >= toStartOfMinute({start:DateTime64(3, 'UTC')}) AND toStartOfHour(minute) + INTERVAL 59 MINUTE < {end:DateTime64(3, 'UTC')})
+                UNION ALL
+                SELECT model_version, feature, bin, stratum, weight FROM {db}.attribution_hist_hourly
+                WHERE model_name = {model:String} AND hour >= toStartOfMinute({start:DateTime64(3, 'UTC')}) AND hour + INTERVAL 59 MINUTE < {end:DateTime64(3, 'UTC')}
+            )
+            WHERE ({stratum:String} = '*' OR stratum = {stratum:String}) AND isFinite(weight) AND weight > 0
             GROUP BY model_version, feature, bin
         )
         GROUP BY model_version, feature
@@ -108,10 +188,16 @@ WITH
                sum(sum_shap) / sum(weight) AS mean_shap,
                sum(sum_sq_shap) / sum(weight) AS mean_sq_shap,
                quantilesTDigestWeightedMerge(0.005, 0.015, 0.025, 0.035, 0.045, 0.055, 0.065, 0.075, 0.085, 0.095, 0.105, 0.115, 0.125, 0.135, 0.145, 0.155, 0.165, 0.175, 0.185, 0.195, 0.205, 0.215, 0.225, 0.235, 0.245, 0.255, 0.265, 0.275, 0.285, 0.295, 0.305, 0.315, 0.325, 0.335, 0.345, 0.355, 0.365, 0.375, 0.385, 0.395, 0.405, 0.415, 0.425, 0.435, 0.445, 0.455, 0.465, 0.475, 0.485, 0.495, 0.505, 0.515, 0.525, 0.535, 0.545, 0.555, 0.565, 0.575, 0.585, 0.595, 0.605, 0.615, 0.625, 0.635, 0.645, 0.655, 0.665, 0.675, 0.685, 0.695, 0.705, 0.715, 0.725, 0.735, 0.745, 0.755, 0.765, 0.775, 0.785, 0.795, 0.805, 0.815, 0.825, 0.835, 0.845, 0.855, 0.865, 0.875, 0.885, 0.895, 0.905, 0.915, 0.925, 0.935, 0.945, 0.955, 0.965, 0.975, 0.985, 0.995)(shap_quantiles) AS q
-        FROM {db}.attribution_stats
-        WHERE model_name = {model:String}
-          AND minute >= toStartOfMinute({start:DateTime64(3, 'UTC')}) AND minute < {end:DateTime64(3, 'UTC')}
-          AND ({stratum:String} = '*' OR stratum = {stratum:String})
+        FROM
+        (
+            SELECT model_version, feature, stratum, n, weight, weight_sq, sum_shap, sum_abs_shap, sum_sq_shap, shap_quantiles FROM {db}.attribution_stats
+            WHERE model_name = {model:String} AND minute >= toStartOfMinute({start:DateTime64(3, 'UTC')}) AND minute < {end:DateTime64(3, 'UTC')}
+              AND NOT (toStartOfHour(minute) >= toStartOfMinute({start:DateTime64(3, 'UTC')}) AND toStartOfHour(minute) + INTERVAL 59 MINUTE < {end:DateTime64(3, 'UTC')})
+            UNION ALL
+            SELECT model_version, feature, stratum, n, weight, weight_sq, sum_shap, sum_abs_shap, sum_sq_shap, shap_quantiles FROM {db}.attribution_stats_hourly
+            WHERE model_name = {model:String} AND hour >= toStartOfMinute({start:DateTime64(3, 'UTC')}) AND hour + INTERVAL 59 MINUTE < {end:DateTime64(3, 'UTC')}
+        )
+        WHERE ({stratum:String} = '*' OR stratum = {stratum:String})
           AND isFinite(weight) AND weight > 0 AND isFinite(weight_sq) AND isFinite(sum_shap)
           AND isFinite(sum_abs_shap) AND isFinite(sum_sq_shap)
         GROUP BY model_version, feature

@@ -118,12 +118,64 @@ ALTER TABLE {db}.drift_alerts
     COMMENT COLUMN `effective_n` 'Kish effective sample size of the window (0: raised before migration 020)',
     COMMENT COLUMN `fallback_share` 'Share of the version\'s explanations in the window that were FALLBACK (not in the statistics)';
 
+ALTER TABLE {db}.attribution_hist_hourly
+    MODIFY COMMENT 'attribution_hist rolled up per hour (drift views read whole hours here); SummingMergeTree: read with sum() ... GROUP BY',
+    COMMENT COLUMN `model_name` 'Registered model name',
+    COMMENT COLUMN `model_version` 'Registered model version',
+    COMMENT COLUMN `feature` 'Feature name',
+    COMMENT COLUMN `bin` 'Reference bin 0 .. B-1 (model_reference.bin_edges)',
+    COMMENT COLUMN `stratum` 'Sampling stratum (\'\' for rows written before migration 020)',
+    COMMENT COLUMN `weight` 'Sum of inclusion weights: estimated decisions in the bin',
+    COMMENT COLUMN `n` 'Explanations in the bin',
+    COMMENT COLUMN `hour` 'Hour of the decisions\' event time (UTC)';
+
+ALTER TABLE {db}.attribution_stats_hourly
+    MODIFY COMMENT 'attribution_stats rolled up per hour (drift views read whole hours here); AggregatingMergeTree',
+    COMMENT COLUMN `model_name` 'Registered model name',
+    COMMENT COLUMN `model_version` 'Registered model version',
+    COMMENT COLUMN `feature` 'Feature name',
+    COMMENT COLUMN `stratum` 'Sampling stratum (\'\' for rows written before migration 020)',
+    COMMENT COLUMN `n` 'Explanations',
+    COMMENT COLUMN `weight` 'Sum of inclusion weights w: estimated decisions',
+    COMMENT COLUMN `weight_sq` 'Sum of w^2: effective sample size = weight^2 / weight_sq (Kish)',
+    COMMENT COLUMN `sum_shap` 'Sum of w * SHAP',
+    COMMENT COLUMN `sum_abs_shap` 'Sum of w * |SHAP|',
+    COMMENT COLUMN `sum_sq_shap` 'Sum of w * SHAP^2',
+    COMMENT COLUMN `shap_quantiles` 't-digest state of SHAP weighted by round(1000 * w)',
+    COMMENT COLUMN `hour` 'Hour of the decisions\' event time (UTC)';
+
 ALTER TABLE {db}.schema_migrations
     MODIFY COMMENT 'ClickHouse migrations applied (schemas/clickhouse/NNN_name.sql)',
     COMMENT COLUMN `version` 'Migration number',
     COMMENT COLUMN `name` 'Migration name',
     COMMENT COLUMN `checksum` 'sha256 prefix of the file as applied',
     COMMENT COLUMN `applied_at` 'When it was applied (UTC)';
+
+ALTER TABLE {db}.attribution_hist_hourly_mv
+    MODIFY COMMENT 'Rolls each block written to attribution_hist up into attribution_hist_hourly',
+    COMMENT COLUMN `model_name` 'Registered model name',
+    COMMENT COLUMN `model_version` 'Registered model version',
+    COMMENT COLUMN `feature` 'Feature name',
+    COMMENT COLUMN `bin` 'Reference bin 0 .. B-1 (model_reference.bin_edges)',
+    COMMENT COLUMN `stratum` 'Sampling stratum (\'\' for rows written before migration 020)',
+    COMMENT COLUMN `weight` 'Sum of inclusion weights: estimated decisions in the bin',
+    COMMENT COLUMN `n` 'Explanations in the bin',
+    COMMENT COLUMN `hour` 'Hour of the decisions\' event time (UTC)';
+
+ALTER TABLE {db}.attribution_stats_hourly_mv
+    MODIFY COMMENT 'Rolls each block written to attribution_stats up into attribution_stats_hourly',
+    COMMENT COLUMN `model_name` 'Registered model name',
+    COMMENT COLUMN `model_version` 'Registered model version',
+    COMMENT COLUMN `feature` 'Feature name',
+    COMMENT COLUMN `stratum` 'Sampling stratum (\'\' for rows written before migration 020)',
+    COMMENT COLUMN `n` 'Explanations',
+    COMMENT COLUMN `weight` 'Sum of inclusion weights w: estimated decisions',
+    COMMENT COLUMN `weight_sq` 'Sum of w^2: effective sample size = weight^2 / weight_sq (Kish)',
+    COMMENT COLUMN `sum_shap` 'Sum of w * SHAP',
+    COMMENT COLUMN `sum_abs_shap` 'Sum of w * |SHAP|',
+    COMMENT COLUMN `sum_sq_shap` 'Sum of w * SHAP^2',
+    COMMENT COLUMN `shap_quantiles` 't-digest state of SHAP weighted by round(1000 * w)',
+    COMMENT COLUMN `hour` 'Hour of the decisions\' event time (UTC)';
 
 ALTER TABLE {db}.attribution_hist_mv
     MODIFY COMMENT 'Bins each inserted explanation\'s exact, finite attributions on its version\'s reference bins into attribution_hist',
