@@ -117,7 +117,9 @@ def run_demo(home: Path, registry: Path, events: int, rate: float, drift: list[D
         logs = demo_home / "logs"
         worker = Process("worker", ["worker", "--web-port", str(port), "--window", "60", "--budget", "50"],
                          settings, logs)
-        sink = Process("sink", ["sink", "--window", DRIFT_WINDOW, "--interval", "5"], settings, logs)
+        # the sink's drift windows end before the workers' reservoir window (here 60 s), as in production
+        sink = Process("sink", ["sink", "--window", DRIFT_WINDOW, "--interval", "5", "--reservoir-window", "60"],
+                       settings, logs)
         try:
             follow(settings, worker, port, events, rate, drift, console)
             explained = read_all(settings, settings.topic("explanations"), "ExplanationEvent")

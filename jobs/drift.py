@@ -27,7 +27,6 @@ published to `drift-alerts` (schemas/DriftAlert.avsc).
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass

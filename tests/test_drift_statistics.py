@@ -317,3 +317,24 @@ def test_whole_hours_come_from_the_hourly_rollups_and_agree_with_the_minutes(db)
         assert after[feature]["wasserstein"] == pytest.approx(row["wasserstein"], rel=0.05)
     partial = drift_sql.feature_drift(client, model.name, t0 + 3_600_000, t0 + 3_600_000 + 30 * MINUTE_MS, database)
     assert partial == []  # half of that hour is minutes only, and those were deleted
+
+
+def test_top_features_per_model_version(db):
+    client, database = db
+    old = synthetic_model(n_features=3, seed=32, version="old")
+    new = synthetic_model(n_features=3, seed=33, version="new")
+    new.reference_shap = new.reference_shap[:, ::-1]  # the new version leans on feature_0, the old on feature_2
+    for model in (old, new):
+        ch.register_reference(client, model, database)
+    t0 = base_minute(1.0)
+    rng = np.random.default_rng(34)
+    events = []
+    for model, scales, prefix in ((old, old.scales, "o"), (new, old.scales[::-1], "n")):
+        pop = population_shap(rng, 2000, scales)
+        idx, w, reasons = sample_minute(rng, pop, k=194)
+        events += events_for(model, pop[idx], w, reasons, t0, prefix, rng)
+    ch.insert_explanations(client, events, database)
+    top = drift_sql.top_features(client, old.name, t0, t0 + MINUTE_MS, limit=2, database=database)
+    assert [(r["model_version"], r["feature"]) for r in top] == [
+        ("new", "feature_0"), ("new", "feature_1"), ("old", "feature_2"), ("old", "feature_1")]
+    assert all(r["n"] == len(events) // 2 for r in top)
