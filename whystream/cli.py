@@ -285,9 +285,9 @@ def sink(ctx: typer.Context,
          drift: bool = typer.Option(True, help="Run the drift monitor in this process too"),
          window: str = typer.Option("5m", help="Drift window (e.g. 300s, 5m)"),
          interval: float = typer.Option(30.0, help="Seconds between drift evaluations"),
-         psi_threshold: float = typer.Option(0.02, help="Smallest PSI worth an alert (also above its critical value)"),
+         psi_threshold: float = typer.Option(0.2, help="Smallest PSI worth an alert (also above its critical value)"),
          stability_threshold: float = typer.Option(0.2, help="Smallest relative change of mean |SHAP| worth an alert"),
-         ks_threshold: float = typer.Option(0.05, help="Smallest KS statistic worth an alert"),
+         ks_threshold: float = typer.Option(0.08, help="Smallest KS statistic worth an alert"),
          alpha: float = typer.Option(1e-4, help="False-alert probability per statistic, feature and window"),
          reservoir_window: float = typer.Option(10.0, help="The workers' --window: drift windows end this long "
                                                 "before the last complete minute"),
@@ -397,8 +397,8 @@ def sql(ctx: typer.Context, query: str = typer.Argument(..., help="One read quer
 @app.command(name="drift")
 def drift_table(ctx: typer.Context, model: str = typer.Option("fraud", help="Registered model name"),
                 window: str = typer.Option("5m", help="Window ending at the last complete minute (e.g. 300s, 5m, 1h)"),
-                psi_threshold: float = typer.Option(0.02), stability_threshold: float = typer.Option(0.2),
-                ks_threshold: float = typer.Option(0.05), alpha: float = typer.Option(1e-4),
+                psi_threshold: float = typer.Option(0.2), stability_threshold: float = typer.Option(0.2),
+                ks_threshold: float = typer.Option(0.08), alpha: float = typer.Option(1e-4),
                 stratum: str = typer.Option("", help="Only this sampling stratum (default: all strata)"),
                 reservoir_window: float = typer.Option(10.0, help="The workers' --window, in seconds"),
                 database: str = typer.Option("whystream", help="ClickHouse database")):
