@@ -338,3 +338,26 @@ def test_top_features_per_model_version(db):
     assert [(r["model_version"], r["feature"]) for r in top] == [
         ("new", "feature_0"), ("new", "feature_1"), ("old", "feature_2"), ("old", "feature_1")]
     assert all(r["n"] == len(events) // 2 for r in top)
+
+
+def test_a_reference_registered_before_migration_020_still_gets_wasserstein(db):
+    """References stored before migration 020 have no reference_quantiles_100: the 20 midpoints serve."""
+    client, database = db
+    model = synthetic_model(n_features=2, seed=35)
+    columns = dict(zip(ch.REFERENCE_COLUMNS, ch.reference_columns(model)))
+    columns["reference_quantiles_100"] = [[] for _ in model.feature_names]
+    client.insert("model_reference", list(columns.values()), database=database, column_names=list(columns),
+                  column_oriented=True)
+    t0 = base_minute(1.0)
+    events, shap, w = weighted_minute(model, t0, "old", seed=36, drift={1: (1.0, 1.0)})
+    ch.insert_explanations(client, events, database)
+    rows = {r["feature"]: r for r in drift_sql.feature_drift(client, model.name, t0, t0 + MINUTE_MS, database)}
+    levels = np.array(ch.QUANTILE_LEVELS)
+    for j, feature in enumerate(model.feature_names):
+        order = np.argsort(shap[:, j])
+        cdf = np.cumsum(w[order]) / w.sum()
+        window_q = shap[order, j][np.searchsorted(cdf, levels)]
+        coarse = np.mean(np.abs(window_q - np.quantile(model.reference_shap[:, j], levels)))
+        mean_gap = abs(np.average(shap[:, j], weights=w) - model.reference_shap[:, j].mean())
+        assert rows[feature]["wasserstein"] == pytest.approx(max(coarse, mean_gap), rel=0.1, abs=0.02 * model.scales[j])
+        assert math.isfinite(rows[feature]["reference_cdf_spread"]) and rows[feature]["wasserstein_resolution"] > 0

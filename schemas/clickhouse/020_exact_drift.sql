@@ -160,7 +160,14 @@ SETTINGS insert_deduplication_token = 'migration-020-stats';
 --                 their attributions are not in the other columns)
 CREATE OR REPLACE VIEW {db}.feature_drift_by_stratum AS
 WITH
-    window_hist AS
+    -- the whole hours inside the window, [first, end): read from the hourly rollups; the minutes
+    -- before and after them from the minute tables (written as ranges, so the primary key prunes)
+    (
+        if(toStartOfHour(toStartOfMinute({start:DateTime64(3, 'UTC')})) = toStartOfMinute({start:DateTime64(3, 'UTC')}), toStartOfMinute({start:DateTime64(3, 'UTC')}), toStartOfHour(toStartOfMinute({start:DateTime64(3, 'UTC')})) + INTERVAL 1 HOUR),
+        if(toStartOfHour({end:DateTime64(3, 'UTC')} - INTERVAL 3540 SECOND) = {end:DateTime64(3, 'UTC')} - INTERVAL 3540 SECOND, {end:DateTime64(3, 'UTC')} - INTERVAL 3540 SECOND,
+           toStartOfHour({end:DateTime64(3, 'UTC')} - INTERVAL 3540 SECOND) + INTERVAL 1 HOUR)
+    ) AS bounds,
+    hist AS
     (
         SELECT model_version, feature, groupArray(bin) AS bins, groupArray(w) AS ws, sum(w) AS total
         FROM
@@ -170,10 +177,10 @@ WITH
             (
                 SELECT model_version, feature, bin, stratum, weight FROM {db}.attribution_hist
                 WHERE model_name = {model:String} AND minute >= toStartOfMinute({start:DateTime64(3, 'UTC')}) AND minute < {end:DateTime64(3, 'UTC')}
-                  AND NOT (toStartOfHour(minute) >= toStartOfMinute({start:DateTime64(3, 'UTC')}) AND toStartOfHour(minute) + INTERVAL 59 MINUTE < {end:DateTime64(3, 'UTC')})
+                  AND (minute < bounds.1 OR minute >= bounds.2)
                 UNION ALL
                 SELECT model_version, feature, bin, stratum, weight FROM {db}.attribution_hist_hourly
-                WHERE model_name = {model:String} AND hour >= toStartOfMinute({start:DateTime64(3, 'UTC')}) AND hour + INTERVAL 59 MINUTE < {end:DateTime64(3, 'UTC')}
+                WHERE model_name = {model:String} AND hour >= bounds.1 AND hour < bounds.2
             )
             WHERE ({stratum:String} = '*' OR stratum = {stratum:String}) AND isFinite(weight) AND weight > 0
             GROUP BY model_version, feature, bin
@@ -192,10 +199,10 @@ WITH
         (
             SELECT model_version, feature, stratum, n, weight, weight_sq, sum_shap, sum_abs_shap, sum_sq_shap, shap_quantiles FROM {db}.attribution_stats
             WHERE model_name = {model:String} AND minute >= toStartOfMinute({start:DateTime64(3, 'UTC')}) AND minute < {end:DateTime64(3, 'UTC')}
-              AND NOT (toStartOfHour(minute) >= toStartOfMinute({start:DateTime64(3, 'UTC')}) AND toStartOfHour(minute) + INTERVAL 59 MINUTE < {end:DateTime64(3, 'UTC')})
+              AND (minute < bounds.1 OR minute >= bounds.2)
             UNION ALL
             SELECT model_version, feature, stratum, n, weight, weight_sq, sum_shap, sum_abs_shap, sum_sq_shap, shap_quantiles FROM {db}.attribution_stats_hourly
-            WHERE model_name = {model:String} AND hour >= toStartOfMinute({start:DateTime64(3, 'UTC')}) AND hour + INTERVAL 59 MINUTE < {end:DateTime64(3, 'UTC')}
+            WHERE model_name = {model:String} AND hour >= bounds.1 AND hour < bounds.2
         )
         WHERE ({stratum:String} = '*' OR stratum = {stratum:String})
           AND isFinite(weight) AND weight > 0 AND isFinite(weight_sq) AND isFinite(sum_shap)
@@ -257,7 +264,7 @@ INNER JOIN
     FROM {db}.model_reference FINAL
     WHERE model_name = {model:String}
 ) AS r ON r.model_version = s.model_version AND r.feature = s.feature
-LEFT JOIN window_hist AS h ON h.model_version = s.model_version AND h.feature = s.feature
+LEFT JOIN hist AS h ON h.model_version = s.model_version AND h.feature = s.feature
 LEFT JOIN health AS hl ON hl.model_version = s.model_version
 ORDER BY s.model_version, r.feature_index;
 
