@@ -63,6 +63,25 @@ def drift_window(now_ms: int, window_ms: int, reservoir_window_ms: int) -> tuple
     return end - int(window_ms), end
 
 
+# The columns of `whystream drift`; other kinds of drift (input values, scores) add rows of the same shape.
+TABLE_COLUMNS = ("version", "feature", "drift of", "PSI", "KS", "stability", "W1/ref", "weighted n", "n eff", "alert")
+
+
+def table_rows(judged: list[tuple[dict, list[Judgement]]]) -> list[dict]:
+    """`whystream drift` rows (TABLE_COLUMNS -> text) of judged feature_drift rows, highest PSI first."""
+    def text(value) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    out = []
+    for r, verdicts in sorted(judged, key=lambda rv: -(rv[0]["psi"] if rv[0]["psi"] is not None else -1)):
+        flag = ", ".join(j.statistic for j in verdicts if j.above) if verdicts else "[dim]too few[/]"
+        out.append({"version": r["model_version"], "feature": r["feature"], "drift of": "attributions",
+                    "PSI": text(r["psi"]), "KS": text(r["ks"]), "stability": text(r["stability"]),
+                    "W1/ref": text(r["wasserstein_rel"]), "weighted n": f"{r['weighted_n']:,.0f}",
+                    "n eff": f"{r['effective_n']:,.0f}", "alert": f"[red bold]{flag}[/]" if flag else ""})
+    return out
+
+
 class DriftMonitor:
     def __init__(self, settings: Settings, window_seconds: float = 300, interval_seconds: float = 30,
                  psi_threshold: float | None = None, stability_threshold: float | None = None,

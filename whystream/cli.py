@@ -406,7 +406,7 @@ def drift_table(ctx: typer.Context, model: str = typer.Option("fraud", help="Reg
     from rich.table import Table
 
     from whystream.jobs import drift_sql
-    from whystream.jobs.drift import DriftMonitor, drift_window, wall_ms
+    from whystream.jobs.drift import TABLE_COLUMNS, DriftMonitor, drift_window, table_rows, wall_ms
 
     settings = settings_of(ctx)
     seconds = parse_duration(window)
@@ -422,20 +422,13 @@ def drift_table(ctx: typer.Context, model: str = typer.Option("fraud", help="Reg
     fallback = max(float(r["fallback_share"] or 0) for r in found)
     table = Table(title=f"{model}: attribution drift over the last {window}" + (f", stratum {stratum}" if stratum else "")
                   + f" (exact attributions; {fallback:.1%} of explanations were fallback)", show_lines=False)
-    for name in (["version"] if len(versions) > 1 else []) + ["feature", "PSI", "KS", "stability", "W1/ref",
-                                                             "weighted n", "n eff", "alert"]:
-        table.add_column(name, justify="left" if name in ("version", "feature", "alert") else "right",
+    columns = [c for c in TABLE_COLUMNS if c != "version" or len(versions) > 1]
+    for name in columns:
+        table.add_column(name, justify="left" if name in ("version", "feature", "drift of", "alert") else "right",
                          no_wrap=name == "feature")
-    for r, verdicts in sorted(judged, key=lambda rv: -(rv[0]["psi"] if rv[0]["psi"] is not None else -1)):
-        flag = ", ".join(j.statistic for j in verdicts if j.above) if verdicts else "[dim]too few[/]"
-        cells = [r["feature"], _num(r["psi"]), _num(r["ks"]), _num(r["stability"]), _num(r["wasserstein_rel"]),
-                 f"{r['weighted_n']:,.0f}", f"{r['effective_n']:,.0f}", f"[red bold]{flag}[/]" if flag else ""]
-        table.add_row(*(([r["model_version"]] if len(versions) > 1 else []) + cells))
+    for row in table_rows(judged):
+        table.add_row(*(row[c] for c in columns))
     console.print(table)
-
-
-def _num(value) -> str:
-    return "-" if value is None else f"{value:.3f}"
 
 
 @app.command()
