@@ -4,8 +4,10 @@ Fills a fresh chDB directory (a temporary one, in a child process, so it
 works from any process) with 24 hours of explanations for one model with 50
 features, generated inside ClickHouse (INSERT ... SELECT, so the materialized
 views build attribution_hist / attribution_stats / engine_stats exactly as in
-production), then times `feature_drift` (PSI + stability + Wasserstein-1 for
-all features against the reference) over the last 5 minutes and over 24 hours,
+production), then times `feature_drift` (PSI, KS, stability, Wasserstein-1 for all
+features against the reference) over the last 5 minutes and over 24 hours
+(whole hours come from the hourly rollups, the edge minutes from the minute
+tables; also 24 whole hours, no edges),
 plus `top_features` and `engine_health` over 24 hours.
 
     python bench/drift_query.py [--minutes 1440] [--features 50] [--per-minute 60] [--repeat 7] [--quick]
@@ -121,6 +123,9 @@ def run(args) -> dict:
         queries = {
             "feature_drift 5m": drift_sql.feature_drift_sql(MODEL, end_minute - 300_000, end_minute, database),
             "feature_drift 24h": drift_sql.feature_drift_sql(MODEL, end_minute - 86_400_000, end_minute, database),
+            # whole hours only: everything from the hourly rollups, no edge minutes
+            "feature_drift 24h whole hours": drift_sql.feature_drift_sql(
+                MODEL, end_minute - end_minute % 3_600_000 - 86_400_000, end_minute - end_minute % 3_600_000, database),
             "top_features 24h": f"SELECT * FROM {database}.top_features(model = {ch.lit(MODEL)}, "
                                 f"start = {ch.ms_lit(end_minute - 86_400_000)}, end = {ch.ms_lit(end_minute)})",
             "engine_health 24h hourly": f"SELECT * FROM {database}.engine_health(model = {ch.lit(MODEL)}, "

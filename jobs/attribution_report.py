@@ -207,12 +207,14 @@ def build_report(client, model: str, now_ms: int, window_s: int = 3600, history_
 
     # drift table
     if drift:
-        body = [[_esc(r["feature"]), _fmt(r["psi"]), _fmt(r["stability"]), _fmt(r["wasserstein"], 4),
+        body = [[_esc(r["feature"]), _fmt(r["psi"]), _fmt(r["ks"]), _fmt(r["stability"]), _fmt(r["wasserstein"], 4),
                  _fmt(r["mean_abs_shap"], 4), _fmt(r["reference_mean_abs_shap"], 4), _fmt(r["weighted_n"], 0),
-                 _fmt(r["n"])] for r in sorted(drift, key=lambda r: -(r["psi"] or 0))]
-        sections.append("<h2>Drift now, per feature</h2>" + _table(
-            ["feature", "PSI", "stability", "Wasserstein-1", "mean |SHAP|", "reference mean |SHAP|", "weighted n",
-             "n"], body))
+                 _fmt(r["effective_n"], 0), _fmt(r["n"])] for r in sorted(drift, key=lambda r: -(r["psi"] or 0))]
+        sections.append("<h2>Drift now, per feature</h2><p class='meta'>Exact (TreeSHAP) attributions only; "
+                        f"{drift[0]['fallback_share']:.1%} of this version's explanations in the window came from "
+                        "the fallback and are not in these statistics.</p>" + _table(
+            ["feature", "PSI", "KS", "stability", "Wasserstein-1", "mean |SHAP|", "reference mean |SHAP|",
+             "weighted n", "effective n", "n"], body))
     from whystream.jobs.input_drift import report_sections  # imports this module's helpers
 
     sections.extend(report_sections(client, model, version, drift, start, now_ms, database))

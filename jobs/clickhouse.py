@@ -42,6 +42,9 @@ PORT_FILE = "sink.port"
 # Levels of the reference quantiles stored per feature; the same 20 midpoints are
 # written out in the feature_drift view (schemas/clickhouse/007_drift_views.sql).
 QUANTILE_LEVELS = tuple(round((i + 0.5) / 20, 3) for i in range(20))
+# The 100 midpoints of reference_quantiles_100 (Wasserstein-1 since migration 020; the 20
+# above are among them: level (i + 0.5) / 20 is number 5i + 2).
+QUANTILE_LEVELS_100 = tuple(round((i + 0.5) / 100, 4) for i in range(100))
 # Settings for every insert into `explanations`: the deduplication token must
 # also deduplicate the blocks the materialized views write (see docs).
 DEDUP_SETTINGS = {"deduplicate_blocks_in_dependent_materialized_views": 1}
@@ -262,7 +265,7 @@ def migrate(client, database: str = DEFAULT_DATABASE, cluster: str | None = None
 
 REFERENCE_COLUMNS = ["model_name", "model_version", "feature", "feature_index", "bin_edges", "reference_hist",
                      "reference_mean_abs_shap", "reference_mean_shap", "reference_mean_sq_shap", "quantile_levels",
-                     "reference_quantiles", "n_reference", "threshold"]
+                     "reference_quantiles", "reference_quantiles_100", "n_reference", "threshold"]
 
 
 def reference_columns(model) -> list[list]:
@@ -278,6 +281,7 @@ def reference_columns(model) -> list[list]:
         raise WhystreamError(f"model {model.name} {model.version}: reference arrays do not match its "
                              f"{len(names)} features (shap {shap.shape}, edges {edges.shape}, hist {hist.shape})")
     quantiles = np.quantile(shap, QUANTILE_LEVELS, axis=0).T  # [F, L]
+    quantiles_100 = np.quantile(shap, QUANTILE_LEVELS_100, axis=0).T  # [F, 100]
     f = len(names)
     return [
         [model.name] * f, [model.version] * f, names, list(range(f)),
@@ -285,6 +289,7 @@ def reference_columns(model) -> list[list]:
         [float(v) for v in np.abs(shap).mean(axis=0)], [float(v) for v in shap.mean(axis=0)],
         [float(v) for v in np.square(shap).mean(axis=0)],
         [list(QUANTILE_LEVELS)] * f, [list(map(float, q)) for q in quantiles],
+        [list(map(float, q)) for q in quantiles_100],
         [len(shap)] * f, [float(getattr(model, "threshold", float("nan")))] * f,
     ]
 

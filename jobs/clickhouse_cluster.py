@@ -10,8 +10,10 @@ Without a cluster name every statement is the file's own, byte for byte. With on
 | `model_reference`, `schema_migrations` | one replicated table on every shard (a ZooKeeper path without `{shard}`): every shard's materialized views join the whole reference locally |
 | `non_replicated_deduplication_window = N` | `replicated_deduplication_window = N` (a retried insert with the same token is a no-op on the replicas too) |
 | `CREATE MATERIALIZED VIEW {db}.V TO {db}.T AS ... FROM {db}.S` | `ON CLUSTER c`, reading and writing the shard's local tables (`S_local`, `T_local`) |
-| `CREATE VIEW` (the parameterised drift views) | `ON CLUSTER c`, reading the Distributed tables: a query on any node sees every shard |
-| `ALTER TABLE {db}.T ...` | `ON CLUSTER c`, on `T_local` and on the Distributed `T` |
+| `CREATE [OR REPLACE] VIEW` (the parameterised drift views) | `ON CLUSTER c`, reading the Distributed tables: a query on any node sees every shard |
+| `ALTER TABLE {db}.T ...` | `ON CLUSTER c`, on `T_local` and on the Distributed `T` (which gets only the column changes of an ALTER that also does `MODIFY ORDER BY`) |
+| `INSERT INTO {db}.T SELECT ...` (a one-off backfill) | as it is, once: through the Distributed tables, reading every shard |
+| `ALTER TABLE {db}.V ...` of a view (`*_mv`, or in `VIEWS`) | `ON CLUSTER c` on the view itself; a materialized view's `MODIFY QUERY` reads the shard's local tables |
 
 `explanations` is sharded by `cityHash64(prediction_id)`: every copy of one
 decision lands on the same shard, so ReplacingMergeTree (and the sink's
@@ -35,6 +37,8 @@ CLUSTER_VAR = "WHYSTREAM_CLICKHOUSE_CLUSTER"
 # Tables every shard holds whole (replicated across the cluster, not sharded).
 EVERYWHERE = {"model_reference", "schema_migrations", "input_reference", "score_reference"}
 SHARDING_KEYS = {"explanations": "cityHash64(prediction_id)", "drift_alerts": "cityHash64(alert_id)"}
+# Parameterised views (materialized views are the names ending in _mv): one per node, not sharded.
+VIEWS = {"feature_drift", "feature_drift_by_stratum", "top_features", "engine_health", "top_reason_flips"}
 DEFAULT_SHARDING_KEY = "rand()"  # aggregate tables: written by each shard's views, inserted into only by hand
 CLUSTER_INSERT_SETTINGS = {"insert_distributed_sync": 1}
 ZK_ROOT = "/clickhouse/tables"
@@ -43,7 +47,9 @@ _CREATE_TABLE = re.compile(r"^CREATE TABLE IF NOT EXISTS (?P<db>\w+)\.(?P<name>\
 _ENGINE = re.compile(r"ENGINE\s*=\s*(?P<engine>\w*MergeTree)(?:\((?P<args>[^()]*(?:\([^()]*\)[^()]*)*)\))?")
 _CREATE_MV = re.compile(r"^CREATE MATERIALIZED VIEW IF NOT EXISTS (?P<db>\w+)\.(?P<name>\w+) TO (?P<to>\w+\.\w+)"
                         r"(?P<rest>.*)$", re.S)
-_CREATE_VIEW = re.compile(r"^CREATE VIEW IF NOT EXISTS (?P<db>\w+)\.(?P<name>\w+)(?P<rest>.*)$", re.S)
+_CREATE_VIEW = re.compile(r"^CREATE (?P<how>VIEW IF NOT EXISTS|OR REPLACE VIEW) (?P<db>\w+)\.(?P<name>\w+)(?P<rest>.*)$",
+                          re.S)
+_ORDER_BY = re.compile(r",\s*MODIFY ORDER BY \([^()]*\)\s*$", re.S)
 _ALTER = re.compile(r"^ALTER TABLE (?P<db>\w+)\.(?P<name>\w+)(?P<rest>.*)$", re.S)
 
 
@@ -106,12 +112,16 @@ def cluster_statement(statement: str, cluster: str) -> list[str]:
         return [f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{name}{on} TO {to_db}.{local(to_name)}"
                 + _local_sources(rest, db)]
     if m := _CREATE_VIEW.match(statement):
-        return [f"CREATE VIEW IF NOT EXISTS {m.group('db')}.{m.group('name')}{on}{m.group('rest')}"]
+        return [f"CREATE {m.group('how')} {m.group('db')}.{m.group('name')}{on}{m.group('rest')}"]
+    if statement.startswith("INSERT INTO "):
+        return [statement]
     if m := _ALTER.match(statement):
         db, name, rest = m.group("db"), m.group("name"), m.group("rest")
+        if name.endswith("_mv") or name in VIEWS:  # a view: one per node (a materialized one reads its shard)
+            return [f"ALTER TABLE {db}.{name}{on}" + _local_sources(rest, db)]
         altered = [f"ALTER TABLE {db}.{local(name)}{on}{rest}"]
-        if name not in EVERYWHERE:
-            altered.append(f"ALTER TABLE {db}.{name}{on}{rest}")  # the Distributed table's columns too
+        if name not in EVERYWHERE:  # the Distributed table's columns too (it has no sorting key)
+            altered.append(f"ALTER TABLE {db}.{name}{on}{_ORDER_BY.sub('', rest)}")
         return altered
     raise WhystreamError(f"cluster DDL: no cluster form for the statement {statement[:60]!r}...")
 

@@ -117,9 +117,14 @@ def run_demo(home: Path, registry: Path, events: int, rate: float, drift: list[D
         logs = demo_home / "logs"
         worker = Process("worker", ["worker", "--web-port", str(port), "--window", "60", "--budget", "50"],
                          settings, logs)
-        sink = Process("sink", ["sink", "--window", DRIFT_WINDOW, "--interval", "5"], settings, logs)
+        sink = None
         try:
             follow(settings, worker, port, events, rate, drift, console)
+            # The replay puts 20 minutes of event time into seconds, faster than any reservoir window
+            # closes: the sink starts once the worker has caught up, so the monitor judges complete
+            # minutes (in production the windows' end, before the reservoir window, sees to that).
+            sink = Process("sink", ["sink", "--window", DRIFT_WINDOW, "--interval", "20", "--reservoir-window",
+                                    "60"], settings, logs)
             explained = read_all(settings, settings.topic("explanations"), "ExplanationEvent")
             console.rule("a few explanations from the `explanations` topic (top reasons: feature, value, SHAP)")
             print_explanations(console, [e for e in explained if e["sampling_reason"] == "ADVERSE"][:2]
@@ -128,7 +133,8 @@ def run_demo(home: Path, registry: Path, events: int, rate: float, drift: list[D
             show_drift(settings, sink, demo_home, drift, console)
         finally:
             worker.stop()
-            sink.stop()
+            if sink is not None:
+                sink.stop()
         console.print(f"logs: {logs}. Decode the topics yourself with the .avsc files in schemas/.")
 
 

@@ -1,28 +1,23 @@
 """The drift monitor: attribution drift in ClickHouse -> DriftAlert events.
 
-Every `interval_seconds` the monitor evaluates the last `window_seconds` of
-every model version that has a reference (the `feature_drift` view) and judges
-two statistics per feature:
+Every `interval_seconds` the monitor evaluates a window of `window_seconds`
+of every model version that has a reference (the `feature_drift` view) and
+judges four statistics per feature with jobs/drift_rule.py: PSI and KS of the
+attribution histogram against the reference histogram, the relative change
+of weighted mean |SHAP| (`stability`) and the Wasserstein-1 distance, each
+against a critical value from the window's effective sample size, floored by
+a minimum effect size. Only exact (TreeSHAP) attributions are in the
+aggregates; each alert says what share of the window's explanations was
+fallback.
 
-- `psi`: population stability index of the attribution histogram against the
-  reference histogram;
-- `stability`: |weighted mean |SHAP| - reference mean |SHAP|| / reference mean
-  |SHAP|.
+The window ends at the last complete minute before now minus the reservoir
+window (`reservoir_window_seconds`, the workers' `--window`): priority
+decisions are explained at once, their reservoir samples only when the
+reservoir window closes, so a newer minute holds priority rows without the
+sampled ones that balance them.
 
-A feature is judged only with enough data in the window: a weighted count of
-at least `min_weighted_n` and an effective sample size (Kish) of at least
-`min_effective_n`, so a handful of heavily weighted explanations cannot raise
-an alert. Stability is also judged only for features that carry at least
-`min_reference_share` of the model's total reference mean |SHAP| (a relative
-change of a feature the model barely uses is noise, not news), and only counts
-as over its threshold when the change is also `stability_z` standard errors
-away from the reference, counting the errors of both means: the window's
-(from its effective n and its weighted spread, or the reference's spread if
-that is larger: a window that missed a heavy tail's rare large values looks
-falsely precise) and the reference's (the reference is a sample of a few
-thousand rows; heavy-tailed attributions leave its mean uncertain by several
-percent).
-
+A feature is judged only with enough data in the window (a weighted count of
+at least `min_weighted_n` and an effective sample size of `min_effective_n`).
 Alerts are raised once per feature, statistic and episode: an episode opens
 when the statistic goes over its threshold and ends once it has stayed under
 it (judged) for a full window. Each alert is written to `drift_alerts` and
@@ -32,20 +27,22 @@ published to `drift-alerts` (schemas/DriftAlert.avsc).
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass
 
 from whystream.config import Settings
 from whystream.jobs import clickhouse as ch
+from whystream.jobs.drift_rule import DriftRule, Judgement, number
 from whystream.jobs.drift_sql import feature_drift, monitored_models
+from whystream.jobs.input_drift import missing_cell
 from whystream.streams.codec import codec_for
 
 log = logging.getLogger("whystream.drift")
 
 ALERT_COLUMNS = ["alert_id", "model_name", "model_version", "feature", "window_start", "window_end", "statistic",
-                 "value", "threshold", "reference", "raised_at", "weighted_n", "n"]
+                 "value", "threshold", "reference", "raised_at", "fallback_share", "weighted_n", "n", "effective_n"]
+RESERVOIR_WINDOW_SECONDS = 10.0  # the workers' default --window (streams/sampling.py: SamplingConfig.window_ms)
 
 
 @dataclass
@@ -55,47 +52,71 @@ class Episode:
     last_above_ms: int
 
 
-@dataclass(frozen=True)
-class Judgement:
-    statistic: str
-    value: float
-    threshold: float
-    above: bool
-
-
 def wall_ms() -> int:
     """The clock, in epoch milliseconds."""
     return int(time.time() * 1000)
 
 
+def drift_window(now_ms: int, window_ms: int, reservoir_window_ms: int) -> tuple[int, int]:
+    """(start, end) in epoch ms of the window judged at `now_ms`: it ends at the last
+    complete minute before now minus the reservoir window."""
+    end = (int(now_ms) - int(reservoir_window_ms)) // 60_000 * 60_000
+    return end - int(window_ms), end
+
+
+# The columns of `whystream drift`; other kinds of drift (input values, scores) add rows of the same shape.
+TABLE_COLUMNS = ("version", "feature", "drift of", "PSI", "KS", "stability", "W1/ref", "value PSI", "missing (ref)",
+                 "weighted n", "n eff", "alert")
+
+
+def table_rows(judged: list[tuple[dict, list[Judgement]]]) -> list[dict]:
+    """`whystream drift` rows (TABLE_COLUMNS -> text) of judged feature_drift rows, highest PSI first."""
+    def text(value) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    out = []
+    for r, verdicts in sorted(judged, key=lambda rv: -(rv[0]["psi"] if rv[0]["psi"] is not None else -1)):
+        flag = ", ".join(j.statistic for j in verdicts if j.above) if verdicts else "[dim]too few[/]"
+        out.append({"version": r["model_version"], "feature": r["feature"], "drift of": "attributions",
+                    "PSI": text(r["psi"]), "KS": text(r["ks"]), "stability": text(r["stability"]),
+                    "W1/ref": text(r["wasserstein_rel"]), "value PSI": text(r.get("value_psi")),
+                    "missing (ref)": missing_cell(r), "weighted n": f"{r['weighted_n']:,.0f}",
+                    "n eff": f"{r['effective_n']:,.0f}", "alert": f"[red bold]{flag}[/]" if flag else ""})
+    return out
+
+
 class DriftMonitor:
     def __init__(self, settings: Settings, window_seconds: float = 300, interval_seconds: float = 30,
-                 psi_threshold: float = 0.2, stability_threshold: float = 0.2,
+                 psi_threshold: float | None = None, stability_threshold: float | None = None,
                  per_feature_thresholds: dict | None = None, *, database: str = ch.DEFAULT_DATABASE,
                  client=None, producer=None, publish: bool = True, models: list[str] | None = None,
-                 min_weighted_n: float = 500.0, min_effective_n: float = 200.0,
-                 min_reference_share: float = 0.01, stability_z: float = 3.0):
-        """`per_feature_thresholds` maps a feature to a threshold for both
-        statistics or to {"psi": x, "stability": y}. `client` is a
-        clickhouse-connect client (default: connect with `settings`), `producer`
-        a confluent-kafka Producer (default: one on `settings`' broker);
-        `publish=False` writes alerts to ClickHouse only."""
+                 min_weighted_n: float = 500.0, min_effective_n: float = 100.0,
+                 min_reference_share: float = 0.01, alpha: float = 1e-4, ks_threshold: float | None = None,
+                 wasserstein_threshold: float | None = None,
+                 reservoir_window_seconds: float = RESERVOIR_WINDOW_SECONDS):
+        """Thresholds are minimum effect sizes (None: jobs/drift_rule.py's defaults);
+        `per_feature_thresholds` maps a feature to one for every statistic or to
+        {"psi": x, "ks": y, ...}. `client` is a clickhouse-connect client (default:
+        connect with `settings`), `producer` a confluent-kafka Producer (default: one
+        on `settings`' broker); `publish=False` writes alerts to ClickHouse only."""
         self.settings = settings
         self.window_ms = int(window_seconds * 1000)
+        self.reservoir_window_ms = int(reservoir_window_seconds * 1000)
         self.interval_seconds = interval_seconds
-        self.defaults = {"psi": psi_threshold, "stability": stability_threshold}
+        given = {"psi": psi_threshold, "stability": stability_threshold, "ks": ks_threshold,
+                 "wasserstein": wasserstein_threshold}
+        defaults = DriftRule().min_effect
+        self.rule = DriftRule(alpha=alpha, min_effect={k: defaults[k] if v is None else float(v) for k, v in given.items()},
+                              min_weighted_n=min_weighted_n, min_effective_n=min_effective_n,
+                              min_reference_share=min_reference_share)
         self.per_feature = per_feature_thresholds or {}
         self.database = ch.ident(database)
         self._client = client
         self._producer = producer
         self.publish = publish
         self.models = models
-        self.min_weighted_n = min_weighted_n
-        self.min_effective_n = min_effective_n
-        self.min_reference_share = min_reference_share
-        self.stability_z = stability_z
         self.episodes: dict[tuple[str, str, str, str], Episode] = {}
-        self._unwritten: list[tuple[dict, tuple[float, int]]] = []  # raised, not yet in drift_alerts
+        self._unwritten: list[dict] = []  # raised, not yet in drift_alerts
         self._unpublished: list[dict] = []  # raised, not yet on the drift-alerts topic
         self._restored = False
         self.topic = settings.topic("drift-alerts")
@@ -103,24 +124,24 @@ class DriftMonitor:
 
     # -- judging one feature_drift row
 
-    def threshold(self, feature: str, statistic: str) -> float:
+    def min_effect(self, feature: str) -> dict:
+        """This feature's minimum effect sizes (its per-feature thresholds over the defaults)."""
         custom = self.per_feature.get(feature)
         if isinstance(custom, dict):
-            return float(custom.get(statistic, self.defaults[statistic]))
+            return {**self.rule.min_effect, **{k: float(v) for k, v in custom.items()}}
         if custom is not None:
-            return float(custom)
-        return float(self.defaults[statistic])
+            return {k: float(custom) for k in self.rule.min_effect}
+        return dict(self.rule.min_effect)
 
     def enough_data(self, row: dict) -> bool:
-        return (float(row.get("weighted_n") or 0) >= self.min_weighted_n
-                and float(row.get("effective_n") or 0) >= self.min_effective_n)
+        return self.rule.enough_data(row)
 
     def judge_all(self, rows: list[dict]) -> list[tuple[dict, list[Judgement]]]:
         """Judge the feature_drift rows of one evaluation (all features of a version)."""
         totals: dict[str, float] = {}
         for row in rows:
             totals[row["model_version"]] = totals.get(row["model_version"], 0.0) + \
-                (_number(row.get("reference_mean_abs_shap")) or 0.0)
+                (number(row.get("reference_mean_abs_shap")) or 0.0)
         return [(row, self.judge(row, totals[row["model_version"]])) for row in rows]
 
     def judge(self, row: dict, reference_total: float | None = None) -> list[Judgement]:
@@ -128,34 +149,7 @@ class DriftMonitor:
         its threshold and whether it is over it. Empty without enough data.
         `reference_total` is the sum of reference mean |SHAP| over the version's
         features (default: this feature's, i.e. no share requirement)."""
-        if not self.enough_data(row):
-            return []
-        out = []
-        psi = _number(row.get("psi"))
-        if psi is not None:
-            threshold = self.threshold(row["feature"], "psi")
-            out.append(Judgement("psi", psi, threshold, psi > threshold))
-        stability = _number(row.get("stability"))
-        reference = _number(row.get("reference_mean_abs_shap")) or 0.0
-        total = reference if reference_total is None else reference_total
-        if stability is not None and reference > 0 and reference >= self.min_reference_share * total:
-            threshold = self.threshold(row["feature"], "stability")
-            mean_abs = float(row["mean_abs_shap"])
-            variance = max(float(row.get("mean_sq_shap") or 0.0) - mean_abs * mean_abs, 0.0)
-            # The reference mean is a sample mean too (a few thousand held-out rows): its error counts.
-            n_reference = float(row.get("n_reference") or 0.0)  # 0: registered before the spread was kept
-            reference_variance = max(float(row.get("reference_mean_sq_shap") or 0.0) - reference * reference, 0.0)
-            reference_error = 0.0
-            if n_reference > 0:
-                reference_error = reference_variance / n_reference
-                # A heavy-tailed attribution's window that happens to miss its rare large values has
-                # both a low mean and a low spread, and would look precisely off: without drift the
-                # window spreads like the reference, so its error is taken as at least that.
-                variance = max(variance, reference_variance)
-            stderr = math.sqrt(variance / max(float(row["effective_n"]), 1.0) + reference_error)
-            significant = abs(mean_abs - reference) > self.stability_z * stderr
-            out.append(Judgement("stability", stability, threshold, stability > threshold and significant))
-        return out
+        return self.rule.judge(row, reference_total, self.min_effect(row["feature"]))
 
     # -- one evaluation
 
@@ -171,10 +165,10 @@ class DriftMonitor:
         client = self.client()
         if not self._restored:
             self._restore(client, now)
-        start = now - self.window_ms
-        alerts, extras = [], []
+        start, end = drift_window(now, self.window_ms, self.reservoir_window_ms)
+        alerts = []
         for model in self.models or monitored_models(client, self.database):
-            for row, judgements in self.judge_all(feature_drift(client, model, start, now, self.database)):
+            for row, judgements in self.judge_all(feature_drift(client, model, start, end, self.database)):
                 for j in judgements:
                     key = (model, row["model_version"], row["feature"], j.statistic)
                     episode = self.episodes.get(key)
@@ -182,23 +176,26 @@ class DriftMonitor:
                         alert_id = f"{model}:{row['model_version']}:{row['feature']}:{j.statistic}:{now}"
                         alerts.append({
                             "alert_id": alert_id, "model_name": model, "model_version": row["model_version"],
-                            "feature": row["feature"], "window_start": start, "window_end": now,
+                            "feature": row["feature"], "window_start": start, "window_end": end,
                             "statistic": j.statistic, "value": float(j.value), "threshold": float(j.threshold),
                             "reference": f"registry:{row['model_version']}", "raised_at": now,
+                            "fallback_share": float(number(row.get("fallback_share")) or 0.0),
+                            "effective_n": float(row["effective_n"]), "weighted_n": float(row["weighted_n"]),
+                            "n": int(row["n"]),
                         })
-                        extras.append((float(row["weighted_n"]), int(row["n"])))
                     elif j.above:
                         episode.last_above_ms = now
                     elif episode is not None and now - episode.last_above_ms >= self.window_ms:
                         log.info("drift episode %s ended (%s %.3f under %.3f for a full window)",
                                  episode.alert_id, j.statistic, j.value, j.threshold)
                         del self.episodes[key]
-        for a, extra in zip(alerts, extras):
+        for a in alerts:
             key = (a["model_name"], a["model_version"], a["feature"], a["statistic"])
             self.episodes[key] = Episode(a["alert_id"], now, now)
-            log.warning("drift alert: %s %s feature %s %s=%.3f > %.3f", a["model_name"], a["model_version"],
-                        a["feature"], a["statistic"], a["value"], a["threshold"])
-            self._unwritten.append((a, extra))
+            log.warning("drift alert: %s %s feature %s %s=%.3f > %.3f (n_eff %.0f, %.1f%% fallback)",
+                        a["model_name"], a["model_version"], a["feature"], a["statistic"], a["value"],
+                        a["threshold"], a["effective_n"], 100 * a["fallback_share"])
+            self._unwritten.append(a)
             if self.publish:
                 self._unpublished.append(a)
         self._flush(client)
@@ -220,9 +217,7 @@ class DriftMonitor:
         """Write and publish the alerts not yet written/published (a failure
         leaves them pending for the next tick; the episode stays open)."""
         if self._unwritten:
-            alerts = [a for a, _ in self._unwritten]
-            columns = [[a[c] for a in alerts] for c in ALERT_COLUMNS[:-2]]
-            columns += [[w for _, (w, _) in self._unwritten], [n for _, (_, n) in self._unwritten]]
+            columns = [[a[c] for a in self._unwritten] for c in ALERT_COLUMNS]
             client.insert("drift_alerts", columns, database=self.database, column_names=ALERT_COLUMNS,
                           column_oriented=True)
             self._unwritten = []
@@ -263,9 +258,3 @@ class DriftMonitor:
                 self._client = None  # reconnect next time
             stop_event.wait(max(0.0, self.interval_seconds - (time.monotonic() - began)))
 
-
-def _number(value) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return None if math.isnan(value) else value

@@ -21,7 +21,9 @@ from whystream.jobs.query_port import QueryServer, SinkQueryClient, open_query_c
 
 TABLES = {"schema_migrations", "explanations", "model_reference", "attribution_hist", "attribution_hist_mv",
           "attribution_stats", "attribution_stats_mv", "engine_stats", "engine_stats_mv", "drift_alerts",
-          "feature_drift", "top_features", "engine_health",
+          "feature_drift", "feature_drift_by_stratum", "top_features", "engine_health", "top_reason_stats",
+          "top_reason_stats_mv", "top_reason_flips", "attribution_hist_hourly", "attribution_hist_hourly_mv",
+          "attribution_stats_hourly", "attribution_stats_hourly_mv",
           # input drift (030)
           "input_reference", "score_reference", "input_hist", "input_hist_mv", "decision_stats", "decision_stats_mv",
           "score_hist", "score_hist_mv", "input_drift", "decision_drift"}
@@ -39,10 +41,28 @@ def test_migrations_apply_once_in_order(db):
     assert tables == TABLES
 
 
+def test_every_table_view_and_column_has_a_comment(db):
+    """What analysts and auditors read in their SQL client (system.tables / system.columns); a
+    table or column added by a later migration must carry its own comment."""
+    client, database = db
+    tables = ch.rows(client, f"SELECT name, comment FROM system.tables WHERE database = '{database}'")
+    columns = ch.rows(client, f"SELECT table, name, comment FROM system.columns WHERE database = '{database}'")
+    assert {t["name"] for t in tables} == TABLES and len(columns) > 100
+    assert [t["name"] for t in tables if not t["comment"].strip()] == []
+    assert [(c["table"], c["name"]) for c in columns if not c["comment"].strip()] == []
+    client.command(f"CREATE TABLE {database}.uncommented (x UInt8) ENGINE = MergeTree ORDER BY x")  # the check can fail
+    assert ch.rows(client, f"SELECT comment FROM system.tables WHERE database = '{database}' "
+                           f"AND name = 'uncommented'") == [{"comment": ""}]
+
+
 def test_feature_drift_view_uses_the_reference_quantile_levels():
     sql = next(m.sql for m in ch.migrations() if m.name == "drift_views")
     levels = re.search(r"quantilesTDigestWeightedMerge\(([^)]*)\)", sql).group(1)
     assert tuple(float(x) for x in levels.split(",")) == ch.QUANTILE_LEVELS
+    sql = next(m.sql for m in ch.migrations() if m.name == "exact_drift")  # 100 levels since migration 020
+    levels = re.search(r"quantilesTDigestWeightedMerge\(([^)]*)\)", sql).group(1)
+    assert tuple(float(x) for x in levels.split(",")) == ch.QUANTILE_LEVELS_100
+    assert all(ch.QUANTILE_LEVELS_100[5 * i + 2] == level for i, level in enumerate(ch.QUANTILE_LEVELS))
 
 
 @pytest.mark.parametrize("dsn", ["ftp://somewhere", "chdb://", "http://", "http://127.0.0.1:notaport"])

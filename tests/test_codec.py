@@ -41,7 +41,7 @@ DEAD_LETTER = {
 ALERT = {
     "alert_id": "a", "model_name": "fraud", "model_version": "v", "feature": "amount",
     "window_start": 1, "window_end": 2, "statistic": "psi", "value": 0.4, "threshold": 0.2,
-    "reference": "registry:v", "raised_at": 3,
+    "reference": "registry:v", "raised_at": 3, "fallback_share": 0.25, "effective_n": 812.5,
 }
 EXAMPLES = {"PredictionEvent": PREDICTION, "ExplanationEvent": EXPLANATION, "DeadLetter": DEAD_LETTER,
             "DriftAlert": ALERT}
@@ -86,6 +86,7 @@ PREVIOUS = [
      {"explained_class": None, "principal_reasons": [], "reason_codes_version": None,
       "redacted_features": []}),
     ("DeadLetter", "DeadLetter.v1.avsc", {"original_size": -1, "original_truncated": False}),
+    ("DriftAlert", "DriftAlert.v1.avsc", {"fallback_share": 0.0, "effective_n": 0.0}),
 ]
 
 

@@ -138,8 +138,9 @@ def test_sink_survives_clickhouse_outage_without_loss_or_doubles(fresh_topics, d
     assert sink.stats.written == 2400 and sink.stats.undecodable == 2 and sink.stats.duplicates == 200
     assert sink.stats.retries >= 3
     n_features = len(model.feature_names)
-    assert counts(client, database) == {"raw": 2400, "ids": 2400, "hist": 2400 * n_features,
-                                        "stats": 2400 * n_features, "engine": 2400}
+    exact = sum(e["source"] != "FALLBACK" for e in first + second)  # fallback attributions stay out of drift
+    assert counts(client, database) == {"raw": 2400, "ids": 2400, "hist": exact * n_features,
+                                        "stats": exact * n_features, "engine": 2400}
     # the sink registered the model's reference from the registry
     assert ch.has_reference(client, model.name, model.version, database)
     # every offset is committed: a restarted sink starts at the end

@@ -285,8 +285,12 @@ def sink(ctx: typer.Context,
          drift: bool = typer.Option(True, help="Run the drift monitor in this process too"),
          window: str = typer.Option("5m", help="Drift window (e.g. 300s, 5m)"),
          interval: float = typer.Option(30.0, help="Seconds between drift evaluations"),
-         psi_threshold: float = typer.Option(0.2, help="Alert when PSI exceeds this"),
-         stability_threshold: float = typer.Option(0.2, help="Alert when the relative change of mean |SHAP| exceeds this"),
+         psi_threshold: float = typer.Option(0.2, help="Smallest PSI worth an alert (also above its critical value)"),
+         stability_threshold: float = typer.Option(0.2, help="Smallest relative change of mean |SHAP| worth an alert"),
+         ks_threshold: float = typer.Option(0.08, help="Smallest KS statistic worth an alert"),
+         alpha: float = typer.Option(1e-4, help="False-alert probability per statistic, feature and window"),
+         reservoir_window: float = typer.Option(10.0, help="The workers' --window: drift windows end this long "
+                                                "before the last complete minute"),
          database: str = typer.Option("whystream", help="ClickHouse database")):
     """Write `explanations` into ClickHouse and raise drift alerts, until Ctrl-C.
 
@@ -319,6 +323,7 @@ def sink(ctx: typer.Context,
     if drift:
         monitor = DriftMonitor(settings, window_seconds=window_seconds, interval_seconds=interval,
                                psi_threshold=psi_threshold, stability_threshold=stability_threshold,
+                               ks_threshold=ks_threshold, alpha=alpha, reservoir_window_seconds=reservoir_window,
                                database=database)
         threading.Thread(target=monitor.run, args=(stop,), name="whystream-drift", daemon=True).start()
     where = f"query port 127.0.0.1:{server.port}" if server else mask_secrets(settings.clickhouse_dsn)
@@ -391,49 +396,45 @@ def sql(ctx: typer.Context, query: str = typer.Argument(..., help="One read quer
 
 @app.command(name="drift")
 def drift_table(ctx: typer.Context, model: str = typer.Option("fraud", help="Registered model name"),
-                window: str = typer.Option("5m", help="Window ending now (e.g. 300s, 5m, 1h)"),
+                window: str = typer.Option("5m", help="Window ending at the last complete minute (e.g. 300s, 5m, 1h)"),
                 psi_threshold: float = typer.Option(0.2), stability_threshold: float = typer.Option(0.2),
+                ks_threshold: float = typer.Option(0.08), alpha: float = typer.Option(1e-4),
+                stratum: str = typer.Option("", help="Only this sampling stratum (default: all strata)"),
+                reservoir_window: float = typer.Option(10.0, help="The workers' --window, in seconds"),
                 database: str = typer.Option("whystream", help="ClickHouse database")):
     """Per-feature attribution drift of a model over the last window, against its reference."""
     from rich.table import Table
 
     from whystream.jobs import drift_sql, input_drift
-    from whystream.jobs.drift import DriftMonitor, wall_ms
+    from whystream.jobs.drift import TABLE_COLUMNS, DriftMonitor, drift_window, table_rows, wall_ms
 
     settings = settings_of(ctx)
     seconds = parse_duration(window)
-    end = wall_ms()
+    start, end = drift_window(wall_ms(), seconds * 1000, int(reservoir_window * 1000))
     client = _clickhouse_reader(settings, database)
-    found = drift_sql.feature_drift(client, model, end - seconds * 1000, end, database)
+    found = drift_sql.feature_drift(client, model, start, end, database, stratum=stratum or None)
     if not found:
         console.print(f"no explanations of model [bold]{model}[/] with a registered reference in the last {window}")
         return
     # input drift (the data) beside attribution drift (the reasons)
-    found = input_drift.beside(found, input_drift.input_drift(client, model, end - seconds * 1000, end, database))
-    judged = DriftMonitor(settings, window_seconds=seconds, psi_threshold=psi_threshold,
-                          stability_threshold=stability_threshold, publish=False).judge_all(found)
+    found = input_drift.beside(found, input_drift.input_drift(client, model, start, end, database))
+    judged = DriftMonitor(settings, window_seconds=seconds, psi_threshold=psi_threshold, ks_threshold=ks_threshold,
+                          stability_threshold=stability_threshold, alpha=alpha, publish=False).judge_all(found)
     versions = sorted({r["model_version"] for r in found})
-    table = Table(title=f"{model}: attribution drift over the last {window}", show_lines=False)
-    for name in (["version"] if len(versions) > 1 else []) + ["feature", "PSI", "stability", "W1/ref",
-                                                             "value PSI", "missing (ref)",
-                                                             "weighted n", "n eff", "alert"]:
-        table.add_column(name, justify="left" if name in ("version", "feature", "alert") else "right",
+    fallback = max(float(r["fallback_share"] or 0) for r in found)
+    table = Table(title=f"{model}: attribution drift over the last {window}" + (f", stratum {stratum}" if stratum else "")
+                  + f" (exact attributions; {fallback:.1%} of explanations were fallback)", show_lines=False)
+    columns = [c for c in TABLE_COLUMNS if c != "version" or len(versions) > 1]
+    for name in columns:
+        table.add_column(name, justify="left" if name in ("version", "feature", "drift of", "alert") else "right",
                          no_wrap=name == "feature")
-    for r, verdicts in sorted(judged, key=lambda rv: -(rv[0]["psi"] if rv[0]["psi"] is not None else -1)):
-        flag = ", ".join(j.statistic for j in verdicts if j.above) if verdicts else "[dim]too few[/]"
-        cells = [r["feature"], _num(r["psi"]), _num(r["stability"]), _num(r["wasserstein_rel"]),
-                 _num(r["value_psi"]), input_drift.missing_cell(r), f"{r['weighted_n']:,.0f}",
-                 f"{r['effective_n']:,.0f}", f"[red bold]{flag}[/]" if flag else ""]
-        table.add_row(*(([r["model_version"]] if len(versions) > 1 else []) + cells))
+    for row in table_rows(judged):
+        table.add_row(*(row[c] for c in columns))
     Console(width=max(console.width, 150)).print(table)  # narrower, rich would cut the numbers to "0.…"
-    for d in input_drift.decision_drift(client, model, end - seconds * 1000, end, database):
+    for d in input_drift.decision_drift(client, model, start, end, database):
         console.print(f"version {d['model_version']}: {input_drift.decision_line(d)}", highlight=False)
     for version, why in input_drift.unavailable(client, model, versions, database).items():
         console.print(f"version {version}: input drift unavailable: {why}", highlight=False)
-
-
-def _num(value) -> str:
-    return "-" if value is None else f"{value:.3f}"
 
 
 @app.command()
