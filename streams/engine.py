@@ -348,7 +348,7 @@ class Engine:
             records, reasons = [work.records[i] for i in keep], [work.reasons[i] for i in keep]
             weights, strata = [work.weights[i] for i in keep], [work.strata[i] for i in keep]
             common = dict(adverse=self.labels, explainer_version=EXPLAINER_VERSION,
-                          cached=self.store.available, worker=self.worker, redacted=self.redacted(work.model))
+                          redis_available=self.store.available, worker=self.worker, redacted=self.redacted(work.model))
             explained_at = int(time.time() * 1000)
             if self._encoder is not None:
                 values = self._encoder.encode(work.model, records, X, attributions, reasons, weights, strata,
