@@ -118,10 +118,19 @@ class ControlPlane:
         async for event in stream:
             try:
                 self.book.apply(event)
+                roles = self.book.roles[event["name"]]
+                if roles.champion is None:  # registered before `models` existed: the registry's LATEST is
+                    roles.champion = await self._run(None, self._latest, event["name"])
                 if await self._run(None, self._preload, event["name"], event["version"]):
                     await self._run(None, self._redrive, event["name"], event["version"])
             except Exception:  # one bad version must not stop the agent
                 log.exception("models: %s@%s", event.get("name"), event.get("version"))
+
+    def _latest(self, name: str) -> str | None:
+        try:
+            return self.engine.registry.latest(name)
+        except OSError:
+            return None
 
     def _preload(self, name: str, version: str) -> bool:
         """Build the version's kernels off the ingest thread and install them. False: not servable here."""
