@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -74,7 +75,8 @@ class ControlPlane:
         self.in_flight: set[str] = set()
         self.models_channel = app.channel()
         self.requests_channel = app.channel()
-        self.shadow_channel = app.channel(maxsize=QUEUE_LIMIT)
+        self.shadow_channel = app.channel()
+        self._pending, self._pending_lock = 0, threading.Lock()  # hand-overs queued for the shadow agent
         self.shadow = engine.shadow = Shadow(engine, self.book, self._hand_over)
         self._loop: asyncio.AbstractEventLoop | None = None
         app.agent(self.models_channel, name="whystream.on_model")(self._on_model)
@@ -202,11 +204,14 @@ class ControlPlane:
             await self._error({}, "MALFORMED_REQUEST", str(exc), value[:ORIGINAL_CAP])
             return
         rid, pid = request["request_id"], request["prediction_id"]
-        if rid in self.in_flight or rid in self.answered or await self._run(None, engine.store.marked, "answered", rid):
-            engine.metrics.explain_requests.labels("duplicate").inc()
+        if rid in self.in_flight or rid in self.answered:  # checked and claimed before any await: the
+            engine.metrics.explain_requests.labels("duplicate").inc()  # same id twice in a batch is one answer
             return
         self.in_flight.add(rid)
         try:
+            if await self._run(None, engine.store.marked, "answered", rid):  # answered by any worker, before
+                engine.metrics.explain_requests.labels("duplicate").inc()
+                return
             published, raw = await self._run(None, engine.on_demand.find, pid)
             explanation = published or (await self._run(None, self._compute, pid, raw) if raw else None)
             if explanation is None:
@@ -253,21 +258,18 @@ class ControlPlane:
     # -- the challenger's shadow ------------------------------------------------
 
     def _hand_over(self, work) -> bool:
-        """On the ingest thread: queue `work` for the shadow agent; False (dropped) when the queue is full."""
-        queue = self.shadow_channel.queue
-        if self._loop is None or queue.qsize() >= QUEUE_LIMIT:
-            return False
-
-        def put() -> None:
-            try:
-                queue.put_nowait(work)
-            except asyncio.QueueFull:  # filled up since the check above
-                self.engine.metrics.shadow_dropped.inc(len(work.records))
-        self._loop.call_soon_threadsafe(put)
+        """On the ingest thread: queue `work` for the shadow agent; False (dropped) when QUEUE_LIMIT wait already."""
+        with self._pending_lock:
+            if self._loop is None or self._pending >= QUEUE_LIMIT:
+                return False
+            self._pending += 1
+        asyncio.run_coroutine_threadsafe(self.shadow_channel.put(work), self._loop)  # never full: bounded above
         return True
 
     async def _shadow(self, stream) -> None:
         async for work in stream:
+            with self._pending_lock:
+                self._pending -= 1
             try:
                 messages = await self._run(None, self.shadow.explain, work)
                 await self._publish(self.settings.topic("explanations"), messages)

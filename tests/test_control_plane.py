@@ -194,7 +194,11 @@ def test_a_challengers_paired_explanations_are_exact(settings, small_model, tmp_
             champions = {e["prediction_id"]: e for e in found if e["role"] == "CHAMPION"}
             shadows = [e for e in found if e["role"] == "CHALLENGER"]
             return (champions, shadows) if champions and len(shadows) >= len(champions) else None
-        champions, shadows = wait_for("paired explanations", paired, 120)
+        try:
+            champions, shadows = wait_for("paired explanations", paired, 120)
+        except AssertionError:
+            print(worker.get("/metrics")[1].decode())
+            raise
         assert {s["champion_prediction_id"] for s in shadows} == set(champions)
         assert len(shadows) == len(champions)  # one each
         by_id = {r["prediction_id"]: r for r in records}
