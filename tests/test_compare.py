@@ -64,3 +64,16 @@ def test_the_old_cached_column_reads_redis_available(db):
                           f"FROM {database}.explanations ORDER BY prediction_id")
     assert [(r["cached"], r["redis_available"], r["role"], r["request_id"]) for r in got] == [
         (False, False, "CHAMPION", ""), (True, True, "CHAMPION", "")]
+
+
+def test_the_report_shows_the_comparison(db):
+    from whystream.jobs.attribution_report import build_report
+
+    client, database = db
+    ch.insert_explanations(client, [explanation("p1", "v1", [2.0, 1.0, -1.0], 0.8),
+                                    explanation("p1~v2", "v2", [0.5, 1.0, 0.0], 0.6, "CHALLENGER", "p1",
+                                                features=("b", "a", "c"))], database)
+    html = build_report(client, "m", base_minute(0) + 60_000, 3 * 3600, 6 * 3600, database)
+    section = html[html.index("Champion vs challenger (the same decisions)"):]
+    assert "<td>v1</td><td>v2</td><td>1</td><td>100.0%</td>" in section
+    assert "no challenger shadowed" in build_report(client, "other", base_minute(0), 3600, 3600, database)
