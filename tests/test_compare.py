@@ -64,6 +64,9 @@ def test_the_old_cached_column_reads_redis_available(db):
                           f"FROM {database}.explanations ORDER BY prediction_id")
     assert [(r["cached"], r["redis_available"], r["role"], r["request_id"]) for r in got] == [
         (False, False, "CHAMPION", ""), (True, True, "CHAMPION", "")]
+    # engine_stats_mv (migration 005) still counts `NOT cached`: now the alias of redis_available
+    [stats] = ch.rows(client, f"SELECT sum(n) AS n, sum(uncached) AS uncached FROM {database}.engine_stats")
+    assert (stats["n"], stats["uncached"]) == (2, 1)
 
 
 def test_the_report_shows_the_comparison(db):
