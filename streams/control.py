@@ -12,7 +12,8 @@ batch loop of streams/worker.py. Beside it, on the Faust app's event loop:
   executor thread and installs them under the ingest lock (a dictionary
   insert), so the version's first event finds them ready; then one worker
   (a Redis mark per version) sends the version's UNKNOWN_VERSION dead
-  letters back to `predictions` (jobs/dlq.py's idempotent replay).
+  letters back to `predictions` (jobs/dlq.py's idempotent replay), for versions
+  announced in the last REDRIVE_WITHIN_S.
 - `explain-requests`: read in the consumer group `<prefix>whystream-explain`
   (each request goes to one worker; not the data plane's group, and neither is
   the Faust app id, `<prefix>whystream-control`). The `answer` agent, at most
@@ -55,6 +56,9 @@ EXPLAIN_CONCURRENCY = 4  # explain requests answered at once (each may run TreeS
 REQUEST_BATCH = 50  # requests fetched (and committed) together
 ORIGINAL_CAP = 64 * 1024  # bytes of a malformed request kept in its ExplainError
 REMEMBERED_ANSWERS = 100_000  # request ids this worker answered, kept in memory besides Redis
+# Dead letters are sent back for versions announced this recently (as long as the Redis mark that one
+# worker does it lives): a worker replaying `models` at start does not scan the DLQ for every old version.
+REDRIVE_WITHIN_S = 86_400
 
 
 def app_id(settings) -> str:
@@ -123,7 +127,8 @@ class ControlPlane:
                 roles = self.book.roles[event["name"]]
                 if roles.champion is None:  # registered before `models` existed: the registry's LATEST is
                     roles.champion = await self._run(None, self._latest, event["name"])
-                if await self._run(None, self._preload, event["name"], event["version"]):
+                ready = await self._run(None, self._preload, event["name"], event["version"])
+                if ready and time.time() * 1000 - event["registered_at"] < REDRIVE_WITHIN_S * 1000:
                     await self._run(None, self._redrive, event["name"], event["version"])
             except Exception:  # one bad version must not stop the agent
                 log.exception("models: %s@%s", event.get("name"), event.get("version"))
