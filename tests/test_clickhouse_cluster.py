@@ -79,7 +79,8 @@ def test_sharded_tables_are_replicated_per_shard_behind_distributed_tables(db): 
         assert not re.search(r"whystream\.(explanations|attribution_hist|attribution_stats|engine_stats)\b(?!_)",
                              view.split(" AS ", 1)[1])
     drift_views = [s for s in ddl if s.startswith("CREATE VIEW")]
-    assert len(drift_views) == 3 and all("_local" not in s for s in drift_views)  # they read every shard
+    assert len(drift_views) == 6 and all("_local" not in s for s in drift_views)  # they read every shard
+    # (feature_drift, top_features, engine_health; the three champion_challenger views)
     altered = [s for s in ddl if s.startswith("ALTER TABLE")]
     assert altered and all(" ON CLUSTER analytics " in s for s in altered)
 
