@@ -69,7 +69,7 @@ def fill(client, database: str, n_features: int, minutes: int, per_minute: int, 
                 (prediction_id, model_name, model_version, explainer, explainer_version, event_time, explained_at,
                  base_value, raw_score, attributions.feature, attributions.value, attributions.shap,
                  top_reasons.feature, top_reasons.value, top_reasons.shap, score, decision, threshold,
-                 sampling_reason, inclusion_weight, stratum, source, cached, latency_ms, worker,
+                 sampling_reason, inclusion_weight, stratum, source, redis_available, latency_ms, worker,
                  kafka_partition, kafka_offset)
             SELECT
                 concat('bench-', toString(number)), {ch.lit(MODEL)}, {ch.lit(VERSION)}, 'bench', '1',

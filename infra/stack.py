@@ -23,7 +23,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-from whystream.config import TOPICS, Settings, stack_env_file, write_private
+from whystream.config import TOPIC_LAYOUT, TOPICS, Settings, stack_env_file, write_private
 from whystream.errors import ConfigError, WhystreamError
 from whystream.kafka_config import check_broker
 
@@ -172,10 +172,12 @@ def ensure_topics(settings: Settings, partitions: int = 4, timeout: float = 8.0)
     # Fails fast, in one line, on an unreachable broker, a wrong CA or a refused login.
     existing = set(check_broker(settings.kafka_config, settings.require("broker"), timeout).topics)
     admin = AdminClient(settings.kafka(**{"log_level": 0}))
-    wanted = [settings.topic(t) for t in TOPICS if settings.topic(t) not in existing]
+    wanted = [t for t in TOPICS if settings.topic(t) not in existing]
     if not wanted:
         return
-    futures = admin.create_topics([NewTopic(t, num_partitions=partitions, replication_factor=1) for t in wanted])
+    layout = {t: TOPIC_LAYOUT.get(t, (partitions, {})) for t in wanted}
+    futures = admin.create_topics([NewTopic(settings.topic(t), num_partitions=layout[t][0], replication_factor=1,
+                                            config=layout[t][1]) for t in wanted])
     for topic, future in futures.items():
         try:
             future.result(timeout)

@@ -118,6 +118,30 @@ def lines_svg(series: dict[str, list[tuple[float, float]]], width: int = 760, he
     return "".join(parts)
 
 
+def champion_vs_challenger(client, model: str, database: str) -> str:
+    """The report's section on the challenger's shadow explanations (jobs/compare.py)."""
+    from whystream.jobs.compare import comparison
+
+    found = comparison(client, model, database)
+    if not found.summaries:
+        return ("<h2>Champion vs challenger</h2><p class='empty'>no challenger shadowed this model "
+                "(`whystream register ... --challenger-of`)</p>")
+    summary = _table(["champion", "challenger", "decisions", "top reason agrees", "mean score diff",
+                      "mean |score diff|", "max |score diff|"],
+                     [[_esc(s["champion_version"]), _esc(s["challenger_version"]), _fmt(s["decisions"], 0),
+                       f"{s['top_reason_agreement']:.1%}", _fmt(s["mean_score_difference"]),
+                       _fmt(s["mean_abs_score_difference"]), _fmt(s["max_abs_score_difference"])]
+                      for s in found.summaries])
+    features = _table(["feature", "champion", "challenger", "champion mean SHAP", "challenger mean SHAP",
+                       "champion mean |SHAP|", "challenger mean |SHAP|"],
+                      [[_esc(f["feature"]), _esc(f["champion_version"]), _esc(f["challenger_version"]),
+                        _fmt(f["champion_mean_shap"]), _fmt(f["challenger_mean_shap"]),
+                        _fmt(f["champion_mean_abs_shap"]), _fmt(f["challenger_mean_abs_shap"])]
+                       for f in found.features[:3 * TOP]])
+    return ("<h2>Champion vs challenger (the same decisions)</h2><p class='meta'>score diff = challenger - "
+            "champion</p>" + summary + features)
+
+
 def _table(headers: list[str], body: list[list[str]]) -> str:
     head = "".join(f"<th>{_esc(h)}</th>" for h in headers)
     rows = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in body)
@@ -224,6 +248,7 @@ def build_report(client, model: str, now_ms: int, window_s: int = 3600, history_
     sections.append("<h2>Drift alerts</h2>" + (_table(
         ["raised (UTC)", "version", "feature", "statistic", "value", "threshold", "weighted n"], body)
         if body else "<p class='empty'>none in this period</p>"))
+    sections.append(champion_vs_challenger(client, model, database))
 
     style = ("body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}"
              "h1{font-size:22px}h2{font-size:17px;margin-top:28px}h3{font-size:14px;margin:4px 0}"

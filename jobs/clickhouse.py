@@ -349,10 +349,10 @@ EXPLANATION_COLUMNS = [
     "prediction_id", "model_name", "model_version", "explainer", "explainer_version", "event_time",
     "explained_at", "output_space", "base_value", "raw_score", "attributions.feature", "attributions.value",
     "attributions.shap", "top_reasons.feature", "top_reasons.value", "top_reasons.shap", "score", "decision",
-    "threshold", "sampling_reason", "inclusion_weight", "stratum", "source", "cached", "latency_ms", "worker",
+    "threshold", "sampling_reason", "inclusion_weight", "stratum", "source", "redis_available", "latency_ms", "worker",
     "kafka_partition", "kafka_offset", "explained_class", "principal_reasons.code", "principal_reasons.text",
     "principal_reasons.feature", "principal_reasons.value", "principal_reasons.shap", "reason_codes_version",
-    "redacted_features",
+    "redacted_features", "role", "champion_prediction_id", "request_id",
 ]
 
 
@@ -363,8 +363,8 @@ def explanation_columns(events: Iterable[dict], positions: Iterable[tuple[int, i
     positions = list(positions) if positions is not None else [(-1, -1)] * len(events)
     cols: list[list] = [[] for _ in EXPLANATION_COLUMNS]
     (pid, name, version, explainer, explainer_v, event_time, explained_at, space, base, raw, a_feat, a_val, a_shap,
-     r_feat, r_val, r_shap, score, decision, threshold, reason, weight, stratum, source, cached, latency, worker,
-     part, off, klass, p_code, p_text, p_feat, p_val, p_shap, codes_version, redacted) = cols
+     r_feat, r_val, r_shap, score, decision, threshold, reason, weight, stratum, source, redis, latency, worker,
+     part, off, klass, p_code, p_text, p_feat, p_val, p_shap, codes_version, redacted, role, champion, request) = cols
     for e, (p, o) in zip(events, positions):
         pid.append(e["prediction_id"])
         name.append(e["model_name"])
@@ -391,7 +391,7 @@ def explanation_columns(events: Iterable[dict], positions: Iterable[tuple[int, i
         weight.append(float(e["inclusion_weight"]))
         stratum.append(e["stratum"])
         source.append(str(e["source"]))
-        cached.append(bool(e.get("cached", True)))
+        redis.append(bool(e.get("redis_available", e.get("cached", True))))  # `cached` before v3
         latency.append(float(e["latency_ms"]))
         worker.append(e.get("worker", ""))
         redacted.append(list(e.get("redacted_features", ())))
@@ -405,6 +405,9 @@ def explanation_columns(events: Iterable[dict], positions: Iterable[tuple[int, i
         p_val.append([a["value"] for a in principal])
         p_shap.append([a["shap"] for a in principal])
         codes_version.append(e.get("reason_codes_version") or "")
+        role.append(str(e.get("role", "CHAMPION")))
+        champion.append(e.get("champion_prediction_id") or "")
+        request.append(e.get("request_id") or "")
     return cols
 
 

@@ -23,6 +23,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -97,8 +98,10 @@ class ReplayReport:
     truncated: int = 0  # original cut short: cannot be sent back
 
 
-def replay(settings: Settings, reason: str, since_ms: int | None = None, timeout: float = 30.0) -> ReplayReport:
-    """Send the originals of the dead letters with `reason` back to `predictions` (see the module docstring)."""
+def replay(settings: Settings, reason: str, since_ms: int | None = None, timeout: float = 30.0,
+           where: Callable[[dict], bool] | None = None) -> ReplayReport:
+    """Send the originals of the dead letters with `reason` (and, given `where`, for which
+    where(letter) holds) back to `predictions` (see the module docstring)."""
     marker = redriven_topic(settings)
     _ensure_topic(settings, marker, timeout)
     done = {value for _, _, _, value in _scan(settings, marker)}
@@ -106,6 +109,8 @@ def replay(settings: Settings, reason: str, since_ms: int | None = None, timeout
     todo = []
     for partition, offset, letter in letters(settings):
         if letter["reason_code"] != reason or (since_ms is not None and _ms(letter["failed_at"]) < since_ms):
+            continue
+        if where is not None and not where(letter):
             continue
         position = f"{partition}:{offset}".encode()
         if position in done:
@@ -135,6 +140,19 @@ def replay(settings: Settings, reason: str, since_ms: int | None = None, timeout
         raise RuntimeError(f"resent, but not recorded as resent ({failures[:1] or 'timed out'})")
     report.sent = len(todo)
     return report
+
+
+def of_version(settings: Settings, name: str, version: str) -> Callable[[dict], bool]:
+    """`where` for `replay`: dead letters whose original is an event of model `name`@`version`."""
+    codec = codec_for("PredictionEvent", settings.schema_registry_url, settings.topic("predictions"))
+
+    def match(letter: dict) -> bool:
+        try:
+            event = codec.decode(letter["original"])
+        except Exception:  # DecodeError, or an original cut short: not this version's to send back
+            return False
+        return event["model_name"] == name and event["model_version"] == version
+    return match
 
 
 def _ensure_topic(settings: Settings, topic: str, timeout: float) -> None:

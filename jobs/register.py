@@ -194,8 +194,9 @@ def _csv_columns(path: Path) -> dict[str, np.ndarray]:
 
 def register_model(registry: ModelRegistry, name: str, model: str, reference: Path | str,
                    threshold: float | None = None, reason_codes: Path | str | None = None,
-                   adverse_direction: int = 1, redact: Iterable[str] = ()) -> RegisteredModel:
-    """Check everything, then register; WhystreamError (one line) on any problem, nothing written."""
+                   adverse_direction: int = 1, redact: Iterable[str] = (), challenger: bool = False) -> RegisteredModel:
+    """Check everything, then register; WhystreamError (one line) on any problem, nothing written.
+    `challenger`: as the challenger of `name`'s champion (jobs/registry.py), not its latest."""
     if not name or "/" in name or name.startswith(".") or name != name.strip():
         raise WhystreamError(f"model name {name!r}: it must not be empty, contain '/', start with '.' or have "
                              "spaces around it")
@@ -221,7 +222,8 @@ def register_model(registry: ModelRegistry, name: str, model: str, reference: Pa
         raise WhystreamError(f"--redact: {', '.join(unknown)} not features of {model}")
     try:
         return registry.register(name, booster, threshold, ref.X, reason_codes=codes,
-                                 adverse_direction=adverse_direction, source=str(model), redact=redact)
+                                 adverse_direction=adverse_direction, source=str(model), redact=redact,
+                                 challenger=challenger)
     except UnsupportedModel as exc:
         raise WhystreamError(f"{model}: cannot be explained exactly: {exc}") from None
 

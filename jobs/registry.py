@@ -8,7 +8,8 @@ Layout under the root:
     <name>/<version>/reference.npz  reference_shap, bin_edges, reference_hist
     <name>/<version>/input_reference.npz  value bins, value proportions, missing rates and
                                     score distribution of the reference rows (jobs/input_reference.py)
-    <name>/LATEST                   the most recently registered version
+    <name>/LATEST                   the champion: the most recently registered (or promoted) version
+    <name>/CHALLENGER               a version registered with `--challenger-of` (none: no file)
 
 A version is a content hash of the model, its threshold and feature names (and
 of its reason-code table and adverse direction when given), so registering the
@@ -164,6 +165,7 @@ class ModelRegistry:
         adverse_direction: int = 1,
         source: str = "",
         redact: Iterable[str] = (),
+        challenger: bool = False,
     ) -> RegisteredModel:
         """Store `booster` as a version of `name` and make it the latest.
 
@@ -173,8 +175,11 @@ class ModelRegistry:
         jobs.reason_codes.ReasonCodes table. The values of the features in
         `redact` never appear in its explanations (their attributions do).
         Raises UnsupportedModel (nothing written) for a model the kernel cannot
-        explain exactly.
+        explain exactly. `challenger`: store the version as the challenger of `name`'s champion,
+        not as its latest (`promote` makes it the champion).
         """
+        if challenger and not (self.root / name / "LATEST").is_file():
+            raise WhystreamError(f"{name} has no champion to challenge: register it without --challenger-of first")
         model_str = booster.model_to_string()
         feature_names = booster.feature_name()
         kind = model_kind(model_str)
@@ -225,8 +230,27 @@ class ModelRegistry:
         elif input_reference.load(model_dir) is None:  # registered before input references were kept
             input_reference.save(model_dir, inputs)
             _load_version.cache_clear()
-        _write_atomic(self.root / name / "LATEST", version + "\n")
+        if not challenger:
+            _write_atomic(self.root / name / "LATEST", version + "\n")
+            (self.root / name / "CHALLENGER").unlink(missing_ok=True)
+        elif (self.root / name / "LATEST").is_file() and self.latest(name) != version:
+            _write_atomic(self.root / name / "CHALLENGER", version + "\n")
+        else:
+            raise WhystreamError(f"{name}@{version} is the champion already; a challenger must be another version")
         return self.load(name, version)
+
+    def challenger(self, name: str) -> str | None:
+        """The version registered as the challenger of `name`'s champion, if any."""
+        path = self.root / name / "CHALLENGER"
+        return path.read_text().strip() if path.is_file() else None
+
+    def promote(self, name: str, version: str) -> RegisteredModel:
+        """Make `version` (registered before) the champion of `name`; it is no longer a challenger."""
+        model = self.load(name, version)  # ModelNotFound for an unknown name or version
+        _write_atomic(self.root / name / "LATEST", version + "\n")
+        if self.challenger(name) == version:
+            (self.root / name / "CHALLENGER").unlink()
+        return model
 
     def _write_version(self, model_dir, model_str, meta, shap, edges, hist, inputs) -> None:
         # Build the whole version in a temp dir beside it, then rename: readers

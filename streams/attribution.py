@@ -128,6 +128,13 @@ class Attributor:
         self.latency_budget_ms = latency_budget_ms
         self._explainers: dict[str, ModelExplainer] = {}
 
+    def has(self, model: RegisteredModel) -> bool:
+        return model.version in self._explainers
+
+    def install(self, model: RegisteredModel, explainer: ModelExplainer) -> None:
+        """Use `explainer`, built elsewhere (another thread), for `model`; one built already stays."""
+        self._explainers.setdefault(model.version, explainer)
+
     def explainer(self, model: RegisteredModel) -> ModelExplainer:
         if model.version not in self._explainers:
             self._explainers[model.version] = ModelExplainer(model)

@@ -98,12 +98,13 @@ def _put_feature(out, o, names, name_at, j, x, s, cell, cell_bytes):
 
 
 _PRINCIPAL = MAX_PRINCIPAL_REASONS
+CHAMPION_TAIL = b"\x00\x00\x00"  # role CHAMPION, champion_prediction_id null, request_id null
 
 
 @njit(nogil=True, cache=True)
 def _encode(header, head, output_space, tail, names, name_at, ids, id_at, decisions, decision_at, strata, stratum_at,
             event_time, explained_at, base_value, raw, X, shap, sign, adverse, score, threshold, reason, weight, source,
-            cached, top_n, classes, codes, code_at, codes_version, out, ends):
+            redis_available, top_n, classes, codes, code_at, codes_version, out, ends):
     cell = np.zeros(1, dtype=np.float64)
     cell_bytes = cell.view(np.uint8)
     n, F = X.shape
@@ -155,7 +156,7 @@ def _encode(header, head, output_space, tail, names, name_at, ids, id_at, decisi
         o = _put_double(out, o, weight[i], cell, cell_bytes)
         o = _put_bytes(out, o, strata, stratum_at[i], stratum_at[i + 1])
         o = _put_long(out, o, source[i])
-        out[o] = 1 if cached else 0
+        out[o] = 1 if redis_available else 0
         o += 1
         o = _put_double(out, o, float(explained_at - event_time[i]), cell, cell_bytes)  # latency_ms
         o = _put_bytes(out, o, tail, 0, tail.shape[0])  # worker
@@ -173,7 +174,7 @@ def _encode(header, head, output_space, tail, names, name_at, ids, id_at, decisi
                 o = _put_feature(out, o, names, name_at, top[q], X[i, top[q]], shap[i, top[q]], cell, cell_bytes)
         out[o] = 0
         o += 1
-        o = _put_bytes(out, o, codes_version, 0, codes_version.shape[0])  # reason_codes_version, redacted_features
+        o = _put_bytes(out, o, codes_version, 0, codes_version.shape[0])  # reason_codes_version .. request_id
         ends[i] = o
 
 
@@ -217,8 +218,8 @@ class ExplanationEncoder:
         return self._codes[model.version]
 
     def encode(self, model, records: list[dict], X: np.ndarray, attributions, reasons: list[str],
-               weights: list[float], strata: list[str], *, adverse, explainer_version: str, cached: bool,
-               worker: str, explained_at: int, redacted=frozenset()) -> list[bytes]:
+               weights: list[float], strata: list[str], *, adverse, explainer_version: str,
+               redis_available: bool, worker: str, explained_at: int, redacted=frozenset()) -> list[bytes]:
         n = len(records)
         if n == 0:
             return []
@@ -234,8 +235,10 @@ class ExplanationEncoder:
         output_space = np.frombuffer(_string(model.kind.output_space), dtype=np.uint8)
         tail = np.frombuffer(_string(worker), dtype=np.uint8)
         codes, code_at, codes_version = self._reason_codes(model)
-        # the last two fields, constant per model and worker: reason_codes_version, redacted_features
-        codes_version = np.concatenate([codes_version, np.frombuffer(_string_array(redacted_names), dtype=np.uint8)])
+        # the last fields, constant per model and worker: reason_codes_version, redacted_features, and (version 3)
+        # role CHAMPION (enum index 0), champion_prediction_id and request_id null (union branch 0)
+        codes_version = np.concatenate([codes_version, np.frombuffer(_string_array(redacted_names) + CHAMPION_TAIL,
+                                                                     dtype=np.uint8)])
         widest = int(name_at[-1]) + 27 * X.shape[1]  # names, union branch, value and shap of every feature
         size = n * (len(self.header) + len(head) + len(output_space) + len(tail) + widest * 3 + len(codes)
                     + len(codes_version) + 140) + len(ids) + len(decisions) + len(strata_blob)
@@ -253,7 +256,7 @@ class ExplanationEncoder:
                 np.fromiter((self._reasons[r] for r in reasons), dtype=np.int64, count=n),
                 np.asarray(weights, dtype=np.float64),
                 np.fromiter((self._sources[s] for s in attributions.source), dtype=np.int64, count=n),
-                bool(cached), TOP_REASONS, np.asarray(attributions.classes, dtype=np.int64), codes, code_at,
+                bool(redis_available), TOP_REASONS, np.asarray(attributions.classes, dtype=np.int64), codes, code_at,
                 codes_version, out, ends)
         data = out.tobytes()
         starts = [0, *ends[:-1].tolist()]

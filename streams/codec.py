@@ -31,7 +31,8 @@ from whystream.errors import DecodeError
 from whystream.schema_registry import registry_client
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
-SCHEMA_NAMES = ("PredictionEvent", "ExplanationEvent", "DeadLetter", "DriftAlert")
+SCHEMA_NAMES = ("PredictionEvent", "ExplanationEvent", "DeadLetter", "DriftAlert", "ModelRegistered", "ExplainRequest",
+                "ExplainError")
 
 
 def load_schema(name: str, version: int | None = None) -> dict:

@@ -162,15 +162,25 @@ class Engine:
         # count is not asked again, one Redis round trip less per batch.
         self._established: set[str] = set()
         self.on_demand = OnDemand(self)  # explanations of any recent decision, beside the batch path
+        self._building_for = "first-event"  # why kernels are being built now (whystream_model_kernel_built_at)
+        self.shadow = None  # the challenger's shadow (streams/shadow.py), set by the worker's control plane
 
     def _prepare(self, model: RegisteredModel) -> None:
         """Build a new version's explainer when the validator first meets it: a version whose
         kernels cannot be built is dead-lettered (MODEL_UNAVAILABLE, quarantined), never explained."""
         began = time.monotonic()
         try:
-            self.attributor.explainer(model)
+            if not self.attributor.has(model):
+                self.attributor.explainer(model)
+                self.metrics.kernel_built.labels(model.name, model.version, self._building_for).set(time.time())
         finally:
             self._loading_s += time.monotonic() - began
+
+    def install(self, model: RegisteredModel, explainer) -> None:
+        """Serve `model` with `explainer`, built beforehand off the ingest thread (the control
+        plane, on a version announced on `models`): its first event finds both ready."""
+        self.attributor.install(model, explainer)
+        self.validator.install(model)
 
     def connect_publisher(self, timeout: float = 10.0) -> None:
         """Fetch the metadata of the topics the engine writes now: a producer's first send to a
@@ -185,14 +195,18 @@ class Engine:
         """Load the latest version of every registered model and its TreeSHAP kernel now, so that
         the first events of the stream do not wait for them (1-2 s). Returns "name@version"s."""
         loaded = []
-        for name in self.registry.models():
-            try:
-                model = self.validator.model(name, self.registry.load(name).version)
-                self.attributor.explainer(model)
-            except Exception:  # a broken version must not keep the worker from starting; its events say why
-                log.exception("could not preload model %s", name)
-                continue
-            loaded.append(f"{name}@{model.version}")
+        self._building_for = "start"
+        try:
+            for name in self.registry.models():
+                try:
+                    model = self.validator.model(name, self.registry.load(name).version)
+                    self.attributor.explainer(model)
+                except Exception:  # a broken version must not keep the worker from starting; its events say why
+                    log.exception("could not preload model %s", name)
+                    continue
+                loaded.append(f"{name}@{model.version}")
+        finally:
+            self._building_for = "first-event"
         return loaded
 
     # -- the batch step -------------------------------------------------------
@@ -348,7 +362,7 @@ class Engine:
             records, reasons = [work.records[i] for i in keep], [work.reasons[i] for i in keep]
             weights, strata = [work.weights[i] for i in keep], [work.strata[i] for i in keep]
             common = dict(adverse=self.labels, explainer_version=EXPLAINER_VERSION,
-                          cached=self.store.available, worker=self.worker, redacted=self.redacted(work.model))
+                          redis_available=self.store.available, worker=self.worker, redacted=self.redacted(work.model))
             explained_at = int(time.time() * 1000)
             if self._encoder is not None:
                 values = self._encoder.encode(work.model, records, X, attributions, reasons, weights, strata,
@@ -361,6 +375,8 @@ class Engine:
                 published_ids.append(record["prediction_id"])
                 published_values.append(value)
                 self.metrics.latency.observe(max(explained_at - record["event_time"], 0) / 1000)
+            if self.shadow is not None:  # hands the rows over and returns: never waits for the challenger
+                self.shadow.offer(work.model, records, X, reasons, weights, strata)
             for (reason, source), count in Counter(zip(reasons, attributions.source)).items():
                 self.metrics.explained.labels(reason, source).inc(count)
             self.metrics.cache_hits.inc(int(np.sum(attributions.source == "CACHE")))

@@ -79,8 +79,11 @@ def redact_event(event: dict, redacted) -> dict:
 
 
 def build_explanations(model: RegisteredModel, records: list[dict], X: np.ndarray, attributions, reasons: list[str],
-                       weights: list[float], strata: list[str], *, adverse, explainer_version: str, cached: bool,
-                       worker: str, redacted=frozenset()) -> list[dict]:
+                       weights: list[float], strata: list[str], *, adverse, explainer_version: str,
+                       redis_available: bool, worker: str, redacted=frozenset(), role: str = "CHAMPION",
+                       champion_prediction_ids: list[str] | None = None, request_id: str | None = None) -> list[dict]:
+    """ExplanationEvents (dicts) of these rows. `role` CHALLENGER: shadow explanations of the decisions
+    `champion_prediction_ids` (one per row); `request_id`: answers to that ExplainRequest."""
     names = model.feature_names
     values, redacted_names = redact_values(names, np.atleast_2d(X), redacted)
     explained_at = int(time.time() * 1000)
@@ -111,12 +114,15 @@ def build_explanations(model: RegisteredModel, records: list[dict], X: np.ndarra
             "inclusion_weight": float(weights[i]),
             "stratum": strata[i],
             "source": attributions.source[i],
-            "cached": cached,
+            "redis_available": redis_available,
             "latency_ms": float(explained_at - record["event_time"]),
             "worker": worker,
             "explained_class": None if explained_class == NO_CLASS else explained_class,
             "principal_reasons": principal_reasons(model, top) if is_adverse else [],
             "reason_codes_version": model.reason_codes_version,
             "redacted_features": redacted_names,
+            "role": role,
+            "champion_prediction_id": None if champion_prediction_ids is None else champion_prediction_ids[i],
+            "request_id": request_id,
         })
     return events

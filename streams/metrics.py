@@ -37,5 +37,17 @@ class Metrics:
         self.held_items = Gauge("whystream_reservoir_held_events", "Sampled events waiting for their window to close",
                                 registry=r)
 
+        # The control plane (streams/control.py, streams/shadow.py)
+        self.kernel_built = Gauge("whystream_model_kernel_built_at", "When (epoch s) this worker built a version's "
+                                  "TreeSHAP kernels, and why: models-topic (before its first event) or first-event",
+                                  ["model", "version", "by"], registry=r)
+        self.explain_requests = Counter("whystream_explain_requests", "Explain requests by outcome: answered, error, "
+                                        "duplicate (answered before)", ["outcome"], registry=r)
+        self.shadowed = Counter("whystream_shadow_explanations", "Challenger explanations published", registry=r)
+        self.shadow_dropped = Counter("whystream_shadow_dropped", "Champion explanations not shadowed: the shadow "
+                                      "queue was full (ingest never waits for the challenger)", registry=r)
+        self.redriven = Counter("whystream_redriven_dead_letters", "UNKNOWN_VERSION dead letters sent back once "
+                                "their version was announced on `models`", registry=r)
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

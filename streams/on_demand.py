@@ -62,7 +62,7 @@ class OnDemand:
         engine.store.record([], [], attributions.cache_entries(batch.model.version, hashes))
         return build_explanations(batch.model, [batch.record(0)], batch.X, attributions, ["ON_DEMAND"], [1.0],
                                   [batch.strata[0]], adverse=engine.labels,
-                                  explainer_version=EXPLAINER_VERSION, cached=engine.store.available,
+                                  explainer_version=EXPLAINER_VERSION, redis_available=engine.store.available,
                                   worker=engine.worker, redacted=engine.redacted(batch.model))[0]
 
     def close(self) -> None:

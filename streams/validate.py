@@ -172,6 +172,14 @@ class Validator:
             self._models[key] = model
         return self._models[key]
 
+    def install(self, model: RegisteredModel) -> None:
+        """Know `model` before its first event (its explainer was prepared already)."""
+        key = (model.name, model.version)
+        if key not in self._models:
+            self.quarantine.release(key)
+            self._columns[model.version] = model.feature_index()
+            self._models[key] = model
+
     def split(self, inbound: Inbound, stratum_key: str = "",
               now_ms: int | None = None) -> tuple[list[ModelBatch], list[DeadLetterRecord]]:
         """(valid events per model version, in order of first appearance; dead letters in arrival order).

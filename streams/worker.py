@@ -18,6 +18,10 @@ consumer group `<prefix>whystream-worker`:
    published twice;
 4. once a second, close the windows of idle partitions and update the lag.
 
+The control plane (streams/control.py: `models`, `explain-requests`, the
+challenger's shadow) runs as Faust agents on the app's event loop, beside
+this loop, never in its way.
+
 When partitions are revoked (another worker joins), the loop commits what is
 allowed and drops their reservoirs: the new owner rebuilds them by replaying
 from that offset. The engine is used by one thread at a time (a lock shared
@@ -40,6 +44,8 @@ from faust.app.base import BootStrategy
 
 from whystream.config import Settings
 from whystream.kafka_config import check_broker
+from whystream.streams.control import ControlPlane
+from whystream.streams.control import app_id as control_app_id
 from whystream.streams.engine import Engine, EngineConfig
 from whystream.streams.validate import Inbound, RawMessage
 from whystream.streams.web_access import WebAccess
@@ -269,7 +275,7 @@ def create_app(settings: Settings, config: EngineConfig | None = None, web_port:
     # conductor; the tests check that a TLS-only broker sees no plaintext client), so it
     # gets no TLS/SASL settings; every Kafka client is confluent-kafka, from settings.kafka().
     app = WorkerApp(
-        f"{settings.topic_prefix}whystream-worker",
+        control_app_id(settings),  # never the data plane's consumer group: Faust joining it would break it
         broker="kafka://" + settings.require("broker").replace(",", ";"),  # Faust separates servers by ;
         datadir=str(datadir),
         web_port=web_port,
@@ -277,6 +283,7 @@ def create_app(settings: Settings, config: EngineConfig | None = None, web_port:
         web_bind=access.bind,
     )
     app.engine, app.ingest = engine, ingest
+    app.control = ControlPlane(app, engine, ingest)  # Faust agents on `models`, `explain-requests`, the shadow
 
     async def with_engine(fn, *args):
         def locked():

@@ -108,7 +108,7 @@ def events_for(model: SyntheticModel, shap: np.ndarray, weights, reasons, minute
                             for j in np.argsort(-row)[:2]],
             "score": 0.1, "decision": "approve" if reasons[i] == "RESERVOIR" else "decline", "threshold": 0.5,
             "sampling_reason": reasons[i], "inclusion_weight": float(weights[i]), "stratum": "US",
-            "source": sources[i] if sources is not None else "LIVE", "cached": True,
+            "source": sources[i] if sources is not None else "LIVE", "redis_available": True,
             "latency_ms": latency, "worker": "test",
         })
     return out

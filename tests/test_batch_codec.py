@@ -267,13 +267,14 @@ def explanation_batches(draw):
 
 @settings(max_examples=300, deadline=None)
 @given(explanation_batches(), st.booleans(), text)
-def test_batch_encoded_explanations_are_the_bytes_of_the_codec(batch, cached, worker):
+def test_batch_encoded_explanations_are_the_bytes_of_the_codec(batch, redis_available, worker):
     import whystream.streams.explanation as explanation
 
     model, records, X, attributions, reasons, weights, strata = batch
     codec = codec_for("ExplanationEvent")
     assert isinstance(codec, SingleObjectCodec)
-    common = dict(adverse=frozenset({"decline", "review"}), explainer_version="1.0.0", cached=cached, worker=worker)
+    common = dict(adverse=frozenset({"decline", "review"}), explainer_version="1.0.0", redis_available=redis_available,
+                  worker=worker)
     explained_at = 1_800_000_000_500  # exact in binary: build_explanations reads it back from time.time()
     clock = explanation.time.time
     explanation.time.time = lambda: explained_at / 1000
@@ -290,7 +291,7 @@ def test_batch_encoded_explanations_are_the_bytes_of_the_codec(batch, cached, wo
 def test_an_empty_batch_encodes_to_nothing():
     assert ExplanationEncoder(codec_for("ExplanationEvent").header, "x").encode(
         FakeModel("m", "v"), [], np.zeros((0, 6)), None, [], [], [], adverse=frozenset(), explainer_version="1",
-        cached=False, worker="w", explained_at=0) == []
+        redis_available=False, worker="w", explained_at=0) == []
 
 
 

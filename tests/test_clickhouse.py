@@ -26,7 +26,9 @@ TABLES = {"schema_migrations", "explanations", "model_reference", "attribution_h
           "attribution_stats_hourly", "attribution_stats_hourly_mv",
           # input drift (030)
           "input_reference", "score_reference", "input_hist", "input_hist_mv", "decision_stats", "decision_stats_mv",
-          "score_hist", "score_hist_mv", "input_drift", "decision_drift"}
+          "score_hist", "score_hist_mv", "input_drift", "decision_drift",
+          # champion vs challenger (041)
+          "champion_challenger_pairs", "champion_challenger", "champion_challenger_features"}
 
 
 def test_migrations_apply_once_in_order(db):

@@ -167,7 +167,7 @@ def test_without_redis_the_engine_keeps_explaining_and_says_so(engine_settings, 
     engine.process(as_messages(records))
     engine.close()
     published = explanations(settings)
-    assert published and all(e["cached"] is False and e["source"] == "LIVE" for e in published)
+    assert published and all(e["redis_available"] is False and e["source"] == "LIVE" for e in published)
     assert b"whystream_redis_available 0.0" in engine.metrics.exposition()
 
 

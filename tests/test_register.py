@@ -215,3 +215,29 @@ def test_an_mlflow_model_uri_from_a_real_local_store(files, tmp_path, monkeypatc
     code, out = cli(tmp_path / "r", "register", "tiers", "models:/tiers/7", "--reference", str(files["parquet"]))
     assert code == 2 and out.startswith("whystream: error: models:/tiers/7: MLflow cannot load it")
     assert "\n" not in out.strip()
+
+
+@pytest.mark.integration
+def test_register_challenge_and_promote_are_announced_on_models(files, tmp_path, fresh_topics):
+    from whystream.streams.topic_stats import read_all
+
+    flags = ["--broker", fresh_topics.broker, "--topic-prefix", fresh_topics.topic_prefix]
+    model, ref = str(files["models"]["binary"]), str(files["parquet"])
+    code, out = cli(tmp_path, *flags, "register", "credit", model, "--reference", ref, "--threshold", "0.4")
+    assert code == 0 and "announced" in out, out
+    code, out = cli(tmp_path, *flags, "register", "credit", model, "--reference", ref, "--threshold", "0.45",
+                    "--challenger-of", "debit")
+    assert code == 2 and "a challenger is a version of the model it challenges" in out
+    code, out = cli(tmp_path, *flags, "register", "credit", model, "--reference", ref, "--threshold", "0.45",
+                    "--challenger-of", "credit")
+    assert code == 0, out
+    registry = ModelRegistry(tmp_path)
+    champion, challenger = registry.latest("credit"), registry.challenger("credit")
+    assert challenger and challenger != champion
+    code, out = cli(tmp_path, *flags, "promote", "credit", challenger)
+    assert code == 0, out
+    events = read_all(fresh_topics, fresh_topics.topic("models"), "ModelRegistered")
+    assert [(e["version"], e["role"], e["challenger_of"], e["promoted"]) for e in events] == [
+        (champion, "CHAMPION", None, False), (challenger, "CHALLENGER", "credit", False),
+        (challenger, "CHAMPION", None, True)]
+    assert registry.latest("credit") == challenger and registry.challenger("credit") is None

@@ -11,14 +11,14 @@ import clickhouse_connect
 import redis
 from confluent_kafka.admin import AdminClient
 
-from whystream.config import TOPICS, Settings
+from whystream.config import TOPIC_LAYOUT, TOPICS, Settings
 from whystream.infra.stack import free_port
 
 
 def test_stack_parts_are_real_and_reachable(stack):
     topics = AdminClient(stack.kafka()).list_topics(timeout=10).topics
     assert {stack.topic(t) for t in TOPICS} <= set(topics)
-    assert all(len(topics[stack.topic(t)].partitions) == 4 for t in TOPICS)
+    assert all(len(topics[stack.topic(t)].partitions) == TOPIC_LAYOUT.get(t, (4,))[0] for t in TOPICS)
     assert redis.Redis.from_url(stack.redis_url).ping()
     assert stack.clickhouse_dsn.startswith("chdb://")
     client = clickhouse_connect.get_client(dsn=stack.clickhouse_dsn)

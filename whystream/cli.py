@@ -98,6 +98,22 @@ def train(ctx: typer.Context, name: str = typer.Option("fraud", help="Model name
                         num_trees=trees, num_leaves=leaves, redact=tuple(parse_features(redact)))
     console.print(f"registered [bold]{model.name}[/] version [bold]{model.version}[/] "
                   f"(AUC {model.metrics.get('auc', float('nan')):.3f}, threshold {model.threshold:.4f}) in {model.path}")
+    _announce(settings_of(ctx), model, "CHAMPION")
+
+
+def _announce(settings: Settings, model, role: str, promoted: bool = False) -> None:
+    """Tell the workers over `models` (jobs/model_events.py); without a broker, say what that means."""
+    from whystream.errors import ConfigError
+    from whystream.jobs.model_events import announce, model_event
+
+    try:
+        announce(settings, model_event(model, role, promoted))
+    except ConfigError as exc:  # no broker configured or reachable: the registry alone still works
+        console.print(f"[yellow]not announced on `models` ({exc}): running workers load {model.name}@"
+                      f"{model.version} when its first event arrives[/]", highlight=False)
+        return
+    console.print(f"announced {model.name}@{model.version} as {role.lower()} on {settings.topic('models')}",
+                  highlight=False)
 
 
 @app.command()
@@ -111,15 +127,66 @@ def register(ctx: typer.Context,
              adverse_when_lower: bool = typer.Option(False, "--adverse-when-lower",
                                                      help="A lower score is the adverse outcome (default: higher)"),
              redact: str = typer.Option("", help="FEATURE,... whose values never appear in explanations "
-                                                 "(attributions stay)")):
+                                                 "(attributions stay)"),
+             challenger_of: Optional[str] = typer.Option(None, help="Register as the challenger of this (live) "
+                                                                    "model: a version of NAME that workers explain "
+                                                                    "in the shadow of its champion")):
     """Register your own LightGBM model, with its SHAP reference (and reason codes)."""
     from whystream.jobs.register import describe, register_model
     from whystream.jobs.registry import ModelRegistry
 
+    if challenger_of is not None and challenger_of != name:
+        raise WhystreamError(f"--challenger-of {challenger_of}: a challenger is a version of the model it "
+                             f"challenges; register it as {challenger_of} (`whystream register {challenger_of} "
+                             f"... --challenger-of {challenger_of}`)")
     model = register_model(ModelRegistry(settings_of(ctx).registry), name, model_file, reference, threshold,
-                           reason_codes, -1 if adverse_when_lower else 1, redact=parse_features(redact))
+                           reason_codes, -1 if adverse_when_lower else 1, redact=parse_features(redact),
+                           challenger=challenger_of is not None)
     for label, value in describe(model):
         console.print(f"{label:>15}: {value}", highlight=False, soft_wrap=True)
+    _announce(settings_of(ctx), model, "CHALLENGER" if challenger_of else "CHAMPION")
+
+
+@app.command()
+def promote(ctx: typer.Context, name: str = typer.Argument(..., help="Model name"),
+            version: str = typer.Argument(..., help="The version (e.g. its challenger) to make the champion")):
+    """Make VERSION the champion of NAME (its LATEST), and tell the workers over `models`."""
+    from whystream.jobs.registry import ModelRegistry
+
+    model = ModelRegistry(settings_of(ctx).registry).promote(name, version)
+    console.print(f"{model.name}@{model.version} is the champion", highlight=False)
+    _announce(settings_of(ctx), model, "CHAMPION", promoted=True)
+
+
+@app.command()
+def compare(ctx: typer.Context, name: str = typer.Argument(..., help="Model name"),
+            features: int = typer.Option(10, help="Features shown per pair of versions"),
+            database: str = typer.Option("whystream", help="ClickHouse database")):
+    """Champion vs challenger on the same live decisions: top-reason agreement, score differences,
+    per-feature mean attributions (ClickHouse views champion_challenger*)."""
+    from rich.table import Table
+
+    from whystream.jobs.compare import comparison
+
+    found = comparison(_clickhouse_reader(settings_of(ctx), database), name, database)
+    if not found.summaries:
+        console.print(f"no decisions of [bold]{name}[/] explained by both a champion and a challenger yet "
+                      "(`whystream register ... --challenger-of NAME`, then let the workers run)")
+        return
+    for s in found.summaries:
+        console.print(f"[bold]{name}[/] champion {s['champion_version']} vs challenger {s['challenger_version']}: "
+                      f"{s['decisions']:,} decisions, top reason agrees {s['top_reason_agreement']:.1%}, "
+                      f"score difference (challenger - champion) mean {s['mean_score_difference']:+.4f}, "
+                      f"mean |.| {s['mean_abs_score_difference']:.4f}, max |.| {s['max_abs_score_difference']:.4f}",
+                      highlight=False)
+        table = Table("feature", "champion mean SHAP", "challenger mean SHAP", "champion mean |SHAP|",
+                      "challenger mean |SHAP|", box=None)
+        shown = [f for f in found.features if (f["champion_version"], f["challenger_version"])
+                 == (s["champion_version"], s["challenger_version"])][:features]
+        for f in shown:
+            table.add_row(f["feature"], f"{f['champion_mean_shap']:+.4f}", f"{f['challenger_mean_shap']:+.4f}",
+                          f"{f['champion_mean_abs_shap']:.4f}", f"{f['challenger_mean_abs_shap']:.4f}")
+        console.print(table)
 
 
 @app.command()
