@@ -1,48 +1,61 @@
-"""The ClickHouse sink: `explanations` topic -> `explanations` table.
+"""The ClickHouse sink: `explanations` topic -> `explanations` table and its views.
 
 `run_sink` consumes the topic in the consumer group `whystream-sink` (with the
 topic prefix in front, as the workers' group has), hands batches to
 `Sink.process` and commits offsets only after the batch is in ClickHouse.
 
 `Sink.process(messages)`:
-1. decodes each message; undecodable ones are logged, counted and skipped
-   (the workers validated them; one bad message must not stop the table);
+1. decodes the batch (`sink_decode.decode_batch`: straight from the bytes into
+   columns; the per-message path `sink_rows.decode_messages` is its reference)
+   and sets aside what can never be stored right: undecodable messages,
+   non-finite numbers, impossible values go to `explanations.dlq` as
+   DeadLetters with the reason and the original bytes (counted by reason,
+   never retried), before anything of the batch is committed;
 2. drops repeated prediction_ids inside the batch and ids already in the
-   table (a redelivered or re-published explanation is stored, and counted in
-   the histograms, once);
+   table (an explanation published again at another offset is stored, and
+   counted in the aggregates, once); the ids travel as array parameters in
+   chunks, so ids of any length fit;
 3. makes sure every model version in the batch has its reference registered
    (from the model registry), so the histogram view can bin its attributions;
-4. inserts the batch column-oriented with an insert_deduplication_token made
-   of the batch's topic/partition/offset ranges.
+4. writes the rows exactly once into the table and every view
+   (`sink_ledger`: fixed per-partition offset blocks, tokens from the topic's
+   id and the first offset not yet stored, checked against the ledger).
 
-If ClickHouse fails (down, timeout, lost answer), the sink logs, backs off and
-retries the *same* rows with the *same* token until it succeeds or is told to
-stop: an insert that did land before the failure is then deduplicated by
-ClickHouse, in the table and in every materialized view, so nothing is lost
-and nothing is counted twice. Steps 2 and 3 are not repeated for a retry (an
-id found "already present" would be the batch's own first attempt).
+A transient ClickHouse failure (down, timeout, lost answer) is retried with
+back-off until it succeeds or the sink is told to stop; a failure caused by a
+row's data (`clickhouse_errors`) is narrowed down to that row, which is set
+aside, so one row never blocks a partition.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import os
+import socket
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from whystream.config import Settings
-from whystream.errors import DecodeError, ModelNotFound, WhystreamError
-from whystream.logsafe import printable
+from whystream.errors import ModelNotFound, WhystreamError
 from whystream.jobs import clickhouse as ch
+from whystream.jobs.clickhouse_errors import is_data_error
+from whystream.jobs.retention import Retention
+from whystream.jobs.sink_ledger import write_exactly_once
+from whystream.jobs.sink_rows import INSERT_COLUMNS, Rows, decode_messages
 from whystream.kafka_config import check_broker
+from whystream.logsafe import printable
 from whystream.streams.codec import codec_for
-from whystream.streams.validate import RawMessage
+from whystream.streams.validate import DeadLetterRecord, RawMessage
 
 log = logging.getLogger("whystream.sink")
 
 SINK_GROUP = "whystream-sink"
+ID_CHUNK_BYTES = 256 * 1024  # prediction_ids per duplicate query: well inside any request size limit
+DLQ_ORIGINAL_CAP = 512 * 1024  # as the worker's dead letters: the letter stays under message.max.bytes
+TOPIC_ID_REFRESH_S = 10.0
 
 
 class SinkStopped(WhystreamError):
@@ -52,9 +65,10 @@ class SinkStopped(WhystreamError):
 @dataclass
 class SinkStats:
     consumed: int = 0  # messages handed to the sink
-    written: int = 0  # rows inserted into `explanations`
+    written: int = 0  # rows newly stored in `explanations` (and every view)
     duplicates: int = 0  # prediction_ids skipped: repeated in a batch or already in the table
-    undecodable: int = 0  # messages that were not ExplanationEvents
+    undecodable: int = 0  # messages that were not ExplanationEvents (also counted in set_aside)
+    set_aside: Counter = field(default_factory=Counter)  # reason code -> messages sent to explanations.dlq
     batches: int = 0  # batches written
     retries: int = 0  # failed ClickHouse calls retried
     unreferenced: int = 0  # rows of model versions without a reference (no histogram rows)
@@ -64,26 +78,12 @@ class SinkStats:
     def line(self) -> str:
         rate = self.written / max(time.monotonic() - self.started, 1e-9)
         text = (f"{self.written:,} rows written ({rate:,.0f}/s) in {self.batches:,} batches; "
-                f"{self.duplicates:,} duplicates skipped, {self.undecodable:,} undecodable")
+                f"{self.duplicates:,} duplicates skipped, {sum(self.set_aside.values()):,} set aside")
+        if self.set_aside:
+            text += " (" + ", ".join(f"{k} {v:,}" for k, v in sorted(self.set_aside.items())) + ")"
         if self.retries:
             text += f", {self.retries:,} ClickHouse retries"
         return text
-
-
-def batch_token(messages: Iterable[RawMessage]) -> str:
-    """Deduplication token of a batch: its offset range per topic partition.
-
-    Re-inserting the same batch gives the same token; ClickHouse then writes it
-    once. (A batch read again after a restart may be cut differently and get
-    another token: step 2, the prediction_id filter, covers that case.)
-    """
-    ranges: dict[tuple[str, int], list[int]] = {}
-    for m in messages:
-        lo_hi = ranges.setdefault((m.topic, m.partition), [m.offset, m.offset])
-        lo_hi[0] = min(lo_hi[0], m.offset)
-        lo_hi[1] = max(lo_hi[1], m.offset)
-    text = ";".join(f"{t}:{p}:{lo}-{hi}" for (t, p), (lo, hi) in sorted(ranges.items()))
-    return "sink:" + hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def commit_offsets(messages: Iterable[RawMessage]) -> dict[tuple[str, int], int]:
@@ -95,27 +95,67 @@ def commit_offsets(messages: Iterable[RawMessage]) -> dict[tuple[str, int], int]
     return nxt
 
 
+class TopicIds:
+    """Kafka topic ids by topic name ('' where the broker has none), looked up again every
+    TOPIC_ID_REFRESH_S, so a topic deleted and created again is told apart from the old one."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._known: dict[str, tuple[str, float]] = {}
+        self._admin = None
+
+    def __call__(self, topic: str) -> str:
+        known = self._known.get(topic)
+        if known is None or time.monotonic() - known[1] > TOPIC_ID_REFRESH_S:
+            known = (self._lookup(topic), time.monotonic())
+            self._known[topic] = known
+        return known[0]
+
+    def _lookup(self, topic: str) -> str:
+        from confluent_kafka import TopicCollection
+        from confluent_kafka.admin import AdminClient
+
+        try:
+            if self._admin is None:
+                self._admin = AdminClient(self.settings.kafka(**{"log_level": 0}))
+            description = self._admin.describe_topics(TopicCollection([topic]))[topic].result(10)
+            return str(description.topic_id or "")
+        except Exception as exc:  # no such topic, or a broker without DescribeTopicPartitions
+            log.info("no topic id for %s (%s): the ledger relies on prediction_ids", topic, ch.one_line(exc))
+            return ""
+
+
 class Sink:
     """Writes batches of ExplanationEvent messages to ClickHouse (see module doc).
 
     `client_factory` returns a fresh clickhouse-connect client; it is called
     again after a failure. By default it connects with `settings` and applies
     the migrations. `registry` loads model versions (default: the model
-    registry of `settings`).
+    registry of `settings`). `topic_id(topic)` gives a topic's Kafka id
+    (default: asked of the broker).
     """
 
     def __init__(self, settings: Settings, database: str = ch.DEFAULT_DATABASE, *,
                  client_factory: Callable[[], object] | None = None, registry=None,
-                 stop_event: threading.Event | None = None, backoff: tuple[float, float] = (0.5, 10.0)):
+                 stop_event: threading.Event | None = None, backoff: tuple[float, float] = (0.5, 10.0),
+                 topic_id: Callable[[str], str] | None = None, retention: Retention | None = None,
+                 decode: Callable | None = None):
         self.settings = settings
         self.database = ch.ident(database)
         self.client_factory = client_factory or (lambda: ch.connect(settings, database))
         self._registry = registry
         self.stop_event = stop_event or threading.Event()
         self.backoff = backoff
+        self.topic_id = topic_id or TopicIds(settings)
+        self.retention = retention or Retention.from_env()
         self.codec = codec_for("ExplanationEvent", settings.schema_registry_url, settings.topic("explanations"))
+        self.decode = decode or (lambda messages: decode_messages(messages, self.codec))
+        self.dlq_codec = codec_for("DeadLetter", settings.schema_registry_url, settings.topic("explanations.dlq"))
+        self.name = f"sink-{socket.gethostname()}-{os.getpid()}"
         self.stats = SinkStats()
         self._client = None
+        self._retention_applied = False
+        self._publisher = None
         self._referenced: set[tuple[str, str]] = set()
         self._unreferenced: dict[tuple[str, str], float] = {}  # version -> when the registry last lacked it
 
@@ -132,6 +172,11 @@ class Sink:
     def client(self):
         if self._client is None:
             self._client = self.client_factory()
+        if not self._retention_applied:
+            changed = self.retention.apply(self._client, self.database)
+            if changed:
+                log.info("retention set on %s: %s", ", ".join(changed), self.retention)
+            self._retention_applied = True
         return self._client
 
     def _retrying(self, what: str, step: Callable[[object], object]):
@@ -167,70 +212,105 @@ class Sink:
 
     # -- the batch step
 
-    def decode(self, messages: list[RawMessage]) -> tuple[list[dict], list[RawMessage]]:
-        events, kept = [], []
-        for m in messages:
-            try:
-                events.append(self.codec.decode(m.value))
-                kept.append(m)
-            except DecodeError as exc:
-                self.stats.undecodable += 1
-                log.error("skipping undecodable message %s[%d]@%d: %s", m.topic, m.partition, m.offset, printable(exc))
-        return events, kept
-
     def process(self, messages: list[RawMessage]) -> int:
-        """Write one batch; return the rows inserted (after dropping duplicates).
-        Returns only once the rows are in ClickHouse: then the batch's offsets
+        """Write one batch; return the rows newly stored. Returns only once the rows are
+        in ClickHouse and what was set aside is on the broker: then the batch's offsets
         may be committed. Raises SinkStopped if stopped before that."""
         messages = list(messages)
         self.stats.consumed += len(messages)
-        events, kept = self.decode(messages)
-        events, kept = self._unique(events, kept)
-        if events:
-            events, kept = self._retrying("checking for duplicates", lambda c: self._not_stored(c, events, kept))
-        if events:
-            self._retrying("registering model references", lambda c: self._ensure_references(c, events))
-            token = batch_token(messages)
-            columns = ch.explanation_columns(events, [(m.partition, m.offset) for m in kept])
-            self._retrying("inserting explanations", lambda c: ch.insert_columns(c, columns, self.database, token))
-            self.stats.written += len(events)
+        rows, aside = self.decode(messages)
+        self._set_aside(aside)
+        rows = self._unique(rows)
+        if len(rows):
+            rows = self._retrying("checking for duplicates", lambda c: self._not_stored(c, rows))
+        written = 0
+        if len(rows):
+            self._retrying("registering model references", lambda c: self._ensure_references(c, rows))
+            topic_ids = {t: self.topic_id(t) for t in {m.topic for m in rows.messages}}
+            written = write_exactly_once(rows, topic_ids, self.database, self._retrying, self._insert,
+                                         self._refused)
+            self.stats.written += written
         self.stats.batches += 1
-        return len(events)
+        return written
 
-    def _unique(self, events: list[dict], kept: list[RawMessage]):
+    def _insert(self, client, unit: Rows, topic_id: str, token: str) -> Exception | None:
+        n = len(unit)
+        columns = [*unit.columns, [unit.messages[0].topic] * n, [topic_id] * n]
+        try:
+            client.insert("explanations", columns, database=self.database, column_names=INSERT_COLUMNS,
+                          column_oriented=True, settings={**ch.DEDUP_SETTINGS, "insert_deduplication_token": token})
+        except Exception as exc:
+            if is_data_error(exc):
+                return exc
+            raise
+        return None
+
+    def _refused(self, unit: Rows, exc: Exception) -> None:
+        m = unit.messages[0]
+        self._set_aside([DeadLetterRecord("BAD_FIELD", f"ClickHouse refused the row for good: {ch.one_line(exc)}",
+                                          m, unit.prediction_ids[0])])
+
+    def _set_aside(self, letters: list[DeadLetterRecord]) -> None:
+        """Dead letters to `explanations.dlq`, confirmed by the broker before returning."""
+        if not letters:
+            return
+        if self._publisher is None:
+            from confluent_kafka import Producer
+
+            from whystream.streams.publish import Publisher
+
+            self._publisher = Publisher(Producer(self.settings.kafka(**{"enable.idempotence": True})))
+        topic = self.settings.topic("explanations.dlq")
+        for letter in letters:
+            m = letter.message
+
+            def shrink(_, letter=letter, cap=[min(DLQ_ORIGINAL_CAP, len(letter.message.value))]) -> bytes | None:
+                if cap[0] == 0:
+                    return None
+                cap[0] //= 4
+                return self.dlq_codec.encode(letter.to_avro(self.name, cap[0]))
+
+            self._publisher.produce(topic, self.dlq_codec.encode(letter.to_avro(self.name, DLQ_ORIGINAL_CAP)),
+                                    m.key if m.key is None or len(m.key) <= 1024 else m.key[:1024], shrink=shrink)
+            self.stats.set_aside[letter.reason_code] += 1
+            self.stats.undecodable += letter.reason_code == "UNDECODABLE"
+            log.warning("set aside %s[%d]@%d to %s as %s: %s", m.topic, m.partition, m.offset, topic,
+                        letter.reason_code, letter.reason)
+        self._publisher.flush()
+
+    def _unique(self, rows: Rows) -> Rows:
         seen: set[str] = set()
-        out_e, out_m = [], []
-        for e, m in zip(events, kept):
-            if e["prediction_id"] in seen:
+        keep = []
+        for i, pid in enumerate(rows.prediction_ids):
+            if pid in seen:
                 self.stats.duplicates += 1
                 continue
-            seen.add(e["prediction_id"])
-            out_e.append(e)
-            out_m.append(m)
-        return out_e, out_m
+            seen.add(pid)
+            keep.append(i)
+        return rows if len(keep) == len(rows) else rows.take(keep)
 
-    def _not_stored(self, client, events: list[dict], kept: list[RawMessage]):
-        """Drop events whose prediction_id is already in the table. A duplicate
-        has the same event_time and model as the original (both are copied from
-        the prediction), which lets ClickHouse prune by partition and key."""
-        ids = [e["prediction_id"] for e in events]
-        lo = min(int(e["event_time"]) for e in events)
-        hi = max(int(e["event_time"]) for e in events)
-        names = sorted({e["model_name"] for e in events})
-        found = ch.rows(client, f"""
-            SELECT DISTINCT prediction_id FROM {self.database}.explanations
-            WHERE model_name IN ({", ".join(ch.lit(n) for n in names)})
-              AND event_time BETWEEN {ch.ms_lit(lo)} AND {ch.ms_lit(hi)}
-              AND prediction_id IN ({", ".join(ch.lit(i) for i in ids)})""")
-        if not found:
-            return events, kept
-        present = {r["prediction_id"] for r in found}
+    def _not_stored(self, client, rows: Rows) -> Rows:
+        """Rows whose prediction_id is not in the table yet. A duplicate has the same
+        event_time and model as the original (both are copied from the prediction), which
+        lets ClickHouse prune by partition and key; the ids go as array parameters, in
+        chunks of at most ID_CHUNK_BYTES."""
+        names = sorted({name for name, _ in rows.models})
+        lo, hi = int(rows.event_time.min()), int(rows.event_time.max())
+        present: set[str] = set()
+        for chunk in _chunks(rows.prediction_ids, ID_CHUNK_BYTES):
+            found = client.query(f"""
+                SELECT DISTINCT prediction_id FROM {self.database}.explanations
+                WHERE model_name IN {{names:Array(String)}}
+                  AND event_time BETWEEN {ch.ms_lit(lo)} AND {ch.ms_lit(hi)}
+                  AND prediction_id IN {{ids:Array(String)}}""", parameters={"names": names, "ids": chunk})
+            present.update(r[0] for r in found.result_rows)
+        if not present:
+            return rows
         self.stats.duplicates += len(present)
-        pairs = [(e, m) for e, m in zip(events, kept) if e["prediction_id"] not in present]
-        return [e for e, _ in pairs], [m for _, m in pairs]
+        return rows.take([i for i, pid in enumerate(rows.prediction_ids) if pid not in present])
 
-    def _ensure_references(self, client, events: list[dict]) -> None:
-        versions = {(e["model_name"], e["model_version"]) for e in events} - self._referenced
+    def _ensure_references(self, client, rows: Rows) -> None:
+        versions = set(rows.models) - self._referenced
         for name, version in sorted(versions):
             if ch.has_reference(client, name, version, self.database):
                 self._referenced.add((name, version))
@@ -248,9 +328,19 @@ class Sink:
             ch.register_reference(client, model, self.database)
             self._referenced.add((name, version))
         missing = {v for v in self._unreferenced if v not in self._referenced}
-        self.stats.unreferenced += sum((e["model_name"], e["model_version"]) in missing for e in events)
+        self.stats.unreferenced += sum(v in missing for v in rows.models)
 
 
+def _chunks(ids: list[str], limit: int):
+    chunk, size = [], 0
+    for pid in ids:
+        if chunk and size + len(pid) > limit:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(pid)
+        size += len(pid) + 4
+    if chunk:
+        yield chunk
 def _raw(message) -> RawMessage:
     return RawMessage(message.value(), message.key(), message.topic(), message.partition(), message.offset())
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from whystream.errors import ConfigError
 from whystream.kafka_config import KafkaConfig
 
-TOPICS = ("predictions", "explanations", "predictions.dlq", "drift-alerts")
+TOPICS = ("predictions", "explanations", "predictions.dlq", "drift-alerts", "explanations.dlq")
 
 ENV = {
     "broker": "WHYSTREAM_BROKER",

@@ -1,0 +1,124 @@
+"""Exactly once into `explanations` and every view, whoever inserts and however batches are cut.
+
+A batch is written in units: the rows of one topic partition, one fixed block
+of BLOCK offsets and one day of event time (a day is one ClickHouse
+partition, so a unit is one part and one deduplication block). For each unit
+the sink loops:
+
+1. ask `sink_ledger` which of the unit's offsets are stored: the same
+   prediction_id at the same (topic, topic id, partition, offset); the rest
+   are left to insert;
+2. insert what is left with the deduplication token of (topic, topic id,
+   partition, first offset left, its prediction_id), in the table and in every
+   materialized view (the ledger is one of them);
+3. go back to 1 until nothing is left.
+
+Why this holds with two sinks racing over the same offsets, cut differently
+(one evicted while it waits out an outage, another re-reading from the last
+commit): both compute the token from the first offset that was not stored
+when they looked. Over the same stored state they get the same token, so
+ClickHouse keeps the first insert to land and drops the other whole; the
+loser looks again and inserts only what the winner did not have, under the
+token of its new first offset. A retry of a failed insert reuses its rows and
+token: an insert that landed although its answer was lost is dropped.
+
+A recreated topic reuses offsets: its Kafka topic id differs (Tansu and
+Kafka >= 2.8 have them), and the token and the ledger check also include the
+prediction_id at the offset, so old rows and old tokens never match new
+messages even where a broker has no topic ids.
+
+An insert refused for its data (clickhouse_errors.is_data_error) is split in
+halves until the failing row is alone; that row is set aside (dead-lettered)
+and the others are written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Callable
+
+from whystream.errors import WhystreamError
+from whystream.jobs import clickhouse as ch
+from whystream.jobs.sink_rows import Rows
+
+BLOCK = 4096  # offsets per unit at most
+DAY_MS = 86_400_000
+MAX_ROUNDS = 64  # halving a unit of BLOCK rows takes 12; the rest is slack
+
+UnitKey = tuple  # (topic, partition, block, day)
+
+
+def units(rows: Rows) -> dict[UnitKey, Rows]:
+    """The rows of a batch by unit, each ordered by offset."""
+    groups: dict[UnitKey, list[int]] = {}
+    for i, m in enumerate(rows.messages):
+        key = (m.topic, m.partition, m.offset // BLOCK, int(rows.event_time[i]) // DAY_MS)
+        groups.setdefault(key, []).append(i)
+    return {key: rows.take(sorted(idx, key=lambda i: rows.messages[i].offset)) for key, idx in sorted(groups.items())}
+
+
+def unit_token(topic_id: str, unit: Rows) -> str:
+    first = unit.messages[0]
+    text = f"{first.topic}\x00{topic_id}\x00{first.partition}\x00{first.offset}\x00{unit.prediction_ids[0]}"
+    return "sink2:" + hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+def stored(client, database: str, groups: dict, topic_ids: dict[str, str]) -> dict[tuple[str, int, int], str]:
+    """(topic, partition, offset) -> prediction_id of what the ledger holds in the groups' offset ranges."""
+    by_topic: dict[str, list[str]] = {}
+    for unit in groups.values():
+        m = unit.messages
+        by_topic.setdefault(m[0].topic, []).append(
+            f"(kafka_partition = {int(m[0].partition)} AND kafka_offset BETWEEN {int(m[0].offset)} AND {int(m[-1].offset)})")
+    found = {}
+    for topic, ranges in by_topic.items():
+        for r in ch.rows(client, f"""
+                SELECT kafka_partition AS p, kafka_offset AS o, prediction_id AS id FROM {ch.ident(database)}.sink_ledger
+                WHERE kafka_topic = {ch.lit(topic)} AND kafka_topic_id = {ch.lit(topic_ids.get(topic, ''))}
+                  AND ({' OR '.join(ranges)})"""):
+            found[(topic, r["p"], r["o"])] = r["id"]
+    return found
+
+
+def write_exactly_once(rows: Rows, topic_ids: dict[str, str], database: str,
+                       retrying: Callable[[str, Callable], object],
+                       insert: Callable[[object, Rows, str, str], Exception | None],
+                       set_aside: Callable[[Rows, Exception], None]) -> int:
+    """Write `rows` as described in the module docstring; return how many are now stored that were not
+    when this call first looked (by this sink or a racing one).
+
+    `retrying(what, step)` runs step(client) until it succeeds (transient errors); `insert(client, unit,
+    topic_id, token)` inserts a unit and returns the exception when ClickHouse refused its data, else None;
+    `set_aside(unit, exc)` dead-letters a single refused row.
+    """
+    groups = units(rows)
+    written, first, rounds = 0, True, 0
+    while groups:
+        rounds += 1
+        if rounds > MAX_ROUNDS:
+            raise WhystreamError(f"{sum(map(len, groups.values()))} rows still missing from {database}.sink_ledger "
+                                 f"after {MAX_ROUNDS} inserts: is sink_ledger_mv there?")
+        have = retrying("reading the sink ledger", lambda c: stored(c, database, groups, topic_ids))
+        following: dict = {}
+        for key, unit in groups.items():
+            left = [i for i, m in enumerate(unit.messages)
+                    if have.get((m.topic, m.partition, m.offset)) != unit.prediction_ids[i]]
+            if first:
+                written += len(left)
+            if not left:
+                continue
+            unit = unit.take(left)
+            topic_id = topic_ids.get(unit.messages[0].topic, "")
+            token = unit_token(topic_id, unit)
+            refused = retrying("inserting explanations", lambda c: insert(c, unit, topic_id, token))
+            if refused is None:
+                following[key] = unit  # look again: a racing sink's insert under this token may have won
+            elif len(unit) == 1:
+                set_aside(unit, refused)
+                written -= 1
+            else:
+                half = len(unit) // 2
+                following[(*key, "a")] = unit.take(list(range(half)))
+                following[(*key, "b")] = unit.take(list(range(half, len(unit))))
+        groups, first = following, False
+    return written
