@@ -5,8 +5,8 @@ topic prefix in front, as the workers' group has), hands batches to
 `Sink.process` and commits offsets only after the batch is in ClickHouse.
 
 `Sink.process(messages)`:
-1. decodes the batch (`sink_decode.decode_batch`: straight from the bytes into
-   columns; the per-message path `sink_rows.decode_messages` is its reference)
+1. decodes the batch (`sink_decode.BatchDecoder`: straight from the bytes into
+   ClickHouse rows; the per-message path `sink_rows.decode_messages` is its reference)
    and sets aside what can never be stored right: undecodable messages,
    non-finite numbers, impossible values go to `explanations.dlq` as
    DeadLetters with the reason and the original bytes (counted by reason,
@@ -44,7 +44,9 @@ from whystream.jobs import clickhouse as ch
 from whystream.jobs.clickhouse_errors import is_data_error
 from whystream.jobs.retention import Retention
 from whystream.jobs.sink_ledger import write_exactly_once
-from whystream.jobs.sink_rows import INSERT_COLUMNS, Rows, decode_messages
+from whystream.jobs.sink_columns import INSERT_COLUMNS
+from whystream.jobs.sink_decode import BatchDecoder
+from whystream.jobs.sink_rows import Rows, decode_messages
 from whystream.kafka_config import check_broker
 from whystream.logsafe import printable
 from whystream.streams.codec import codec_for
@@ -132,14 +134,15 @@ class Sink:
     again after a failure. By default it connects with `settings` and applies
     the migrations. `registry` loads model versions (default: the model
     registry of `settings`). `topic_id(topic)` gives a topic's Kafka id
-    (default: asked of the broker).
+    (default: asked of the broker). `decode(messages, topic_ids)` gives
+    (Rows, dead letters); `columnar=False` uses the per-message path.
     """
 
     def __init__(self, settings: Settings, database: str = ch.DEFAULT_DATABASE, *,
                  client_factory: Callable[[], object] | None = None, registry=None,
                  stop_event: threading.Event | None = None, backoff: tuple[float, float] = (0.5, 10.0),
                  topic_id: Callable[[str], str] | None = None, retention: Retention | None = None,
-                 decode: Callable | None = None):
+                 decode: Callable | None = None, columnar: bool = True):
         self.settings = settings
         self.database = ch.ident(database)
         self.client_factory = client_factory or (lambda: ch.connect(settings, database))
@@ -149,7 +152,8 @@ class Sink:
         self.topic_id = topic_id or TopicIds(settings)
         self.retention = retention or Retention.from_env()
         self.codec = codec_for("ExplanationEvent", settings.schema_registry_url, settings.topic("explanations"))
-        self.decode = decode or (lambda messages: decode_messages(messages, self.codec))
+        self.decode = decode or (BatchDecoder(self.codec) if columnar
+                                 else lambda messages, topic_ids: decode_messages(messages, self.codec, topic_ids))
         self.dlq_codec = codec_for("DeadLetter", settings.schema_registry_url, settings.topic("explanations.dlq"))
         self.name = f"sink-{socket.gethostname()}-{os.getpid()}"
         self.stats = SinkStats()
@@ -213,20 +217,30 @@ class Sink:
     # -- the batch step
 
     def process(self, messages: list[RawMessage]) -> int:
-        """Write one batch; return the rows newly stored. Returns only once the rows are
-        in ClickHouse and what was set aside is on the broker: then the batch's offsets
-        may be committed. Raises SinkStopped if stopped before that."""
+        """Write one batch; return the rows newly stored (not stored when this sink first
+        looked). Returns only once the rows are in ClickHouse and what was set aside is on
+        the broker: then the batch's offsets may be committed. Raises SinkStopped if
+        stopped before that."""
+        return self.write(self.prepare(messages))
+
+    def prepare(self, messages: list[RawMessage]) -> tuple[Rows, dict[str, str]]:
+        """Decode a batch and set aside what cannot be stored (the part `SinkPipeline` runs
+        on a thread of its own while the previous batch is written)."""
         messages = list(messages)
         self.stats.consumed += len(messages)
-        rows, aside = self.decode(messages)
+        topic_ids = {t: self.topic_id(t) for t in {m.topic for m in messages}}
+        rows, aside = self.decode(messages, topic_ids)
         self._set_aside(aside)
+        return rows, topic_ids
+
+    def write(self, prepared: tuple[Rows, dict[str, str]]) -> int:
+        rows, topic_ids = prepared
         rows = self._unique(rows)
         if len(rows):
             rows = self._retrying("checking for duplicates", lambda c: self._not_stored(c, rows))
         written = 0
         if len(rows):
             self._retrying("registering model references", lambda c: self._ensure_references(c, rows))
-            topic_ids = {t: self.topic_id(t) for t in {m.topic for m in rows.messages}}
             written = write_exactly_once(rows, topic_ids, self.database, self._retrying, self._insert,
                                          self._refused)
             self.stats.written += written
@@ -234,11 +248,9 @@ class Sink:
         return written
 
     def _insert(self, client, unit: Rows, topic_id: str, token: str) -> Exception | None:
-        n = len(unit)
-        columns = [*unit.columns, [unit.messages[0].topic] * n, [topic_id] * n]
         try:
-            client.insert("explanations", columns, database=self.database, column_names=INSERT_COLUMNS,
-                          column_oriented=True, settings={**ch.DEDUP_SETTINGS, "insert_deduplication_token": token})
+            client.raw_insert("explanations", INSERT_COLUMNS, unit.payload, fmt="RowBinary",
+                              settings={**ch.DEDUP_SETTINGS, "insert_deduplication_token": token})
         except Exception as exc:
             if is_data_error(exc):
                 return exc

@@ -1,10 +1,10 @@
 """One batch of `explanations` messages as the rows the sink may insert, and the ones it sets aside.
 
-`decode_messages(messages, codec)` is the per-message path: each message is
-decoded into a dict (SingleObjectCodec) and checked; the explanation columns
-come from `clickhouse.explanation_columns`, the one field -> column mapping of
-the dict path. (`sink_decode.decode_batch` gives the same `Rows` straight from
-the bytes of a whole batch.)
+`decode_messages(messages, codec, topic_ids)` is the per-message path: each
+message is decoded into a dict (SingleObjectCodec) and checked; its columns
+come from `clickhouse.explanation_columns` and are written as RowBinary rows
+(`sink_columns`). `sink_decode.decode_batch` gives the same `Rows`, byte for
+byte, straight from the bytes of a whole batch.
 
 A message is set aside, never retried, when no insert can ever succeed or be
 right (`problem`): not an ExplanationEvent (UNDECODABLE), a blank prediction_id
@@ -22,10 +22,9 @@ import numpy as np
 
 from whystream.errors import DecodeError
 from whystream.jobs import clickhouse as ch
+from whystream.jobs.sink_columns import encode_rows
 from whystream.streams.validate import DeadLetterRecord, RawMessage
 
-# The insert's columns: the explanation's own, then where it was read from (the ledger's key).
-INSERT_COLUMNS = [*ch.EXPLANATION_COLUMNS, "kafka_topic", "kafka_topic_id"]
 LATEST_MS = 4_102_444_800_000  # 2100-01-01: later times are typos (seconds read as ms, etc.)
 SCALARS = ("base_value", "raw_score", "score", "threshold", "inclusion_weight", "latency_ms")
 LISTS = ("attributions", "top_reasons", "principal_reasons")
@@ -33,28 +32,30 @@ LISTS = ("attributions", "top_reasons", "principal_reasons")
 
 @dataclass
 class Rows:
-    """Valid explanations of one batch: row i was read from messages[i].
-    `columns` are INSERT_COLUMNS but the last two (added per insert)."""
+    """Valid explanations of one batch: row i was read from messages[i]; its RowBinary
+    row (sink_columns.INSERT_COLUMNS) is payload[row_ends[i - 1]:row_ends[i]]."""
 
     messages: list[RawMessage]
     prediction_ids: list[str]
     models: list[tuple[str, str]]  # (model_name, model_version)
     event_time: np.ndarray  # int64 ms
-    columns: list = field(default_factory=list)
+    payload: bytes = b""
+    row_ends: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.messages)
 
+    def row(self, i: int) -> bytes:
+        return self.payload[self.row_ends[i - 1] if i else 0:self.row_ends[i]]
+
     def take(self, rows: list[int]) -> "Rows":
+        if len(rows) == len(self) and list(rows) == list(range(len(self))):
+            return self
+        picked = [self.row(i) for i in rows]
+        ends = np.cumsum(np.fromiter(map(len, picked), dtype=np.int64, count=len(picked)))
         return Rows([self.messages[i] for i in rows], [self.prediction_ids[i] for i in rows],
                     [self.models[i] for i in rows], self.event_time[np.asarray(rows, dtype=np.int64)],
-                    [_take(c, rows) for c in self.columns])
-
-
-def _take(column, rows: list[int]):
-    if isinstance(column, np.ndarray):
-        return column[np.asarray(rows, dtype=np.int64)]
-    return [column[i] for i in rows]
+                    b"".join(picked), ends)
 
 
 def problem(event: dict) -> tuple[str, str] | None:
@@ -78,7 +79,8 @@ def problem(event: dict) -> tuple[str, str] | None:
     return None
 
 
-def decode_messages(messages: list[RawMessage], codec) -> tuple[Rows, list[DeadLetterRecord]]:
+def decode_messages(messages: list[RawMessage], codec,
+                    topic_ids: dict[str, str]) -> tuple[Rows, list[DeadLetterRecord]]:
     """The per-message path: (valid rows, messages set aside with their reason)."""
     events, kept, aside = [], [], []
     for m in messages:
@@ -93,11 +95,13 @@ def decode_messages(messages: list[RawMessage], codec) -> tuple[Rows, list[DeadL
             continue
         events.append(event)
         kept.append(m)
-    return rows_of(events, kept), aside
+    return rows_of(events, kept, topic_ids), aside
 
 
-def rows_of(events: list[dict], messages: list[RawMessage]) -> Rows:
+def rows_of(events: list[dict], messages: list[RawMessage], topic_ids: dict[str, str]) -> Rows:
+    columns = [*ch.explanation_columns(events, [(m.partition, m.offset) for m in messages]),
+               [m.topic for m in messages], [topic_ids.get(m.topic, "") for m in messages]]
     return Rows(messages, [e["prediction_id"] for e in events],
                 [(e["model_name"], e["model_version"]) for e in events],
                 np.fromiter((int(e["event_time"]) for e in events), dtype=np.int64, count=len(events)),
-                ch.explanation_columns(events, [(m.partition, m.offset) for m in messages]))
+                *encode_rows(columns))

@@ -60,6 +60,14 @@ class _Client:
             raise OperationalError("connection reset before the answer (test)")
         return result
 
+    def raw_insert(self, table, *args, **kwargs):
+        self._check()
+        result = self.real.raw_insert(table, *args, **kwargs)
+        if table == "explanations" and self.outage.lose_answers > 0:
+            self.outage.lose_answers -= 1
+            raise OperationalError("connection reset before the answer (test)")
+        return result
+
     def __getattr__(self, name):
         return getattr(self.real, name)
 

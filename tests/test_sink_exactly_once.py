@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import threading
 
+import numpy as np
 import pytest
 from chdb_support import base_minute, db, stream, synthetic_model  # noqa: F401
 from confluent_kafka import Consumer, TopicPartition
@@ -16,7 +17,8 @@ from test_sink import counts, produce, raw_messages, wait_for
 from whystream.jobs import clickhouse as ch
 from whystream.jobs.sink import Sink, run_sink
 from whystream.jobs.sink_ledger import BLOCK
-from whystream.jobs.sink_rows import decode_messages
+from whystream.jobs.sink_columns import INSERT_COLUMNS, encode_rows
+from whystream.jobs.sink_rows import decode_messages, rows_of
 from whystream.streams.codec import codec_for
 from whystream.streams.validate import RawMessage
 
@@ -119,10 +121,18 @@ def test_a_row_clickhouse_refuses_is_set_aside_and_the_rest_written(fresh_topics
     codec = codec_for("ExplanationEvent", None, fresh_topics.topic("explanations"))
     poison = events[17]["prediction_id"]
 
-    def decode(messages):
-        rows, aside = decode_messages(messages, codec)
-        at, shap = rows.prediction_ids.index(poison), ch.EXPLANATION_COLUMNS.index("attributions.shap")
-        rows.columns[shap][at] = rows.columns[shap][at][:-1]  # one SHAP value short of its features
+    def decode(messages, topic_ids):
+        rows, aside = decode_messages(messages, codec, topic_ids)
+        at = rows.prediction_ids.index(poison)
+        event = next(e for e in events if e["prediction_id"] == poison)
+        columns = rows_of([event], [rows.messages[at]], topic_ids)
+        bad = [*ch.explanation_columns([event], [(rows.messages[at].partition, rows.messages[at].offset)]),
+               [rows.messages[at].topic], [topic_ids[rows.messages[at].topic]]]
+        shap = INSERT_COLUMNS.index("attributions.shap")
+        bad[shap] = [bad[shap][0][:-1]]  # one SHAP value short of its features
+        assert columns.payload != encode_rows(bad)[0]
+        parts = [encode_rows(bad)[0] if i == at else rows.row(i) for i in range(len(rows))]
+        rows.payload, rows.row_ends = b"".join(parts), np.cumsum([len(p) for p in parts])
         return rows, aside
 
     sink = Sink(fresh_topics, database, decode=decode)
@@ -150,12 +160,12 @@ class Gate:
             def __init__(self):
                 self.real = ch.connect(gate.settings, gate.database)
 
-            def insert(self, table, *args, **kwargs):
+            def raw_insert(self, table, *args, **kwargs):
                 me = threading.get_ident()
                 if table == "explanations" and me not in gate.waited:
                     gate.waited.add(me)
                     gate.barrier.wait()
-                return self.real.insert(table, *args, **kwargs)
+                return self.real.raw_insert(table, *args, **kwargs)
 
             def __getattr__(self, name):
                 return getattr(self.real, name)
