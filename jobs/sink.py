@@ -203,6 +203,10 @@ class Sink:
                     raise SinkStopped(f"stopped before {what} succeeded") from None
                 delay = min(delay * 2, self.backoff[1])
 
+    def _pause(self, seconds: float) -> None:
+        if self.stop_event.wait(seconds):
+            raise SinkStopped("stopped while waiting for another sink's claim")
+
     def _drop_client(self) -> None:
         client, self._client = self._client, None
         if client is not None:
@@ -242,7 +246,7 @@ class Sink:
         if len(rows):
             self._retrying("registering model references", lambda c: self._ensure_references(c, rows))
             written = write_exactly_once(rows, topic_ids, self.database, self._retrying, self._insert,
-                                         self._refused)
+                                         self._refused, self.name, self._pause)
             self.stats.written += written
         self.stats.batches += 1
         return written

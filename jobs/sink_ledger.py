@@ -8,19 +8,29 @@ the sink loops:
 1. ask `sink_ledger` which of the unit's offsets are stored: the same
    prediction_id at the same (topic, topic id, partition, offset); the rest
    are left to insert;
-2. insert what is left with the deduplication token of (topic, topic id,
-   partition, first offset left, its prediction_id), in the table and in every
-   materialized view (the ledger is one of them);
-3. go back to 1 until nothing is left.
+2. claim the deduplication token of (topic, topic id, partition, first
+   offset left, its prediction_id) for the offsets left, in `sink_claims`
+   (deduplicated by the token: the first claim stays);
+3. insert the claimed offsets under that token, in the table and in every
+   materialized view (the ledger is one of them); when the claim is another
+   sink's and this one does not hold all its offsets, wait for them to be
+   stored instead (at most CLAIM_WAIT_S, then the claim is taken as abandoned
+   and this sink claims again under a token of its own);
+4. go back to 1 until nothing is left.
 
 Why this holds with two sinks racing over the same offsets, cut differently
 (one evicted while it waits out an outage, another re-reading from the last
 commit): both compute the token from the first offset that was not stored
-when they looked. Over the same stored state they get the same token, so
-ClickHouse keeps the first insert to land and drops the other whole; the
-loser looks again and inserts only what the winner did not have, under the
-token of its new first offset. A retry of a failed insert reuses its rows and
-token: an insert that landed although its answer was lost is dropped.
+when they looked. Over the same stored state they get the same token, and the
+claim makes them insert the same rows under it (ClickHouse deduplicates the
+table and each view separately: two different row sets under one token at the
+same moment could land one in the table and the other in a view); ClickHouse
+keeps the first insert and drops the other whole; the loser looks again and
+inserts only what is still missing, under the token of its new first offset.
+A retry of a failed insert reuses its rows and token: an insert that landed
+although its answer was lost is dropped. What is left open: a sink that
+claimed, then stalls longer than CLAIM_WAIT_S and inserts after another sink
+took over the claim's offsets (README, "Exactly once").
 
 A recreated topic reuses offsets: its Kafka topic id differs (Tansu and
 Kafka >= 2.8 have them), and the token and the ledger check also include the
@@ -35,6 +45,7 @@ and the others are written.
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Callable
 
 from whystream.errors import WhystreamError
@@ -44,6 +55,7 @@ from whystream.jobs.sink_rows import Rows
 BLOCK = 4096  # offsets per unit at most
 DAY_MS = 86_400_000
 MAX_ROUNDS = 64  # halving a unit of BLOCK rows takes 12; the rest is slack
+CLAIM_WAIT_S = 30.0  # how long a claim of offsets this sink does not all hold is waited for
 
 UnitKey = tuple  # (topic, partition, block, day)
 
@@ -80,22 +92,35 @@ def stored(client, database: str, groups: dict, topic_ids: dict[str, str]) -> di
     return found
 
 
+def claim(client, database: str, token: str, unit: Rows, sink: str) -> list[int]:
+    """Claim `token` for the unit's offsets; the offsets of the claim that stays (maybe another sink's)."""
+    db = ch.ident(database)
+    offsets = [m.offset for m in unit.messages]
+    client.insert("sink_claims", [[token], [offsets], [sink]], database=db, column_names=["token", "offsets", "sink"],
+                  column_oriented=True, settings={"insert_deduplication_token": "claim:" + token})
+    found = client.query(f"SELECT offsets FROM {db}.sink_claims WHERE token = {{token:String}} "
+                         f"ORDER BY claimed_at, sink LIMIT 1", parameters={"token": token}).result_rows
+    return list(found[0][0]) if found else offsets
+
+
 def write_exactly_once(rows: Rows, topic_ids: dict[str, str], database: str,
                        retrying: Callable[[str, Callable], object],
                        insert: Callable[[object, Rows, str, str], Exception | None],
-                       set_aside: Callable[[Rows, Exception], None]) -> int:
+                       set_aside: Callable[[Rows, Exception], None], sink: str = "",
+                       pause: Callable[[float], None] = time.sleep) -> int:
     """Write `rows` as described in the module docstring; return how many are now stored that were not
     when this call first looked (by this sink or a racing one).
 
     `retrying(what, step)` runs step(client) until it succeeds (transient errors); `insert(client, unit,
     topic_id, token)` inserts a unit and returns the exception when ClickHouse refused its data, else None;
-    `set_aside(unit, exc)` dead-letters a single refused row.
+    `set_aside(unit, exc)` dead-letters a single refused row; `pause(s)` waits for another sink's claim.
     """
     groups = units(rows)
     written, first, rounds = 0, True, 0
+    waiting_since: dict = {}
     while groups:
         rounds += 1
-        if rounds > MAX_ROUNDS:
+        if rounds > MAX_ROUNDS + len(waiting_since) * 1000:
             raise WhystreamError(f"{sum(map(len, groups.values()))} rows still missing from {database}.sink_ledger "
                                  f"after {MAX_ROUNDS} inserts: is sink_ledger_mv there?")
         have = retrying("reading the sink ledger", lambda c: stored(c, database, groups, topic_ids))
@@ -109,16 +134,33 @@ def write_exactly_once(rows: Rows, topic_ids: dict[str, str], database: str,
                 continue
             unit = unit.take(left)
             topic_id = topic_ids.get(unit.messages[0].topic, "")
-            token = unit_token(topic_id, unit)
-            refused = retrying("inserting explanations", lambda c: insert(c, unit, topic_id, token))
+            token = unit_token(topic_id, unit) + "".join(f":{part}" for part in key[4:])
+            since = waiting_since.get(token)
+            if since is not None and time.monotonic() - since > CLAIM_WAIT_S:
+                token += ":" + sink  # the claim's holder is gone: a token of this sink's own
+            claimed = retrying("claiming a token", lambda c: claim(c, database, token, unit, sink))
+            mine = {m.offset: i for i, m in enumerate(unit.messages)}
+            if any(o not in mine for o in claimed):
+                waiting_since.setdefault(token, time.monotonic())
+                following[key] = unit  # held by another sink: look again after a while
+                continue
+            chosen = unit.take([mine[o] for o in claimed])
+            taken = set(claimed)
+            rest = [i for i, m in enumerate(unit.messages) if m.offset not in taken]
+            refused = retrying("inserting explanations", lambda c: insert(c, chosen, topic_id, token))
             if refused is None:
                 following[key] = unit  # look again: a racing sink's insert under this token may have won
-            elif len(unit) == 1:
-                set_aside(unit, refused)
+                continue
+            if rest:
+                following[key] = unit.take(rest)
+            if len(chosen) == 1:
+                set_aside(chosen, refused)
                 written -= 1
             else:
-                half = len(unit) // 2
-                following[(*key, "a")] = unit.take(list(range(half)))
-                following[(*key, "b")] = unit.take(list(range(half, len(unit))))
+                half = len(chosen) // 2
+                following[(*key, f"a{len(chosen)}")] = chosen.take(list(range(half)))
+                following[(*key, f"b{len(chosen)}")] = chosen.take(list(range(half, len(chosen))))
         groups, first = following, False
+        if waiting_since and groups:
+            pause(0.2)
     return written
