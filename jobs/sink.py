@@ -43,7 +43,8 @@ from whystream.errors import ModelNotFound, WhystreamError
 from whystream.jobs import clickhouse as ch
 from whystream.jobs.clickhouse_errors import is_data_error
 from whystream.jobs.retention import Retention
-from whystream.jobs.sink_ledger import write_exactly_once
+from whystream.jobs.sink_ledger import TopicIds, write_exactly_once
+from whystream.jobs.sink_pipeline import SinkPipeline
 from whystream.jobs.sink_columns import INSERT_COLUMNS
 from whystream.jobs.sink_decode import BatchDecoder
 from whystream.jobs.sink_rows import Rows, decode_messages
@@ -57,7 +58,6 @@ log = logging.getLogger("whystream.sink")
 SINK_GROUP = "whystream-sink"
 ID_CHUNK_BYTES = 256 * 1024  # prediction_ids per duplicate query: well inside any request size limit
 DLQ_ORIGINAL_CAP = 512 * 1024  # as the worker's dead letters: the letter stays under message.max.bytes
-TOPIC_ID_REFRESH_S = 10.0
 
 
 class SinkStopped(WhystreamError):
@@ -95,36 +95,6 @@ def commit_offsets(messages: Iterable[RawMessage]) -> dict[tuple[str, int], int]
         key = (m.topic, m.partition)
         nxt[key] = max(nxt.get(key, 0), m.offset + 1)
     return nxt
-
-
-class TopicIds:
-    """Kafka topic ids by topic name ('' where the broker has none), looked up again every
-    TOPIC_ID_REFRESH_S, so a topic deleted and created again is told apart from the old one."""
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self._known: dict[str, tuple[str, float]] = {}
-        self._admin = None
-
-    def __call__(self, topic: str) -> str:
-        known = self._known.get(topic)
-        if known is None or time.monotonic() - known[1] > TOPIC_ID_REFRESH_S:
-            known = (self._lookup(topic), time.monotonic())
-            self._known[topic] = known
-        return known[0]
-
-    def _lookup(self, topic: str) -> str:
-        from confluent_kafka import TopicCollection
-        from confluent_kafka.admin import AdminClient
-
-        try:
-            if self._admin is None:
-                self._admin = AdminClient(self.settings.kafka(**{"log_level": 0}))
-            description = self._admin.describe_topics(TopicCollection([topic]))[topic].result(10)
-            return str(description.topic_id or "")
-        except Exception as exc:  # no such topic, or a broker without DescribeTopicPartitions
-            log.info("no topic id for %s (%s): the ledger relies on prediction_ids", topic, ch.one_line(exc))
-            return ""
 
 
 class Sink:
@@ -367,8 +337,10 @@ def run_sink(settings: Settings, stop_event: threading.Event | None = None, batc
              idle_exit_seconds: float | None = None) -> SinkStats:
     """Consume `explanations` into ClickHouse until `stop_event` is set.
 
-    A batch is written when it has `batch_size` messages or its first message
-    waited `flush_seconds`; its offsets are committed once it is written.
+    A batch is complete when it has `batch_size` messages or its first message
+    waited `flush_seconds`; it is decoded while the batch before it is written
+    (`SinkPipeline`), and written when the next one is complete or nothing new
+    came; its offsets are committed once it is written.
     `progress(stats)` is called after every batch and about once a second
     otherwise. `idle_exit_seconds` (tests, one-off loads) returns after that
     long without messages.
@@ -390,6 +362,7 @@ def run_sink(settings: Settings, stop_event: threading.Event | None = None, batc
         "max.poll.interval.ms": 600_000,  # a batch may wait out a ClickHouse outage
     }))
     consumer.subscribe([topic])
+    pipeline = SinkPipeline(sink)
     batch: list[RawMessage] = []
     first_at = last_message_at = reported = time.monotonic()
     try:
@@ -403,28 +376,33 @@ def run_sink(settings: Settings, stop_event: threading.Event | None = None, batc
                     first_at = time.monotonic()
                 batch.append(_raw(message))
                 last_message_at = time.monotonic()
-            if batch and (len(batch) >= batch_size or time.monotonic() - first_at >= flush_seconds):
-                try:
-                    sink.process(batch)
-                except SinkStopped:
-                    break  # the batch stays uncommitted: it is read again (and deduplicated) next time
-                offsets = [TopicPartition(t, p, o) for (t, p), o in commit_offsets(batch).items()]
+            ready = batch and (len(batch) >= batch_size or time.monotonic() - first_at >= flush_seconds)
+            try:
+                # the next batch is decoded while the one before it is written; with nothing new, write it now
+                written = pipeline.push(batch) if ready else ([] if batch else pipeline.drain())
+            except SinkStopped:
+                break  # the batch stays uncommitted: it is read again (and deduplicated) next time
+            if ready:
+                batch = []
+            for done in written:
+                offsets = [TopicPartition(t, p, o) for (t, p), o in commit_offsets(done).items()]
                 try:
                     consumer.commit(offsets=offsets, asynchronous=False)
                 except KafkaException as exc:
                     # e.g. the partitions moved to another sink meanwhile: it reads them again and
-                    # the prediction_id filter keeps the rows single.
+                    # the ledger keeps the rows single.
                     log.warning("offset commit failed (%s); the batch may be read again", exc)
-                batch = []
                 if progress:
                     progress(sink.stats)
                     reported = time.monotonic()
             if progress and time.monotonic() - reported >= 1.0:
                 progress(sink.stats)
                 reported = time.monotonic()
-            if idle_exit_seconds is not None and not batch and time.monotonic() - last_message_at > idle_exit_seconds:
+            if (idle_exit_seconds is not None and not batch and not pipeline.waiting
+                    and time.monotonic() - last_message_at > idle_exit_seconds):
                 break
     finally:
+        pipeline.close()
         consumer.close()
         sink.close()
     return sink.stats

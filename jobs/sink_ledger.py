@@ -45,9 +45,11 @@ and the others are written.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from typing import Callable
 
+from whystream.config import Settings
 from whystream.errors import WhystreamError
 from whystream.jobs import clickhouse as ch
 from whystream.jobs.sink_rows import Rows
@@ -55,7 +57,10 @@ from whystream.jobs.sink_rows import Rows
 BLOCK = 4096  # offsets per unit at most
 DAY_MS = 86_400_000
 MAX_ROUNDS = 64  # halving a unit of BLOCK rows takes 12; the rest is slack
+TOPIC_ID_REFRESH_S = 10.0
 CLAIM_WAIT_S = 30.0  # how long a claim of offsets this sink does not all hold is waited for
+
+log = logging.getLogger("whystream.sink")
 
 UnitKey = tuple  # (topic, partition, block, day)
 
@@ -164,3 +169,33 @@ def write_exactly_once(rows: Rows, topic_ids: dict[str, str], database: str,
         if waiting_since and groups:
             pause(0.2)
     return written
+
+
+class TopicIds:
+    """Kafka topic ids by topic name ('' where the broker has none), looked up again every
+    TOPIC_ID_REFRESH_S, so a topic deleted and created again is told apart from the old one."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._known: dict[str, tuple[str, float]] = {}
+        self._admin = None
+
+    def __call__(self, topic: str) -> str:
+        known = self._known.get(topic)
+        if known is None or time.monotonic() - known[1] > TOPIC_ID_REFRESH_S:
+            known = (self._lookup(topic), time.monotonic())
+            self._known[topic] = known
+        return known[0]
+
+    def _lookup(self, topic: str) -> str:
+        from confluent_kafka import TopicCollection
+        from confluent_kafka.admin import AdminClient
+
+        try:
+            if self._admin is None:
+                self._admin = AdminClient(self.settings.kafka(**{"log_level": 0}))
+            description = self._admin.describe_topics(TopicCollection([topic]))[topic].result(10)
+            return str(description.topic_id or "")
+        except Exception as exc:  # no such topic, or a broker without DescribeTopicPartitions
+            log.info("no topic id for %s (%s): the ledger relies on prediction_ids", topic, ch.one_line(exc))
+            return ""
