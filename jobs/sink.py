@@ -337,8 +337,9 @@ def run_sink(settings: Settings, stop_event: threading.Event | None = None, batc
              idle_exit_seconds: float | None = None) -> SinkStats:
     """Consume `explanations` into ClickHouse until `stop_event` is set.
 
-    A batch is complete when it has `batch_size` messages or its first message
-    waited `flush_seconds`; it is decoded while the batch before it is written
+    Batches are per partition; one is complete when it has `batch_size`
+    messages or its first message waited `flush_seconds`; it is decoded while
+    the batch before it is written
     (`SinkPipeline`), and written when the next one is complete or nothing new
     came; its offsets are committed once it is written.
     `progress(stats)` is called after every batch and about once a second
@@ -363,27 +364,33 @@ def run_sink(settings: Settings, stop_event: threading.Event | None = None, batc
     }))
     consumer.subscribe([topic])
     pipeline = SinkPipeline(sink)
-    batch: list[RawMessage] = []
-    first_at = last_message_at = reported = time.monotonic()
+    # one batch per partition: a batch is then one unit of the ledger, written in one insert
+    batches: dict[tuple[str, int], list[RawMessage]] = {}
+    first_at: dict[tuple[str, int], float] = {}
+    last_message_at = reported = time.monotonic()
     try:
         while not stop_event.is_set():
-            wait = max(0.05, min(0.5, flush_seconds - (time.monotonic() - first_at))) if batch else 0.5
-            for message in consumer.consume(num_messages=max(1, batch_size - len(batch)), timeout=wait):
+            oldest = min(first_at.values(), default=None)
+            wait = 0.5 if oldest is None else max(0.05, min(0.5, flush_seconds - (time.monotonic() - oldest)))
+            for message in consumer.consume(num_messages=batch_size, timeout=wait):
                 if message.error() is not None:
                     log.warning("consumer: %s", message.error())
                     continue
-                if not batch:
-                    first_at = time.monotonic()
-                batch.append(_raw(message))
+                key = (message.topic(), message.partition())
+                batches.setdefault(key, []).append(_raw(message))
+                first_at.setdefault(key, time.monotonic())
                 last_message_at = time.monotonic()
-            ready = batch and (len(batch) >= batch_size or time.monotonic() - first_at >= flush_seconds)
+            now = time.monotonic()
+            ready = [k for k, b in batches.items() if len(b) >= batch_size or now - first_at[k] >= flush_seconds]
             try:
-                # the next batch is decoded while the one before it is written; with nothing new, write it now
-                written = pipeline.push(batch) if ready else ([] if batch else pipeline.drain())
+                written = []
+                for key in ready:  # the next batch is decoded while the one before it is written
+                    written += pipeline.push(batches.pop(key))
+                    del first_at[key]
+                if not ready:  # nothing new: write what waits
+                    written += pipeline.drain()
             except SinkStopped:
                 break  # the batch stays uncommitted: it is read again (and deduplicated) next time
-            if ready:
-                batch = []
             for done in written:
                 offsets = [TopicPartition(t, p, o) for (t, p), o in commit_offsets(done).items()]
                 try:
@@ -398,7 +405,7 @@ def run_sink(settings: Settings, stop_event: threading.Event | None = None, batc
             if progress and time.monotonic() - reported >= 1.0:
                 progress(sink.stats)
                 reported = time.monotonic()
-            if (idle_exit_seconds is not None and not batch and not pipeline.waiting
+            if (idle_exit_seconds is not None and not batches and not pipeline.waiting
                     and time.monotonic() - last_message_at > idle_exit_seconds):
                 break
     finally:

@@ -54,7 +54,7 @@ from whystream.errors import WhystreamError
 from whystream.jobs import clickhouse as ch
 from whystream.jobs.sink_rows import Rows
 
-BLOCK = 4096  # offsets per unit at most
+BLOCK = 65_536  # offsets per unit at most
 DAY_MS = 86_400_000
 MAX_ROUNDS = 64  # halving a unit of BLOCK rows takes 12; the rest is slack
 TOPIC_ID_REFRESH_S = 10.0
