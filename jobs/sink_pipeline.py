@@ -6,19 +6,30 @@ are produced there too) and meanwhile writes the batch pushed before it
 (`Sink.write`: duplicate filter, ledger, inserts) on the caller's thread. It
 returns the batches now written, in the order they were pushed, so the caller
 commits their offsets in order; `drain()` writes the one still waiting.
+
+With `overlap=False` a batch is decoded and written at once, on the caller's thread. An
+embedded chDB inserts on every core of this process's machine, so on two
+cores a decode thread only takes CPU from the insert (bench/sink.py measures
+both); `overlapping(settings)` says which to use.
 """
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from whystream.streams.validate import RawMessage
 
 
+def overlapping(settings) -> bool:
+    """Decode on a thread of its own unless ClickHouse is embedded on a machine of two cores or fewer."""
+    return not (settings.clickhouse_dsn or "chdb:").startswith("chdb:") or (os.cpu_count() or 1) > 2
+
+
 class SinkPipeline:
-    def __init__(self, sink):
+    def __init__(self, sink, overlap: bool = True):
         self.sink = sink
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sink-decode")
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sink-decode") if overlap else None
         self._pending: tuple[list[RawMessage], Future] | None = None
 
     @property
@@ -27,6 +38,9 @@ class SinkPipeline:
 
     def push(self, batch: list[RawMessage]) -> list[list[RawMessage]]:
         """Start decoding `batch`; write the one before it. Returns the batches written."""
+        if self._pool is None:  # decode and write it now
+            self.sink.write(self.sink.prepare(batch))
+            return [batch]
         future = self._pool.submit(self.sink.prepare, batch)
         done = self.drain()
         self._pending = (batch, future)
@@ -44,4 +58,5 @@ class SinkPipeline:
     def close(self) -> None:
         """Stop without writing what waits (its offsets stay uncommitted: it is read again)."""
         self._pending = None
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)

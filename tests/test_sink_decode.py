@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from whystream.jobs import clickhouse as ch
 from whystream.jobs.sink_columns import INSERT_COLUMNS
+from whystream.jobs import sink_decode
 from whystream.jobs.sink_decode import BatchDecoder
 from whystream.jobs.sink_rows import decode_messages
 from whystream.streams.codec import codec_for, load_schema
@@ -88,22 +89,18 @@ def test_the_insert_columns_are_the_tables_in_order():
     assert INSERT_COLUMNS == [*ch.EXPLANATION_COLUMNS, "kafka_topic", "kafka_topic_id"]
 
 
-def test_the_fast_path_takes_ordinary_events():
-    """Not everything falls back: ordinary events are decoded by the compiled pass."""
+def test_the_fast_path_takes_ordinary_events(monkeypatch):
+    """Not everything falls back: ordinary events are decoded by the compiled pass alone."""
     e = {"prediction_id": "p1", "model_name": "m", "model_version": "v", "explainer": "x", "explainer_version": "1",
          "event_time": 1_700_000_000_000, "explained_at": 1_700_000_000_100, "output_space": "raw_margin",
          "base_value": -1.0, "raw_score": 0.5, "attributions": [{"feature": "a", "value": None, "shap": 1.5}],
          "top_reasons": [], "score": 0.6, "decision": "decline", "threshold": 0.5, "sampling_reason": "ADVERSE",
          "inclusion_weight": 1.0, "stratum": "US", "source": "LIVE", "cached": True, "latency_ms": 100.0,
-         "worker": "w", "explained_class": None, "principal_reasons": [], "reason_codes_version": None,
-         "redacted_features": []}
+         "worker": "w", "explained_class": 3, "principal_reasons": [], "reason_codes_version": "rc",
+         "redacted_features": ["b"]}
     calls = []
-    decoder = BatchDecoder(CODEC)
-    original = decode_messages.__globals__["decode_messages"]
-    import whystream.jobs.sink_decode as sink_decode
-    sink_decode.decode_messages = lambda *a: calls.append(a) or original(*a)
-    try:
-        rows, aside = decoder([RawMessage(CODEC.encode(e), None, "explanations", 0, 5)], {"explanations": ""})
-    finally:
-        sink_decode.decode_messages = original
+    monkeypatch.setattr(sink_decode, "decode_messages", lambda *a: calls.append(a) or decode_messages(*a))
+    rows, aside = DECODER([RawMessage(CODEC.encode(e), None, "explanations", 0, 5)], {"explanations": ""})
     assert len(rows) == 1 and not aside and not calls
+    assert rows.prediction_ids == ["p1"] and rows.models == [("m", "v")]
+    assert list(rows.event_time) == [1_700_000_000_000]

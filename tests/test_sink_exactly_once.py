@@ -17,6 +17,7 @@ from test_sink import counts, produce, raw_messages, wait_for
 from whystream.jobs import clickhouse as ch
 from whystream.jobs.sink import Sink, run_sink
 from whystream.jobs.sink_ledger import BLOCK
+from whystream.jobs.sink_pipeline import SinkPipeline
 from whystream.jobs.sink_columns import INSERT_COLUMNS, encode_rows
 from whystream.jobs.sink_rows import decode_messages, rows_of
 from whystream.streams.codec import codec_for
@@ -290,3 +291,24 @@ def test_committed_offsets_follow_what_is_stored(fresh_topics, db):
         assert {tp.partition: tp.offset for tp in committed} == ends
     finally:
         consumer.close()
+
+
+def test_the_pipeline_writes_batches_in_order_while_decoding_the_next(stack, db):
+    client, database = db
+    model = synthetic_model(n_features=2, seed=49)
+    ch.register_reference(client, model, database)
+    events, _ = stream(model, base_minute(), minutes=3, per_minute=1000, seed=50)
+    codec = codec_for("ExplanationEvent", None, "explanations")
+    messages = raw_messages(codec, events)
+    batches = [messages[b:b + 200] for b in range(0, len(messages), 200)]
+    pipeline = SinkPipeline(Sink(stack, database, topic_id=lambda t: ""), overlap=True)
+    done = []
+    try:
+        for batch in batches:
+            done += pipeline.push(batch)
+            assert done == batches[:len(done)] and len(done) == batches.index(batch)  # the one before is written
+        done += pipeline.drain()
+    finally:
+        pipeline.close()
+    assert done == batches
+    assert counts(client, database)["raw"] == len(events)
