@@ -33,7 +33,7 @@ from whystream.errors import WhystreamError
 
 CLUSTER_VAR = "WHYSTREAM_CLICKHOUSE_CLUSTER"
 # Tables every shard holds whole (replicated across the cluster, not sharded).
-EVERYWHERE = {"model_reference", "schema_migrations"}
+EVERYWHERE = {"model_reference", "schema_migrations", "sink_claims"}  # sink_claims: one token, one claim, cluster-wide
 SHARDING_KEYS = {"explanations": "cityHash64(prediction_id)", "drift_alerts": "cityHash64(alert_id)"}
 DEFAULT_SHARDING_KEY = "rand()"  # aggregate tables: written by each shard's views, inserted into only by hand
 CLUSTER_INSERT_SETTINGS = {"insert_distributed_sync": 1}

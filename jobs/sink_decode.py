@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from whystream.jobs.sink_columns import FIELDS, _leb128, _text
+from whystream.jobs.sink_columns import FIELDS, _text
 from whystream.jobs.sink_rows import LATEST_MS, Rows, decode_messages
 from whystream.streams.batch_decode import _ascii_text, _double, _long, _string
 from whystream.streams.codec import load_schema, schema_fingerprint

@@ -21,7 +21,7 @@ from whystream.jobs.query_port import QueryServer, SinkQueryClient, open_query_c
 
 TABLES = {"schema_migrations", "explanations", "model_reference", "attribution_hist", "attribution_hist_mv",
           "attribution_stats", "attribution_stats_mv", "engine_stats", "engine_stats_mv", "drift_alerts",
-          "feature_drift", "top_features", "engine_health"}
+          "feature_drift", "top_features", "engine_health", "sink_ledger", "sink_ledger_mv", "sink_claims"}
 
 
 def test_migrations_apply_once_in_order(db):

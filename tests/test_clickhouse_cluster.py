@@ -73,7 +73,7 @@ def test_sharded_tables_are_replicated_per_shard_behind_distributed_tables(db): 
         assert f"'/clickhouse/tables/all/whystream/{name}', '{{replica}}'" in tables[name]
         assert f"{name}_local" not in tables
     views = [s for s in ddl if s.startswith("CREATE MATERIALIZED VIEW")]
-    assert len(views) == 3
+    assert len(views) == 4  # attribution_hist, attribution_stats, engine_stats, sink_ledger
     for view in views:  # each shard's views read and write the shard's own tables, the reference whole
         assert re.search(r"TO whystream\.\w+_local ", view) and "FROM whystream.explanations_local" in view
         assert not re.search(r"whystream\.(explanations|attribution_hist|attribution_stats|engine_stats)\b(?!_)",
