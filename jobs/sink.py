@@ -44,7 +44,7 @@ from whystream.jobs import clickhouse as ch
 from whystream.jobs.clickhouse_errors import is_data_error
 from whystream.jobs.retention import Retention
 from whystream.jobs.sink_ledger import TopicIds, write_exactly_once
-from whystream.jobs.sink_pipeline import SinkPipeline, overlapping
+from whystream.jobs.sink_pipeline import SinkPipeline
 from whystream.jobs.sink_columns import INSERT_COLUMNS
 from whystream.jobs.sink_decode import BatchDecoder
 from whystream.jobs.sink_rows import Rows, decode_messages
@@ -340,9 +340,8 @@ def run_sink(settings: Settings, stop_event: threading.Event | None = None, batc
     Batches are per partition; one is complete when it has `batch_size`
     messages or its first message waited `flush_seconds`. It is decoded while
     the batch before it is written, and written when the next one is complete
-    or nothing new came (`SinkPipeline`; decoded and written at once with
-    embedded chDB on two cores or fewer); its offsets are committed once it is
-    written.
+    or nothing new came (`SinkPipeline`); its offsets are committed once it
+    is written.
     `progress(stats)` is called after every batch and about once a second
     otherwise. `idle_exit_seconds` (tests, one-off loads) returns after that
     long without messages.
@@ -364,7 +363,7 @@ def run_sink(settings: Settings, stop_event: threading.Event | None = None, batc
         "max.poll.interval.ms": 600_000,  # a batch may wait out a ClickHouse outage
     }))
     consumer.subscribe([topic])
-    pipeline = SinkPipeline(sink, overlapping(settings))
+    pipeline = SinkPipeline(sink)
     # one batch per partition: a batch is then one unit of the ledger, written in one insert
     batches: dict[tuple[str, int], list[RawMessage]] = {}
     first_at: dict[tuple[str, int], float] = {}

@@ -7,23 +7,16 @@ are produced there too) and meanwhile writes the batch pushed before it
 returns the batches now written, in the order they were pushed, so the caller
 commits their offsets in order; `drain()` writes the one still waiting.
 
-With `overlap=False` a batch is decoded and written at once, on the caller's thread. An
-embedded chDB inserts on every core of this process's machine, so on two
-cores a decode thread only takes CPU from the insert (bench/sink.py measures
-both); `overlapping(settings)` says which to use.
+With `overlap=False` a batch is decoded and written at once, on the caller's thread
+(bench/sink.py measures both: on two shared cores, where the embedded chDB's insert
+uses both, neither was faster in every run).
 """
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from whystream.streams.validate import RawMessage
-
-
-def overlapping(settings) -> bool:
-    """Decode on a thread of its own unless ClickHouse is embedded on a machine of two cores or fewer."""
-    return not (settings.clickhouse_dsn or "chdb:").startswith("chdb:") or (os.cpu_count() or 1) > 2
 
 
 class SinkPipeline:
