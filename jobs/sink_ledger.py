@@ -80,20 +80,21 @@ def unit_token(topic_id: str, unit: Rows) -> str:
     return "sink2:" + hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
-def stored(client, database: str, groups: dict, topic_ids: dict[str, str]) -> dict[tuple[str, int, int], str]:
-    """(topic, partition, offset) -> prediction_id of what the ledger holds in the groups' offset ranges."""
+def stored(client, database: str, groups: dict, topic_ids: dict[str, str]) -> set[tuple[str, int, int, str]]:
+    """(topic, partition, offset, prediction_id) of what the ledger holds in the groups' offset ranges
+    (an offset of a recreated topic can hold rows of both incarnations)."""
     by_topic: dict[str, list[str]] = {}
     for unit in groups.values():
         m = unit.messages
         by_topic.setdefault(m[0].topic, []).append(
             f"(kafka_partition = {int(m[0].partition)} AND kafka_offset BETWEEN {int(m[0].offset)} AND {int(m[-1].offset)})")
-    found = {}
+    found = set()
     for topic, ranges in by_topic.items():
         for r in ch.rows(client, f"""
                 SELECT kafka_partition AS p, kafka_offset AS o, prediction_id AS id FROM {ch.ident(database)}.sink_ledger
                 WHERE kafka_topic = {ch.lit(topic)} AND kafka_topic_id = {ch.lit(topic_ids.get(topic, ''))}
                   AND ({' OR '.join(ranges)})"""):
-            found[(topic, r["p"], r["o"])] = r["id"]
+            found.add((topic, r["p"], r["o"], r["id"]))
     return found
 
 
@@ -132,7 +133,7 @@ def write_exactly_once(rows: Rows, topic_ids: dict[str, str], database: str,
         following: dict = {}
         for key, unit in groups.items():
             left = [i for i, m in enumerate(unit.messages)
-                    if have.get((m.topic, m.partition, m.offset)) != unit.prediction_ids[i]]
+                    if (m.topic, m.partition, m.offset, unit.prediction_ids[i]) not in have]
             if first:
                 written += len(left)
             if not left:
