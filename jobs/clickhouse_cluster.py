@@ -35,7 +35,8 @@ from whystream.errors import WhystreamError
 
 CLUSTER_VAR = "WHYSTREAM_CLICKHOUSE_CLUSTER"
 # Tables every shard holds whole (replicated across the cluster, not sharded).
-EVERYWHERE = {"model_reference", "schema_migrations", "input_reference", "score_reference"}
+EVERYWHERE = {"model_reference", "schema_migrations", "input_reference", "score_reference",
+              "sink_claims"}  # sink_claims: one token, one claim, cluster-wide
 SHARDING_KEYS = {"explanations": "cityHash64(prediction_id)", "drift_alerts": "cityHash64(alert_id)"}
 # Parameterised views (materialized views are the names ending in _mv): one per node, not sharded.
 VIEWS = {"feature_drift", "feature_drift_by_stratum", "top_features", "engine_health", "top_reason_flips"}

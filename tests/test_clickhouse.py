@@ -28,7 +28,9 @@ TABLES = {"schema_migrations", "explanations", "model_reference", "attribution_h
           "input_reference", "score_reference", "input_hist", "input_hist_mv", "decision_stats", "decision_stats_mv",
           "score_hist", "score_hist_mv", "input_drift", "decision_drift",
           # champion vs challenger (041)
-          "champion_challenger_pairs", "champion_challenger", "champion_challenger_features"}
+          "champion_challenger_pairs", "champion_challenger", "champion_challenger_features",
+          # the sink's ledger (011, 013)
+          "sink_ledger", "sink_ledger_mv", "sink_claims"}
 
 
 def test_migrations_apply_once_in_order(db):

@@ -16,7 +16,8 @@ from pathlib import Path
 from whystream.errors import ConfigError
 from whystream.kafka_config import KafkaConfig
 
-TOPICS = ("predictions", "explanations", "predictions.dlq", "drift-alerts", "models", "explain-requests", "explain-errors")
+TOPICS = ("predictions", "explanations", "predictions.dlq", "drift-alerts", "models", "explain-requests", "explain-errors",
+          "explanations.dlq")
 # Topics created otherwise than with the default partitions: (partitions, topic configs). `models` is
 # the control plane's log of model versions: compacted (the last event per version stays), and one
 # partition, so every worker reads it in the order it was written.
