@@ -73,9 +73,9 @@ class Reference:
     """What the feature_drift view reads of model_reference, per feature."""
 
     def __init__(self, model):
-        from whystream.jobs import clickhouse as ch
+        from whystream.jobs import model_reference
 
-        cols = dict(zip(ch.REFERENCE_COLUMNS, ch.reference_columns(model)))
+        cols = dict(zip(model_reference.REFERENCE_COLUMNS, model_reference.reference_columns(model)))
         self.edges = np.asarray(cols["bin_edges"])
         self.hist = np.asarray(cols["reference_hist"])
         self.q100 = np.asarray(cols["reference_quantiles_100"])

@@ -55,8 +55,9 @@ def fill(client, database: str, n_features: int, minutes: int, per_minute: int, 
     """Insert minutes * per_minute explanations ending at end_minute_ms; the
     last hour's feature f03 attributions are shifted (so drift shows)."""
     from whystream.jobs import clickhouse as ch
+    from whystream.jobs import model_reference
 
-    ch.register_reference(client, _reference(n_features), database)
+    model_reference.register_reference(client, _reference(n_features), database)
     names = ch.lit([f"f{j:02d}" for j in range(n_features)])
     start_ms = end_minute_ms - minutes * 60_000
     total = minutes * per_minute

@@ -79,6 +79,8 @@ def batches(m, n_batches: int, per_batch: int, start_ms: int) -> list[list[dict]
 def run(args) -> dict:
     from whystream.config import Settings
     from whystream.jobs import clickhouse as ch
+    from whystream.jobs import explanation_rows
+    from whystream.jobs import model_reference
     from whystream.jobs import input_drift
 
     folder = Path(tempfile.mkdtemp(prefix="whystream-bench-"))
@@ -89,17 +91,17 @@ def run(args) -> dict:
         clients = {}
         for side, database in sides.items():
             clients[side] = ch.connect(settings, database)
-            ch.register_reference(clients[side], m, database)
+            model_reference.register_reference(clients[side], m, database)
         for view in INPUT_VIEWS:
             clients["without the input-drift views"].command(f"DROP VIEW without_inputs.{view}")
         now = int(time.time() * 1000)
         start = now - now % 60_000 - args.batches * 60_000
         times: dict[str, list[float]] = {side: [] for side in sides}
         for b, batch in enumerate(batches(m, args.batches, args.per_batch, start)):
-            columns = ch.explanation_columns(batch)
+            columns = explanation_rows.explanation_columns(batch)
             for side in (list(sides) if b % 2 == 0 else list(sides)[::-1]):
                 began = time.perf_counter()
-                ch.insert_columns(clients[side], columns, sides[side], token=f"bench-{b}")
+                explanation_rows.insert_columns(clients[side], columns, sides[side], token=f"bench-{b}")
                 times[side].append(time.perf_counter() - began)
         inserts = {side: {"median_ms_per_batch": round(statistics.median(t) * 1000, 1),
                           "explanations_per_s": round(args.per_batch * len(t) / sum(t))} for side, t in times.items()}

@@ -6,7 +6,7 @@ Avro, as the workers publish them: 39 attributions, 5 top reasons, uuid ids)
 in batches of 5,000 of one partition (as run_sink cuts them), once per way of writing them, each into a database of
 its own, alternating over the rounds:
 - `main_path`: what the sink on main does per batch: fastavro decode of every
-  message into a dict, clickhouse.explanation_columns, one native insert
+  message into a dict, explanation_rows.explanation_columns, one native insert
   (no set-aside checks, no ledger);
 - `per_message`: this sink with its per-message path (decode into dicts,
   checks, RowBinary rows), on one thread;
@@ -77,6 +77,8 @@ def child(args) -> dict:
     from bench.drift_query import _reference
     from whystream.config import Settings
     from whystream.jobs import clickhouse as ch
+    from whystream.jobs import explanation_rows
+    from whystream.jobs import model_reference
     from whystream.jobs.sink import Sink
     from whystream.jobs.sink_decode import BatchDecoder
     from whystream.jobs.sink_pipeline import SinkPipeline
@@ -97,7 +99,7 @@ def child(args) -> dict:
 
         def write(batch):
             events = [codec.decode(m.value) for m in batch]
-            ch.insert_explanations(client, events, database, token=uuid.uuid4().hex,
+            explanation_rows.insert_explanations(client, events, database, token=uuid.uuid4().hex,
                                    positions=[(m.partition, m.offset) for m in batch])
         return write, lambda: None
 
@@ -115,7 +117,7 @@ def child(args) -> dict:
         for way in WAYS if r % 2 == 0 else reversed(WAYS):
             database = f"bench_{way}_{r}"
             setup = ch.connect(settings, database)
-            ch.register_reference(setup, model, database)
+            model_reference.register_reference(setup, model, database)
             write, finish = makers[way](database)
             write(warm)  # first insert, compiled decoder loaded: not timed
             finish()
@@ -132,7 +134,7 @@ def child(args) -> dict:
     for _ in range(args.rounds):  # the decode step alone, no ClickHouse: what the batch decoder replaced
         t0 = time.perf_counter()
         for batch in batches:
-            ch.explanation_columns([codec.decode(m.value) for m in batch], [(m.partition, m.offset) for m in batch])
+            explanation_rows.explanation_columns([codec.decode(m.value) for m in batch], [(m.partition, m.offset) for m in batch])
         decode_rates["dicts"].append(len(timed) / (time.perf_counter() - t0))
         t0 = time.perf_counter()
         for batch in batches:

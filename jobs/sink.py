@@ -41,6 +41,8 @@ from typing import Callable, Iterable
 from whystream.config import Settings
 from whystream.errors import ModelNotFound, WhystreamError
 from whystream.jobs import clickhouse as ch
+from whystream.jobs import explanation_rows
+from whystream.jobs import model_reference
 from whystream.jobs.clickhouse_errors import is_data_error
 from whystream.jobs.input_reference import has_input_reference, register_input_reference
 from whystream.jobs.retention import Retention
@@ -225,7 +227,7 @@ class Sink:
     def _insert(self, client, unit: Rows, topic_id: str, token: str) -> Exception | None:
         try:
             client.raw_insert("explanations", INSERT_COLUMNS, unit.payload, fmt="RowBinary",
-                              settings={**ch.DEDUP_SETTINGS, "insert_deduplication_token": token})
+                              settings={**explanation_rows.DEDUP_SETTINGS, "insert_deduplication_token": token})
         except Exception as exc:
             if is_data_error(exc):
                 return exc
@@ -299,7 +301,7 @@ class Sink:
     def _ensure_references(self, client, rows: Rows) -> None:
         versions = set(rows.models) - self._referenced
         for name, version in sorted(versions):
-            if ch.has_reference(client, name, version, self.database):
+            if model_reference.has_reference(client, name, version, self.database):
                 self._add_input_reference(client, name, version)
                 self._referenced.add((name, version))
                 continue
@@ -313,7 +315,7 @@ class Sink:
                 log.warning("no reference for %s %s (%s): its explanations are stored without histogram rows "
                             "until it is registered", printable(name), printable(version), printable(exc))
                 continue
-            ch.register_reference(client, model, self.database)
+            model_reference.register_reference(client, model, self.database)
             self._referenced.add((name, version))
         missing = {v for v in self._unreferenced if v not in self._referenced}
         self.stats.unreferenced += sum(v in missing for v in rows.models)

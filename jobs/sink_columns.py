@@ -5,7 +5,7 @@ FIELDS lists every field of schemas/ExplanationEvent.avsc in writer order with
 how it is read (`op`) and the columns it fills; `sink_decode` turns it into
 the op codes its compiled decoder runs, and the per-message path
 (`sink_rows.decode_messages`) writes the same columns from the decoded dicts
-(`clickhouse.explanation_columns`) with `encode_rows`. To add a field: append
+(`explanation_rows.explanation_columns`) with `encode_rows`. To add a field: append
 it to the schema (with a default), to FIELDS and to explanation_columns, and
 its column in a migration; the property test (tests/test_sink_decode.py)
 checks both paths still write the same bytes.

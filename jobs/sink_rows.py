@@ -2,7 +2,7 @@
 
 `decode_messages(messages, codec, topic_ids)` is the per-message path: each
 message is decoded into a dict (SingleObjectCodec) and checked; its columns
-come from `clickhouse.explanation_columns` and are written as RowBinary rows
+come from `explanation_rows.explanation_columns` and are written as RowBinary rows
 (`sink_columns`). `sink_decode.decode_batch` gives the same `Rows`, byte for
 byte, straight from the bytes of a whole batch.
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from whystream.errors import DecodeError
-from whystream.jobs import clickhouse as ch
+from whystream.jobs import explanation_rows
 from whystream.jobs.sink_columns import encode_rows
 from whystream.streams.validate import DeadLetterRecord, RawMessage
 
@@ -99,7 +99,7 @@ def decode_messages(messages: list[RawMessage], codec,
 
 
 def rows_of(events: list[dict], messages: list[RawMessage], topic_ids: dict[str, str]) -> Rows:
-    columns = [*ch.explanation_columns(events, [(m.partition, m.offset) for m in messages]),
+    columns = [*explanation_rows.explanation_columns(events, [(m.partition, m.offset) for m in messages]),
                [m.topic for m in messages], [topic_ids.get(m.topic, "") for m in messages]]
     return Rows(messages, [e["prediction_id"] for e in events],
                 [(e["model_name"], e["model_version"]) for e in events],

@@ -27,6 +27,7 @@ from test_register import cli, write_csv
 from test_worker import Worker
 
 from whystream.jobs import clickhouse as ch
+from whystream.jobs import explanation_rows
 from whystream.jobs.registry import ModelRegistry
 from whystream.streams.topic_stats import _scan, read_all
 
@@ -159,7 +160,7 @@ def test_every_objective_end_to_end_through_a_real_worker(engine_settings, byo_r
 
     # ClickHouse keeps them; the README's auditor queries answer from the table.
     client, database = db
-    ch.insert_explanations(client, as_the_sink_reads_them, database)
+    explanation_rows.insert_explanations(client, as_the_sink_reads_them, database)
     adverse = next(pid for pid in sorted(explained) if len(explained[pid]["principal_reasons"]) > 1)
     one = ch.rows(client, readme_query("principal reasons of one decision", database).replace(
         "the-prediction-id", adverse))

@@ -16,6 +16,9 @@ from chdb_support import MINUTE_MS, base_minute, db, stream, synthetic_model, ti
 from whystream.config import Settings
 from whystream.errors import ConfigError, WhystreamError
 from whystream.jobs import clickhouse as ch
+from whystream.jobs import explanation_rows
+from whystream.jobs import migrations
+from whystream.jobs import model_reference
 from whystream.jobs import drift_sql
 from whystream.jobs.query_port import QueryServer, SinkQueryClient, open_query_client
 
@@ -35,11 +38,11 @@ TABLES = {"schema_migrations", "explanations", "model_reference", "attribution_h
 
 def test_migrations_apply_once_in_order(db):
     client, database = db
-    assert ch.migrate(client, database) == []  # connect() applied them all already
-    assert ch.migrate(client, database) == []
+    assert migrations.migrate(client, database) == []  # connect() applied them all already
+    assert migrations.migrate(client, database) == []
     applied = ch.rows(client, f"SELECT version, name FROM {database}.schema_migrations ORDER BY version")
-    assert [(r["version"], r["name"]) for r in applied] == [(m.version, m.name) for m in ch.migrations()]
-    versions = [m.version for m in ch.migrations()]
+    assert [(r["version"], r["name"]) for r in applied] == [(m.version, m.name) for m in migrations.migrations()]
+    versions = [m.version for m in migrations.migrations()]
     assert versions == sorted(set(versions)) and versions[0] == 1  # in order, each once (ranges may leave gaps)
     tables = {r["name"] for r in ch.rows(client, f"SELECT name FROM system.tables WHERE database = '{database}'")}
     assert tables == TABLES
@@ -60,13 +63,13 @@ def test_every_table_view_and_column_has_a_comment(db):
 
 
 def test_feature_drift_view_uses_the_reference_quantile_levels():
-    sql = next(m.sql for m in ch.migrations() if m.name == "drift_views")
+    sql = next(m.sql for m in migrations.migrations() if m.name == "drift_views")
     levels = re.search(r"quantilesTDigestWeightedMerge\(([^)]*)\)", sql).group(1)
-    assert tuple(float(x) for x in levels.split(",")) == ch.QUANTILE_LEVELS
-    sql = next(m.sql for m in ch.migrations() if m.name == "exact_drift")  # 100 levels since migration 020
+    assert tuple(float(x) for x in levels.split(",")) == model_reference.QUANTILE_LEVELS
+    sql = next(m.sql for m in migrations.migrations() if m.name == "exact_drift")  # 100 levels since migration 020
     levels = re.search(r"quantilesTDigestWeightedMerge\(([^)]*)\)", sql).group(1)
-    assert tuple(float(x) for x in levels.split(",")) == ch.QUANTILE_LEVELS_100
-    assert all(ch.QUANTILE_LEVELS_100[5 * i + 2] == level for i, level in enumerate(ch.QUANTILE_LEVELS))
+    assert tuple(float(x) for x in levels.split(",")) == model_reference.QUANTILE_LEVELS_100
+    assert all(model_reference.QUANTILE_LEVELS_100[5 * i + 2] == level for i, level in enumerate(model_reference.QUANTILE_LEVELS))
 
 
 @pytest.mark.parametrize("dsn", ["ftp://somewhere", "chdb://", "http://", "http://127.0.0.1:notaport"])
@@ -99,11 +102,11 @@ def test_a_held_chdb_directory_names_whystream_sink(stack, db, tmp_path):
 def test_histograms_equal_numpy_on_the_raw_rows(db):
     client, database = db
     model = synthetic_model(n_features=4, seed=3)
-    ch.register_reference(client, model, database)
+    model_reference.register_reference(client, model, database)
     t0 = base_minute()
     events, _ = stream(model, t0, minutes=5, per_minute=1500, seed=4)
-    ch.insert_explanations(client, events[:700], database)
-    ch.insert_explanations(client, events[700:], database)
+    explanation_rows.insert_explanations(client, events[:700], database)
+    explanation_rows.insert_explanations(client, events[700:], database)
 
     got = {(r["feature"], r["minute"], r["bin"]): (r["w"], r["n"]) for r in ch.rows(client, f"""
         SELECT feature, toUnixTimestamp(minute) * 1000 AS minute, bin, sum(weight) AS w, sum(n) AS n
@@ -134,10 +137,10 @@ def test_weighted_estimates_match_population_totals(db):
     decisions seen, histogram proportions and mean |SHAP|."""
     client, database = db
     model = synthetic_model(n_features=3, seed=5)
-    ch.register_reference(client, model, database)
+    model_reference.register_reference(client, model, database)
     t0 = base_minute()
     events, populations = stream(model, t0, minutes=10, per_minute=5000, seed=6, k=300)
-    ch.insert_explanations(client, events, database)
+    explanation_rows.insert_explanations(client, events, database)
     population = np.concatenate(populations)
     start, end = t0, t0 + 10 * MINUTE_MS
 
@@ -166,12 +169,12 @@ def test_register_reference_backfills_earlier_explanations_once(db):
     client, database = db
     model = synthetic_model(n_features=3, seed=8)
     events, _ = stream(model, base_minute(), minutes=2, per_minute=800, seed=9)
-    ch.insert_explanations(client, events, database)
+    explanation_rows.insert_explanations(client, events, database)
     assert ch.rows(client, f"SELECT count() AS c FROM {database}.attribution_hist")[0]["c"] == 0
-    assert ch.register_reference(client, model, database) is True
-    assert ch.register_reference(client, model, database) is False
+    assert model_reference.register_reference(client, model, database) is True
+    assert model_reference.register_reference(client, model, database) is False
     more, _ = stream(model, base_minute(), minutes=1, per_minute=800, seed=10, prefix="q")
-    ch.insert_explanations(client, more, database)
+    explanation_rows.insert_explanations(client, more, database)
     counts = ch.rows(client, f"SELECT feature, sum(n) AS n FROM {database}.attribution_hist GROUP BY feature")
     assert {r["feature"]: r["n"] for r in counts} == {f: len(events) + len(more) for f in model.feature_names}
     refs = ch.rows(client, f"SELECT count() AS c FROM {database}.model_reference")
@@ -181,7 +184,7 @@ def test_register_reference_backfills_earlier_explanations_once(db):
 def test_reference_rows_hold_the_models_reference(db, tmp_path):
     client, database = db
     model = tiny_registered_model(tmp_path)
-    ch.register_reference(client, model, database)
+    model_reference.register_reference(client, model, database)
     ref = ch.rows(client, f"""SELECT feature, bin_edges, reference_hist, reference_mean_abs_shap
                               FROM {database}.model_reference FINAL ORDER BY feature_index""")
     assert [r["feature"] for r in ref] == model.feature_names
@@ -193,10 +196,10 @@ def test_reference_rows_hold_the_models_reference(db, tmp_path):
 def test_same_token_twice_writes_once_everywhere(db):
     client, database = db
     model = synthetic_model(n_features=2, seed=11)
-    ch.register_reference(client, model, database)
+    model_reference.register_reference(client, model, database)
     events, _ = stream(model, base_minute(), minutes=1, per_minute=500, seed=12)
     for _ in range(3):
-        ch.insert_explanations(client, events, database, token="batch-1")
+        explanation_rows.insert_explanations(client, events, database, token="batch-1")
     counts = ch.rows(client, f"""SELECT (SELECT count() FROM {database}.explanations) AS raw,
         (SELECT sum(n) FROM {database}.attribution_hist) AS hist,
         (SELECT sum(n) FROM {database}.attribution_stats) AS stats,
@@ -207,10 +210,10 @@ def test_same_token_twice_writes_once_everywhere(db):
 def test_query_port_serves_read_only_queries(stack, db, tmp_path):
     client, database = db
     model = synthetic_model(n_features=3, seed=13)
-    ch.register_reference(client, model, database)
+    model_reference.register_reference(client, model, database)
     t0 = base_minute()
     events, _ = stream(model, t0, minutes=3, per_minute=600, seed=14)
-    ch.insert_explanations(client, events, database)
+    explanation_rows.insert_explanations(client, events, database)
     settings = stack.with_(home=tmp_path)
     server = QueryServer(settings, database).start()
     try:
@@ -230,9 +233,9 @@ def test_query_port_serves_read_only_queries(stack, db, tmp_path):
 def test_audit_queries_run(db):
     client, database = db
     model = synthetic_model(n_features=3, seed=15, name="fraud")
-    ch.register_reference(client, model, database)
+    model_reference.register_reference(client, model, database)
     events, _ = stream(model, base_minute(0.05), minutes=3, per_minute=600, seed=16)
-    ch.insert_explanations(client, events, database)
+    explanation_rows.insert_explanations(client, events, database)
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     for name, sql in drift_sql.AUDIT_QUERIES.items():
         assert sql.strip() in readme, f"README's ClickHouse section lacks the query {name!r}"

@@ -13,6 +13,7 @@ from chdb_support import db  # noqa: F401
 
 from whystream.errors import ConfigError
 from whystream.jobs import clickhouse as ch
+from whystream.jobs import migrations
 from whystream.jobs import clickhouse_cluster as cc
 from whystream.jobs import drift_sql
 
@@ -26,7 +27,7 @@ SHARDED = {"explanations", "attribution_hist", "attribution_stats", "engine_stat
 
 def cluster_ddl(database: str = "whystream") -> list[str]:
     return [cc.schema_migrations_ddl(database, CLUSTER)] + [
-        s for mig in ch.migrations() for s in ch.migration_statements(mig, database, CLUSTER)]
+        s for mig in migrations.migrations() for s in migrations.migration_statements(mig, database, CLUSTER)]
 
 
 def parsed(client, statement: str) -> str:
@@ -35,11 +36,11 @@ def parsed(client, statement: str) -> str:
 
 
 def test_without_a_cluster_the_ddl_is_the_files_own_byte_for_byte():
-    for mig in ch.migrations():
+    for mig in migrations.migrations():
         if mig.version in RELEASED:
             assert mig.checksum == RELEASED[mig.version], f"migration {mig.version} changed after release"
-        assert ch.migration_statements(mig, "whystream") == ch.statements(mig.sql.replace("{db}", "whystream"))
-        assert ch.migration_statements(mig, "whystream", None) == ch.migration_statements(mig, "whystream", "")
+        assert migrations.migration_statements(mig, "whystream") == migrations.statements(mig.sql.replace("{db}", "whystream"))
+        assert migrations.migration_statements(mig, "whystream", None) == migrations.migration_statements(mig, "whystream", "")
     assert cc.schema_migrations_ddl("whystream", None) == (
         "CREATE TABLE IF NOT EXISTS whystream.schema_migrations (version UInt32, name String, checksum String, "
         "applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = MergeTree ORDER BY version")
@@ -93,7 +94,7 @@ def test_sharded_tables_are_replicated_per_shard_behind_distributed_tables(db): 
 
 def file_statements(prefix: str) -> list[str]:
     """The statements of the migration files that start with `prefix`."""
-    return [s for mig in ch.migrations() for s in ch.statements(mig.sql) if s.startswith(prefix)]
+    return [s for mig in migrations.migrations() for s in migrations.statements(mig.sql) if s.startswith(prefix)]
 
 
 def test_view_arguments_are_literals_for_clickhouse_before_24_6():

@@ -6,6 +6,7 @@ import pytest
 from chdb_support import base_minute, db  # noqa: F401
 
 from whystream.jobs import clickhouse as ch
+from whystream.jobs import explanation_rows
 from whystream.jobs.compare import comparison
 
 
@@ -34,7 +35,7 @@ def test_comparison_views_on_a_hand_checked_case(db):
         # decision p3: no challenger explanation, not in the comparison
         explanation("p3", "v1", [5.0, 5.0, 5.0], 0.99),
     ]
-    ch.insert_explanations(client, events, database)
+    explanation_rows.insert_explanations(client, events, database)
     got = comparison(client, "m", database)
     [summary] = got.summaries
     assert (summary["champion_version"], summary["challenger_version"], summary["decisions"]) == ("v1", "v2", 2)
@@ -58,7 +59,7 @@ def test_comparison_views_on_a_hand_checked_case(db):
 
 def test_the_old_cached_column_reads_redis_available(db):
     client, database = db
-    ch.insert_explanations(client, [{**explanation("p1", "v1", [1.0, 0, 0], 0.5), "redis_available": False},
+    explanation_rows.insert_explanations(client, [{**explanation("p1", "v1", [1.0, 0, 0], 0.5), "redis_available": False},
                                     explanation("p2", "v1", [1.0, 0, 0], 0.5)], database)
     got = ch.rows(client, f"SELECT prediction_id, cached, redis_available, role, request_id "
                           f"FROM {database}.explanations ORDER BY prediction_id")
@@ -73,7 +74,7 @@ def test_the_report_shows_the_comparison(db):
     from whystream.jobs.attribution_report import build_report
 
     client, database = db
-    ch.insert_explanations(client, [explanation("p1", "v1", [2.0, 1.0, -1.0], 0.8),
+    explanation_rows.insert_explanations(client, [explanation("p1", "v1", [2.0, 1.0, -1.0], 0.8),
                                     explanation("p1~v2", "v2", [0.5, 1.0, 0.0], 0.6, "CHALLENGER", "p1",
                                                 features=("b", "a", "c"))], database)
     html = build_report(client, "m", base_minute(0) + 60_000, 3 * 3600, 6 * 3600, database)

@@ -8,7 +8,8 @@ from chdb_support import MINUTE_MS, base_minute, db, stream, synthetic_model  # 
 from confluent_kafka import Consumer, TopicPartition
 
 from whystream.config import Settings
-from whystream.jobs import clickhouse as ch
+from whystream.jobs import explanation_rows
+from whystream.jobs import model_reference
 from whystream.jobs import drift_sql
 from whystream.jobs.drift import DriftMonitor
 from whystream.streams.codec import codec_for
@@ -20,14 +21,14 @@ DRIFTED = 2  # feature_2's attributions move: x -> x + 2 * scale
 def load_stream(client, database, phases: list[tuple[int, bool]], seed: int = 31):
     """Insert consecutive phases of (minutes, drifted?); return (model, first minute)."""
     model = synthetic_model(n_features=6, seed=seed)
-    ch.register_reference(client, model, database)
+    model_reference.register_reference(client, model, database)
     t0 = base_minute(1.5)
     minute = 0
     for i, (minutes, drifted) in enumerate(phases):
         drift = {DRIFTED: (1.0, 2.0 * model.scales[DRIFTED])} if drifted else None
         events, _ = stream(model, t0 + minute * MINUTE_MS, minutes, per_minute=2000, seed=seed * 100 + i,
                            drift=drift, prefix=f"s{i}m")
-        ch.insert_explanations(client, events, database)
+        explanation_rows.insert_explanations(client, events, database)
         minute += minutes
     return model, t0
 
@@ -107,11 +108,11 @@ def test_drift_statistics_single_out_the_drifted_feature(db):
 def test_too_little_data_is_not_judged(db):
     client, database = db
     model = synthetic_model(n_features=3, seed=41)
-    ch.register_reference(client, model, database)
+    model_reference.register_reference(client, model, database)
     t0 = base_minute(1.0)
     # a tiny, heavily drifted sample: 30 explanations
     events, _ = stream(model, t0, 1, per_minute=300, k=20, seed=42, drift={0: (3.0, 5.0)})
-    ch.insert_explanations(client, events, database)
+    explanation_rows.insert_explanations(client, events, database)
     monitor = DriftMonitor(LOCAL, database=database, client=client, publish=False)
     rows = drift_sql.feature_drift(client, model.name, t0, t0 + MINUTE_MS, database)
     assert rows and rows[0]["psi"] > 1  # it did drift...
@@ -148,11 +149,11 @@ def test_cli_drift_table_and_report(stack, db, tmp_path):
 
     client, database = db
     model = synthetic_model(n_features=4, seed=61, name="fraud")
-    ch.register_reference(client, model, database)
+    model_reference.register_reference(client, model, database)
     now = base_minute(0) + MINUTE_MS
     events, _ = stream(model, now - 4 * MINUTE_MS, 4, per_minute=2000, seed=62,
                        drift={DRIFTED: (1.0, 2.0 * model.scales[DRIFTED])})
-    ch.insert_explanations(client, events, database)
+    explanation_rows.insert_explanations(client, events, database)
     flags = ["--clickhouse-dsn", stack.clickhouse_dsn, "--home", str(tmp_path)]
     result = CliRunner().invoke(app, [*flags, "drift", "--model", "fraud", "--window", "10m",
                                       "--database", database], env={"COLUMNS": "160"})
@@ -174,10 +175,10 @@ def test_cli_drift_table_and_report(stack, db, tmp_path):
 def test_stability_counts_the_reference_samples_own_error(db):
     client, database = db
     model = synthetic_model(n_features=3, seed=61, n_reference=400)
-    ch.register_reference(client, model, database)
+    model_reference.register_reference(client, model, database)
     t0 = base_minute(1.0)
     events, _ = stream(model, t0, 2, per_minute=2000, seed=62)
-    ch.insert_explanations(client, events, database)
+    explanation_rows.insert_explanations(client, events, database)
     rows = drift_sql.feature_drift(client, model.name, t0, t0 + 2 * MINUTE_MS, database)
     assert len(rows) == 3
     for row in rows:  # the reference's spread comes with every row

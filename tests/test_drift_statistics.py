@@ -15,6 +15,8 @@ from scipy import stats
 
 from whystream.config import Settings
 from whystream.jobs import clickhouse as ch
+from whystream.jobs import explanation_rows
+from whystream.jobs import model_reference
 from whystream.jobs import drift_sql
 from whystream.jobs.drift import DriftMonitor, drift_window
 
@@ -36,7 +38,7 @@ def weighted_minute(model, minute_ms: int, prefix: str, seed: int, per_minute: i
 def test_fallback_attributions_stay_out_and_their_share_is_reported(db):
     client, database = db
     model = synthetic_model(n_features=3, seed=5)
-    ch.register_reference(client, model, database)
+    model_reference.register_reference(client, model, database)
     t0 = base_minute(1.0)
     events, shap, w = weighted_minute(model, t0, "f", seed=6)
     fallback = np.zeros(len(events), dtype=bool)
@@ -46,7 +48,7 @@ def test_fallback_attributions_stay_out_and_their_share_is_reported(db):
             e["source"] = "FALLBACK"
             for a in e["attributions"]:
                 a["shap"] = a["shap"] * 5 + 3
-    ch.insert_explanations(client, events, database)
+    explanation_rows.insert_explanations(client, events, database)
     rows = {r["feature"]: r for r in drift_sql.feature_drift(client, model.name, t0, t0 + MINUTE_MS, database)}
     exact = ~fallback
     for j, feature in enumerate(model.feature_names):
@@ -62,7 +64,7 @@ def test_fallback_attributions_stay_out_and_their_share_is_reported(db):
     drifted, _, _ = weighted_minute(model, t0 + MINUTE_MS, "g", seed=7, drift={0: (1.0, 3.0)})
     for e in drifted[::2]:
         e["source"] = "FALLBACK"
-    ch.insert_explanations(client, drifted, database)
+    explanation_rows.insert_explanations(client, drifted, database)
     alerts = monitor.tick(t0 + 2 * MINUTE_MS)
     assert {a["feature"] for a in alerts} == {"feature_0"}
     expected = (fallback.sum() + len(drifted[::2])) / (len(events) + len(drifted))
@@ -76,10 +78,10 @@ def test_window_ends_at_the_last_complete_minute_minus_the_reservoir_window(db):
     assert drift_window(12 * 3_600_000 + 10_000, 300_000, 10_000)[1] == 12 * 3_600_000
     client, database = db
     model = synthetic_model(n_features=3, seed=8)
-    ch.register_reference(client, model, database)
+    model_reference.register_reference(client, model, database)
     now_minute = base_minute(1.0)
     calm, _ = stream(model, now_minute - 7 * MINUTE_MS, 6, seed=9)
-    ch.insert_explanations(client, calm, database)
+    explanation_rows.insert_explanations(client, calm, database)
     # The last minute and the current one so far hold priority rows only: their reservoir samples are
     # still open. Priority rows are the riskiest decisions: on their own they look like drift.
     for m in (1, 0):
@@ -87,7 +89,7 @@ def test_window_ends_at_the_last_complete_minute_minus_the_reservoir_window(db):
         pop = population_shap(rng, 2000, model.scales)
         idx, w, reasons = sample_minute(rng, pop, k=194)
         priority = [i for i, r in enumerate(reasons) if r != "RESERVOIR"] * 10
-        ch.insert_explanations(client, events_for(model, pop[idx][priority], w[priority],
+        explanation_rows.insert_explanations(client, events_for(model, pop[idx][priority], w[priority],
                                                   [reasons[i] for i in priority], now_minute - m * MINUTE_MS,
                                                   f"prio{m}-"), database)
     monitor = DriftMonitor(LOCAL, database=database, client=client, publish=False)
@@ -104,11 +106,11 @@ def edges_ecdf(values: np.ndarray, weights: np.ndarray, edges: np.ndarray) -> np
 def test_weighted_ks_agrees_with_scipy_within_the_histograms_resolution(db):
     client, database = db
     model = synthetic_model(n_features=3, seed=12)
-    ch.register_reference(client, model, database)
+    model_reference.register_reference(client, model, database)
     t0 = base_minute(1.0)
     shift = 0.3 * model.scales[1]
     events, shap, w = weighted_minute(model, t0, "k", seed=13, drift={1: (1.0, shift)})
-    ch.insert_explanations(client, events, database)
+    explanation_rows.insert_explanations(client, events, database)
     rows = {r["feature"]: r for r in drift_sql.feature_drift(client, model.name, t0, t0 + MINUTE_MS, database)}
     for j, feature in enumerate(model.feature_names):
         ref = model.reference_shap[:, j]
@@ -129,7 +131,7 @@ def test_weighted_ks_agrees_with_scipy_within_the_histograms_resolution(db):
 def test_wasserstein_counts_the_tails(db):
     client, database = db
     model = synthetic_model(n_features=2, seed=14)
-    ch.register_reference(client, model, database)
+    model_reference.register_reference(client, model, database)
     t0 = base_minute(1.0)
     events, shap, w = weighted_minute(model, t0, "w", seed=15)
     # a change in the top 2% of feature_0's attributions only: 20 midpoints would see little of it
@@ -138,7 +140,7 @@ def test_wasserstein_counts_the_tails(db):
         if is_top:
             e["attributions"][0]["shap"] *= 4
     shap[top, 0] *= 4
-    ch.insert_explanations(client, events, database)
+    explanation_rows.insert_explanations(client, events, database)
     rows = {r["feature"]: r for r in drift_sql.feature_drift(client, model.name, t0, t0 + MINUTE_MS, database)}
     for j, feature in enumerate(model.feature_names):
         exact = stats.wasserstein_distance(shap[:, j], model.reference_shap[:, j], u_weights=w)
@@ -154,11 +156,11 @@ def test_wasserstein_counts_the_tails(db):
 def test_drift_by_stratum(db):
     client, database = db
     model = synthetic_model(n_features=3, seed=16)
-    ch.register_reference(client, model, database)
+    model_reference.register_reference(client, model, database)
     t0 = base_minute(1.0)
     pos, _, _ = weighted_minute(model, t0, "pos", seed=17, stratum="pos")
     ecom, _, _ = weighted_minute(model, t0, "ecom", seed=18, stratum="ecom", drift={2: (1.0, 2.0)})
-    ch.insert_explanations(client, pos + ecom, database)
+    explanation_rows.insert_explanations(client, pos + ecom, database)
     window = (t0, t0 + MINUTE_MS)
     by = {s: {r["feature"]: r for r in drift_sql.feature_drift(client, model.name, *window, database, stratum=s)}
           for s in ("pos", "ecom", None)}
@@ -175,12 +177,12 @@ def test_thresholds_follow_the_effective_sample_size(db):
     cannot resolve; a large one (n_eff ~ 40,000) catches that shift, on that feature only."""
     client, database = db
     model = synthetic_model(n_features=5, seed=19)
-    ch.register_reference(client, model, database)
+    model_reference.register_reference(client, model, database)
     t0 = base_minute(2.0)
     shift = {1: (1.0, 0.15 * math.sqrt(2) * model.scales[1])}  # Laplace(scale b) has sd b * sqrt(2)
     calm, _ = stream(model, t0 - 10 * MINUTE_MS, 10, per_minute=2000, k=150, seed=24, prefix="calm")
     small, _ = stream(model, t0, 10, per_minute=2000, k=150, seed=20, drift=shift, prefix="small")
-    ch.insert_explanations(client, calm + small, database)
+    explanation_rows.insert_explanations(client, calm + small, database)
     monitor = DriftMonitor(LOCAL, database=database, client=client, publish=False, window_seconds=60,
                            reservoir_window_seconds=0)
     small_rows = drift_sql.feature_drift(client, model.name, t0, t0 + MINUTE_MS, database)
@@ -189,7 +191,7 @@ def test_thresholds_follow_the_effective_sample_size(db):
     # the same shift with about 40 times the effective sample
     t1 = t0 + 20 * MINUTE_MS
     large, _ = stream(model, t1, 5, per_minute=20000, k=8000, seed=21, drift=shift, prefix="large")
-    ch.insert_explanations(client, large, database)
+    explanation_rows.insert_explanations(client, large, database)
     wide = DriftMonitor(LOCAL, database=database, client=client, publish=False, window_seconds=300,
                         reservoir_window_seconds=0)
     alerts = wide.tick(t1 + 5 * MINUTE_MS)
@@ -203,7 +205,7 @@ def test_thresholds_follow_the_effective_sample_size(db):
 def test_non_finite_values_never_enter_the_aggregates(db):
     client, database = db
     model = synthetic_model(n_features=3, seed=22)
-    ch.register_reference(client, model, database)
+    model_reference.register_reference(client, model, database)
     t0 = base_minute(1.0)
     events, shap, w = weighted_minute(model, t0, "nan", seed=23)
     events[0]["attributions"][1]["shap"] = float("nan")  # a single NaN SHAP value
@@ -211,7 +213,7 @@ def test_non_finite_values_never_enter_the_aggregates(db):
     events[2]["inclusion_weight"] = float("nan")
     events[3]["inclusion_weight"] = float("inf")
     events[4]["inclusion_weight"] = 0.0
-    ch.insert_explanations(client, events, database)
+    explanation_rows.insert_explanations(client, events, database)
     bad = ch.rows(client, f"""
         SELECT (SELECT count() FROM {database}.attribution_stats
                 WHERE NOT (isFinite(weight) AND isFinite(weight_sq) AND isFinite(sum_shap)
@@ -237,10 +239,10 @@ def test_the_power_benchmark_computes_what_the_view_computes(db):
 
     client, database = db
     model = synthetic_model(n_features=3, seed=25)
-    ch.register_reference(client, model, database)
+    model_reference.register_reference(client, model, database)
     t0 = base_minute(1.0)
     events, shap, w = weighted_minute(model, t0, "b", seed=26, drift={1: (1.2, 0.3)})
-    ch.insert_explanations(client, events, database)
+    explanation_rows.insert_explanations(client, events, database)
     sql = {r["feature"]: r for r in drift_sql.feature_drift(client, model.name, t0, t0 + MINUTE_MS, database)}
     mine = {r["feature"]: r for r in window_rows(shap, w, Reference(model), model.feature_names)}
     for feature, row in mine.items():
@@ -254,12 +256,12 @@ def test_the_power_benchmark_computes_what_the_view_computes(db):
 def test_did_the_top_reasons_flip(db):
     client, database = db
     model = synthetic_model(n_features=4, seed=27)
-    ch.register_reference(client, model, database)
+    model_reference.register_reference(client, model, database)
     t0 = base_minute(1.0)
     before, _ = stream(model, t0, 3, seed=28, prefix="before")
     # later feature_0, the weakest, pushes much harder: it becomes the first reason far more often
     after, _ = stream(model, t0 + 3 * MINUTE_MS, 2, seed=29, prefix="after", drift={0: (1.0, 3.0)})
-    ch.insert_explanations(client, before + after, database)
+    explanation_rows.insert_explanations(client, before + after, database)
 
     def first_reasons(events):
         return [(e["top_reasons"][0]["feature"] if e["top_reasons"] else "", e["inclusion_weight"],
@@ -288,11 +290,11 @@ def test_did_the_top_reasons_flip(db):
 def test_whole_hours_come_from_the_hourly_rollups_and_agree_with_the_minutes(db):
     client, database = db
     model = synthetic_model(n_features=3, seed=30)
-    ch.register_reference(client, model, database)
+    model_reference.register_reference(client, model, database)
     t0 = base_minute(4.0)
     t0 -= t0 % 3_600_000  # an hour's start
     events, _ = stream(model, t0, 150, per_minute=300, k=20, seed=31, drift={0: (1.5, 0.2)})
-    ch.insert_explanations(client, events, database)
+    explanation_rows.insert_explanations(client, events, database)
     start, end = t0 + 17 * MINUTE_MS + 30_000, t0 + 143 * MINUTE_MS  # hours 1 whole, edges in minutes
     inside = [e for e in events if start - 30_000 <= e["event_time"] < end]
     w = np.array([e["inclusion_weight"] for e in inside])
@@ -325,7 +327,7 @@ def test_top_features_per_model_version(db):
     new = synthetic_model(n_features=3, seed=33, version="new")
     new.reference_shap = new.reference_shap[:, ::-1]  # the new version leans on feature_0, the old on feature_2
     for model in (old, new):
-        ch.register_reference(client, model, database)
+        model_reference.register_reference(client, model, database)
     t0 = base_minute(1.0)
     rng = np.random.default_rng(34)
     events = []
@@ -333,7 +335,7 @@ def test_top_features_per_model_version(db):
         pop = population_shap(rng, 2000, scales)
         idx, w, reasons = sample_minute(rng, pop, k=194)
         events += events_for(model, pop[idx], w, reasons, t0, prefix, rng)
-    ch.insert_explanations(client, events, database)
+    explanation_rows.insert_explanations(client, events, database)
     top = drift_sql.top_features(client, old.name, t0, t0 + MINUTE_MS, limit=2, database=database)
     assert [(r["model_version"], r["feature"]) for r in top] == [
         ("new", "feature_0"), ("new", "feature_1"), ("old", "feature_2"), ("old", "feature_1")]
@@ -344,15 +346,15 @@ def test_a_reference_registered_before_migration_020_still_gets_wasserstein(db):
     """References stored before migration 020 have no reference_quantiles_100: the 20 midpoints serve."""
     client, database = db
     model = synthetic_model(n_features=2, seed=35)
-    columns = dict(zip(ch.REFERENCE_COLUMNS, ch.reference_columns(model)))
+    columns = dict(zip(model_reference.REFERENCE_COLUMNS, model_reference.reference_columns(model)))
     columns["reference_quantiles_100"] = [[] for _ in model.feature_names]
     client.insert("model_reference", list(columns.values()), database=database, column_names=list(columns),
                   column_oriented=True)
     t0 = base_minute(1.0)
     events, shap, w = weighted_minute(model, t0, "old", seed=36, drift={1: (1.0, 1.0)})
-    ch.insert_explanations(client, events, database)
+    explanation_rows.insert_explanations(client, events, database)
     rows = {r["feature"]: r for r in drift_sql.feature_drift(client, model.name, t0, t0 + MINUTE_MS, database)}
-    levels = np.array(ch.QUANTILE_LEVELS)
+    levels = np.array(model_reference.QUANTILE_LEVELS)
     for j, feature in enumerate(model.feature_names):
         order = np.argsort(shap[:, j])
         cdf = np.cumsum(w[order]) / w.sum()

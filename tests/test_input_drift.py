@@ -14,6 +14,8 @@ import pytest
 from chdb_support import MINUTE_MS, base_minute, db  # noqa: F401
 
 from whystream.jobs import clickhouse as ch
+from whystream.jobs import explanation_rows
+from whystream.jobs import model_reference
 from whystream.jobs import input_drift, input_reference
 from whystream.jobs.registry import ModelRegistry
 
@@ -90,7 +92,7 @@ def test_registry_keeps_the_reference_rows_inputs(model):
 
 def test_histograms_and_rates_equal_numpy_on_the_weighted_rows(db, model):
     client, database = db
-    assert ch.register_reference(client, model, database)
+    assert model_reference.register_reference(client, model, database)
     rng = np.random.default_rng(7)
     t0, stream, parts = weighted_stream(model, rng, minutes=3, per_minute=2000)
     # non-finite numbers never enter the aggregates: a score of inf and values of inf or nan
@@ -99,8 +101,8 @@ def test_histograms_and_rates_equal_numpy_on_the_weighted_rows(db, model):
                              for j, a in enumerate(stream[0]["attributions"])])
     infinite = dict(stream[1], prediction_id="bad-value",
                     attributions=[dict(a, value=float("inf")) for a in stream[1]["attributions"]])
-    ch.insert_explanations(client, stream[:700] + [bad], database)
-    ch.insert_explanations(client, stream[700:] + [infinite], database)
+    explanation_rows.insert_explanations(client, stream[:700] + [bad], database)
+    explanation_rows.insert_explanations(client, stream[700:] + [infinite], database)
 
     X = np.concatenate([p[0] for p in parts])
     w = np.concatenate([p[1] for p in parts])
@@ -162,17 +164,17 @@ def test_histograms_and_rates_equal_numpy_on_the_weighted_rows(db, model):
 
 def test_a_shifted_input_shows_value_drift_and_the_others_do_not(db, model):
     client, database = db
-    ch.register_reference(client, model, database)
+    model_reference.register_reference(client, model, database)
     rng = np.random.default_rng(9)
     t0, calm, _ = weighted_stream(model, rng, minutes=2, per_minute=5000, prefix="calm")
-    ch.insert_explanations(client, calm, database)
+    explanation_rows.insert_explanations(client, calm, database)
     calm_rows = {r["feature"]: r for r in input_drift.input_drift(client, model.name, t0, t0 + 2 * MINUTE_MS,
                                                                   database)}
     assert all(r["value_psi"] < 0.05 for r in calm_rows.values()), calm_rows
     t1 = t0 + 2 * MINUTE_MS
     _, moved, _ = weighted_stream(model, rng, minutes=2, per_minute=5000, shift=1.0, prefix="moved")
     moved = [dict(e, event_time=e["event_time"] + 2 * MINUTE_MS) for e in moved]
-    ch.insert_explanations(client, moved, database)
+    explanation_rows.insert_explanations(client, moved, database)
     rows = {r["feature"]: r for r in input_drift.input_drift(client, model.name, t1, t1 + 2 * MINUTE_MS, database)}
     assert rows["x0"]["value_psi"] > 0.2
     assert rows["x2"]["value_psi"] < 0.05 and rows["x3"]["value_psi"] < 0.05
@@ -184,10 +186,10 @@ def test_a_shifted_input_shows_value_drift_and_the_others_do_not(db, model):
 
 def test_the_same_token_counts_once_in_the_input_views(db, model):
     client, database = db
-    ch.register_reference(client, model, database)
+    model_reference.register_reference(client, model, database)
     _, stream, _ = weighted_stream(model, np.random.default_rng(11), minutes=1, per_minute=400)
     for _ in range(3):
-        ch.insert_explanations(client, stream, database, token="input-batch-1")
+        explanation_rows.insert_explanations(client, stream, database, token="input-batch-1")
     counts = ch.rows(client, f"""SELECT
         (SELECT sum(n) FROM {database}.input_hist) AS inputs,
         (SELECT sum(n) FROM {database}.decision_stats) AS decisions,
@@ -198,7 +200,7 @@ def test_the_same_token_counts_once_in_the_input_views(db, model):
 def test_explanations_before_the_reference_are_binned_once(db, model):
     client, database = db
     _, stream, _ = weighted_stream(model, np.random.default_rng(12), minutes=1, per_minute=300)
-    ch.insert_explanations(client, stream, database)
+    explanation_rows.insert_explanations(client, stream, database)
     assert ch.rows(client, f"SELECT count() AS c FROM {database}.input_hist")[0]["c"] == 0
     assert input_reference.register_input_reference(client, model, database) is True
     assert input_reference.register_input_reference(client, model, database) is False
@@ -223,8 +225,8 @@ def test_a_version_registered_before_input_references_says_so(db, model, tmp_pat
     assert old.input_reference is None
     t0, stream, _ = weighted_stream(model, np.random.default_rng(13), minutes=2, per_minute=300)
     stream = [dict(e, model_name="fraud") for e in stream]
-    ch.register_reference(client, _renamed(old, "fraud"), database)
-    ch.insert_explanations(client, stream, database)
+    model_reference.register_reference(client, _renamed(old, "fraud"), database)
+    explanation_rows.insert_explanations(client, stream, database)
     assert input_drift.input_drift(client, "fraud", t0, t0 + 2 * MINUTE_MS, database) == []
     assert input_drift.decision_drift(client, "fraud", t0, t0 + 2 * MINUTE_MS, database)[0]["score_psi"] is None \
         or np.isnan(input_drift.decision_drift(client, "fraud", t0, t0 + 2 * MINUTE_MS, database)[0]["score_psi"])
@@ -259,12 +261,12 @@ def test_the_drift_table_and_report_show_input_drift(db, model, tmp_path, stack)
 
     client, database = db
     fraud = _renamed(model, "fraud")
-    ch.register_reference(client, fraud, database)
+    model_reference.register_reference(client, fraud, database)
     now = base_minute(0) - 2 * MINUTE_MS  # the data ends before the window the drift table judges, whatever the second
     rng = np.random.default_rng(21)
     _, stream, _ = weighted_stream(fraud, rng, minutes=2, per_minute=5000, shift=1.0)
     shift = now - 2 * MINUTE_MS - stream[0]["event_time"] // MINUTE_MS * MINUTE_MS
-    ch.insert_explanations(client, [dict(e, event_time=e["event_time"] + shift) for e in stream], database)
+    explanation_rows.insert_explanations(client, [dict(e, event_time=e["event_time"] + shift) for e in stream], database)
     flags = ["--clickhouse-dsn", stack.clickhouse_dsn, "--home", str(tmp_path)]
     result = CliRunner().invoke(app, [*flags, "drift", "--model", "fraud", "--window", "10m",
                                       "--database", database], env={"COLUMNS": "200"})
@@ -289,14 +291,14 @@ def test_the_drift_table_and_report_show_input_drift(db, model, tmp_path, stack)
 
 def test_non_finite_or_non_positive_weights_never_enter_the_input_aggregates(db, model):
     client, database = db
-    ch.register_reference(client, model, database)
+    model_reference.register_reference(client, model, database)
     # attribution_stats_mv refuses a non-finite weight for the whole insert (its t-digest wants integers);
     # without it the insert lands and the input views must leave such rows out themselves
     client.command(f"DROP VIEW {database}.attribution_stats_mv")
     _, stream, _ = weighted_stream(model, np.random.default_rng(14), minutes=1, per_minute=300)
     weird = [dict(stream[i], prediction_id=f"weird-{i}", inclusion_weight=w)
              for i, w in enumerate([float("nan"), float("inf"), -float("inf"), 0.0, -2.0])]
-    ch.insert_explanations(client, stream + weird, database)
+    explanation_rows.insert_explanations(client, stream + weird, database)
     assert ch.rows(client, f"SELECT count() AS c FROM {database}.explanations")[0]["c"] == len(stream) + 5
     sums = ch.rows(client, f"""SELECT
         (SELECT sum(n) FROM {database}.input_hist) AS inputs, (SELECT sum(weight) FROM {database}.input_hist) AS w,

@@ -11,6 +11,8 @@ from chdb_support import db, events_for, synthetic_model  # noqa: F401
 
 from whystream.errors import ConfigError
 from whystream.jobs import clickhouse as ch
+from whystream.jobs import explanation_rows
+from whystream.jobs import model_reference
 from whystream.jobs.retention import AGGREGATES, PRIORITY_VAR, SAMPLED_VAR, Retention
 
 DAY_MS = 86_400_000
@@ -51,7 +53,7 @@ def test_retention_from_the_environment(db, monkeypatch):
 def test_sampled_rows_expire_before_priority_rows(db):
     client, database = db
     model = synthetic_model(n_features=2, seed=51)
-    ch.register_reference(client, model, database)
+    model_reference.register_reference(client, model, database)
     now = int(time.time() * 1000)
     rows = []
     for days, reason, prefix in [(100, "RESERVOIR", "sampled-100"), (100, "ADVERSE", "priority-100"),
@@ -59,7 +61,7 @@ def test_sampled_rows_expire_before_priority_rows(db):
         minute = now - days * DAY_MS
         minute -= minute % 60_000
         rows += events_for(model, np.array([[0.1, -0.2]]), [1.0 if reason == "ADVERSE" else 5.0], [reason], minute, prefix)
-    ch.insert_explanations(client, rows, database)
+    explanation_rows.insert_explanations(client, rows, database)
     for table in ("explanations", *AGGREGATES):
         client.command(f"OPTIMIZE TABLE {database}.{table} FINAL")
     left = sorted(r["prediction_id"] for r in ch.rows(client, f"SELECT prediction_id FROM {database}.explanations"))

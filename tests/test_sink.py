@@ -15,6 +15,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from whystream.errors import ConfigError
 from whystream.jobs import clickhouse as ch
+from whystream.jobs import model_reference
 from whystream.jobs.query_port import SinkQueryClient, open_query_client
 from whystream.jobs.sink import Sink, SinkStopped, run_sink
 from whystream.streams.codec import codec_for
@@ -150,7 +151,7 @@ def test_sink_survives_clickhouse_outage_without_loss_or_doubles(fresh_topics, d
     assert counts(client, database) == {"raw": 2400, "ids": 2400, "hist": exact * n_features,
                                         "stats": exact * n_features, "engine": 2400}
     # the sink registered the model's reference from the registry
-    assert ch.has_reference(client, model.name, model.version, database)
+    assert model_reference.has_reference(client, model.name, model.version, database)
     # every offset is committed: a restarted sink starts at the end
     consumer = Consumer(settings.kafka(**{"group.id": f"{settings.topic_prefix}whystream-sink"}))
     try:
@@ -171,7 +172,7 @@ def raw_messages(codec, events, first_offset: int = 0, topic: str = "explanation
 def test_redelivered_explanations_are_not_counted_twice(stack, db):
     client, database = db
     model = synthetic_model(n_features=4, seed=21)
-    ch.register_reference(client, model, database)
+    model_reference.register_reference(client, model, database)
     events, _ = stream(model, base_minute(), minutes=2, per_minute=1000, seed=22)
     codec = codec_for("ExplanationEvent", None, "explanations")
     sink = Sink(stack, database)
@@ -191,7 +192,7 @@ def test_a_retried_batch_is_written_once(stack, db):
     token) is deduplicated by ClickHouse in the table and in every view."""
     client, database = db
     model = synthetic_model(n_features=3, seed=23)
-    ch.register_reference(client, model, database)
+    model_reference.register_reference(client, model, database)
     events, _ = stream(model, base_minute(), minutes=1, per_minute=1000, seed=24)
     outage = Outage(stack, database, lose_answers=2)
     sink = Sink(stack, database, client_factory=outage, backoff=(0.01, 0.05))

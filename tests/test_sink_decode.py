@@ -1,5 +1,5 @@
 """The sink's batch decoder (compiled, straight to RowBinary) against the per-message path
-(fastavro dicts, clickhouse.explanation_columns, sink_columns.encode_rows): the same rows, byte
+(fastavro dicts, explanation_rows.explanation_columns, sink_columns.encode_rows): the same rows, byte
 for byte, and the same messages set aside with the same reasons, for any batch (hypothesis)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import re
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from whystream.jobs import clickhouse as ch
+from whystream.jobs import explanation_rows
 from whystream.jobs.sink_columns import INSERT_COLUMNS
 from whystream.jobs import sink_decode
 from whystream.jobs.sink_decode import BatchDecoder
@@ -88,7 +88,7 @@ def test_batch_decoder_equals_the_per_message_path(messages):
 
 
 def test_the_insert_columns_are_the_tables_in_order():
-    assert INSERT_COLUMNS == [*ch.EXPLANATION_COLUMNS, "kafka_topic", "kafka_topic_id"]
+    assert INSERT_COLUMNS == [*explanation_rows.EXPLANATION_COLUMNS, "kafka_topic", "kafka_topic_id"]
 
 
 def test_the_fast_path_takes_ordinary_events(monkeypatch):

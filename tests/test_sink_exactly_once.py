@@ -15,6 +15,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from test_sink import counts, produce, raw_messages, wait_for
 
 from whystream.jobs import clickhouse as ch
+from whystream.jobs import explanation_rows
+from whystream.jobs import model_reference
 from whystream.jobs.sink import Sink, run_sink
 from whystream.jobs.sink_ledger import BLOCK
 from whystream.jobs.sink_pipeline import SinkPipeline
@@ -66,7 +68,7 @@ def sink_until(settings, database, sink, condition, timeout: float = 60.0) -> No
 def test_ids_of_any_length_at_the_default_batch_size(stack, db, id_length):
     client, database = db
     model = synthetic_model(n_features=3, seed=31)
-    ch.register_reference(client, model, database)
+    model_reference.register_reference(client, model, database)
     events = events_with_ids(model, 5000, seed=32, id_length=id_length)
     codec = codec_for("ExplanationEvent", None, "explanations")
     sink = Sink(stack, database)
@@ -82,7 +84,7 @@ def test_ids_of_any_length_at_the_default_batch_size(stack, db, id_length):
 def test_non_finite_and_impossible_rows_are_set_aside_and_never_block(fresh_topics, db):
     client, database = db
     model = synthetic_model(n_features=3, seed=33)
-    ch.register_reference(client, model, database)
+    model_reference.register_reference(client, model, database)
     events, _ = stream(model, base_minute(), minutes=1, per_minute=1000, seed=34)
     bad = {3: ("inclusion_weight", math.nan), 10: ("inclusion_weight", -2.0), 20: ("base_value", math.inf),
            30: ("shap", -math.inf), 40: ("shap", math.nan), 50: ("value", math.inf)}
@@ -117,7 +119,7 @@ def test_a_row_clickhouse_refuses_is_set_aside_and_the_rest_written(fresh_topics
     """Real ClickHouse refusing a row (nested arrays of unequal length): split down to the row."""
     client, database = db
     model = synthetic_model(n_features=3, seed=35)
-    ch.register_reference(client, model, database)
+    model_reference.register_reference(client, model, database)
     events, _ = stream(model, base_minute(), minutes=1, per_minute=1000, seed=36)
     codec = codec_for("ExplanationEvent", None, fresh_topics.topic("explanations"))
     poison = events[17]["prediction_id"]
@@ -127,7 +129,7 @@ def test_a_row_clickhouse_refuses_is_set_aside_and_the_rest_written(fresh_topics
         at = rows.prediction_ids.index(poison)
         event = next(e for e in events if e["prediction_id"] == poison)
         columns = rows_of([event], [rows.messages[at]], topic_ids)
-        bad = [*ch.explanation_columns([event], [(rows.messages[at].partition, rows.messages[at].offset)]),
+        bad = [*explanation_rows.explanation_columns([event], [(rows.messages[at].partition, rows.messages[at].offset)]),
                [rows.messages[at].topic], [topic_ids[rows.messages[at].topic]]]
         shap = INSERT_COLUMNS.index("attributions.shap")
         bad[shap] = [bad[shap][0][:-1]]  # one SHAP value short of its features
@@ -179,7 +181,7 @@ def test_two_sinks_racing_over_offsets_cut_differently_write_once(stack, db):
     look at the ledger, then insert at the same moment. Every table and view counts each once."""
     client, database = db
     model = synthetic_model(n_features=4, seed=37)
-    ch.register_reference(client, model, database)
+    model_reference.register_reference(client, model, database)
     events, _ = stream(model, base_minute(), minutes=17, per_minute=2000, seed=38, k=300)
     codec = codec_for("ExplanationEvent", None, "explanations")
     everything = raw_messages(codec, events[:6000])  # partitions 0 and 1, offsets 0..5999 (3000 each)
@@ -211,7 +213,7 @@ def test_two_sinks_racing_over_offsets_cut_differently_write_once(stack, db):
 def test_units_never_span_an_offset_block(stack, db):
     client, database = db
     model = synthetic_model(n_features=2, seed=39)
-    ch.register_reference(client, model, database)
+    model_reference.register_reference(client, model, database)
     events, _ = stream(model, base_minute(), minutes=4, per_minute=2000, seed=40, k=300)
     codec = codec_for("ExplanationEvent", None, "explanations")
     batch = [RawMessage(codec.encode(e), None, "explanations", 0, BLOCK - 600 + i) for i, e in enumerate(events)]
@@ -226,7 +228,7 @@ def test_a_recreated_topic_reusing_offsets_is_stored(fresh_topics, db):
     """Real topic ids (Tansu): the same offsets of a deleted and recreated topic are new rows."""
     client, database = db
     model = synthetic_model(n_features=3, seed=41)
-    ch.register_reference(client, model, database)
+    model_reference.register_reference(client, model, database)
     settings = fresh_topics
     topic = settings.topic("explanations")
     codec = codec_for("ExplanationEvent", None, topic)
@@ -260,7 +262,7 @@ def test_a_recreated_topic_reusing_offsets_is_stored(fresh_topics, db):
 def test_reused_offsets_without_topic_ids_are_told_apart_by_prediction_id(stack, db):
     client, database = db
     model = synthetic_model(n_features=2, seed=44)
-    ch.register_reference(client, model, database)
+    model_reference.register_reference(client, model, database)
     old, _ = stream(model, base_minute(), minutes=1, per_minute=1000, seed=45, prefix="old")
     new, _ = stream(model, base_minute(), minutes=1, per_minute=1000, seed=46, prefix="new")
     codec = codec_for("ExplanationEvent", None, "explanations")
@@ -275,7 +277,7 @@ def test_committed_offsets_follow_what_is_stored(fresh_topics, db):
     """A batch with rows set aside still commits: the partition moves on."""
     client, database = db
     model = synthetic_model(n_features=2, seed=47)
-    ch.register_reference(client, model, database)
+    model_reference.register_reference(client, model, database)
     events, _ = stream(model, base_minute(), minutes=1, per_minute=1000, seed=48)
     events[5]["inclusion_weight"] = math.nan
     topic = fresh_topics.topic("explanations")
@@ -296,7 +298,7 @@ def test_committed_offsets_follow_what_is_stored(fresh_topics, db):
 def test_the_pipeline_writes_batches_in_order_while_decoding_the_next(stack, db):
     client, database = db
     model = synthetic_model(n_features=2, seed=49)
-    ch.register_reference(client, model, database)
+    model_reference.register_reference(client, model, database)
     events, _ = stream(model, base_minute(), minutes=3, per_minute=1000, seed=50)
     codec = codec_for("ExplanationEvent", None, "explanations")
     messages = raw_messages(codec, events)

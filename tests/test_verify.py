@@ -15,7 +15,7 @@ from test_engine import make_records, on_the_topic
 from typer.testing import CliRunner
 
 from whystream.cli import app
-from whystream.jobs import clickhouse as ch
+from whystream.jobs import explanation_rows
 from whystream.jobs import verify as v
 from whystream.jobs.registry import ModelRegistry
 from whystream.jobs.sink import Sink
@@ -71,7 +71,7 @@ def test_live_explanations_match_and_tampering_is_found(engine_settings, small_m
     # one attribution nudged by 1e-6 in storage: found, named, non-zero exit
     attributions = [dict(a) for a in target["attributions"]]
     attributions[3]["shap"] += 1e-6
-    ch.insert_explanations(client, [retouched(target, attributions=attributions)], database)
+    explanation_rows.insert_explanations(client, [retouched(target, attributions=attributions)], database)
     result = cli(engine_settings, database, target["prediction_id"])
     assert result.exit_code == 1, result.output
     verdict = v.verify_ids(client, engine_settings, ModelRegistry(engine_settings.registry),
@@ -84,7 +84,7 @@ def test_live_explanations_match_and_tampering_is_found(engine_settings, small_m
     values = [dict(a) for a in third["attributions"]]
     j = max((i for i, a in enumerate(values) if a["value"] is not None), key=lambda i: abs(values[i]["shap"]))
     values[j]["value"] = -1e12 if values[j]["value"] > 0 else 1e12
-    ch.insert_explanations(client, [retouched(third, attributions=values)], database)
+    explanation_rows.insert_explanations(client, [retouched(third, attributions=values)], database)
     result = cli(engine_settings, database, third["prediction_id"])
     assert result.exit_code == 1 and "MISMATCH" in result.output, result.output
 
@@ -93,7 +93,7 @@ def test_live_explanations_match_and_tampering_is_found(engine_settings, small_m
     values = [dict(a) for a in other["attributions"]]
     j = next(i for i, a in enumerate(values) if a["value"] is not None)
     values[j]["value"] += 1000.0
-    ch.insert_explanations(client, [retouched(other, attributions=values)], database)
+    explanation_rows.insert_explanations(client, [retouched(other, attributions=values)], database)
     verdict = v.verify_ids(client, engine_settings, ModelRegistry(engine_settings.registry),
                            [other["prediction_id"]], from_topic=True, database=database)[0]
     assert verdict.status == v.MISMATCH and values[j]["feature"] in verdict.detail
@@ -146,11 +146,11 @@ def test_multiclass_explanations_are_recomputed_for_their_class(engine_settings,
 
     # the same explanation claimed for another class no longer matches
     event = published[0]
-    ch.insert_explanations(client, [retouched(event, explained_class=(event["explained_class"] + 1) % N_CLASSES)],
+    explanation_rows.insert_explanations(client, [retouched(event, explained_class=(event["explained_class"] + 1) % N_CLASSES)],
                            database)
     again = v.verify_ids(client, settings, registry, [event["prediction_id"]], database=database)[0]
     assert again.status == v.MISMATCH
-    ch.insert_explanations(client, [retouched(event, explained_at=event["explained_at"] + 5000,
+    explanation_rows.insert_explanations(client, [retouched(event, explained_at=event["explained_at"] + 5000,
                                               explained_class=N_CLASSES)], database)
     again = v.verify_ids(client, settings, registry, [event["prediction_id"]], database=database)[0]
     assert again.status == v.MISMATCH and f"explained_class {N_CLASSES} is not a class" in again.detail

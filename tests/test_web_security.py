@@ -21,6 +21,7 @@ from chdb_support import db  # noqa: F401
 from test_worker import Worker, dedup, records_for, send, wait_quiet
 
 from whystream.jobs import clickhouse as ch
+from whystream.jobs import explanation_rows
 from whystream.jobs.registry import ModelRegistry
 
 pytestmark = pytest.mark.integration
@@ -134,7 +135,7 @@ def test_redacted_values_appear_nowhere_but_attributions_stay(engine_settings, s
     assert shown["redacted_features"] == [f for f in model.feature_names if f in {*hidden, extra}]
     assert all(a["value"] is None for a in shown["attributions"] if a["feature"] in shown["redacted_features"])
 
-    ch.insert_explanations(client, published, database)
+    explanation_rows.insert_explanations(client, published, database)
     stored = ch.rows(client, f"""
         SELECT countIf(v IS NOT NULL) AS leaked, count() AS n, any(r) AS redacted
         FROM (SELECT attributions.value AS vs, attributions.feature AS fs, redacted_features AS r
