@@ -1,7 +1,7 @@
 """Benchmark: how often the drift rule catches a shift of known size, and how
 often it alerts on nothing.
 
-Trains a small fraud model on the generator (jobs/generator.py) in a temporary
+Trains a small fraud model on the generator (jobs/simulation/generator.py) in a temporary
 registry, then draws pools of decisions from the same events with one feature's
 generating process shifted by 0, 0.1, 0.25, 0.5 and 1 standard deviation of
 that feature (a DriftSpec: the value moves, the fraud mechanism reacts as it
@@ -11,7 +11,7 @@ the rest weighted n/k, about n_eff explanations per window. Each window's
 statistics are computed with the formulas of the feature_drift view
 (schemas/clickhouse/020_exact_drift.sql: PSI and KS on the reference bins,
 stability, Wasserstein-1 from 100 quantile midpoints and the mean difference)
-and judged by the monitor's own rule (jobs/drift_rule.py).
+and judged by the monitor's own rule (jobs/analytics/drift_rule.py).
 
 Reported per statistic and window size: the detection rate on the shifted
 feature within one window, and the false-alert rate on the untouched features
@@ -43,8 +43,8 @@ LEVELS_100 = (np.arange(100) + 0.5) / 100
 
 
 def train(folder: Path, n_train: int):
-    from whystream.jobs.registry import ModelRegistry
-    from whystream.jobs.train import train_model
+    from whystream.jobs.models.registry import ModelRegistry
+    from whystream.jobs.models.train import train_model
 
     return train_model(ModelRegistry(folder), n_train=n_train, num_trees=100, progress=False)
 
@@ -52,7 +52,7 @@ def train(folder: Path, n_train: int):
 def pools(model, feature: str, n_pool: int, seed: int = 7) -> tuple[dict[float, tuple], float]:
     """Per shift (in sd of `feature`): (SHAP [n, F], priority mask) of the same n_pool events."""
 
-    from whystream.jobs.generator import FEATURE_NAMES, DriftSpec, TransactionGenerator
+    from whystream.jobs.simulation.generator import FEATURE_NAMES, DriftSpec, TransactionGenerator
     from whystream.streams.treeshap import TreeShap
 
     explainer = TreeShap(model.booster)
@@ -73,7 +73,7 @@ class Reference:
     """What the feature_drift view reads of model_reference, per feature."""
 
     def __init__(self, model):
-        from whystream.jobs import model_reference
+        from whystream.jobs.analytics import model_reference
 
         cols = dict(zip(model_reference.REFERENCE_COLUMNS, model_reference.reference_columns(model)))
         self.edges = np.asarray(cols["bin_edges"])
@@ -139,8 +139,8 @@ def verdicts(rule, rows: list[dict]) -> dict[str, np.ndarray]:
 
 
 def run(args) -> dict:
-    from whystream.jobs.drift_rule import DriftRule
-    from whystream.jobs.generator import FEATURE_NAMES
+    from whystream.jobs.analytics.drift_rule import DriftRule
+    from whystream.jobs.simulation.generator import FEATURE_NAMES
 
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="whystream-power-") as folder:

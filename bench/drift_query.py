@@ -36,7 +36,7 @@ MODEL, VERSION = "bench", "v1"
 def _reference(n_features: int, seed: int = 7):
     import numpy as np
 
-    from whystream.jobs.registry import shap_bin_edges, shap_histogram
+    from whystream.jobs.models.registry import shap_bin_edges, shap_histogram
 
     class Reference:  # what register_reference reads of a RegisteredModel
         pass
@@ -54,8 +54,8 @@ def _reference(n_features: int, seed: int = 7):
 def fill(client, database: str, n_features: int, minutes: int, per_minute: int, end_minute_ms: int) -> dict:
     """Insert minutes * per_minute explanations ending at end_minute_ms; the
     last hour's feature f03 attributions are shifted (so drift shows)."""
-    from whystream.jobs import clickhouse as ch
-    from whystream.jobs import model_reference
+    from whystream.jobs.analytics import clickhouse as ch
+    from whystream.jobs.analytics import model_reference
 
     model_reference.register_reference(client, _reference(n_features), database)
     names = ch.lit([f"f{j:02d}" for j in range(n_features)])
@@ -97,7 +97,7 @@ def fill(client, database: str, n_features: int, minutes: int, per_minute: int, 
 
 
 def time_query(client, sql: str, repeat: int) -> dict:
-    from whystream.jobs import clickhouse as ch
+    from whystream.jobs.analytics import clickhouse as ch
 
     times, n = [], 0
     for _ in range(repeat + 1):  # the first run warms caches and is reported separately
@@ -111,8 +111,8 @@ def time_query(client, sql: str, repeat: int) -> dict:
 
 def run(args) -> dict:
     from whystream.config import Settings
-    from whystream.jobs import clickhouse as ch
-    from whystream.jobs import drift_sql
+    from whystream.jobs.analytics import clickhouse as ch
+    from whystream.jobs.analytics import drift_sql
 
     folder = Path(args.dir or tempfile.mkdtemp(prefix="whystream-bench-"))
     database = "bench"

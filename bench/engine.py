@@ -105,10 +105,10 @@ def run(args) -> dict:
     import redis
 
     from whystream.infra.stack import EmbeddedStack, ensure_topics
-    from whystream.jobs.generator import TransactionGenerator
-    from whystream.jobs.produce import prediction_events
-    from whystream.jobs.registry import ModelRegistry
-    from whystream.jobs.train import train_model
+    from whystream.jobs.simulation.generator import TransactionGenerator
+    from whystream.jobs.simulation.produce import prediction_events
+    from whystream.jobs.models.registry import ModelRegistry
+    from whystream.jobs.models.train import train_model
 
     found = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "--verify", f"{args.against}^{{commit}}"],
                            capture_output=True, text=True)

@@ -3,7 +3,7 @@
 On a fresh embedded stack (Tansu broker, redis-server) with a small model
 trained into a temporary registry (20,000 rows, 50 trees), in one run:
 
-1. ingest: N realistic PredictionEvents (whystream.jobs.produce, Avro
+1. ingest: N realistic PredictionEvents (whystream.jobs.simulation.produce, Avro
    single-object encoded, 39 features) are loaded into `predictions`, then
    read by
    (a) a bare Faust agent in a process of its own that only counts raw
@@ -63,8 +63,8 @@ def run(args) -> dict:
     from bench.ingest_throughput import bare_faust, worker_ingest
     from bench.processes import StackCpu, WorkerProcess
     from whystream.infra.stack import EmbeddedStack, ensure_topics
-    from whystream.jobs.registry import ModelRegistry
-    from whystream.jobs.train import train_model
+    from whystream.jobs.models.registry import ModelRegistry
+    from whystream.jobs.models.train import train_model
 
     result: dict = {"benchmark": "ingest", "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
                                                       f"Python {platform.python_version()}", "events": args.events}

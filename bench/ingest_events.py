@@ -47,8 +47,8 @@ def prediction_id_of(value: bytes) -> str:
 
 def encoded_events(model, count: int, run_id: str, seed: int = 1, start: int = 0):
     """Chunks of (key, value): realistic PredictionEvents, Avro single-object encoded."""
-    from whystream.jobs.generator import TransactionGenerator
-    from whystream.jobs.produce import prediction_events
+    from whystream.jobs.simulation.generator import TransactionGenerator
+    from whystream.jobs.simulation.produce import prediction_events
     from whystream.streams.codec import codec_for
 
     encode = codec_for("PredictionEvent").encode

@@ -33,8 +33,8 @@ class _Model:  # what register_reference reads of a RegisteredModel
 def model(n_features: int):
     import numpy as np
 
-    from whystream.jobs import input_reference as ir
-    from whystream.jobs.registry import shap_bin_edges, shap_histogram
+    from whystream.jobs.models import input_reference as ir
+    from whystream.jobs.models.registry import shap_bin_edges, shap_histogram
 
     rng = np.random.default_rng(7)
     m = _Model()
@@ -78,10 +78,10 @@ def batches(m, n_batches: int, per_batch: int, start_ms: int) -> list[list[dict]
 
 def run(args) -> dict:
     from whystream.config import Settings
-    from whystream.jobs import clickhouse as ch
-    from whystream.jobs import explanation_rows
-    from whystream.jobs import model_reference
-    from whystream.jobs import input_drift
+    from whystream.jobs.analytics import clickhouse as ch
+    from whystream.jobs.analytics import explanation_rows
+    from whystream.jobs.analytics import model_reference
+    from whystream.jobs.analytics import input_drift
 
     folder = Path(tempfile.mkdtemp(prefix="whystream-bench-"))
     try:

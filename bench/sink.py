@@ -76,12 +76,12 @@ def make_events(model, n: int, seed: int = 11) -> list[bytes]:
 def child(args) -> dict:
     from bench.drift_query import _reference
     from whystream.config import Settings
-    from whystream.jobs import clickhouse as ch
-    from whystream.jobs import explanation_rows
-    from whystream.jobs import model_reference
-    from whystream.jobs.sink import Sink
-    from whystream.jobs.sink_decode import BatchDecoder
-    from whystream.jobs.sink_pipeline import SinkPipeline
+    from whystream.jobs.analytics import clickhouse as ch
+    from whystream.jobs.analytics import explanation_rows
+    from whystream.jobs.analytics import model_reference
+    from whystream.jobs.analytics.sink import Sink
+    from whystream.jobs.analytics.sink_decode import BatchDecoder
+    from whystream.jobs.analytics.sink_pipeline import SinkPipeline
     from whystream.streams.codec import codec_for
     from whystream.streams.validate import RawMessage
 

@@ -27,10 +27,10 @@ from pathlib import Path
 from confluent_kafka import Producer
 
 from whystream.infra.stack import EmbeddedStack, free_port, redis_binary
-from whystream.jobs.generator import TransactionGenerator
-from whystream.jobs.produce import prediction_events
-from whystream.jobs.registry import ModelRegistry
-from whystream.jobs.train import train_model
+from whystream.jobs.simulation.generator import TransactionGenerator
+from whystream.jobs.simulation.produce import prediction_events
+from whystream.jobs.models.registry import ModelRegistry
+from whystream.jobs.models.train import train_model
 from whystream.streams.codec import codec_for
 from whystream.streams.topic_stats import read_all
 

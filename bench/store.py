@@ -1,7 +1,7 @@
 """Benchmark: the worker's one Redis write per event, against copying the event into Redis.
 
 On a fresh redis-server, batches of 2,000 realistic PredictionEvents
-(whystream.jobs.produce, Avro single-object encoded) are remembered for
+(whystream.jobs.simulation.produce, Avro single-object encoded) are remembered for
 explain on demand, alternating between
 (a) the reference: the event's bytes under `prediction:<id>` with a TTL, one
     key and value per event through RedisStore's batch SET script (what the
@@ -46,8 +46,8 @@ def run(args) -> dict:
 
     from bench.ingest_events import encoded_events
     from whystream.infra.stack import start_redis
-    from whystream.jobs.registry import ModelRegistry
-    from whystream.jobs.train import train_model
+    from whystream.jobs.models.registry import ModelRegistry
+    from whystream.jobs.models.train import train_model
     from whystream.streams.store import RedisStore
 
     with tempfile.TemporaryDirectory(prefix="whystream-store-") as tmp:

@@ -27,12 +27,12 @@ from rich.table import Table
 from whystream.config import Settings
 from whystream.errors import WhystreamError
 from whystream.infra.stack import EmbeddedStack, free_port
-from whystream.jobs.generator import DriftSpec
-from whystream.jobs.produce import produce
-from whystream.jobs.registry import ModelRegistry
-from whystream.jobs.train import train_model
-from whystream.jobs.clickhouse import rows
-from whystream.jobs.query_port import open_query_client
+from whystream.jobs.simulation.generator import DriftSpec
+from whystream.jobs.simulation.produce import produce
+from whystream.jobs.models.registry import ModelRegistry
+from whystream.jobs.models.train import train_model
+from whystream.jobs.analytics.clickhouse import rows
+from whystream.jobs.analytics.query_port import open_query_client
 from whystream.streams.topic_stats import message_count, read_all
 
 MALFORMED = [b"not avro", b"\xc3\x01" + b"\x00" * 8, b""]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from whystream.jobs.registry import RegisteredModel
+from whystream.jobs.models.registry import RegisteredModel
 from whystream.streams.approximate import SaabasExplainer
 from whystream.streams.batch_decode import NO_CLASS
 from whystream.streams.store import feature_hash

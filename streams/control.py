@@ -8,7 +8,7 @@ batch loop of streams/worker.py. Beside it, on the Faust app's event loop:
   that is assigned the partition (no consumer group: each worker must see
   every event, and a group would hand the partition to one of them). The
   `on_model` agent replays each ModelRegistered into the champion/challenger
-  roles (jobs/model_events.py), builds the version's TreeSHAP kernels on an
+  roles (jobs/models/model_events.py), builds the version's TreeSHAP kernels on an
   executor thread and installs them under the ingest lock (a dictionary
   insert), so the version's first event finds them ready; then one worker
   (a Redis mark per version) sends the version's UNKNOWN_VERSION dead
@@ -46,7 +46,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from whystream.errors import DecodeError
 from whystream.jobs import dlq
-from whystream.jobs.model_events import ModelBook
+from whystream.jobs.models.model_events import ModelBook
 from whystream.streams.attribution import ModelExplainer
 from whystream.streams.codec import codec_for
 from whystream.streams.shadow import QUEUE_LIMIT, Shadow

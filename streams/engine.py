@@ -40,7 +40,7 @@ import numpy as np
 from confluent_kafka import Producer
 
 from whystream.config import Settings
-from whystream.jobs.registry import ModelRegistry, RegisteredModel
+from whystream.jobs.models.registry import ModelRegistry, RegisteredModel
 from whystream.streams.attribution import Attributions, Attributor
 from whystream.streams.batch_decode import NO_CLASS
 from whystream.streams.batch_encode import ExplanationEncoder

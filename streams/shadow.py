@@ -1,7 +1,7 @@
 """The challenger's shadow: each explained decision of a champion, explained by its challenger too.
 
 A version registered with `whystream register NAME ... --challenger-of NAME`
-is announced on `models` as NAME's challenger (jobs/model_events.py). For every
+is announced on `models` as NAME's challenger (jobs/models/model_events.py). For every
 decision of NAME's champion that a worker explains (any sampling reason), the
 engine hands the rows it just explained to `Shadow.offer` and goes on: the
 hand-over is a bounded queue, and when it is full the rows are dropped and
@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from whystream.jobs.model_events import ModelBook
-from whystream.jobs.registry import RegisteredModel
+from whystream.jobs.models.model_events import ModelBook
+from whystream.jobs.models.registry import RegisteredModel
 from whystream.streams.attribution import Attributions
 from whystream.streams.batch_decode import NO_CLASS
 from whystream.streams.engine import requested_classes

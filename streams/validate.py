@@ -26,7 +26,7 @@ import numpy as np
 
 from whystream.errors import DecodeError, ModelNotFound
 from whystream.logsafe import printable
-from whystream.jobs.registry import ModelRegistry, RegisteredModel
+from whystream.jobs.models.registry import ModelRegistry, RegisteredModel
 from whystream.streams.batch_decode import NO_CLASS, NO_MODEL, OK, SLOW, Decoded, PredictionDecoder
 from whystream.streams.codec import load_schema, schema_fingerprint
 from whystream.streams.event_time import EventTimeRule

@@ -44,8 +44,8 @@ def fresh_topics(stack):
 @pytest.fixture(scope="session")
 def small_model(stack, tmp_path_factory):
     """A small fraud model (40 trees) registered in a registry of its own."""
-    from whystream.jobs.registry import ModelRegistry
-    from whystream.jobs.train import train_model
+    from whystream.jobs.models.registry import ModelRegistry
+    from whystream.jobs.models.train import train_model
 
     root = tmp_path_factory.mktemp("registry")
     return train_model(ModelRegistry(root), n_train=20_000, num_trees=40, num_leaves=15, progress=False)

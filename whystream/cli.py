@@ -91,8 +91,8 @@ def train(ctx: typer.Context, name: str = typer.Option("fraud", help="Model name
           trees: int = typer.Option(300), leaves: int = typer.Option(31), seed: int = typer.Option(7),
           redact: str = typer.Option("", help="FEATURE,... whose values never appear in this model's explanations")):
     """Train the LightGBM fraud model on synthetic transactions and register it."""
-    from whystream.jobs.registry import ModelRegistry
-    from whystream.jobs.train import train_model
+    from whystream.jobs.models.registry import ModelRegistry
+    from whystream.jobs.models.train import train_model
 
     model = train_model(ModelRegistry(settings_of(ctx).registry), name=name, n_train=rows, seed=seed,
                         num_trees=trees, num_leaves=leaves, redact=tuple(parse_features(redact)))
@@ -102,9 +102,9 @@ def train(ctx: typer.Context, name: str = typer.Option("fraud", help="Model name
 
 
 def _announce(settings: Settings, model, role: str, promoted: bool = False) -> None:
-    """Tell the workers over `models` (jobs/model_events.py); without a broker, say what that means."""
+    """Tell the workers over `models` (jobs/models/model_events.py); without a broker, say what that means."""
     from whystream.errors import ConfigError
-    from whystream.jobs.model_events import announce, model_event
+    from whystream.jobs.models.model_events import announce, model_event
 
     try:
         announce(settings, model_event(model, role, promoted))
@@ -132,8 +132,8 @@ def register(ctx: typer.Context,
                                                                     "model: a version of NAME that workers explain "
                                                                     "in the shadow of its champion")):
     """Register your own LightGBM model, with its SHAP reference (and reason codes)."""
-    from whystream.jobs.register import describe, register_model
-    from whystream.jobs.registry import ModelRegistry
+    from whystream.jobs.models.register import describe, register_model
+    from whystream.jobs.models.registry import ModelRegistry
 
     if challenger_of is not None and challenger_of != name:
         raise WhystreamError(f"--challenger-of {challenger_of}: a challenger is a version of the model it "
@@ -151,7 +151,7 @@ def register(ctx: typer.Context,
 def promote(ctx: typer.Context, name: str = typer.Argument(..., help="Model name"),
             version: str = typer.Argument(..., help="The version (e.g. its challenger) to make the champion")):
     """Make VERSION the champion of NAME (its LATEST), and tell the workers over `models`."""
-    from whystream.jobs.registry import ModelRegistry
+    from whystream.jobs.models.registry import ModelRegistry
 
     model = ModelRegistry(settings_of(ctx).registry).promote(name, version)
     console.print(f"{model.name}@{model.version} is the champion", highlight=False)
@@ -166,7 +166,7 @@ def compare(ctx: typer.Context, name: str = typer.Argument(..., help="Model name
     per-feature mean attributions (ClickHouse views champion_challenger*)."""
     from rich.table import Table
 
-    from whystream.jobs.compare import comparison
+    from whystream.jobs.analytics.compare import comparison
 
     found = comparison(_clickhouse_reader(settings_of(ctx), database), name, database)
     if not found.summaries:
@@ -195,9 +195,9 @@ def models(ctx: typer.Context, name: Optional[str] = typer.Argument(None, help="
     """List registered models and versions, or show one version in detail."""
     from rich.table import Table
 
-    from whystream.jobs.models import COLUMNS, model_rows
-    from whystream.jobs.register import describe
-    from whystream.jobs.registry import ModelRegistry
+    from whystream.jobs.models.catalog import COLUMNS, model_rows
+    from whystream.jobs.models.register import describe
+    from whystream.jobs.models.registry import ModelRegistry
 
     registry = ModelRegistry(settings_of(ctx).registry)
     if name:
@@ -226,8 +226,8 @@ def produce(ctx: typer.Context,
             run_id: Optional[str] = typer.Option(None, help="Prefix of prediction ids (default: from the clock)"),
             replay: float = typer.Option(0.0, help="Spread event times over this many seconds ending now (replay history fast)")):
     """Send scored card-transaction prediction events to `predictions`."""
-    from whystream.jobs.generator import DriftSpec
-    from whystream.jobs.produce import produce as run
+    from whystream.jobs.simulation.generator import DriftSpec
+    from whystream.jobs.simulation.produce import produce as run
 
     settings = settings_of(ctx)
     drifts = [DriftSpec.parse(d) for d in drift]
@@ -314,7 +314,7 @@ def demo(ctx: typer.Context,
          drift: list[str] = typer.Option([], help="FEATURE:SHIFT@INDEX to inject drift [amount:60@25000]")):
     """Run the whole path on a fresh embedded stack (what `make demo` runs)."""
     from whystream.jobs.demo import DEFAULT_DRIFT, run_demo
-    from whystream.jobs.generator import DriftSpec
+    from whystream.jobs.simulation.generator import DriftSpec
 
     settings = settings_of(ctx)
     run_demo(settings.home, settings.registry, events, rate, [DriftSpec.parse(d) for d in drift or [DEFAULT_DRIFT]],
@@ -369,9 +369,9 @@ def sink(ctx: typer.Context,
     from rich.live import Live
     from rich.text import Text
 
-    from whystream.jobs import clickhouse as ch
-    from whystream.jobs.drift import DriftMonitor
-    from whystream.jobs.sink import run_sink
+    from whystream.jobs.analytics import clickhouse as ch
+    from whystream.jobs.analytics.drift import DriftMonitor
+    from whystream.jobs.analytics.sink import run_sink
 
     settings = settings_of(ctx)
     window_seconds = parse_duration(window)
@@ -383,7 +383,7 @@ def sink(ctx: typer.Context,
     _log_to(console)
     server = None
     if ch.parse_dsn(settings.clickhouse_dsn).kind == "chdb":
-        from whystream.jobs.query_port import QueryServer
+        from whystream.jobs.analytics.query_port import QueryServer
 
         server = QueryServer(settings, database).start()
     monitor = None
@@ -422,8 +422,8 @@ def sink(ctx: typer.Context,
 def _clickhouse_reader(settings: Settings, database: str, schema: bool = True):
     """A read-only client (never migrates; runs only what the SQL guard passes); with
     `schema`, one line if whystream's tables are missing."""
-    from whystream.jobs.clickhouse import require_schema
-    from whystream.jobs.query_port import SinkQueryClient, open_query_client
+    from whystream.jobs.analytics.clickhouse import require_schema
+    from whystream.jobs.analytics.query_port import SinkQueryClient, open_query_client
 
     client = open_query_client(settings, database)
     if schema and not isinstance(client, SinkQueryClient):
@@ -472,8 +472,8 @@ def drift_table(ctx: typer.Context, model: str = typer.Option("fraud", help="Reg
     """Per-feature attribution drift of a model over the last window, against its reference."""
     from rich.table import Table
 
-    from whystream.jobs import drift_sql, input_drift
-    from whystream.jobs.drift import TABLE_COLUMNS, DriftMonitor, drift_window, table_rows, wall_ms
+    from whystream.jobs.analytics import drift_sql, input_drift
+    from whystream.jobs.analytics.drift import TABLE_COLUMNS, DriftMonitor, drift_window, table_rows, wall_ms
 
     settings = settings_of(ctx)
     seconds = parse_duration(window)
@@ -514,8 +514,8 @@ def report(ctx: typer.Context, out: Path = typer.Option(Path("whystream-report.h
 
     Attribution histograms now vs the reference for the top features, mean |SHAP|
     over time, coverage and latency, drift and alerts; opens offline."""
-    from whystream.jobs.attribution_report import build_report
-    from whystream.jobs.drift import wall_ms
+    from whystream.jobs.analytics.attribution_report import build_report
+    from whystream.jobs.analytics.drift import wall_ms
 
     settings = settings_of(ctx)
     html = build_report(_clickhouse_reader(settings, database), model, wall_ms(), parse_duration(window),
@@ -540,8 +540,8 @@ def verify(ctx: typer.Context,
     value whose event is gone, a version the registry cannot load)."""
     import time
 
-    from whystream.jobs import verify as v
-    from whystream.jobs.registry import ModelRegistry
+    from whystream.jobs.analytics import verify as v
+    from whystream.jobs.models.registry import ModelRegistry
 
     if (prediction_id is None) == (sample <= 0):
         raise WhystreamError("verify: give a PREDICTION_ID or --sample N (one of them)")

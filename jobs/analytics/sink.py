@@ -1,0 +1,430 @@
+"""The ClickHouse sink: `explanations` topic -> `explanations` table and its views.
+
+`run_sink` consumes the topic in the consumer group `whystream-sink` (with the
+topic prefix in front, as the workers' group has), hands batches to
+`Sink.process` and commits offsets only after the batch is in ClickHouse.
+
+`Sink.process(messages)`:
+1. decodes the batch (`sink_decode.BatchDecoder`: straight from the bytes into
+   ClickHouse rows; the per-message path `sink_rows.decode_messages` is its reference)
+   and sets aside what can never be stored right: undecodable messages,
+   non-finite numbers, impossible values go to `explanations.dlq` as
+   DeadLetters with the reason and the original bytes (counted by reason,
+   never retried), before anything of the batch is committed;
+2. drops repeated prediction_ids inside the batch and ids already in the
+   table (an explanation published again at another offset is stored, and
+   counted in the aggregates, once); the ids travel as array parameters in
+   chunks, so ids of any length fit;
+3. makes sure every model version in the batch has its reference registered
+   (from the model registry), so the histogram view can bin its attributions;
+4. writes the rows exactly once into the table and every view
+   (`sink_ledger`: fixed per-partition offset blocks, tokens from the topic's
+   id and the first offset not yet stored, checked against the ledger).
+
+A transient ClickHouse failure (down, timeout, lost answer) is retried with
+back-off until it succeeds or the sink is told to stop; a failure caused by a
+row's data (`clickhouse_errors`) is narrowed down to that row, which is set
+aside, so one row never blocks a partition.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from whystream.config import Settings
+from whystream.errors import ModelNotFound, WhystreamError
+from whystream.jobs.analytics import clickhouse as ch
+from whystream.jobs.analytics import explanation_rows
+from whystream.jobs.analytics import model_reference
+from whystream.jobs.analytics.clickhouse_errors import is_data_error
+from whystream.jobs.models.input_reference import has_input_reference, register_input_reference
+from whystream.jobs.analytics.retention import Retention
+from whystream.jobs.analytics.sink_columns import INSERT_COLUMNS
+from whystream.jobs.analytics.sink_decode import BatchDecoder
+from whystream.jobs.analytics.sink_ledger import TopicIds, write_exactly_once
+from whystream.jobs.analytics.sink_pipeline import SinkPipeline
+from whystream.jobs.analytics.sink_rows import Rows, decode_messages
+from whystream.kafka_config import check_broker
+from whystream.logsafe import printable
+from whystream.streams.codec import codec_for
+from whystream.streams.validate import DeadLetterRecord, RawMessage
+
+log = logging.getLogger("whystream.sink")
+
+SINK_GROUP = "whystream-sink"
+ID_CHUNK_BYTES = 256 * 1024  # prediction_ids per duplicate query: well inside any request size limit
+DLQ_ORIGINAL_CAP = 512 * 1024  # as the worker's dead letters: the letter stays under message.max.bytes
+
+
+class SinkStopped(WhystreamError):
+    """Asked to stop while a batch was still unwritten; its offsets stay uncommitted."""
+
+
+@dataclass
+class SinkStats:
+    consumed: int = 0  # messages handed to the sink
+    written: int = 0  # rows newly stored in `explanations` (and every view)
+    duplicates: int = 0  # prediction_ids skipped: repeated in a batch or already in the table
+    undecodable: int = 0  # messages that were not ExplanationEvents (also counted in set_aside)
+    set_aside: Counter = field(default_factory=Counter)  # reason code -> messages sent to explanations.dlq
+    batches: int = 0  # batches written
+    retries: int = 0  # failed ClickHouse calls retried
+    unreferenced: int = 0  # rows of model versions without a reference (no histogram rows)
+    last_error: str = ""
+    started: float = field(default_factory=time.monotonic)
+
+    def line(self) -> str:
+        rate = self.written / max(time.monotonic() - self.started, 1e-9)
+        text = (f"{self.written:,} rows written ({rate:,.0f}/s) in {self.batches:,} batches; "
+                f"{self.duplicates:,} duplicates skipped, {sum(self.set_aside.values()):,} set aside")
+        if self.set_aside:
+            text += " (" + ", ".join(f"{k} {v:,}" for k, v in sorted(self.set_aside.items())) + ")"
+        if self.retries:
+            text += f", {self.retries:,} ClickHouse retries"
+        return text
+
+
+def commit_offsets(messages: Iterable[RawMessage]) -> dict[tuple[str, int], int]:
+    """The offsets to commit after a batch: one past the last message per partition."""
+    nxt: dict[tuple[str, int], int] = {}
+    for m in messages:
+        key = (m.topic, m.partition)
+        nxt[key] = max(nxt.get(key, 0), m.offset + 1)
+    return nxt
+
+
+class Sink:
+    """Writes batches of ExplanationEvent messages to ClickHouse (see module doc).
+
+    `client_factory` returns a fresh clickhouse-connect client; it is called
+    again after a failure. By default it connects with `settings` and applies
+    the migrations. `registry` loads model versions (default: the model
+    registry of `settings`). `topic_id(topic)` gives a topic's Kafka id
+    (default: asked of the broker). `decode(messages, topic_ids)` gives
+    (Rows, dead letters); `columnar=False` uses the per-message path.
+    """
+
+    def __init__(self, settings: Settings, database: str = ch.DEFAULT_DATABASE, *,
+                 client_factory: Callable[[], object] | None = None, registry=None,
+                 stop_event: threading.Event | None = None, backoff: tuple[float, float] = (0.5, 10.0),
+                 topic_id: Callable[[str], str] | None = None, retention: Retention | None = None,
+                 decode: Callable | None = None, columnar: bool = True):
+        self.settings = settings
+        self.database = ch.ident(database)
+        self.client_factory = client_factory or (lambda: ch.connect(settings, database))
+        self._registry = registry
+        self.stop_event = stop_event or threading.Event()
+        self.backoff = backoff
+        self.topic_id = topic_id or TopicIds(settings)
+        self.retention = retention or Retention.from_env()
+        self.codec = codec_for("ExplanationEvent", settings.schema_registry_url, settings.topic("explanations"))
+        self.decode = decode or (BatchDecoder(self.codec) if columnar
+                                 else lambda messages, topic_ids: decode_messages(messages, self.codec, topic_ids))
+        self.dlq_codec = codec_for("DeadLetter", settings.schema_registry_url, settings.topic("explanations.dlq"))
+        self.name = f"sink-{socket.gethostname()}-{os.getpid()}"
+        self.stats = SinkStats()
+        self._client = None
+        self._retention_applied = False
+        self._publisher = None
+        self._referenced: set[tuple[str, str]] = set()
+        self._unreferenced: dict[tuple[str, str], float] = {}  # version -> when the registry last lacked it
+
+    # -- ClickHouse access with retries
+
+    @property
+    def registry(self):
+        if self._registry is None:
+            from whystream.jobs.models.registry import ModelRegistry
+
+            self._registry = ModelRegistry(self.settings.registry)
+        return self._registry
+
+    def client(self):
+        if self._client is None:
+            self._client = self.client_factory()
+        if not self._retention_applied:
+            changed = self.retention.apply(self._client, self.database)
+            if changed:
+                log.info("retention set on %s: %s", ", ".join(changed), self.retention)
+            self._retention_applied = True
+        return self._client
+
+    def _retrying(self, what: str, step: Callable[[object], object]):
+        """Run step(client) until it succeeds; back off between failures.
+        Raises SinkStopped if the stop event is set before it succeeds."""
+        delay = self.backoff[0]
+        while True:
+            if self.stop_event.is_set():
+                raise SinkStopped(f"stopped before {what} succeeded")
+            try:
+                return step(self.client())
+            except (SinkStopped, KeyboardInterrupt):
+                raise
+            except Exception as exc:
+                self.stats.retries += 1
+                self.stats.last_error = f"{what}: {ch.one_line(exc)}"
+                log.warning("ClickHouse %s failed (%s); retrying in %.1fs", what, ch.one_line(exc), delay)
+                self._drop_client()
+                if self.stop_event.wait(delay):
+                    raise SinkStopped(f"stopped before {what} succeeded") from None
+                delay = min(delay * 2, self.backoff[1])
+
+    def _pause(self, seconds: float) -> None:
+        if self.stop_event.wait(seconds):
+            raise SinkStopped("stopped while waiting for another sink's claim")
+
+    def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:
+                pass
+
+    def close(self) -> None:
+        self._drop_client()
+
+    # -- the batch step
+
+    def process(self, messages: list[RawMessage]) -> int:
+        """Write one batch; return the rows newly stored (not stored when this sink first
+        looked). Returns only once the rows are in ClickHouse and what was set aside is on
+        the broker: then the batch's offsets may be committed. Raises SinkStopped if
+        stopped before that."""
+        return self.write(self.prepare(messages))
+
+    def prepare(self, messages: list[RawMessage]) -> tuple[Rows, dict[str, str]]:
+        """Decode a batch and set aside what cannot be stored (the part `SinkPipeline` runs
+        on a thread of its own while the previous batch is written)."""
+        messages = list(messages)
+        self.stats.consumed += len(messages)
+        topic_ids = {t: self.topic_id(t) for t in {m.topic for m in messages}}
+        rows, aside = self.decode(messages, topic_ids)
+        self._set_aside(aside)
+        return rows, topic_ids
+
+    def write(self, prepared: tuple[Rows, dict[str, str]]) -> int:
+        rows, topic_ids = prepared
+        rows = self._unique(rows)
+        if len(rows):
+            rows = self._retrying("checking for duplicates", lambda c: self._not_stored(c, rows))
+        written = 0
+        if len(rows):
+            self._retrying("registering model references", lambda c: self._ensure_references(c, rows))
+            written = write_exactly_once(rows, topic_ids, self.database, self._retrying, self._insert,
+                                         self._refused, self.name, self._pause)
+            self.stats.written += written
+        self.stats.batches += 1
+        return written
+
+    def _insert(self, client, unit: Rows, topic_id: str, token: str) -> Exception | None:
+        try:
+            client.raw_insert("explanations", INSERT_COLUMNS, unit.payload, fmt="RowBinary",
+                              settings={**explanation_rows.DEDUP_SETTINGS, "insert_deduplication_token": token})
+        except Exception as exc:
+            if is_data_error(exc):
+                return exc
+            raise
+        return None
+
+    def _refused(self, unit: Rows, exc: Exception) -> None:
+        m = unit.messages[0]
+        self._set_aside([DeadLetterRecord("BAD_FIELD", f"ClickHouse refused the row for good: {ch.one_line(exc)}",
+                                          m, unit.prediction_ids[0])])
+
+    def _set_aside(self, letters: list[DeadLetterRecord]) -> None:
+        """Dead letters to `explanations.dlq`, confirmed by the broker before returning."""
+        if not letters:
+            return
+        if self._publisher is None:
+            from confluent_kafka import Producer
+
+            from whystream.streams.publish import Publisher
+
+            self._publisher = Publisher(Producer(self.settings.kafka(**{"enable.idempotence": True})))
+        topic = self.settings.topic("explanations.dlq")
+        for letter in letters:
+            m = letter.message
+
+            def shrink(_, letter=letter, cap=[min(DLQ_ORIGINAL_CAP, len(letter.message.value))]) -> bytes | None:
+                if cap[0] == 0:
+                    return None
+                cap[0] //= 4
+                return self.dlq_codec.encode(letter.to_avro(self.name, cap[0]))
+
+            self._publisher.produce(topic, self.dlq_codec.encode(letter.to_avro(self.name, DLQ_ORIGINAL_CAP)),
+                                    m.key if m.key is None or len(m.key) <= 1024 else m.key[:1024], shrink=shrink)
+            self.stats.set_aside[letter.reason_code] += 1
+            self.stats.undecodable += letter.reason_code == "UNDECODABLE"
+            log.warning("set aside %s[%d]@%d to %s as %s: %s", m.topic, m.partition, m.offset, topic,
+                        letter.reason_code, letter.reason)
+        self._publisher.flush()
+
+    def _unique(self, rows: Rows) -> Rows:
+        seen: set[str] = set()
+        keep = []
+        for i, pid in enumerate(rows.prediction_ids):
+            if pid in seen:
+                self.stats.duplicates += 1
+                continue
+            seen.add(pid)
+            keep.append(i)
+        return rows if len(keep) == len(rows) else rows.take(keep)
+
+    def _not_stored(self, client, rows: Rows) -> Rows:
+        """Rows whose prediction_id is not in the table yet. A duplicate has the same
+        event_time and model as the original (both are copied from the prediction), which
+        lets ClickHouse prune by partition and key; the ids go as array parameters, in
+        chunks of at most ID_CHUNK_BYTES."""
+        names = sorted({name for name, _ in rows.models})
+        lo, hi = int(rows.event_time.min()), int(rows.event_time.max())
+        present: set[str] = set()
+        for chunk in _chunks(rows.prediction_ids, ID_CHUNK_BYTES):
+            found = client.query(f"""
+                SELECT DISTINCT prediction_id FROM {self.database}.explanations
+                WHERE model_name IN {{names:Array(String)}}
+                  AND event_time BETWEEN {ch.ms_lit(lo)} AND {ch.ms_lit(hi)}
+                  AND prediction_id IN {{ids:Array(String)}}""", parameters={"names": names, "ids": chunk})
+            present.update(r[0] for r in found.result_rows)
+        if not present:
+            return rows
+        self.stats.duplicates += len(present)
+        return rows.take([i for i, pid in enumerate(rows.prediction_ids) if pid not in present])
+
+    def _ensure_references(self, client, rows: Rows) -> None:
+        versions = set(rows.models) - self._referenced
+        for name, version in sorted(versions):
+            if model_reference.has_reference(client, name, version, self.database):
+                self._add_input_reference(client, name, version)
+                self._referenced.add((name, version))
+                continue
+            last_miss = self._unreferenced.get((name, version))
+            if last_miss is not None and time.monotonic() - last_miss < 60:
+                continue
+            try:
+                model = self.registry.load(name, version)
+            except ModelNotFound as exc:
+                self._unreferenced[(name, version)] = time.monotonic()
+                log.warning("no reference for %s %s (%s): its explanations are stored without histogram rows "
+                            "until it is registered", printable(name), printable(version), printable(exc))
+                continue
+            model_reference.register_reference(client, model, self.database)
+            self._referenced.add((name, version))
+        missing = {v for v in self._unreferenced if v not in self._referenced}
+        self.stats.unreferenced += sum(v in missing for v in rows.models)
+
+    def _add_input_reference(self, client, name: str, version: str) -> None:
+        """A version whose SHAP reference ClickHouse held before input references were kept gets
+        its input reference once the registry has one (`whystream register` of the same model adds it)."""
+        if has_input_reference(client, name, version, self.database):
+            return
+        try:
+            model = self.registry.load(name, version)
+        except ModelNotFound:
+            return
+        register_input_reference(client, model, self.database)
+
+
+def _chunks(ids: list[str], limit: int):
+    chunk, size = [], 0
+    for pid in ids:
+        if chunk and size + len(pid) > limit:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(pid)
+        size += len(pid) + 4
+    if chunk:
+        yield chunk
+def _raw(message) -> RawMessage:
+    return RawMessage(message.value(), message.key(), message.topic(), message.partition(), message.offset())
+
+
+def run_sink(settings: Settings, stop_event: threading.Event | None = None, batch_size: int = 5000,
+             flush_seconds: float = 1.0, progress: Callable[[SinkStats], None] | None = None, *,
+             database: str = ch.DEFAULT_DATABASE, sink: Sink | None = None, session_timeout_ms: int = 6000,
+             idle_exit_seconds: float | None = None) -> SinkStats:
+    """Consume `explanations` into ClickHouse until `stop_event` is set.
+
+    Batches are per partition; one is complete when it has `batch_size`
+    messages or its first message waited `flush_seconds`. It is decoded while
+    the batch before it is written, and written when the next one is complete
+    or nothing new came (`SinkPipeline`); its offsets are committed once it
+    is written.
+    `progress(stats)` is called after every batch and about once a second
+    otherwise. `idle_exit_seconds` (tests, one-off loads) returns after that
+    long without messages.
+    """
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    stop_event = stop_event or threading.Event()
+    check_broker(settings.kafka_config, settings.require("broker"))  # a wrong CA ends here, in one line
+    sink = sink or Sink(settings, database, stop_event=stop_event)
+    if sink.stop_event is not stop_event:
+        sink.stop_event = stop_event
+    topic = settings.topic("explanations")
+    consumer = Consumer(settings.kafka(**{
+        "group.id": f"{settings.topic_prefix}{SINK_GROUP}",
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": session_timeout_ms,
+        "heartbeat.interval.ms": max(500, session_timeout_ms // 3),
+        "max.poll.interval.ms": 600_000,  # a batch may wait out a ClickHouse outage
+    }))
+    consumer.subscribe([topic])
+    pipeline = SinkPipeline(sink)
+    # one batch per partition: a batch is then one unit of the ledger, written in one insert
+    batches: dict[tuple[str, int], list[RawMessage]] = {}
+    first_at: dict[tuple[str, int], float] = {}
+    last_message_at = reported = time.monotonic()
+    try:
+        while not stop_event.is_set():
+            oldest = min(first_at.values(), default=None)
+            wait = 0.5 if oldest is None else max(0.05, min(0.5, flush_seconds - (time.monotonic() - oldest)))
+            for message in consumer.consume(num_messages=batch_size, timeout=wait):
+                if message.error() is not None:
+                    log.warning("consumer: %s", message.error())
+                    continue
+                key = (message.topic(), message.partition())
+                batches.setdefault(key, []).append(_raw(message))
+                first_at.setdefault(key, time.monotonic())
+                last_message_at = time.monotonic()
+            now = time.monotonic()
+            ready = [k for k, b in batches.items() if len(b) >= batch_size or now - first_at[k] >= flush_seconds]
+            try:
+                written = []
+                for key in ready:  # the next batch is decoded while the one before it is written
+                    written += pipeline.push(batches.pop(key))
+                    del first_at[key]
+                if not ready:  # nothing new: write what waits
+                    written += pipeline.drain()
+            except SinkStopped:
+                break  # the batch stays uncommitted: it is read again (and deduplicated) next time
+            for done in written:
+                offsets = [TopicPartition(t, p, o) for (t, p), o in commit_offsets(done).items()]
+                try:
+                    consumer.commit(offsets=offsets, asynchronous=False)
+                except KafkaException as exc:
+                    # e.g. the partitions moved to another sink meanwhile: it reads them again and
+                    # the ledger keeps the rows single.
+                    log.warning("offset commit failed (%s); the batch may be read again", exc)
+                if progress:
+                    progress(sink.stats)
+                    reported = time.monotonic()
+            if progress and time.monotonic() - reported >= 1.0:
+                progress(sink.stats)
+                reported = time.monotonic()
+            if (idle_exit_seconds is not None and not batches and not pipeline.waiting
+                    and time.monotonic() - last_message_at > idle_exit_seconds):
+                break
+    finally:
+        pipeline.close()
+        consumer.close()
+        sink.close()
+    return sink.stats

@@ -1,0 +1,52 @@
+"""The benchmarks that no other test runs still run, as users start them, on tiny sizes.
+
+Figures are not checked here (timings belong in `make bench`), only that each script
+finishes and writes every figure it promises.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.integration
+
+
+def _run(script: str, *args: str, out: Path) -> dict:
+    done = subprocess.run([sys.executable, f"bench/{script}", *args, "--json", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"wrote {out}" in done.stdout
+    return json.loads(out.read_text())
+
+
+def test_store_benchmark_runs(tmp_path):
+    result = _run("store.py", "--batches", "1", "--rounds", "1", out=tmp_path / "store.json")
+    for way in ("copy_events", "locations"):
+        assert result[way]["client_cpu_us_per_event"] > 0 and result[way]["redis_bytes_per_event"] > 0
+    assert result["client_cpu_ratio"] > 0 and result["wall_ratio"] > 0
+
+
+def test_engine_benchmark_compares_against_a_worktree_of_the_revision(tmp_path):
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    result = _run("engine.py", "--against", "HEAD", "--rounds", "1", "--events", "2000", out=tmp_path / "engine.json")
+    assert result["against"] == head
+    for side in ("reference", "this checkout"):  # the script itself checks where each side imported from
+        figures = result["median"][side]
+        assert figures["batches of 2,000"]["events_per_s"] > 0 and figures["batches of 50"]["batch_p50_ms"] > 0
+    worktrees = subprocess.run(["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True).stdout
+    assert "whystream-bench-engine-" not in worktrees  # removed again
+
+
+def test_input_views_benchmark_runs(tmp_path):
+    result = _run("input_views.py", "--batches", "2", "--per-batch", "200", "--repeat", "1",
+                  out=tmp_path / "input_views.json")
+    assert set(result["inserts"]) == {"all views", "without the input-drift views"}
+    assert all(f["explanations_per_s"] > 0 for f in result["inserts"].values()) and result["insert_time_ratio"] > 0
+    assert result["queries"]["input_drift"]["rows"] == 39 and result["queries"]["decision_drift"]["rows"] == 1

@@ -1,0 +1,70 @@
+"""Audit retention: the TTLs in the DDL as chDB parsed them, set from the environment,
+and rows actually expiring by kind when ClickHouse merges."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from chdb_support import db, events_for, synthetic_model  # noqa: F401
+
+from whystream.errors import ConfigError
+from whystream.jobs.analytics import clickhouse as ch
+from whystream.jobs.analytics import explanation_rows
+from whystream.jobs.analytics import model_reference
+from whystream.jobs.analytics.retention import AGGREGATES, PRIORITY_VAR, SAMPLED_VAR, Retention
+
+DAY_MS = 86_400_000
+
+
+def table_sql(client, database) -> dict[str, str]:
+    return {r["name"]: r["q"] for r in ch.rows(
+        client, f"SELECT name, create_table_query AS q FROM system.tables WHERE database = {ch.lit(database)}")}
+
+
+def test_migrated_tables_carry_the_compliance_defaults(db):
+    client, database = db
+    sql = table_sql(client, database)
+    assert "if(sampling_reason = 'RESERVOIR', 90, 762)" in sql["explanations"]
+    assert "ttl_only_drop_parts = 0" in sql["explanations"]
+    for table in AGGREGATES:
+        assert "TTL minute + toIntervalDay(90)" in sql[table]
+    assert "TTL inserted_at + toIntervalDay(762)" in sql["sink_ledger"]
+    assert Retention().apply(client, database) == []  # the defaults are what the migrations wrote
+
+
+def test_retention_from_the_environment(db, monkeypatch):
+    client, database = db
+    monkeypatch.setenv(PRIORITY_VAR, "1827")  # ECOA's five years
+    monkeypatch.setenv(SAMPLED_VAR, "180")
+    retention = Retention.from_env()
+    assert (retention.priority_days, retention.sampled_days, retention.aggregate_days) == (1827, 180, 180)
+    assert set(retention.apply(client, database)) == {"explanations", "sink_ledger", *AGGREGATES}
+    sql = table_sql(client, database)
+    assert "if(sampling_reason = 'RESERVOIR', 180, 1827)" in sql["explanations"]
+    assert "toIntervalDay(180)" in sql["engine_stats"] and "toIntervalDay(1827)" in sql["sink_ledger"]
+    assert retention.apply(client, database) == []
+    monkeypatch.setenv(SAMPLED_VAR, "ninety")
+    with pytest.raises(ConfigError, match=SAMPLED_VAR):
+        Retention.from_env()
+
+
+def test_sampled_rows_expire_before_priority_rows(db):
+    client, database = db
+    model = synthetic_model(n_features=2, seed=51)
+    model_reference.register_reference(client, model, database)
+    now = int(time.time() * 1000)
+    rows = []
+    for days, reason, prefix in [(100, "RESERVOIR", "sampled-100"), (100, "ADVERSE", "priority-100"),
+                                 (800, "ADVERSE", "priority-800"), (1, "RESERVOIR", "sampled-1")]:
+        minute = now - days * DAY_MS
+        minute -= minute % 60_000
+        rows += events_for(model, np.array([[0.1, -0.2]]), [1.0 if reason == "ADVERSE" else 5.0], [reason], minute, prefix)
+    explanation_rows.insert_explanations(client, rows, database)
+    for table in ("explanations", *AGGREGATES):
+        client.command(f"OPTIMIZE TABLE {database}.{table} FINAL")
+    left = sorted(r["prediction_id"] for r in ch.rows(client, f"SELECT prediction_id FROM {database}.explanations"))
+    assert left == ["priority-100-0", "sampled-1-0"]
+    # aggregates keep 90 days: only the recent minute is still counted
+    assert ch.rows(client, f"SELECT sum(n) AS n FROM {database}.engine_stats")[0]["n"] == 1

@@ -1,0 +1,54 @@
+"""`whystream dlq` and `whystream dlq replay` on the real embedded stack: dead
+letters by reason, and their originals sent back to `predictions` once,
+however often the replay runs."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from whystream.cli import app
+from whystream.jobs.dlq import replay, summary
+from whystream.streams.engine import Engine, EngineConfig
+from whystream.streams.sampling import SamplingConfig
+from whystream.streams.topic_stats import read_all
+from whystream.streams.validate import RawMessage
+
+from tests.streams.test_engine import make_records
+from tests.streams.test_robustness import message
+
+
+def cli(settings, *args):
+    result = CliRunner().invoke(app, list(args), env=settings.as_env())
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_dead_letters_of_a_model_not_registered_yet_are_sent_back_once(engine_settings, small_model, tmp_path):
+    early = engine_settings.with_(registry=tmp_path / "empty-registry")
+    (tmp_path / "empty-registry").mkdir()
+    records = make_records(small_model, 40, run_id="redrive")
+    for r in records:
+        r["decision"] = "decline"  # all priority: each one explained once it is valid
+    engine = Engine(early, EngineConfig(SamplingConfig(new_version_events=0)))
+    engine.process([message(r, 0, i) for i, r in enumerate(records)] +
+                   [RawMessage(b"\x00junk", None, "predictions", 0, 99)])
+    engine.close()
+
+    found = summary(engine_settings)
+    assert found.counts == {"UNKNOWN_MODEL": 40, "UNDECODABLE": 1}
+    shown = cli(engine_settings, "dlq")
+    assert "UNKNOWN_MODEL" in shown and "40" in shown and "UNDECODABLE" in shown
+
+    # The model is registered now (engine_settings has it): send them back, twice.
+    assert "sent back 40" in cli(engine_settings, "dlq", "replay", "--reason", "unknown_model", "--since", "1h")
+    again = replay(engine_settings, "UNKNOWN_MODEL")
+    assert (again.sent, again.already) == (0, 40)
+    resent = read_all(engine_settings, engine_settings.topic("predictions"), "PredictionEvent")
+    assert sorted(r["prediction_id"] for r in resent) == sorted(r["prediction_id"] for r in records)
+
+    engine = Engine(engine_settings, EngineConfig(SamplingConfig(new_version_events=0)))
+    engine.process([message(r, 0, i) for i, r in enumerate(resent)])
+    engine.close()
+    explained = [e["prediction_id"] for e in read_all(engine_settings, engine_settings.topic("explanations"),
+                                                       "ExplanationEvent")]
+    assert sorted(explained) == sorted(r["prediction_id"] for r in records)

@@ -1,0 +1,209 @@
+"""Real worker processes (`whystream worker`) on the real embedded stack:
+kill -9 in the middle of a stream loses nothing, two workers equal one, and
+the web server answers /metrics, /health and /explain."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import redis
+from confluent_kafka import Producer
+
+from whystream.infra.stack import ensure_topics, free_port
+from whystream.jobs.simulation.generator import TransactionGenerator
+from whystream.jobs.simulation.produce import prediction_events
+from whystream.streams.codec import codec_for
+from whystream.streams.topic_stats import read_all
+
+pytestmark = pytest.mark.integration
+BAND = 0.02
+
+
+class Worker:
+    def __init__(self, settings, log_dir, *flags):
+        self.port = free_port()
+        self.log = open(log_dir / f"worker-{self.port}.log", "wb")
+        env = {**os.environ, **settings.as_env(), "PYTHONUNBUFFERED": "1"}
+        argv = [sys.executable, "-m", "whystream", "worker", "--web-port", str(self.port),
+                "--new-version-events", "0", "--window", "2", "--idle-close", "3", "--budget", "5", *flags]
+        self.process = subprocess.Popen(argv, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def get(self, path):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as response:
+            return response.status, response.read()
+
+    def wait_ready(self, timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"worker exited: {self.log.name}"
+            try:
+                return self.get("/metrics")
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.3)
+        raise AssertionError(f"worker not ready in {timeout}s; see {self.log.name}")
+
+    def kill(self, sig=signal.SIGKILL):
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(30)
+
+
+def records_for(model, count, seed, run_id):
+    gen = TransactionGenerator(seed)
+    return [r for chunk in prediction_events(model, gen, 0, count, run_id, seed) for r in chunk]
+
+
+def send(settings, records, rate=0.0):
+    codec = codec_for("PredictionEvent")
+    producer = Producer(settings.kafka())
+    began = time.monotonic()
+    for i, r in enumerate(records):
+        producer.produce(settings.topic("predictions"), codec.encode(r), r["prediction_id"].encode())
+        if rate and i % 100 == 99:
+            producer.poll(0)
+            time.sleep(max(0.0, (i + 1) / rate - (time.monotonic() - began)))
+    producer.flush(30)
+
+
+def priority_ids(records):
+    return {r["prediction_id"] for r in records
+            if r["decision"] != "approve" or r["priority"] or abs(r["score"] - r["threshold"]) <= BAND}
+
+
+def wait_quiet(settings, quiet_s=8.0, timeout=120):
+    """Explanations read back once their count stopped growing for quiet_s."""
+    deadline = time.monotonic() + timeout
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        found = read_all(settings, settings.topic("explanations"), "ExplanationEvent")
+        if len(found) != last:
+            last, since = len(found), time.monotonic()
+        elif time.monotonic() - since > quiet_s:
+            return found
+        time.sleep(1)
+    raise AssertionError("explanations never settled")
+
+
+def kill_mid_stream(settings, worker, log_dir, timeout_s=60, settle_s=1.0):
+    """kill -9 `worker` once explanations flow (and `settle_s` more), and start its replacement."""
+    deadline = time.monotonic() + timeout_s
+    while not read_all(settings, settings.topic("explanations"), "ExplanationEvent", timeout=3):
+        assert time.monotonic() < deadline, "no explanation before the kill"
+        time.sleep(0.5)
+    time.sleep(settle_s)
+    worker.kill()  # kill -9 in the middle of the stream
+    return Worker(settings, log_dir)
+
+
+def dedup(explanations):
+    return {e["prediction_id"]: e for e in explanations}
+
+
+def test_kill_minus_9_mid_stream_loses_no_due_explanation(engine_settings, small_model, tmp_path):
+    records = records_for(small_model, 6000, seed=11, run_id="kill")
+    for i, r in enumerate(records):  # event time advances 1 ms per event: 6 s of stream, 2 s windows
+        r["event_time"] = 1_700_000_000_000 + i
+    worker = Worker(engine_settings, tmp_path)
+    worker.wait_ready()
+    producer = threading.Thread(target=send, args=(engine_settings, records, 1500.0))
+    producer.start()
+    replacement = kill_mid_stream(engine_settings, worker, tmp_path)
+    producer.join()
+    replacement.wait_ready()
+    published = wait_quiet(engine_settings)
+    replacement.kill(signal.SIGTERM)
+
+    unique = dedup(published)
+    due = priority_ids(records)
+    explained_priority = {i for i, e in unique.items() if e["sampling_reason"] != "RESERVOIR"}
+    assert due == explained_priority
+    sampled = [e for e in unique.values() if e["sampling_reason"] == "RESERVOIR"]
+    # Every reservoir window was rebuilt whole: weights still add up to the candidates.
+    assert sum(e["inclusion_weight"] for e in sampled) == pytest.approx(len(records) - len(due))
+
+
+def test_two_workers_produce_what_one_produces(engine_settings, small_model, tmp_path):
+    one = engine_settings
+    base, _, db = one.redis_url.rpartition("/")
+    two = one.with_(topic_prefix=one.topic_prefix + "two.", redis_url=f"{base}/{(int(db) % 15) + 1}")
+    redis.Redis.from_url(two.redis_url).flushdb()
+    ensure_topics(two, partitions=4)
+    records = records_for(small_model, 4000, seed=5, run_id="scale")
+    for i, r in enumerate(records):  # same event times in both runs: same windows
+        r["event_time"] = 1_700_000_000_000 + i
+    send(one, records)
+    send(two, records)
+
+    workers = [Worker(one, tmp_path), Worker(two, tmp_path), Worker(two, tmp_path)]
+    for w in workers:
+        w.wait_ready()
+    alone, together = dedup(wait_quiet(one)), dedup(wait_quiet(two))
+    shares = [json.loads(w.get("/health")[1]) for w in workers]
+    consumed = [float(line.split()[-1]) for w in workers[1:]
+                for line in w.get("/metrics")[1].decode().splitlines()
+                if line.startswith("whystream_events_consumed_total")]
+    for w in workers:
+        w.kill(signal.SIGTERM)
+
+    assert all(all(c["ok"] for c in s.values()) for s in shares)
+    assert all(c > 0 for c in consumed), "both workers of the group got partitions"
+    summary = lambda found: {(i, e["sampling_reason"], round(e["inclusion_weight"], 9)) for i, e in found.items()}
+    assert summary(alone) == summary(together)
+
+
+def test_worker_serves_metrics_health_and_on_demand_explanations(engine_settings, small_model, tmp_path):
+    records = records_for(small_model, 500, seed=9, run_id="web")
+    send(engine_settings, records)
+    worker = Worker(engine_settings, tmp_path)
+    worker.wait_ready()
+    published = dedup(wait_quiet(engine_settings, quiet_s=5))
+    status, body = worker.get("/metrics")
+    text = body.decode()
+    assert status == 200 and "whystream_events_consumed_total 500.0" in text
+    assert "whystream_explanation_latency_seconds_bucket" in text and "whystream_consumer_lag" in text
+    status, body = worker.get("/health")
+    assert status == 200 and set(json.loads(body)) == {"broker", "redis", "registry"}
+
+    quiet = next(r for r in records if r["prediction_id"] not in published)
+    status, body = worker.get(f"/explain/{quiet['prediction_id']}")
+    explanation = json.loads(body)
+    assert status == 200 and explanation["sampling_reason"] == "ON_DEMAND"
+    assert explanation["prediction_id"] == quiet["prediction_id"]
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        worker.get("/explain/no-such-id")
+    assert missing.value.code == 404
+    worker.kill(signal.SIGTERM)
+
+    cli = subprocess.run([sys.executable, "-m", "whystream", "explain", quiet["prediction_id"]],
+                         env={**os.environ, **engine_settings.as_env()}, capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout)["prediction_id"] == quiet["prediction_id"]
+
+
+def test_readme_consumer_example_decodes_explanations_with_the_avsc_files_alone(engine_settings, small_model):
+    from pathlib import Path
+
+    from whystream.streams.engine import Engine
+
+    engine = Engine(engine_settings)
+    records = records_for(small_model, 300, seed=4, run_id="readme")
+    codec = codec_for("PredictionEvent")
+    from whystream.streams.validate import RawMessage
+    engine.process([RawMessage(codec.encode(r), None, "predictions", 0, i) for i, r in enumerate(records)])
+    engine.close()
+    example = Path(__file__).parents[2] / "examples" / "consume_explanations.py"
+    result = subprocess.run([sys.executable, str(example), "--broker", engine_settings.broker,
+                             "--topic", engine_settings.topic("explanations"), "--max", "5"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 5 and all(line.startswith("readme-") for line in lines)
