@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 from chdb_support import db  # noqa: F401
-from test_worker import dedup, priority_ids, wait_quiet
+from tests.streams.test_worker import dedup, priority_ids, wait_quiet
 from tls_support import TlsProxy, make_certs
 
 from whystream.config import Settings
@@ -149,7 +149,7 @@ def test_a_refused_sasl_login_ends_in_one_line_without_the_password(tls, engine_
 
 
 def test_the_drift_monitor_publishes_alerts_over_tls(tls, fresh_topics, db, tmp_path):  # noqa: F811
-    from test_drift import consume_alerts, load_stream, run_ticks
+    from tests.jobs.analytics.test_drift import consume_alerts, load_stream, run_ticks
 
     from whystream.jobs.analytics.drift import DriftMonitor
 

@@ -23,7 +23,7 @@ import pytest
 from chdb_support import db  # noqa: F401
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 from objective_models import FEATURES, N_CLASSES, OBJECTIVES, make_rows, train
-from test_register import cli, write_csv
+from tests.jobs.models.test_register import cli, write_csv
 from test_worker import Worker
 
 from whystream.jobs.analytics import clickhouse as ch

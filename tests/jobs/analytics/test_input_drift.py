@@ -16,7 +16,8 @@ from chdb_support import MINUTE_MS, base_minute, db  # noqa: F401
 from whystream.jobs.analytics import clickhouse as ch
 from whystream.jobs.analytics import explanation_rows
 from whystream.jobs.analytics import model_reference
-from whystream.jobs.analytics import input_drift, input_reference
+from whystream.jobs.analytics import input_drift
+from whystream.jobs.models import input_reference
 from whystream.jobs.models.registry import ModelRegistry
 
 F = 4

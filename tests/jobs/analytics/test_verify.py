@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from chdb_support import db  # noqa: F401
 from objective_models import FEATURES, N_CLASSES, make_rows, train
-from test_engine import make_records, on_the_topic
+from tests.streams.test_engine import make_records, on_the_topic
 from typer.testing import CliRunner
 
 from whystream.cli import app
