@@ -27,10 +27,10 @@ Prints a table and writes JSON (default bench/results/drift_power.json).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
+import sys
 import time
 from pathlib import Path
 
@@ -202,6 +202,9 @@ def report(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/...py`: find bench.*
+    from bench.results import publish
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--feature", default="amount", help="numeric feature whose generating process shifts")
     parser.add_argument("--sizes", default="200,1000,5000", help="effective sample sizes of a window")
@@ -217,10 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.windows, args.shift_windows, args.pool, args.train = 40, 20, 40_000, 20_000
     result = run(args)
-    print(report(result))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"  wrote {args.out}")
+    publish(result, report(result), args.out)
     return result
 
 

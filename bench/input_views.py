@@ -17,7 +17,6 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -134,6 +133,10 @@ def report(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/...py`: find bench.*
+    from bench.processes import run_child
+    from bench.results import publish
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=10)
     parser.add_argument("--per-batch", type=int, default=2300)
@@ -149,16 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.child:  # the process that opens chDB
         print(json.dumps(run(args)))
         return {}
-    child = subprocess.run([sys.executable, __file__, "--child", *(argv if argv is not None else sys.argv[1:])],
-                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-    if child.returncode != 0:
-        sys.stderr.write(child.stderr)
-        raise SystemExit(f"benchmark child failed ({child.returncode})")
-    result = json.loads(child.stdout.strip().splitlines()[-1])
-    print(report(result))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"  wrote {args.out}")
+    result = run_child(__file__, argv if argv is not None else sys.argv[1:])
+    publish(result, report(result), args.out)
     return result
 
 

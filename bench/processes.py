@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -125,3 +126,14 @@ class WorkerProcess:
                 self.process.kill()
                 self.process.wait()
         self.log.close()
+
+
+def run_child(script: str, argv: list[str]) -> dict:
+    """Run a benchmark script again as `script --child ARGV` and return the JSON its last
+    line prints: chDB opens one directory per process, so the engine runs in a child."""
+    child = subprocess.run([sys.executable, script, "--child", *argv], capture_output=True, text=True,
+                           cwd=Path(__file__).resolve().parents[1])
+    if child.returncode != 0:
+        sys.stderr.write(child.stderr)
+        raise SystemExit(f"benchmark child failed ({child.returncode})")
+    return json.loads(child.stdout.strip().splitlines()[-1])

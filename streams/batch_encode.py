@@ -28,15 +28,20 @@ from whystream.jobs.models.reason_codes import MAX_PRINCIPAL_REASONS
 from whystream.streams.explanation import TOP_REASONS, redact_values, toward_sign
 
 
-def avro_long(n: int) -> bytes:
-    """An Avro long: zigzag, then little-endian base-128 varint."""
-    n = (n << 1) ^ (n >> 63)
+def varint(n: int) -> bytes:
+    """An unsigned little-endian base-128 varint (LEB128): Avro's longs after zigzag, and
+    the lengths of ClickHouse's RowBinary."""
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+def avro_long(n: int) -> bytes:
+    """An Avro long: zigzag, then a varint."""
+    return varint((n << 1) ^ (n >> 63))
 
 
 def _string(text: str) -> bytes:

@@ -22,6 +22,8 @@ import struct
 
 import numpy as np
 
+from whystream.streams.batch_encode import varint
+
 # op: how a field is read from Avro. STR: string; TIME: long ms (0 .. 2100); DOUBLE: finite double;
 # WEIGHT: finite double > 0; ENUM: symbol index (written as the symbol's text); BOOL; NULL_INT: union
 # null/int; NULL_STR: union null/string ('' for null); STRS: array of strings; ATTRS: array of
@@ -71,18 +73,9 @@ _TYPES = {"STR": ["str"], "TIME": ["i64"], "DOUBLE": ["f64"], "WEIGHT": ["f64"],
 COLUMN_TYPES = [t for _, op, _ in FIELDS for t in _TYPES[op]]
 
 
-def _leb128(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _text(value: str) -> bytes:
     data = value.encode("utf-8")
-    return _leb128(len(data)) + data
+    return varint(len(data)) + data
 
 
 def _nullable_double(value) -> bytes:
@@ -96,9 +89,9 @@ _WRITE = {
     "f64": lambda v: struct.pack("<d", float(v)),
     "bool": lambda v: b"\x01" if v else b"\x00",
     "ni32": lambda v: b"\x01" if v is None else b"\x00" + struct.pack("<i", int(v)),
-    "astr": lambda v: _leb128(len(v)) + b"".join(map(_text, v)),
-    "af64": lambda v: _leb128(len(v)) + struct.pack(f"<{len(v)}d", *v),
-    "anf64": lambda v: _leb128(len(v)) + b"".join(map(_nullable_double, v)),
+    "astr": lambda v: varint(len(v)) + b"".join(map(_text, v)),
+    "af64": lambda v: varint(len(v)) + struct.pack(f"<{len(v)}d", *v),
+    "anf64": lambda v: varint(len(v)) + b"".join(map(_nullable_double, v)),
 }
 
 
