@@ -42,9 +42,9 @@ from confluent_kafka import Producer
 from whystream.config import Settings
 from whystream.jobs.models.registry import ModelRegistry, RegisteredModel
 from whystream.streams.attribution import Attributions, Attributor
-from whystream.streams.batch_decode import NO_CLASS
 from whystream.streams.batch_encode import ExplanationEncoder
 from whystream.streams.codec import SingleObjectCodec, codec_for
+from whystream.streams.due import Candidates, Due, requested_classes
 from whystream.streams.event_time import EventTimeRule
 from whystream.streams.explanation import build_explanations
 from whystream.streams.labels import DecisionLabels
@@ -76,51 +76,6 @@ class EngineConfig:
     # producer's message.max.bytes (1 MB by default); a broker that still refuses it gets less (publish.py).
     dlq_original_cap: int = 512 * 1024
     quarantine_s: float = 30.0  # first back-off before a version that failed to load is tried again
-
-
-@dataclass
-class Due:
-    """Decisions to explain now, from one model version."""
-
-    model: RegisteredModel
-    records: list[dict] = field(default_factory=list)
-    rows: list[np.ndarray] = field(default_factory=list)
-    reasons: list[str] = field(default_factory=list)
-    weights: list[float] = field(default_factory=list)
-    strata: list[str] = field(default_factory=list)
-
-    def add(self, record: dict, row: np.ndarray, reason: str, weight: float, stratum: str) -> None:
-        self.records.append(record)
-        self.rows.append(row)
-        self.reasons.append(reason)
-        self.weights.append(weight)
-        self.strata.append(stratum)
-
-
-def requested_classes(explainer, records: list[dict]) -> np.ndarray:
-    """The decision_class of each record (NO_CLASS for null); not read for single-output models."""
-    if explainer.n_outputs == 1:
-        return np.full(len(records), NO_CLASS, dtype=np.int64)
-    return np.fromiter((r.get("decision_class", NO_CLASS) for r in records), dtype=np.int64, count=len(records))
-
-
-class _Candidates:
-    """Reservoir items of a batch's candidates, made only when a reservoir keeps
-    one: (model, record, feature row, stratum). The row is a copy, so a held
-    item does not keep its batch's feature matrix alive."""
-
-    def __init__(self, batches: list[ModelBatch], which: np.ndarray, rows: np.ndarray):
-        self.batches, self.which, self.rows = batches, which, rows
-
-    def subset(self, sel: np.ndarray) -> "_Candidates":
-        return _Candidates(self.batches, self.which[sel], self.rows[sel])
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i):
-        batch, j = self.batches[self.which[i]], int(self.rows[i])
-        return batch.model, batch.record(j), batch.X[j].copy(), batch.strata[j]
 
 
 class Engine:
@@ -315,7 +270,7 @@ class Engine:
         positions = np.concatenate([batch.index[rest] for batch, rest in picks])
         times = np.concatenate([batch.event_time[rest] for batch, rest in picks])
         partitions, offsets = inbound.partitions[positions], inbound.offsets[positions]
-        items = _Candidates([batch for batch, _ in picks], which, rows)
+        items = Candidates([batch for batch, _ in picks], which, rows)
         for partition in np.unique(partitions).tolist():
             sel = np.flatnonzero(partitions == partition)
             sel = sel[np.argsort(offsets[sel], kind="stable")]

@@ -36,7 +36,7 @@ from whystream.jobs.models.model_events import ModelBook
 from whystream.jobs.models.registry import RegisteredModel
 from whystream.streams.attribution import Attributions
 from whystream.streams.batch_decode import NO_CLASS
-from whystream.streams.engine import requested_classes
+from whystream.streams.due import requested_classes
 from whystream.streams.explanation import build_explanations
 from whystream.streams.treeshap import EXPLAINER_VERSION
 

@@ -371,7 +371,7 @@ def sink(ctx: typer.Context,
 
     from whystream.jobs.analytics import clickhouse as ch
     from whystream.jobs.analytics.drift import DriftMonitor
-    from whystream.jobs.analytics.sink import run_sink
+    from whystream.jobs.analytics.sink_consumer import run_sink
 
     settings = settings_of(ctx)
     window_seconds = parse_duration(window)

@@ -24,7 +24,7 @@ from whystream.jobs.simulation.generator import TransactionGenerator
 from whystream.jobs.simulation.produce import prediction_events
 from whystream.infra.stack import ensure_topics, free_port, start_broker
 from whystream.jobs.analytics import clickhouse as ch
-from whystream.jobs.analytics.sink import run_sink
+from whystream.jobs.analytics.sink_consumer import run_sink
 from whystream.kafka_config import KafkaConfig
 from whystream.streams.topic_stats import read_all
 

@@ -17,7 +17,8 @@ from whystream.errors import ConfigError
 from whystream.jobs.analytics import clickhouse as ch
 from whystream.jobs.analytics import model_reference
 from whystream.jobs.analytics.query_port import SinkQueryClient, open_query_client
-from whystream.jobs.analytics.sink import Sink, SinkStopped, run_sink
+from whystream.jobs.analytics.sink import Sink, SinkStopped
+from whystream.jobs.analytics.sink_consumer import run_sink
 from whystream.streams.codec import codec_for
 from whystream.streams.validate import RawMessage
 

@@ -17,7 +17,8 @@ from test_sink import counts, produce, raw_messages, wait_for
 from whystream.jobs.analytics import clickhouse as ch
 from whystream.jobs.analytics import explanation_rows
 from whystream.jobs.analytics import model_reference
-from whystream.jobs.analytics.sink import Sink, run_sink
+from whystream.jobs.analytics.sink import Sink
+from whystream.jobs.analytics.sink_consumer import run_sink
 from whystream.jobs.analytics.sink_ledger import BLOCK
 from whystream.jobs.analytics.sink_pipeline import SinkPipeline
 from whystream.jobs.analytics.sink_columns import INSERT_COLUMNS, encode_rows
