@@ -27,12 +27,12 @@ from rich.table import Table
 from whystream.config import Settings
 from whystream.errors import WhystreamError
 from whystream.infra.stack import EmbeddedStack, free_port
-from whystream.jobs.simulation.generator import DriftSpec
-from whystream.jobs.simulation.produce import produce
+from whystream.jobs.analytics.clickhouse import parse_dsn, rows
+from whystream.jobs.analytics.query_port import advertised_port, open_query_client
 from whystream.jobs.models.registry import ModelRegistry
 from whystream.jobs.models.train import train_model
-from whystream.jobs.analytics.clickhouse import rows
-from whystream.jobs.analytics.query_port import open_query_client
+from whystream.jobs.simulation.generator import DriftSpec
+from whystream.jobs.simulation.produce import produce
 from whystream.streams.topic_stats import message_count, read_all
 
 MALFORMED = [b"not avro", b"\xc3\x01" + b"\x00" * 8, b""]
@@ -185,11 +185,15 @@ def wait_for_sink(settings: Settings, sink: Process, expected: int, console: Con
     with console.status("sink writing explanations into ClickHouse") as status:
         while time.monotonic() < deadline:
             sink.check()
-            try:
-                client = open_query_client(settings)
-                written = rows(client, "SELECT count() AS n FROM explanations")[0]["n"]
-            except Exception:  # the sink is still starting
-                written = 0
+            written = 0
+            # Until the sink advertises its query port it may be opening the chDB directory: opening it
+            # here as well would fail (and chDB prints that failure to stderr).
+            dsn = parse_dsn(settings.require("clickhouse_dsn"))
+            if dsn.kind != "chdb" or advertised_port(settings, dsn) is not None:
+                try:
+                    written = rows(open_query_client(settings), "SELECT count() AS n FROM explanations")[0]["n"]
+                except Exception:  # the sink is still starting
+                    pass
             status.update(f"sink writing explanations into ClickHouse: {written:,} of {expected:,}")
             if written >= expected:
                 console.print(f"ClickHouse holds all {written:,} explanations")
