@@ -167,9 +167,7 @@ class Validator:
                 self.quarantine.hold(key, reason)
                 log.warning("%s (quarantined; tried again later)", printable(reason, REASON_LIMIT))
                 raise ModelUnavailable(reason) from None
-            self.quarantine.release(key)
-            self._columns[model.version] = model.feature_index()
-            self._models[key] = model
+            self.install(model)
         return self._models[key]
 
     def install(self, model: RegisteredModel) -> None:
