@@ -74,7 +74,7 @@ def make_events(model, n: int, seed: int = 11) -> list[bytes]:
 
 
 def child(args) -> dict:
-    from bench.drift_query import _reference
+    from bench.input_views import model as bench_model
     from whystream.config import Settings
     from whystream.jobs.analytics import clickhouse as ch
     from whystream.jobs.analytics import explanation_rows
@@ -85,7 +85,7 @@ def child(args) -> dict:
     from whystream.streams.codec import codec_for
     from whystream.streams.validate import RawMessage
 
-    model = _reference(N_FEATURES)
+    model = bench_model(N_FEATURES)  # with an input reference: the input-drift views do their work too
     values = make_events(model, args.events + BATCH)
     messages = [RawMessage(v, None, "explanations", i % 4, i) for i, v in enumerate(values)]
     warm, timed = messages[:BATCH], messages[BATCH:]
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.child:
         args.child.write_text(json.dumps(child(args)))
         return {}
-    from bench.ingest import publish
+    from bench.results import publish
 
     with tempfile.TemporaryDirectory(prefix="whystream-sink-bench-") as tmp:
         out = Path(tmp) / "result.json"
