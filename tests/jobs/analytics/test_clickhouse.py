@@ -132,6 +132,35 @@ def test_histograms_equal_numpy_on_the_raw_rows(db):
         assert got[key][0] == pytest.approx(w, rel=1e-9)
 
 
+def test_histograms_bin_attributions_in_any_order(stack, db):
+    """attribution_hist_mv takes the reference's edges in model order and looks each feature up
+    only when an explanation lists its attributions otherwise: the same rows either way, and
+    none for a feature the reference lacks."""
+    client, database = db
+    model = synthetic_model(n_features=4, seed=5)
+    events, _ = stream(model, base_minute(), minutes=2, per_minute=600, seed=6)
+    shuffled_db = database + "_shuffled"
+    shuffled = ch.connect(stack, shuffled_db)
+    try:
+        for c, d in ((client, database), (shuffled, shuffled_db)):
+            model_reference.register_reference(c, model, d)
+        explanation_rows.insert_explanations(client, events, database)
+        rng = np.random.default_rng(7)
+        moved = [{**e, "attributions": [e["attributions"][j] for j in rng.permutation(4)]
+                  + [{"feature": "not_in_reference", "value": 1.0, "shap": 0.5}]} for e in events]
+        explanation_rows.insert_explanations(shuffled, moved, shuffled_db)
+
+        def hist(c, d):
+            return ch.rows(c, f"SELECT feature, minute, bin, sum(weight) AS w, sum(n) AS n FROM {d}.attribution_hist "
+                              f"GROUP BY ALL ORDER BY ALL")
+        in_order = hist(client, database)
+        assert {r["feature"] for r in in_order} == set(model.feature_names)
+        assert sum(r["n"] for r in in_order) == 4 * len(events)
+        assert hist(shuffled, shuffled_db) == in_order
+    finally:
+        shuffled.command(f"DROP DATABASE IF EXISTS {shuffled_db} SYNC")
+
+
 def test_weighted_estimates_match_population_totals(db):
     """Inclusion-weighted sums over the explanations estimate the population:
     decisions seen, histogram proportions and mean |SHAP|."""
