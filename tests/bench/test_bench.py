@@ -50,3 +50,16 @@ def test_input_views_benchmark_runs(tmp_path):
     assert set(result["inserts"]) == {"all views", "without the input-drift views"}
     assert all(f["explanations_per_s"] > 0 for f in result["inserts"].values()) and result["insert_time_ratio"] > 0
     assert result["queries"]["input_drift"]["rows"] == 39 and result["queries"]["decision_drift"]["rows"] == 1
+
+
+def test_sink_benchmark_runs(tmp_path):
+    result = _run("sink.py", "--events", "2000", "--rounds", "1", out=tmp_path / "sink.json")
+    assert all(result[way]["rows_per_s"] > 0 for way in ("main_path", "per_message", "columnar", "pipelined"))
+    assert result["pipelined_vs_main_path"] > 0 and result["decode_only"]["ratio"] > 0
+
+
+def test_drift_query_benchmark_runs(tmp_path):
+    result = _run("drift_query.py", "--minutes", "90", "--features", "5", "--repeat", "1", out=tmp_path / "dq.json")
+    assert result["explanations"] == 90 * 60 and result["attribution_hist_rows"] > 0
+    assert all(q["rows"] > 0 and q["median_ms"] > 0 for q in result["queries"].values())
+    assert result["features_over_psi_0.2_last_5m"] == ["f03"]  # the shifted feature, and only it
