@@ -49,6 +49,7 @@ from whystream.jobs import dlq
 from whystream.jobs.models.model_events import ModelBook
 from whystream.streams.attribution import ModelExplainer
 from whystream.streams.codec import codec_for
+from whystream.streams.publish import Publisher
 from whystream.streams.shadow import QUEUE_LIMIT, Shadow
 
 log = logging.getLogger("whystream.control")
@@ -71,7 +72,10 @@ class ControlPlane:
         self.app, self.engine, self.ingest = app, engine, ingest
         settings = self.settings = engine.settings
         self.book = ModelBook()
-        self.producer = Producer(settings.kafka(**{"linger.ms": 2, "enable.idempotence": True}))
+        # Confirmed per message with back-off, as the engine publishes (streams/publish.py): an answer
+        # or a shadow explanation outlives a broker hiccup. One executor thread publishes at a time.
+        self.publisher = Publisher(Producer(settings.kafka(**{"linger.ms": 2, "enable.idempotence": True})))
+        self._publish_lock = threading.Lock()
         self.request_codec = codec_for("ExplainRequest", settings.schema_registry_url, settings.topic("explain-requests"))
         self.error_codec = codec_for("ExplainError", settings.schema_registry_url, settings.topic("explain-errors"))
         self.models_codec = codec_for("ModelRegistered", settings.schema_registry_url, settings.topic("models"))
@@ -253,11 +257,10 @@ class ControlPlane:
     async def _publish(self, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
         """Produce (key, value)s and wait for the broker's confirmation (on an executor thread)."""
         def send():
-            failures: list = []
-            for key, value in messages:
-                self.producer.produce(topic, value, key, on_delivery=lambda err, _: err and failures.append(err))
-            if self.producer.flush(30) or failures:
-                raise RuntimeError(f"{topic}: not confirmed ({failures[0] if failures else 'timed out'})")
+            with self._publish_lock:
+                for key, value in messages:
+                    self.publisher.produce(topic, value, key)
+                self.publisher.flush()
         await self._run(None, send)
 
     # -- the challenger's shadow ------------------------------------------------
