@@ -19,8 +19,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/whystream demo
 
+# Two pytest workers (pytest-xdist), a test file each at a time: each starts its own embedded
+# stack; the suite is mostly waiting on brokers and timers, so this halves its wall time on 2
+# cores. PYTEST_ARGS="-n 0" runs it in one process.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
