@@ -18,7 +18,8 @@ batch loop of streams/worker.py. Beside it, on the Faust app's event loop:
   (each request goes to one worker; not the data plane's group, and neither is
   the Faust app id, `<prefix>whystream-control`). The `answer` agent, at most
   EXPLAIN_CONCURRENCY requests at a time, answers each with an ON_DEMAND
-  ExplanationEvent on `explanations` (request_id set) or an ExplainError on
+  ExplanationEvent on `explanations` (request_id set; a reply for the requester,
+  which the ClickHouse sink does not store) or an ExplainError on
   `explain-errors` (streams/on_demand.py does the finding and computing).
   Offsets are committed once every request of a fetched batch is answered;
   a request delivered again (a replay after a crash, or sent twice) is

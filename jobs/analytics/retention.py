@@ -1,12 +1,15 @@
 """How long ClickHouse keeps explanations and their aggregates (audit retention).
 
 Compliance defaults (see README, "Retention"):
-- priority explanations (ADVERSE, NEAR_THRESHOLD, FLAGGED, NEW_VERSION, ON_DEMAND),
-  which hold the principal reasons of adverse actions: 762 days, any 25
+- priority explanations (ADVERSE, NEAR_THRESHOLD, FLAGGED, NEW_VERSION), which
+  hold the principal reasons of adverse actions: 762 days, any 25
   calendar months (US Reg B, 12 CFR 1002.12, keeps adverse-action records 25
   months; ECOA's limitation period is 5 years: set 1827 days where claims must
   be answered; the EU AI Act asks deployers for at least 6 months of logs);
 - sampled (RESERVOIR) explanations: 90 days;
+- ON_DEMAND answers to explain requests are not stored (the sink skips them:
+  the decision's stored explanation is the stream's own); rows older sinks
+  stored are not RESERVOIR, so they keep the priority days;
 - the aggregates (attribution_hist, attribution_stats, engine_stats): as long
   as the shorter of the two, never longer than the raw rows, so a re-read
   explanation can always be checked against what is stored before it is

@@ -11,13 +11,20 @@ a `Sink` and commits offsets only after the batch is in ClickHouse.
    non-finite numbers, impossible values go to `explanations.dlq` as
    DeadLetters with the reason and the original bytes (counted by reason,
    never retried), before anything of the batch is committed;
-2. drops repeated prediction_ids inside the batch and ids already in the
+2. drops the answers to explain requests (sampling_reason ON_DEMAND or a
+   request_id: `sink_rows.is_answer`), counted in `SinkStats.answers`: they live
+   on the `explanations` topic, for the requester, and are not samples (weight 1
+   whatever the decision's inclusion probability), so they are kept out of the
+   table and every aggregate; the decision's stored explanation is the stream's
+   own, and an answer published before it can never shadow it;
+3. drops repeated prediction_ids inside the batch and ids already in the
    table (an explanation published again at another offset is stored, and
    counted in the aggregates, once); the ids travel as array parameters in
-   chunks, so ids of any length fit;
-3. makes sure every model version in the batch has its reference registered
+   chunks, so ids of any length fit (answers stored by sinks before answers were
+   dropped do not count as the decision's explanation);
+4. makes sure every model version in the batch has its reference registered
    (from the model registry), so the histogram view can bin its attributions;
-4. writes the rows exactly once into the table and every view
+5. writes the rows exactly once into the table and every view
    (`sink_ledger`: fixed per-partition offset blocks, tokens from the topic's
    id and the first offset not yet stored, checked against the ledger).
 
@@ -37,6 +44,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
+
+import numpy as np
 
 from whystream.config import Settings
 from whystream.errors import ModelNotFound, WhystreamError
@@ -72,6 +81,7 @@ class SinkStats:
     consumed: int = 0  # messages handed to the sink
     written: int = 0  # rows newly stored in `explanations` (and every view)
     duplicates: int = 0  # prediction_ids skipped: repeated in a batch or already in the table
+    answers: int = 0  # answers to explain requests skipped: replies on the topic, not samples
     undecodable: int = 0  # messages that were not ExplanationEvents (also counted in set_aside)
     set_aside: Counter = field(default_factory=Counter)  # reason code -> messages sent to explanations.dlq
     batches: int = 0  # batches written
@@ -86,6 +96,8 @@ class SinkStats:
                 f"{self.duplicates:,} duplicates skipped, {sum(self.set_aside.values()):,} set aside")
         if self.set_aside:
             text += " (" + ", ".join(f"{k} {v:,}" for k, v in sorted(self.set_aside.items())) + ")"
+        if self.answers:
+            text += f", {self.answers:,} explain answers skipped (not stored)"
         if self.retries:
             text += f", {self.retries:,} ClickHouse retries"
         return text
@@ -203,7 +215,7 @@ class Sink:
 
     def write(self, prepared: tuple[Rows, dict[str, str]]) -> int:
         rows, topic_ids = prepared
-        rows = self._unique(rows)
+        rows = self._unique(self._without_answers(rows))
         if len(rows):
             rows = self._retrying("checking for duplicates", lambda c: self._not_stored(c, rows))
         written = 0
@@ -258,6 +270,16 @@ class Sink:
                         letter.reason_code, letter.reason)
         self._publisher.flush()
 
+    def _without_answers(self, rows: Rows) -> Rows:
+        """The rows that are not answers to explain requests (see module doc, step 2). Their
+        offsets are committed with the batch: nothing to retry."""
+        n = int(rows.answers.sum())
+        if not n:
+            return rows
+        self.stats.answers += n
+        log.debug("skipped %d explain answers (ON_DEMAND, request_id set): replies on the topic, not samples", n)
+        return rows.take(np.flatnonzero(~rows.answers).tolist())
+
     def _unique(self, rows: Rows) -> Rows:
         seen: set[str] = set()
         keep = []
@@ -273,7 +295,8 @@ class Sink:
         """Rows whose prediction_id is not in the table yet. A duplicate has the same
         event_time and model as the original (both are copied from the prediction), which
         lets ClickHouse prune by partition and key; the ids go as array parameters, in
-        chunks of at most ID_CHUNK_BYTES."""
+        chunks of at most ID_CHUNK_BYTES. An answer an older sink stored is not the
+        decision's explanation: it does not make the real one a duplicate."""
         names = sorted({name for name, _ in rows.models})
         lo, hi = int(rows.event_time.min()), int(rows.event_time.max())
         present: set[str] = set()
@@ -282,7 +305,8 @@ class Sink:
                 SELECT DISTINCT prediction_id FROM {self.database}.explanations
                 WHERE model_name IN {{names:Array(String)}}
                   AND event_time BETWEEN {ch.ms_lit(lo)} AND {ch.ms_lit(hi)}
-                  AND prediction_id IN {{ids:Array(String)}}""", parameters={"names": names, "ids": chunk})
+                  AND prediction_id IN {{ids:Array(String)}}
+                  AND request_id = '' AND sampling_reason != 'ON_DEMAND'""", parameters={"names": names, "ids": chunk})
             present.update(r[0] for r in found.result_rows)
         if not present:
             return rows

@@ -6,7 +6,9 @@ of `sink_columns.FIELDS`: every field is read from Avro, checked as
 `sink_rows.problem` checks it, and written as its RowBinary columns, so the
 insert needs no Python object per value. Only the prediction_id, the model and
 the event time come back to Python (the duplicate filter and the ledger use
-them). The result is the `Rows` the per-message path (`sink_rows.decode_messages`)
+them), and whether the row is an answer to an explain request
+(`sink_rows.is_answer`: sampling_reason ON_DEMAND or a non-empty request_id),
+which the sink drops. The result is the `Rows` the per-message path (`sink_rows.decode_messages`)
 makes, byte for byte (tests/jobs/analytics/test_sink_decode.py).
 
 The Avro read here is the one streams/batch_decode.py reads (it reuses its
@@ -27,7 +29,7 @@ import numpy as np
 from numba import njit
 
 from whystream.jobs.analytics.sink_columns import FIELDS, _text
-from whystream.jobs.analytics.sink_rows import LATEST_MS, Rows, decode_messages
+from whystream.jobs.analytics.sink_rows import ANSWER_REASON, LATEST_MS, Rows, decode_messages
 from whystream.streams.batch_decode import _ascii_text, _double, _long, _string
 from whystream.streams.codec import load_schema, schema_fingerprint
 from whystream.streams.validate import RawMessage
@@ -36,6 +38,7 @@ OPS = ("STR", "TIME", "DOUBLE", "WEIGHT", "ENUM", "BOOL", "NULL_INT", "NULL_STR"
        "POS", "TOPIC")
 STR, TIME, DOUBLE, WEIGHT, ENUM, BOOL, NULL_INT, NULL_STR, STRS, ATTRS, REASONS, POS, TOPIC = range(len(OPS))
 CAPTURED = ("prediction_id", "model_name", "model_version")  # text that comes back to Python
+NO_MARK, NON_EMPTY = -1, 0  # marks[k]: the ENUM symbol index, or NON_EMPTY (a NULL_STR), that makes an answer
 OK, SLOW = 0, 1
 
 
@@ -145,13 +148,15 @@ def _put_records(out, q, buf, scratch, count, n_strings):
 
 @njit(nogil=True, cache=True)
 def _transcode(buf, starts, ends, fingerprint, ops, captures_at, symbols, symbol_at, enum_first, partitions,
-               offsets, topic_of, topics, topic_at, latest, out, row_ends, status, captured, times, scratch):
+               offsets, topic_of, topics, topic_at, latest, marks, out, row_ends, status, captured, times, answers,
+               scratch):
     bits = np.zeros(1, dtype=np.uint64)
     value = bits.view(np.float64)
     q = 0
     for i in range(starts.shape[0]):
         row_start = q
         status[i] = SLOW
+        answers[i] = False
         p, end = starts[i], ends[i]
         good = end - p >= 10 and buf[p] == 0xC3 and buf[p + 1] == 0x01
         for k in range(8):
@@ -198,6 +203,8 @@ def _transcode(buf, starts, ends, fingerprint, ops, captures_at, symbols, symbol
                 if p < 0 or index < 0 or index >= last - first:
                     good = False
                     break
+                if marks[k] == index:
+                    answers[i] = True
                 a, b = symbol_at[first + index, 0], symbol_at[first + index, 1]
                 q = _put(out, _put_leb(out, q, b - a), symbols, a, b)
             elif op == BOOL:
@@ -231,6 +238,8 @@ def _transcode(buf, starts, ends, fingerprint, ops, captures_at, symbols, symbol
                     if b < 0 or not _ascii_text(buf, a, b):
                         good = False
                         break
+                    if marks[k] == NON_EMPTY and b > a:
+                        answers[i] = True
                     q = _put(out, _put_leb(out, q, b - a), buf, a, b)
                     p = b
             elif op == STRS:
@@ -292,15 +301,18 @@ class BatchDecoder:
         schema = load_schema("ExplanationEvent")
         self.fingerprint = np.frombuffer(schema_fingerprint(schema), dtype=np.uint8).copy()
         avro_fields = {f["name"]: f for f in schema["fields"]}
-        ops, captures, symbols, enum_first = [], [], [], [0]
+        ops, captures, marks, symbols, enum_first = [], [], [], [], [0]
         for name, op, _ in FIELDS:
             ops.append(OPS.index(op))
             captures.append(CAPTURED.index(name) if name in CAPTURED else (0 if name == "event_time" else -1))
+            marks.append(avro_fields[name]["type"]["symbols"].index(ANSWER_REASON) if name == "sampling_reason"
+                         else NON_EMPTY if name == "request_id" else NO_MARK)
             if op == "ENUM":
                 symbols += [s.encode() for s in avro_fields[name]["type"]["symbols"]]
                 enum_first.append(len(symbols))
         self.ops = np.asarray(ops, dtype=np.int64)
         self.captures = np.asarray(captures, dtype=np.int64)
+        self.marks = np.asarray(marks, dtype=np.int64)
         self.symbols, self.symbol_at = _ranges(symbols)
         self.enum_first = np.asarray(enum_first, dtype=np.int64)
 
@@ -318,24 +330,27 @@ class BatchDecoder:
         status = np.empty(n, dtype=np.int8)
         captured = np.zeros((n, 2 * len(CAPTURED)), dtype=np.int64)
         times = np.zeros(n, dtype=np.int64)
+        answers = np.zeros(n, dtype=np.bool_)
         used = _transcode(np.frombuffer(data or b"\0", dtype=np.uint8), ends - lengths, ends, self.fingerprint,
                           self.ops, self.captures, self.symbols, self.symbol_at, self.enum_first,
                           np.fromiter((m.partition for m in messages), dtype=np.int64, count=n),
                           np.fromiter((m.offset for m in messages), dtype=np.int64, count=n),
                           np.fromiter((index[m.topic] for m in messages), dtype=np.int64, count=n),
-                          topics, topic_at, LATEST_MS, out, row_ends, status, captured, times,
-                          np.zeros((int(lengths.max(initial=0)) + 1, 8), dtype=np.int64))
+                          topics, topic_at, LATEST_MS, self.marks, out, row_ends, status, captured, times,
+                          answers, np.zeros((int(lengths.max(initial=0)) + 1, 8), dtype=np.int64))
         ok = np.flatnonzero(status == OK)
         text = [data[a:b] for a, b in captured[ok].reshape(-1, 2)]
         ids = [t.decode("ascii") for t in text[0::3]]
         models_seen: dict[bytes, tuple[str, str]] = {}
         models = [models_seen.setdefault(nm + b"\0" + v, (nm.decode("ascii"), v.decode("ascii")))
                   for nm, v in zip(text[1::3], text[2::3])]
-        fast = Rows([messages[i] for i in ok], ids, models, times[ok], out[:used].tobytes(), row_ends[ok])
+        fast = Rows([messages[i] for i in ok], ids, models, times[ok], out[:used].tobytes(), row_ends[ok],
+                    answers[ok])
         slow = [messages[i] for i in np.flatnonzero(status != OK)]
         if not slow:
             return fast, []
         rest, aside = decode_messages(slow, self.codec, topic_ids)
         return Rows(fast.messages + rest.messages, fast.prediction_ids + rest.prediction_ids,
                     fast.models + rest.models, np.concatenate([fast.event_time, rest.event_time]),
-                    fast.payload + rest.payload, np.concatenate([fast.row_ends, rest.row_ends + used])), aside
+                    fast.payload + rest.payload, np.concatenate([fast.row_ends, rest.row_ends + used]),
+                    np.concatenate([fast.answers, rest.answers])), aside

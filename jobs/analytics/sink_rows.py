@@ -11,6 +11,11 @@ right (`problem`): not an ExplanationEvent (UNDECODABLE), a blank prediction_id
 (MISSING_ID), a number that is NaN or infinite (NON_FINITE_VALUE: it would
 poison every sum in the aggregates, or fail in their views), or an impossible
 value (BAD_FIELD: an inclusion weight <= 0, a time outside 1970..2100).
+
+Rows also flag the answers to explain requests (`is_answer`: sampling_reason
+ON_DEMAND or a non-empty request_id). They are valid events, so they are checked
+like any other, but they are replies for the requester, not samples of the
+stream: the sink drops them before anything is stored (`Sink.write`).
 """
 
 from __future__ import annotations
@@ -28,12 +33,14 @@ from whystream.streams.validate import DeadLetterRecord, RawMessage
 LATEST_MS = 4_102_444_800_000  # 2100-01-01: later times are typos (seconds read as ms, etc.)
 SCALARS = ("base_value", "raw_score", "score", "threshold", "inclusion_weight", "latency_ms")
 LISTS = ("attributions", "top_reasons", "principal_reasons")
+ANSWER_REASON = "ON_DEMAND"  # sampling_reason of an answer to an ExplainRequest (streams/control.py)
 
 
 @dataclass
 class Rows:
     """Valid explanations of one batch: row i was read from messages[i]; its RowBinary
-    row (sink_columns.INSERT_COLUMNS) is payload[row_ends[i - 1]:row_ends[i]]."""
+    row (sink_columns.INSERT_COLUMNS) is payload[row_ends[i - 1]:row_ends[i]];
+    answers[i] is True when it is an answer to an explain request (`is_answer`)."""
 
     messages: list[RawMessage]
     prediction_ids: list[str]
@@ -41,6 +48,12 @@ class Rows:
     event_time: np.ndarray  # int64 ms
     payload: bytes = b""
     row_ends: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    answers: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+    def __post_init__(self):
+        if not len(self.answers):  # rows made without flags hold no answers
+            self.answers = np.zeros(len(self.messages), dtype=bool)
+        assert len(self.answers) == len(self.messages), "one answer flag per row"
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -55,7 +68,13 @@ class Rows:
         ends = np.cumsum(np.fromiter(map(len, picked), dtype=np.int64, count=len(picked)))
         return Rows([self.messages[i] for i in rows], [self.prediction_ids[i] for i in rows],
                     [self.models[i] for i in rows], self.event_time[np.asarray(rows, dtype=np.int64)],
-                    b"".join(picked), ends)
+                    b"".join(picked), ends, self.answers[np.asarray(rows, dtype=np.int64)])
+
+
+def is_answer(event: dict) -> bool:
+    """An answer to an ExplainRequest: published on `explanations` for the requester, under the
+    decision's prediction_id, with weight 1. Not a sample of the stream, so never stored."""
+    return str(event.get("sampling_reason")) == ANSWER_REASON or bool(event.get("request_id"))
 
 
 def problem(event: dict) -> tuple[str, str] | None:
@@ -104,4 +123,4 @@ def rows_of(events: list[dict], messages: list[RawMessage], topic_ids: dict[str,
     return Rows(messages, [e["prediction_id"] for e in events],
                 [(e["model_name"], e["model_version"]) for e in events],
                 np.fromiter((int(e["event_time"]) for e in events), dtype=np.int64, count=len(events)),
-                *encode_rows(columns))
+                *encode_rows(columns), np.fromiter(map(is_answer, events), dtype=bool, count=len(events)))
