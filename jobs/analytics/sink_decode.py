@@ -19,8 +19,12 @@ bytes little-endian; boolean = 1 byte; enum = long index; union = long branch
 
 A message the fast path cannot judge exactly goes to the per-message path,
 which decodes, checks and dead-letters it with the reference's own reasons:
-another writer schema (an older version, the Confluent wire format), non-ASCII
-text, a negative array block count, or anything `problem` would object to.
+another writer schema (an older version, the Confluent wire format), text that
+is not valid UTF-8 or holds a NUL (`_utf8_text`: what Python's strict decoder
+refuses is the reference's to dead-letter), a prediction_id that is not plain ASCII
+(its blankness is `str.strip`'s, Unicode spaces included), a negative array block
+count, or anything `problem` would object to. Any other UTF-8 text (accented
+reason texts, feature names, strata) stays on the fast path.
 """
 
 from __future__ import annotations
@@ -77,6 +81,45 @@ def _finite_at(buf, p, bits, value):
 
 
 @njit(nogil=True, cache=True, inline="always")
+def _utf8_text(buf, start, stop):
+    """UTF-8 as Python's strict decoder takes it (no overlong forms, no surrogates, nothing
+    above U+10FFFF, no truncated sequence), and no NUL."""
+    k = start
+    while k < stop:
+        c = buf[k]
+        if c < 0x80:
+            if c == 0:
+                return False
+            k += 1
+            continue
+        if 0xC2 <= c <= 0xDF:
+            n, lo, hi = 1, 0x80, 0xBF
+        elif c == 0xE0:
+            n, lo, hi = 2, 0xA0, 0xBF
+        elif c == 0xED:
+            n, lo, hi = 2, 0x80, 0x9F  # not the surrogates D800..DFFF
+        elif 0xE1 <= c <= 0xEF:
+            n, lo, hi = 2, 0x80, 0xBF
+        elif c == 0xF0:
+            n, lo, hi = 3, 0x90, 0xBF
+        elif 0xF1 <= c <= 0xF3:
+            n, lo, hi = 3, 0x80, 0xBF
+        elif c == 0xF4:
+            n, lo, hi = 3, 0x80, 0x8F
+        else:
+            return False
+        if k + n >= stop:  # the sequence runs past the string
+            return False
+        if not lo <= buf[k + 1] <= hi:
+            return False
+        for m in range(2, n + 1):
+            if not 0x80 <= buf[k + m] <= 0xBF:
+                return False
+        k += n + 1
+    return True
+
+
+@njit(nogil=True, cache=True, inline="always")
 def _blank(buf, a, b):
     for k in range(a, b):
         c = buf[k]
@@ -101,7 +144,7 @@ def _records(buf, p, end, n_strings, scratch, bits, value):
                 return 0, -1
             for s in range(n_strings):
                 a, b = _string(buf, p, end)
-                if b < 0 or not _ascii_text(buf, a, b):
+                if b < 0 or not _utf8_text(buf, a, b):
                     return 0, -1
                 scratch[j, 2 * s], scratch[j, 2 * s + 1] = a, b
                 p = b
@@ -170,7 +213,7 @@ def _transcode(buf, starts, ends, fingerprint, ops, captures_at, symbols, symbol
             op = ops[k]
             if op == STR:
                 a, b = _string(buf, p, end)
-                if b < 0 or not _ascii_text(buf, a, b) or (k == 0 and _blank(buf, a, b)):
+                if b < 0 or not (_ascii_text(buf, a, b) and not _blank(buf, a, b) if k == 0 else _utf8_text(buf, a, b)):
                     good = False
                     break
                 c = captures_at[k]
@@ -235,7 +278,7 @@ def _transcode(buf, starts, ends, fingerprint, ops, captures_at, symbols, symbol
                     q += 1
                 else:
                     a, b = _string(buf, p, end)
-                    if b < 0 or not _ascii_text(buf, a, b):
+                    if b < 0 or not _utf8_text(buf, a, b):
                         good = False
                         break
                     if marks[k] == NON_EMPTY and b > a:
@@ -253,7 +296,7 @@ def _transcode(buf, starts, ends, fingerprint, ops, captures_at, symbols, symbol
                         break
                     for _ in range(count):
                         a, b = _string(buf, p, end)
-                        if b < 0 or j >= scratch.shape[0] or not _ascii_text(buf, a, b):
+                        if b < 0 or j >= scratch.shape[0] or not _utf8_text(buf, a, b):
                             good = False
                             break
                         scratch[j, 0], scratch[j, 1] = a, b
@@ -340,9 +383,9 @@ class BatchDecoder:
                           answers, np.zeros((int(lengths.max(initial=0)) + 1, 8), dtype=np.int64))
         ok = np.flatnonzero(status == OK)
         text = [data[a:b] for a, b in captured[ok].reshape(-1, 2)]
-        ids = [t.decode("ascii") for t in text[0::3]]
+        ids = [t.decode("ascii") for t in text[0::3]]  # ASCII: checked above
         models_seen: dict[bytes, tuple[str, str]] = {}
-        models = [models_seen.setdefault(nm + b"\0" + v, (nm.decode("ascii"), v.decode("ascii")))
+        models = [models_seen.setdefault(nm + b"\0" + v, (nm.decode("utf-8"), v.decode("utf-8")))
                   for nm, v in zip(text[1::3], text[2::3])]
         fast = Rows([messages[i] for i in ok], ids, models, times[ok], out[:used].tobytes(), row_ends[ok],
                     answers[ok])

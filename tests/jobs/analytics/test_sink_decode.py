@@ -25,13 +25,14 @@ SCHEMA = {f["name"]: f for f in load_schema("ExplanationEvent")["fields"]}
 REASONS = SCHEMA["sampling_reason"]["type"]["symbols"]
 SOURCES = SCHEMA["source"]["type"]["symbols"]
 
-def events(text, number, times, weight=None):
-    """ExplanationEvents drawn from these text, number, time (and inclusion weight) strategies."""
+def events(text, number, times, weight=None, ids=None):
+    """ExplanationEvents drawn from these text, number, time (and inclusion weight, prediction_id
+    text) strategies."""
     maybe = st.one_of(st.none(), number)
     attribution = st.fixed_dictionaries({"feature": text, "value": maybe, "shap": number})
     principal = st.fixed_dictionaries({"code": text, "text": text, "feature": text, "value": maybe, "shap": number})
     return st.fixed_dictionaries({
-        "prediction_id": st.one_of(text, st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)),
+        "prediction_id": st.one_of(text if ids is None else ids, st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)),
         "model_name": text, "model_version": text, "explainer": text, "explainer_version": text,
         "event_time": times, "explained_at": times, "output_space": text,
         "base_value": number, "raw_score": number,
@@ -50,11 +51,12 @@ def events(text, number, times, weight=None):
 
 ordinary = st.floats(min_value=-1e6, max_value=1e6)
 good_times = st.integers(0, 4_102_444_799_999)
-# Events the compiled pass decodes itself (ASCII text, finite numbers, times in range: checked below
-# that it does), and events with anything in them (most of those take the per-message path).
-plain = events(st.text(alphabet=st.sampled_from("ab_- 0\t"), max_size=12), ordinary, good_times,
-               st.floats(min_value=1e-3, max_value=1e6))
-anything = events(st.text(alphabet=st.sampled_from("ab_-é 0\t"), max_size=12),
+# Events the compiled pass decodes itself (UTF-8 text, an ASCII prediction_id, finite numbers, times
+# in range: checked below that it does), and events with anything in them (many of those take the
+# per-message path: a non-ASCII or Unicode-blank prediction_id, a non-finite number, a bad time).
+plain = events(st.text(alphabet=st.sampled_from("ab_- 0\té中😀"), max_size=12), ordinary, good_times,
+               st.floats(min_value=1e-3, max_value=1e6), ids=st.text(alphabet=st.sampled_from("ab_- 0\t"), max_size=12))
+anything = events(st.text(alphabet=st.sampled_from("ab_-é 0\t\u00a0\u3000😀"), max_size=12),
                   st.one_of(ordinary, ordinary, ordinary, st.sampled_from([math.nan, math.inf, -math.inf, -1.0, 0.0])),
                   st.one_of(good_times, st.integers(-10, 5_000_000_000_000)))
 event = st.one_of(plain, anything)
@@ -159,3 +161,25 @@ def test_answers_to_explain_requests_are_flagged_by_both_paths(monkeypatch):
     expected = [answer for _, _, answer in cases]
     assert list(fast.answers) == expected and list(slow.answers) == expected
     assert list(fast.take([4, 0, 2]).answers) == [False, True, True]
+
+
+utf8_candidates = st.one_of(
+    st.binary(max_size=12),
+    st.text(max_size=8).map(lambda t: t.encode("utf-8", "surrogatepass")),  # valid, and lone surrogates
+    st.lists(st.sampled_from([b"\xc0\x80", b"\xe0\x80\x80", b"\xed\xa0\x80", b"\xf4\x90\x80\x80",
+                              b"\xf0\x9f\x98", b"\xc3\xa9", b"a", b"\x00", b"\xe4\xb8\xad", b"\xff"]),
+             max_size=5).map(b"".join))
+
+
+@settings(max_examples=400, deadline=None)
+@given(utf8_candidates)
+def test_the_compiled_utf8_check_is_pythons_strict_decoder(data):
+    """What the fast path keeps is exactly what fastavro (Python's strict UTF-8) reads, less NULs."""
+    import numpy as np
+
+    try:
+        expected = "\x00" not in data.decode("utf-8")
+    except UnicodeDecodeError:
+        expected = False
+    buf = np.frombuffer(b"#" + data + b"#", dtype=np.uint8)
+    assert sink_decode._utf8_text(buf, 1, 1 + len(data)) == expected
