@@ -17,7 +17,8 @@ Without a cluster name every statement is the file's own, byte for byte. With on
 
 `explanations` is sharded by `cityHash64(prediction_id)`: every copy of one
 decision lands on the same shard, so ReplacingMergeTree (and the sink's
-filter by prediction_id) still deduplicates it. `drift_alerts` by alert_id.
+filter by prediction_id) still deduplicates it; `explanation_ids`, the filter's
+index, by the same key (each shard's view fills it from the shard's own rows). `drift_alerts` by alert_id.
 The aggregate tables are filled by each shard's views and read through their
 Distributed tables (sums and `...Merge` states combine across shards).
 The `{shard}` and `{replica}` macros must be defined on every server.
@@ -37,7 +38,8 @@ CLUSTER_VAR = "WHYSTREAM_CLICKHOUSE_CLUSTER"
 # Tables every shard holds whole (replicated across the cluster, not sharded).
 EVERYWHERE = {"model_reference", "schema_migrations", "input_reference", "score_reference",
               "sink_claims"}  # sink_claims: one token, one claim, cluster-wide
-SHARDING_KEYS = {"explanations": "cityHash64(prediction_id)", "drift_alerts": "cityHash64(alert_id)"}
+SHARDING_KEYS = {"explanations": "cityHash64(prediction_id)", "explanation_ids": "cityHash64(prediction_id)",
+                 "drift_alerts": "cityHash64(alert_id)"}
 # Parameterised views (materialized views are the names ending in _mv): one per node, not sharded.
 VIEWS = {"feature_drift", "feature_drift_by_stratum", "top_features", "engine_health", "top_reason_flips"}
 DEFAULT_SHARDING_KEY = "rand()"  # aggregate tables: written by each shard's views, inserted into only by hand

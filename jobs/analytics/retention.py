@@ -13,7 +13,8 @@ Compliance defaults (see README, "Retention"):
 - the aggregates (attribution_hist, attribution_stats, engine_stats): as long
   as the shorter of the two, never longer than the raw rows, so a re-read
   explanation can always be checked against what is stored before it is
-  counted again; the sink ledger as long as the longer.
+  counted again; the sink ledger as long as the longer; `explanation_ids`
+  (the duplicate filter's index) as long as the explanations themselves.
 
 `Retention.from_env()` reads WHYSTREAM_RETENTION_PRIORITY_DAYS and
 WHYSTREAM_RETENTION_SAMPLED_DAYS; `apply(client, database)` sets the TTLs
@@ -61,8 +62,8 @@ class Retention:
 
     def ttls(self) -> dict[str, str]:
         """Table -> its TTL expression."""
-        out = {"explanations": f"addDays(toDateTime(event_time), if(sampling_reason = 'RESERVOIR', "
-                               f"{self.sampled_days}, {self.priority_days}))",
+        raw = f"addDays(toDateTime(event_time), if(sampling_reason = 'RESERVOIR', {self.sampled_days}, {self.priority_days}))"
+        out = {"explanations": raw, "explanation_ids": raw,  # the duplicate filter's index lives as long as the rows
                "sink_ledger": f"inserted_at + toIntervalDay({self.ledger_days})"}
         out.update({table: f"minute + toIntervalDay({self.aggregate_days})" for table in AGGREGATES})
         return out

@@ -292,21 +292,21 @@ class Sink:
         return rows if len(keep) == len(rows) else rows.take(keep)
 
     def _not_stored(self, client, rows: Rows) -> Rows:
-        """Rows whose prediction_id is not in the table yet. A duplicate has the same
-        event_time and model as the original (both are copied from the prediction), which
-        lets ClickHouse prune by partition and key; the ids go as array parameters, in
-        chunks of at most ID_CHUNK_BYTES. An answer an older sink stored is not the
-        decision's explanation: it does not make the real one a duplicate."""
+        """Rows whose prediction_id is not in the table yet, asked of `explanation_ids`
+        (migration 043: the stored ids sorted by model and event time). A duplicate has the
+        same event_time and model as the original (both are copied from the prediction), so
+        only the batch's time span is read, however large the table; the ids go as array
+        parameters, in chunks of at most ID_CHUNK_BYTES. The index leaves out answers an
+        older sink stored: they are not the decision's explanation."""
         names = sorted({name for name, _ in rows.models})
         lo, hi = int(rows.event_time.min()), int(rows.event_time.max())
         present: set[str] = set()
         for chunk in _chunks(rows.prediction_ids, ID_CHUNK_BYTES):
             found = client.query(f"""
-                SELECT DISTINCT prediction_id FROM {self.database}.explanations
+                SELECT DISTINCT prediction_id FROM {self.database}.explanation_ids
                 WHERE model_name IN {{names:Array(String)}}
                   AND event_time BETWEEN {ch.ms_lit(lo)} AND {ch.ms_lit(hi)}
-                  AND prediction_id IN {{ids:Array(String)}}
-                  AND request_id = '' AND sampling_reason != 'ON_DEMAND'""", parameters={"names": names, "ids": chunk})
+                  AND prediction_id IN {{ids:Array(String)}}""", parameters={"names": names, "ids": chunk})
             present.update(r[0] for r in found.result_rows)
         if not present:
             return rows

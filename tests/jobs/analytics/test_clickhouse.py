@@ -33,7 +33,9 @@ TABLES = {"schema_migrations", "explanations", "model_reference", "attribution_h
           # champion vs challenger (041)
           "champion_challenger_pairs", "champion_challenger", "champion_challenger_features",
           # the sink's ledger (011, 013)
-          "sink_ledger", "sink_ledger_mv", "sink_claims"}
+          "sink_ledger", "sink_ledger_mv", "sink_claims",
+          # the duplicate filter's index (043)
+          "explanation_ids", "explanation_ids_mv"}
 
 
 def test_migrations_apply_once_in_order(db):
@@ -130,6 +132,26 @@ def test_histograms_equal_numpy_on_the_raw_rows(db):
     for key, (w, n) in expected.items():
         assert got[key][1] == n
         assert got[key][0] == pytest.approx(w, rel=1e-9)
+
+
+def test_the_duplicate_filters_index_holds_every_stored_decision_and_no_answer(db):
+    """explanation_ids (043) has the stored explanations' ids, from its view and, for rows
+    stored before it, from its backfill; answers to explain requests stay out of both."""
+    client, database = db
+    model = synthetic_model(n_features=2, seed=9)
+    events, _ = stream(model, base_minute(), minutes=1, per_minute=300, seed=10)
+    answer = {**events[0], "prediction_id": "answered", "sampling_reason": "ON_DEMAND", "request_id": "r-1"}
+    explanation_rows.insert_explanations(client, events + [answer], database)
+
+    def ids():
+        return sorted(r["prediction_id"] for r in ch.rows(client, f"SELECT prediction_id FROM {database}.explanation_ids"))
+    expected = sorted(e["prediction_id"] for e in events)
+    assert ids() == expected
+    client.command(f"TRUNCATE TABLE {database}.explanation_ids")  # as if the rows predated migration 043
+    (backfill,) = [m for m in migrations.migrations() if m.version == 43]
+    for statement in migrations.migration_statements(backfill, database):
+        client.command(statement)
+    assert ids() == expected
 
 
 def test_histograms_bin_attributions_in_any_order(stack, db):

@@ -28,6 +28,7 @@ def test_migrated_tables_carry_the_compliance_defaults(db):
     sql = table_sql(client, database)
     assert "if(sampling_reason = 'RESERVOIR', 90, 762)" in sql["explanations"]
     assert "ttl_only_drop_parts = 0" in sql["explanations"]
+    assert "if(sampling_reason = 'RESERVOIR', 90, 762)" in sql["explanation_ids"]  # the filter's index: as long
     for table in AGGREGATES:
         assert "TTL minute + toIntervalDay(90)" in sql[table]
     assert "TTL inserted_at + toIntervalDay(762)" in sql["sink_ledger"]
@@ -40,9 +41,10 @@ def test_retention_from_the_environment(db, monkeypatch):
     monkeypatch.setenv(SAMPLED_VAR, "180")
     retention = Retention.from_env()
     assert (retention.priority_days, retention.sampled_days, retention.aggregate_days) == (1827, 180, 180)
-    assert set(retention.apply(client, database)) == {"explanations", "sink_ledger", *AGGREGATES}
+    assert set(retention.apply(client, database)) == {"explanations", "explanation_ids", "sink_ledger", *AGGREGATES}
     sql = table_sql(client, database)
     assert "if(sampling_reason = 'RESERVOIR', 180, 1827)" in sql["explanations"]
+    assert "if(sampling_reason = 'RESERVOIR', 180, 1827)" in sql["explanation_ids"]
     assert "toIntervalDay(180)" in sql["engine_stats"] and "toIntervalDay(1827)" in sql["sink_ledger"]
     assert retention.apply(client, database) == []
     monkeypatch.setenv(SAMPLED_VAR, "ninety")
@@ -62,9 +64,10 @@ def test_sampled_rows_expire_before_priority_rows(db):
         minute -= minute % 60_000
         rows += events_for(model, np.array([[0.1, -0.2]]), [1.0 if reason == "ADVERSE" else 5.0], [reason], minute, prefix)
     explanation_rows.insert_explanations(client, rows, database)
-    for table in ("explanations", *AGGREGATES):
+    for table in ("explanations", "explanation_ids", *AGGREGATES):
         client.command(f"OPTIMIZE TABLE {database}.{table} FINAL")
-    left = sorted(r["prediction_id"] for r in ch.rows(client, f"SELECT prediction_id FROM {database}.explanations"))
-    assert left == ["priority-100-0", "sampled-1-0"]
+    for table in ("explanations", "explanation_ids"):  # the duplicate filter forgets what the table forgot
+        left = sorted(r["prediction_id"] for r in ch.rows(client, f"SELECT prediction_id FROM {database}.{table}"))
+        assert left == ["priority-100-0", "sampled-1-0"], table
     # aggregates keep 90 days: only the recent minute is still counted
     assert ch.rows(client, f"SELECT sum(n) AS n FROM {database}.engine_stats")[0]["n"] == 1
