@@ -23,11 +23,13 @@ The fast path only accepts what it can judge exactly as the full decoder
 - OK: decoded and valid: a registered model (looked up in the tables), every
   feature name one of the model's (matched in the model's order first: the
   next name is tried first, then all of them), finite values, a non-blank
-  ASCII prediction_id, finite score and threshold;
+  ASCII prediction_id, finite score and threshold, a decision and segment in
+  valid UTF-8 without NUL (`_utf8_text`, Python's strict decoder's rule);
 - NO_MODEL: its model (name, version) is not in the tables yet; the caller
   loads it (or not) and decodes again;
 - SLOW: anything else: another writer schema (e.g. version 1), any doubt about
-  the bytes, non-ASCII text, negative map block counts, a negative or
+  the bytes, a non-ASCII prediction_id, text that is not valid UTF-8 or holds a
+  NUL, negative map block counts, a negative or
   out-of-int decision_class, a problem the Validator reports. The caller runs the full decoder and the Validator on
   these, message by message, so errors and dead-letter reasons are exactly
   theirs.
@@ -96,6 +98,45 @@ def _ascii_text(buf, start, stop):
     for k in range(start, stop):
         if buf[k] >= 0x80 or buf[k] == 0:
             return False
+    return True
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _utf8_text(buf, start, stop):
+    """UTF-8 as Python's strict decoder takes it (no overlong forms, no surrogates, nothing
+    above U+10FFFF, no truncated sequence), and no NUL."""
+    k = start
+    while k < stop:
+        c = buf[k]
+        if c < 0x80:
+            if c == 0:
+                return False
+            k += 1
+            continue
+        if 0xC2 <= c <= 0xDF:
+            n, lo, hi = 1, 0x80, 0xBF
+        elif c == 0xE0:
+            n, lo, hi = 2, 0xA0, 0xBF
+        elif c == 0xED:
+            n, lo, hi = 2, 0x80, 0x9F  # not the surrogates D800..DFFF
+        elif 0xE1 <= c <= 0xEF:
+            n, lo, hi = 2, 0x80, 0xBF
+        elif c == 0xF0:
+            n, lo, hi = 3, 0x90, 0xBF
+        elif 0xF1 <= c <= 0xF3:
+            n, lo, hi = 3, 0x80, 0xBF
+        elif c == 0xF4:
+            n, lo, hi = 3, 0x80, 0x8F
+        else:
+            return False
+        if k + n >= stop:  # the sequence runs past the string
+            return False
+        if not lo <= buf[k + 1] <= hi:
+            return False
+        for m in range(2, n + 1):
+            if not 0x80 <= buf[k + m] <= 0xBF:
+                return False
+        k += n + 1
     return True
 
 
@@ -234,7 +275,7 @@ def _decode(buf, starts, ends, fingerprint, previous, blob, model_names, model_v
         # score, decision, threshold
         s_value = _double(buf, p, bits, value)
         decision_start, decision_stop = _string(buf, p + 8, end)
-        if decision_stop < 0 or decision_stop + 8 > end or not _ascii_text(buf, decision_start, decision_stop):
+        if decision_stop < 0 or decision_stop + 8 > end or not _utf8_text(buf, decision_start, decision_stop):
             text[t:t + 3] = 0
             t += 3
             continue
@@ -259,8 +300,8 @@ def _decode(buf, starts, ends, fingerprint, previous, blob, model_names, model_v
                     good = False
                     break
                 value_start, value_stop = _string(buf, key_stop, end)
-                if (value_stop < 0 or not _ascii_text(buf, key_start, key_stop)
-                        or not _ascii_text(buf, value_start, value_stop)):
+                if (value_stop < 0 or not _utf8_text(buf, key_start, key_stop)
+                        or not _utf8_text(buf, value_start, value_stop)):
                     good = False
                     break
                 p = value_stop
@@ -385,7 +426,7 @@ class PredictionDecoder:
         used = _decode(buf, starts, ends, self.fingerprint, self.previous, self._blob, self._names, self._versions, self._features,
                        self._per_model, np.frombuffer(stratum_key.encode(), dtype=np.uint8), status, slot, X,
                        event_time, score, threshold, priority, decision_class, model_at, text)
-        fields = text[:used].tobytes().decode("ascii").split(SEPARATOR)
+        fields = text[:used].tobytes().decode("utf-8").split(SEPARATOR)  # checked: valid UTF-8, no NUL
         return Decoded(status, slot, X, event_time, score, threshold, priority, decision_class,
                        fields[0:3 * n:3], fields[1:3 * n:3],
                        fields[2:3 * n:3], model_at, data)

@@ -20,7 +20,7 @@ bytes little-endian; boolean = 1 byte; enum = long index; union = long branch
 A message the fast path cannot judge exactly goes to the per-message path,
 which decodes, checks and dead-letters it with the reference's own reasons:
 another writer schema (an older version, the Confluent wire format), text that
-is not valid UTF-8 or holds a NUL (`_utf8_text`: what Python's strict decoder
+is not valid UTF-8 or holds a NUL (`batch_decode._utf8_text`: what Python's strict decoder
 refuses is the reference's to dead-letter), a prediction_id that is not plain ASCII
 (its blankness is `str.strip`'s, Unicode spaces included), a negative array block
 count, or anything `problem` would object to. Any other UTF-8 text (accented
@@ -34,7 +34,7 @@ from numba import njit
 
 from whystream.jobs.analytics.sink_columns import FIELDS, _text
 from whystream.jobs.analytics.sink_rows import ANSWER_REASON, LATEST_MS, Rows, decode_messages
-from whystream.streams.batch_decode import _ascii_text, _double, _long, _string
+from whystream.streams.batch_decode import _ascii_text, _double, _long, _string, _utf8_text
 from whystream.streams.codec import load_schema, schema_fingerprint
 from whystream.streams.validate import RawMessage
 
@@ -78,45 +78,6 @@ def _put_int(out, q, v, size):
 def _finite_at(buf, p, bits, value):
     v = _double(buf, p, bits, value)
     return np.isfinite(v)
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _utf8_text(buf, start, stop):
-    """UTF-8 as Python's strict decoder takes it (no overlong forms, no surrogates, nothing
-    above U+10FFFF, no truncated sequence), and no NUL."""
-    k = start
-    while k < stop:
-        c = buf[k]
-        if c < 0x80:
-            if c == 0:
-                return False
-            k += 1
-            continue
-        if 0xC2 <= c <= 0xDF:
-            n, lo, hi = 1, 0x80, 0xBF
-        elif c == 0xE0:
-            n, lo, hi = 2, 0xA0, 0xBF
-        elif c == 0xED:
-            n, lo, hi = 2, 0x80, 0x9F  # not the surrogates D800..DFFF
-        elif 0xE1 <= c <= 0xEF:
-            n, lo, hi = 2, 0x80, 0xBF
-        elif c == 0xF0:
-            n, lo, hi = 3, 0x90, 0xBF
-        elif 0xF1 <= c <= 0xF3:
-            n, lo, hi = 3, 0x80, 0xBF
-        elif c == 0xF4:
-            n, lo, hi = 3, 0x80, 0x8F
-        else:
-            return False
-        if k + n >= stop:  # the sequence runs past the string
-            return False
-        if not lo <= buf[k + 1] <= hi:
-            return False
-        for m in range(2, n + 1):
-            if not 0x80 <= buf[k + m] <= 0xBF:
-                return False
-        k += n + 1
-    return True
 
 
 @njit(nogil=True, cache=True, inline="always")

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from whystream.errors import DecodeError, ModelNotFound
 from whystream.streams.attribution import Attributions
-from whystream.streams.batch_decode import OK, PredictionDecoder
+from whystream.streams.batch_decode import OK, PredictionDecoder, _utf8_text
 from whystream.streams.batch_encode import ExplanationEncoder
 from whystream.streams.codec import SingleObjectCodec, codec_for
 from whystream.streams.explanation import build_explanations
@@ -71,15 +71,15 @@ ascii_text = st.text(st.characters(min_codepoint=1, max_codepoint=127), max_size
 
 @st.composite
 def records(draw, ordinary=False):
-    """PredictionEvent records: `ordinary` ones are valid, plain-ASCII events of a known model
-    (the fast path's business); the others may break any rule."""
+    """PredictionEvent records: `ordinary` ones are valid events of a known model, an ASCII
+    prediction_id and UTF-8 text elsewhere (the fast path's business); the others may break any rule."""
     if ordinary:
         name, version = draw(st.sampled_from([("fraud", "v1"), ("fraud", "v2"), ("risk", "r1"), ("tier", "t1")]))
         names = draw(st.lists(st.sampled_from(FEATURES[:3] if version == "v2" else FEATURES[:4] if name == "tier"
                                               else FEATURES), max_size=8))
         decision_class = st.one_of(st.none(), st.integers(0, 2)) if name == "tier" else st.none()
-        values, identifier, decision = st.one_of(st.none(), finite), plain, st.sampled_from(["approve", "decline"])
-        segment_value, score = st.one_of(st.sampled_from(["pos", "ecom", ""]), ascii_text), finite
+        values, identifier, decision = st.one_of(st.none(), finite), plain, st.sampled_from(["approve", "décliné"])
+        segment_value, score = st.one_of(st.sampled_from(["pos", "ecom", "", "España", "東京"]), ascii_text), finite
     else:
         name, version = draw(st.sampled_from([("fraud", "v1"), ("fraud", "v2"), ("risk", "r1"), ("fraud", "v9"),
                                               ("nope", "v1"), ("tier", "t1")]))
@@ -157,6 +157,18 @@ def assert_same_split(values: list[bytes], stratum_key: str = "channel") -> None
        st.sampled_from(["channel", "", "country"]))
 def test_batches_of_random_events_split_exactly_as_one_at_a_time(events, stratum_key):
     assert_same_split([PREDICTION.encode(r) for r in events], stratum_key)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(records(ordinary=True), min_size=1, max_size=8))
+def test_ordinary_events_with_any_text_take_the_fast_path(events):
+    """Accented decisions and segments (a country, a city) stay on the compiled pass."""
+    decoder = PredictionDecoder(PREDICTION.header[2:])
+    for (name, version), model in FakeRegistry().known.items():
+        decoder.add_model(name, version, model)
+    decoded = decoder.decode([PREDICTION.encode({**r, "event_time": 1_700_000_000_000}) for r in events], "country")
+    assert (decoded.status == OK).all()
+    assert decoded.strata == [r["segment"].get("country", "") for r in events]
 
 
 def test_ordinary_events_take_the_fast_path():
@@ -336,3 +348,23 @@ def test_ordinary_version_2_events_keep_the_fast_path():
     assert decoded.priority.tolist() == [r["priority"] for r in events]
     current = validator.decoder.decode([PREDICTION.encode({**events[0], "decision_class": None})], "channel")
     assert (current.status == OK).all()
+
+
+utf8_candidates = st.one_of(
+    st.binary(max_size=12),
+    st.text(max_size=8).map(lambda t: t.encode("utf-8", "surrogatepass")),  # valid, and lone surrogates
+    st.lists(st.sampled_from([b"\xc0\x80", b"\xe0\x80\x80", b"\xed\xa0\x80", b"\xf4\x90\x80\x80",
+                              b"\xf0\x9f\x98", b"\xc3\xa9", b"a", b"\x00", b"\xe4\xb8\xad", b"\xff"]),
+             max_size=5).map(b"".join))
+
+
+@settings(max_examples=400, deadline=None)
+@given(utf8_candidates)
+def test_the_compiled_utf8_check_is_pythons_strict_decoder(data):
+    """What the fast path keeps is exactly what fastavro (Python's strict UTF-8) reads, less NULs."""
+    try:
+        expected = "\x00" not in data.decode("utf-8")
+    except UnicodeDecodeError:
+        expected = False
+    buf = np.frombuffer(b"#" + data + b"#", dtype=np.uint8)
+    assert _utf8_text(buf, 1, 1 + len(data)) == expected

@@ -162,24 +162,3 @@ def test_answers_to_explain_requests_are_flagged_by_both_paths(monkeypatch):
     assert list(fast.answers) == expected and list(slow.answers) == expected
     assert list(fast.take([4, 0, 2]).answers) == [False, True, True]
 
-
-utf8_candidates = st.one_of(
-    st.binary(max_size=12),
-    st.text(max_size=8).map(lambda t: t.encode("utf-8", "surrogatepass")),  # valid, and lone surrogates
-    st.lists(st.sampled_from([b"\xc0\x80", b"\xe0\x80\x80", b"\xed\xa0\x80", b"\xf4\x90\x80\x80",
-                              b"\xf0\x9f\x98", b"\xc3\xa9", b"a", b"\x00", b"\xe4\xb8\xad", b"\xff"]),
-             max_size=5).map(b"".join))
-
-
-@settings(max_examples=400, deadline=None)
-@given(utf8_candidates)
-def test_the_compiled_utf8_check_is_pythons_strict_decoder(data):
-    """What the fast path keeps is exactly what fastavro (Python's strict UTF-8) reads, less NULs."""
-    import numpy as np
-
-    try:
-        expected = "\x00" not in data.decode("utf-8")
-    except UnicodeDecodeError:
-        expected = False
-    buf = np.frombuffer(b"#" + data + b"#", dtype=np.uint8)
-    assert sink_decode._utf8_text(buf, 1, 1 + len(data)) == expected
