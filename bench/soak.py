@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 from confluent_kafka import Producer
@@ -182,6 +183,11 @@ def main() -> int:
         print(f"  {name:26s} {value}")
     print(f"  {'reservoir weights':26s} {sampled:,.1f} for {len(records) - len(due):,} candidates")
     print("  worker RSS (s: MiB): " + ", ".join(f"{t}: {m:.0f}" for t, m in rss if m is not None))
+    twice = [pid for pid, n in Counter(ids).items() if n > 1]
+    for pid in sorted(twice)[:5]:  # what a duplicate looks like: which workers, when, why sampled
+        print(f"  published twice: {pid}: " + "; ".join(
+            f"{e['sampling_reason']} by {e['worker']} at {e['explained_at']} (event {e['event_time']})"
+            for e in found if e["prediction_id"] == pid))
     return 1 if any(figures.values()) else 0
 
 
