@@ -5,8 +5,11 @@ of `make test`).
 
 Prints, at the end, lost and duplicated priority explanations and dead
 letters (all must be 0), whether the reservoir weights add up to the distinct
-candidates, and the worker's RSS over time (sampled every 5 s from /proc).
-Exits 1 if anything was lost or duplicated.
+candidates, and the worker's RSS over time (sampled every 5 s from /proc);
+how many messages `predictions` holds beyond those sent (the soak's producer is
+idempotent, so this should be 0: a decision sent twice at two offsets is only
+caught by Redis dedup, a documented limit); and, for a duplicate, what its
+copies were. Exits 1 if anything was lost or duplicated.
 
     python -m bench.soak --minutes 3 --rate 1000
 """
@@ -33,7 +36,7 @@ from whystream.jobs.simulation.produce import prediction_events
 from whystream.jobs.models.registry import ModelRegistry
 from whystream.jobs.models.train import train_model
 from whystream.streams.codec import codec_for
-from whystream.streams.topic_stats import read_all
+from whystream.streams.topic_stats import message_count, read_all
 
 BAND = 0.02
 
@@ -118,7 +121,9 @@ def main() -> int:
         done = threading.Event()
 
         def send():
-            producer = Producer(settings.kafka())
+            # Idempotent: a retried produce request must not put a decision on the topic twice (the
+            # worker's guarantee is about its own output; duplicated input is counted below).
+            producer = Producer(settings.kafka(**{"enable.idempotence": True}))
             began = time.monotonic()
             for i, (key, value, _) in enumerate(messages):
                 producer.produce(settings.topic("predictions"), value, key)
@@ -161,6 +166,7 @@ def main() -> int:
                 last, since = len(found), time.monotonic()
             time.sleep(2)
         letters = read_all(settings, settings.topic("predictions.dlq"), "DeadLetter")
+        inputs = message_count(settings, settings.topic("predictions"))
         worker.kill(signal.SIGTERM)
         redis.kill()
 
@@ -178,7 +184,8 @@ def main() -> int:
         "lost dead letters": len(bad - set(letter_ids)),
         "duplicated dead letters": len(letter_ids) - len(set(letter_ids)),
     }
-    print(f"soak: {kills} kill -9 of the worker, {redis_restarts} Redis restarts")
+    print(f"soak: {kills} kill -9 of the worker, {redis_restarts} Redis restarts; {inputs - len(messages):,} "
+          f"messages on `predictions` beyond the {len(messages):,} sent")
     for name, value in figures.items():
         print(f"  {name:26s} {value}")
     print(f"  {'reservoir weights':26s} {sampled:,.1f} for {len(records) - len(due):,} candidates")
