@@ -18,7 +18,8 @@ Without a cluster name every statement is the file's own, byte for byte. With on
 `explanations` is sharded by `cityHash64(prediction_id)`: every copy of one
 decision lands on the same shard, so ReplacingMergeTree (and the sink's
 filter by prediction_id) still deduplicates it; `explanation_ids`, the filter's
-index, by the same key (each shard's view fills it from the shard's own rows). `drift_alerts` by alert_id.
+index, by the same key (each shard's view fills it from the shard's own rows).
+`drift_alerts` by alert_id.
 The aggregate tables are filled by each shard's views and read through their
 Distributed tables (sums and `...Merge` states combine across shards).
 The `{shard}` and `{replica}` macros must be defined on every server.

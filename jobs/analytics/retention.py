@@ -62,7 +62,8 @@ class Retention:
 
     def ttls(self) -> dict[str, str]:
         """Table -> its TTL expression."""
-        raw = f"addDays(toDateTime(event_time), if(sampling_reason = 'RESERVOIR', {self.sampled_days}, {self.priority_days}))"
+        raw = (f"addDays(toDateTime(event_time), if(sampling_reason = 'RESERVOIR', "
+               f"{self.sampled_days}, {self.priority_days}))")
         out = {"explanations": raw, "explanation_ids": raw,  # the duplicate filter's index lives as long as the rows
                "sink_ledger": f"inserted_at + toIntervalDay({self.ledger_days})"}
         out.update({table: f"minute + toIntervalDay({self.aggregate_days})" for table in AGGREGATES})

@@ -323,9 +323,9 @@ class Sink:
             last_miss = self._unreferenced.get((name, version))
             if last_miss is not None and time.monotonic() - last_miss < 60:
                 continue
-            model = self._load(name, version)
-            if isinstance(model, Exception):
-                exc = model
+            try:
+                model = self._load(name, version)
+            except ModelNotFound as exc:
                 self._unreferenced[(name, version)] = time.monotonic()
                 log.warning("no reference for %s %s (%s): its explanations are stored without histogram rows "
                             "until it is registered", printable(name), printable(version), printable(exc))
@@ -340,20 +340,23 @@ class Sink:
         its input reference once the registry has one (`whystream register` of the same model adds it)."""
         if has_input_reference(client, name, version, self.database):
             return
-        model = self._load(name, version)
-        if not isinstance(model, Exception):
-            register_input_reference(client, model, self.database)
+        try:
+            model = self._load(name, version)
+        except ModelNotFound:
+            return
+        register_input_reference(client, model, self.database)
 
     def _load(self, name: str, version: str):
-        """The registered model version, or why it cannot be loaded. Not a ClickHouse failure, so
-        never retried as one: a missing, unreadable or misconfigured registry leaves the version
-        without histogram rows until it can be loaded (asked again after a minute)."""
+        """The registered model version; ModelNotFound whatever keeps it from loading. Not a
+        ClickHouse failure, so never retried as one: a missing, unreadable or misconfigured
+        registry leaves the version without histogram rows until it loads (asked again after
+        a minute)."""
         try:
             return self.registry.load(name, version)
-        except ModelNotFound as exc:
-            return exc
+        except ModelNotFound:
+            raise
         except Exception as exc:  # an unreadable version or no registry configured
-            return ModelNotFound(f"the model registry could not load it: {ch.one_line(exc)}")
+            raise ModelNotFound(f"the model registry could not load it: {ch.one_line(exc)}") from exc
 
 
 def _chunks(ids: list[str], limit: int):

@@ -174,7 +174,11 @@ def _transcode(buf, starts, ends, fingerprint, ops, captures_at, symbols, symbol
             op = ops[k]
             if op == STR:
                 a, b = _string(buf, p, end)
-                if b < 0 or not (_ascii_text(buf, a, b) and not _blank(buf, a, b) if k == 0 else _utf8_text(buf, a, b)):
+                if k == 0:  # the prediction_id: ASCII, so its blankness is str.strip's
+                    text_ok = _ascii_text(buf, a, b) and not _blank(buf, a, b)
+                else:
+                    text_ok = _utf8_text(buf, a, b)
+                if b < 0 or not text_ok:
                     good = False
                     break
                 c = captures_at[k]

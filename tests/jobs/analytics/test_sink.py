@@ -188,6 +188,35 @@ def test_redelivered_explanations_are_not_counted_twice(stack, db):
     assert sink.stats.duplicates == len(events) + 50 + 15
 
 
+class BrokenRegistry:
+    """The sink's registry seam: a registry that cannot load anything (unreadable files, none
+    configured), raising what such a registry raises, not ModelNotFound."""
+
+    def __init__(self):
+        self.loads = 0
+
+    def load(self, name, version):
+        self.loads += 1
+        raise OSError(f"cannot read {name}/{version}/model.txt")
+
+
+def test_a_registry_that_cannot_load_a_version_never_stalls_the_sink(stack, db):
+    """Not a ClickHouse failure, so never retried as one: the rows are stored without histogram
+    rows, the version counts as unreferenced, and the registry is asked again only after a while."""
+    client, database = db
+    model = synthetic_model(n_features=3, seed=25)  # no reference registered in ClickHouse
+    events, _ = stream(model, base_minute(), minutes=1, per_minute=400, seed=26)
+    registry = BrokenRegistry()
+    sink = Sink(stack, database, registry=registry, backoff=(0.01, 0.05))
+    codec = codec_for("ExplanationEvent", None, "explanations")
+    assert sink.process(raw_messages(codec, events)) == len(events)
+    assert sink.process(raw_messages(codec, events[:1], first_offset=50_000)) == 0  # a duplicate, same version
+    assert sink.stats.retries == 0 and sink.stats.unreferenced == len(events)
+    assert registry.loads == 1  # the second batch did not ask again within the minute
+    found = counts(client, database)
+    assert found["raw"] == len(events) and found["hist"] == 0
+
+
 def test_a_retried_batch_is_written_once(stack, db):
     """The first insert lands but its answer is lost: the retry (same rows, same
     token) is deduplicated by ClickHouse in the table and in every view."""
