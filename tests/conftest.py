@@ -4,6 +4,7 @@ the Tansu broker, a redis-server and a chDB directory (see infra/stack.py)."""
 from __future__ import annotations
 
 import itertools
+import shutil
 import uuid
 
 import pytest
@@ -52,9 +53,14 @@ def small_model(stack, tmp_path_factory):
 
 
 @pytest.fixture
-def engine_settings(fresh_topics, small_model):
-    """Fresh topics, the small model's registry and an empty Redis database of their own."""
+def engine_settings(fresh_topics, small_model, tmp_path):
+    """Fresh topics, a copy of the small model's registry and an empty Redis database of their own.
+
+    A copy, because tests register versions (a redacted one, a challenger): in the shared
+    registry those would move LATEST under every later test of the same session."""
     base, _, _ = fresh_topics.redis_url.rpartition("/")
     url = f"{base}/{next(_redis_dbs)}"
     redis.Redis.from_url(url).flushdb()
-    return fresh_topics.with_(registry=small_model.path.parent.parent, redis_url=url)
+    registry = tmp_path / "engine-registry"
+    shutil.copytree(small_model.path.parent.parent, registry)
+    return fresh_topics.with_(registry=registry, redis_url=url)

@@ -26,11 +26,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def settings(engine_settings, small_model, tmp_path):
-    """engine_settings with a registry of this test's own (a copy of the small model's)."""
-    root = tmp_path / "registry"
-    shutil.copytree(small_model.path.parent.parent, root)
-    return engine_settings.with_(registry=root)
+def settings(engine_settings):
+    """engine_settings: fresh topics, an empty Redis database, a copy of the small model's registry."""
+    return engine_settings
 
 
 def another_version(settings, seed: int, challenger: bool = False, registry=None):

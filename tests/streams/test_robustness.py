@@ -77,11 +77,10 @@ def test_a_small_message_keeps_all_its_bytes(engine_settings):
 
 
 @pytest.fixture
-def broken_registry(engine_settings, small_model, tmp_path):
-    """A copy of the small model's registry with a corrupt version of `fraud` and a
-    random-forest model `forest` that the TreeSHAP kernel does not explain."""
-    root = tmp_path / "registry"
-    shutil.copytree(small_model.path.parent.parent, root)
+def broken_registry(engine_settings, small_model):
+    """engine_settings whose registry (a copy of the small model's) also holds a corrupt version
+    of `fraud` and a random-forest model `forest` that the TreeSHAP kernel does not explain."""
+    root = engine_settings.registry
     bad = root / small_model.name / "badbadbadbad"
     shutil.copytree(small_model.path, bad)
     meta = json.loads((bad / "meta.json").read_text())
@@ -100,7 +99,7 @@ def broken_registry(engine_settings, small_model, tmp_path):
     (rf_dir / "model.txt").write_text(forest.model_to_string())
     (root / "forest" / "LATEST").write_text(rf_dir.name + "\n")
     rf = SimpleNamespace(name="forest", version=rf_dir.name)
-    return engine_settings.with_(registry=root), bad.name, rf
+    return engine_settings, bad.name, rf
 
 
 def test_versions_that_cannot_be_served_are_dead_lettered_and_quarantined(broken_registry, small_model, caplog):
