@@ -32,7 +32,7 @@ from whystream.schema_registry import registry_client
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 SCHEMA_NAMES = ("PredictionEvent", "ExplanationEvent", "DeadLetter", "DriftAlert", "ModelRegistered", "ExplainRequest",
-                "ExplainError")
+                "ExplainError", "SamplingCheckpoint")
 
 
 def load_schema(name: str, version: int | None = None) -> dict:

@@ -17,9 +17,16 @@ already holds as columns) takes one batch of raw prediction messages and:
 4. remembers where every valid prediction lies in `predictions` (Redis, 15
    minutes; explain on demand reads it back from there), on a thread of its
    own while the next batch comes in;
-5. returns, per partition, the offsets that must stay unacknowledged: the first
-   candidate of each open reservoir window. Everything else may be committed,
-   because whatever explanation it was due has been published.
+5. tells the worker, per partition, where a commit must stay (`commit_points`:
+   the start of the reservoirs' dedup horizon, streams/sampling.py) and records
+   on `sampling-checkpoints` what a replay from there needs (`checkpoint`, and
+   before a wall-clock reset's samples go out); whatever explanation a message
+   before the commit was due has been published.
+
+A partition assigned with something to replay (`guard`) is first read back:
+messages that the previous worker handled only rebuild the reservoirs; after
+them the engine handles messages as usual, skipping what is on the broker
+already (streams/replay_guard.py).
 
 Per-event Python objects are few: the three strings the decoder hands over
 (prediction_id, decision, stratum); a record dict only for events explained
@@ -102,6 +109,8 @@ class Engine:
         if self._encoder is not None:
             self._encoder.warm_up()
         self.dlq_codec = codec_for("DeadLetter", settings.schema_registry_url, settings.topic("predictions.dlq"))
+        self.checkpoint_codec = codec_for("SamplingCheckpoint", settings.schema_registry_url,
+                                          settings.topic("sampling-checkpoints"))
         self.store = store or RedisStore(settings.redis_url)
         # The background location writes get a client (and an availability flag) of their own: a slow
         # write must not switch dedup and the cache off for everyone (streams/store.py's retry pause).
@@ -166,11 +175,11 @@ class Engine:
 
     # -- the batch step -------------------------------------------------------
 
-    def process(self, messages: list[RawMessage], now_ms: int | None = None) -> dict[int, set[int]]:
-        """Handle one batch; returns {partition: offsets to keep unacknowledged}."""
-        return self.process_inbound(Inbound.of(messages), now_ms)
+    def process(self, messages: list[RawMessage], now_ms: int | None = None) -> None:
+        """Handle one batch."""
+        self.process_inbound(Inbound.of(messages), now_ms)
 
-    def process_inbound(self, inbound: Inbound, now_ms: int | None = None) -> dict[int, set[int]]:
+    def process_inbound(self, inbound: Inbound, now_ms: int | None = None) -> None:
         """`process` for a batch already in columns (what the worker's transport hands over)."""
         started = time.monotonic()
         now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
@@ -179,19 +188,31 @@ class Engine:
         batches, dead = self.validator.split(inbound, self.config.sampling.stratum_key, now_ms)
         started += self._loading_s  # compiling a new version's kernels is not the batch's fault
         self.metrics.quarantined.set(len(self.validator.quarantine))
+        handled = self._handled_before(inbound)
+        if handled is not None:
+            dead = [letter for letter in dead if letter.message.offset >= self.replay_guard.live_from[letter.message.partition]]
         self._dead_letters(dead)
         for batch in batches:
             self.labels.note(batch.decisions)
         due: dict[str, Due] = {}
-        self._sample(batches, inbound, due, now_ms)
+        self._sample(batches, inbound, due, now_ms, handled)
         self._close_windows(due, now_ms)
         self._explain_and_publish(due, started)
         self._remember(batches, inbound)
-        partitions = np.unique(inbound.partitions).tolist()
         if self.replay_guard.active():
-            for p in partitions:
-                self.replay_guard.handled(p, int(inbound.offsets[inbound.partitions == p].max()) + 1)
-        return self.held_offsets(partitions)
+            for p in np.unique(inbound.partitions).tolist():
+                if self.replay_guard.handled(p, int(inbound.offsets[inbound.partitions == p].max()) + 1):
+                    self.reservoirs.replay_done(p)
+
+    def _handled_before(self, inbound: Inbound) -> np.ndarray | None:
+        """Per message: whether the worker before a replay handled it already (None: nothing is)."""
+        live_from = self.replay_guard.live_from
+        if not live_from:
+            return None
+        handled = np.zeros(len(inbound), dtype=bool)
+        for p, start in live_from.items():
+            handled |= (inbound.partitions == p) & (inbound.offsets < start)
+        return handled if handled.any() else None
 
     def _remember(self, batches: list[ModelBatch], inbound: Inbound) -> None:
         """Remember where the valid events lie (explain on demand), on a thread of its own:
@@ -218,8 +239,33 @@ class Engine:
         self._close_windows(due, now_ms if now_ms is not None else int(time.time() * 1000))
         self._explain_and_publish(due, time.monotonic())
 
-    def held_offsets(self, partitions) -> dict[int, set[int]]:
-        return {p: self.reservoirs.first_offsets(p) for p in partitions}
+    def guard(self, consumer, partitions) -> None:
+        """Partitions assigned to this worker: read back what was published of what it will
+        replay, and resume their sampling where the worker before left it."""
+        self.replay_guard.guard(consumer, partitions)
+        for p in partitions:
+            if self.replay_guard.guarding(p):
+                self.reservoirs.resume(p, self.replay_guard.live_from[p], self.replay_guard.resets[p])
+
+    def commit_points(self, positions: dict[int, int]) -> dict[int, tuple[int, int]]:
+        """Per partition (the offset after the last message handled): (the offset to commit,
+        live_from: every message before it has been handled and its windows handed over)."""
+        return {p: (self.reservoirs.hold(p, position), self.reservoirs.frontier(p, position))
+                for p, position in positions.items()}
+
+    def checkpoint(self, points: dict[int, tuple[int, int]]) -> None:
+        """Record commit points on `sampling-checkpoints` (confirmed): before they are committed."""
+        self._write_checkpoints([(p, "COMMIT", offset, live_from) for p, (offset, live_from) in points.items()])
+
+    def _write_checkpoints(self, records: list[tuple[int, str, int, int | None]]) -> None:
+        if not records:
+            return
+        topic, now = self.settings.topic("sampling-checkpoints"), int(time.time() * 1000)
+        for partition, kind, offset, live_from in records:
+            value = self.checkpoint_codec.encode({"partition": partition, "kind": kind, "offset": offset,
+                                                  "live_from": live_from, "written_at": now, "worker": self.worker})
+            self._produce(topic, value, str(partition).encode())
+        self._flush()
 
     def revoke(self, partitions) -> None:
         """Partitions moved to another worker: it rebuilds their windows from the committed offsets."""
@@ -229,10 +275,12 @@ class Engine:
 
     # -- steps ----------------------------------------------------------------
 
-    def _sample(self, batches: list[ModelBatch], inbound: Inbound, due: dict[str, Due], now_ms: int) -> None:
+    def _sample(self, batches: list[ModelBatch], inbound: Inbound, due: dict[str, Due], now_ms: int,
+                handled: np.ndarray | None = None) -> None:
         """Priority events go to `due`; the rest are reservoir candidates, added
         once per partition in offset order across model versions, so that how
-        the stream was cut into batches never changes a window's sample."""
+        the stream was cut into batches never changes a window's sample.
+        `handled` (per message of inbound): handled before a replay, so only a candidate if it is one."""
         config = self.config.sampling
         ids: list[str] = []
         versions: list[str] = []
@@ -240,18 +288,22 @@ class Engine:
         picks: list[tuple[ModelBatch, np.ndarray]] = []
         for batch in batches:
             model, n = batch.model, len(batch)
+            fresh = None if handled is None else ~handled[batch.index]  # rows not handled before the replay
+            count = n if fresh is None else int(fresh.sum())
             if model.version in self._established:  # past its first events: no need to count further
                 seen_before = config.new_version_events
             else:
-                seen_before = self.store.note_version_events(model.version, n)
-                if seen_before + n >= config.new_version_events:
+                seen_before = self.store.note_version_events(model.version, count) if count else 0
+                if seen_before + count >= config.new_version_events:
                     self._established.add(model.version)
-            new_version = np.arange(seen_before, seen_before + n) < config.new_version_events
+            new_version = np.zeros(n, dtype=bool)
+            new_version[slice(None) if fresh is None else fresh] = (
+                np.arange(seen_before, seen_before + count) < config.new_version_events)
             reasons = priority_reasons(batch.decisions, batch.score, batch.threshold, batch.priority, new_version,
                                        config, band_scale=model.score_scale, near=model.has_threshold)
             chosen = reasons != None  # noqa: E711 (elementwise on an object array)
             target = due.setdefault(model.version, Due(model))
-            for j in np.flatnonzero(chosen).tolist():
+            for j in np.flatnonzero(chosen if fresh is None else chosen & fresh).tolist():
                 target.add(batch.record(j), batch.X[j], reasons[j], 1.0, batch.strata[j])
             rest = np.flatnonzero(~chosen)
             if len(rest) == n:
@@ -279,7 +331,10 @@ class Engine:
                                 [strata[k] for k in take], times[sel], items.subset(sel), now_ms)
 
     def _close_windows(self, due: dict[str, Due], now_ms: int) -> None:
-        for window in self.reservoirs.close_due(now_ms):
+        closed = self.reservoirs.close_due(now_ms)
+        # A wall-clock reset is recorded before its samples go out: a replay must reset at the same offset.
+        self._write_checkpoints([(r.partition, "RESET", r.offset, None) for r in self.reservoirs.take_resets()])
+        for window in closed:
             for (model, record, row, _), weight in window.selected:  # the window's stratum: maybe pooled OTHER
                 due.setdefault(model.version, Due(model)).add(record, row, RESERVOIR, weight, window.stratum)
         self.metrics.open_windows.set(self.reservoirs.open_windows())

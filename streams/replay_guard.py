@@ -15,15 +15,24 @@ guarantee. What the broker does keep is the outputs:
 - every ExplanationEvent is keyed by its prediction_id;
 - every DeadLetter names the partition and offset of the message it replaces.
 
-So when partitions are assigned, the guard reads `explanations` and
-`predictions.dlq` from shortly before the first replayed message was written
-(its broker timestamp minus `slack_s`, located with offsets_for_times) up to
-their current ends, and remembers the prediction_ids explained and the
-(partition, offset)s dead-lettered since. The engine skips those while
-replaying. The guard forgets everything once each guarded partition has been
-handled past the end it had at scan time: from there on nothing can have been
-published before. A replayed reservoir window is rebuilt from the same events
-and selects the same prediction_ids, so its samples are skipped alike.
+So when partitions are assigned, the guard reads, up to their current ends:
+
+1. `sampling-checkpoints` from shortly before the first replayed message was
+   written (its broker timestamp minus `slack_s`, located with
+   offsets_for_times): per partition the highest `live_from` a COMMIT
+   checkpoint at or after the committed offset vouches for (everything before
+   it was handled, so the engine only rebuilds its reservoirs from those
+   messages), and the offsets of the RESETs after the committed offset (the
+   engine's reservoirs repeat them: streams/sampling.py);
+2. `explanations` and `predictions.dlq` from shortly before the first message
+   after `live_from` was written, and remembers the prediction_ids explained
+   and the (partition, offset)s dead-lettered since. The engine skips those
+   while replaying.
+
+The guard forgets a partition once it has been handled past the end it had at
+scan time: from there on nothing can have been published before. A replayed
+reservoir window is rebuilt from the same events and selects the same
+prediction_ids, so its samples are skipped alike.
 
 Not covered: a worker evicted from the group that keeps publishing after the
 new owner's scan (a zombie; Kafka's fencing needs the transactions this broker
@@ -53,25 +62,32 @@ class ReplayGuard:
         self.explained: set[str] = set()
         self.dead: set[tuple[int, int]] = set()
         self._until: dict[int, int] = {}  # guarded partition -> its end offset at scan time
+        self.live_from: dict[int, int] = {}  # guarded partition -> where handling starts again
+        self.resets: dict[int, list[int]] = {}  # guarded partition -> the offsets its sampling reset at
         self.dlq_codec = codec_for("DeadLetter", settings.schema_registry_url, settings.topic("predictions.dlq"))
+        self.checkpoint_codec = codec_for("SamplingCheckpoint", settings.schema_registry_url,
+                                          settings.topic("sampling-checkpoints"))
 
     # -- what the engine asks ---------------------------------------------------
 
     def active(self) -> bool:
         return bool(self._until)
 
-    def handled(self, partition: int, next_offset: int) -> None:
-        """The engine handled `partition` up to `next_offset`; forget the guard once nothing is left to replay."""
+    def guarding(self, partition: int) -> bool:
+        return partition in self._until
+
+    def handled(self, partition: int, next_offset: int) -> bool:
+        """The engine handled `partition` up to `next_offset`; True when that ended its replay."""
         until = self._until.get(partition)
-        if until is not None and next_offset >= until:
-            del self._until[partition]
-            if not self._until:
-                self.explained.clear()
-                self.dead.clear()
+        if until is None or next_offset < until:
+            return False
+        self.forget([partition])
+        return True
 
     def forget(self, partitions) -> None:
         for p in partitions:
-            self._until.pop(p, None)
+            for table in (self._until, self.live_from, self.resets):
+                table.pop(p, None)
         if not self._until:
             self.explained.clear()
             self.dead.clear()
@@ -85,24 +101,49 @@ class ReplayGuard:
         began = time.monotonic()
         source = self.settings.topic("predictions")
         committed = consumer.committed([TopicPartition(source, p) for p in partitions], timeout=self.timeout_s)
-        start_ms = None
+        start: dict[int, int] = {}
         for tp in committed:
             low, high = consumer.get_watermark_offsets(TopicPartition(source, tp.partition), timeout=self.timeout_s)
             offset = tp.offset if tp.offset >= 0 else low
             if offset >= high:
                 continue  # nothing to replay
             self._until[tp.partition] = max(high, self._until.get(tp.partition, 0))
-            written = self._timestamp(source, tp.partition, offset)
-            start_ms = written if start_ms is None or written is None else min(start_ms, written)
-            if written is None:
-                start_ms = 0
-                break
-        if not self._until:
+            start[tp.partition] = offset
+        if not start:
             return
-        found = self._read_outputs(max((start_ms or 0) - self.slack_ms, 0))
-        log.info("replay guard for partitions %s: %d explanations and %d dead letters already published (%.1f s)",
-                 sorted(partitions), len(self.explained), len(self.dead), time.monotonic() - began)
+        self._read_checkpoints(self._since(source, start), start)
+        live = {p: self.live_from[p] for p in start if self.live_from[p] < self._until[p]}
+        found = self._read_outputs(self._since(source, live)) if live else 0
+        log.info("replay guard for partitions %s: %d explanations and %d dead letters already published, "
+                 "handling resumes at %s (%.1f s)", sorted(partitions), len(self.explained), len(self.dead),
+                 {p: (start[p], self.live_from[p]) for p in sorted(start)}, time.monotonic() - began)
         return found
+
+    def _since(self, source: str, offsets: dict[int, int]) -> int:
+        """A broker time (ms) shortly before the first of these messages of `source` was written."""
+        times = [self._timestamp(source, p, offset) for p, offset in offsets.items()]
+        return 0 if not times or None in times else max(min(times) - self.slack_ms, 0)
+
+    def _read_checkpoints(self, since_ms: int, committed: dict[int, int]) -> None:
+        """live_from and the resets of each replayed partition, from `sampling-checkpoints`."""
+        for p, offset in committed.items():
+            self.live_from[p] = max(offset, self.live_from.get(p, offset))
+            self.resets.setdefault(p, [])
+
+        def note(m) -> None:
+            try:
+                checkpoint = self.checkpoint_codec.decode(m.value())
+            except Exception:  # not ours to judge: without it a replay only does more work
+                return
+            p = checkpoint["partition"]
+            if p not in committed or checkpoint["offset"] < committed[p]:
+                return
+            if checkpoint["kind"] == "RESET" and checkpoint["offset"] > committed[p]:
+                self.resets[p].append(checkpoint["offset"])
+            elif checkpoint["kind"] == "COMMIT" and checkpoint["live_from"] is not None:
+                self.live_from[p] = max(self.live_from[p], checkpoint["live_from"])
+
+        self._read(["sampling-checkpoints"], since_ms, note)
 
     def _consumer(self) -> Consumer:
         return Consumer(self.settings.kafka(**{"group.id": f"whystream-guard-{uuid.uuid4().hex[:8]}",
@@ -125,11 +166,27 @@ class ReplayGuard:
 
     def _read_outputs(self, since_ms: int) -> int:
         """Add what `explanations` and `predictions.dlq` hold from since_ms to their ends; returns the count."""
+        dlq = self.settings.topic("predictions.dlq")
+
+        def note(m) -> None:
+            if m.topic() == dlq:
+                try:
+                    letter = self.dlq_codec.decode(m.value())
+                    self.dead.add((letter["partition"], letter["offset"]))
+                except Exception:  # not ours to judge: a replay publishes it again at worst
+                    pass
+            elif m.key() is not None:
+                self.explained.add(m.key().decode("utf-8", "replace"))
+
+        return self._read(["explanations", "predictions.dlq"], since_ms, note)
+
+    def _read(self, names: list[str], since_ms: int, note) -> int:
+        """Hand every message the topics hold from since_ms to their current ends to `note`; the count."""
         consumer = self._consumer()
         count = 0
         try:
             wanted = []
-            for name in ("explanations", "predictions.dlq"):
+            for name in names:
                 topic = self.settings.topic(name)
                 meta = consumer.list_topics(topic, timeout=self.timeout_s).topics[topic]
                 for p in meta.partitions:
@@ -151,27 +208,19 @@ class ReplayGuard:
             if not assignment:
                 return 0
             consumer.assign(assignment)
-            dlq = self.settings.topic("predictions.dlq")
             deadline = time.monotonic() + self.timeout_s
             while ends and time.monotonic() < deadline:
                 for m in consumer.consume(1000, timeout=0.2):
                     if m.error() is not None:
                         continue
-                    where = (m.topic(), m.partition())
-                    if m.topic() == dlq:
-                        try:
-                            letter = self.dlq_codec.decode(m.value())
-                            self.dead.add((letter["partition"], letter["offset"]))
-                        except Exception:  # not ours to judge: a replay publishes it again at worst
-                            pass
-                    elif m.key() is not None:
-                        self.explained.add(m.key().decode("utf-8", "replace"))
+                    note(m)
                     count += 1
+                    where = (m.topic(), m.partition())
                     if where in ends and m.offset() + 1 >= ends[where]:
                         del ends[where]
             if ends:
-                log.warning("replay guard: outputs not read to their end in %gs; a replay may publish twice",
-                            self.timeout_s)
+                log.warning("replay guard: %s not read to their end in %gs; a replay may publish twice",
+                            " and ".join(names), self.timeout_s)
             return count
         finally:
             consumer.close()

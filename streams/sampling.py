@@ -22,8 +22,7 @@ Reservoir key: (partition, model_version, stratum, window_start), with tumbling
 event-time windows of `window_ms`. Keying by partition makes the sample
 independent of how partitions are spread over workers, and lets a revoked
 partition's reservoirs simply be dropped: the new owner rebuilds them by
-re-reading from the committed offset, which is kept at or before the first
-candidate of every window not yet handed over (`first_offsets`).
+re-reading from the committed offset (`hold`, below).
 
 Windows, per partition
 ----------------------
@@ -35,23 +34,41 @@ Windows, per partition
   watermark's window at the moment it arrives (its own window if it is on time).
   Windows are therefore decided by arrival order, not by how arrivals are cut
   into batches, so a replay from the committed offset rebuilds the same windows.
-- Idle: when a partition saw no candidate for `idle_close_ms` of wall-clock
-  time, all its windows close and its watermark is forgotten; the partition then
-  starts afresh, exactly as a worker that replays it from the committed offset
-  would. (An event of an already handed-over window that arrives after that
-  opens a new reservoir for the same key: each such reservoir is its own exact
-  sample, so weighted totals stay unbiased.)
+- Reset by wall clock: when a partition saw no candidate for `idle_close_ms`
+  (idle), or one of its windows has been open `max_open_ms` (one event far
+  ahead, within the skew streams/event_time.py accepts, cannot hold a busy
+  partition's windows open), all its windows close and its watermark is
+  forgotten; the partition starts afresh at the next candidate. Where that
+  happened is not in the log, so the engine records each reset (the offset it
+  happened at, `take_resets`) on `sampling-checkpoints` before the reset's
+  samples are published, and a worker replaying the partition makes the same
+  resets at the same offsets (`resume`) and none of its own until the replay is
+  over.
 
-- Wall clock: once a window of a partition has been open `max_open_ms`, all
-  its windows close and its watermark is forgotten, as when idle: one event far
-  ahead (within the skew streams/event_time.py accepts) cannot hold a busy
-  partition's windows open or gather every later event into one window.
+Duplicates: generations and the dedup horizon
+---------------------------------------------
+n counts distinct prediction_ids. A *generation* is the stretch of a
+partition's candidates that share a window start between two resets (all the
+windows of one time window, every model version and stratum). Each remembers
+every prediction_id that arrived in it; a candidate counts only if its id is in
+none of the partition's last RECENT_WINDOWS + 1 generations (its own
+included): a decision sent again, even after its window closed or the partition
+reset, is counted once. What a generation remembers depends only on the events
+in it, never on what came before, so a replay that re-reads the generations
+rebuilds the same horizon.
 
-n counts distinct prediction_ids: a decision sent twice (same u) counts once in
-its window, and once only when the copy comes within the partition's last
-RECENT_WINDOWS closed windows. Strata: the first `max_strata` strata of a
-(partition, model version, window) get reservoirs of their own; later ones
-share the reservoir of stratum OTHER (`other`).
+That is why a commit stays at the first offset of the oldest generation in the
+horizon (`hold`), not at the first open window (`frontier`): the successor
+re-reads the horizon's events, and the windows among them that started before
+the recorded frontier were handed over already: it rebuilds them without
+handing them over again (`resume`'s live_from). So a crashed worker's successor
+counts every decision in the same window as the worker did, and its samples are
+those the worker published (which dedup then skips), whatever wall clock and
+batch cuts it meets.
+
+Strata: the first `max_strata` strata of a (partition, model version, window)
+get reservoirs of their own; later ones share the reservoir of stratum OTHER
+(`other`).
 
 `add` expects the candidates of a partition in offset order across calls (within
 one call they are ordered by offset anyway): give it all model versions of a
@@ -155,14 +172,23 @@ class ClosedWindow:
     selected: list[tuple[Any, float]]
 
 
+@dataclass(frozen=True)
+class Reset:
+    """A partition's windows closed by wall clock at `offset` (the candidate after its last one):
+    what a replay of the partition needs to close them at the same place."""
+
+    partition: int
+    offset: int
+
+
 class _Seen:
-    """The distinct hashes u of one window so far: sorted runs, merged as they pile
-    up (sizes stay geometric, so a window of n candidates costs O(n log n))."""
+    """A set of hashes u: sorted runs, merged as they pile up (sizes stay geometric,
+    so n hashes added in pieces cost O(n log n))."""
 
     __slots__ = ("runs",)
 
-    def __init__(self):
-        self.runs: list[np.ndarray] = []
+    def __init__(self, runs: list[np.ndarray] | None = None):
+        self.runs: list[np.ndarray] = runs or []
 
     def unseen(self, u: np.ndarray) -> np.ndarray:
         """Per u (any order): whether it is not among the hashes seen so far."""
@@ -174,35 +200,78 @@ class _Seen:
 
     def add(self, u: np.ndarray) -> None:
         """Add hashes not seen before (sorted, distinct)."""
+        if not len(u):
+            return
         self.runs.append(u)
         while len(self.runs) > 1 and len(self.runs[-2]) <= 2 * len(self.runs[-1]):
             last = self.runs.pop()
             self.runs[-1] = np.sort(np.concatenate((self.runs[-1], last)))
 
 
+class _Generation:
+    """The candidates of one time window of a partition between two resets: every id that arrived."""
+
+    __slots__ = ("key", "first_offset", "seen")
+
+    def __init__(self, key: tuple[int, int], first_offset: int):
+        self.key = key  # (reset epoch, window start)
+        self.first_offset = first_offset
+        self.seen = _Seen()
+
+
+class _Horizon:
+    """A partition's last RECENT_WINDOWS + 1 generations: the ids a new candidate is checked against."""
+
+    __slots__ = ("generations", "epoch", "_before")
+
+    def __init__(self):
+        self.generations: deque[_Generation] = deque(maxlen=RECENT_WINDOWS + 1)
+        self.epoch = 0  # resets so far: the first candidate after one starts a generation
+        self._before: _Seen | None = None  # the generations before the current one, as one run
+
+    def generation(self, start: int, first_offset: int) -> _Generation:
+        """The generation of a candidate of window `start` arriving now (a new one if the window moved on)."""
+        key = (self.epoch, start)
+        if not self.generations or self.generations[-1].key != key:
+            self.generations.append(_Generation(key, first_offset))
+            self._before = None
+        return self.generations[-1]
+
+    def before(self) -> _Seen:
+        """The ids of the generations before the current one (they no longer change)."""
+        if self._before is None:
+            runs = [run for g in list(self.generations)[:-1] for run in g.seen.runs]
+            self._before = _Seen([np.unique(np.concatenate(runs))] if runs else [])
+        return self._before
+
+    def first_offset(self) -> int:
+        return self.generations[0].first_offset
+
+
 class _Reservoir:
     """The k smallest (u, offset) of one window so far, with their items."""
 
-    __slots__ = ("u", "offsets", "items", "n", "first_offset", "opened_ms", "seen")
+    __slots__ = ("u", "offsets", "items", "n", "first_offset", "opened_ms", "handed_over")
 
-    def __init__(self, opened_ms: int):
+    def __init__(self, opened_ms: int, first_offset: int, handed_over: bool):
         self.u = np.empty(0, dtype=np.uint64)
         self.offsets = np.empty(0, dtype=np.int64)
         self.items: list = []
         self.n = 0  # distinct prediction_ids
-        self.first_offset = None
+        self.first_offset = first_offset
         self.opened_ms = opened_ms  # wall clock
-        self.seen = _Seen()
+        self.handed_over = handed_over  # rebuilt by a replay: the crashed worker handed it over already
 
 
 class _Partition:
-    __slots__ = ("watermark", "last_event_ms", "windows", "strata")
+    __slots__ = ("watermark", "last_event_ms", "windows", "strata", "next_offset")
 
     def __init__(self):
         self.watermark: int | None = None
         self.last_event_ms = 0
         self.windows: dict[tuple[str, str, int], _Reservoir] = {}
         self.strata: dict[tuple[str, int], set[str]] = {}  # (version, window start) -> its own strata
+        self.next_offset = 0  # the offset after the last candidate: where a reset happens
 
 
 def _codes(values: Sequence[str]) -> tuple[np.ndarray, list[str]]:
@@ -224,29 +293,35 @@ class Reservoirs:
         # blake2b keys are at most 64 bytes; longer salts are folded into one.
         self._key = salt if len(salt) <= 64 else hashlib.blake2b(salt).digest()
         self._partitions: dict[int, _Partition] = {}
-        # Per partition, the ids of its last RECENT_WINDOWS closed windows: a decision sent again just
-        # after its window closed (the partition idled, or a window hit max_open_ms) is not counted again.
-        self._recent: dict[int, deque[_Seen]] = {}
-        # The same ids as one sorted run per partition, built when first needed after a window closed
-        # (a closed window's ids never change): one lookup per group instead of one per run per window.
-        self._recent_union: dict[int, _Seen] = {}
-
-    def _recent_seen(self, partition: int) -> "_Seen | None":
-        """The ids of the partition's last closed windows as one sorted run; None if there are none."""
-        union = self._recent_union.get(partition)
-        if union is None and self._recent.get(partition):
-            union = _Seen()
-            runs = [run for seen in self._recent[partition] for run in seen.runs]
-            if runs:  # a window whose every decision was counted before holds none
-                union.runs.append(np.unique(np.concatenate(runs)))
-            self._recent_union[partition] = union
-        return union
+        self._horizons: dict[int, _Horizon] = {}  # outlive resets: a copy after one is still a copy
+        self._closed: list[ClosedWindow] = []  # closed by a replayed reset inside add(): handed over next
+        self._resets: list[Reset] = []  # made by wall clock, not yet taken by the engine
+        # Replays (resume): the resets to repeat, where handing over starts again, no wall-clock resets.
+        self._pending: dict[int, list[int]] = {}
+        self._live_from: dict[int, int] = {}
+        self._replaying: set[int] = set()
 
     def hashes(self, prediction_ids: Sequence[str]) -> np.ndarray:
         """u per prediction_id: the first 8 bytes of keyed blake2b, little-endian uint64."""
         blake2b, key = hashlib.blake2b, self._key
         digests = b"".join([blake2b(pid.encode(), digest_size=8, key=key).digest() for pid in prediction_ids])
         return np.frombuffer(digests, dtype="<u8")
+
+    # -- replays ------------------------------------------------------------------------------------
+
+    def resume(self, partition: int, live_from: int, resets: Sequence[int]) -> None:
+        """The partition is replayed from its committed offset: windows that start before
+        `live_from` were handed over by the worker before (rebuild them, hand nothing over), the
+        partition resets at each offset of `resets`, and at no other by wall clock until `replay_done`."""
+        self._live_from[partition] = live_from
+        self._pending[partition] = sorted(set(resets))
+        self._replaying.add(partition)
+
+    def replay_done(self, partition: int) -> None:
+        """The replay of the partition is over: wall-clock resets are its own again."""
+        self._replaying.discard(partition)
+
+    # -- candidates ---------------------------------------------------------------------------------
 
     def add(self, partition: int, offsets: np.ndarray, prediction_ids: Sequence[str], model_versions: Sequence[str],
             strata: Sequence[str], event_times: np.ndarray, items: Sequence[Any], now_ms: int) -> None:
@@ -257,16 +332,36 @@ class Reservoirs:
         event_times = np.asarray(event_times, dtype=np.int64)
         if not (len(offsets) == len(model_versions) == len(strata) == len(event_times) == len(items) == n):
             raise ValueError("Reservoirs.add: offsets, ids, versions, strata, event_times and items differ in length")
-        if n == 0:
-            return
+        pending = self._pending.get(partition)
+        if n and pending and pending[0] <= offsets.max():  # a replayed reset falls inside: split there
+            arrival = np.argsort(offsets, kind="stable")
+            cut = int(np.searchsorted(offsets[arrival], pending.pop(0)))
+            before, after = arrival[:cut].tolist(), arrival[cut:].tolist()
+            if before:
+                self._add(partition, offsets[before], [prediction_ids[i] for i in before],
+                          [model_versions[i] for i in before], [strata[i] for i in before], event_times[before],
+                          [items[i] for i in before], now_ms)
+            if partition in self._partitions:
+                self._closed += self._reset(partition)
+            self.add(partition, offsets[after], [prediction_ids[i] for i in after], [model_versions[i] for i in after],
+                     [strata[i] for i in after], event_times[after], [items[i] for i in after], now_ms)
+        elif n:
+            self._add(partition, offsets, prediction_ids, model_versions, strata, event_times, items, now_ms)
+
+    def _add(self, partition, offsets, prediction_ids, model_versions, strata, event_times, items, now_ms) -> None:
+        n = len(prediction_ids)
         state = self._partitions.get(partition)
         if state is None:
             state = self._partitions[partition] = _Partition()
+        horizon = self._horizons.get(partition)
+        if horizon is None:
+            horizon = self._horizons[partition] = _Horizon()
         state.last_event_ms = now_ms
+        state.next_offset = max(state.next_offset, int(offsets.max()) + 1)
         window_ms, k = self.config.window_ms, self.config.budget
+        live_from = self._live_from.get(partition, -1)
 
         u = self.hashes(prediction_ids)
-        recent = self._recent_seen(partition)
         version_codes, versions = _codes(model_versions)
         stratum_codes, stratum_names = _codes(strata)
 
@@ -276,8 +371,24 @@ class Reservoirs:
         if state.watermark is not None:
             np.maximum(watermark, state.watermark, out=watermark)
         state.watermark = int(watermark[-1])
+        arrival_starts = watermark // window_ms * window_ms
         starts = np.empty(n, dtype=np.int64)
-        starts[arrival] = watermark // window_ms * window_ms
+        starts[arrival] = arrival_starts
+
+        # A candidate counts if its id is new to the horizon: checked generation by generation, in arrival order.
+        counted = np.zeros(n, dtype=bool)
+        edges = np.concatenate(([0], np.flatnonzero(arrival_starts[1:] != arrival_starts[:-1]) + 1, [n]))
+        for a, b in zip(edges[:-1].tolist(), edges[1:].tolist()):
+            rows = arrival[a:b]
+            generation = horizon.generation(int(arrival_starts[a]), int(offsets[rows[0]]))
+            by_u = np.argsort(u[rows], kind="stable")  # the first arrival of an id comes first
+            sorted_u = u[rows][by_u]
+            first = np.ones(len(rows), dtype=bool)
+            first[1:] = sorted_u[1:] != sorted_u[:-1]
+            distinct = sorted_u[first]
+            new_here = generation.seen.unseen(distinct)
+            counted[rows[by_u[first]]] = new_here & horizon.before().unseen(distinct)
+            generation.seen.add(distinct[new_here])
 
         # Group by (version, stratum, window); inside a group ascending (u, offset).
         order = np.lexsort((offsets, u, starts, stratum_codes, version_codes))
@@ -287,27 +398,19 @@ class Reservoirs:
         sorted_offsets = offsets[order]
         group_first = np.minimum.reduceat(sorted_offsets, bounds[:-1])
         sorted_u = u[order]
+        sorted_counted = counted[order]
 
         for g in range(len(bounds) - 1):
             begin, end = int(bounds[g]), int(bounds[g + 1])
             key = self._reservoir_key(state, versions[g_version[begin]], stratum_names[g_stratum[begin]], int(g_start[begin]))
+            first = int(group_first[g])
             res = state.windows.get(key)
             if res is None:
-                res = state.windows[key] = _Reservoir(now_ms)
-            first = int(group_first[g])
-            res.first_offset = first if res.first_offset is None else min(res.first_offset, first)
-            # A prediction_id sent again (same u) counts once: n is the number of distinct decisions.
-            group_u = sorted_u[begin:end]
-            fresh = np.ones(end - begin, dtype=bool)
-            fresh[1:] = group_u[1:] != group_u[:-1]
-            if res.n:
-                fresh &= res.seen.unseen(group_u)
-            if recent is not None:
-                fresh &= recent.unseen(group_u)
-            fresh_at = np.flatnonzero(fresh)
+                res = state.windows[key] = _Reservoir(now_ms, first, handed_over=first < live_from)
+            res.first_offset = min(res.first_offset, first)
+            fresh_at = np.flatnonzero(sorted_counted[begin:end])
             if not len(fresh_at):
                 continue
-            res.seen.add(group_u[fresh_at])
             res.n += len(fresh_at)
             top = begin + fresh_at[:k]
             new_u = sorted_u[top]
@@ -337,45 +440,78 @@ class Reservoirs:
         all_items = res.items + items
         res.u, res.offsets, res.items = all_u[keep], all_offsets[keep], [all_items[i] for i in keep]
 
+    # -- closing ------------------------------------------------------------------------------------
+
     def close_due(self, now_ms: int) -> list[ClosedWindow]:
-        """Hand over the windows that closed (by watermark or by idle partition),
-        in a deterministic order: partition, window start, model version, stratum."""
+        """Hand over the windows that closed (by watermark, by a replayed reset, or by a reset of
+        an idle or long-open partition), in a deterministic order: partition, window start, model
+        version, stratum. Resets made here are recorded for `take_resets`."""
+        closed, self._closed = self._closed, []
         window_ms = self.config.window_ms
-        closed: list[ClosedWindow] = []
         for partition in sorted(self._partitions):
             state = self._partitions[partition]
-            stale = any(now_ms - res.opened_ms >= self.config.max_open_ms for res in state.windows.values())
-            if stale or now_ms - state.last_event_ms >= self.config.idle_close_ms:
-                # Idle, or a window held open too long (an event far ahead moved the watermark):
-                # close everything and forget the watermark too: start afresh, like a replay.
-                due = list(state.windows)
-                del self._partitions[partition]
-            else:
-                current = state.watermark // window_ms * window_ms
-                due = [key for key in state.windows if key[2] < current]
-            for key in sorted(due, key=lambda key: (key[2], key[0], key[1])):
-                res = state.windows.pop(key)
-                state.strata.pop((key[0], key[2]), None)
-                self._recent.setdefault(partition, deque(maxlen=RECENT_WINDOWS)).append(res.seen)
-                self._recent_union.pop(partition, None)
-                if not res.items:  # only decisions counted in an earlier window: nothing to hand over
-                    continue
-                weight = res.n / len(res.items)
-                closed.append(ClosedWindow(partition, key[0], key[1], key[2], key[2] + window_ms, res.n,
-                                           [(item, weight) for item in res.items]))
+            if partition not in self._replaying and (
+                    now_ms - state.last_event_ms >= self.config.idle_close_ms
+                    or any(now_ms - res.opened_ms >= self.config.max_open_ms for res in state.windows.values())):
+                self._resets.append(Reset(partition, state.next_offset))
+                self._pending.pop(partition, None)  # what a replay had left to repeat: nothing is open now
+                closed += self._reset(partition)
+                continue
+            current = state.watermark // window_ms * window_ms
+            closed += self._hand_over(partition, state, [key for key in state.windows if key[2] < current])
         return closed
 
-    def first_offsets(self, partition: int) -> set[int]:
-        """The first candidate offset of each open window of the partition: a commit
-        stays below their min(), never at or past it, until the window is handed over."""
+    def _reset(self, partition: int) -> list[ClosedWindow]:
+        """Close every window of the partition and forget its watermark: it starts afresh."""
+        state = self._partitions.pop(partition)
+        self._horizons[partition].epoch += 1
+        return self._hand_over(partition, state, list(state.windows))
+
+    def _hand_over(self, partition: int, state: _Partition, due: list) -> list[ClosedWindow]:
+        closed = []
+        for key in sorted(due, key=lambda key: (key[2], key[0], key[1])):
+            res = state.windows.pop(key)
+            state.strata.pop((key[0], key[2]), None)
+            if res.handed_over or not res.items:  # handed over before the replay; or only copies of earlier ones
+                continue
+            weight = res.n / len(res.items)
+            closed.append(ClosedWindow(partition, key[0], key[1], key[2], key[2] + self.config.window_ms, res.n,
+                                       [(item, weight) for item in res.items]))
+        return closed
+
+    def take_resets(self) -> list[Reset]:
+        """The wall-clock resets made since the last call (to be recorded before their samples go out)."""
+        resets, self._resets = self._resets, []
+        return resets
+
+    # -- offsets ------------------------------------------------------------------------------------
+
+    def hold(self, partition: int, position: int) -> int:
+        """Where a commit of the partition must stay (at or below): the first offset of the oldest
+        generation in its dedup horizon, or of an open window if older; `position` (the offset
+        after the last one handled) if there is neither."""
         state = self._partitions.get(partition)
-        return {res.first_offset for res in state.windows.values()} if state else set()
+        horizon = self._horizons.get(partition)
+        firsts = [res.first_offset for res in state.windows.values()] if state else []
+        if horizon is not None and horizon.generations:
+            firsts.append(horizon.first_offset())
+        return min(firsts, default=position)
+
+    def frontier(self, partition: int, position: int) -> int:
+        """The first offset of the partition's oldest open window still to be handed over, or
+        `position` if there is none: every window that starts before it has been handed over
+        (by this worker, or before a replay by the one it resumes from)."""
+        state = self._partitions.get(partition)
+        firsts = [res.first_offset for res in state.windows.values() if not res.handed_over] if state else []
+        return min(firsts, default=max(position, self._live_from.get(partition, position)))
 
     def drop_partition(self, partition: int) -> None:
         """Forget a revoked partition; its new owner rebuilds it from the committed offset."""
-        self._partitions.pop(partition, None)
-        self._recent.pop(partition, None)
-        self._recent_union.pop(partition, None)
+        for table in (self._partitions, self._horizons, self._pending, self._live_from):
+            table.pop(partition, None)
+        self._replaying.discard(partition)
+        self._closed = [w for w in self._closed if w.partition != partition]
+        self._resets = [r for r in self._resets if r.partition != partition]
 
     def open_windows(self) -> int:
         return sum(len(state.windows) for state in self._partitions.values())

@@ -11,11 +11,12 @@ consumer group `<prefix>whystream-worker`:
    while nothing is there (a lone event is handled at once);
 2. hand the batch to the Engine as columns (values, partitions, offsets);
 3. commit, per partition, exactly what the engine allows (once a second, on
-   revocation and on shutdown): the first candidate offset of the oldest
-   reservoir window still open, or else the next offset to read. A crash (even
-   kill -9) replays exactly the open windows: nothing that was due is lost,
-   and replayed priority events are recognised by prediction_id and not
-   published twice;
+   revocation and on shutdown): the start of the reservoirs' dedup horizon
+   (streams/sampling.py), or else the next offset to read, each commit recorded
+   on `sampling-checkpoints` first. A crash (even kill -9) replays from there:
+   what the crashed worker had handled only rebuilds the reservoirs, nothing
+   that was due is lost, and replayed events are recognised by prediction_id
+   and not published twice;
 4. once a second, close the windows of idle partitions and update the lag.
 
 The control plane (streams/control.py: `models`, `explain-requests`, the
@@ -167,7 +168,7 @@ class Ingest:
         if self._to_guard:
             guarded, self._to_guard = sorted(self._to_guard & self.assigned), set()
             with self.lock:
-                self.engine.replay_guard.guard(self.consumer, guarded)
+                self.engine.guard(self.consumer, guarded)
         n = len(messages)
         values = [m.value() or b"" for m in messages]  # a tombstone (no value) is undecodable input
         partitions = np.fromiter((m.partition() for m in messages), dtype=np.int64, count=n)
@@ -186,16 +187,15 @@ class Ingest:
     # -- offsets --------------------------------------------------------------
 
     def _commit(self, partitions, asynchronous: bool) -> None:
-        """Commit, for each of these partitions, as far as the engine allows."""
+        """Commit, for each of these partitions, as far as the engine allows, once the engine has
+        recorded what a replay from there needs."""
         with self.lock:
-            held = self.engine.held_offsets([p for p in partitions if p in self.positions])
-        offsets = []
-        for p, keep in held.items():
-            offset = min(keep) if keep else self.positions[p]
-            if self.committed.get(p) != offset:
-                offsets.append(TopicPartition(self.topic, p, offset))
-                self.committed[p] = offset
+            points = self.engine.commit_points({p: self.positions[p] for p in partitions if p in self.positions})
+            points = {p: point for p, point in points.items() if self.committed.get(p) != point[0]}
+            self.engine.checkpoint(points)
+        offsets = [TopicPartition(self.topic, p, offset) for p, (offset, _) in points.items()]
         if offsets:
+            self.committed.update({p: offset for p, (offset, _) in points.items()})
             try:
                 self.consumer.commit(offsets=offsets, asynchronous=asynchronous)
             except Exception as exc:  # the next commit tries again; a replay only redoes work

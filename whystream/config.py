@@ -17,11 +17,12 @@ from whystream.errors import ConfigError
 from whystream.kafka_config import KafkaConfig
 
 TOPICS = ("predictions", "explanations", "predictions.dlq", "drift-alerts", "models", "explain-requests", "explain-errors",
-          "explanations.dlq")
+          "explanations.dlq", "sampling-checkpoints")
 # Topics created otherwise than with the default partitions: (partitions, topic configs). `models` is
 # the control plane's log of model versions: compacted (the last event per version stays), and one
-# partition, so every worker reads it in the order it was written.
-TOPIC_LAYOUT = {"models": (1, {"cleanup.policy": "compact"})}
+# partition, so every worker reads it in the order it was written. `sampling-checkpoints` (workers
+# only, streams/sampling.py): one partition, so a replay reads one short stretch of it.
+TOPIC_LAYOUT = {"models": (1, {"cleanup.policy": "compact"}), "sampling-checkpoints": (1, {})}
 
 ENV = {
     "broker": "WHYSTREAM_BROKER",

@@ -54,9 +54,11 @@ EXPLAIN_ERROR = {
     "request_id": "r-1", "prediction_id": "p-1", "requested_by": "disputes", "error_code": "UNKNOWN_DECISION",
     "message": "no recent decision", "original": b"", "answered_at": 1_700_000_000_001, "worker": "w",
 }
+SAMPLING_CHECKPOINT = {"partition": 3, "kind": "COMMIT", "offset": 120, "live_from": 480,
+                       "written_at": 1_700_000_000_002, "worker": "w"}
 EXAMPLES = {"PredictionEvent": PREDICTION, "ExplanationEvent": EXPLANATION, "DeadLetter": DEAD_LETTER,
             "DriftAlert": ALERT, "ModelRegistered": MODEL_REGISTERED, "ExplainRequest": EXPLAIN_REQUEST,
-            "ExplainError": EXPLAIN_ERROR}
+            "ExplainError": EXPLAIN_ERROR, "SamplingCheckpoint": SAMPLING_CHECKPOINT}
 
 
 @pytest.mark.parametrize("name", SCHEMA_NAMES)

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from whystream.errors import WhystreamError
 from whystream.streams.sampling import (
-    ADVERSE, FLAGGED, NEAR_THRESHOLD, NEW_VERSION, ClosedWindow, Reservoirs, SamplingConfig, priority_reasons,
+    ADVERSE, FLAGGED, NEAR_THRESHOLD, NEW_VERSION, ClosedWindow, Reservoirs, Reset, SamplingConfig,
+    priority_reasons,
 )
 
 T0 = 1_700_000_000_000 // 10_000 * 10_000  # a window boundary
@@ -172,23 +173,19 @@ def add(res, partition, offsets, times, now_ms=0, stratum="web", version="v1"):
             now_ms)
 
 
-def hold_offset(res: Reservoirs, partition: int) -> int | None:
-    """Where a commit of the partition must stay below (the engine's commit rule)."""
-    return min(res.first_offsets(partition), default=None)
-
-
 def test_window_closes_when_a_later_window_starts():
     res = Reservoirs(SamplingConfig(budget=3, window_ms=10_000))
     add(res, 0, range(10), T0 + np.arange(10) * 999)  # all in [T0, T0 + 10s)
     assert res.close_due(0) == []
-    assert hold_offset(res, 0) == 0
+    assert res.frontier(0, 10) == 0
     add(res, 0, [10], [T0 + 10_000])  # exactly the window end: watermark >= window_end
-    assert hold_offset(res, 0) == 0  # due but not handed over yet: still held
+    assert res.frontier(0, 11) == 0  # due but not handed over yet: still held
     (closed,) = res.close_due(0)
     assert (closed.partition, closed.model_version, closed.stratum) == (0, "v1", "web")
     assert (closed.window_start, closed.window_end, closed.n) == (T0, T0 + 10_000, 10)
     assert len(closed.selected) == 3 and all(w == pytest.approx(10 / 3) for _, w in closed.selected)
-    assert hold_offset(res, 0) == 10
+    assert res.frontier(0, 11) == 10
+    assert res.hold(0, 11) == 0  # its ids stay in the dedup horizon: a replay must re-read them
     assert res.open_windows() == 1
 
 
@@ -199,7 +196,8 @@ def test_idle_partition_closes_alone_and_starts_afresh():
     assert res.close_due(5_999) == []
     (closed,) = res.close_due(6_000)  # partition 0 idle for 5 s; partition 1 only 0.5 s
     assert closed.partition == 0 and closed.n == 2
-    assert hold_offset(res, 0) is None and hold_offset(res, 1) == 0
+    assert res.take_resets() == [Reset(0, 2)] and res.take_resets() == []
+    assert res.frontier(0, 2) == 2 and res.hold(0, 2) == 0 and res.frontier(1, 2) == 0
     # After an idle close the partition starts afresh: an event of an earlier window is not late
     add(res, 0, [2], [T0 + 5_000], now_ms=7_000)
     closed = res.close_due(12_000)
@@ -223,8 +221,8 @@ def test_drop_partition():
     add(res, 1, range(5), [T0] * 5)
     res.drop_partition(0)
     res.drop_partition(7)  # unknown: no-op
-    assert hold_offset(res, 0) is None and res.first_offsets(0) == set()
-    assert hold_offset(res, 1) == 0 and res.first_offsets(1) == {0}
+    assert res.hold(0, 5) == res.frontier(0, 5) == 5
+    assert res.hold(1, 5) == res.frontier(1, 5) == 0
     assert res.open_windows() == 1 and res.held_items() == 5
     assert [w.partition for w in drain(res)] == [1]
 
@@ -327,24 +325,86 @@ def test_partitions_over_workers_do_not_matter():
     assert keyed(one) == keyed(two)
 
 
-def test_replay_from_hold_offset_rebuilds_the_same_sample():
+def test_replay_from_the_hold_hands_over_what_the_crashed_worker_had_not():
     config = SamplingConfig(budget=6, window_ms=5_000)
     s = make_stream(24_000, config=config, partitions=3, windows=15, jitter_ms=2_000, seed=7)
     idx = s.candidates
     crash_at = len(idx) * 11 // 20
     original = Reservoirs(config)
     feed(original, s, idx[:crash_at], batch=500)
-    holds = {p: hold_offset(original, p) for p in range(3)}
-    assert all(h is not None for h in holds.values())
-    assert all(original.first_offsets(p) for p in range(3))
+    position = {p: int(s.offset[idx[:crash_at]][s.partition[idx[:crash_at]] == p].max()) + 1 for p in range(3)}
+    holds = {p: original.hold(p, position[p]) for p in range(3)}
+    lives = {p: original.frontier(p, position[p]) for p in range(3)}
+    assert all(holds[p] < lives[p] < position[p] for p in range(3))  # the horizon reaches behind the open windows
     after_crash = keyed(feed(original, s, idx[crash_at:], batch=500) + drain(original))
 
-    # A new worker re-reads each partition from its committed offset (= the hold offset)
+    # A new worker re-reads each partition from its committed offset (= the hold)
     replay_idx = idx[s.offset[idx] >= np.array([holds[p] for p in s.partition[idx]])]
-    assert len(replay_idx) > len(idx) - crash_at  # it does re-read events the first worker had seen
     replayed = Reservoirs(config)
-    rebuilt = keyed(feed(replayed, s, replay_idx, batch=777) + drain(replayed))
+    for p in range(3):
+        replayed.resume(p, lives[p], [])
+    rebuilt = feed(replayed, s, replay_idx, batch=777)
+    for p in range(3):
+        replayed.replay_done(p)
+    rebuilt = keyed(rebuilt + drain(replayed))
     assert rebuilt == after_crash
+
+
+def _with_copies(s: Stream, rng, share: float) -> Stream:
+    """The stream with some decisions sent again, a few offsets to a few hundred later."""
+    n = len(s.pid)
+    copies = rng.choice(n, int(share * n), replace=False)
+    order = np.concatenate((np.arange(n), copies)).astype(float)
+    order[n:] += rng.integers(1, 400, len(copies))  # where each copy arrives, in the original order
+    pick = np.concatenate((np.arange(n), copies))[np.argsort(order, kind="stable")]
+    out = Stream(*(getattr(s, f)[pick] for f in ("pid", "partition", "offset", "version", "stratum", "event_time",
+                                                  "value", "reasons")))
+    for p in np.unique(out.partition):
+        out.offset[out.partition == p] = np.arange((out.partition == p).sum())
+    return out
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_a_crash_anywhere_neither_loses_nor_counts_again(data):
+    """Copies of decisions, wall-clock resets at random points and a crash: the windows the
+    crashed worker handed over plus those its successor hands over (replaying from the hold,
+    repeating the recorded resets) count every distinct candidate exactly once and sample none twice."""
+    config = SamplingConfig(budget=4, window_ms=2_000, idle_close_ms=1_000)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
+    s = _with_copies(make_stream(1500, config=config, partitions=2, windows=12, jitter_ms=800, seed=3), rng, 0.2)
+    idx = s.candidates
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, len(idx) - 1), max_size=12), label="cuts")))
+    idle_after = set(data.draw(st.lists(st.sampled_from(cuts), max_size=4), label="idle")) if cuts else set()
+    crash = data.draw(st.sampled_from([*cuts, len(idx)]), label="crash")
+    res, now, handed, resets = Reservoirs(config), 0, [], []
+    position = {}
+    for a, b in zip([0, *cuts], [*cuts, len(idx)]):
+        if a >= crash:
+            break
+        handed += feed(res, s, idx[a:b], batch=len(idx), now_ms=now)
+        for p in (0, 1):
+            done = idx[:b][s.partition[idx[:b]] == p]
+            if len(done):
+                position[p] = int(s.offset[done].max()) + 1
+        if b in idle_after:
+            now += config.idle_close_ms
+            handed += res.close_due(now)
+            resets += res.take_resets()
+    commit = {p: (res.hold(p, position.get(p, 0)), res.frontier(p, position.get(p, 0))) for p in (0, 1)}
+
+    successor = Reservoirs(config)
+    for p, (hold, live) in commit.items():
+        successor.resume(p, live, [r.offset for r in resets if r.partition == p and r.offset > hold])
+    again = idx[s.offset[idx] >= np.array([commit[p][0] for p in s.partition[idx]])]
+    handed += feed(successor, s, again, batch=97, now_ms=now)
+    for p in (0, 1):
+        successor.replay_done(p)
+    handed += drain(successor, now)
+    chosen = [(s.partition[i], s.pid[i]) for w in handed for i, _ in w.selected]
+    assert len(chosen) == len(set(chosen))  # no decision sampled twice (a reset may reopen a window's key)
+    assert sum(w.n for w in handed) == len({(s.partition[i], s.pid[i]) for i in idx})
+    assert sum(weight for w in handed for _, weight in w.selected) == pytest.approx(sum(w.n for w in handed))
 
 
 # -- statistics ---------------------------------------------------------------------------------------------------
