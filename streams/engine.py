@@ -189,8 +189,9 @@ class Engine:
         started += self._loading_s  # compiling a new version's kernels is not the batch's fault
         self.metrics.quarantined.set(len(self.validator.quarantine))
         handled = self._handled_before(inbound)
-        if handled is not None:
-            dead = [letter for letter in dead if letter.message.offset >= self.replay_guard.live_from[letter.message.partition]]
+        if handled is not None:  # dead-lettered by the worker before the replay
+            live_from = self.replay_guard.live_from
+            dead = [letter for letter in dead if letter.message.offset >= live_from.get(letter.message.partition, -1)]
         self._dead_letters(dead)
         for batch in batches:
             self.labels.note(batch.decisions)

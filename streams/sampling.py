@@ -51,7 +51,7 @@ n counts distinct prediction_ids. A *generation* is the stretch of a
 partition's candidates that share a window start between two resets (all the
 windows of one time window, every model version and stratum). Each remembers
 every prediction_id that arrived in it; a candidate counts only if its id is in
-none of the partition's last RECENT_WINDOWS + 1 generations (its own
+none of the partition's last `dedup_windows` + 1 generations (its own
 included): a decision sent again, even after its window closed or the partition
 reset, is counted once. What a generation remembers depends only on the events
 in it, never on what came before, so a replay that re-reads the generations
@@ -93,7 +93,6 @@ NEAR_THRESHOLD = "NEAR_THRESHOLD"
 FLAGGED = "FLAGGED"
 NEW_VERSION = "NEW_VERSION"
 RESERVOIR = "RESERVOIR"
-RECENT_WINDOWS = 8
 OTHER = "other"  # the stratum of a window's strata beyond max_strata
 
 # Slack on the threshold band so that e.g. score 0.52, threshold 0.50, band 0.02
@@ -112,6 +111,9 @@ class SamplingConfig:
     idle_close_ms: int = 5_000  # close windows of a partition when no event arrived for this long (wall clock)
     max_open_ms: int = 30_000  # ... and when one of its windows has been open for this long (wall clock)
     max_strata: int = 50  # distinct strata per partition, model version and window; the rest pool as OTHER
+    # Earlier time windows (generations) of a partition a copy of a decision is recognised in. A
+    # commit stays at the oldest one's start: the more, the longer a replay after a crash.
+    dedup_windows: int = 8
     known_decisions: frozenset[str] = frozenset({"approve"})  # labels that are neither adverse nor unknown
 
     def __post_init__(self):
@@ -119,6 +121,8 @@ class SamplingConfig:
         object.__setattr__(self, "adverse_decisions", frozenset(d.casefold() for d in self.adverse_decisions))
         if self.max_open_ms < 1:
             raise ConfigError("sampling.max_open_ms", f"must be a positive number of ms, got {self.max_open_ms}")
+        if self.dedup_windows < 0:
+            raise ConfigError("sampling.dedup_windows", f"must not be negative, got {self.dedup_windows}")
         if self.max_strata < 1:
             raise ConfigError("sampling.max_strata", f"must be at least 1, got {self.max_strata}")
         if self.budget < 1:
@@ -220,12 +224,12 @@ class _Generation:
 
 
 class _Horizon:
-    """A partition's last RECENT_WINDOWS + 1 generations: the ids a new candidate is checked against."""
+    """A partition's last `dedup_windows` + 1 generations: the ids a new candidate is checked against."""
 
     __slots__ = ("generations", "epoch", "_before")
 
-    def __init__(self):
-        self.generations: deque[_Generation] = deque(maxlen=RECENT_WINDOWS + 1)
+    def __init__(self, dedup_windows: int):
+        self.generations: deque[_Generation] = deque(maxlen=dedup_windows + 1)
         self.epoch = 0  # resets so far: the first candidate after one starts a generation
         self._before: _Seen | None = None  # the generations before the current one, as one run
 
@@ -355,7 +359,7 @@ class Reservoirs:
             state = self._partitions[partition] = _Partition()
         horizon = self._horizons.get(partition)
         if horizon is None:
-            horizon = self._horizons[partition] = _Horizon()
+            horizon = self._horizons[partition] = _Horizon(self.config.dedup_windows)
         state.last_event_ms = now_ms
         state.next_offset = max(state.next_offset, int(offsets.max()) + 1)
         window_ms, k = self.config.window_ms, self.config.budget

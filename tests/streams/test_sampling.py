@@ -161,6 +161,29 @@ def test_priority_config_and_empty():
 def test_bad_config_is_a_readable_error():
     with pytest.raises(WhystreamError, match="budget"):
         SamplingConfig(budget=0)
+    with pytest.raises(WhystreamError, match="dedup_windows"):
+        SamplingConfig(dedup_windows=-1)
+
+
+def test_a_copy_is_recognised_within_the_dedup_horizon_only():
+    """A decision sent again after its window closed, by watermark or by a reset, counts once
+    while its original's window is among the partition's last dedup_windows generations."""
+    res = Reservoirs(SamplingConfig(budget=5, window_ms=10_000, idle_close_ms=5_000, dedup_windows=2))
+
+    def send(offset, pid, t, now_ms=0):
+        res.add(0, np.array([offset]), [pid], ["v1"], ["web"], np.array([t]), [pid], now_ms)
+
+    send(0, "a", T0)
+    send(1, "b", T0 + 10_000)  # the next window: a's closes by watermark
+    send(2, "a", T0)  # late copy, in b's window: not counted
+    closed = res.close_due(0) + res.close_due(10_000)  # then idle: a reset
+    send(3, "a", T0 + 20_000, 10_000)  # after the reset, in a third generation: not counted either
+    send(4, "c", T0 + 30_000, 10_000)
+    send(5, "d", T0 + 40_000, 10_000)
+    send(6, "a", T0 + 50_000, 10_000)  # a was last seen 3 generations back, beyond the horizon: counted
+    closed += res.close_due(10_000) + drain(res, 10_000)
+    assert [(w.window_start - T0, w.n) for w in closed] == [(0, 1), (10_000, 1), (30_000, 1), (40_000, 1),
+                                                          (50_000, 1)]  # 20_000: only a copy, nothing to hand over
 
 
 # -- windows ----------------------------------------------------------------------------------------------------

@@ -91,7 +91,8 @@ def committed(settings, partition):
 
 def test_an_event_far_ahead_does_not_stall_a_busy_partition(engine_settings, small_model, tmp_path):
     settings = engine_settings
-    worker = Worker(settings, tmp_path, "--max-open", "4")
+    # A short dedup horizon: the commit trails the stream by two 2 s windows, not nine.
+    worker = Worker(settings, tmp_path, "--max-open", "4", "--dedup-windows", "1")
     worker.wait_ready()
     warm_up = {**records_for(small_model, 1, seed=1, run_id="warm")[0], "decision": "decline"}
     produce(settings, encoded([warm_up]), partition=0)
