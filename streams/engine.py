@@ -60,7 +60,7 @@ from whystream.streams.on_demand import OnDemand
 from whystream.streams.publish import Publisher
 from whystream.streams.quarantine import Quarantine
 from whystream.streams.replay_guard import ReplayGuard
-from whystream.streams.sampling import RESERVOIR, Reservoirs, SamplingConfig, priority_reasons
+from whystream.streams.sampling import NEW_VERSION, RESERVOIR, Reservoirs, SamplingConfig, priority_reasons
 from whystream.streams.store import RedisStore
 from whystream.streams.treeshap import EXPLAINER_NAME, EXPLAINER_VERSION
 from whystream.streams.validate import Inbound, ModelBatch, RawMessage, Validator
@@ -287,6 +287,7 @@ class Engine:
         versions: list[str] = []
         strata: list[str] = []
         picks: list[tuple[ModelBatch, np.ndarray]] = []
+        unsampled: list[np.ndarray] = []  # positions in ids of rows fed to the reservoirs only to place windows
         for batch in batches:
             model, n = batch.model, len(batch)
             fresh = None if handled is None else ~handled[batch.index]  # rows not handled before the replay
@@ -306,7 +307,12 @@ class Engine:
             target = due.setdefault(model.version, Due(model))
             for j in np.flatnonzero(chosen if fresh is None else chosen & fresh).tolist():
                 target.add(batch.record(j), batch.X[j], reasons[j], 1.0, batch.strata[j])
-            rest = np.flatnonzero(~chosen)
+            # Explained only for being among a version's first events (a count in Redis, which a replay
+            # may see otherwise): still fed to the reservoirs, unsampled, so they place windows alike.
+            only_new = reasons == NEW_VERSION if new_version.any() else None
+            rest = np.flatnonzero(~chosen if only_new is None else ~chosen | only_new)
+            if only_new is not None:
+                unsampled.append(np.flatnonzero(only_new[rest]) + len(versions))
             if len(rest) == n:
                 ids.extend(batch.prediction_ids)
                 strata.extend(batch.strata)
@@ -324,12 +330,15 @@ class Engine:
         times = np.concatenate([batch.event_time[rest] for batch, rest in picks])
         partitions, offsets = inbound.partitions[positions], inbound.offsets[positions]
         items = Candidates([batch for batch, _ in picks], which, rows)
+        sampled = np.ones(len(ids), dtype=bool)
+        if unsampled:
+            sampled[np.concatenate(unsampled)] = False
         for partition in np.unique(partitions).tolist():
             sel = np.flatnonzero(partitions == partition)
             sel = sel[np.argsort(offsets[sel], kind="stable")]
             take = sel.tolist()
             self.reservoirs.add(partition, offsets[sel], [ids[k] for k in take], [versions[k] for k in take],
-                                [strata[k] for k in take], times[sel], items.subset(sel), now_ms)
+                                [strata[k] for k in take], times[sel], items.subset(sel), now_ms, sampled[sel])
 
     def _close_windows(self, due: dict[str, Due], now_ms: int) -> None:
         closed = self.reservoirs.close_due(now_ms)

@@ -245,7 +245,7 @@ class _Horizon:
         """The ids of the generations before the current one (they no longer change)."""
         if self._before is None:
             runs = [run for g in list(self.generations)[:-1] for run in g.seen.runs]
-            self._before = _Seen([np.unique(np.concatenate(runs))] if runs else [])
+            self._before = _Seen([np.sort(np.concatenate(runs))] if runs else [])  # unseen() allows repeats
         return self._before
 
     def first_offset(self) -> int:
@@ -328,14 +328,21 @@ class Reservoirs:
     # -- candidates ---------------------------------------------------------------------------------
 
     def add(self, partition: int, offsets: np.ndarray, prediction_ids: Sequence[str], model_versions: Sequence[str],
-            strata: Sequence[str], event_times: np.ndarray, items: Sequence[Any], now_ms: int) -> None:
+            strata: Sequence[str], event_times: np.ndarray, items: Sequence[Any], now_ms: int,
+            sampled: np.ndarray | None = None) -> None:
         """Feed the candidates of one partition (parallel sequences); `items` are
-        opaque payloads handed back for the selected events when their window closes."""
+        opaque payloads handed back for the selected events when their window closes.
+        `sampled` False: an event explained anyway for a reason a replay may not see alike (the
+        first events of a new version): it places windows and is remembered as seen like any
+        candidate, so that a replay cuts the same windows, but is neither counted nor selected."""
         n = len(prediction_ids)
         offsets = np.asarray(offsets, dtype=np.int64)
         event_times = np.asarray(event_times, dtype=np.int64)
-        if not (len(offsets) == len(model_versions) == len(strata) == len(event_times) == len(items) == n):
-            raise ValueError("Reservoirs.add: offsets, ids, versions, strata, event_times and items differ in length")
+        sampled = np.ones(n, dtype=bool) if sampled is None else np.asarray(sampled, dtype=bool)
+        if not (len(offsets) == len(model_versions) == len(strata) == len(event_times) == len(items) == len(sampled)
+                == n):
+            raise ValueError("Reservoirs.add: offsets, ids, versions, strata, event_times, items and sampled differ "
+                             "in length")
         pending = self._pending.get(partition)
         if n and pending and pending[0] <= offsets.max():  # a replayed reset falls inside: split there
             arrival = np.argsort(offsets, kind="stable")
@@ -344,15 +351,16 @@ class Reservoirs:
             if before:
                 self._add(partition, offsets[before], [prediction_ids[i] for i in before],
                           [model_versions[i] for i in before], [strata[i] for i in before], event_times[before],
-                          [items[i] for i in before], now_ms)
+                          [items[i] for i in before], now_ms, sampled[before])
             if partition in self._partitions:
                 self._closed += self._reset(partition)
             self.add(partition, offsets[after], [prediction_ids[i] for i in after], [model_versions[i] for i in after],
-                     [strata[i] for i in after], event_times[after], [items[i] for i in after], now_ms)
+                     [strata[i] for i in after], event_times[after], [items[i] for i in after], now_ms, sampled[after])
         elif n:
-            self._add(partition, offsets, prediction_ids, model_versions, strata, event_times, items, now_ms)
+            self._add(partition, offsets, prediction_ids, model_versions, strata, event_times, items, now_ms, sampled)
 
-    def _add(self, partition, offsets, prediction_ids, model_versions, strata, event_times, items, now_ms) -> None:
+    def _add(self, partition, offsets, prediction_ids, model_versions, strata, event_times, items, now_ms,
+             sampled) -> None:
         n = len(prediction_ids)
         state = self._partitions.get(partition)
         if state is None:
@@ -391,7 +399,7 @@ class Reservoirs:
             first[1:] = sorted_u[1:] != sorted_u[:-1]
             distinct = sorted_u[first]
             new_here = generation.seen.unseen(distinct)
-            counted[rows[by_u[first]]] = new_here & horizon.before().unseen(distinct)
+            counted[rows[by_u[first]]] = new_here & horizon.before().unseen(distinct) & sampled[rows[by_u[first]]]
             generation.seen.add(distinct[new_here])
 
         # Group by (version, stratum, window); inside a group ascending (u, offset).
@@ -404,7 +412,8 @@ class Reservoirs:
         sorted_u = u[order]
         sorted_counted = counted[order]
 
-        for g in range(len(bounds) - 1):
+        # Groups in order of their first arrival: which strata pool as OTHER must not depend on batch cuts.
+        for g in np.argsort(group_first, kind="stable").tolist():
             begin, end = int(bounds[g]), int(bounds[g + 1])
             key = self._reservoir_key(state, versions[g_version[begin]], stratum_names[g_stratum[begin]], int(g_start[begin]))
             first = int(group_first[g])

@@ -95,6 +95,7 @@ class Ingest:
         self._to_guard: set[int] = set()  # newly assigned: read what was published before replaying them
         self.positions: dict[int, int] = {}  # partition -> next offset to read (after what the engine handled)
         self.committed: dict[int, int] = {}
+        self.checkpointed: dict[int, tuple[int, int]] = {}  # the last commit point recorded, per partition
         self.dropped_revoked = 0  # messages fetched for a partition revoked before they were handled
         self.stopping = threading.Event()
         self.crashed: BaseException | None = None
@@ -188,14 +189,16 @@ class Ingest:
 
     def _commit(self, partitions, asynchronous: bool) -> None:
         """Commit, for each of these partitions, as far as the engine allows, once the engine has
-        recorded what a replay from there needs."""
+        recorded what a replay from there needs (also when only where handling resumes moved on)."""
         with self.lock:
             points = self.engine.commit_points({p: self.positions[p] for p in partitions if p in self.positions})
-            points = {p: point for p, point in points.items() if self.committed.get(p) != point[0]}
-            self.engine.checkpoint(points)
-        offsets = [TopicPartition(self.topic, p, offset) for p, (offset, _) in points.items()]
+            moved = {p: point for p, point in points.items() if self.checkpointed.get(p) != point}
+            self.engine.checkpoint(moved)
+        self.checkpointed.update(moved)
+        offsets = [TopicPartition(self.topic, p, offset) for p, (offset, _) in points.items()
+                   if self.committed.get(p) != offset]
         if offsets:
-            self.committed.update({p: offset for p, (offset, _) in points.items()})
+            self.committed.update({tp.partition: tp.offset for tp in offsets})
             try:
                 self.consumer.commit(offsets=offsets, asynchronous=asynchronous)
             except Exception as exc:  # the next commit tries again; a replay only redoes work
@@ -246,6 +249,7 @@ class Ingest:
         for p in partitions:
             self.positions.pop(p, None)
             self.committed.pop(p, None)
+            self.checkpointed.pop(p, None)
             try:
                 self.engine.metrics.lag.remove(str(p))
             except KeyError:
