@@ -343,7 +343,8 @@ class Engine:
     def _close_windows(self, due: dict[str, Due], now_ms: int) -> None:
         closed = self.reservoirs.close_due(now_ms)
         # A wall-clock reset is recorded before its samples go out: a replay must reset at the same offset.
-        self._write_checkpoints([(r.partition, "RESET", r.offset, None) for r in self.reservoirs.take_resets()])
+        self._write_checkpoints([(r.partition, "FORGET" if r.forget else "RESET", r.offset, None)
+                                 for r in self.reservoirs.take_resets()])
         for window in closed:
             for (model, record, row, _), weight in window.selected:  # the window's stratum: maybe pooled OTHER
                 due.setdefault(model.version, Due(model)).add(record, row, RESERVOIR, weight, window.stratum)

@@ -1,8 +1,8 @@
 """Exactly once without Redis: what a replay must not publish again, read back
 from the output topics themselves.
 
-A worker commits a partition's offset only up to the first candidate of its
-oldest open reservoir window, and at most once a second, so after kill -9 (or
+A worker commits a partition's offset only up to the start of its reservoirs'
+dedup horizon (streams/sampling.py), and at most once a second, so after kill -9 (or
 a rebalance) the new owner replays events whose explanation or dead letter is
 already on the broker. Redis dedup catches most of them, but Redis may be
 down, slow or flushed. Measured on the embedded broker (Tansu 0.6.0, see
@@ -22,7 +22,7 @@ So when partitions are assigned, the guard reads, up to their current ends:
    offsets_for_times): per partition the highest `live_from` a COMMIT
    checkpoint at or after the committed offset vouches for (everything before
    it was handled, so the engine only rebuilds its reservoirs from those
-   messages), and the offsets of the RESETs after the committed offset (the
+   messages), and the RESETs and FORGETs after the committed offset (the
    engine's reservoirs repeat them: streams/sampling.py);
 2. `explanations` and `predictions.dlq` from shortly before the first message
    after `live_from` was written, and remembers the prediction_ids explained
@@ -50,6 +50,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from whystream.config import Settings
 from whystream.streams.codec import codec_for
+from whystream.streams.sampling import Reset
 
 log = logging.getLogger("whystream.replay_guard")
 
@@ -63,7 +64,7 @@ class ReplayGuard:
         self.dead: set[tuple[int, int]] = set()
         self._until: dict[int, int] = {}  # guarded partition -> its end offset at scan time
         self.live_from: dict[int, int] = {}  # guarded partition -> where handling starts again
-        self.resets: dict[int, list[int]] = {}  # guarded partition -> the offsets its sampling reset at
+        self.resets: dict[int, list[Reset]] = {}  # guarded partition -> what its sampling did by wall clock
         self.dlq_codec = codec_for("DeadLetter", settings.schema_registry_url, settings.topic("predictions.dlq"))
         self.checkpoint_codec = codec_for("SamplingCheckpoint", settings.schema_registry_url,
                                           settings.topic("sampling-checkpoints"))
@@ -138,8 +139,8 @@ class ReplayGuard:
             p = checkpoint["partition"]
             if p not in committed or checkpoint["offset"] < committed[p]:
                 return
-            if checkpoint["kind"] == "RESET" and checkpoint["offset"] > committed[p]:
-                self.resets[p].append(checkpoint["offset"])
+            if checkpoint["kind"] in ("RESET", "FORGET") and checkpoint["offset"] > committed[p]:
+                self.resets[p].append(Reset(p, checkpoint["offset"], forget=checkpoint["kind"] == "FORGET"))
             elif checkpoint["kind"] == "COMMIT" and checkpoint["live_from"] is not None:
                 self.live_from[p] = max(self.live_from[p], checkpoint["live_from"])
 

@@ -55,7 +55,9 @@ none of the partition's last `dedup_windows` + 1 generations (its own
 included): a decision sent again, even after its window closed or the partition
 reset, is counted once. What a generation remembers depends only on the events
 in it, never on what came before, so a replay that re-reads the generations
-rebuilds the same horizon.
+rebuilds the same horizon. A partition that saw no candidate for `forget_idle_ms`
+(wall clock) forgets its horizon (recorded like a reset, `Reset.forget`), so that
+its commit does not wait for the next candidates.
 
 That is why a commit stays at the first offset of the oldest generation in the
 horizon (`hold`), not at the first open window (`frontier`): the successor
@@ -64,7 +66,10 @@ the recorded frontier were handed over already: it rebuilds them without
 handing them over again (`resume`'s live_from). So a crashed worker's successor
 counts every decision in the same window as the worker did, and its samples are
 those the worker published (which dedup then skips), whatever wall clock and
-batch cuts it meets.
+batch cuts it meets, provided it is given the same candidates: events the engine
+explains for a reason a replay cannot see alike (a new version's first events,
+counted in Redis) are fed `sampled=False`, so they still place windows and are
+remembered, and only n can differ by them.
 
 Strata: the first `max_strata` strata of a (partition, model version, window)
 get reservoirs of their own; later ones share the reservoir of stratum OTHER
@@ -114,6 +119,7 @@ class SamplingConfig:
     # Earlier time windows (generations) of a partition a copy of a decision is recognised in. A
     # commit stays at the oldest one's start: the more, the longer a replay after a crash.
     dedup_windows: int = 8
+    forget_idle_ms: int = 300_000  # a partition without a candidate this long (wall clock) forgets them all
     known_decisions: frozenset[str] = frozenset({"approve"})  # labels that are neither adverse nor unknown
 
     def __post_init__(self):
@@ -121,6 +127,9 @@ class SamplingConfig:
         object.__setattr__(self, "adverse_decisions", frozenset(d.casefold() for d in self.adverse_decisions))
         if self.max_open_ms < 1:
             raise ConfigError("sampling.max_open_ms", f"must be a positive number of ms, got {self.max_open_ms}")
+        if self.forget_idle_ms < self.idle_close_ms:
+            raise ConfigError("sampling.forget_idle_ms", f"must be at least idle_close_ms ({self.idle_close_ms}), "
+                                                         f"got {self.forget_idle_ms}")
         if self.dedup_windows < 0:
             raise ConfigError("sampling.dedup_windows", f"must not be negative, got {self.dedup_windows}")
         if self.max_strata < 1:
@@ -176,13 +185,15 @@ class ClosedWindow:
     selected: list[tuple[Any, float]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Reset:
-    """A partition's windows closed by wall clock at `offset` (the candidate after its last one):
-    what a replay of the partition needs to close them at the same place."""
+    """A partition's windows closed by wall clock at `offset` (the candidate after its last one),
+    and with `forget` its dedup horizon dropped too: what a replay of the partition needs to do
+    the same at the same place."""
 
     partition: int
     offset: int
+    forget: bool = False
 
 
 class _Seen:
@@ -226,11 +237,13 @@ class _Generation:
 class _Horizon:
     """A partition's last `dedup_windows` + 1 generations: the ids a new candidate is checked against."""
 
-    __slots__ = ("generations", "epoch", "_before")
+    __slots__ = ("generations", "epoch", "_before", "next_offset", "last_event_ms")
 
     def __init__(self, dedup_windows: int):
         self.generations: deque[_Generation] = deque(maxlen=dedup_windows + 1)
         self.epoch = 0  # resets so far: the first candidate after one starts a generation
+        self.next_offset = 0  # the offset after the last candidate: where a reset happens
+        self.last_event_ms = 0  # wall clock
         self._before: _Seen | None = None  # the generations before the current one, as one run
 
     def generation(self, start: int, first_offset: int) -> _Generation:
@@ -268,14 +281,13 @@ class _Reservoir:
 
 
 class _Partition:
-    __slots__ = ("watermark", "last_event_ms", "windows", "strata", "next_offset")
+    __slots__ = ("watermark", "last_event_ms", "windows", "strata")
 
     def __init__(self):
         self.watermark: int | None = None
         self.last_event_ms = 0
         self.windows: dict[tuple[str, str, int], _Reservoir] = {}
         self.strata: dict[tuple[str, int], set[str]] = {}  # (version, window start) -> its own strata
-        self.next_offset = 0  # the offset after the last candidate: where a reset happens
 
 
 def _codes(values: Sequence[str]) -> tuple[np.ndarray, list[str]]:
@@ -301,7 +313,7 @@ class Reservoirs:
         self._closed: list[ClosedWindow] = []  # closed by a replayed reset inside add(): handed over next
         self._resets: list[Reset] = []  # made by wall clock, not yet taken by the engine
         # Replays (resume): the resets to repeat, where handing over starts again, no wall-clock resets.
-        self._pending: dict[int, list[int]] = {}
+        self._pending: dict[int, list[Reset]] = {}
         self._live_from: dict[int, int] = {}
         self._replaying: set[int] = set()
 
@@ -313,10 +325,10 @@ class Reservoirs:
 
     # -- replays ------------------------------------------------------------------------------------
 
-    def resume(self, partition: int, live_from: int, resets: Sequence[int]) -> None:
+    def resume(self, partition: int, live_from: int, resets: Sequence[Reset]) -> None:
         """The partition is replayed from its committed offset: windows that start before
         `live_from` were handed over by the worker before (rebuild them, hand nothing over), the
-        partition resets at each offset of `resets`, and at no other by wall clock until `replay_done`."""
+        partition repeats `resets`, and makes none of its own by wall clock until `replay_done`."""
         self._live_from[partition] = live_from
         self._pending[partition] = sorted(set(resets))
         self._replaying.add(partition)
@@ -344,9 +356,10 @@ class Reservoirs:
             raise ValueError("Reservoirs.add: offsets, ids, versions, strata, event_times, items and sampled differ "
                              "in length")
         pending = self._pending.get(partition)
-        if n and pending and pending[0] <= offsets.max():  # a replayed reset falls inside: split there
+        if n and pending and pending[0].offset <= offsets.max():  # a replayed reset falls inside: split there
             arrival = np.argsort(offsets, kind="stable")
-            cut = int(np.searchsorted(offsets[arrival], pending.pop(0)))
+            reset = pending.pop(0)
+            cut = int(np.searchsorted(offsets[arrival], reset.offset))
             before, after = arrival[:cut].tolist(), arrival[cut:].tolist()
             if before:
                 self._add(partition, offsets[before], [prediction_ids[i] for i in before],
@@ -354,6 +367,8 @@ class Reservoirs:
                           [items[i] for i in before], now_ms, sampled[before])
             if partition in self._partitions:
                 self._closed += self._reset(partition)
+            if reset.forget:
+                self._horizons.pop(partition, None)
             self.add(partition, offsets[after], [prediction_ids[i] for i in after], [model_versions[i] for i in after],
                      [strata[i] for i in after], event_times[after], [items[i] for i in after], now_ms, sampled[after])
         elif n:
@@ -368,8 +383,8 @@ class Reservoirs:
         horizon = self._horizons.get(partition)
         if horizon is None:
             horizon = self._horizons[partition] = _Horizon(self.config.dedup_windows)
-        state.last_event_ms = now_ms
-        state.next_offset = max(state.next_offset, int(offsets.max()) + 1)
+        state.last_event_ms = horizon.last_event_ms = now_ms
+        horizon.next_offset = max(horizon.next_offset, int(offsets.max()) + 1)
         window_ms, k = self.config.window_ms, self.config.budget
         live_from = self._live_from.get(partition, -1)
 
@@ -466,12 +481,19 @@ class Reservoirs:
             if partition not in self._replaying and (
                     now_ms - state.last_event_ms >= self.config.idle_close_ms
                     or any(now_ms - res.opened_ms >= self.config.max_open_ms for res in state.windows.values())):
-                self._resets.append(Reset(partition, state.next_offset))
+                self._resets.append(Reset(partition, self._horizons[partition].next_offset))
                 self._pending.pop(partition, None)  # what a replay had left to repeat: nothing is open now
                 closed += self._reset(partition)
                 continue
             current = state.watermark // window_ms * window_ms
             closed += self._hand_over(partition, state, [key for key in state.windows if key[2] < current])
+        for partition, horizon in sorted(self._horizons.items()):
+            if (partition not in self._partitions and partition not in self._replaying
+                    and now_ms - horizon.last_event_ms >= self.config.forget_idle_ms):
+                # Quiet for long: forget its candidates, so that its commit (held at the horizon) moves on.
+                self._resets.append(Reset(partition, horizon.next_offset, forget=True))
+                self._pending.pop(partition, None)
+                del self._horizons[partition]
         return closed
 
     def _reset(self, partition: int) -> list[ClosedWindow]:

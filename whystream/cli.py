@@ -134,6 +134,8 @@ def worker(ctx: typer.Context,
                                           "pool as `other`"),
            dedup_windows: int = typer.Option(8, help="Earlier windows of a partition in which a decision sent "
                                              "again is recognised (a crash replays that much of the partition)"),
+           forget_idle: float = typer.Option(300.0, help="A partition without a candidate for this many seconds "
+                                             "forgets the decisions it saw (its commit moves on)"),
            dlq_original_cap: int = typer.Option(512 * 1024, help="Bytes of a bad message kept in its dead letter"),
            loglevel: str = typer.Option("warning")):
     """Run a worker: consume `predictions`, publish `explanations` (scale out by running more)."""
@@ -149,7 +151,8 @@ def worker(ctx: typer.Context,
     sampling = SamplingConfig(budget=budget, window_ms=int(window * 1000), near_threshold_band=band,
                               stratum_key=stratum, new_version_events=new_version_events,
                               idle_close_ms=int(idle_close * 1000), max_open_ms=int(max_open * 1000),
-                              max_strata=max_strata, dedup_windows=dedup_windows)
+                              max_strata=max_strata, dedup_windows=dedup_windows,
+                              forget_idle_ms=int(forget_idle * 1000))
     config = EngineConfig(sampling, latency_budget_ms, redact=parse_features(redact),
                           event_time=EventTimeRule(max_ahead_ms=int(max_skew * 1000)),
                           dlq_original_cap=dlq_original_cap)

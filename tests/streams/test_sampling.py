@@ -164,6 +164,8 @@ def test_bad_config_is_a_readable_error():
         SamplingConfig(budget=0)
     with pytest.raises(WhystreamError, match="dedup_windows"):
         SamplingConfig(dedup_windows=-1)
+    with pytest.raises(WhystreamError, match="forget_idle_ms"):
+        SamplingConfig(idle_close_ms=10_000, forget_idle_ms=5_000)
 
 
 def test_a_copy_is_recognised_within_the_dedup_horizon_only():
@@ -226,6 +228,18 @@ def test_idle_partition_closes_alone_and_starts_afresh():
     add(res, 0, [2], [T0 + 5_000], now_ms=7_000)
     closed = res.close_due(12_000)
     assert [(w.partition, w.window_start, w.n) for w in closed] == [(0, T0, 1), (1, T0 + 20_000, 2)]
+
+
+def test_a_quiet_partition_forgets_its_horizon_and_its_commit_moves_on():
+    res = Reservoirs(SamplingConfig(budget=5, window_ms=10_000, idle_close_ms=5_000, forget_idle_ms=60_000))
+    add(res, 0, [0, 1], [T0, T0 + 1])
+    res.close_due(5_000)
+    assert res.take_resets() == [Reset(0, 2)] and res.hold(0, 9) == 0  # idle: the ids stay, so does the commit
+    assert res.close_due(59_999) == [] and res.take_resets() == []
+    res.close_due(60_000)
+    assert res.take_resets() == [Reset(0, 2, forget=True)] and res.hold(0, 9) == 9
+    add(res, 0, [9], [T0 + 2], now_ms=60_000)  # the next candidate starts a new horizon
+    assert res.hold(0, 10) == 9
 
 
 def test_late_event_joins_the_watermark_window():
@@ -413,11 +427,12 @@ def _windows(closed: list[ClosedWindow], s: Stream) -> list:
 @given(data=st.data())
 def test_a_crash_anywhere_is_invisible_in_what_is_handed_over(data):
     """Copies of decisions, wall-clock resets at random points and a crash: the windows the
-    crashed worker handed over plus those its successor hands over (replaying from the hold,
-    repeating the recorded resets) are exactly those of a worker that did not crash. Some events
+    crashed worker handed over plus those its successor hands over (replaying from the hold of
+    its last commit, repeating the resets recorded since) are exactly those of a worker that
+    did not crash. Some events
     are explained for a reason the successor cannot see (a new version's first events): the
     first worker feeds them unsampled, the successor, for what it only re-reads, sampled."""
-    config = SamplingConfig(budget=4, window_ms=2_000, idle_close_ms=1_000)
+    config = SamplingConfig(budget=4, window_ms=2_000, idle_close_ms=1_000, forget_idle_ms=3_000)
     rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
     s = _with_copies(make_stream(1500, config=config, partitions=2, windows=12, jitter_ms=800, seed=3), rng, 0.2)
     idx = s.candidates
@@ -425,28 +440,36 @@ def test_a_crash_anywhere_is_invisible_in_what_is_handed_over(data):
     cuts = sorted(set(data.draw(st.lists(st.integers(1, len(idx) - 1), max_size=12), label="cuts")))
     crash = data.draw(st.sampled_from([*cuts, len(idx)]), label="crash")
     idle_after = set(data.draw(st.lists(st.sampled_from(cuts), max_size=4), label="idle")) if cuts else set()
+    quiet_after = set(data.draw(st.lists(st.sampled_from(cuts), max_size=2), label="quiet")) if cuts else set()
+    commit_after = set(data.draw(st.lists(st.sampled_from(cuts), max_size=4), label="commits")) if cuts else set()
 
     def run_until(stop):
         """The first worker, up to `stop` (its position, the resets it recorded, what it handed over)."""
-        res, handed, resets, position = Reservoirs(config), [], [], {}
+        res, handed, resets, position, now = Reservoirs(config), [], [], {}, 0
+        commit = {0: (0, 0), 1: (0, 0)}  # nothing committed yet: a successor reads from the start
         for a, b in zip([0, *cuts], [*cuts, len(idx)]):
             if a >= stop:
                 break
-            handed += feed(res, s, idx[a:b], batch=len(idx), now_ms=1_000 * len(resets), sampled=~unsampled)
+            handed += feed(res, s, idx[a:b], batch=len(idx), now_ms=now, sampled=~unsampled)
             for p in (0, 1):
                 done = idx[:b][s.partition[idx[:b]] == p]
                 if len(done):
                     position[p] = int(s.offset[done].max()) + 1
-            if b in idle_after and b <= crash:  # nothing idles after the crash: the successor replays in a burst
-                handed += res.close_due(1_000 * len(resets) + config.idle_close_ms)
-                resets += res.take_resets() or [None]
-        return res, handed, [r for r in resets if r], position
+            if b <= crash:  # nothing idles after the crash: the successor replays in a burst
+                for pause, after in ((config.idle_close_ms, idle_after), (config.forget_idle_ms, quiet_after)):
+                    if b in after:  # idle (windows reset), or quiet for long (the horizon forgotten too)
+                        now += pause
+                        handed += res.close_due(now)
+                if b in commit_after:  # once in a while: the crash comes some time after the last commit
+                    commit = {p: (res.hold(p, position.get(p, 0)), res.frontier(p, position.get(p, 0)))
+                              for p in (0, 1)}
+            resets += res.take_resets()
+        return res, handed, resets, commit
 
-    res, handed, resets, position = run_until(crash)
-    commit = {p: (res.hold(p, position.get(p, 0)), res.frontier(p, position.get(p, 0))) for p in (0, 1)}
+    res, handed, resets, commit = run_until(crash)
     successor = Reservoirs(config)
     for p, (hold, live) in commit.items():
-        successor.resume(p, live, [r.offset for r in resets if r.partition == p and r.offset > hold])
+        successor.resume(p, live, [r for r in resets if r.partition == p and r.offset > hold])
     again = idx[s.offset[idx] >= np.array([commit[p][0] for p in s.partition[idx]])]
     seen_alike = ~unsampled | (s.offset < np.array([commit[p][1] for p in s.partition]))
     handed += feed(successor, s, again, batch=97, now_ms=10**9, sampled=seen_alike)
@@ -455,7 +478,9 @@ def test_a_crash_anywhere_is_invisible_in_what_is_handed_over(data):
     handed += drain(successor, 10**9)
 
     reference, reference_handed, _, _ = run_until(len(idx) + 1)
-    assert _windows(handed, s) == _windows(reference_handed + drain(reference, 10**9), s)
+    expected = _windows(reference_handed + drain(reference, 10**9), s)
+    # A window handed over again exactly as before publishes nothing new (its ids are on the broker).
+    assert sorted(set(_windows(handed, s))) == expected
 
 
 # -- statistics ---------------------------------------------------------------------------------------------------
