@@ -360,17 +360,19 @@ class Reservoirs:
             arrival = np.argsort(offsets, kind="stable")
             reset = pending.pop(0)
             cut = int(np.searchsorted(offsets[arrival], reset.offset))
+
+            def rows(at: list[int]) -> tuple:
+                return (offsets[at], [prediction_ids[i] for i in at], [model_versions[i] for i in at],
+                        [strata[i] for i in at], event_times[at], [items[i] for i in at])
+
             before, after = arrival[:cut].tolist(), arrival[cut:].tolist()
             if before:
-                self._add(partition, offsets[before], [prediction_ids[i] for i in before],
-                          [model_versions[i] for i in before], [strata[i] for i in before], event_times[before],
-                          [items[i] for i in before], now_ms, sampled[before])
+                self._add(partition, *rows(before), now_ms, sampled[before])
             if partition in self._partitions:
                 self._closed += self._reset(partition)
             if reset.forget:
                 self._horizons.pop(partition, None)
-            self.add(partition, offsets[after], [prediction_ids[i] for i in after], [model_versions[i] for i in after],
-                     [strata[i] for i in after], event_times[after], [items[i] for i in after], now_ms, sampled[after])
+            self.add(partition, *rows(after), now_ms, sampled[after])
         elif n:
             self._add(partition, offsets, prediction_ids, model_versions, strata, event_times, items, now_ms, sampled)
 
