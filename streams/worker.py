@@ -97,6 +97,7 @@ class Ingest:
         self.committed: dict[int, int] = {}
         self.checkpointed: dict[int, tuple[int, int]] = {}  # the last commit point recorded, per partition
         self.dropped_revoked = 0  # messages fetched for a partition revoked before they were handled
+        self._revoked_now: set[int] = set()  # partitions revoked (or lost) during the current _take
         self.stopping = threading.Event()
         self.crashed: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="whystream-ingest", daemon=True)
@@ -116,9 +117,7 @@ class Ingest:
                 loaded = self.engine.preload_latest()
                 self.engine.connect_publisher()
             log.info("models ready: %s", ", ".join(loaded) or "none registered yet")
-            # Join the group only now: a partition assigned to us is read at once, not after the kernels load.
-            self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                    on_lost=self._on_lost)
+            self.subscribe()  # only now: a partition assigned to us is read at once, not after the kernels load
             next_commit = next_tick = time.monotonic()
             while not self.stopping.is_set():
                 messages = self._take()
@@ -144,6 +143,11 @@ class Ingest:
             finally:
                 self.engine.close()
 
+    def subscribe(self) -> None:
+        """Join the consumer group, with the rebalance callbacks below."""
+        self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_lost)
+
     # -- one batch ------------------------------------------------------------
 
     def _take(self) -> list:
@@ -152,10 +156,18 @@ class Ingest:
         if first is None:
             return []
         messages = [first]
+        self._revoked_now = set()
         if self.batch_size > 1:
             messages += self.consumer.consume(self.batch_size - 1, timeout=0)
-        # A partition revoked between poll() and consume() (the callback runs inside consume()) is
-        # another worker's now: what was fetched of it is not ours to handle or commit.
+        # A rebalance served inside consume() makes `first` stale if it revoked first's partition, even
+        # when that partition came straight back: fetching starts again at the committed offset, so
+        # `first` comes again (handling it now too would publish its outputs twice). librdkafka drops
+        # what consume() itself had fetched before the rebalance; `first` it returned already.
+        if first.error() is None and first.partition() in self._revoked_now:
+            messages = messages[1:]
+            self.dropped_revoked += 1
+        # A partition revoked and not assigned back is another worker's now: what was fetched of it
+        # is not ours to handle or commit.
         assigned = self.assigned
         good = [m for m in messages if m.error() is None and m.partition() in assigned]
         if len(good) != len(messages):
@@ -234,6 +246,7 @@ class Ingest:
         After a failed batch nothing is committed: the engine's state is not to be trusted."""
         revoked = {tp.partition for tp in partitions if tp.topic == self.topic}
         self.assigned = self.assigned - revoked
+        self._revoked_now |= revoked
         if self.crashed is None:
             self._commit(revoked, asynchronous=False)
         self._forget(revoked)
@@ -241,6 +254,7 @@ class Ingest:
     def _on_lost(self, consumer, partitions) -> None:
         lost = {tp.partition for tp in partitions if tp.topic == self.topic}
         self.assigned = self.assigned - lost
+        self._revoked_now |= lost
         self._forget(lost)
 
     def _forget(self, partitions: set[int]) -> None:

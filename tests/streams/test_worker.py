@@ -114,7 +114,7 @@ def test_kill_minus_9_mid_stream_loses_no_due_explanation(engine_settings, small
         r["event_time"] = 1_700_000_000_000 + i
     worker = Worker(engine_settings, tmp_path)
     worker.wait_ready()
-    producer = threading.Thread(target=send, args=(engine_settings, records, 1500.0))
+    producer = threading.Thread(target=send, args=(engine_settings, records, 400.0))  # 15 s of sending
     producer.start()
     replacement = kill_mid_stream(engine_settings, worker, tmp_path)
     producer.join()
@@ -125,6 +125,7 @@ def test_kill_minus_9_mid_stream_loses_no_due_explanation(engine_settings, small
     unique = dedup(published)
     due = priority_ids(records)
     explained_priority = {i for i, e in unique.items() if e["sampling_reason"] != "RESERVOIR"}
+    assert len({unique[i]["worker"] for i in explained_priority}) == 2, "the kill did not land mid-stream"
     assert due == explained_priority
     sampled = [e for e in unique.values() if e["sampling_reason"] == "RESERVOIR"]
     # Every reservoir window was rebuilt whole: weights still add up to the candidates.

@@ -165,7 +165,7 @@ def test_kill_minus_9_with_redis_down_publishes_nothing_twice(engine_settings, s
     values, bad = garbage(records)
     worker = Worker(settings, tmp_path)
     worker.wait_ready()
-    sender = threading.Thread(target=produce, args=(settings, values, None, 1500.0))
+    sender = threading.Thread(target=produce, args=(settings, values, None, 400.0))  # 15 s of sending
     sender.start()
     replacement = kill_mid_stream(settings, worker, tmp_path, timeout_s=90, settle_s=1.5)  # Redis never there
     sender.join()
@@ -173,6 +173,8 @@ def test_kill_minus_9_with_redis_down_publishes_nothing_twice(engine_settings, s
     published = wait_quiet(settings, quiet_s=10.0, timeout=180)
     letters = read_all(settings, settings.topic("predictions.dlq"), "DeadLetter")
     replacement.kill(signal.SIGTERM)
+
+    assert len({d["worker"] for d in letters}) == 2, "the kill did not land mid-stream: nothing was replayed"
 
     ids = [e["prediction_id"] for e in published]
     assert len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} explanations published twice"
