@@ -213,7 +213,7 @@ def show_drift(settings: Settings, sink: Process, home: Path, drift, console: Co
         while time.monotonic() < deadline and not (injected and alerts):
             sink.check()
             time.sleep(2)
-            alerts = read_all(settings, settings.topic("drift-alerts"), "DriftAlert", timeout=10, idle=0.5)
+            alerts = read_all(settings, settings.topic("drift-alerts"), "DriftAlert", timeout=10)
     console.rule(f"attribution drift, last {DRIFT_WINDOW} (whystream drift --window {DRIFT_WINDOW})")
     subprocess.run([*whystream, "drift", "--window", DRIFT_WINDOW], env=env, check=False)
     console.rule("alerts on the `drift-alerts` topic")

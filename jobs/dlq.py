@@ -19,16 +19,15 @@ accepted) cannot be sent back whole: they are counted and left alone.
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from whystream.config import Settings
+from whystream.streams import topic_stats
 from whystream.streams.codec import codec_for
 
 
@@ -37,31 +36,10 @@ def redriven_topic(settings: Settings) -> str:
 
 
 def _scan(settings: Settings, topic: str, timeout: float = 60.0):
-    """(partition, offset, key, value) of every message now in `topic`, read up to its end."""
-    consumer = Consumer(settings.kafka(**{"group.id": f"whystream-dlq-{uuid.uuid4().hex[:8]}",
-                                          "enable.auto.commit": False}))
-    try:
-        meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
-        if meta is None or meta.error is not None:
-            return
-        ends, assignment = {}, []
-        for p in meta.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-            if high > low:
-                ends[p] = high
-                assignment.append(TopicPartition(topic, p, low))
-        if not assignment:
-            return
-        consumer.assign(assignment)
-        deadline = time.monotonic() + timeout
-        while ends and time.monotonic() < deadline:
-            for m in consumer.consume(1000, timeout=0.2):
-                if m.error() is None:
-                    yield m.partition(), m.offset(), m.key(), m.value()
-                    if m.partition() in ends and m.offset() + 1 >= ends[m.partition()]:
-                        del ends[m.partition()]
-    finally:
-        consumer.close()
+    """(partition, offset, key, value) of every message now in `topic`, read up to its end
+    (raises ReadTimeout rather than answer from part of it: a replay would send twice)."""
+    for m in topic_stats.scan(settings, topic, timeout):
+        yield m.partition(), m.offset(), m.key(), m.value()
 
 
 def letters(settings: Settings):

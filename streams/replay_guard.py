@@ -15,7 +15,9 @@ guarantee. What the broker does keep is the outputs:
 - every ExplanationEvent is keyed by its prediction_id;
 - every DeadLetter names the partition and offset of the message it replaces.
 
-So when partitions are assigned, the guard reads, up to their current ends:
+So when partitions are assigned, the guard reads, up to their current ends
+(where the consumer reports partition EOF, not the high watermark, which falls
+short on the embedded broker: streams/topic_stats.py):
 
 1. `sampling-checkpoints` from shortly before the first replayed message was
    written (its broker timestamp minus `slack_s`, located with
@@ -44,13 +46,13 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 
 from confluent_kafka import Consumer, TopicPartition
 
 from whystream.config import Settings
 from whystream.streams.codec import codec_for
 from whystream.streams.sampling import Reset
+from whystream.streams.topic_stats import ReadTimeout, partition_ends, partitions_of, peek_consumer, read_to_end
 
 log = logging.getLogger("whystream.replay_guard")
 
@@ -102,13 +104,14 @@ class ReplayGuard:
         began = time.monotonic()
         source = self.settings.topic("predictions")
         committed = consumer.committed([TopicPartition(source, p) for p in partitions], timeout=self.timeout_s)
+        ends = partition_ends(self.settings, source, partitions, self.timeout_s)
         start: dict[int, int] = {}
         for tp in committed:
-            low, high = consumer.get_watermark_offsets(TopicPartition(source, tp.partition), timeout=self.timeout_s)
+            low, _ = consumer.get_watermark_offsets(TopicPartition(source, tp.partition), timeout=self.timeout_s)
             offset = tp.offset if tp.offset >= 0 else low
-            if offset >= high:
+            if offset >= ends[tp.partition]:
                 continue  # nothing to replay
-            self._until[tp.partition] = max(high, self._until.get(tp.partition, 0))
+            self._until[tp.partition] = max(ends[tp.partition], self._until.get(tp.partition, 0))
             start[tp.partition] = offset
         if not start:
             return
@@ -146,24 +149,15 @@ class ReplayGuard:
 
         self._read(["sampling-checkpoints"], since_ms, note)
 
-    def _consumer(self) -> Consumer:
-        return Consumer(self.settings.kafka(**{"group.id": f"whystream-guard-{uuid.uuid4().hex[:8]}",
-                                               "enable.auto.commit": False, "enable.partition.eof": True}))
-
     def _timestamp(self, topic: str, partition: int, offset: int) -> int | None:
         """Broker timestamp (ms) of one message, or None if it cannot be read."""
-        consumer = self._consumer()
         try:
-            consumer.assign([TopicPartition(topic, partition, offset)])
-            deadline = time.monotonic() + self.timeout_s
-            while time.monotonic() < deadline:
-                m = consumer.poll(0.2)
-                if m is not None and m.error() is None:
-                    kind, ms = m.timestamp()
-                    return ms if ms > 0 else None
-            return None
-        finally:
-            consumer.close()
+            for m in read_to_end(self.settings, {(topic, partition): offset}, self.timeout_s):
+                kind, ms = m.timestamp()
+                return ms if ms > 0 else None
+        except ReadTimeout:
+            pass
+        return None  # not there (any more), or not readable now
 
     def _read_outputs(self, since_ms: int) -> int:
         """Add what `explanations` and `predictions.dlq` hold from since_ms to their ends; returns the count."""
@@ -183,45 +177,21 @@ class ReplayGuard:
 
     def _read(self, names: list[str], since_ms: int, note) -> int:
         """Hand every message the topics hold from since_ms to their current ends to `note`; the count."""
-        consumer = self._consumer()
+        consumer = peek_consumer(self.settings)
         count = 0
         try:
-            wanted = []
+            starts = {}
             for name in names:
                 topic = self.settings.topic(name)
-                meta = consumer.list_topics(topic, timeout=self.timeout_s).topics[topic]
-                for p in meta.partitions:
-                    low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=self.timeout_s)
-                    if high > low:
-                        wanted.append((topic, p, low, high))
-            if not wanted:
-                return 0
-            starts = consumer.offsets_for_times([TopicPartition(t, p, since_ms) for t, p, _, _ in wanted],
-                                                timeout=self.timeout_s)
-            ends = {}
-            assignment = []
-            for (topic, p, low, high), tp in zip(wanted, starts):
-                start = tp.offset if tp.offset >= 0 else high  # -1: nothing written since
-                start = min(max(start, low), high)
-                if start < high:
-                    ends[(topic, p)] = high
-                    assignment.append(TopicPartition(topic, p, start))
-            if not assignment:
-                return 0
-            consumer.assign(assignment)
-            deadline = time.monotonic() + self.timeout_s
-            while ends and time.monotonic() < deadline:
-                for m in consumer.consume(1000, timeout=0.2):
-                    if m.error() is not None:
-                        continue
-                    note(m)
-                    count += 1
-                    where = (m.topic(), m.partition())
-                    if where in ends and m.offset() + 1 >= ends[where]:
-                        del ends[where]
-            if ends:
-                log.warning("replay guard: %s not read to their end in %gs; a replay may publish twice",
-                            " and ".join(names), self.timeout_s)
-            return count
+                partitions = partitions_of(consumer, topic, self.timeout_s, required=False)
+                found = consumer.offsets_for_times([TopicPartition(topic, p, since_ms) for p in partitions],
+                                                   timeout=self.timeout_s)
+                starts.update({(topic, tp.partition): tp.offset for tp in found if tp.offset >= 0})  # -1: none since
+            for m in read_to_end(self.settings, starts, self.timeout_s, consumer):
+                note(m)
+                count += 1
+        except ReadTimeout as exc:
+            log.warning("replay guard: %s; a replay may publish twice", exc)
         finally:
             consumer.close()
+        return count

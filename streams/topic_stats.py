@@ -1,56 +1,132 @@
-"""Look at a topic without joining a consumer group: count and decode messages,
-read one message at a known offset.
+"""Look at a topic without joining a consumer group: read partitions to their
+end, count and decode messages, read one message at a known offset.
 
-Counts come from reading, not from watermark offsets: the embedded Tansu
-broker (0.6.0) reports a high watermark that counts uncompressed record
-batches rather than records, so `high - low` undercounts there.
+The end of a partition is where the consumer reports partition EOF, never the
+high watermark: the embedded Tansu broker (0.6.0) answers ListOffsets(latest)
+with the first offset of the partition's last record batch plus one (measured:
+three batches of ten records, high watermark 21 for 30 records; fetching
+reports EOF at 30), so reading up to the watermark misses the rest of that
+batch, and `high - low` undercounts. Nor is a pause without messages an end:
+a consumer's first fetch alone can take longer than any pause worth waiting
+(0.6 s measured on an idle machine).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
-from typing import Callable
+from typing import Iterable, Iterator
 
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from whystream.config import Settings
+from whystream.errors import WhystreamError
 from whystream.streams.codec import codec_for
 
+log = logging.getLogger("whystream.topic_stats")
 
-def _scan(settings: Settings, topic: str, on_message: Callable[[Message], None], timeout: float, idle: float) -> None:
-    """Feed every message now in `topic` (all partitions, from the start) to on_message,
-    until `idle` seconds pass without one, or `timeout`."""
-    consumer = Consumer(settings.kafka(**{"group.id": f"whystream-peek-{uuid.uuid4().hex[:8]}",
-                                          "enable.auto.commit": False}))
+
+class ReadTimeout(WhystreamError):
+    """Some partitions were not read to their end in time (the broker is slow or gone)."""
+
+    def __init__(self, left: Iterable[tuple[str, int]], timeout: float):
+        self.left = sorted(left)
+        super().__init__(f"{', '.join(f'{t}[{p}]' for t, p in self.left)} not read to the end in {timeout:g}s")
+
+
+def peek_consumer(settings: Settings) -> Consumer:
+    """A consumer outside any group (a throwaway group id, nothing committed) that reports
+    partition EOF and starts a partition whose offset is gone at its earliest."""
+    return Consumer(settings.kafka(**{"group.id": f"whystream-peek-{uuid.uuid4().hex[:8]}",
+                                      "enable.auto.commit": False, "enable.partition.eof": True,
+                                      "auto.offset.reset": "earliest"}))
+
+
+def partitions_of(consumer: Consumer, topic: str, timeout: float, required: bool = True) -> list[int]:
+    """The topic's partitions. Raises KafkaException when the broker cannot be reached, or
+    the topic is not there and `required` (else there are none)."""
+    from confluent_kafka import KafkaException
+
+    meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+    if meta is None or meta.error is not None or not meta.partitions:
+        if not required:
+            return []
+        raise KafkaException(f"topic {topic} is not on the broker" + (f" ({meta.error})" if meta and meta.error
+                                                                        else ""))
+    return sorted(meta.partitions)
+
+
+def read_to_end(settings: Settings, starts: dict[tuple[str, int], int], timeout: float = 60.0,
+                consumer: Consumer | None = None) -> Iterator[Message]:
+    """Every message from each (topic, partition)'s start offset up to the partition's end
+    now (its EOF), in offset order per partition. Raises ReadTimeout once the rest is read
+    if some partition did not reach its end within `timeout`."""
+    own = consumer is None
+    consumer = consumer or peek_consumer(settings)
+    left = set(starts)
     try:
-        partitions = consumer.list_topics(topic, timeout=timeout).topics[topic].partitions
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        if not left:
+            return
+        consumer.assign([TopicPartition(topic, p, offset) for (topic, p), offset in starts.items()])
         deadline = time.monotonic() + timeout
-        last = time.monotonic()
-        while time.monotonic() < deadline and time.monotonic() - last < idle:
-            for message in consumer.consume(1000, timeout=0.1):
-                if message.error() is None:
-                    last = time.monotonic()
-                    on_message(message)
+        while left and time.monotonic() < deadline:
+            for m in consumer.consume(1000, timeout=0.2):
+                error = m.error()
+                if error is None:
+                    yield m
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    left.discard((m.topic(), m.partition()))
+        if left:
+            raise ReadTimeout(left, timeout)
+    finally:
+        if own:
+            consumer.close()
+
+
+def partition_ends(settings: Settings, topic: str, partitions: Iterable[int], timeout: float = 60.0) -> dict[int, int]:
+    """Per partition, the offset after its last message now (what a high watermark should
+    say): read from the watermark's last batch to EOF, since Tansu's watermark falls short.
+    A partition not read to its end within `timeout` keeps what was read (at least its
+    watermark), with a warning."""
+    consumer = peek_consumer(settings)
+    try:
+        ends, starts = {}, {}
+        for p in partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            ends[p] = high
+            if high > low:
+                starts[(topic, p)] = high - 1
+        try:
+            for m in read_to_end(settings, starts, timeout, consumer):
+                ends[m.partition()] = max(ends[m.partition()], m.offset() + 1)
+        except ReadTimeout as exc:
+            log.warning("the ends of %s may be short: %s", topic, exc)
+        return ends
     finally:
         consumer.close()
 
 
-def message_count(settings: Settings, topic: str, timeout: float = 60.0, idle: float = 1.0) -> int:
+def scan(settings: Settings, topic: str, timeout: float = 60.0) -> Iterator[Message]:
+    """Every message now in `topic`, all partitions from their start (none if there is no such topic)."""
+    consumer = peek_consumer(settings)
+    try:
+        starts = {(topic, p): 0 for p in partitions_of(consumer, topic, timeout, required=False)}
+        yield from read_to_end(settings, starts, timeout, consumer)
+    finally:
+        consumer.close()
+
+
+def message_count(settings: Settings, topic: str, timeout: float = 60.0) -> int:
     """Messages currently held by `topic`, summed over its partitions."""
-    seen = [0]
-    _scan(settings, topic, lambda _: seen.__setitem__(0, seen[0] + 1), timeout, idle)
-    return seen[0]
+    return sum(1 for _ in scan(settings, topic, timeout))
 
 
-def read_all(settings: Settings, topic: str, schema: str, timeout: float = 60.0, idle: float = 1.0) -> list[dict]:
+def read_all(settings: Settings, topic: str, schema: str, timeout: float = 60.0) -> list[dict]:
     """Decode every message now in `topic` with schema `schema`."""
     codec = codec_for(schema, settings.schema_registry_url, topic)
-    records: list[dict] = []
-    _scan(settings, topic, lambda m: records.append(codec.decode(m.value())), timeout, idle)
-    return records
+    return [codec.decode(m.value()) for m in scan(settings, topic, timeout)]
 
 
 class OffsetReader:
@@ -91,34 +167,25 @@ class OffsetReader:
                 self._consumer = None
 
 
-def find_by_key(settings: Settings, topic: str, wanted: dict[bytes, int], timeout: float = 30.0, idle: float = 2.0,
+def find_by_key(settings: Settings, topic: str, wanted: dict[bytes, int], timeout: float = 30.0,
                 margin_ms: int = 300_000) -> dict[bytes, bytes]:
     """The value of the first message with each key in `wanted` (key -> its event time, ms):
     every partition is read from `margin_ms` before the earliest event time (offsets_for_times)
-    until all are found, `idle` seconds pass without a message, or `timeout`. Raises
-    KafkaException when the broker or topic cannot be reached."""
-    from confluent_kafka import KafkaException
-
-    consumer = Consumer(settings.kafka(**{"group.id": f"whystream-peek-{uuid.uuid4().hex[:8]}",
-                                          "enable.auto.commit": False, "auto.offset.reset": "earliest"}))
+    until all are found or every partition is read to its end. Raises KafkaException when the
+    broker or topic cannot be reached, ReadTimeout when reading takes longer than `timeout`."""
+    consumer = peek_consumer(settings)
     found: dict[bytes, bytes] = {}
     try:
-        meta = consumer.list_topics(topic, timeout=min(timeout, 10.0)).topics.get(topic)
-        if meta is None or meta.error is not None or not meta.partitions:
-            raise KafkaException(f"topic {topic} is not on the broker" + (f" ({meta.error})" if meta and meta.error
-                                                                            else ""))
+        partitions = partitions_of(consumer, topic, min(timeout, 10.0))
         since = max(min(wanted.values()) - margin_ms, 0)
-        starts = consumer.offsets_for_times([TopicPartition(topic, p, since) for p in meta.partitions],
+        starts = consumer.offsets_for_times([TopicPartition(topic, p, since) for p in partitions],
                                             timeout=min(timeout, 10.0))
-        consumer.assign([TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else 0) for tp in starts
-                         if tp.offset != -1])
-        deadline, last = time.monotonic() + timeout, time.monotonic()
-        while len(found) < len(wanted) and time.monotonic() < deadline and time.monotonic() - last < idle:
-            for message in consumer.consume(1000, timeout=0.1):
-                if message.error() is None:
-                    last = time.monotonic()
-                    if message.key() in wanted and message.key() not in found:
-                        found[message.key()] = message.value()
+        for m in read_to_end(settings, {(topic, tp.partition): tp.offset for tp in starts if tp.offset >= 0},
+                             timeout, consumer):
+            if m.key() in wanted and m.key() not in found:
+                found[m.key()] = m.value()
+                if len(found) == len(wanted):
+                    break
     finally:
         consumer.close()
     return found

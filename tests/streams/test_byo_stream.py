@@ -29,7 +29,7 @@ from test_worker import Worker
 from whystream.jobs.analytics import clickhouse as ch
 from whystream.jobs.analytics import explanation_rows
 from whystream.jobs.models.registry import ModelRegistry
-from whystream.streams.topic_stats import _scan, read_all
+from whystream.streams.topic_stats import read_all, scan
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).parents[2]
@@ -124,8 +124,7 @@ def test_every_objective_end_to_end_through_a_real_worker(engine_settings, byo_r
     raw_values: list[bytes] = []
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(raw_values) < len(expected):
-        raw_values = []
-        _scan(settings, settings.topic("explanations"), lambda m: raw_values.append(m.value()), 10, 1)
+        raw_values = [m.value() for m in scan(settings, settings.topic("explanations"), 10)]
         time.sleep(0.5)
     dead = read_all(settings, settings.topic("predictions.dlq"), "DeadLetter")
     as_the_sink_reads_them = read_all(settings, settings.topic("explanations"), "ExplanationEvent")

@@ -174,8 +174,8 @@ class EngineMachine(RuleBasedStateMachine):
         self.engine.tick(now_ms=self.now)
         self.engine.close()
         self.group.close()
-        published = read_all(self.settings, self.settings.topic("explanations"), "ExplanationEvent", idle=0.5)
-        letters = read_all(self.settings, self.settings.topic("predictions.dlq"), "DeadLetter", idle=0.5)
+        published = read_all(self.settings, self.settings.topic("explanations"), "ExplanationEvent")
+        letters = read_all(self.settings, self.settings.topic("predictions.dlq"), "DeadLetter")
         ids = [e["prediction_id"] for e in published]
         assert len(ids) == len(set(ids)), "an explanation published twice"
         priority = {i for i, r in self.valid.items() if is_priority(r)}

@@ -22,7 +22,7 @@ from whystream.jobs.analytics.sink import Sink
 from whystream.streams.codec import codec_for
 from whystream.streams.engine import Engine, EngineConfig
 from whystream.streams.sampling import SamplingConfig
-from whystream.streams.topic_stats import _scan
+from whystream.streams.topic_stats import scan
 from whystream.streams.validate import RawMessage
 
 
@@ -31,9 +31,8 @@ def pipeline(settings, database, records, **engine) -> list[dict]:
     worker = Engine(settings, EngineConfig(SamplingConfig(new_version_events=0, budget=5), **engine))
     worker.process(on_the_topic(settings, records))
     worker.close()
-    raw: list[RawMessage] = []
-    _scan(settings, settings.topic("explanations"),
-          lambda m: raw.append(RawMessage(m.value(), m.key(), m.topic(), m.partition(), m.offset())), 30, 1.5)
+    raw = [RawMessage(m.value(), m.key(), m.topic(), m.partition(), m.offset())
+           for m in scan(settings, settings.topic("explanations"), 30)]
     sink = Sink(settings, database)
     assert sink.process(raw) == len(raw) > 0
     sink.close()
