@@ -80,25 +80,41 @@ def priority_ids(records):
 
 
 def wait_quiet(settings, quiet_s=8.0, timeout=120):
-    """Explanations read back once their count stopped growing for quiet_s."""
+    """Explanations read back once there are some and their count stopped growing for quiet_s
+    (none yet is not quiet: a worker under load may take a while to start consuming)."""
     deadline = time.monotonic() + timeout
-    last, since = -1, time.monotonic()
+    last, since = 0, time.monotonic()
     while time.monotonic() < deadline:
         found = read_all(settings, settings.topic("explanations"), "ExplanationEvent")
         if len(found) != last:
             last, since = len(found), time.monotonic()
-        elif time.monotonic() - since > quiet_s:
+        elif last and time.monotonic() - since > quiet_s:
             return found
         time.sleep(1)
     raise AssertionError("explanations never settled")
 
 
-def kill_mid_stream(settings, worker, log_dir, timeout_s=60, settle_s=1.0):
-    """kill -9 `worker` once explanations flow (and `settle_s` more), and start its replacement."""
+def wait_explained(settings, timeout_s=90):
     deadline = time.monotonic() + timeout_s
-    while not read_all(settings, settings.topic("explanations"), "ExplanationEvent", timeout=3):
-        assert time.monotonic() < deadline, "no explanation before the kill"
+    while not read_all(settings, settings.topic("explanations"), "ExplanationEvent", timeout=10):
+        assert time.monotonic() < deadline, "nothing explained"
         time.sleep(0.5)
+
+
+def stream_to_a_live_worker(settings, send_some, items, rate, head=300):
+    """Send the first `head` items at once and, once the worker explains (it is consuming),
+    the rest at `rate` per second on a thread, which is returned: a kill then lands mid-stream
+    however long the worker took to start."""
+    send_some(settings, items[:head], 0.0)
+    wait_explained(settings)
+    sender = threading.Thread(target=send_some, args=(settings, items[head:], rate))
+    sender.start()
+    return sender
+
+
+def kill_mid_stream(settings, worker, log_dir, settle_s=1.0):
+    """kill -9 `worker` once explanations flow (and `settle_s` more), and start its replacement."""
+    wait_explained(settings)
     time.sleep(settle_s)
     worker.kill()  # kill -9 in the middle of the stream
     return Worker(settings, log_dir)
@@ -114,8 +130,7 @@ def test_kill_minus_9_mid_stream_loses_no_due_explanation(engine_settings, small
         r["event_time"] = 1_700_000_000_000 + i
     worker = Worker(engine_settings, tmp_path)
     worker.wait_ready()
-    producer = threading.Thread(target=send, args=(engine_settings, records, 400.0))  # 15 s of sending
-    producer.start()
+    producer = stream_to_a_live_worker(engine_settings, send, records, 400.0)  # 14 s of sending
     replacement = kill_mid_stream(engine_settings, worker, tmp_path)
     producer.join()
     replacement.wait_ready()
@@ -166,10 +181,11 @@ def test_worker_serves_metrics_health_and_on_demand_explanations(engine_settings
     send(engine_settings, records)
     worker = Worker(engine_settings, tmp_path)
     worker.wait_ready()
+    deadline = time.monotonic() + 120
+    while "whystream_events_consumed_total 500.0" not in (text := worker.get("/metrics")[1].decode()):
+        assert time.monotonic() < deadline, "the worker did not consume the 500 events"
+        time.sleep(0.5)
     published = dedup(wait_quiet(engine_settings, quiet_s=5))
-    status, body = worker.get("/metrics")
-    text = body.decode()
-    assert status == 200 and "whystream_events_consumed_total 500.0" in text
     assert "whystream_explanation_latency_seconds_bucket" in text and "whystream_consumer_lag" in text
     status, body = worker.get("/health")
     assert status == 200 and set(json.loads(body)) == {"broker", "redis", "registry"}

@@ -18,7 +18,8 @@ from whystream.streams.codec import codec_for
 from whystream.streams.topic_stats import read_all
 
 from tests.streams.test_robustness import broken_registry  # noqa: F401 (fixture)
-from tests.streams.test_worker import BAND, Worker, kill_mid_stream, records_for, wait_quiet
+from tests.streams.test_worker import (BAND, Worker, kill_mid_stream, records_for, stream_to_a_live_worker,
+                                       wait_quiet)
 
 pytestmark = pytest.mark.integration
 MB = 1024 * 1024
@@ -165,9 +166,8 @@ def test_kill_minus_9_with_redis_down_publishes_nothing_twice(engine_settings, s
     values, bad = garbage(records)
     worker = Worker(settings, tmp_path)
     worker.wait_ready()
-    sender = threading.Thread(target=produce, args=(settings, values, None, 400.0))  # 15 s of sending
-    sender.start()
-    replacement = kill_mid_stream(settings, worker, tmp_path, timeout_s=90, settle_s=1.5)  # Redis never there
+    sender = stream_to_a_live_worker(settings, lambda s, part, rate: produce(s, part, None, rate), values, 400.0)
+    replacement = kill_mid_stream(settings, worker, tmp_path, settle_s=1.5)  # Redis never there
     sender.join()
     replacement.wait_ready()
     published = wait_quiet(settings, quiet_s=10.0, timeout=180)
