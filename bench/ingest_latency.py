@@ -21,15 +21,15 @@ class Listener(threading.Thread):
         super().__init__(daemon=True)
         from confluent_kafka import Consumer, TopicPartition
 
-        from whystream.streams.topic_stats import partition_ends
+        from whystream.streams.topic_stats import partition_bounds
 
         self.topic = settings.topic(topic)
         self.consumer = Consumer(settings.kafka(**{"group.id": f"bench-listen-{uuid.uuid4().hex[:8]}",
                                                    "enable.auto.commit": False, "fetch.error.backoff.ms": 5,
                                                    **(fetch_settings or {"fetch.wait.max.ms": 5})}))
         partitions = self.consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions
-        ends = partition_ends(settings, self.topic, partitions, timeout=10)  # not the watermark: Tansu's falls short
-        self.consumer.assign([TopicPartition(self.topic, p, end) for p, end in ends.items()])
+        bounds = partition_bounds(settings, self.topic, partitions, timeout=10)  # not the watermark: Tansu's is short
+        self.consumer.assign([TopicPartition(self.topic, p, end) for p, (_, end) in bounds.items()])
         self.received: list[tuple[float, bytes]] = []
         self._halt = threading.Event()
 

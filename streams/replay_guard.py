@@ -52,7 +52,7 @@ from confluent_kafka import Consumer, TopicPartition
 from whystream.config import Settings
 from whystream.streams.codec import codec_for
 from whystream.streams.sampling import Reset
-from whystream.streams.topic_stats import ReadTimeout, partition_ends, partitions_of, peek_consumer, read_to_end
+from whystream.streams.topic_stats import ReadTimeout, partition_bounds, partitions_of, peek_consumer, read_to_end
 
 log = logging.getLogger("whystream.replay_guard")
 
@@ -104,14 +104,14 @@ class ReplayGuard:
         began = time.monotonic()
         source = self.settings.topic("predictions")
         committed = consumer.committed([TopicPartition(source, p) for p in partitions], timeout=self.timeout_s)
-        ends = partition_ends(self.settings, source, partitions, self.timeout_s)
+        bounds = partition_bounds(self.settings, source, partitions, self.timeout_s)
         start: dict[int, int] = {}
         for tp in committed:
-            low, _ = consumer.get_watermark_offsets(TopicPartition(source, tp.partition), timeout=self.timeout_s)
+            low, end = bounds[tp.partition]
             offset = tp.offset if tp.offset >= 0 else low
-            if offset >= ends[tp.partition]:
+            if offset >= end:
                 continue  # nothing to replay
-            self._until[tp.partition] = max(ends[tp.partition], self._until.get(tp.partition, 0))
+            self._until[tp.partition] = max(end, self._until.get(tp.partition, 0))
             start[tp.partition] = offset
         if not start:
             return

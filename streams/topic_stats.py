@@ -19,7 +19,7 @@ import time
 import uuid
 from typing import Iterable, Iterator
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from whystream.config import Settings
 from whystream.errors import WhystreamError
@@ -47,8 +47,6 @@ def peek_consumer(settings: Settings) -> Consumer:
 def partitions_of(consumer: Consumer, topic: str, timeout: float, required: bool = True) -> list[int]:
     """The topic's partitions. Raises KafkaException when the broker cannot be reached, or
     the topic is not there and `required` (else there are none)."""
-    from confluent_kafka import KafkaException
-
     meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
     if meta is None or meta.error is not None or not meta.partitions:
         if not required:
@@ -85,25 +83,27 @@ def read_to_end(settings: Settings, starts: dict[tuple[str, int], int], timeout:
             consumer.close()
 
 
-def partition_ends(settings: Settings, topic: str, partitions: Iterable[int], timeout: float = 60.0) -> dict[int, int]:
-    """Per partition, the offset after its last message now (what a high watermark should
-    say): read from the watermark's last batch to EOF, since Tansu's watermark falls short.
-    A partition not read to its end within `timeout` keeps what was read (at least its
-    watermark), with a warning."""
+def partition_bounds(settings: Settings, topic: str, partitions: Iterable[int],
+                     timeout: float = 60.0) -> dict[int, tuple[int, int]]:
+    """Per partition, (its low watermark, the offset after its last message now: what a high
+    watermark should say), the end read from the watermark's last batch to EOF, since Tansu's
+    watermark falls short. A partition not read to its end within `timeout` keeps what was
+    read (at least its watermark), with a warning."""
     consumer = peek_consumer(settings)
     try:
-        ends, starts = {}, {}
+        bounds, starts = {}, {}
         for p in partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-            ends[p] = high
+            bounds[p] = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            low, high = bounds[p]
             if high > low:
                 starts[(topic, p)] = high - 1
         try:
             for m in read_to_end(settings, starts, timeout, consumer):
-                ends[m.partition()] = max(ends[m.partition()], m.offset() + 1)
+                low, end = bounds[m.partition()]
+                bounds[m.partition()] = (low, max(end, m.offset() + 1))
         except ReadTimeout as exc:
             log.warning("the ends of %s may be short: %s", topic, exc)
-        return ends
+        return bounds
     finally:
         consumer.close()
 

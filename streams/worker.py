@@ -156,7 +156,7 @@ class Ingest:
         if first is None:
             return []
         messages = [first]
-        self._revoked_now = set()
+        self._revoked_now.clear()
         if self.batch_size > 1:
             messages += self.consumer.consume(self.batch_size - 1, timeout=0)
         # A rebalance served inside consume() makes `first` stale if it revoked first's partition, even

@@ -7,7 +7,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from whystream.infra.stack import free_port
 from whystream.streams.codec import codec_for
 from whystream.streams.engine import Engine
-from whystream.streams.topic_stats import ReadTimeout, message_count, partition_ends, read_all, read_to_end
+from whystream.streams.topic_stats import ReadTimeout, message_count, partition_bounds, read_all, read_to_end
 from whystream.streams.validate import RawMessage
 
 pytestmark = pytest.mark.integration
@@ -28,8 +28,8 @@ def test_every_record_of_the_last_batch_is_read(fresh_topics):
     probe = Consumer(fresh_topics.kafka(**{"group.id": "probe"}))
     _, high = probe.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
     probe.close()
-    ends = partition_ends(fresh_topics, topic, [0, 1])
-    assert ends == {0: 30, 1: 0}, f"the broker's high watermark says {high}"
+    bounds = partition_bounds(fresh_topics, topic, [0, 1])
+    assert bounds == {0: (0, 30), 1: (0, 0)}, f"the broker's high watermark says {high}"
     assert message_count(fresh_topics, topic) == 30
     offsets = [m.offset() for m in read_to_end(fresh_topics, {(topic, 0): 25, (topic, 1): 0})]
     assert offsets == [25, 26, 27, 28, 29]
