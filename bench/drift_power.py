@@ -43,8 +43,8 @@ LEVELS_100 = (np.arange(100) + 0.5) / 100
 
 
 def train(folder: Path, n_train: int):
-    from whystream.jobs.models.registry import ModelRegistry
-    from whystream.jobs.models.train import train_model
+    from whystream.models.registry import ModelRegistry
+    from whystream.jobs.simulation.train import train_model
 
     return train_model(ModelRegistry(folder), n_train=n_train, num_trees=100, progress=False)
 
@@ -53,7 +53,7 @@ def pools(model, feature: str, n_pool: int, seed: int = 7) -> tuple[dict[float, 
     """Per shift (in sd of `feature`): (SHAP [n, F], priority mask) of the same n_pool events."""
 
     from whystream.jobs.simulation.generator import FEATURE_NAMES, DriftSpec, TransactionGenerator
-    from whystream.streams.treeshap import TreeShap
+    from whystream.treeshap import TreeShap
 
     explainer = TreeShap(model.booster)
     j = FEATURE_NAMES.index(feature)
@@ -73,7 +73,7 @@ class Reference:
     """What the feature_drift view reads of model_reference, per feature."""
 
     def __init__(self, model):
-        from whystream.jobs.analytics import model_reference
+        from whystream.jobs.clickhouse import references as model_reference
 
         cols = dict(zip(model_reference.REFERENCE_COLUMNS, model_reference.reference_columns(model)))
         self.edges = np.asarray(cols["bin_edges"])

@@ -35,7 +35,7 @@ MODEL, VERSION = "bench", "v1"
 def _reference(n_features: int, seed: int = 7):
     import numpy as np
 
-    from whystream.jobs.models.registry import shap_bin_edges, shap_histogram
+    from whystream.models.reference import shap_bin_edges, shap_histogram
 
     class Reference:  # what register_reference reads of a RegisteredModel
         pass
@@ -53,11 +53,11 @@ def _reference(n_features: int, seed: int = 7):
 def fill(client, database: str, n_features: int, minutes: int, per_minute: int, end_minute_ms: int) -> dict:
     """Insert minutes * per_minute explanations ending at end_minute_ms; the
     last hour's feature f03 attributions are shifted (so drift shows)."""
-    from whystream.jobs.analytics import clickhouse as ch
-    from whystream.jobs.analytics import model_reference
+    from whystream.jobs.clickhouse import references as model_reference
+    from whystream.jobs.clickhouse.sql import lit, rows
 
     model_reference.register_reference(client, _reference(n_features), database)
-    names = ch.lit([f"f{j:02d}" for j in range(n_features)])
+    names = lit([f"f{j:02d}" for j in range(n_features)])
     start_ms = end_minute_ms - minutes * 60_000
     total = minutes * per_minute
     began = time.perf_counter()
@@ -72,7 +72,7 @@ def fill(client, database: str, n_features: int, minutes: int, per_minute: int, 
                  sampling_reason, inclusion_weight, stratum, source, redis_available, latency_ms, worker,
                  kafka_partition, kafka_offset)
             SELECT
-                concat('bench-', toString(number)), {ch.lit(MODEL)}, {ch.lit(VERSION)}, 'bench', '1',
+                concat('bench-', toString(number)), {lit(MODEL)}, {lit(VERSION)}, 'bench', '1',
                 fromUnixTimestamp64Milli(toInt64({start_ms} + intDiv(number, {per_minute}) * 60000
                                          + (number % {per_minute}) * intDiv(60000, {per_minute})), 'UTC') AS t,
                 t + toIntervalMillisecond(50), -3, 0,
@@ -87,7 +87,7 @@ def fill(client, database: str, n_features: int, minutes: int, per_minute: int, 
             SETTINGS insert_deduplication_token = 'bench-{offset}',
                      deduplicate_blocks_in_dependent_materialized_views = 1""")
     seconds = time.perf_counter() - began
-    counts = ch.rows(client, f"""SELECT
+    counts = rows(client, f"""SELECT
         (SELECT count() FROM {database}.explanations) AS explanations,
         (SELECT count() FROM {database}.attribution_hist) AS attribution_hist_rows,
         (SELECT count() FROM {database}.attribution_stats) AS attribution_stats_rows,
@@ -96,12 +96,12 @@ def fill(client, database: str, n_features: int, minutes: int, per_minute: int, 
 
 
 def time_query(client, sql: str, repeat: int) -> dict:
-    from whystream.jobs.analytics import clickhouse as ch
+    from whystream.jobs.clickhouse.sql import rows
 
     times, n = [], 0
     for _ in range(repeat + 1):  # the first run warms caches and is reported separately
         began = time.perf_counter()
-        n = len(ch.rows(client, sql))
+        n = len(rows(client, sql))
         times.append(time.perf_counter() - began)
     warm = times[1:]
     return {"rows": n, "first_ms": round(times[0] * 1000, 1), "median_ms": round(statistics.median(warm) * 1000, 1),
@@ -110,8 +110,9 @@ def time_query(client, sql: str, repeat: int) -> dict:
 
 def run(args) -> dict:
     from whystream.config import Settings
-    from whystream.jobs.analytics import clickhouse as ch
     from whystream.jobs.analytics import drift_sql
+    from whystream.jobs.clickhouse import connection as ch
+    from whystream.jobs.clickhouse.sql import lit, ms_lit, rows
 
     folder = Path(args.dir or tempfile.mkdtemp(prefix="whystream-bench-"))
     database = "bench"
@@ -126,10 +127,10 @@ def run(args) -> dict:
             # whole hours only: everything from the hourly rollups, no edge minutes
             "feature_drift 24h whole hours": drift_sql.feature_drift_sql(
                 MODEL, end_minute - end_minute % 3_600_000 - 86_400_000, end_minute - end_minute % 3_600_000, database),
-            "top_features 24h": f"SELECT * FROM {database}.top_features(model = {ch.lit(MODEL)}, "
-                                f"start = {ch.ms_lit(end_minute - 86_400_000)}, end = {ch.ms_lit(end_minute)})",
-            "engine_health 24h hourly": f"SELECT * FROM {database}.engine_health(model = {ch.lit(MODEL)}, "
-                                        f"start = {ch.ms_lit(end_minute - 86_400_000)}, end = {ch.ms_lit(end_minute)}, "
+            "top_features 24h": f"SELECT * FROM {database}.top_features(model = {lit(MODEL)}, "
+                                f"start = {ms_lit(end_minute - 86_400_000)}, end = {ms_lit(end_minute)})",
+            "engine_health 24h hourly": f"SELECT * FROM {database}.engine_health(model = {lit(MODEL)}, "
+                                        f"start = {ms_lit(end_minute - 86_400_000)}, end = {ms_lit(end_minute)}, "
                                         f"bucket_seconds = 3600)",
         }
         timings = {name: time_query(client, sql, args.repeat) for name, sql in queries.items()}
@@ -140,7 +141,7 @@ def run(args) -> dict:
         drifted = [r["feature"] for r in drift_sql.feature_drift(client, MODEL, end_minute - 300_000, end_minute, database)
                    if r["psi"] > 0.2]
         return {
-            "benchmark": "drift_query", "engine": "chDB " + ch.rows(client, "SELECT version() AS v")[0]["v"],
+            "benchmark": "drift_query", "engine": "chDB " + rows(client, "SELECT version() AS v")[0]["v"],
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
             "minutes": args.minutes, "features": args.features, "explanations_per_minute": args.per_minute,
             **filled, "queries": {**timings, **merged}, "features_over_psi_0.2_last_5m": drifted,

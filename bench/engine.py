@@ -52,13 +52,18 @@ def measure(events_file: Path, n_large: int) -> dict:
 
     from whystream.config import Settings
     from whystream.streams import engine as engine_module
-    from whystream.streams.codec import codec_for
-    from whystream.streams.engine import Engine
-    from whystream.streams.validate import Inbound
+    try:  # the layout since the house issue (21)
+        from whystream.kafka.messages import Inbound
+        from whystream.streams.assembly import build_engine
+        from whystream.wire.codecs import codec_for
+    except ImportError:  # a revision before it
+        from whystream.streams.codec import codec_for
+        from whystream.streams.engine import Engine as build_engine
+        from whystream.streams.validate import Inbound
 
     encode = codec_for("PredictionEvent").encode
     values = [encode(record) for record in pickle.loads(events_file.read_bytes())]
-    engine = Engine(Settings.load())
+    engine = build_engine(Settings.load())
     engine.preload_latest()
     next_offset = 0
 
@@ -104,11 +109,12 @@ def checkout(rev: str, into: Path) -> Path:
 def run(args) -> dict:
     import redis
 
-    from whystream.infra.stack import EmbeddedStack, ensure_topics
+    from whystream.infra.stack import EmbeddedStack
+    from whystream.kafka.topics import ensure_topics
     from whystream.jobs.simulation.generator import TransactionGenerator
     from whystream.jobs.simulation.produce import prediction_events
-    from whystream.jobs.models.registry import ModelRegistry
-    from whystream.jobs.models.train import train_model
+    from whystream.models.registry import ModelRegistry
+    from whystream.jobs.simulation.train import train_model
 
     found = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "--verify", f"{args.against}^{{commit}}"],
                            capture_output=True, text=True)

@@ -5,7 +5,7 @@ encoded, loaded into `predictions`; their event_time read or rewritten in place.
 from __future__ import annotations
 
 
-from whystream.streams.batch_encode import avro_long
+from whystream.wire.avro_write import avro_long
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -49,7 +49,7 @@ def encoded_events(model, count: int, run_id: str, seed: int = 1, start: int = 0
     """Chunks of (key, value): realistic PredictionEvents, Avro single-object encoded."""
     from whystream.jobs.simulation.generator import TransactionGenerator
     from whystream.jobs.simulation.produce import prediction_events
-    from whystream.streams.codec import codec_for
+    from whystream.wire.codecs import codec_for
 
     encode = codec_for("PredictionEvent").encode
     for records in prediction_events(model, TransactionGenerator(seed), start, count, run_id, seed):

@@ -21,7 +21,7 @@ class Listener(threading.Thread):
         super().__init__(daemon=True)
         from confluent_kafka import Consumer, TopicPartition
 
-        from whystream.streams.topic_stats import partition_bounds
+        from whystream.kafka.reader import partition_bounds
 
         self.topic = settings.topic(topic)
         self.consumer = Consumer(settings.kafka(**{"group.id": f"bench-listen-{uuid.uuid4().hex[:8]}",
@@ -85,7 +85,7 @@ def latency_summary(delays: list[tuple[float, float]], first_send: float) -> dic
 def broker_floor(settings, model, rate: float, seconds: float, run_id: str, keyed: bool) -> dict:
     """The same load with no worker: event_time -> a bare consumer, fetching as the worker does, has it.
     What the broker alone costs; the worker's latency cannot be below it."""
-    from whystream.streams.worker import FETCH_SETTINGS
+    from whystream.streams.ingest import FETCH_SETTINGS
 
     count = int(rate * seconds)
     events = [e for chunk in encoded_events(model, count, run_id, seed=3) for e in chunk]
@@ -106,7 +106,7 @@ def steady_latency(settings, worker: WorkerProcess, model, rate: float, seconds:
     """Send `rate` events/s for `seconds` with event_time = send time; latency of priority explanations.
     keyed: with key = prediction_id (as `whystream produce`), else without a key (the producer's
     sticky partitioner then fills one partition's batch at a time: a quarter of the record batches)."""
-    from whystream.streams.codec import codec_for
+    from whystream.wire.codecs import codec_for
 
     count = int(rate * seconds)
     events = [e for chunk in encoded_events(model, count, run_id, seed=3) for e in chunk]
@@ -152,7 +152,7 @@ def steady_latency(settings, worker: WorkerProcess, model, rate: float, seconds:
 
 def latency_round(settings, model, args, stack_processes: dict[str, int], keyed: bool, log: Path) -> dict:
     """One steady phase with a fresh worker on fresh topics, then the same load with no worker."""
-    from whystream.infra.stack import ensure_topics
+    from whystream.kafka.topics import ensure_topics
 
     ensure_topics(settings, partitions=4)
     worker = WorkerProcess(settings, log)

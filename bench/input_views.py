@@ -32,8 +32,8 @@ class _Model:  # what register_reference reads of a RegisteredModel
 def model(n_features: int):
     import numpy as np
 
-    from whystream.jobs.models import input_reference as ir
-    from whystream.jobs.models.registry import shap_bin_edges, shap_histogram
+    from whystream.models import input_reference as ir
+    from whystream.models.reference import shap_bin_edges, shap_histogram
 
     rng = np.random.default_rng(7)
     m = _Model()
@@ -77,9 +77,9 @@ def batches(m, n_batches: int, per_batch: int, start_ms: int) -> list[list[dict]
 
 def run(args) -> dict:
     from whystream.config import Settings
-    from whystream.jobs.analytics import clickhouse as ch
-    from whystream.jobs.analytics import explanation_rows
-    from whystream.jobs.analytics import model_reference
+    from whystream.jobs.clickhouse import connection as ch
+    from whystream.jobs.sink import explanation_rows
+    from whystream.jobs.clickhouse import references as model_reference
     from whystream.jobs.analytics import input_drift
 
     folder = Path(tempfile.mkdtemp(prefix="whystream-bench-"))

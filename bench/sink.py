@@ -41,7 +41,7 @@ WAYS = ("main_path", "per_message", "columnar", "pipelined")
 def make_events(model, n: int, seed: int = 11) -> list[bytes]:
     import numpy as np
 
-    from whystream.streams.codec import codec_for
+    from whystream.wire.codecs import codec_for
 
     codec = codec_for("ExplanationEvent", None, "explanations")
     rng = np.random.default_rng(seed)
@@ -76,14 +76,15 @@ def make_events(model, n: int, seed: int = 11) -> list[bytes]:
 def child(args) -> dict:
     from bench.input_views import model as bench_model
     from whystream.config import Settings
-    from whystream.jobs.analytics import clickhouse as ch
-    from whystream.jobs.analytics import explanation_rows
-    from whystream.jobs.analytics import model_reference
-    from whystream.jobs.analytics.sink import Sink
-    from whystream.jobs.analytics.sink_decode import BatchDecoder
-    from whystream.jobs.analytics.sink_pipeline import SinkPipeline
-    from whystream.streams.codec import codec_for
-    from whystream.streams.validate import RawMessage
+    from whystream.jobs.clickhouse import connection as ch
+    from whystream.jobs.clickhouse.sql import rows
+    from whystream.jobs.sink import explanation_rows
+    from whystream.jobs.clickhouse import references as model_reference
+    from whystream.jobs.sink.sink import Sink
+    from whystream.jobs.sink.decoder import BatchDecoder
+    from whystream.jobs.sink.pipeline import SinkPipeline
+    from whystream.wire.codecs import codec_for
+    from whystream.kafka.messages import RawMessage
 
     model = bench_model(N_FEATURES)  # with an input reference: the input-drift views do their work too
     values = make_events(model, args.events + BATCH)
@@ -127,7 +128,7 @@ def child(args) -> dict:
                 write(batch)
             finish()
             rates[way].append(len(timed) / (time.perf_counter() - t0))
-            stored = ch.rows(setup, f"SELECT count() AS n FROM {database}.explanations")[0]["n"]
+            stored = rows(setup, f"SELECT count() AS n FROM {database}.explanations")[0]["n"]
             assert stored == len(messages), f"{way}: {stored} rows stored of {len(messages)}"
             setup.command(f"DROP DATABASE {database} SYNC")
     decoder, decode_rates = BatchDecoder(codec), {"dicts": [], "batch_decoder": []}

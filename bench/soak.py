@@ -33,10 +33,10 @@ from confluent_kafka import Producer
 from whystream.infra.stack import EmbeddedStack, free_port, redis_binary
 from whystream.jobs.simulation.generator import TransactionGenerator
 from whystream.jobs.simulation.produce import prediction_events
-from whystream.jobs.models.registry import ModelRegistry
-from whystream.jobs.models.train import train_model
-from whystream.streams.codec import codec_for
-from whystream.streams.topic_stats import message_count, read_all
+from whystream.models.registry import ModelRegistry
+from whystream.jobs.simulation.train import train_model
+from whystream.wire.codecs import codec_for
+from whystream.kafka.reader import message_count, read_all
 
 BAND = 0.02
 

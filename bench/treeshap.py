@@ -46,7 +46,7 @@ import lightgbm as lgb
 import numba
 import numpy as np
 
-from whystream.streams.treeshap import EXPLAINER_NAME, EXPLAINER_VERSION, TreeShap
+from whystream.treeshap import EXPLAINER_NAME, EXPLAINER_VERSION, TreeShap
 
 RESULTS = Path(__file__).resolve().parent / "results"
 N_FEATURES = 50

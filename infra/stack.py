@@ -23,9 +23,9 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-from whystream.config import TOPIC_LAYOUT, TOPICS, Settings, stack_env_file, write_private
-from whystream.errors import ConfigError, WhystreamError
-from whystream.kafka_config import check_broker
+from whystream.config import Settings, stack_env_file, write_private
+from whystream.errors import WhystreamError
+from whystream.kafka.topics import ensure_topics
 
 
 class StackError(WhystreamError):
@@ -163,27 +163,6 @@ def chdb_dsn(home: Path) -> str:
     except OSError as exc:
         raise StackError(f"ClickHouse (chDB): data directory {path} is not writable ({exc})") from None
     return f"chdb://{path}"
-
-
-def ensure_topics(settings: Settings, partitions: int = 4, timeout: float = 8.0) -> None:
-    """Create whystream's topics if they are missing (idempotent)."""
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    # Fails fast, in one line, on an unreachable broker, a wrong CA or a refused login.
-    existing = set(check_broker(settings.kafka_config, settings.require("broker"), timeout).topics)
-    admin = AdminClient(settings.kafka(**{"log_level": 0}))
-    wanted = [t for t in TOPICS if settings.topic(t) not in existing]
-    if not wanted:
-        return
-    layout = {t: TOPIC_LAYOUT.get(t, (partitions, {})) for t in wanted}
-    futures = admin.create_topics([NewTopic(settings.topic(t), num_partitions=layout[t][0], replication_factor=1,
-                                            config=layout[t][1]) for t in wanted])
-    for topic, future in futures.items():
-        try:
-            future.result(timeout)
-        except Exception as exc:
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise ConfigError("WHYSTREAM_BROKER", f"cannot create topic {topic}: {exc}") from None
 
 
 class EmbeddedStack:

@@ -18,7 +18,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -27,13 +26,15 @@ from rich.table import Table
 from whystream.config import Settings
 from whystream.errors import WhystreamError
 from whystream.infra.stack import EmbeddedStack, free_port
-from whystream.jobs.analytics.clickhouse import parse_dsn, rows
-from whystream.jobs.analytics.query_port import advertised_port, open_query_client
-from whystream.jobs.models.registry import ModelRegistry
-from whystream.jobs.models.train import train_model
+from whystream.jobs.clickhouse.connection import parse_dsn
+from whystream.kafka.clients import producer
+from whystream.jobs.clickhouse.sql import rows
+from whystream.jobs.clickhouse.query_port import advertised_port, open_query_client
+from whystream.models.registry import ModelRegistry
+from whystream.jobs.simulation.train import train_model
 from whystream.jobs.simulation.generator import DriftSpec
 from whystream.jobs.simulation.produce import produce
-from whystream.streams.topic_stats import message_count, read_all
+from whystream.kafka.reader import message_count, read_all
 
 MALFORMED = [b"not avro", b"\xc3\x01" + b"\x00" * 8, b""]
 REPLAY_SECONDS = 20 * 60  # event times span the last 20 minutes: drift shows in minute buckets
@@ -155,7 +156,7 @@ def follow(settings: Settings, worker: Process, port: int, events: int, rate: fl
             progress.advance(produced, n)
             progress.update(produced, note=f"{progress.tasks[produced].completed / (time.monotonic() - began):,.0f}/s")
 
-        bad = Producer(settings.kafka())
+        bad = producer(settings, "plain")
         for value in MALFORMED:  # a producer bug: these must end in the dead-letter topic
             bad.produce(settings.topic("predictions"), value, b"malformed")
         bad.flush(10)

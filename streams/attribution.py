@@ -23,11 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from whystream.jobs.models.registry import RegisteredModel
-from whystream.streams.approximate import SaabasExplainer
-from whystream.streams.batch_decode import NO_CLASS
+from whystream.models.registry import RegisteredModel
+from whystream.models.explainer import ModelExplainer
 from whystream.streams.store import feature_hash
-from whystream.streams.treeshap import TreeShap
 
 log = logging.getLogger("whystream.attribution")
 CHUNK = 512  # rows per live computation; the latency budget is checked between chunks
@@ -48,68 +46,6 @@ class Attributions:
                 for i in np.flatnonzero(self.source == "LIVE").tolist()]
 
 
-class ModelExplainer:
-    """Live and fallback attribution for one model version (kernels compiled once, one per output)."""
-
-    def __init__(self, model: RegisteredModel):
-        self.model = model
-        self.n_outputs = model.kind.n_outputs
-        multi = self.n_outputs > 1
-        self.kernels = [TreeShap(model.booster, class_index=k if multi else None) for k in range(self.n_outputs)]
-        for kernel in self.kernels:
-            kernel.warm_up()
-        self.kernel = self.kernels[0]
-        self.expected = np.asarray([k.expected_value for k in self.kernels])
-        self._approximate: list[SaabasExplainer] | None = None
-
-    def classes(self, X: np.ndarray, requested: np.ndarray) -> np.ndarray:
-        """The class each row is explained for: `requested` where given, else the highest raw
-        score; NO_CLASS throughout for a single-output model."""
-        if self.n_outputs == 1:
-            return np.full(len(X), NO_CLASS, dtype=np.int64)
-        classes = np.array(requested, dtype=np.int64)
-        missing = classes == NO_CLASS
-        if missing.any():
-            raw = np.column_stack([k.raw_score(X[missing]) for k in self.kernels])
-            classes[missing] = np.argmax(raw, axis=1)
-        return classes
-
-    def cache_keys(self, X: np.ndarray, classes: np.ndarray) -> list[bytes]:
-        """Shared-cache keys: the feature vector, and for multiclass models the class."""
-        return feature_hash(X if self.n_outputs == 1 else np.column_stack([X, classes]))
-
-    def live(self, X: np.ndarray, classes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(SHAP values, raw scores) of rows X, each for its class (None: the highest-scoring)."""
-        if self.n_outputs == 1:
-            return self.kernel.shap_values(X), self.kernel.raw_score(X)
-        if classes is None:
-            classes = self.classes(X, np.full(len(X), NO_CLASS))
-        shap, raw = np.zeros(X.shape), np.zeros(len(X))
-        for k in np.unique(classes).tolist():
-            rows = np.flatnonzero(classes == k)
-            shap[rows], raw[rows] = self.kernels[k].shap_values(X[rows]), self.kernels[k].raw_score(X[rows])
-        return shap, raw
-
-    def fallback(self, X: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self._approximate is None:  # built on first need: only a degraded worker pays for it
-            multi = self.n_outputs > 1
-            self._approximate = [SaabasExplainer(self.model.booster, class_index=k if multi else None)
-                                 for k in range(self.n_outputs)]
-        raw = np.asarray(self.model.booster.predict(X, raw_score=True)).reshape(len(X), self.n_outputs)
-        if self.n_outputs == 1:
-            return self._approximate[0].shap_values(X), raw[:, 0]
-        shap = np.zeros(X.shape)
-        for k in np.unique(classes).tolist():
-            rows = np.flatnonzero(classes == k)
-            shap[rows] = self._approximate[k].shap_values(X[rows])
-        return shap, raw[np.arange(len(X)), classes]
-
-    def base_values(self, classes: np.ndarray) -> np.ndarray:
-        if self.n_outputs == 1:
-            return np.full(len(classes), self.expected[0])
-        return self.expected[classes]
-
-
 def _pack(shap_row: np.ndarray, raw: float) -> bytes:
     return np.append(shap_row, raw).astype(np.float64).tobytes()
 
@@ -119,6 +55,11 @@ def _unpack(payload: bytes, n_features: int) -> tuple[np.ndarray, float] | None:
     if values.size != n_features + 1:
         return None  # written by an incompatible version; treat as a miss
     return values[:-1], float(values[-1])
+
+
+def cache_keys(explainer: ModelExplainer, X: np.ndarray, classes: np.ndarray) -> list[bytes]:
+    """Shared-cache keys of rows X: the feature vector, and for multiclass models the class."""
+    return feature_hash(X if explainer.n_outputs == 1 else np.column_stack([X, classes]))
 
 
 class Attributor:

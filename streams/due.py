@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from whystream.jobs.models.registry import RegisteredModel
-from whystream.streams.batch_decode import NO_CLASS
-from whystream.streams.validate import ModelBatch
+from whystream.models.registry import RegisteredModel
+from whystream.wire.prediction_decoder import NO_CLASS
+from whystream.streams.validation import ModelBatch
 
 
 @dataclass

@@ -18,15 +18,20 @@ already holds as columns) takes one batch of raw prediction messages and:
    minutes; explain on demand reads it back from there), on a thread of its
    own while the next batch comes in;
 5. tells the worker, per partition, where a commit must stay (`commit_points`:
-   the start of the reservoirs' dedup horizon, streams/sampling.py) and records
+   the start of the reservoirs' dedup horizon, streams/sampling/) and records
    on `sampling-checkpoints` what a replay from there needs (`checkpoint`, and
-   before a wall-clock reset's samples go out); whatever explanation a message
-   before the commit was due has been published.
+   before a wall-clock reset's samples go out: streams/checkpointing/);
+   whatever explanation a message before the commit was due has been published.
 
 A partition assigned with something to replay (`guard`) is first read back:
 messages that the previous worker handled only rebuild the reservoirs; after
 them the engine handles messages as usual, skipping what is on the broker
-already (streams/replay_guard.py).
+already (streams/checkpointing/replay_guard.py).
+
+What the engine reads and writes beyond its own memory (the registry, codecs, the
+producer, Redis, the replay guard) is given to it (`EngineParts`, made from
+Settings by streams/assembly.py); the engine itself makes only its in-memory
+state: validator, reservoirs, attributor, labels.
 
 Per-event Python objects are few: the three strings the decoder hands over
 (prediction_id, decision, stratum); a record dict only for events explained
@@ -36,41 +41,37 @@ or kept by a reservoir.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-from confluent_kafka import Producer
 
 from whystream.config import Settings
-from whystream.jobs.models.registry import ModelRegistry, RegisteredModel
-from whystream.streams.attribution import Attributions, Attributor
-from whystream.streams.batch_encode import ExplanationEncoder
-from whystream.streams.codec import SingleObjectCodec, codec_for
+from whystream.explanations.encoder import ExplanationEncoder
+from whystream.explanations.records import build_explanations
+from whystream.kafka.dead_letters import ORIGINAL_CAP, DeadLetterWriter
+from whystream.kafka.messages import Inbound, RawMessage
+from whystream.kafka.publisher import Publisher
+from whystream.kafka.reader import OffsetReader
+from whystream.models.registry import ModelRegistry, RegisteredModel
+from whystream.streams.attribution import Attributions, Attributor, cache_keys
+from whystream.streams.checkpointing.checkpoints import Checkpoints
+from whystream.streams.checkpointing.replay_guard import ReplayGuard
 from whystream.streams.due import Candidates, Due, requested_classes
 from whystream.streams.event_time import EventTimeRule
-from whystream.streams.explanation import build_explanations
 from whystream.streams.labels import DecisionLabels
 from whystream.streams.metrics import Metrics
 from whystream.streams.on_demand import OnDemand
-from whystream.streams.publish import Publisher
 from whystream.streams.quarantine import Quarantine
-from whystream.streams.replay_guard import ReplayGuard
-from whystream.streams.sampling import NEW_VERSION, RESERVOIR, Reservoirs, SamplingConfig, priority_reasons
+from whystream.streams.sampling.reservoirs import NEW_VERSION, RESERVOIR, Reservoirs, SamplingConfig, priority_reasons
 from whystream.streams.store import RedisStore
-from whystream.streams.treeshap import EXPLAINER_NAME, EXPLAINER_VERSION
-from whystream.streams.validate import Inbound, ModelBatch, RawMessage, Validator
+from whystream.streams.validation import ModelBatch, Validator
+from whystream.treeshap import EXPLAINER_NAME, EXPLAINER_VERSION
+from whystream.wire.codecs import Codec, SingleObjectCodec
 
 log = logging.getLogger("whystream.engine")
-KEY_LIMIT = 1024  # bytes of a dead message's key used as its dead letter's key (original_key keeps it whole)
-
-
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass
@@ -80,52 +81,58 @@ class EngineConfig:
     redact: frozenset[str] = frozenset()  # --redact: on top of each model's own list
     event_time: EventTimeRule = field(default_factory=EventTimeRule)
     # Bytes of a dead message's value kept in its DeadLetter: with the reason and key it stays under the
-    # producer's message.max.bytes (1 MB by default); a broker that still refuses it gets less (publish.py).
-    dlq_original_cap: int = 512 * 1024
+    # producer's message.max.bytes (1 MB by default); a broker that still refuses it gets less.
+    dlq_original_cap: int = ORIGINAL_CAP
     quarantine_s: float = 30.0  # first back-off before a version that failed to load is tried again
 
 
+@dataclass
+class EngineParts:
+    """What the engine reads and writes beyond its own memory (made by streams/assembly.py)."""
+
+    worker: str  # this process, named in every event it writes
+    registry: ModelRegistry
+    predictions: Codec
+    explanations: Codec
+    publisher: Publisher  # confirms every message: explanations, dead letters, checkpoints
+    dead_letters: DeadLetterWriter  # to predictions.dlq, through the publisher
+    checkpoints: Checkpoints  # to sampling-checkpoints, through the publisher
+    store: RedisStore  # dedup, the explanation cache, version counters
+    location_store: RedisStore  # the background writes of event locations (a client of their own)
+    replay_guard: ReplayGuard  # what a replay must not publish again, read back from the outputs
+    predictions_reader: OffsetReader  # explain on demand reads a decision back at its offset
+
+
 class Engine:
-    def __init__(self, settings: Settings, config: EngineConfig | None = None, metrics: Metrics | None = None,
-                 store: RedisStore | None = None):
+    def __init__(self, settings: Settings, parts: EngineParts, config: EngineConfig | None = None,
+                 metrics: Metrics | None = None):
         self.settings = settings
         self.config = config or EngineConfig()
         self.metrics = metrics or Metrics()
-        self.worker = worker_id()
-        self.registry = ModelRegistry(settings.registry)
-        topic = settings.topic("predictions")
+        self.worker, self.registry = parts.worker, parts.registry
+        self.explanation_codec = parts.explanations
+        self.publisher, self.dead_letters, self.checkpoints = parts.publisher, parts.dead_letters, parts.checkpoints
+        self.store, self.location_store = parts.store, parts.location_store
+        self.replay_guard = parts.replay_guard
         self.attributor = Attributor(self.config.latency_budget_ms)
         self._loading_s = 0.0  # time spent building explainers in this batch's validation
         # A version is usable once its explainer builds: one that cannot be explained is quarantined.
-        self.validator = Validator(self.registry, codec_for("PredictionEvent", settings.schema_registry_url, topic),
-                                   event_time=self.config.event_time, prepare=self._prepare,
-                                   quarantine=Quarantine(first_s=self.config.quarantine_s))
+        self.validator = Validator(self.registry, parts.predictions, event_time=self.config.event_time,
+                                   prepare=self._prepare, quarantine=Quarantine(first_s=self.config.quarantine_s))
         self.labels = DecisionLabels(self.config.sampling.adverse_decisions, self.config.sampling.known_decisions,
                                      self.metrics.unknown_decisions)
-        self.explanation_codec = codec_for("ExplanationEvent", settings.schema_registry_url, settings.topic("explanations"))
-        # Explanations in single-object encoding are written straight from arrays (streams/batch_encode.py).
+        # Explanations in single-object encoding are written straight from arrays (explanations/encoder.py).
         self._encoder = (ExplanationEncoder(self.explanation_codec.header, EXPLAINER_NAME)
                          if isinstance(self.explanation_codec, SingleObjectCodec) else None)
         if self._encoder is not None:
             self._encoder.warm_up()
-        self.dlq_codec = codec_for("DeadLetter", settings.schema_registry_url, settings.topic("predictions.dlq"))
-        self.checkpoint_codec = codec_for("SamplingCheckpoint", settings.schema_registry_url,
-                                          settings.topic("sampling-checkpoints"))
-        self.store = store or RedisStore(settings.redis_url)
-        # The background location writes get a client (and an availability flag) of their own: a slow
-        # write must not switch dedup and the cache off for everyone (streams/store.py's retry pause).
-        self.location_store = RedisStore(settings.redis_url) if store is None else store
         self.reservoirs = Reservoirs(self.config.sampling)
-        self.producer = Producer(settings.kafka(**{"linger.ms": 2, "compression.type": "lz4",
-                                                   "enable.idempotence": True}))
-        self.publisher = Publisher(self.producer)
-        self.replay_guard = ReplayGuard(settings)  # what a replay must not publish again (without Redis)
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whystream-remember")
         self._remembering: Future | None = None
         # Versions whose first new_version_events events have been seen (by any worker): the shared
         # count is not asked again, one Redis round trip less per batch.
         self._established: set[str] = set()
-        self.on_demand = OnDemand(self)  # explanations of any recent decision, beside the batch path
+        self.on_demand = OnDemand(self, parts.predictions_reader)  # any recent decision, beside the batch path
         self._building_for = "first-event"  # why kernels are being built now (whystream_model_kernel_built_at)
         self.shadow = None  # the challenger's shadow (streams/shadow.py), set by the worker's control plane
 
@@ -151,7 +158,7 @@ class Engine:
         topic otherwise waits for it (measured: 0.9 s for the first batch on the embedded broker)."""
         for topic in ("explanations", "predictions.dlq"):
             try:
-                self.producer.list_topics(self.settings.topic(topic), timeout=timeout)
+                self.publisher.producer.list_topics(self.settings.topic(topic), timeout=timeout)
             except Exception as exc:  # no broker yet: the consumer waits for it too; the first batch pays
                 log.warning("no metadata for %s yet (%s)", self.settings.topic(topic), exc)
 
@@ -256,17 +263,7 @@ class Engine:
 
     def checkpoint(self, points: dict[int, tuple[int, int]]) -> None:
         """Record commit points on `sampling-checkpoints` (confirmed): before they are committed."""
-        self._write_checkpoints([(p, "COMMIT", offset, live_from) for p, (offset, live_from) in points.items()])
-
-    def _write_checkpoints(self, records: list[tuple[int, str, int, int | None]]) -> None:
-        if not records:
-            return
-        topic, now = self.settings.topic("sampling-checkpoints"), int(time.time() * 1000)
-        for partition, kind, offset, live_from in records:
-            value = self.checkpoint_codec.encode({"partition": partition, "kind": kind, "offset": offset,
-                                                  "live_from": live_from, "written_at": now, "worker": self.worker})
-            self._produce(topic, value, str(partition).encode())
-        self._flush()
+        self.checkpoints.record([(p, "COMMIT", offset, live_from) for p, (offset, live_from) in points.items()])
 
     def revoke(self, partitions) -> None:
         """Partitions moved to another worker: it rebuilds their windows from the committed offsets."""
@@ -343,7 +340,7 @@ class Engine:
     def _close_windows(self, due: dict[str, Due], now_ms: int) -> None:
         closed = self.reservoirs.close_due(now_ms)
         # A wall-clock reset is recorded before its samples go out: a replay must reset at the same offset.
-        self._write_checkpoints([(r.partition, "FORGET" if r.forget else "RESET", r.offset, None)
+        self.checkpoints.record([(r.partition, "FORGET" if r.forget else "RESET", r.offset, None)
                                  for r in self.reservoirs.take_resets()])
         for window in closed:
             for (model, record, row, _), weight in window.selected:  # the window's stratum: maybe pooled OTHER
@@ -366,7 +363,7 @@ class Engine:
             rows = np.asarray(work.rows)
             explainer = self.attributor.explainer(work.model)
             classes = explainer.classes(rows, requested_classes(explainer, work.records))
-            hashes = explainer.cache_keys(rows, classes)
+            hashes = cache_keys(explainer, rows, classes)
             already, cached = self.store.recall(ids, work.model.version, hashes)
             keep = []
             for i, seen in enumerate(already):
@@ -392,7 +389,7 @@ class Engine:
                 values = [self.explanation_codec.encode(event) for event in
                           build_explanations(work.model, records, X, attributions, reasons, weights, strata, **common)]
             for record, value in zip(records, values):
-                self._produce(topic, value, record["prediction_id"].encode())
+                self.publisher.produce(topic, value, record["prediction_id"].encode())
                 published_ids.append(record["prediction_id"])
                 published_values.append(value)
                 self.metrics.latency.observe(max(explained_at - record["event_time"], 0) / 1000)
@@ -402,7 +399,7 @@ class Engine:
                 self.metrics.explained.labels(reason, source).inc(count)
             self.metrics.cache_hits.inc(int(np.sum(attributions.source == "CACHE")))
             self.metrics.fallbacks.inc(int(np.sum(attributions.source == "FALLBACK")))
-        self._flush()
+        self.publisher.flush()  # offsets are acknowledged only after the broker has every message
         self.store.record(published_ids, published_values, fresh)
         self.metrics.redis_up.set(1 if self.store.available else 0)
 
@@ -423,36 +420,16 @@ class Engine:
         return Attributions(shap, raw, source, base, classes)
 
     def _dead_letters(self, dead) -> None:
-        if not dead:
-            return
-        topic = self.settings.topic("predictions.dlq")
+        """Dead letters out (confirmed with the batch's explanations), but those a replayed stretch
+        published already."""
         guard = self.replay_guard
         for letter in dead:
             m = letter.message
             if guard.active() and (m.partition, m.offset) in guard.dead:
                 self.metrics.duplicates.inc()
                 continue
-            cap = self.config.dlq_original_cap
-            value = self.dlq_codec.encode(letter.to_avro(self.worker, cap))
-
-            def shrink(value: bytes, letter=letter, cap=[min(cap, len(letter.message.value))]) -> bytes | None:
-                if cap[0] == 0:
-                    return None
-                cap[0] //= 4  # the broker refused it: keep a quarter as much of the original
-                return self.dlq_codec.encode(letter.to_avro(self.worker, cap[0]))
-
-            key = m.key if m.key is None or len(m.key) <= KEY_LIMIT else m.key[:KEY_LIMIT]
-            self._produce(topic, value, key, shrink)
+            self.dead_letters.write(letter)
             self.metrics.dead_letters.labels(letter.reason_code).inc()
-            log.warning("dead letter %s at %s[%d]@%d: %s", letter.reason_code, m.topic, m.partition, m.offset,
-                        letter.reason)
-
-    def _produce(self, topic: str, value: bytes, key: bytes | None, shrink=None) -> None:
-        self.publisher.produce(topic, value, key, shrink=shrink)
-
-    def _flush(self) -> None:
-        """Wait until the broker has every message; offsets are acknowledged only after this."""
-        self.publisher.flush()
 
     def wait_for_locations(self) -> None:
         """Wait (from any thread) until the last batch's event locations are in Redis."""
@@ -466,5 +443,5 @@ class Engine:
 
     def close(self) -> None:
         self._remembered()
-        self.producer.flush(10)
+        self.publisher.producer.flush(10)
         self.on_demand.close()

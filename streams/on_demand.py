@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import time
 
-from whystream.streams.explanation import build_explanations, redact_event
-from whystream.streams.topic_stats import OffsetReader
-from whystream.streams.treeshap import EXPLAINER_VERSION
-from whystream.streams.validate import Inbound, RawMessage
+from whystream.explanations.records import build_explanations, redact_event
+from whystream.kafka.messages import Inbound, RawMessage
+from whystream.kafka.reader import OffsetReader
+from whystream.streams.attribution import cache_keys
+from whystream.treeshap import EXPLAINER_VERSION
 
 
 class OnDemand:
-    def __init__(self, engine):
+    def __init__(self, engine, reader: OffsetReader):
         self.engine = engine
-        self.reader = OffsetReader(engine.settings, engine.settings.topic("predictions"))  # one, shared
+        self.reader = reader  # of `predictions`: one, shared by every request
 
     def explain(self, prediction_id: str) -> dict | None:
         """The explanation of any recent decision: the published one, or computed now."""
@@ -56,7 +57,7 @@ class OnDemand:
         batch = batches[0]
         explainer = engine.attributor.explainer(batch.model)
         classes = explainer.classes(batch.X, batch.decision_class)
-        hashes = explainer.cache_keys(batch.X, classes)
+        hashes = cache_keys(explainer, batch.X, classes)
         _, cached = engine.store.recall([], batch.model.version, hashes)
         attributions = engine.attributor.attribute(batch.model, batch.X, time.monotonic(), cached, classes)
         engine.store.record([], [], attributions.cache_entries(batch.model.version, hashes))

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import os
 import socket
 from dataclasses import dataclass
+from typing import Mapping
 
 from whystream.errors import ConfigError
 
@@ -40,9 +40,9 @@ class WebAccess:
     token: str | None = None
 
     @classmethod
-    def configure(cls, bind: str, environ=os.environ) -> "WebAccess":
-        """The access rules for a server bound to `bind`; ConfigError when a
-        non-loopback bind has no (or a too short) token."""
+    def configure(cls, bind: str, environ: Mapping[str, str]) -> "WebAccess":
+        """The access rules for a server bound to `bind`, with the token of `environ`
+        (Settings.environ); ConfigError when a non-loopback bind has no (or a too short) token."""
         token = environ.get(TOKEN_VAR) or None
         if token is not None and len(token) < MIN_TOKEN_LENGTH:
             raise ConfigError(TOKEN_VAR, f"at least {MIN_TOKEN_LENGTH} characters, please "

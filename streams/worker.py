@@ -3,52 +3,31 @@
 Faust runs the process (worker lifecycle, signals, logging) and its web server
 (/metrics for Prometheus, /health, /explain/{id}). Messages do not go through
 Faust's per-event stream machinery, which tops out near 10k events/s: the app
-starts without Faust's Kafka consumer, and an `Ingest` loop on a thread of its
-own reads `predictions` with a confluent-kafka (librdkafka) consumer in the
-consumer group `<prefix>whystream-worker`:
+starts without Faust's Kafka client, and the data plane is the `Ingest` loop
+(streams/ingest.py) on a thread of its own, with a confluent-kafka consumer.
 
-1. take what the client has fetched, up to `batch_size` messages, waiting only
-   while nothing is there (a lone event is handled at once);
-2. hand the batch to the Engine as columns (values, partitions, offsets);
-3. commit, per partition, exactly what the engine allows (once a second, on
-   revocation and on shutdown): the start of the reservoirs' dedup horizon
-   (streams/sampling.py), or else the next offset to read, each commit recorded
-   on `sampling-checkpoints` first. A crash (even kill -9) replays from there:
-   what the crashed worker had handled only rebuilds the reservoirs, nothing
-   that was due is lost, and replayed events are recognised by prediction_id
-   and not published twice;
-4. once a second, close the windows of idle partitions and update the lag.
-
-The control plane (streams/control.py: `models`, `explain-requests`, the
-challenger's shadow) runs as Faust agents on the app's event loop, beside
-this loop, never in its way.
-
-When partitions are revoked (another worker joins), the loop commits what is
-allowed and drops their reservoirs: the new owner rebuilds them by replaying
-from that offset. The engine is used by one thread at a time (a lock shared
-with the web handlers).
+The control plane (streams/control/: `models`, `explain-requests`, the
+challenger's shadow) runs as Faust agents on the app's event loop, fed by
+confluent-kafka readers on executor threads, beside the data plane and never
+in its way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-import time
 
 import faust
 import mode
-import numpy as np
-from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient
 from faust.app.base import BootStrategy
 
 from whystream.config import Settings
-from whystream.kafka_config import check_broker
-from whystream.streams.control import ControlPlane
-from whystream.streams.control import app_id as control_app_id
+from whystream.kafka.clients import admin, check_broker
+from whystream.streams.control.plane import ControlPlane
+from whystream.streams.control.plane import app_id as control_app_id
+from whystream.streams.assembly import build_engine
 from whystream.streams.engine import Engine, EngineConfig
-from whystream.streams.validate import Inbound, RawMessage
+from whystream.streams.ingest import Ingest
 from whystream.streams.web_access import WebAccess
 
 log = logging.getLogger("whystream.worker")
@@ -58,216 +37,6 @@ class _WithoutFaustKafka(BootStrategy):
     """Start the app's web server (and sensors), not its Kafka consumer and producer."""
 
     enable_kafka = False
-
-
-# How the worker fetches `predictions` (the latency benchmark's broker-only consumer fetches alike).
-FETCH_SETTINGS = {
-    "fetch.wait.max.ms": 10,  # a quiet partition's next event is fetched within this (latency)
-    # Prefetched and not yet taken: bounded under any backlog. A full queue pauses fetching for
-    # fetch.queue.backoff.ms (default 1 s, which would starve the loop): resume soon after it drains.
-    "queued.max.messages.kbytes": 16384,
-    "fetch.queue.backoff.ms": 10,
-}
-
-
-class Ingest:
-    """The consume -> engine -> commit loop, on a thread of its own."""
-
-    def __init__(self, engine: Engine, batch_size: int = 2000, session_timeout_s: float = 6.0,
-                 commit_interval_s: float = 1.0, tick_interval_s: float = 1.0, poll_timeout_s: float = 0.1):
-        self.engine = engine
-        self.lock = threading.Lock()  # one engine call at a time: this loop or a web handler
-        self.topic = engine.settings.topic("predictions")
-        self.batch_size = batch_size
-        self.commit_interval_s, self.tick_interval_s, self.poll_timeout_s = (commit_interval_s, tick_interval_s,
-                                                                              poll_timeout_s)
-        self.consumer = Consumer(engine.settings.kafka(**{
-            "group.id": f"{engine.settings.topic_prefix}whystream-worker",
-            "client.id": engine.worker,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "session.timeout.ms": int(session_timeout_s * 1000),
-            "heartbeat.interval.ms": int(min(3.0, session_timeout_s / 3) * 1000),
-            **FETCH_SETTINGS,
-            "on_commit": self._on_commit,
-        }))
-        self.assigned: set[int] = set()  # partitions this worker owns now (rebalance callbacks keep it)
-        self._to_guard: set[int] = set()  # newly assigned: read what was published before replaying them
-        self.positions: dict[int, int] = {}  # partition -> next offset to read (after what the engine handled)
-        self.committed: dict[int, int] = {}
-        self.checkpointed: dict[int, tuple[int, int]] = {}  # the last commit point recorded, per partition
-        self.dropped_revoked = 0  # messages fetched for a partition revoked before they were handled
-        self._revoked_now: set[int] = set()  # partitions revoked (or lost) during the current _take
-        self.stopping = threading.Event()
-        self.crashed: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="whystream-ingest", daemon=True)
-
-    # -- lifecycle ------------------------------------------------------------
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self, timeout: float = 60.0) -> None:
-        self.stopping.set()
-        self.thread.join(timeout)
-
-    def _run(self) -> None:
-        try:
-            with self.lock:
-                loaded = self.engine.preload_latest()
-                self.engine.connect_publisher()
-            log.info("models ready: %s", ", ".join(loaded) or "none registered yet")
-            self.subscribe()  # only now: a partition assigned to us is read at once, not after the kernels load
-            next_commit = next_tick = time.monotonic()
-            while not self.stopping.is_set():
-                messages = self._take()
-                if messages:
-                    self._handle(messages)
-                now = time.monotonic()
-                if now >= next_tick:
-                    next_tick = now + self.tick_interval_s
-                    with self.lock:
-                        self.engine.tick()
-                    self._update_lag()
-                if now >= next_commit:
-                    next_commit = now + self.commit_interval_s
-                    self._commit(self.positions, asynchronous=True)
-        except BaseException as exc:  # publishing failed, the broker went away for good, a bug: stop the worker
-            self.crashed = exc
-            log.exception("ingest loop stopped")
-        finally:
-            try:
-                if self.crashed is None:
-                    self._commit(self.positions, asynchronous=False)
-                self.consumer.close()  # leaves the group: the others take over now, not after a session timeout
-            finally:
-                self.engine.close()
-
-    def subscribe(self) -> None:
-        """Join the consumer group, with the rebalance callbacks below."""
-        self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                on_lost=self._on_lost)
-
-    # -- one batch ------------------------------------------------------------
-
-    def _take(self) -> list:
-        """Up to batch_size messages: wait for the first, then whatever else is already fetched."""
-        first = self.consumer.poll(self.poll_timeout_s)
-        if first is None:
-            return []
-        messages = [first]
-        self._revoked_now.clear()
-        if self.batch_size > 1:
-            messages += self.consumer.consume(self.batch_size - 1, timeout=0)
-        # A rebalance served inside consume() makes `first` stale if it revoked first's partition, even
-        # when that partition came straight back: fetching starts again at the committed offset, so
-        # `first` comes again (handling it now too would publish its outputs twice). librdkafka drops
-        # what consume() itself had fetched before the rebalance; `first` it returned already.
-        if first.error() is None and first.partition() in self._revoked_now:
-            messages = messages[1:]
-            self.dropped_revoked += 1
-        # A partition revoked and not assigned back is another worker's now: what was fetched of it
-        # is not ours to handle or commit.
-        assigned = self.assigned
-        good = [m for m in messages if m.error() is None and m.partition() in assigned]
-        if len(good) != len(messages):
-            for m in messages:
-                if m.error() is not None:
-                    log.warning("consumer: %s", m.error())
-            self.dropped_revoked += sum(1 for m in messages if m.error() is None and m.partition() not in assigned)
-        return good
-
-    def _handle(self, messages: list) -> None:
-        if self._to_guard:
-            guarded, self._to_guard = sorted(self._to_guard & self.assigned), set()
-            with self.lock:
-                self.engine.guard(self.consumer, guarded)
-        n = len(messages)
-        values = [m.value() or b"" for m in messages]  # a tombstone (no value) is undecodable input
-        partitions = np.fromiter((m.partition() for m in messages), dtype=np.int64, count=n)
-        offsets = np.fromiter((m.offset() for m in messages), dtype=np.int64, count=n)
-        timestamps = np.fromiter((m.timestamp()[1] for m in messages), dtype=np.int64, count=n)
-
-        def message(i: int) -> RawMessage:
-            m = messages[i]
-            return RawMessage(values[i], m.key(), m.topic(), m.partition(), m.offset(), int(timestamps[i]))
-
-        with self.lock:
-            self.engine.process_inbound(Inbound(values, partitions, offsets, message, timestamps))
-        for p in np.unique(partitions).tolist():
-            self.positions[p] = int(offsets[partitions == p].max()) + 1
-
-    # -- offsets --------------------------------------------------------------
-
-    def _commit(self, partitions, asynchronous: bool) -> None:
-        """Commit, for each of these partitions, as far as the engine allows, once the engine has
-        recorded what a replay from there needs (also when only where handling resumes moved on)."""
-        with self.lock:
-            points = self.engine.commit_points({p: self.positions[p] for p in partitions if p in self.positions})
-            moved = {p: point for p, point in points.items() if self.checkpointed.get(p) != point}
-            self.engine.checkpoint(moved)
-        self.checkpointed.update(moved)
-        offsets = [TopicPartition(self.topic, p, offset) for p, (offset, _) in points.items()
-                   if self.committed.get(p) != offset]
-        if offsets:
-            self.committed.update({tp.partition: tp.offset for tp in offsets})
-            try:
-                self.consumer.commit(offsets=offsets, asynchronous=asynchronous)
-            except Exception as exc:  # the next commit tries again; a replay only redoes work
-                for tp in offsets:
-                    self.committed.pop(tp.partition, None)
-                log.warning("commit failed: %s", exc)
-
-    def _on_commit(self, error, partitions) -> None:
-        """An asynchronous commit that failed is sent again by the next _commit."""
-        for tp in partitions:
-            if error is not None or tp.error is not None:
-                self.committed.pop(tp.partition, None)
-
-    def _update_lag(self) -> None:
-        for p, position in list(self.positions.items()):
-            try:
-                _, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)
-            except Exception:
-                continue
-            if high is not None and high >= 0:
-                self.engine.metrics.lag.labels(str(p)).set(max(high - position, 0))
-
-    # -- rebalancing (called by the consumer, on this loop's thread) ----------
-
-    def _on_assign(self, consumer, partitions) -> None:
-        new = {tp.partition for tp in partitions if tp.topic == self.topic}
-        self.assigned = self.assigned | new
-        self._to_guard |= new  # before their first batch (outside this callback)
-        log.info("assigned %s", sorted(tp.partition for tp in partitions))
-
-    def _on_revoke(self, consumer, partitions) -> None:
-        """Commit what is allowed; the open windows are the new owner's to rebuild.
-        After a failed batch nothing is committed: the engine's state is not to be trusted."""
-        revoked = {tp.partition for tp in partitions if tp.topic == self.topic}
-        self.assigned = self.assigned - revoked
-        self._revoked_now |= revoked
-        if self.crashed is None:
-            self._commit(revoked, asynchronous=False)
-        self._forget(revoked)
-
-    def _on_lost(self, consumer, partitions) -> None:
-        lost = {tp.partition for tp in partitions if tp.topic == self.topic}
-        self.assigned = self.assigned - lost
-        self._revoked_now |= lost
-        self._forget(lost)
-
-    def _forget(self, partitions: set[int]) -> None:
-        with self.lock:
-            self.engine.revoke(partitions)
-        for p in partitions:
-            self.positions.pop(p, None)
-            self.committed.pop(p, None)
-            self.checkpointed.pop(p, None)
-            try:
-                self.engine.metrics.lag.remove(str(p))
-            except KeyError:
-                pass
 
 
 # /explain requests served at once (each reads the topic and may run TreeSHAP); more wait.
@@ -281,7 +50,7 @@ def create_app(settings: Settings, config: EngineConfig | None = None, web_port:
     access = access or WebAccess()
     # A wrong CA, a refused login or no broker ends the worker here, in one line.
     check_broker(settings.kafka_config, settings.require("broker"))
-    engine = Engine(settings, config)
+    engine = build_engine(settings, config)
     ingest = Ingest(engine, batch_size=batch_size, session_timeout_s=session_timeout_s)
     datadir = settings.home / "faust" / str(web_port)  # one per worker on a host
     datadir.parent.mkdir(parents=True, exist_ok=True)
@@ -291,7 +60,7 @@ def create_app(settings: Settings, config: EngineConfig | None = None, web_port:
 
     # Faust opens no Kafka connection here (_WithoutFaustKafka: no producer, consumer or
     # conductor; the tests check that a TLS-only broker sees no plaintext client), so it
-    # gets no TLS/SASL settings; every Kafka client is confluent-kafka, from settings.kafka().
+    # gets no TLS/SASL settings; every Kafka client is confluent-kafka, from whystream/kafka/clients.py.
     app = WorkerApp(
         control_app_id(settings),  # never the data plane's consumer group: Faust joining it would break it
         broker="kafka://" + settings.require("broker").replace(",", ";"),  # Faust separates servers by ;
@@ -367,13 +136,13 @@ class HealthChecks:
 
     def __init__(self, engine: Engine):
         self.engine = engine
-        self._admin: AdminClient | None = None
+        self._admin = None
 
     def run(self) -> dict:
         engine, checks = self.engine, {}
         try:
             if self._admin is None:
-                self._admin = AdminClient(engine.settings.kafka())
+                self._admin = admin(engine.settings)
             self._admin.list_topics(timeout=2)
             checks["broker"] = {"ok": True, "detail": "reachable"}
         except Exception as exc:

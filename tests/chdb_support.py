@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from whystream.jobs.analytics import clickhouse as ch
-from whystream.jobs.models.registry import shap_bin_edges, shap_histogram
+from whystream.jobs.clickhouse import connection as ch
+from whystream.models.reference import shap_bin_edges, shap_histogram
 
 MINUTE_MS = 60_000
 
@@ -132,7 +132,7 @@ def tiny_registered_model(root, n_features: int = 5, seed: int = 3):
     trees on random data (the session's small_model trains for seconds)."""
     import lightgbm as lgb
 
-    from whystream.jobs.models.registry import ModelRegistry
+    from whystream.models.registry import ModelRegistry
 
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(2000, n_features))

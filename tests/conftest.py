@@ -10,7 +10,8 @@ import uuid
 import pytest
 import redis
 
-from whystream.infra.stack import EmbeddedStack, ensure_topics
+from whystream.infra.stack import EmbeddedStack
+from whystream.kafka.topics import ensure_topics
 
 _redis_dbs = itertools.cycle(range(1, 16))  # db 0 is left to the store's own tests
 
@@ -45,8 +46,8 @@ def fresh_topics(stack):
 @pytest.fixture(scope="session")
 def small_model(stack, tmp_path_factory):
     """A small fraud model (40 trees) registered in a registry of its own."""
-    from whystream.jobs.models.registry import ModelRegistry
-    from whystream.jobs.models.train import train_model
+    from whystream.models.registry import ModelRegistry
+    from whystream.jobs.simulation.train import train_model
 
     root = tmp_path_factory.mktemp("registry")
     return train_model(ModelRegistry(root), n_train=20_000, num_trees=40, num_leaves=15, progress=False)

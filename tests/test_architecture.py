@@ -92,6 +92,8 @@ def part(module: str) -> str:
     pieces = module.split(".")
     if pieces[0] != "whystream":
         return pieces[0]
+    if module == "whystream.__main__":  # `python -m whystream`: the CLI's entry point
+        return "cli"
     if len(pieces) > 1 and pieces[1] in ("streams", "jobs", "infra", "schemas", "cli"):
         return pieces[1]
     return "core"

@@ -24,3 +24,7 @@ class DecodeError(WhystreamError):
 
 class ModelNotFound(WhystreamError):
     """An unknown model name or version was asked of the registry."""
+
+
+class UnsupportedModel(WhystreamError, ValueError):
+    """A LightGBM model this explainer cannot explain exactly (linear trees, random forests, ...)."""

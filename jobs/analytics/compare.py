@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from whystream.jobs.analytics.clickhouse import DEFAULT_DATABASE, ident, lit, rows
+from whystream.jobs.clickhouse.sql import DEFAULT_DATABASE, ident, lit, rows
 
 
 @dataclass

@@ -32,11 +32,13 @@ import time
 from dataclasses import dataclass
 
 from whystream.config import Settings
-from whystream.jobs.analytics import clickhouse as ch
+from whystream.jobs.clickhouse import connection as ch
+from whystream.jobs.clickhouse.sql import DEFAULT_DATABASE, ident, ms_lit, one_line, rows as query_rows
 from whystream.jobs.analytics.drift_rule import DriftRule, Judgement, number
 from whystream.jobs.analytics.drift_sql import feature_drift, monitored_models
 from whystream.jobs.analytics.input_drift import missing_cell
-from whystream.streams.codec import codec_for
+from whystream.kafka.clients import producer
+from whystream.wire.codecs import topic_codec
 
 log = logging.getLogger("whystream.drift")
 
@@ -88,7 +90,7 @@ def table_rows(judged: list[tuple[dict, list[Judgement]]]) -> list[dict]:
 class DriftMonitor:
     def __init__(self, settings: Settings, window_seconds: float = 300, interval_seconds: float = 30,
                  psi_threshold: float | None = None, stability_threshold: float | None = None,
-                 per_feature_thresholds: dict | None = None, *, database: str = ch.DEFAULT_DATABASE,
+                 per_feature_thresholds: dict | None = None, *, database: str = DEFAULT_DATABASE,
                  client=None, producer=None, publish: bool = True, models: list[str] | None = None,
                  min_weighted_n: float = 500.0, min_effective_n: float = 100.0,
                  min_reference_share: float = 0.01, alpha: float = 1e-4, ks_threshold: float | None = None,
@@ -110,7 +112,7 @@ class DriftMonitor:
                               min_weighted_n=min_weighted_n, min_effective_n=min_effective_n,
                               min_reference_share=min_reference_share)
         self.per_feature = per_feature_thresholds or {}
-        self.database = ch.ident(database)
+        self.database = ident(database)
         self._client = client
         self._producer = producer
         self.publish = publish
@@ -120,7 +122,7 @@ class DriftMonitor:
         self._unpublished: list[dict] = []  # raised, not yet on the drift-alerts topic
         self._restored = False
         self.topic = settings.topic("drift-alerts")
-        self.codec = codec_for("DriftAlert", settings.schema_registry_url, self.topic)
+        self.codec = topic_codec(settings, "drift-alerts")
 
     # -- judging one feature_drift row
 
@@ -203,11 +205,11 @@ class DriftMonitor:
 
     def _restore(self, client, now: int) -> None:
         """Episodes alerted within the last window before a restart stay open."""
-        for r in ch.rows(client, f"""
+        for r in query_rows(client, f"""
                 SELECT alert_id, model_name, model_version, feature, statistic,
                        toUnixTimestamp64Milli(raised_at) AS raised_at_ms
                 FROM {self.database}.drift_alerts FINAL
-                WHERE raised_at >= {ch.ms_lit(now - self.window_ms)} AND raised_at <= {ch.ms_lit(now)}
+                WHERE raised_at >= {ms_lit(now - self.window_ms)} AND raised_at <= {ms_lit(now)}
                 ORDER BY raised_at"""):
             key = (r["model_name"], r["model_version"], r["feature"], r["statistic"])
             self.episodes[key] = Episode(r["alert_id"], int(r["raised_at_ms"]), int(r["raised_at_ms"]))
@@ -227,9 +229,7 @@ class DriftMonitor:
 
     def _publish(self, alerts: list[dict]) -> None:
         if self._producer is None:
-            from confluent_kafka import Producer
-
-            self._producer = Producer(self.settings.kafka(**{"enable.idempotence": True, "linger.ms": 5}))
+            self._producer = producer(self.settings, "alerts")
         failures = []
 
         def delivered(err, msg):
@@ -254,7 +254,7 @@ class DriftMonitor:
             try:
                 self.tick()
             except Exception as exc:
-                log.warning("drift evaluation failed: %s", ch.one_line(exc))
+                log.warning("drift evaluation failed: %s", one_line(exc))
                 self._client = None  # reconnect next time
             stop_event.wait(max(0.0, self.interval_seconds - (time.monotonic() - began)))
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from whystream.jobs.analytics.clickhouse import DEFAULT_DATABASE, ident, lit, ms_lit, rows
+from whystream.jobs.clickhouse.sql import DEFAULT_DATABASE, ident, lit, ms_lit, rows
 
 ALL_STRATA = "*"  # feature_drift_by_stratum's stratum for all strata together
 

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import math
 
-from whystream.jobs.analytics.clickhouse import DEFAULT_DATABASE, ident, lit, rows
+from whystream.jobs.clickhouse.sql import DEFAULT_DATABASE, ident, lit, rows
 from whystream.jobs.analytics.drift_sql import time_lit
-from whystream.jobs.models.input_reference import MISSING_REASON
+from whystream.jobs.analytics.report_html import esc, fmt, table
+from whystream.models.input_reference import MISSING_REASON
 
 
 def _window(model: str, start_ms: int, end_ms: int) -> str:
@@ -107,8 +108,6 @@ def report_sections(client, model: str, version: str | None, drift_rows: list[di
                     database: str = DEFAULT_DATABASE) -> list[str]:
     """The report's input-drift sections for `version`: per feature attribution PSI beside
     value PSI and missing rates, and the score / decline-rate shift (or why there is none)."""
-    from whystream.jobs.analytics.attribution_report import _esc, _fmt, _table
-
     if not version:
         return []
     intro = ("<h2>Input drift beside attribution drift</h2><p class='meta'>Did the data move (value PSI, "
@@ -116,21 +115,21 @@ def report_sections(client, model: str, version: str | None, drift_rows: list[di
              "rows' value deciles; all figures are inclusion-weighted estimates over all decisions.</p>")
     why = unavailable(client, model, [version], database).get(version)
     if why:
-        return [intro + f"<p class='empty'>Input drift unavailable for version {_esc(version)}: {_esc(why)}.</p>"]
+        return [intro + f"<p class='empty'>Input drift unavailable for version {esc(version)}: {esc(why)}.</p>"]
     merged = beside([r for r in drift_rows if r["model_version"] == version],
                     input_drift(client, model, start_ms, end_ms, database))
-    body = [[_esc(r["feature"]), _fmt(r["psi"]), _fmt(r["value_psi"]), pct(r["missing_rate"]),
-             pct(r["reference_missing"]), _fmt(r["weighted_n"], 0)]
+    body = [[esc(r["feature"]), fmt(r["psi"]), fmt(r["value_psi"]), pct(r["missing_rate"]),
+             pct(r["reference_missing"]), fmt(r["weighted_n"], 0)]
             for r in sorted(merged, key=lambda r: -max(r["psi"] or 0, r["value_psi"] or 0))]
-    parts = [intro + _table(["feature", "attribution PSI", "value PSI", "missing now", "missing in reference",
+    parts = [intro + table(["feature", "attribution PSI", "value PSI", "missing now", "missing in reference",
                              "weighted n"], body)]
     decisions = [d for d in decision_drift(client, model, start_ms, end_ms, database) if d["model_version"] == version]
-    body = [[_fmt(_number(d["score_psi"])), _fmt(d["mean_score"], 4), _fmt(_number(d["reference_mean_score"]), 4),
-             pct(d["decline_rate"]), pct(d["reference_decline"]), pct(d["adverse_rate"]), _fmt(d["weighted_n"], 0)]
+    body = [[fmt(_number(d["score_psi"])), fmt(d["mean_score"], 4), fmt(_number(d["reference_mean_score"]), 4),
+             pct(d["decline_rate"]), pct(d["reference_decline"]), pct(d["adverse_rate"]), fmt(d["weighted_n"], 0)]
             for d in decisions]
     if body:
         parts.append("<h3>Scores and decisions</h3><p class='meta'>decline rate: share of decisions on the adverse "
                      "side of the threshold; adverse decisions: by the producer's labels.</p>"
-                     + _table(["score PSI", "mean score", "reference mean score", "decline rate",
+                     + table(["score PSI", "mean score", "reference mean score", "decline rate",
                                "reference decline rate", "adverse decisions", "weighted n"], body))
     return parts

@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from whystream.jobs.analytics.clickhouse import DEFAULT_DATABASE, ident, lit, one_line, rows
+from whystream.jobs.clickhouse.sql import DEFAULT_DATABASE, ident, lit, one_line, rows
+from whystream.kafka.reader import find_by_key
+from whystream.wire.codecs import topic_codec
 
 TOLERANCE = 1e-9
 FETCH_CHUNK = 500  # prediction_ids per query
@@ -114,16 +116,13 @@ def topic_inputs(settings, stored: list[Stored]) -> tuple[dict[str, dict], str |
         return {}, None
     if not settings.broker:
         return {}, "no broker configured (WHYSTREAM_BROKER)"
-    from whystream.streams.codec import codec_for
-    from whystream.streams.topic_stats import find_by_key
-
     topic = settings.topic("predictions")
     wanted = {s.prediction_id.encode(): s.event_time_ms for s in stored}
     try:
         raw = find_by_key(settings, topic, wanted)
     except Exception as exc:  # KafkaException: broker or topic unreachable
         return {}, f"cannot read {topic}: {one_line(exc)}"
-    codec = codec_for("PredictionEvent", settings.schema_registry_url, topic)
+    codec = topic_codec(settings, "predictions")
     events = {}
     for key, value in raw.items():
         try:
@@ -147,7 +146,7 @@ class Verifier:
         """The version's ModelExplainer; WhystreamError-like text (str) when it cannot be loaded."""
         key = (name, version)
         if key not in self._explainers:
-            from whystream.streams.attribution import ModelExplainer
+            from whystream.models.explainer import ModelExplainer
 
             try:
                 self._explainers[key] = ModelExplainer(self.registry.load(name, version))
@@ -194,7 +193,7 @@ class Verifier:
         return verdict
 
     def _compare(self, verdict: Verdict, explainer, x: np.ndarray, stored: Stored) -> None:
-        from whystream.streams.batch_decode import NO_CLASS
+        from whystream.wire.prediction_decoder import NO_CLASS
 
         X = x.reshape(1, -1)
         klass = stored.explained_class

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
-from confluent_kafka import Producer
 
 from whystream.config import Settings
 from whystream.errors import WhystreamError
-from whystream.infra.stack import ensure_topics
+from whystream.kafka.topics import ensure_topics
 from whystream.jobs.simulation.generator import DriftSpec, TransactionGenerator
-from whystream.jobs.models.registry import ModelRegistry, RegisteredModel
-from whystream.streams.codec import codec_for
+from whystream.models.registry import ModelRegistry, RegisteredModel
+from whystream.kafka.clients import producer
+from whystream.wire.codecs import topic_codec
 
 CHUNK = 500
 REVIEW_BAND = 0.8  # scores in [0.8 * threshold, threshold) are sent to review
@@ -88,8 +88,8 @@ def produce(settings: Settings, count: int, rate: float = 0.0, model_name: str =
     model = ModelRegistry(settings.registry).load(model_name, model_version)
     ensure_topics(settings)  # also fails fast, naming WHYSTREAM_BROKER, when the broker is unreachable
     topic = settings.topic("predictions")
-    codec = codec_for("PredictionEvent", settings.schema_registry_url, topic)
-    producer = Producer(settings.kafka(**{"linger.ms": 5, "compression.type": "lz4"}))
+    codec = topic_codec(settings, "predictions")
+    sender = producer(settings, "bulk")
     failures: list[str] = []
 
     def on_delivery(err, _msg):
@@ -109,14 +109,14 @@ def produce(settings: Settings, count: int, rate: float = 0.0, model_name: str =
             value = codec.encode(record)
             while True:
                 try:
-                    producer.produce(topic, value=value, key=record["prediction_id"].encode(), on_delivery=on_delivery)
+                    sender.produce(topic, value=value, key=record["prediction_id"].encode(), on_delivery=on_delivery)
                     break
                 except BufferError:  # local queue full: let librdkafka drain it
-                    producer.poll(0.05)
+                    sender.poll(0.05)
             declined += record["decision"] == "decline"
             flagged += record["priority"]
         sent += len(records)
-        producer.poll(0)
+        sender.poll(0)
         if failures:
             raise WhystreamError(f"WHYSTREAM_BROKER: delivery to {topic} failed: {failures[0]}")
         if progress:
@@ -125,7 +125,7 @@ def produce(settings: Settings, count: int, rate: float = 0.0, model_name: str =
             ahead = sent / rate - (time.monotonic() - began)
             if ahead > 0:
                 time.sleep(ahead)
-    remaining = producer.flush(30)
+    remaining = sender.flush(30)
     if remaining or failures:
         reason = failures[0] if failures else f"{remaining} messages still queued after 30 s"
         raise WhystreamError(f"WHYSTREAM_BROKER: delivery to {topic} failed: {reason}")

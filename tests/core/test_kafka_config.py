@@ -12,7 +12,8 @@ import pytest
 
 from whystream.config import Settings
 from whystream.errors import ConfigError
-from whystream.kafka_config import KafkaConfig, check_broker, env_name, read_properties
+from whystream.config.kafka_properties import KafkaConfig, env_name, read_properties
+from whystream.kafka.clients import check_broker
 from whystream.infra.stack import free_port
 
 SECRET = "s3cr3t-Pa55"

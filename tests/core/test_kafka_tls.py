@@ -22,11 +22,12 @@ from tls_support import TlsProxy, make_certs
 from whystream.config import Settings
 from whystream.jobs.simulation.generator import TransactionGenerator
 from whystream.jobs.simulation.produce import prediction_events
-from whystream.infra.stack import ensure_topics, free_port, start_broker
-from whystream.jobs.analytics import clickhouse as ch
-from whystream.jobs.analytics.sink_consumer import run_sink
-from whystream.kafka_config import KafkaConfig
-from whystream.streams.topic_stats import read_all
+from whystream.kafka.topics import ensure_topics
+from whystream.infra.stack import free_port, start_broker
+from whystream.jobs.clickhouse.sql import rows
+from whystream.jobs.sink.consumer import run_sink
+from whystream.config.kafka_properties import KafkaConfig
+from whystream.kafka.reader import read_all
 
 pytestmark = pytest.mark.integration
 EXAMPLE = Path(__file__).parents[2] / "examples" / "consume_explanations.py"
@@ -103,7 +104,7 @@ def test_produce_worker_explain_sink_and_example_over_tls(tls, engine_settings, 
 
     stats = run_sink(settings, database=database, idle_exit_seconds=4)
     assert stats.written == len(published)
-    stored = ch.rows(client, f"SELECT count() AS n FROM {database}.explanations FINAL")[0]["n"]
+    stored = rows(client, f"SELECT count() AS n FROM {database}.explanations FINAL")[0]["n"]
     assert stored == len(published)
 
     example = subprocess.run([sys.executable, str(EXAMPLE), "--topic", settings.topic("explanations"), "--max", "3"],

@@ -15,9 +15,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from tls_support import TlsProxy, make_certs
 
+from whystream.config import Settings
 from whystream.errors import ConfigError
-from whystream.schema_registry import registry_config
-from whystream.streams.codec import ConfluentCodec
+from whystream.wire.schema_registry import registry_config
+from whystream.wire.codecs import ConfluentCodec, topic_codec
 
 USER, PASSWORD = "whystream", "registry-Pa55"
 
@@ -89,15 +90,21 @@ def record():
             "segment": {"channel": "web"}, "priority": False}
 
 
+def predictions_codec(url: str, prefix: str):
+    """The codec of `predictions` as a command would make it: the variables read by Settings.load."""
+    return topic_codec(Settings.load(schema_registry_url=url, topic_prefix=prefix), "predictions")
+
+
 def test_basic_auth_and_ca_reach_the_registry_client(registry, monkeypatch):
     server, url, certs = registry
     monkeypatch.setenv("WHYSTREAM_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO", f"{USER}:{PASSWORD}")
     monkeypatch.setenv("WHYSTREAM_SCHEMA_REGISTRY_SSL_CA_LOCATION", str(certs.ca))
-    codec = ConfluentCodec("PredictionEvent", url, "t1.predictions")
+    codec = predictions_codec(url, "t1.")
+    assert isinstance(codec, ConfluentCodec)
     data = codec.encode(record())
     assert data[0] == 0 and int.from_bytes(data[1:5], "big") == 1  # Confluent wire format, schema id 1
     assert list(server.subjects) == ["t1.predictions-value"]  # TopicNameStrategy
-    decoded = ConfluentCodec("PredictionEvent", url, "t1.predictions").decode(data)
+    decoded = predictions_codec(url, "t1.").decode(data)
     assert decoded["prediction_id"] == "p1" and decoded["features"] == {"amount": 12.5, "hour": None}
     assert server.refused == 0
 
@@ -107,12 +114,12 @@ def test_wrong_password_or_ca_fails(registry, monkeypatch):
     monkeypatch.setenv("WHYSTREAM_SCHEMA_REGISTRY_SSL_CA_LOCATION", str(certs.ca))
     monkeypatch.setenv("WHYSTREAM_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO", f"{USER}:wrong")
     with pytest.raises(Exception, match="(?i)unauthori"):
-        ConfluentCodec("PredictionEvent", url, "t2.predictions").encode(record())
+        predictions_codec(url, "t2.").encode(record())
     assert server.refused >= 1
     monkeypatch.setenv("WHYSTREAM_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO", f"{USER}:{PASSWORD}")
     monkeypatch.setenv("WHYSTREAM_SCHEMA_REGISTRY_SSL_CA_LOCATION", str(certs.other_ca))
     with pytest.raises(Exception, match="(?i)certificate"):
-        ConfluentCodec("PredictionEvent", url, "t3.predictions").encode(record())
+        predictions_codec(url, "t3.").encode(record())
     assert not server.subjects
 
 
@@ -124,5 +131,5 @@ def test_settings_map_to_client_properties_and_a_rejected_one_is_named(monkeypat
     assert origins["basic.auth.user.info"] == "WHYSTREAM_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO"
     monkeypatch.setenv("WHYSTREAM_SCHEMA_REGISTRY_NO_SUCH_THING", "1")
     with pytest.raises(ConfigError) as error:
-        ConfluentCodec("PredictionEvent", "https://127.0.0.1:1", "t.predictions")
+        predictions_codec("https://127.0.0.1:1", "t.")
     assert error.value.setting == "WHYSTREAM_SCHEMA_REGISTRY_NO_SUCH_THING"

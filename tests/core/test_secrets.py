@@ -10,10 +10,12 @@ import pytest
 from typer.testing import CliRunner
 
 from whystream.cli import app
-from whystream.config import Settings, mask_secrets, write_private
+from whystream.config import Settings
+from whystream.config.secrets import mask_secrets, write_private
 from whystream.errors import ConfigError
 from whystream.logsafe import printable
-from whystream.streams.validate import DeadLetterRecord, RawMessage
+from whystream.kafka.dead_letters import DeadLetterRecord
+from whystream.kafka.messages import RawMessage
 
 
 @pytest.mark.parametrize("flag, url, variable", [

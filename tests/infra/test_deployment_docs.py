@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from whystream.config import ENV
-from whystream.kafka_config import KafkaConfig
+from whystream.config.kafka_properties import KafkaConfig
 
 ROOT = Path(__file__).parents[2]
 INFRA = ROOT / "infra"

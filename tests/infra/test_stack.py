@@ -11,7 +11,8 @@ import clickhouse_connect
 import redis
 from confluent_kafka.admin import AdminClient
 
-from whystream.config import TOPIC_LAYOUT, TOPICS, Settings
+from whystream.kafka.topics import TOPIC_LAYOUT
+from whystream.config import TOPICS, Settings
 from whystream.infra.stack import free_port
 
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from whystream.cli import app
-from whystream.jobs.dlq import replay, summary
-from whystream.streams.engine import Engine, EngineConfig
-from whystream.streams.sampling import SamplingConfig
-from whystream.streams.topic_stats import read_all
-from whystream.streams.validate import RawMessage
+from whystream.kafka.redrive import replay
+from whystream.jobs.dlq import summary
+from whystream.streams.assembly import build_engine
+from whystream.streams.engine import EngineConfig
+from whystream.streams.sampling.reservoirs import SamplingConfig
+from whystream.kafka.reader import read_all
+from whystream.kafka.messages import RawMessage
 
 from tests.streams.test_engine import make_records
 from tests.streams.test_robustness import message
@@ -29,7 +31,7 @@ def test_dead_letters_of_a_model_not_registered_yet_are_sent_back_once(engine_se
     records = make_records(small_model, 40, run_id="redrive")
     for r in records:
         r["decision"] = "decline"  # all priority: each one explained once it is valid
-    engine = Engine(early, EngineConfig(SamplingConfig(new_version_events=0)))
+    engine = build_engine(early, EngineConfig(SamplingConfig(new_version_events=0)))
     engine.process([message(r, 0, i) for i, r in enumerate(records)] +
                    [RawMessage(b"\x00junk", None, "predictions", 0, 99)])
     engine.close()
@@ -46,7 +48,7 @@ def test_dead_letters_of_a_model_not_registered_yet_are_sent_back_once(engine_se
     resent = read_all(engine_settings, engine_settings.topic("predictions"), "PredictionEvent")
     assert sorted(r["prediction_id"] for r in resent) == sorted(r["prediction_id"] for r in records)
 
-    engine = Engine(engine_settings, EngineConfig(SamplingConfig(new_version_events=0)))
+    engine = build_engine(engine_settings, EngineConfig(SamplingConfig(new_version_events=0)))
     engine.process([message(r, 0, i) for i, r in enumerate(resent)])
     engine.close()
     explained = [e["prediction_id"] for e in read_all(engine_settings, engine_settings.topic("explanations"),

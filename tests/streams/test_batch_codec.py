@@ -12,13 +12,15 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from whystream.errors import DecodeError, ModelNotFound
 from whystream.streams.attribution import Attributions
-from whystream.streams.batch_decode import OK, PredictionDecoder, _utf8_text
-from whystream.streams.batch_encode import ExplanationEncoder
-from whystream.streams.codec import SingleObjectCodec, codec_for
-from whystream.streams.explanation import build_explanations
-from whystream.streams.objectives import ModelKind
-from whystream.streams.treeshap import EXPLAINER_NAME
-from whystream.streams.validate import Inbound, RawMessage, Validator
+from whystream.wire.prediction_decoder import OK, PredictionDecoder
+from whystream.wire.avro_read import _utf8_text
+from whystream.explanations.encoder import ExplanationEncoder
+from whystream.wire.codecs import SingleObjectCodec, codec_for
+from whystream.explanations.records import build_explanations
+from whystream.models.objectives import ModelKind
+from whystream.treeshap import EXPLAINER_NAME
+from whystream.kafka.messages import Inbound, RawMessage
+from whystream.streams.validation import Validator
 
 FEATURES = ["amount", "hour_of_day", "card_present", "merchant_risk_score", "ip_risk_score", "déjà_vu"]
 
@@ -213,7 +215,7 @@ def test_events_of_an_older_schema_version_and_unknown_models_take_the_slow_path
 
     import fastavro
 
-    from whystream.streams.codec import schema_fingerprint
+    from whystream.wire.codecs import schema_fingerprint
 
     old = json.loads((Path(__file__).parents[2] / "schemas/history/PredictionEvent.v1.avsc").read_text())
     v1 = {"prediction_id": "old-1", "model_name": "fraud", "model_version": "v1", "event_time": 5,
@@ -280,7 +282,7 @@ def explanation_batches(draw):
 @settings(max_examples=300, deadline=None)
 @given(explanation_batches(), st.booleans(), text)
 def test_batch_encoded_explanations_are_the_bytes_of_the_codec(batch, redis_available, worker):
-    import whystream.streams.explanation as explanation
+    import whystream.explanations.records as explanation
 
     model, records, X, attributions, reasons, weights, strata = batch
     codec = codec_for("ExplanationEvent")
@@ -315,7 +317,7 @@ def _v2(record: dict) -> bytes:
 
     import fastavro
 
-    from whystream.streams.codec import schema_fingerprint
+    from whystream.wire.codecs import schema_fingerprint
 
     old = json.loads((Path(__file__).parents[2] / "schemas/history/PredictionEvent.v2.avsc").read_text())
     buffer = io.BytesIO()
@@ -336,7 +338,7 @@ def test_version_2_events_split_exactly_as_one_at_a_time(events, data):
 
 
 def test_ordinary_version_2_events_keep_the_fast_path():
-    from whystream.streams.batch_decode import NO_CLASS
+    from whystream.wire.prediction_decoder import NO_CLASS
 
     events = [{"prediction_id": f"p-{i}", "model_name": "fraud", "model_version": "v1", "event_time": 5 + i,
                "features": {"amount": float(i)}, "score": 0.1, "decision": "approve", "threshold": 0.5,

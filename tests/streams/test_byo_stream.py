@@ -26,10 +26,10 @@ from objective_models import FEATURES, N_CLASSES, OBJECTIVES, make_rows, train
 from tests.jobs.models.test_register import cli, write_csv
 from test_worker import Worker
 
-from whystream.jobs.analytics import clickhouse as ch
-from whystream.jobs.analytics import explanation_rows
-from whystream.jobs.models.registry import ModelRegistry
-from whystream.streams.topic_stats import read_all, scan
+from whystream.jobs.clickhouse.sql import rows as query_rows
+from whystream.jobs.sink import explanation_rows
+from whystream.models.registry import ModelRegistry
+from whystream.kafka.reader import read_all, scan
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).parents[2]
@@ -161,11 +161,11 @@ def test_every_objective_end_to_end_through_a_real_worker(engine_settings, byo_r
     client, database = db
     explanation_rows.insert_explanations(client, as_the_sink_reads_them, database)
     adverse = next(pid for pid in sorted(explained) if len(explained[pid]["principal_reasons"]) > 1)
-    one = ch.rows(client, readme_query("principal reasons of one decision", database).replace(
+    one = query_rows(client, readme_query("principal reasons of one decision", database).replace(
         "the-prediction-id", adverse))
     assert [(r["rank"], r["code"], r["text"], r["feature"], r["shap"]) for r in one] == [
         (k + 1, p["code"], p["text"], p["feature"], p["shap"]) for k, p in enumerate(explained[adverse]["principal_reasons"])]
-    day = ch.rows(client, readme_query("most frequent principal reasons of a day", database))
+    day = query_rows(client, readme_query("most frequent principal reasons of a day", database))
     counts: dict = {}
     for e in explained.values():
         for k, p in enumerate(e["principal_reasons"]):

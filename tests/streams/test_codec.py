@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from whystream.errors import DecodeError
-from whystream.streams.codec import (SCHEMA_NAMES, ConfluentCodec, SingleObjectCodec, load_schema,
-                                     schema_fingerprint)
+from whystream.wire.codecs import SCHEMA_NAMES, ConfluentCodec, SingleObjectCodec, load_schema, schema_fingerprint
 
 PREDICTION = {
     "prediction_id": "p-1", "model_name": "fraud", "model_version": "0123456789ab",

@@ -12,12 +12,13 @@ import pytest
 
 from whystream.jobs.simulation.generator import TransactionGenerator
 from whystream.jobs.simulation.produce import prediction_events
-from whystream.streams.codec import codec_for
-from whystream.streams.engine import Engine, EngineConfig
-from whystream.streams.sampling import SamplingConfig
+from whystream.wire.codecs import codec_for
+from whystream.streams.assembly import build_engine
+from whystream.streams.engine import EngineConfig
+from whystream.streams.sampling.reservoirs import SamplingConfig
 from whystream.streams.store import RedisStore
-from whystream.streams.topic_stats import read_all
-from whystream.streams.validate import RawMessage
+from whystream.kafka.reader import read_all
+from whystream.kafka.messages import RawMessage
 
 PARTITIONS = 4
 
@@ -58,7 +59,7 @@ def config(**sampling):
 
 
 def test_every_kind_of_bad_input_goes_to_the_dlq_with_its_reason(engine_settings, small_model):
-    engine = Engine(engine_settings, config())
+    engine = build_engine(engine_settings, config())
     good = make_records(small_model, 1)[0]
     codec = codec_for("PredictionEvent")
 
@@ -94,7 +95,7 @@ def test_every_kind_of_bad_input_goes_to_the_dlq_with_its_reason(engine_settings
 
 def test_priority_decisions_are_explained_exactly_once_and_add_up(engine_settings, small_model):
     records = make_records(small_model, 3000)
-    engine = Engine(engine_settings, config(budget=5))
+    engine = build_engine(engine_settings, config(budget=5))
     engine.process(as_messages(records))
     engine.close()
     published = explanations(engine_settings)
@@ -124,7 +125,7 @@ def test_reservoir_weights_sum_to_the_population_of_each_window(engine_settings,
     records = make_records(small_model, 2000)
     for i, r in enumerate(records):  # two 10 s windows
         r["event_time"] = 1_700_000_000_000 + (i * 10)
-    engine = Engine(engine_settings, config(budget=7))
+    engine = build_engine(engine_settings, config(budget=7))
     engine.process(as_messages(records))
     engine.tick(now_ms=10**13)  # everything idle: close all windows
     engine.close()
@@ -140,7 +141,7 @@ def test_reservoir_weights_sum_to_the_population_of_each_window(engine_settings,
 
 def test_redelivery_publishes_nothing_new_and_identical_features_hit_the_cache(engine_settings, small_model):
     records = make_records(small_model, 400)
-    engine = Engine(engine_settings, config())
+    engine = build_engine(engine_settings, config())
     engine.process(as_messages(records))
     first = explanations(engine_settings)
     engine.process(as_messages(records))  # redelivered: same ids
@@ -162,7 +163,7 @@ def test_without_redis_the_engine_keeps_explaining_and_says_so(engine_settings, 
     from whystream.infra.stack import free_port
 
     settings = engine_settings.with_(redis_url=f"redis://127.0.0.1:{free_port()}/0")
-    engine = Engine(settings, config(), store=RedisStore(settings.redis_url, socket_timeout_s=0.2))
+    engine = build_engine(settings, config(), store=RedisStore(settings.redis_url, socket_timeout_s=0.2))
     records = make_records(small_model, 300)
     engine.process(as_messages(records))
     engine.close()
@@ -172,7 +173,7 @@ def test_without_redis_the_engine_keeps_explaining_and_says_so(engine_settings, 
 
 
 def test_blown_latency_budget_uses_the_marked_fallback(engine_settings, small_model):
-    engine = Engine(engine_settings, EngineConfig(SamplingConfig(new_version_events=0), latency_budget_ms=0))
+    engine = build_engine(engine_settings, EngineConfig(SamplingConfig(new_version_events=0), latency_budget_ms=0))
     engine.process(as_messages(make_records(small_model, 300)))
     engine.close()
     published = explanations(engine_settings)
@@ -183,7 +184,7 @@ def test_blown_latency_budget_uses_the_marked_fallback(engine_settings, small_mo
 
 def test_any_recent_decision_can_be_explained_on_demand(engine_settings, small_model):
     records = make_records(small_model, 300)
-    engine = Engine(engine_settings, config())
+    engine = build_engine(engine_settings, config())
     messages = on_the_topic(engine_settings, records)
     engine.process(messages)
     published = {e["prediction_id"]: e for e in explanations(engine_settings)}
@@ -207,7 +208,7 @@ def test_any_recent_decision_can_be_explained_on_demand(engine_settings, small_m
 
 
 def test_top_reasons_point_toward_the_decision(engine_settings, small_model):
-    engine = Engine(engine_settings, config())
+    engine = build_engine(engine_settings, config())
     engine.process(as_messages(make_records(small_model, 1000)))
     engine.close()
     reasons = Counter()
@@ -221,7 +222,7 @@ def test_top_reasons_point_toward_the_decision(engine_settings, small_model):
 
 
 def test_preloading_readies_the_latest_version_and_its_kernel_before_any_event(engine_settings, small_model):
-    engine = Engine(engine_settings, config())
+    engine = build_engine(engine_settings, config())
     assert engine.preload_latest() == [f"{small_model.name}@{small_model.version}"]
     model = engine.validator.model(small_model.name, small_model.version)
     explainer = engine.attributor.explainer(model)
@@ -235,7 +236,7 @@ def test_preloading_readies_the_latest_version_and_its_kernel_before_any_event(e
 
 
 def test_preloading_an_empty_registry_loads_nothing_and_does_not_fail(engine_settings, tmp_path):
-    engine = Engine(engine_settings.with_(registry=tmp_path / "empty"), config())
+    engine = build_engine(engine_settings.with_(registry=tmp_path / "empty"), config())
     assert engine.preload_latest() == []
     engine.close()
 
@@ -243,7 +244,7 @@ def test_preloading_an_empty_registry_loads_nothing_and_does_not_fail(engine_set
 def test_connecting_the_publisher_without_a_broker_warns_and_carries_on(engine_settings, caplog):
     from whystream.infra.stack import free_port
 
-    engine = Engine(engine_settings.with_(broker=f"127.0.0.1:{free_port()}"), config())  # nothing listens there
+    engine = build_engine(engine_settings.with_(broker=f"127.0.0.1:{free_port()}"), config())  # nothing listens there
     engine.connect_publisher(timeout=0.5)
     warnings = [r.getMessage() for r in caplog.records if r.name == "whystream.engine"]
     assert any("no metadata for" in w and "explanations" in w for w in warnings)
@@ -253,11 +254,11 @@ def test_connecting_the_publisher_without_a_broker_warns_and_carries_on(engine_s
 def test_the_first_events_of_a_new_version_are_explained_across_batches_and_workers(engine_settings, small_model):
     records = make_records(small_model, 320)
     new_version = EngineConfig(SamplingConfig(new_version_events=100))
-    first = Engine(engine_settings, new_version)
+    first = build_engine(engine_settings, new_version)
     for b in range(0, 240, 80):  # the version is established during the second batch
         first.process(as_messages(records[b:b + 80], first_offset=b // 4))
     first.close()
-    second = Engine(engine_settings, new_version)  # another worker: the count is shared through Redis
+    second = build_engine(engine_settings, new_version)  # another worker: the count is shared through Redis
     second.process(as_messages(records[240:], first_offset=60))
     second.close()
     reasons = {e["prediction_id"]: e["sampling_reason"] for e in explanations(engine_settings)}

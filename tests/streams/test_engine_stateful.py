@@ -19,13 +19,15 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
-from whystream.infra.stack import ensure_topics, free_port
-from whystream.streams.codec import codec_for
-from whystream.streams.engine import Engine, EngineConfig
-from whystream.streams.sampling import SamplingConfig
+from whystream.kafka.topics import ensure_topics
+from whystream.infra.stack import free_port
+from whystream.wire.codecs import codec_for
+from whystream.streams.assembly import build_engine
+from whystream.streams.engine import EngineConfig
+from whystream.streams.sampling.reservoirs import SamplingConfig
 from whystream.streams.store import RedisStore
-from whystream.streams.topic_stats import read_all
-from whystream.streams.validate import RawMessage
+from whystream.kafka.reader import read_all
+from whystream.kafka.messages import RawMessage
 
 from tests.streams.test_engine import make_records
 
@@ -73,7 +75,7 @@ class EngineMachine(RuleBasedStateMachine):
         self.engine = self._engine()
 
     def _engine(self):
-        engine = Engine(self.settings, EngineConfig(SamplingConfig(new_version_events=0, budget=3, window_ms=2_000,
+        engine = build_engine(self.settings, EngineConfig(SamplingConfig(new_version_events=0, budget=3, window_ms=2_000,
                                                                    idle_close_ms=3_000, max_open_ms=6_000)))
         engine.guard(self.group, list(range(PARTITIONS)))
         return engine

@@ -7,8 +7,8 @@ import time
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from whystream.streams.engine import Engine
-from whystream.streams.worker import Ingest
+from whystream.streams.assembly import build_engine
+from whystream.streams.ingest import Ingest
 
 pytestmark = pytest.mark.integration
 PARTITIONS = set(range(4))  # conftest's fresh_topics
@@ -75,7 +75,7 @@ class MemberComesAndGoesDuringConsume:
 
 
 def test_a_message_taken_before_a_rebalance_inside_consume_is_not_taken_twice(engine_settings):
-    engine = Engine(engine_settings)
+    engine = build_engine(engine_settings)
     ingest = Ingest(engine)
     try:
         ingest.subscribe()

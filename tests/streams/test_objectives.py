@@ -13,9 +13,10 @@ import shap
 from hypothesis import HealthCheck, given, settings, strategies as st
 from objective_models import FEATURES, N_CLASSES, OBJECTIVES, make_rows, train
 
-from whystream.jobs.models.registry import ModelRegistry
-from whystream.streams.objectives import OUTPUT_SPACES, model_kind
-from whystream.streams.treeshap import TreeShap, UnsupportedModel
+from whystream.models.registry import ModelRegistry
+from whystream.models.objectives import OUTPUT_SPACES, model_kind
+from whystream.treeshap import TreeShap
+from whystream.errors import UnsupportedModel
 
 TOL = 1e-6
 EXPECTED_SPACE = {"binary": "raw_margin", "cross_entropy": "raw_margin", "multiclassova": "raw_margin",

@@ -103,11 +103,11 @@ def test_cluster_url_with_a_database_is_a_config_error():
 def test_the_engine_dedups_caches_and_finds_events_through_a_cluster(engine_settings, small_model, redis_cluster):
     from test_engine import config, explanations, make_records, on_the_topic
 
-    from whystream.streams.engine import Engine
+    from whystream.streams.assembly import build_engine
 
     settings = engine_settings.with_(redis_url=f"redis+cluster://127.0.0.1:{redis_cluster[2]}")
     records = make_records(small_model, 400)
-    engine = Engine(settings, config())
+    engine = build_engine(settings, config())
     assert engine.store.cluster
     messages = on_the_topic(settings, records)
     engine.process(messages)

@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 
 from whystream.infra.stack import free_port
-from whystream.streams.codec import codec_for
-from whystream.streams.engine import Engine, EngineConfig
+from whystream.wire.codecs import codec_for
+from whystream.streams.assembly import build_engine
+from whystream.streams.engine import EngineConfig
 from whystream.streams.event_time import EventTimeRule
-from whystream.streams.sampling import OTHER, SamplingConfig
-from whystream.streams.topic_stats import read_all
-from whystream.streams.validate import RawMessage
+from whystream.streams.sampling.reservoirs import OTHER, SamplingConfig
+from whystream.kafka.reader import read_all
+from whystream.kafka.messages import RawMessage
 
 from tests.streams.test_engine import as_messages, make_records
 
@@ -53,7 +54,7 @@ def test_a_message_larger_than_the_dlq_accepts_is_dead_lettered_with_a_capped_or
     good = make_records(small_model, 1)[0]
     # The default cap; then a cap beyond the producer's 1 MB limit, refused by produce(): the dead letter shrinks.
     for offset, cap in ((10, EngineConfig().dlq_original_cap), (11, 8 * MB)):
-        engine = Engine(engine_settings, EngineConfig(SamplingConfig(new_version_events=0), dlq_original_cap=cap))
+        engine = build_engine(engine_settings, EngineConfig(SamplingConfig(new_version_events=0), dlq_original_cap=cap))
         engine.process([RawMessage(huge, b"k", "predictions", 1, offset), message(good, 2, offset)])
         engine.close()
     found = {d["offset"]: d for d in letters(engine_settings)}
@@ -69,7 +70,7 @@ def test_a_message_larger_than_the_dlq_accepts_is_dead_lettered_with_a_capped_or
 
 
 def test_a_small_message_keeps_all_its_bytes(engine_settings):
-    engine = Engine(engine_settings, config())
+    engine = build_engine(engine_settings, config())
     engine.process([RawMessage(b"\x00garbage", None, "predictions", 0, 3)])
     engine.close()
     [letter] = letters(engine_settings)
@@ -108,7 +109,7 @@ def test_versions_that_cannot_be_served_are_dead_lettered_and_quarantined(broken
     corrupt = [{**r, "prediction_id": f"c-{i}", "model_version": bad_version} for i, r in enumerate(good[:20])]
     forest = [{**r, "prediction_id": f"f-{i}", "model_name": "forest", "model_version": rf.version}
               for i, r in enumerate(good[20:40])]
-    engine = Engine(settings, config())
+    engine = build_engine(settings, config())
     clock = [0.0]
     engine.validator.quarantine.clock = lambda: clock[0]
     mixed = [x for pair in zip(corrupt, forest, good[40:]) for x in pair]
@@ -151,7 +152,7 @@ def test_event_times_not_to_be_trusted_are_dead_lettered(engine_settings, small_
     }
     records = [{**r, "prediction_id": name, "event_time": t, "decision": "decline"}
                for r, (name, t) in zip(base, times.items())]
-    engine = Engine(engine_settings, config())
+    engine = build_engine(engine_settings, config())
     engine.process([message(r, 0, i) for i, r in enumerate(records)])
     # Without a broker timestamp the worker's clock is the reference.
     engine.process([message({**records[3], "prediction_id": "ahead-of-clock"}, 0, 9, timestamp=-1)], now_ms=NOW)
@@ -175,7 +176,7 @@ def test_duplicates_in_a_batch_are_published_once_and_counted_once_without_redis
     for i, r in enumerate(records):
         r["event_time"] = NOW - 60_000 + i
     twice = [r for r in records for _ in range(2)]  # every decision sent twice, back to back
-    engine = Engine(without_redis(engine_settings), config(budget=5))
+    engine = build_engine(without_redis(engine_settings), config(budget=5))
     assert not engine.store.available
     engine.process([message(r, (i // 2) % 2, i) for i, r in enumerate(twice)], now_ms=NOW)  # copies: same partition
     engine.tick(now_ms=NOW + 10**6)  # idle: every window closes
@@ -196,7 +197,7 @@ def test_decision_labels_are_compared_without_case_and_unknown_ones_counted(engi
     labels = ["DECLINE", "Review", "APPROVE", "maybe", "maybe", "Maybe"] * 5
     shouty = [{**r, "decision": label, "priority": False, "score": 0.0, "threshold": 0.5}
               for r, label in zip(records, labels)]
-    engine = Engine(engine_settings, config())
+    engine = build_engine(engine_settings, config())
     with caplog.at_level(logging.WARNING, logger="whystream.labels"):
         engine.process([message(r, 0, i) for i, r in enumerate(shouty)])
     engine.close()
@@ -218,7 +219,7 @@ def test_strata_beyond_the_cap_pool_as_other_and_weights_still_add_up(engine_set
         r.update(decision="approve", priority=False, score=0.0, threshold=0.5, event_time=NOW - 60_000 + i,
                  segment={"channel": f"id-{i}"})  # a producer that puts an id into the stratum
         candidates.append(r)
-    engine = Engine(engine_settings, config(budget=3, max_strata=4))
+    engine = build_engine(engine_settings, config(budget=3, max_strata=4))
     engine.process([message(r, 0, i) for i, r in enumerate(candidates)], now_ms=NOW)
     engine.tick(now_ms=NOW + 10**6)
     engine.close()
@@ -232,7 +233,7 @@ def test_reservoir_samples_never_take_the_latency_fallback(engine_settings, smal
     records = make_records(small_model, 1500, run_id="lat")
     for i, r in enumerate(records):
         r["event_time"] = NOW - 60_000 + i
-    engine = Engine(engine_settings, EngineConfig(SamplingConfig(new_version_events=0, budget=10),
+    engine = build_engine(engine_settings, EngineConfig(SamplingConfig(new_version_events=0, budget=10),
                                                   latency_budget_ms=0.0))  # every batch is over budget
     engine.process(as_messages(records), now_ms=NOW)
     engine.tick(now_ms=NOW + 10**6)

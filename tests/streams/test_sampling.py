@@ -16,10 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from whystream.errors import WhystreamError
-from whystream.streams.sampling import (
-    ADVERSE, FLAGGED, NEAR_THRESHOLD, NEW_VERSION, ClosedWindow, Reservoirs, Reset, SamplingConfig,
-    priority_reasons,
-)
+from whystream.streams.sampling.reservoirs import ADVERSE, FLAGGED, NEAR_THRESHOLD, NEW_VERSION, ClosedWindow, Reservoirs, Reset, SamplingConfig, priority_reasons
 
 T0 = 1_700_000_000_000 // 10_000 * 10_000  # a window boundary
 STRATA = np.array(["web", "app", "pos", "atm", "phone"], dtype=object)

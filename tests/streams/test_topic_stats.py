@@ -5,10 +5,10 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from whystream.infra.stack import free_port
-from whystream.streams.codec import codec_for
-from whystream.streams.engine import Engine
-from whystream.streams.topic_stats import ReadTimeout, message_count, partition_bounds, read_all, read_to_end
-from whystream.streams.validate import RawMessage
+from whystream.wire.codecs import codec_for
+from whystream.streams.assembly import build_engine
+from whystream.kafka.reader import ReadTimeout, message_count, partition_bounds, read_all, read_to_end
+from whystream.kafka.messages import RawMessage
 
 pytestmark = pytest.mark.integration
 
@@ -51,11 +51,11 @@ def test_a_replay_is_guarded_to_the_end_of_the_last_batch(engine_settings):
     assert producer.flush(10) == 0
     messages = [RawMessage(m.value(), m.key(), m.topic(), m.partition(), m.offset()) for m in delivered]
 
-    first = Engine(engine_settings)
+    first = build_engine(engine_settings)
     first.process(messages)  # dead-lettered, never committed: then the worker dies
     first.close()
     group = Consumer(engine_settings.kafka(**{"group.id": f"{engine_settings.topic_prefix}whystream-worker"}))
-    second = Engine(engine_settings)
+    second = build_engine(engine_settings)
     second.guard(group, [0, 1, 2, 3])
     for m in messages:  # the replay, cut into batches of one
         second.process([m])

@@ -1,4 +1,4 @@
-"""whystream.streams.treeshap against shap's TreeExplainer (which, for a LightGBM
+"""whystream.treeshap against shap's TreeExplainer (which, for a LightGBM
 booster, is LightGBM's own pred_contrib TreeSHAP).  Small models only: the
 suite runs in seconds once numba's cache is warm (~10 s of compilation cold)."""
 
@@ -15,12 +15,8 @@ from hypothesis import strategies as st
 
 shap = pytest.importorskip("shap")
 
-from whystream.streams.treeshap import (  # noqa: E402
-    EXPLAINER_NAME,
-    EXPLAINER_VERSION,
-    TreeShap,
-    UnsupportedModel,
-)
+from whystream.treeshap import EXPLAINER_NAME, EXPLAINER_VERSION, TreeShap
+from whystream.errors import UnsupportedModel
 
 F = 8
 CAT = 0  # categorical feature

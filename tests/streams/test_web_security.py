@@ -20,9 +20,9 @@ import pytest
 from chdb_support import db  # noqa: F401
 from test_worker import Worker, dedup, records_for, send, wait_quiet
 
-from whystream.jobs.analytics import clickhouse as ch
-from whystream.jobs.analytics import explanation_rows
-from whystream.jobs.models.registry import ModelRegistry
+from whystream.jobs.clickhouse.sql import lit, rows
+from whystream.jobs.sink import explanation_rows
+from whystream.models.registry import ModelRegistry
 
 pytestmark = pytest.mark.integration
 TOKEN = "t0k3n-" + uuid.uuid4().hex
@@ -136,12 +136,12 @@ def test_redacted_values_appear_nowhere_but_attributions_stay(engine_settings, s
     assert all(a["value"] is None for a in shown["attributions"] if a["feature"] in shown["redacted_features"])
 
     explanation_rows.insert_explanations(client, published, database)
-    stored = ch.rows(client, f"""
+    stored = rows(client, f"""
         SELECT countIf(v IS NOT NULL) AS leaked, count() AS n, any(r) AS redacted
         FROM (SELECT attributions.value AS vs, attributions.feature AS fs, redacted_features AS r
               FROM {database}.explanations)
         ARRAY JOIN vs AS v, fs AS f
-        WHERE f IN {ch.lit(hidden)}""")[0]
+        WHERE f IN {lit(hidden)}""")[0]
     assert stored["n"] == len(published) * len(hidden) and stored["leaked"] == 0
     assert list(stored["redacted"]) == hidden
 

@@ -18,11 +18,12 @@ import pytest
 import redis
 from confluent_kafka import Producer
 
-from whystream.infra.stack import ensure_topics, free_port
+from whystream.kafka.topics import ensure_topics
+from whystream.infra.stack import free_port
 from whystream.jobs.simulation.generator import TransactionGenerator
 from whystream.jobs.simulation.produce import prediction_events
-from whystream.streams.codec import codec_for
-from whystream.streams.topic_stats import read_all
+from whystream.wire.codecs import codec_for
+from whystream.kafka.reader import read_all
 
 pytestmark = pytest.mark.integration
 BAND = 0.02
@@ -209,12 +210,12 @@ def test_worker_serves_metrics_health_and_on_demand_explanations(engine_settings
 def test_readme_consumer_example_decodes_explanations_with_the_avsc_files_alone(engine_settings, small_model):
     from pathlib import Path
 
-    from whystream.streams.engine import Engine
+    from whystream.streams.assembly import build_engine
 
-    engine = Engine(engine_settings)
+    engine = build_engine(engine_settings)
     records = records_for(small_model, 300, seed=4, run_id="readme")
     codec = codec_for("PredictionEvent")
-    from whystream.streams.validate import RawMessage
+    from whystream.kafka.messages import RawMessage
     engine.process([RawMessage(codec.encode(r), None, "predictions", 0, i) for i, r in enumerate(records)])
     engine.close()
     example = Path(__file__).parents[2] / "examples" / "consume_explanations.py"

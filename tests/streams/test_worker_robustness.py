@@ -14,8 +14,8 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from whystream.infra.stack import free_port
-from whystream.streams.codec import codec_for
-from whystream.streams.topic_stats import read_all
+from whystream.wire.codecs import codec_for
+from whystream.kafka.reader import read_all
 
 from tests.streams.test_robustness import broken_registry  # noqa: F401 (fixture)
 from tests.streams.test_worker import (BAND, Worker, kill_mid_stream, records_for, stream_to_a_live_worker,

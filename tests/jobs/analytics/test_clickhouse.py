@@ -15,12 +15,13 @@ from chdb_support import MINUTE_MS, base_minute, db, stream, synthetic_model, ti
 
 from whystream.config import Settings
 from whystream.errors import ConfigError, WhystreamError
-from whystream.jobs.analytics import clickhouse as ch
-from whystream.jobs.analytics import explanation_rows
-from whystream.jobs.analytics import migrations
-from whystream.jobs.analytics import model_reference
+from whystream.jobs.clickhouse import connection as ch
+from whystream.jobs.clickhouse.sql import rows
+from whystream.jobs.sink import explanation_rows
+from whystream.jobs.clickhouse import migrations
+from whystream.jobs.clickhouse import references as model_reference
 from whystream.jobs.analytics import drift_sql
-from whystream.jobs.analytics.query_port import QueryServer, SinkQueryClient, open_query_client
+from whystream.jobs.clickhouse.query_port import QueryServer, SinkQueryClient, open_query_client
 
 TABLES = {"schema_migrations", "explanations", "model_reference", "attribution_hist", "attribution_hist_mv",
           "attribution_stats", "attribution_stats_mv", "engine_stats", "engine_stats_mv", "drift_alerts",
@@ -42,11 +43,11 @@ def test_migrations_apply_once_in_order(db):
     client, database = db
     assert migrations.migrate(client, database) == []  # connect() applied them all already
     assert migrations.migrate(client, database) == []
-    applied = ch.rows(client, f"SELECT version, name FROM {database}.schema_migrations ORDER BY version")
+    applied = rows(client, f"SELECT version, name FROM {database}.schema_migrations ORDER BY version")
     assert [(r["version"], r["name"]) for r in applied] == [(m.version, m.name) for m in migrations.migrations()]
     versions = [m.version for m in migrations.migrations()]
     assert versions == sorted(set(versions)) and versions[0] == 1  # in order, each once (ranges may leave gaps)
-    tables = {r["name"] for r in ch.rows(client, f"SELECT name FROM system.tables WHERE database = '{database}'")}
+    tables = {r["name"] for r in rows(client, f"SELECT name FROM system.tables WHERE database = '{database}'")}
     assert tables == TABLES
 
 
@@ -54,13 +55,13 @@ def test_every_table_view_and_column_has_a_comment(db):
     """What analysts and auditors read in their SQL client (system.tables / system.columns); a
     table or column added by a later migration must carry its own comment."""
     client, database = db
-    tables = ch.rows(client, f"SELECT name, comment FROM system.tables WHERE database = '{database}'")
-    columns = ch.rows(client, f"SELECT table, name, comment FROM system.columns WHERE database = '{database}'")
+    tables = rows(client, f"SELECT name, comment FROM system.tables WHERE database = '{database}'")
+    columns = rows(client, f"SELECT table, name, comment FROM system.columns WHERE database = '{database}'")
     assert {t["name"] for t in tables} == TABLES and len(columns) > 100
     assert [t["name"] for t in tables if not t["comment"].strip()] == []
     assert [(c["table"], c["name"]) for c in columns if not c["comment"].strip()] == []
     client.command(f"CREATE TABLE {database}.uncommented (x UInt8) ENGINE = MergeTree ORDER BY x")  # the check can fail
-    assert ch.rows(client, f"SELECT comment FROM system.tables WHERE database = '{database}' "
+    assert rows(client, f"SELECT comment FROM system.tables WHERE database = '{database}' "
                            f"AND name = 'uncommented'") == [{"comment": ""}]
 
 
@@ -110,10 +111,10 @@ def test_histograms_equal_numpy_on_the_raw_rows(db):
     explanation_rows.insert_explanations(client, events[:700], database)
     explanation_rows.insert_explanations(client, events[700:], database)
 
-    got = {(r["feature"], r["minute"], r["bin"]): (r["w"], r["n"]) for r in ch.rows(client, f"""
+    got = {(r["feature"], r["minute"], r["bin"]): (r["w"], r["n"]) for r in rows(client, f"""
         SELECT feature, toUnixTimestamp(minute) * 1000 AS minute, bin, sum(weight) AS w, sum(n) AS n
         FROM {database}.attribution_hist GROUP BY feature, minute, bin""")}
-    raw = ch.rows(client, f"""SELECT toUnixTimestamp64Milli(event_time) AS t, inclusion_weight AS w,
+    raw = rows(client, f"""SELECT toUnixTimestamp64Milli(event_time) AS t, inclusion_weight AS w,
                                      attributions.shap AS shap FROM {database}.explanations FINAL""")
     assert len(raw) == len(events)
     shap = np.array([r["shap"] for r in raw])
@@ -144,7 +145,7 @@ def test_the_duplicate_filters_index_holds_every_stored_decision_and_no_answer(d
     explanation_rows.insert_explanations(client, events + [answer], database)
 
     def ids():
-        return sorted(r["prediction_id"] for r in ch.rows(client, f"SELECT prediction_id FROM {database}.explanation_ids"))
+        return sorted(r["prediction_id"] for r in rows(client, f"SELECT prediction_id FROM {database}.explanation_ids"))
     expected = sorted(e["prediction_id"] for e in events)
     assert ids() == expected
     client.command(f"TRUNCATE TABLE {database}.explanation_ids")  # as if the rows predated migration 043
@@ -173,7 +174,7 @@ def test_histograms_bin_attributions_in_any_order(stack, db):
         explanation_rows.insert_explanations(shuffled, moved, shuffled_db)
 
         def hist(c, d):
-            return ch.rows(c, f"SELECT feature, minute, bin, sum(weight) AS w, sum(n) AS n FROM {d}.attribution_hist "
+            return rows(c, f"SELECT feature, minute, bin, sum(weight) AS w, sum(n) AS n FROM {d}.attribution_hist "
                               f"GROUP BY ALL ORDER BY ALL")
         in_order = hist(client, database)
         assert {r["feature"] for r in in_order} == set(model.feature_names)
@@ -221,14 +222,14 @@ def test_register_reference_backfills_earlier_explanations_once(db):
     model = synthetic_model(n_features=3, seed=8)
     events, _ = stream(model, base_minute(), minutes=2, per_minute=800, seed=9)
     explanation_rows.insert_explanations(client, events, database)
-    assert ch.rows(client, f"SELECT count() AS c FROM {database}.attribution_hist")[0]["c"] == 0
+    assert rows(client, f"SELECT count() AS c FROM {database}.attribution_hist")[0]["c"] == 0
     assert model_reference.register_reference(client, model, database) is True
     assert model_reference.register_reference(client, model, database) is False
     more, _ = stream(model, base_minute(), minutes=1, per_minute=800, seed=10, prefix="q")
     explanation_rows.insert_explanations(client, more, database)
-    counts = ch.rows(client, f"SELECT feature, sum(n) AS n FROM {database}.attribution_hist GROUP BY feature")
+    counts = rows(client, f"SELECT feature, sum(n) AS n FROM {database}.attribution_hist GROUP BY feature")
     assert {r["feature"]: r["n"] for r in counts} == {f: len(events) + len(more) for f in model.feature_names}
-    refs = ch.rows(client, f"SELECT count() AS c FROM {database}.model_reference")
+    refs = rows(client, f"SELECT count() AS c FROM {database}.model_reference")
     assert refs[0]["c"] == len(model.feature_names)
 
 
@@ -236,7 +237,7 @@ def test_reference_rows_hold_the_models_reference(db, tmp_path):
     client, database = db
     model = tiny_registered_model(tmp_path)
     model_reference.register_reference(client, model, database)
-    ref = ch.rows(client, f"""SELECT feature, bin_edges, reference_hist, reference_mean_abs_shap
+    ref = rows(client, f"""SELECT feature, bin_edges, reference_hist, reference_mean_abs_shap
                               FROM {database}.model_reference FINAL ORDER BY feature_index""")
     assert [r["feature"] for r in ref] == model.feature_names
     assert np.allclose([r["bin_edges"] for r in ref], model.bin_edges)
@@ -251,7 +252,7 @@ def test_same_token_twice_writes_once_everywhere(db):
     events, _ = stream(model, base_minute(), minutes=1, per_minute=500, seed=12)
     for _ in range(3):
         explanation_rows.insert_explanations(client, events, database, token="batch-1")
-    counts = ch.rows(client, f"""SELECT (SELECT count() FROM {database}.explanations) AS raw,
+    counts = rows(client, f"""SELECT (SELECT count() FROM {database}.explanations) AS raw,
         (SELECT sum(n) FROM {database}.attribution_hist) AS hist,
         (SELECT sum(n) FROM {database}.attribution_stats) AS stats,
         (SELECT sum(n) FROM {database}.engine_stats) AS engine""")[0]
@@ -291,7 +292,7 @@ def test_audit_queries_run(db):
     for name, sql in drift_sql.AUDIT_QUERIES.items():
         assert sql.strip() in readme, f"README's ClickHouse section lacks the query {name!r}"
         sql = sql.replace("whystream.", f"{database}.").replace("the-prediction-id", events[0]["prediction_id"])
-        found = ch.rows(client, sql)
+        found = rows(client, sql)
         if name == "explanation of one decision":
             assert len(found) == 1 and len(found[0]["attributions"]) == 3
         if name == "top features this hour against last week":

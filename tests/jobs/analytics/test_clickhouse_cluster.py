@@ -12,9 +12,10 @@ import pytest
 from chdb_support import db  # noqa: F401
 
 from whystream.errors import ConfigError
-from whystream.jobs.analytics import clickhouse as ch
-from whystream.jobs.analytics import migrations
-from whystream.jobs.analytics import clickhouse_cluster as cc
+from whystream.jobs.clickhouse import connection as ch
+from whystream.jobs.clickhouse.sql import lit, rows
+from whystream.jobs.clickhouse import migrations
+from whystream.jobs.clickhouse import cluster as cc
 from whystream.jobs.analytics import drift_sql
 
 CLUSTER = "analytics"
@@ -32,7 +33,7 @@ def cluster_ddl(database: str = "whystream") -> list[str]:
 
 def parsed(client, statement: str) -> str:
     """The statement as ClickHouse's parser reads it back (one line); raises on a syntax error."""
-    return ch.rows(client, f"SELECT formatQuerySingleLine({ch.lit(statement)}) AS q")[0]["q"]
+    return rows(client, f"SELECT formatQuerySingleLine({lit(statement)}) AS q")[0]["q"]
 
 
 def test_without_a_cluster_the_ddl_is_the_files_own_byte_for_byte():
@@ -51,11 +52,11 @@ def test_every_cluster_statement_parses_and_runs_on_the_cluster(db):  # noqa: F8
     client, _ = db
     statements = [cc.create_database("whystream", CLUSTER)] + cluster_ddl()
     for statement in statements:
-        ch.rows(client, f"EXPLAIN AST {statement}")  # ClickHouse's parser; raises on anything it cannot read
+        rows(client, f"EXPLAIN AST {statement}")  # ClickHouse's parser; raises on anything it cannot read
         # a one-off backfill runs once, through the Distributed tables; everything else on every node
         assert f"ON CLUSTER {CLUSTER}" in parsed(client, statement) or statement.startswith("INSERT INTO"), statement
     with pytest.raises(Exception, match="(?i)syntax"):
-        ch.rows(client, "EXPLAIN AST " + statements[1].replace("ENGINE", "ENGINE ENGINE", 1))  # the check can fail
+        rows(client, "EXPLAIN AST " + statements[1].replace("ENGINE", "ENGINE ENGINE", 1))  # the check can fail
 
 
 def test_sharded_tables_are_replicated_per_shard_behind_distributed_tables(db):  # noqa: F811
@@ -107,12 +108,12 @@ def test_view_arguments_are_literals_for_clickhouse_before_24_6():
 def test_readers_never_write_not_even_the_database(stack, tmp_path):
     database = f"r_{uuid.uuid4().hex[:10]}"
     settings = stack.with_(home=tmp_path)  # no sink.port here: the reader connects itself
-    from whystream.jobs.analytics.query_port import open_query_client
+    from whystream.jobs.clickhouse.query_port import open_query_client
 
     reader = open_query_client(settings, database)
-    assert ch.rows(reader, "SELECT 1 AS one")[0]["one"] == 1  # `whystream sql` works on what is there
+    assert rows(reader, "SELECT 1 AS one")[0]["one"] == 1  # `whystream sql` works on what is there
     probe = ch.connect(settings, "default", migrate_schema=False)
-    assert not ch.rows(probe, f"SELECT count() AS n FROM system.databases WHERE name = '{database}'")[0]["n"]
+    assert not rows(probe, f"SELECT count() AS n FROM system.databases WHERE name = '{database}'")[0]["n"]
     with pytest.raises(ConfigError, match="whystream sink"):
         ch.require_schema(reader, database)  # `drift` and `report`: one line, not a traceback
 

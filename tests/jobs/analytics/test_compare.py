@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from chdb_support import base_minute, db  # noqa: F401
 
-from whystream.jobs.analytics import clickhouse as ch
-from whystream.jobs.analytics import explanation_rows
+from whystream.jobs.clickhouse.sql import rows
+from whystream.jobs.sink import explanation_rows
 from whystream.jobs.analytics.compare import comparison
 
 
@@ -61,17 +61,17 @@ def test_the_old_cached_column_reads_redis_available(db):
     client, database = db
     explanation_rows.insert_explanations(client, [{**explanation("p1", "v1", [1.0, 0, 0], 0.5), "redis_available": False},
                                     explanation("p2", "v1", [1.0, 0, 0], 0.5)], database)
-    got = ch.rows(client, f"SELECT prediction_id, cached, redis_available, role, request_id "
+    got = rows(client, f"SELECT prediction_id, cached, redis_available, role, request_id "
                           f"FROM {database}.explanations ORDER BY prediction_id")
     assert [(r["cached"], r["redis_available"], r["role"], r["request_id"]) for r in got] == [
         (False, False, "CHAMPION", ""), (True, True, "CHAMPION", "")]
     # engine_stats_mv (migration 005) still counts `NOT cached`: now the alias of redis_available
-    [stats] = ch.rows(client, f"SELECT sum(n) AS n, sum(uncached) AS uncached FROM {database}.engine_stats")
+    [stats] = rows(client, f"SELECT sum(n) AS n, sum(uncached) AS uncached FROM {database}.engine_stats")
     assert (stats["n"], stats["uncached"]) == (2, 1)
 
 
 def test_the_report_shows_the_comparison(db):
-    from whystream.jobs.analytics.attribution_report import build_report
+    from whystream.jobs.analytics.report import build_report
 
     client, database = db
     explanation_rows.insert_explanations(client, [explanation("p1", "v1", [2.0, 1.0, -1.0], 0.8),

@@ -8,11 +8,11 @@ from chdb_support import MINUTE_MS, base_minute, db, stream, synthetic_model  # 
 from confluent_kafka import Consumer, TopicPartition
 
 from whystream.config import Settings
-from whystream.jobs.analytics import explanation_rows
-from whystream.jobs.analytics import model_reference
+from whystream.jobs.sink import explanation_rows
+from whystream.jobs.clickhouse import references as model_reference
 from whystream.jobs.analytics import drift_sql
 from whystream.jobs.analytics.drift import DriftMonitor
-from whystream.streams.codec import codec_for
+from whystream.wire.codecs import codec_for
 
 LOCAL = Settings()  # monitors given a client and publish=False need no broker
 DRIFTED = 2  # feature_2's attributions move: x -> x + 2 * scale

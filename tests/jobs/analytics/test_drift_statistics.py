@@ -14,9 +14,9 @@ from chdb_support import (MINUTE_MS, base_minute, db, events_for, population_sha
 from scipy import stats
 
 from whystream.config import Settings
-from whystream.jobs.analytics import clickhouse as ch
-from whystream.jobs.analytics import explanation_rows
-from whystream.jobs.analytics import model_reference
+from whystream.jobs.clickhouse.sql import rows as query_rows
+from whystream.jobs.sink import explanation_rows
+from whystream.jobs.clickhouse import references as model_reference
 from whystream.jobs.analytics import drift_sql
 from whystream.jobs.analytics.drift import DriftMonitor, drift_window
 
@@ -214,7 +214,7 @@ def test_non_finite_values_never_enter_the_aggregates(db):
     events[3]["inclusion_weight"] = float("inf")
     events[4]["inclusion_weight"] = 0.0
     explanation_rows.insert_explanations(client, events, database)
-    bad = ch.rows(client, f"""
+    bad = query_rows(client, f"""
         SELECT (SELECT count() FROM {database}.attribution_stats
                 WHERE NOT (isFinite(weight) AND isFinite(weight_sq) AND isFinite(sum_shap)
                            AND isFinite(sum_abs_shap) AND isFinite(sum_sq_shap))) AS stats,

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from chdb_support import MINUTE_MS, base_minute, db  # noqa: F401
 
-from whystream.jobs.analytics import clickhouse as ch
-from whystream.jobs.analytics import explanation_rows
-from whystream.jobs.analytics import model_reference
+from whystream.jobs.clickhouse.sql import rows as query_rows
+from whystream.jobs.sink import explanation_rows
+from whystream.jobs.clickhouse import references as model_reference
 from whystream.jobs.analytics import input_drift
-from whystream.jobs.models import input_reference
-from whystream.jobs.models.registry import ModelRegistry
+from whystream.models import input_reference
+from whystream.models.registry import ModelRegistry
 
 F = 4
 MISSING_X2 = 0.2  # share of rows where x2 is missing
@@ -108,7 +108,7 @@ def test_histograms_and_rates_equal_numpy_on_the_weighted_rows(db, model):
     X = np.concatenate([p[0] for p in parts])
     w = np.concatenate([p[1] for p in parts])
     minutes = np.array([e["event_time"] for e in stream]) // MINUTE_MS * MINUTE_MS
-    got = {(r["feature"], r["minute"], r["missing"], r["bin"]): (r["w"], r["n"]) for r in ch.rows(client, f"""
+    got = {(r["feature"], r["minute"], r["missing"], r["bin"]): (r["w"], r["n"]) for r in query_rows(client, f"""
         SELECT feature, toUnixTimestamp(minute) * 1000 AS minute, missing, bin, sum(weight) AS w, sum(n) AS n
         FROM {database}.input_hist GROUP BY feature, minute, missing, bin""")}
     expected = {}
@@ -191,7 +191,7 @@ def test_the_same_token_counts_once_in_the_input_views(db, model):
     _, stream, _ = weighted_stream(model, np.random.default_rng(11), minutes=1, per_minute=400)
     for _ in range(3):
         explanation_rows.insert_explanations(client, stream, database, token="input-batch-1")
-    counts = ch.rows(client, f"""SELECT
+    counts = query_rows(client, f"""SELECT
         (SELECT sum(n) FROM {database}.input_hist) AS inputs,
         (SELECT sum(n) FROM {database}.decision_stats) AS decisions,
         (SELECT sum(n) FROM {database}.score_hist) AS scores""")[0]
@@ -202,10 +202,10 @@ def test_explanations_before_the_reference_are_binned_once(db, model):
     client, database = db
     _, stream, _ = weighted_stream(model, np.random.default_rng(12), minutes=1, per_minute=300)
     explanation_rows.insert_explanations(client, stream, database)
-    assert ch.rows(client, f"SELECT count() AS c FROM {database}.input_hist")[0]["c"] == 0
+    assert query_rows(client, f"SELECT count() AS c FROM {database}.input_hist")[0]["c"] == 0
     assert input_reference.register_input_reference(client, model, database) is True
     assert input_reference.register_input_reference(client, model, database) is False
-    counts = ch.rows(client, f"""SELECT (SELECT sum(n) FROM {database}.input_hist) AS inputs,
+    counts = query_rows(client, f"""SELECT (SELECT sum(n) FROM {database}.input_hist) AS inputs,
                                         (SELECT sum(n) FROM {database}.score_hist) AS scores""")[0]
     assert len(stream) > 50
     assert counts == {"inputs": 3 * len(stream), "scores": len(stream)}
@@ -300,8 +300,8 @@ def test_non_finite_or_non_positive_weights_never_enter_the_input_aggregates(db,
     weird = [dict(stream[i], prediction_id=f"weird-{i}", inclusion_weight=w)
              for i, w in enumerate([float("nan"), float("inf"), -float("inf"), 0.0, -2.0])]
     explanation_rows.insert_explanations(client, stream + weird, database)
-    assert ch.rows(client, f"SELECT count() AS c FROM {database}.explanations")[0]["c"] == len(stream) + 5
-    sums = ch.rows(client, f"""SELECT
+    assert query_rows(client, f"SELECT count() AS c FROM {database}.explanations")[0]["c"] == len(stream) + 5
+    sums = query_rows(client, f"""SELECT
         (SELECT sum(n) FROM {database}.input_hist) AS inputs, (SELECT sum(weight) FROM {database}.input_hist) AS w,
         (SELECT sum(n) FROM {database}.decision_stats) AS decisions,
         (SELECT sum(weight) FROM {database}.decision_stats) AS dw,

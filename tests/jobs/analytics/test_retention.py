@@ -10,17 +10,17 @@ import pytest
 from chdb_support import db, events_for, synthetic_model  # noqa: F401
 
 from whystream.errors import ConfigError
-from whystream.jobs.analytics import clickhouse as ch
-from whystream.jobs.analytics import explanation_rows
-from whystream.jobs.analytics import model_reference
-from whystream.jobs.analytics.retention import AGGREGATES, PRIORITY_VAR, SAMPLED_VAR, Retention
+from whystream.jobs.clickhouse.sql import lit, rows as query_rows
+from whystream.jobs.sink import explanation_rows
+from whystream.jobs.clickhouse import references as model_reference
+from whystream.jobs.clickhouse.retention import AGGREGATES, PRIORITY_VAR, SAMPLED_VAR, Retention
 
 DAY_MS = 86_400_000
 
 
 def table_sql(client, database) -> dict[str, str]:
-    return {r["name"]: r["q"] for r in ch.rows(
-        client, f"SELECT name, create_table_query AS q FROM system.tables WHERE database = {ch.lit(database)}")}
+    return {r["name"]: r["q"] for r in query_rows(
+        client, f"SELECT name, create_table_query AS q FROM system.tables WHERE database = {lit(database)}")}
 
 
 def test_migrated_tables_carry_the_compliance_defaults(db):
@@ -67,7 +67,7 @@ def test_sampled_rows_expire_before_priority_rows(db):
     for table in ("explanations", "explanation_ids", *AGGREGATES):
         client.command(f"OPTIMIZE TABLE {database}.{table} FINAL")
     for table in ("explanations", "explanation_ids"):  # the duplicate filter forgets what the table forgot
-        left = sorted(r["prediction_id"] for r in ch.rows(client, f"SELECT prediction_id FROM {database}.{table}"))
+        left = sorted(r["prediction_id"] for r in query_rows(client, f"SELECT prediction_id FROM {database}.{table}"))
         assert left == ["priority-100-0", "sampled-1-0"], table
     # aggregates keep 90 days: only the recent minute is still counted
-    assert ch.rows(client, f"SELECT sum(n) AS n FROM {database}.engine_stats")[0]["n"] == 1
+    assert query_rows(client, f"SELECT sum(n) AS n FROM {database}.engine_stats")[0]["n"] == 1

@@ -14,13 +14,14 @@ from clickhouse_connect.driver.exceptions import OperationalError
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from whystream.errors import ConfigError
-from whystream.jobs.analytics import clickhouse as ch
-from whystream.jobs.analytics import model_reference
-from whystream.jobs.analytics.query_port import SinkQueryClient, open_query_client
-from whystream.jobs.analytics.sink import Sink, SinkStopped
-from whystream.jobs.analytics.sink_consumer import run_sink
-from whystream.streams.codec import codec_for
-from whystream.streams.validate import RawMessage
+from whystream.jobs.clickhouse import connection as ch
+from whystream.jobs.clickhouse.sql import rows
+from whystream.jobs.clickhouse import references as model_reference
+from whystream.jobs.clickhouse.query_port import SinkQueryClient, open_query_client
+from whystream.jobs.sink.sink import Sink, SinkStopped
+from whystream.jobs.sink.consumer import run_sink
+from whystream.wire.codecs import codec_for
+from whystream.kafka.messages import RawMessage
 
 
 class Outage:
@@ -75,7 +76,7 @@ class _Client:
 
 
 def counts(client, database) -> dict:
-    return ch.rows(client, f"""SELECT
+    return rows(client, f"""SELECT
         (SELECT count() FROM {database}.explanations) AS raw,
         (SELECT uniqExact(prediction_id) FROM {database}.explanations) AS ids,
         (SELECT sum(n) FROM {database}.attribution_hist) AS hist,
@@ -289,7 +290,7 @@ def test_whystream_sink_command_serves_queries_while_it_owns_chdb(fresh_topics, 
         assert isinstance(reader, SinkQueryClient)
 
         def written():
-            return ch.rows(reader, "SELECT count() AS c FROM explanations")[0]["c"]
+            return rows(reader, "SELECT count() AS c FROM explanations")[0]["c"]
 
         wait_for(lambda: written() == len(events), 60, "the rows")
         done = subprocess.run([cli, "sql", "SELECT sampling_reason, count() AS n FROM explanations GROUP BY 1"],

@@ -14,12 +14,14 @@ from chdb_support import base_minute, db, stream, synthetic_model  # noqa: F401
 from confluent_kafka import Consumer, Producer, TopicPartition
 from test_sink import raw_messages, wait_for
 
-from whystream.jobs.analytics import clickhouse as ch
-from whystream.jobs.analytics import model_reference
-from whystream.jobs.analytics.explanation_rows import insert_explanations
-from whystream.jobs.analytics.sink import Sink
-from whystream.jobs.analytics.sink_consumer import run_sink
-from whystream.streams.codec import codec_for
+from whystream.jobs.clickhouse import connection as ch
+
+from whystream.jobs.clickhouse.sql import lit, rows as query_rows
+from whystream.jobs.clickhouse import references as model_reference
+from whystream.jobs.sink.explanation_rows import insert_explanations
+from whystream.jobs.sink.sink import Sink
+from whystream.jobs.sink.consumer import run_sink
+from whystream.wire.codecs import codec_for
 
 CODEC = codec_for("ExplanationEvent", None, "explanations")
 FOUR = ("attribution_hist", "attribution_stats", "engine_stats", "decision_stats")
@@ -42,15 +44,15 @@ def sampled_stream(seed: int):
 
 def aggregates(client, database: str) -> dict[str, tuple[int, float]]:
     """(Σ n, Σ weight) of every table that has both: the aggregates the views fill."""
-    tables = [r["table"] for r in ch.rows(client, f"""
-        SELECT table FROM system.columns WHERE database = {ch.lit(database)} AND name IN ('n', 'weight')
+    tables = [r["table"] for r in query_rows(client, f"""
+        SELECT table FROM system.columns WHERE database = {lit(database)} AND name IN ('n', 'weight')
         GROUP BY table HAVING count() = 2 ORDER BY table""")]
-    return {t: tuple(ch.rows(client, f"SELECT toUInt64(sum(n)) AS n, sum(weight) AS w FROM {database}.{t}")[0].values())
+    return {t: tuple(query_rows(client, f"SELECT toUInt64(sum(n)) AS n, sum(weight) AS w FROM {database}.{t}")[0].values())
             for t in tables}
 
 
 def stored_answers(client, database: str) -> int:
-    return ch.rows(client, f"SELECT count() AS n FROM {database}.explanations "
+    return query_rows(client, f"SELECT count() AS n FROM {database}.explanations "
                            f"WHERE request_id != '' OR sampling_reason = 'ON_DEMAND'")[0]["n"]
 
 
@@ -87,7 +89,7 @@ def test_answers_never_shadow_the_stream_and_stay_out_of_every_aggregate(stack, 
     assert "21 explain answers skipped" in sink.stats.line()
 
     assert stored_answers(client, database) == 0
-    stored = {r["id"]: (r["reason"], r["w"]) for r in ch.rows(client, f"""
+    stored = {r["id"]: (r["reason"], r["w"]) for r in query_rows(client, f"""
         SELECT prediction_id AS id, sampling_reason AS reason, inclusion_weight AS w FROM {database}.explanations""")}
     assert len(stored) == len(events)  # one row each: no answer collapsed into a real row
     assert {stored[e["prediction_id"]] for e in reservoir} == {("RESERVOIR", 12.5)}
@@ -102,7 +104,7 @@ def test_answers_never_shadow_the_stream_and_stay_out_of_every_aggregate(stack, 
     for table in expected:
         assert mine[table][0] == expected[table][0], table
         assert mine[table][1] == pytest.approx(expected[table][1], rel=1e-12), table
-    assert ch.rows(client, f"SELECT count() AS n FROM {database}.engine_stats "
+    assert query_rows(client, f"SELECT count() AS n FROM {database}.engine_stats "
                            f"WHERE sampling_reason = 'ON_DEMAND'")[0]["n"] == 0
 
 
@@ -116,8 +118,8 @@ def test_an_answer_an_older_sink_stored_does_not_make_the_real_explanation_a_dup
 
     sink = Sink(stack, database)
     assert sink.process(raw_messages(CODEC, [real])) == 1 and sink.stats.duplicates == 0
-    rows = ch.rows(client, f"SELECT request_id AS r, inclusion_weight AS w FROM {database}.explanations "
-                           f"WHERE prediction_id = {ch.lit(real['prediction_id'])} ORDER BY r")
+    rows = query_rows(client, f"SELECT request_id AS r, inclusion_weight AS w FROM {database}.explanations "
+                           f"WHERE prediction_id = {lit(real['prediction_id'])} ORDER BY r")
     assert rows == [{"r": "", "w": 12.5}, {"r": "stored-by-an-older-sink", "w": 1.0}]
     # the real one is what duplicates are found against now
     assert sink.process(raw_messages(CODEC, [real], first_offset=500)) == 0 and sink.stats.duplicates == 1

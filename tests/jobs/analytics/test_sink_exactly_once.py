@@ -14,17 +14,19 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from test_sink import counts, produce, raw_messages, wait_for
 
-from whystream.jobs.analytics import clickhouse as ch
-from whystream.jobs.analytics import explanation_rows
-from whystream.jobs.analytics import model_reference
-from whystream.jobs.analytics.sink import Sink
-from whystream.jobs.analytics.sink_consumer import run_sink
-from whystream.jobs.analytics.sink_ledger import BLOCK
-from whystream.jobs.analytics.sink_pipeline import SinkPipeline
-from whystream.jobs.analytics.sink_columns import INSERT_COLUMNS, encode_rows
-from whystream.jobs.analytics.sink_rows import decode_messages, rows_of
-from whystream.streams.codec import codec_for
-from whystream.streams.validate import RawMessage
+from whystream.jobs.clickhouse import connection as ch
+
+from whystream.jobs.clickhouse.sql import lit, rows as query_rows
+from whystream.jobs.sink import explanation_rows
+from whystream.jobs.clickhouse import references as model_reference
+from whystream.jobs.sink.sink import Sink
+from whystream.jobs.sink.consumer import run_sink
+from whystream.jobs.sink.ledger import BLOCK
+from whystream.jobs.sink.pipeline import SinkPipeline
+from whystream.jobs.sink.columns import INSERT_COLUMNS, encode_rows
+from whystream.jobs.sink.rows import decode_messages, rows_of
+from whystream.wire.codecs import codec_for
+from whystream.kafka.messages import RawMessage
 
 
 def events_with_ids(model, n: int, seed: int, id_length: int) -> list[dict]:
@@ -77,7 +79,7 @@ def test_ids_of_any_length_at_the_default_batch_size(stack, db, id_length):
     assert sink.process(batch) == 5000
     assert sink.process(batch) == 0 and sink.stats.duplicates == 5000  # all found again, ids of that length
     assert counts(client, database) == {"raw": 5000, "ids": 5000, "hist": 15000, "stats": 15000, "engine": 5000}
-    lengths = ch.rows(client, f"SELECT min(length(prediction_id)) AS lo, max(length(prediction_id)) AS hi "
+    lengths = query_rows(client, f"SELECT min(length(prediction_id)) AS lo, max(length(prediction_id)) AS hi "
                               f"FROM {database}.explanations")[0]
     assert lengths == {"lo": id_length, "hi": id_length}
 
@@ -103,8 +105,8 @@ def test_non_finite_and_impossible_rows_are_set_aside_and_never_block(fresh_topi
     assert sink.process(batch) == 0  # set aside again, never stored, never an error
     assert counts(client, database) == {"raw": good, "ids": good, "hist": 3 * good, "stats": 3 * good,
                                         "engine": good}
-    assert not ch.rows(client, f"SELECT prediction_id FROM {database}.explanations WHERE "
-                               f"prediction_id IN {ch.lit([events[i]['prediction_id'] for i in bad])}")
+    assert not query_rows(client, f"SELECT prediction_id FROM {database}.explanations WHERE "
+                               f"prediction_id IN {lit([events[i]['prediction_id'] for i in bad])}")
     assert sink.stats.set_aside == {"NON_FINITE_VALUE": 2 * 5, "BAD_FIELD": 2 * 1, "UNDECODABLE": 2 * 1}
     letters = dead_letters(fresh_topics, 2 * (len(bad) + 1))
     assert sorted(letter["offset"] for letter in letters) == sorted(2 * [*(batch[i].offset for i in bad), 77_777])
@@ -201,7 +203,7 @@ def test_two_sinks_racing_over_offsets_cut_differently_write_once(stack, db):
         t.join(120)
     assert results == {0: 2400, 1: 6000}  # each looked before the other's rows landed: a real race
     assert counts(client, database) == {"raw": 6000, "ids": 6000, "hist": 24000, "stats": 24000, "engine": 6000}
-    weights = ch.rows(client, f"""SELECT
+    weights = query_rows(client, f"""SELECT
         (SELECT sum(inclusion_weight) FROM {database}.explanations) AS raw,
         (SELECT sum(weight) FROM {database}.engine_stats) AS engine""")[0]
     assert weights["raw"] == pytest.approx(weights["engine"], rel=1e-12)
@@ -220,7 +222,7 @@ def test_units_never_span_an_offset_block(stack, db):
     batch = [RawMessage(codec.encode(e), None, "explanations", 0, BLOCK - 600 + i) for i, e in enumerate(events)]
     sink = Sink(stack, database, topic_id=lambda t: "")
     assert sink.process(batch) == len(events)
-    parts = ch.rows(client, f"""SELECT min(kafka_offset) AS lo, max(kafka_offset) AS hi FROM {database}.sink_ledger
+    parts = query_rows(client, f"""SELECT min(kafka_offset) AS lo, max(kafka_offset) AS hi FROM {database}.sink_ledger
                                 GROUP BY intDiv(kafka_offset, {BLOCK}) ORDER BY lo""")
     assert [p["lo"] for p in parts] == [BLOCK - 600, BLOCK] and parts[-1]["hi"] == BLOCK - 600 + len(events) - 1
 
@@ -253,7 +255,7 @@ def test_a_recreated_topic_reusing_offsets_is_stored(fresh_topics, db):
     produce(settings, [(e["prediction_id"].encode(), codec.encode(e)) for e in new], ends)
     sink.topic_id._known.clear()  # as after TOPIC_ID_REFRESH_S
     drain(len(old) + len(new))
-    offsets = ch.rows(client, f"SELECT uniqExact(kafka_topic_id) AS ids, count() AS n, "
+    offsets = query_rows(client, f"SELECT uniqExact(kafka_topic_id) AS ids, count() AS n, "
                               f"uniqExact(kafka_partition, kafka_offset) AS positions FROM {database}.sink_ledger")[0]
     assert offsets["ids"] == 2 and offsets["n"] == len(old) + len(new)
     assert offsets["positions"] < offsets["n"]  # offsets were reused, and both rows are there

@@ -17,10 +17,11 @@ import pytest
 from chdb_support import db  # noqa: F401
 
 from whystream.errors import WhystreamError
-from whystream.jobs.analytics import clickhouse as ch
+from whystream.jobs.clickhouse import connection as ch
+from whystream.jobs.clickhouse.sql import lit, rows
 from whystream.jobs.analytics import drift_sql
-from whystream.jobs.analytics.query_port import QueryServer, SinkQueryClient, open_query_client
-from whystream.jobs.analytics.sql_guard import QueryLimits, ReadOnlyQueries, RefusedQuery, open_read_only_client
+from whystream.jobs.clickhouse.query_port import QueryServer, SinkQueryClient, open_query_client
+from whystream.jobs.clickhouse.guard import QueryLimits, ReadOnlyQueries, RefusedQuery, open_read_only_client
 
 TABLE_FUNCTIONS = ["file('{secret}', 'LineAsString')", "url('http://127.0.0.1:9/x', 'CSV', 'a String')",
                    "s3('http://127.0.0.1:9/bucket/x.csv', 'CSV', 'a String')", "remote('127.0.0.1:9', system.one)",
@@ -65,9 +66,9 @@ STATEMENTS = ["DROP TABLE {db}.drift_alerts", "TRUNCATE TABLE {db}.drift_alerts"
 
 def _state(client, database: str, paths) -> dict:
     """What an attack must not change: the database's tables, a table's rows, files."""
-    return {"tables": sorted(r["name"] for r in ch.rows(client, f"SELECT name FROM system.tables "
-                                                                f"WHERE database = {ch.lit(database)}")),
-            "alerts": ch.rows(client, f"SELECT count() AS n FROM {database}.drift_alerts")[0]["n"],
+    return {"tables": sorted(r["name"] for r in rows(client, f"SELECT name FROM system.tables "
+                                                                f"WHERE database = {lit(database)}")),
+            "alerts": rows(client, f"SELECT count() AS n FROM {database}.drift_alerts")[0]["n"],
             "files": {str(p): p.exists() for p in paths}}
 
 
@@ -238,7 +239,7 @@ def test_query_port_wants_its_token_loopback_and_json(port, target):
         assert isinstance(exc.reason, (BrokenPipeError, ConnectionResetError)), exc
     drop = json.dumps({"sql": f"DROP TABLE {database}.drift_alerts", "database": database}).encode()
     assert _post(port.port, drop, {"Content-Type": "application/json"})[0] == 401
-    assert ch.rows(client, f"SELECT count() AS n FROM {database}.drift_alerts")[0]["n"] == 1
+    assert rows(client, f"SELECT count() AS n FROM {database}.drift_alerts")[0]["n"] == 1
 
 
 def test_readers_find_the_port_and_its_token(port, stack, target, tmp_path):

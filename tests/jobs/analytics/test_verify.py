@@ -15,20 +15,21 @@ from tests.streams.test_engine import make_records, on_the_topic
 from typer.testing import CliRunner
 
 from whystream.cli import app
-from whystream.jobs.analytics import explanation_rows
+from whystream.jobs.sink import explanation_rows
 from whystream.jobs.analytics import verify as v
-from whystream.jobs.models.registry import ModelRegistry
-from whystream.jobs.analytics.sink import Sink
-from whystream.streams.codec import codec_for
-from whystream.streams.engine import Engine, EngineConfig
-from whystream.streams.sampling import SamplingConfig
-from whystream.streams.topic_stats import scan
-from whystream.streams.validate import RawMessage
+from whystream.models.registry import ModelRegistry
+from whystream.jobs.sink.sink import Sink
+from whystream.wire.codecs import codec_for
+from whystream.streams.assembly import build_engine
+from whystream.streams.engine import EngineConfig
+from whystream.streams.sampling.reservoirs import SamplingConfig
+from whystream.kafka.reader import scan
+from whystream.kafka.messages import RawMessage
 
 
 def pipeline(settings, database, records, **engine) -> list[dict]:
     """Records -> `predictions` -> engine -> `explanations` -> sink -> ClickHouse; the explanations."""
-    worker = Engine(settings, EngineConfig(SamplingConfig(new_version_events=0, budget=5), **engine))
+    worker = build_engine(settings, EngineConfig(SamplingConfig(new_version_events=0, budget=5), **engine))
     worker.process(on_the_topic(settings, records))
     worker.close()
     raw = [RawMessage(m.value(), m.key(), m.topic(), m.partition(), m.offset())

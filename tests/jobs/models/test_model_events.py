@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from whystream.errors import WhystreamError
-from whystream.jobs.models.model_events import CHALLENGER, CHAMPION, ModelBook, event_key
-from whystream.jobs.models.registry import ModelRegistry
+from whystream.models.events import CHALLENGER, CHAMPION, ModelBook, event_key
+from whystream.models.registry import ModelRegistry
 
 
 def event(version: str, role: str, promoted: bool = False) -> dict:

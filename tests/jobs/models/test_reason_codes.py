@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from whystream.errors import WhystreamError
-from whystream.jobs.models.reason_codes import MAX_PRINCIPAL_REASONS, load_reason_codes
-from whystream.streams.explanation import principal_reasons, top_reasons, toward_sign
+from whystream.models.reason_codes import MAX_PRINCIPAL_REASONS, load_reason_codes
+from whystream.explanations.records import principal_reasons, top_reasons, toward_sign
 
 FEATURES = ["income", "utilisation", "tenure", "inquiries", "delinquencies", "age_of_file"]
 

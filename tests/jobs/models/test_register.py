@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from whystream.cli import app
 from whystream.errors import WhystreamError
-from whystream.jobs.models.registry import ModelRegistry
+from whystream.models.registry import ModelRegistry
 
 
 def cli(registry, *args) -> tuple[int, str]:
@@ -219,7 +219,7 @@ def test_an_mlflow_model_uri_from_a_real_local_store(files, tmp_path, monkeypatc
 
 @pytest.mark.integration
 def test_register_challenge_and_promote_are_announced_on_models(files, tmp_path, fresh_topics):
-    from whystream.streams.topic_stats import read_all
+    from whystream.kafka.reader import read_all
 
     flags = ["--broker", fresh_topics.broker, "--topic-prefix", fresh_topics.topic_prefix]
     model, ref = str(files["models"]["binary"]), str(files["parquet"])

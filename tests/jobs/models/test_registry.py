@@ -6,7 +6,8 @@ import pytest
 
 from whystream.errors import ModelNotFound
 from whystream.jobs.simulation.generator import CATEGORICAL_FEATURES, FEATURE_NAMES, TransactionGenerator
-from whystream.jobs.models.registry import N_BINS, ModelRegistry, shap_bin_edges, shap_histogram
+from whystream.models.reference import N_BINS, shap_bin_edges, shap_histogram
+from whystream.models.registry import ModelRegistry
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +117,7 @@ def test_an_atom_whose_copies_differ_by_rounding_is_never_split(monkeypatch):
     """One SHAP value shared by many rows comes out of the summation a few ulps apart
     from row to row; an edge between those twins would send part of the atom to
     another bin depending on rounding alone, a false drift (seen: PSI 0.15)."""
-    import whystream.jobs.models.registry as registry
+    import whystream.models.registry as registry
 
     atom = -7.479421716995523e-07
     twin = np.nextafter(np.nextafter(atom, 1.0), 1.0)
@@ -136,7 +137,7 @@ def test_an_atom_whose_copies_differ_by_rounding_is_never_split(monkeypatch):
 def test_an_early_stopped_booster_is_registered_as_it_predicts(tmp_path, data):
     """The registry keeps the trees up to the best iteration, so explanations add up to
     the score the model gave, not to the score of trees that predict() ignores."""
-    from whystream.streams.treeshap import TreeShap
+    from whystream.treeshap import TreeShap
 
     train, valid = data
     params = {"objective": "binary", "num_leaves": 15, "verbose": -1, "learning_rate": 0.5, "num_threads": 1}

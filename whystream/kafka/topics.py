@@ -1,0 +1,58 @@
+"""whystream's topics on the broker: their layout, and creating the missing ones.
+
+Every topic has the configured prefix in front (`Settings.topic`). Most get the
+default partitions; TOPIC_LAYOUT names the others. `models` is the control
+plane's log of model versions: compacted (the last event per version stays), and
+one partition, so every worker reads it in the order it was written.
+`sampling-checkpoints` (workers only, streams/checkpointing/): one partition, so a
+replay reads one short stretch of it.
+"""
+
+from __future__ import annotations
+
+from confluent_kafka.admin import NewTopic
+
+from whystream.config import TOPICS, Settings
+from whystream.errors import ConfigError, WhystreamError
+from whystream.kafka.clients import admin, check_broker
+
+# (partitions, topic configs) of the topics not created with the default partitions
+TOPIC_LAYOUT = {"models": (1, {"cleanup.policy": "compact"}), "sampling-checkpoints": (1, {})}
+
+
+def ensure_topics(settings: Settings, partitions: int = 4, timeout: float = 8.0) -> None:
+    """Create whystream's topics if they are missing (idempotent)."""
+    # Fails fast, in one line, on an unreachable broker, a wrong CA or a refused login.
+    existing = set(check_broker(settings.kafka_config, settings.require("broker"), timeout).topics)
+    wanted = [t for t in TOPICS if settings.topic(t) not in existing]
+    if not wanted:
+        return
+    layout = {t: TOPIC_LAYOUT.get(t, (partitions, {})) for t in wanted}
+    try:
+        _create(admin(settings, log_level=0), [NewTopic(settings.topic(t), num_partitions=layout[t][0],
+                                                        replication_factor=1, config=layout[t][1]) for t in wanted],
+                timeout)
+    except TopicNotCreated as exc:
+        raise ConfigError("WHYSTREAM_BROKER", str(exc)) from None
+
+
+def ensure_topic(settings: Settings, topic: str, timeout: float) -> None:
+    """Create one topic of one partition (a full name, prefix included) if it is missing."""
+    client = admin(settings)
+    if topic not in client.list_topics(timeout=timeout).topics:
+        _create(client, [NewTopic(topic, num_partitions=1, replication_factor=1)], timeout)
+
+
+class TopicNotCreated(WhystreamError):
+    def __init__(self, topic: str, exc: BaseException):
+        super().__init__(f"cannot create topic {topic}: {exc}")
+
+
+def _create(client, topics: list[NewTopic], timeout: float) -> None:
+    """Create `topics`; one created meanwhile by someone else is no error."""
+    for name, future in client.create_topics(topics).items():
+        try:
+            future.result(timeout)
+        except Exception as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise TopicNotCreated(name, exc) from None

@@ -1,0 +1,84 @@
+"""What a LightGBM model's raw score means, read from its text (`model.txt`).
+
+Every objective with tree output is explained the same way, on the raw score:
+TreeSHAP attributions add up to it (base_value + sum(shap) == raw_score).
+What differs is the space that raw score lives in, which the ExplanationEvent
+names in `output_space`, and how a producer's score relates to it:
+
+| objective (model.txt `objective=`)                   | output_space    | prediction from raw r        |
+|------------------------------------------------------|-----------------|------------------------------|
+| binary, cross_entropy (xentropy)                     | `raw_margin`    | sigmoid: log-odds            |
+| multiclassova (one tree per class and iteration)     | `raw_margin`    | sigmoid of the class's r     |
+| multiclass (one tree per class and iteration)        | `softmax_logit` | softmax over the classes' r  |
+| regression (l2), regression_l1, huber, fair,         | `identity`      | r                            |
+|   quantile, mape                                     |                 |                              |
+| poisson, gamma, tweedie                              | `log_link`      | exp(r)                       |
+| cross_entropy_lambda (xentlambda)                    | `softplus_link` | log(1 + exp(r))              |
+| lambdarank, rank_xendcg, a custom objective          | `raw_score`     | r                            |
+
+Multi-output models (multiclass, multiclassova) have num_tree_per_iteration
+K > 1: tree i belongs to class i % K (LightGBM's GBDT layout), and one event is
+explained for one class (streams/treeshap.py, class_index).
+
+Not explainable exactly, refused at registration (and dead-lettered at serve
+time should such a version reach the registry by other means): linear trees
+(`linear_tree`: leaves hold linear models, not constants) and random forests
+(`boosting=rf`, `average_output`: the raw score is a mean over trees, which the
+kernel does not divide by).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from whystream.errors import UnsupportedModel
+
+_SPACES = {
+    "binary": "raw_margin", "cross_entropy": "raw_margin", "multiclassova": "raw_margin",
+    "multiclass": "softmax_logit",
+    "regression": "identity", "regression_l1": "identity", "huber": "identity", "fair": "identity",
+    "quantile": "identity", "mape": "identity",
+    "poisson": "log_link", "gamma": "log_link", "tweedie": "log_link",
+    "cross_entropy_lambda": "softplus_link",
+    "lambdarank": "raw_score", "rank_xendcg": "raw_score", "custom": "raw_score",
+}
+PROBABILITY = frozenset({"binary", "cross_entropy", "multiclass", "multiclassova"})  # scores in [0, 1]
+OUTPUT_SPACES = frozenset(_SPACES.values())
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """What the raw score of a LightGBM model is, from its text."""
+
+    objective: str  # LightGBM's objective name; "custom" when the model text names none
+    n_outputs: int  # raw scores per row: num_tree_per_iteration (K classes, or 1)
+    output_space: str
+
+    @property
+    def multiclass(self) -> bool:
+        return self.n_outputs > 1
+
+    @property
+    def probability(self) -> bool:
+        """Whether the producer's score is a probability (a threshold band is absolute then)."""
+        return self.objective in PROBABILITY
+
+
+def model_kind(model_str: str) -> ModelKind:
+    """The ModelKind of `model_str` (booster.model_to_string()); UnsupportedModel, with
+    one line saying why, for what the kernel cannot explain exactly."""
+    head = model_str[:max(model_str.find("\nTree="), 0)] or model_str
+    fields = dict(line.split("=", 1) for line in head.split("\n") if "=" in line)
+    objective = (fields.get("objective") or "custom").split()[0]
+    if objective not in _SPACES:
+        raise UnsupportedModel(f"objective {objective!r} is not one whystream knows how to explain")
+    if re.search(r"^is_linear=1$", model_str, re.MULTILINE) or re.search(r"^\[linear_tree: 1\]$", model_str,
+                                                                         re.MULTILINE):
+        raise UnsupportedModel("linear trees (linear_tree=true): leaves hold linear models, which exact "
+                               "TreeSHAP for constant leaves cannot explain; retrain without linear_tree")
+    if "\naverage_output\n" in head + "\n" or re.search(r"^\[boosting: rf\]$", model_str, re.MULTILINE):
+        raise UnsupportedModel("random forest (boosting=rf, average_output): the raw score is a mean over "
+                               "trees, not a sum; retrain with boosting=gbdt")
+    n_outputs = int(fields.get("num_tree_per_iteration", 1))
+    return ModelKind(objective, n_outputs, _SPACES[objective])

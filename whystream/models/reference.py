@@ -1,0 +1,108 @@
+"""A model version's SHAP reference, computed once at registration: the SHAP values of
+held-out rows, the drift-histogram bin edges near their deciles, the reference
+histogram, the unit of the near-threshold band, and the kernel's self-check against
+LightGBM (raw scores and additivity) that every version passes before it is stored."""
+
+from __future__ import annotations
+
+import lightgbm as lgb
+import numpy as np
+
+from whystream.errors import UnsupportedModel
+from whystream.models.objectives import ModelKind
+from whystream.treeshap import TreeShap
+
+
+N_BINS = 10  # drift-histogram bins per feature
+
+
+ATOM_TOLERANCE = 1e-9  # SHAP values this close (relative to the feature's scale) are one value for binning
+
+
+SELF_CHECK_ROWS = 500  # reference rows on which the kernel is checked against LightGBM at registration
+
+
+SELF_CHECK_TOLERANCE = 1e-6
+
+
+def shap_bin_edges(shap: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
+    """Per-feature bin edges [F, n_bins+1] near the deciles of `shap` [m, F].
+
+    Each inner edge lies halfway between two distinct reference values, never
+    on one: many features have a few SHAP values shared by most rows (binary
+    inputs, features the model barely uses), and an edge sitting on such an atom
+    would move the whole atom across it at the slightest change, a false drift.
+    Values closer than ATOM_TOLERANCE (relative to the feature's largest |SHAP|)
+    count as one: the same atom comes out of the summation a few ulps apart
+    from row to row (measured: 294 and 12 rows of one atom 2.5e-21 apart), and
+    an edge between such twins splits the atom as surely as one on it (it made
+    PSI 0.15 for a binary feature in a drift-free stream).
+    Features with fewer distinct gaps than bins get the spare edges above their
+    range (bins empty in the reference). The outer edges are -inf and +inf.
+    """
+    n_features = shap.shape[1]
+    edges = np.empty((n_features, n_bins + 1))
+    deciles = np.linspace(0, 1, n_bins + 1)[1:-1]
+    for j in range(n_features):
+        values = np.unique(shap[:, j])
+        tolerance = max(ATOM_TOLERANCE * float(np.max(np.abs(values))), np.finfo(float).tiny)
+        starts = np.flatnonzero(np.diff(values) > tolerance) + 1  # where a new atom (or value) begins
+        lows, highs = values[np.r_[0, starts]], values[np.r_[starts - 1, len(values) - 1]]
+        above = np.searchsorted(lows, np.quantile(shap[:, j], deciles), side="right")
+        above = above[(above > 0) & (above < len(lows))]
+        inner = np.unique((highs[above - 1] + lows[above]) / 2)
+        top = values[-1]
+        step = max(abs(top), 1.0) * 1e-6
+        spare = top + step * np.arange(1, n_bins - len(inner))
+        edges[j] = np.concatenate([[-np.inf], inner, spare, [np.inf]])
+    return edges
+
+
+def shap_histogram(shap: np.ndarray, bin_edges: np.ndarray) -> np.ndarray:
+    """Counts [F, B] of SHAP values [m, F] per bin; bin k is [edge k, edge k+1)."""
+    n_features, n_bins = bin_edges.shape[0], bin_edges.shape[1] - 1
+    counts = np.empty((n_features, n_bins), dtype=np.int64)
+    for j in range(n_features):
+        bins = np.searchsorted(bin_edges[j], shap[:, j], side="right") - 1
+        counts[j] = np.bincount(bins, minlength=n_bins)
+    return counts
+
+
+def check_kernel(booster: lgb.Booster, kind: ModelKind, X: np.ndarray) -> None:
+    """Build the kernel of every output and check it against LightGBM on rows X: raw
+    scores equal, SHAP values add up to them. UnsupportedModel if not."""
+    raw = np.asarray(booster.predict(X, raw_score=True)).reshape(len(X), kind.n_outputs)
+    for k in range(kind.n_outputs):
+        kernel = TreeShap(booster, class_index=k if kind.multiclass else None)
+        ours = kernel.raw_score(X)
+        scale = np.maximum(1.0, np.abs(raw[:, k]))
+        worst = float(np.max(np.abs(ours - raw[:, k]) / scale, initial=0.0))
+        if not worst <= SELF_CHECK_TOLERANCE:
+            raise UnsupportedModel(f"the TreeSHAP kernel's raw score differs from LightGBM's by {worst:.3g} "
+                                   f"(output {k}); this model cannot be explained exactly")
+        additive = kernel.shap_values(X).sum(axis=1) + kernel.expected_value
+        worst = float(np.max(np.abs(additive - raw[:, k]) / scale, initial=0.0))
+        if not worst <= SELF_CHECK_TOLERANCE:
+            raise UnsupportedModel(f"TreeSHAP attributions miss the raw score by {worst:.3g} (output {k}); "
+                                   "this model cannot be explained exactly")
+
+
+def reference_shap(booster: lgb.Booster, kind: ModelKind, X: np.ndarray) -> np.ndarray:
+    """SHAP values [m, F] of rows X; of a multiclass model, each row's highest-scoring class
+    (what an event without decision_class is explained for)."""
+    F = booster.num_feature()
+    contrib = np.asarray(booster.predict(X, pred_contrib=True))
+    if not kind.multiclass:
+        return contrib[:, :-1]
+    contrib = contrib.reshape(len(X), kind.n_outputs, F + 1)
+    top = np.argmax(np.asarray(booster.predict(X, raw_score=True)).reshape(len(X), kind.n_outputs), axis=1)
+    return contrib[np.arange(len(X)), top, :-1]
+
+
+def score_scale(booster: lgb.Booster, kind: ModelKind, X: np.ndarray) -> float:
+    """Unit of the near-threshold band: 1 for probabilities, else the interquartile range of
+    the reference rows' predictions (so a band of 0.02 means 2% of the typical spread)."""
+    if kind.probability:
+        return 1.0
+    q1, q3 = np.quantile(np.asarray(booster.predict(X)).ravel(), [0.25, 0.75])
+    return float(q3 - q1) if q3 > q1 else 1.0
