@@ -17,6 +17,7 @@ the class (`cache_keys`). Single-output models take the path they always took.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -25,7 +26,6 @@ import numpy as np
 
 from whystream.models.registry import RegisteredModel
 from whystream.models.explainer import ModelExplainer
-from whystream.streams.store import feature_hash
 
 log = logging.getLogger("whystream.attribution")
 CHUNK = 512  # rows per live computation; the latency budget is checked between chunks
@@ -60,6 +60,19 @@ def _unpack(payload: bytes, n_features: int) -> tuple[np.ndarray, float] | None:
 def cache_keys(explainer: ModelExplainer, X: np.ndarray, classes: np.ndarray) -> list[bytes]:
     """Shared-cache keys of rows X: the feature vector, and for multiclass models the class."""
     return feature_hash(X if explainer.n_outputs == 1 else np.column_stack([X, classes]))
+
+
+def feature_hash(rows: np.ndarray) -> list[bytes]:
+    """A stable 16-byte blake2b digest per float64 row of a 2-D array. Every NaN
+    hashes alike, and -0.0 like 0.0, so equal feature vectors share a key."""
+    X = np.asarray(rows, dtype=np.float64)
+    if X.ndim != 2:
+        raise ValueError(f"feature_hash expects a 2-D array of rows, got shape {X.shape}")
+    X = np.where(np.isnan(X), np.nan, X) + 0.0  # canonical NaN; -0.0 + 0.0 == +0.0
+    data = np.ascontiguousarray(X, dtype="<f8")
+    view, width = memoryview(data.tobytes()), data.shape[1] * 8
+    blake2b = hashlib.blake2b
+    return [blake2b(view[i * width:(i + 1) * width], digest_size=16).digest() for i in range(data.shape[0])]
 
 
 class Attributor:

@@ -65,7 +65,9 @@ from whystream.streams.labels import DecisionLabels
 from whystream.streams.metrics import Metrics
 from whystream.streams.on_demand import OnDemand
 from whystream.streams.quarantine import Quarantine
-from whystream.streams.sampling.reservoirs import NEW_VERSION, RESERVOIR, Reservoirs, SamplingConfig, priority_reasons
+from whystream.streams.sampling.priority import NEW_VERSION, RESERVOIR, priority_reasons
+from whystream.streams.sampling.reservoirs import Reservoirs
+from whystream.streams.sampling.config import SamplingConfig
 from whystream.streams.store import RedisStore
 from whystream.streams.validation import ModelBatch, Validator
 from whystream.treeshap import EXPLAINER_NAME, EXPLAINER_VERSION

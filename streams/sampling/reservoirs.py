@@ -1,9 +1,5 @@
-"""Which decisions to explain: every priority one, and a weighted random sample
-of the rest (docs/design.md, The data plane).
-
-Priority events (always explained, inclusion weight 1) are picked by
-`priority_reasons`, vectorised over a batch. Everything else is a *candidate*
-and goes to `Reservoirs`.
+"""Reservoirs: a weighted random sample of the candidates (the decisions that are not
+priority, streams/sampling/priority.py), per partition, model version, stratum and window.
 
 Reservoirs: deterministic bottom-k sampling
 -------------------------------------------
@@ -45,31 +41,15 @@ Windows, per partition
   resets at the same offsets (`resume`) and none of its own until the replay is
   over.
 
-Duplicates: generations and the dedup horizon
----------------------------------------------
-n counts distinct prediction_ids. A *generation* is the stretch of a
-partition's candidates that share a window start between two resets (all the
-windows of one time window, every model version and stratum). Each remembers
-every prediction_id that arrived in it; a candidate counts only if its id is in
-none of the partition's last `dedup_windows` + 1 generations (its own
-included): a decision sent again, even after its window closed or the partition
-reset, is counted once. What a generation remembers depends only on the events
-in it, never on what came before, so a replay that re-reads the generations
-rebuilds the same horizon. A partition that saw no candidate for `forget_idle_ms`
-(wall clock) forgets its horizon (recorded like a reset, `Reset.forget`), so that
-its commit does not wait for the next candidates.
-
-That is why a commit stays at the first offset of the oldest generation in the
-horizon (`hold`), not at the first open window (`frontier`): the successor
-re-reads the horizon's events, and the windows among them that started before
-the recorded frontier were handed over already: it rebuilds them without
-handing them over again (`resume`'s live_from). So a crashed worker's successor
-counts every decision in the same window as the worker did, and its samples are
-those the worker published (which dedup then skips), whatever wall clock and
-batch cuts it meets, provided it is given the same candidates: events the engine
-explains for a reason a replay cannot see alike (a new version's first events,
-counted in Redis) are fed `sampled=False`, so they still place windows and are
-remembered, and only n can differ by them.
+Duplicates are counted once across the partition's last windows (the dedup
+horizon, streams/sampling/horizon.py), and a commit stays at the horizon's start
+(`hold`). So a crashed worker's successor counts every decision in the same
+window as the worker did, and its samples are those the worker published (which
+dedup then skips), whatever wall clock and batch cuts it meets, provided it is
+given the same candidates: events the engine explains for a reason a replay
+cannot see alike (a new version's first events, counted in Redis) are fed
+`sampled=False`, so they still place windows and are remembered, and only n can
+differ by them.
 
 Strata: the first `max_strata` strata of a (partition, model version, window)
 get reservoirs of their own; later ones share the reservoir of stratum OTHER
@@ -84,91 +64,15 @@ second call may see the watermark of events that came after it.
 from __future__ import annotations
 
 import hashlib
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
-from whystream.errors import ConfigError
+from whystream.streams.sampling.config import SamplingConfig
+from whystream.streams.sampling.horizon import Horizon
 
-# Reason codes: the ExplanationEvent SamplingReason symbols.
-ADVERSE = "ADVERSE"
-NEAR_THRESHOLD = "NEAR_THRESHOLD"
-FLAGGED = "FLAGGED"
-NEW_VERSION = "NEW_VERSION"
-RESERVOIR = "RESERVOIR"
 OTHER = "other"  # the stratum of a window's strata beyond max_strata
-
-# Slack on the threshold band so that e.g. score 0.52, threshold 0.50, band 0.02
-# counts as near despite 0.52 - 0.50 being 0.020000000000000018 in binary.
-_BAND_SLACK = 1e-12
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    adverse_decisions: frozenset[str] = frozenset({"decline", "review"})
-    near_threshold_band: float = 0.02  # |score - threshold| <= band -> priority
-    new_version_events: int = 200  # the first N events of a model version never seen before are priority
-    stratum_key: str = "channel"  # segment attribute used as stratum ("" = one stratum)
-    budget: int = 20  # k: reservoir sample size per (partition, model version, stratum, window)
-    window_ms: int = 10_000  # tumbling event-time windows
-    idle_close_ms: int = 5_000  # close windows of a partition when no event arrived for this long (wall clock)
-    max_open_ms: int = 30_000  # ... and when one of its windows has been open for this long (wall clock)
-    max_strata: int = 50  # distinct strata per partition, model version and window; the rest pool as OTHER
-    # Earlier time windows (generations) of a partition a copy of a decision is recognised in. A
-    # commit stays at the oldest one's start: the more, the longer a replay after a crash.
-    dedup_windows: int = 8
-    forget_idle_ms: int = 300_000  # a partition without a candidate this long (wall clock) forgets them all
-    known_decisions: frozenset[str] = frozenset({"approve"})  # labels that are neither adverse nor unknown
-
-    def __post_init__(self):
-        # Labels are compared case-folded (streams/labels.py): `DECLINE` is adverse too.
-        object.__setattr__(self, "adverse_decisions", frozenset(d.casefold() for d in self.adverse_decisions))
-        if self.max_open_ms < 1:
-            raise ConfigError("sampling.max_open_ms", f"must be a positive number of ms, got {self.max_open_ms}")
-        if self.forget_idle_ms < self.idle_close_ms:
-            raise ConfigError("sampling.forget_idle_ms", f"must be at least idle_close_ms ({self.idle_close_ms}), "
-                                                         f"got {self.forget_idle_ms}")
-        if self.dedup_windows < 0:
-            raise ConfigError("sampling.dedup_windows", f"must not be negative, got {self.dedup_windows}")
-        if self.max_strata < 1:
-            raise ConfigError("sampling.max_strata", f"must be at least 1, got {self.max_strata}")
-        if self.budget < 1:
-            raise ConfigError("sampling.budget", f"must be at least 1, got {self.budget}")
-        if self.window_ms < 1:
-            raise ConfigError("sampling.window_ms", f"must be a positive number of ms, got {self.window_ms}")
-        if self.idle_close_ms < 0:
-            raise ConfigError("sampling.idle_close_ms", f"must not be negative, got {self.idle_close_ms}")
-        if not self.near_threshold_band >= 0:
-            raise ConfigError("sampling.near_threshold_band", f"must not be negative, got {self.near_threshold_band}")
-        if self.new_version_events < 0:
-            raise ConfigError("sampling.new_version_events", f"must not be negative, got {self.new_version_events}")
-
-
-def priority_reasons(decision: np.ndarray, score: np.ndarray, threshold: np.ndarray, flagged: np.ndarray,
-                     new_version: np.ndarray, config: SamplingConfig, *, band_scale: float = 1.0,
-                     near: bool = True) -> np.ndarray:
-    """Per event the first matching priority reason, in the order ADVERSE,
-    FLAGGED, NEAR_THRESHOLD, NEW_VERSION; None for a candidate (object array).
-
-    Near threshold means |score - threshold| <= band * band_scale: the scale is 1
-    for models whose scores are probabilities (binary, multiclass: the decision
-    class's probability) and the reference predictions' interquartile range for
-    the others (a regression's score is in its target's units); `near=False`
-    (a model registered without a threshold) leaves NEAR_THRESHOLD out."""
-    decision = np.asarray(decision, dtype=object)
-    out = np.full(decision.shape, None, dtype=object)
-    # Lowest precedence first: later assignments overwrite earlier ones.
-    out[np.asarray(new_version, dtype=bool)] = NEW_VERSION
-    if near:
-        gap = np.abs(np.asarray(score, dtype=np.float64) - np.asarray(threshold, dtype=np.float64))
-        out[gap <= (config.near_threshold_band + _BAND_SLACK) * band_scale] = NEAR_THRESHOLD
-    out[np.asarray(flagged, dtype=bool)] = FLAGGED
-    if config.adverse_decisions:
-        folded = np.array([d.casefold() for d in decision.tolist()], dtype=object)
-        out[np.isin(folded, list(config.adverse_decisions))] = ADVERSE
-    return out
 
 
 @dataclass(frozen=True)
@@ -194,75 +98,6 @@ class Reset:
     partition: int
     offset: int
     forget: bool = False
-
-
-class _Seen:
-    """A set of hashes u: sorted runs, merged as they pile up (sizes stay geometric,
-    so n hashes added in pieces cost O(n log n))."""
-
-    __slots__ = ("runs",)
-
-    def __init__(self, runs: list[np.ndarray] | None = None):
-        self.runs: list[np.ndarray] = runs or []
-
-    def unseen(self, u: np.ndarray) -> np.ndarray:
-        """Per u (any order): whether it is not among the hashes seen so far."""
-        mask = np.ones(len(u), dtype=bool)
-        for run in self.runs:
-            at = np.minimum(np.searchsorted(run, u), len(run) - 1)
-            mask &= run[at] != u
-        return mask
-
-    def add(self, u: np.ndarray) -> None:
-        """Add hashes not seen before (sorted, distinct)."""
-        if not len(u):
-            return
-        self.runs.append(u)
-        while len(self.runs) > 1 and len(self.runs[-2]) <= 2 * len(self.runs[-1]):
-            last = self.runs.pop()
-            self.runs[-1] = np.sort(np.concatenate((self.runs[-1], last)))
-
-
-class _Generation:
-    """The candidates of one time window of a partition between two resets: every id that arrived."""
-
-    __slots__ = ("key", "first_offset", "seen")
-
-    def __init__(self, key: tuple[int, int], first_offset: int):
-        self.key = key  # (reset epoch, window start)
-        self.first_offset = first_offset
-        self.seen = _Seen()
-
-
-class _Horizon:
-    """A partition's last `dedup_windows` + 1 generations: the ids a new candidate is checked against."""
-
-    __slots__ = ("generations", "epoch", "_before", "next_offset", "last_event_ms")
-
-    def __init__(self, dedup_windows: int):
-        self.generations: deque[_Generation] = deque(maxlen=dedup_windows + 1)
-        self.epoch = 0  # resets so far: the first candidate after one starts a generation
-        self.next_offset = 0  # the offset after the last candidate: where a reset happens
-        self.last_event_ms = 0  # wall clock
-        self._before: _Seen | None = None  # the generations before the current one, as one run
-
-    def generation(self, start: int, first_offset: int) -> _Generation:
-        """The generation of a candidate of window `start` arriving now (a new one if the window moved on)."""
-        key = (self.epoch, start)
-        if not self.generations or self.generations[-1].key != key:
-            self.generations.append(_Generation(key, first_offset))
-            self._before = None
-        return self.generations[-1]
-
-    def before(self) -> _Seen:
-        """The ids of the generations before the current one (they no longer change)."""
-        if self._before is None:
-            runs = [run for g in list(self.generations)[:-1] for run in g.seen.runs]
-            self._before = _Seen([np.sort(np.concatenate(runs))] if runs else [])  # unseen() allows repeats
-        return self._before
-
-    def first_offset(self) -> int:
-        return self.generations[0].first_offset
 
 
 class _Reservoir:
@@ -309,7 +144,7 @@ class Reservoirs:
         # blake2b keys are at most 64 bytes; longer salts are folded into one.
         self._key = salt if len(salt) <= 64 else hashlib.blake2b(salt).digest()
         self._partitions: dict[int, _Partition] = {}
-        self._horizons: dict[int, _Horizon] = {}  # outlive resets: a copy after one is still a copy
+        self._horizons: dict[int, Horizon] = {}  # outlive resets: a copy after one is still a copy
         self._closed: list[ClosedWindow] = []  # closed by a replayed reset inside add(): handed over next
         self._resets: list[Reset] = []  # made by wall clock, not yet taken by the engine
         # Replays (resume): the resets to repeat, where handing over starts again, no wall-clock resets.
@@ -384,7 +219,7 @@ class Reservoirs:
             state = self._partitions[partition] = _Partition()
         horizon = self._horizons.get(partition)
         if horizon is None:
-            horizon = self._horizons[partition] = _Horizon(self.config.dedup_windows)
+            horizon = self._horizons[partition] = Horizon(self.config.dedup_windows)
         state.last_event_ms = horizon.last_event_ms = now_ms
         horizon.next_offset = max(horizon.next_offset, int(offsets.max()) + 1)
         window_ms, k = self.config.window_ms, self.config.budget

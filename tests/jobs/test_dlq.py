@@ -11,7 +11,7 @@ from whystream.kafka.redrive import replay
 from whystream.jobs.dlq import summary
 from whystream.streams.assembly import build_engine
 from whystream.streams.engine import EngineConfig
-from whystream.streams.sampling.reservoirs import SamplingConfig
+from whystream.streams.sampling.config import SamplingConfig
 from whystream.kafka.reader import read_all
 from whystream.kafka.messages import RawMessage
 

@@ -15,7 +15,7 @@ from whystream.jobs.simulation.produce import prediction_events
 from whystream.wire.codecs import codec_for
 from whystream.streams.assembly import build_engine
 from whystream.streams.engine import EngineConfig
-from whystream.streams.sampling.reservoirs import SamplingConfig
+from whystream.streams.sampling.config import SamplingConfig
 from whystream.streams.store import RedisStore
 from whystream.kafka.reader import read_all
 from whystream.kafka.messages import RawMessage

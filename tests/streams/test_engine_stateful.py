@@ -24,7 +24,7 @@ from whystream.infra.stack import free_port
 from whystream.wire.codecs import codec_for
 from whystream.streams.assembly import build_engine
 from whystream.streams.engine import EngineConfig
-from whystream.streams.sampling.reservoirs import SamplingConfig
+from whystream.streams.sampling.config import SamplingConfig
 from whystream.streams.store import RedisStore
 from whystream.kafka.reader import read_all
 from whystream.kafka.messages import RawMessage

@@ -14,7 +14,8 @@ import redis
 from tls_support import TlsProxy, make_certs
 
 from whystream.infra.stack import start_redis
-from whystream.streams.store import RedisStore, feature_hash
+from whystream.streams.store import RedisStore
+from whystream.streams.attribution import feature_hash
 
 PASSWORD = "acl-Pa55-word"
 

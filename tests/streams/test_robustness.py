@@ -18,7 +18,8 @@ from whystream.wire.codecs import codec_for
 from whystream.streams.assembly import build_engine
 from whystream.streams.engine import EngineConfig
 from whystream.streams.event_time import EventTimeRule
-from whystream.streams.sampling.reservoirs import OTHER, SamplingConfig
+from whystream.streams.sampling.reservoirs import OTHER
+from whystream.streams.sampling.config import SamplingConfig
 from whystream.kafka.reader import read_all
 from whystream.kafka.messages import RawMessage
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from whystream.streams.sampling.reservoirs import OTHER, Reservoirs, SamplingConfig
+from whystream.streams.sampling.reservoirs import OTHER, Reservoirs
+from whystream.streams.sampling.config import SamplingConfig
 
 T0 = 1_700_000_000_000
 

@@ -97,7 +97,7 @@ def worker(ctx: typer.Context,
     """Run a worker: consume `predictions`, publish `explanations` (scale out by running more)."""
     from whystream.streams.engine import EngineConfig
     from whystream.streams.event_time import EventTimeRule
-    from whystream.streams.sampling.reservoirs import SamplingConfig
+    from whystream.streams.sampling.config import SamplingConfig
     from whystream.streams.web_access import WebAccess
     from whystream.streams.worker import run_worker
 

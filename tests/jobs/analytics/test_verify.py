@@ -22,7 +22,7 @@ from whystream.jobs.sink.sink import Sink
 from whystream.wire.codecs import codec_for
 from whystream.streams.assembly import build_engine
 from whystream.streams.engine import EngineConfig
-from whystream.streams.sampling.reservoirs import SamplingConfig
+from whystream.streams.sampling.config import SamplingConfig
 from whystream.kafka.reader import scan
 from whystream.kafka.messages import RawMessage
 

@@ -117,7 +117,7 @@ def test_an_atom_whose_copies_differ_by_rounding_is_never_split(monkeypatch):
     """One SHAP value shared by many rows comes out of the summation a few ulps apart
     from row to row; an edge between those twins would send part of the atom to
     another bin depending on rounding alone, a false drift (seen: PSI 0.15)."""
-    import whystream.models.registry as registry
+    import whystream.models.reference as reference
 
     atom = -7.479421716995523e-07
     twin = np.nextafter(np.nextafter(atom, 1.0), 1.0)
@@ -130,7 +130,7 @@ def test_an_atom_whose_copies_differ_by_rounding_is_never_split(monkeypatch):
     edges = shap_bin_edges(shap)
     assert len(atom_bins(edges)) == 1
     assert (np.diff(edges, axis=1) > 0).all() and shap_histogram(shap, edges).sum() == len(shap)
-    monkeypatch.setattr(registry, "ATOM_TOLERANCE", 0.0)  # the data does hit the case: exact equality splits it
+    monkeypatch.setattr(reference, "ATOM_TOLERANCE", 0.0)  # the data does hit the case: exact equality splits it
     assert len(atom_bins(shap_bin_edges(shap))) == 2
 
 
