@@ -1,4 +1,4 @@
-"""infra/ deployment files match the code: every setting is in the tables, the
+"""infra/deployment/ files match the code: every setting is in the tables, the
 example properties file is one librdkafka accepts, the example env file names
 only real settings, and the systemd units run real commands."""
 
@@ -11,7 +11,7 @@ from whystream.config import ENV
 from whystream.config.kafka_properties import KafkaConfig
 
 ROOT = Path(__file__).parents[2]
-INFRA = ROOT / "infra"
+INFRA = ROOT / "infra" / "deployment"
 PATTERNS = ("WHYSTREAM_KAFKA_", "WHYSTREAM_SCHEMA_REGISTRY_")  # WHYSTREAM_KAFKA_<NAME>, ..._<NAME>
 
 
@@ -40,9 +40,11 @@ def test_the_example_properties_file_is_accepted_by_librdkafka(tmp_path):
 
 
 def test_the_units_run_whystream_commands():
+    import typer
+
     from whystream.cli import app
 
-    commands = {c.name or c.callback.__name__ for c in app.registered_commands}
+    commands = set(typer.main.get_command(app).commands)
     for unit in (INFRA / "systemd").glob("*.service"):
         start = re.search(r"^ExecStart=\S+/whystream (\w+)", unit.read_text(), re.M)
         assert start and start.group(1) in commands, unit.name

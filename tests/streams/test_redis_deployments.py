@@ -47,7 +47,7 @@ def test_a_batch_spreads_over_every_master_of_a_cluster(redis_cluster):
     assert not plain.available
 
 
-# The ACL rules infra/DEPLOYMENT.md gives: only whystream's keys, only the commands it sends.
+# The ACL rules infra/deployment/DEPLOYMENT.md gives: only whystream's keys, only the commands it sends.
 SINGLE_ACL = ["~whystream:*", "+get", "+set", "+exists", "+incrby", "+evalsha", "+eval", "+script|load", "+ping"]
 CLUSTER_ACL = ["~whystream:*", "+get", "+set", "+exists", "+incrby", "+ping", "+cluster|slots", "+command"]
 DOCS = Path(__file__).parents[2] / "infra" / "DEPLOYMENT.md"
