@@ -24,12 +24,18 @@ over the text (a quote inside a comment once fooled a regex into letting
 It then runs on a session that is read-only before the caller gets it: the
 limits of QueryLimits are set first, `readonly=1` last, so no query can
 change a setting (a `SETTINGS` clause is refused), write, or create a
-temporary table. The limits come from the operator's environment, never from
-the query.
+temporary table. The limits come from the operator's environment
+(Settings.environ), never from the query:
 
-    >>> guard = ReadOnlyQueries(partial(open_read_only_client, dsn, "whystream", QueryLimits()))  # doctest: +SKIP
-    >>> guard.query("SELECT count() FROM explanations").result_rows      # doctest: +SKIP
-    [(50000,)]
+    >>> limits = QueryLimits.from_env({"WHYSTREAM_SQL_MAX_EXECUTION_TIME": "120"})
+    >>> limits.max_execution_time, limits.max_result_rows
+    (120, 1000000)
+    >>> list(limits.settings())[-1]  # read-only last: once it is 1, nothing can be changed
+    'readonly'
+
+A guard is a `ReadOnlyQueries` over a function that opens such a session
+(`partial(open_read_only_client, dsn, database, limits)`, as the query port
+does); its `query(sql)` refuses or runs one statement.
 """
 
 from __future__ import annotations

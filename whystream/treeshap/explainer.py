@@ -43,8 +43,15 @@ def _pool() -> ThreadPoolExecutor:
 class TreeShap:
     """Exact path-dependent TreeSHAP of a single-output LightGBM booster.
 
-    >>> ts = TreeShap(booster); ts.warm_up()
-    >>> phi = ts.shap_values(X)           # [n, F]; phi.sum(1) + ts.expected_value == raw margin
+    >>> import lightgbm as lgb
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(200, 3))
+    >>> booster = lgb.train({"objective": "regression", "num_leaves": 4, "verbose": -1},
+    ...                     lgb.Dataset(X, X[:, 0] + 0.1 * rng.normal(size=200)), num_boost_round=5)
+    >>> ts = TreeShap(booster)
+    >>> phi = ts.shap_values(X)  # [n, F]: each row's attributions add up to its raw margin
+    >>> bool(np.allclose(phi.sum(axis=1) + ts.expected_value, booster.predict(X, raw_score=True)))
+    True
 
     All trees of the booster are explained (as shap's TreeExplainer does, whatever
     booster.best_iteration says); of a multiclass booster, those of `class_index`.  `algorithm`: "quad" (default) or "classic"
