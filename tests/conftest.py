@@ -1,5 +1,9 @@
 """Shared fixtures. `stack` starts the real embedded stack once per test session:
-the Tansu broker, a redis-server and a chDB directory (see infra/stack.py)."""
+the Tansu broker, a redis-server and a chDB directory (see infra/stack.py).
+
+Every test that starts the stack, or another process of its own (a Redis
+Cluster, a worker, a TLS terminator), is marked `integration`, by the fixtures
+it uses or by its module: `pytest -m "not integration"` is the unit suite."""
 
 from __future__ import annotations
 
@@ -10,10 +14,21 @@ import uuid
 import pytest
 import redis
 
+from support.chdb import db  # noqa: F401 (a fixture: a fresh database on the stack's chDB)
+from support.registries import broken_registry  # noqa: F401 (a fixture)
 from whystream.infra.stack import EmbeddedStack
 from whystream.kafka.topics import ensure_topics
 
 _redis_dbs = itertools.cycle(range(1, 16))  # db 0 is left to the store's own tests
+PROCESS_FIXTURES = {"stack", "redis_cluster"}  # fixtures that start real processes
+
+
+def pytest_collection_modifyitems(items):
+    """Mark `integration` every test that needs the embedded stack (or a Redis Cluster), through
+    any fixture it uses; modules that start processes otherwise mark themselves."""
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")
@@ -26,8 +41,8 @@ def stack(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory):
-    """Ports of a real 3-master Redis Cluster on loopback (tests/redis_cluster.py)."""
-    from redis_cluster import start_cluster
+    """Ports of a real 3-master Redis Cluster on loopback (tests/support/redis_cluster.py)."""
+    from support.redis_cluster import start_cluster
 
     children, ports = start_cluster(tmp_path_factory.mktemp("redis-cluster"))
     yield ports
@@ -46,8 +61,8 @@ def fresh_topics(stack):
 @pytest.fixture(scope="session")
 def small_model(stack, tmp_path_factory):
     """A small fraud model (40 trees) registered in a registry of its own."""
-    from whystream.models.registry import ModelRegistry
     from whystream.jobs.simulation.train import train_model
+    from whystream.models.registry import ModelRegistry
 
     root = tmp_path_factory.mktemp("registry")
     return train_model(ModelRegistry(root), n_train=20_000, num_trees=40, num_leaves=15, progress=False)

@@ -13,7 +13,6 @@ import doctest
 import importlib
 
 import pytest
-
 from test_architecture import modules
 
 WITH_EXAMPLES = sorted(name for name, path in modules().items() if ">>>" in path.read_text())

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from support import REPO
+
+ROOT = REPO
 pytestmark = pytest.mark.integration
 
 

@@ -5,12 +5,12 @@ only real settings, and the systemd units run real commands."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
+from support import REPO
 from whystream.config import ENV
 from whystream.config.kafka_properties import KafkaConfig
 
-ROOT = Path(__file__).parents[2]
+ROOT = REPO
 INFRA = ROOT / "infra" / "deployment"
 PATTERNS = ("WHYSTREAM_KAFKA_", "WHYSTREAM_SCHEMA_REGISTRY_")  # WHYSTREAM_KAFKA_<NAME>, ..._<NAME>
 
@@ -19,10 +19,10 @@ def table_variables(text: str) -> set[str]:
     return set(re.findall(r"^\| `(WHYSTREAM_[A-Z_<>]+)`", text, re.M))
 
 
-def test_every_setting_is_in_the_deployment_and_readme_tables():
+def test_every_setting_is_in_the_deployment_and_operations_tables():
     wanted = set(ENV.values()) | {"WHYSTREAM_KAFKA_CONFIG", "WHYSTREAM_KAFKA_<NAME>", "WHYSTREAM_SCHEMA_REGISTRY_<NAME>"}
     assert wanted <= table_variables((INFRA / "DEPLOYMENT.md").read_text())
-    assert wanted <= table_variables((ROOT / "README.md").read_text())
+    assert wanted <= table_variables((ROOT / "docs" / "operations.md").read_text())
 
 
 def test_the_example_env_file_names_only_real_settings():

@@ -11,9 +11,9 @@ import clickhouse_connect
 import redis
 from confluent_kafka.admin import AdminClient
 
-from whystream.kafka.topics import TOPIC_LAYOUT
 from whystream.config import TOPICS, Settings
 from whystream.infra.stack import free_port
+from whystream.kafka.topics import TOPIC_LAYOUT
 
 
 def test_stack_parts_are_real_and_reachable(stack):

@@ -20,19 +20,20 @@ import fastavro
 import lightgbm as lgb
 import numpy as np
 import pytest
-from chdb_support import db  # noqa: F401
 from fastavro.schema import fingerprint, to_parsing_canonical_form
-from objective_models import FEATURES, N_CLASSES, OBJECTIVES, make_rows, train
-from tests.jobs.models.test_register import cli, write_csv
 from test_worker import Worker
 
+from support import REPO
+from support.cli import cli, write_csv
+from support.docs import cookbook
+from support.objective_models import FEATURES, N_CLASSES, OBJECTIVES, make_rows, train
 from whystream.jobs.clickhouse.sql import rows as query_rows
 from whystream.jobs.sink import explanation_rows
-from whystream.models.registry import ModelRegistry
 from whystream.kafka.reader import read_all, scan
+from whystream.models.registry import ModelRegistry
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).parents[2]
+ROOT = REPO
 CODES = {"amount": ("AMT", "Amount of the application"), "tenure": ("TEN", "Length of relationship"),
          "utilisation": ("UTL", "Credit utilisation"), "velocity": ("VEL", "Number of recent applications")}
 TOL = 1e-6
@@ -157,15 +158,15 @@ def test_every_objective_end_to_end_through_a_real_worker(engine_settings, byo_r
     assert reasons["class-for-binary"][0] == "BAD_CLASS" and "single output" in reasons["class-for-binary"][1]
     assert reasons["linear"][0] == "MODEL_UNAVAILABLE" and "linear trees" in reasons["linear"][1]
 
-    # ClickHouse keeps them; the README's auditor queries answer from the table.
+    # ClickHouse keeps them; the cookbook's auditor queries (docs/cookbook.md) answer from the table.
     client, database = db
     explanation_rows.insert_explanations(client, as_the_sink_reads_them, database)
     adverse = next(pid for pid in sorted(explained) if len(explained[pid]["principal_reasons"]) > 1)
-    one = query_rows(client, readme_query("principal reasons of one decision", database).replace(
+    one = query_rows(client, cookbook(database)["principal reasons of one decision"].replace(
         "the-prediction-id", adverse))
     assert [(r["rank"], r["code"], r["text"], r["feature"], r["shap"]) for r in one] == [
         (k + 1, p["code"], p["text"], p["feature"], p["shap"]) for k, p in enumerate(explained[adverse]["principal_reasons"])]
-    day = query_rows(client, readme_query("most frequent principal reasons of a day", database))
+    day = query_rows(client, cookbook(database)["most frequent principal reasons of a day"])
     counts: dict = {}
     for e in explained.values():
         for k, p in enumerate(e["principal_reasons"]):
@@ -178,8 +179,3 @@ def test_every_objective_end_to_end_through_a_real_worker(engine_settings, byo_r
     assert all(r["reason_codes_version"] for r in day)
 
 
-def readme_query(title: str, database: str) -> str:
-    """The README's SQL block that starts with `-- title`, on the test's database."""
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index(f"-- {title}\n")
-    return readme[start:readme.index("```", start)].replace("whystream.", f"{database}.")

@@ -16,11 +16,11 @@ from confluent_kafka import Producer
 from test_worker import Worker, records_for, send
 
 from whystream.jobs.simulation.generator import TransactionGenerator
+from whystream.jobs.simulation.train import train_model
+from whystream.kafka.reader import read_all
 from whystream.models.events import announce, model_event
 from whystream.models.registry import ModelRegistry
-from whystream.jobs.simulation.train import train_model
 from whystream.wire.codecs import codec_for
-from whystream.kafka.reader import read_all
 
 pytestmark = pytest.mark.integration
 

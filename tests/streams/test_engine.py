@@ -10,44 +10,14 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from whystream.jobs.simulation.generator import TransactionGenerator
-from whystream.jobs.simulation.produce import prediction_events
-from whystream.wire.codecs import codec_for
+from support.events import as_messages, make_records, on_the_topic
+from whystream.kafka.messages import RawMessage
+from whystream.kafka.reader import read_all
 from whystream.streams.assembly import build_engine
 from whystream.streams.engine import EngineConfig
 from whystream.streams.sampling.config import SamplingConfig
 from whystream.streams.store import RedisStore
-from whystream.kafka.reader import read_all
-from whystream.kafka.messages import RawMessage
-
-PARTITIONS = 4
-
-
-def make_records(model, count, seed=3, run_id="r", start=0):
-    gen = TransactionGenerator(seed)
-    return [r for chunk in prediction_events(model, gen, start, count, run_id, seed) for r in chunk]
-
-
-def as_messages(records, topic="predictions", codec=None, first_offset=0):
-    codec = codec or codec_for("PredictionEvent")
-    return [RawMessage(codec.encode(r), r["prediction_id"].encode(), topic, i % PARTITIONS,
-                       first_offset + i // PARTITIONS) for i, r in enumerate(records)]
-
-
-def on_the_topic(settings, records, codec=None):
-    """Produce the records to `predictions` (partition i % PARTITIONS) and return them as the
-    RawMessages a consumer would hand over, with the offsets the broker gave them."""
-    from confluent_kafka import Producer
-
-    codec = codec or codec_for("PredictionEvent")
-    topic, delivered = settings.topic("predictions"), []
-    producer = Producer(settings.kafka())
-    for i, r in enumerate(records):
-        producer.produce(topic, codec.encode(r), r["prediction_id"].encode(), partition=i % PARTITIONS,
-                         on_delivery=lambda err, m: delivered.append(m))
-    assert producer.flush(30) == 0 and all(m.error() is None for m in delivered)
-    return [RawMessage(m.value(), m.key(), m.topic(), m.partition(), m.offset())
-            for m in sorted(delivered, key=lambda m: (m.offset(), m.partition()))]
+from whystream.wire.codecs import codec_for
 
 
 def explanations(settings):
@@ -248,7 +218,7 @@ def test_connecting_the_publisher_without_a_broker_warns_and_carries_on(engine_s
     engine.connect_publisher(timeout=0.5)
     warnings = [r.getMessage() for r in caplog.records if r.name == "whystream.engine"]
     assert any("no metadata for" in w and "explanations" in w for w in warnings)
-    engine.producer.purge()
+    engine.publisher.producer.purge()
 
 
 def test_the_first_events_of_a_new_version_are_explained_across_batches_and_workers(engine_settings, small_model):

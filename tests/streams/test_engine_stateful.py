@@ -16,20 +16,20 @@ import uuid
 import pytest
 import redis
 from confluent_kafka import Consumer, Producer, TopicPartition
-from hypothesis import HealthCheck, settings, strategies as st
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
-from whystream.kafka.topics import ensure_topics
+from support.events import make_records
 from whystream.infra.stack import free_port
-from whystream.wire.codecs import codec_for
+from whystream.kafka.messages import RawMessage
+from whystream.kafka.reader import read_all
+from whystream.kafka.topics import ensure_topics
 from whystream.streams.assembly import build_engine
 from whystream.streams.engine import EngineConfig
 from whystream.streams.sampling.config import SamplingConfig
 from whystream.streams.store import RedisStore
-from whystream.kafka.reader import read_all
-from whystream.kafka.messages import RawMessage
-
-from tests.streams.test_engine import make_records
+from whystream.wire.codecs import codec_for
 
 PARTITIONS = 2
 BAND = 0.02

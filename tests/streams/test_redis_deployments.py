@@ -6,16 +6,16 @@ real TLS terminator (the bundled redis-server is built without TLS)."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
 import redis
-from tls_support import TlsProxy, make_certs
 
+from support import REPO
+from support.tls import TlsProxy, make_certs
 from whystream.infra.stack import start_redis
-from whystream.streams.store import RedisStore
 from whystream.streams.attribution import feature_hash
+from whystream.streams.store import RedisStore
 
 PASSWORD = "acl-Pa55-word"
 
@@ -50,7 +50,7 @@ def test_a_batch_spreads_over_every_master_of_a_cluster(redis_cluster):
 # The ACL rules infra/deployment/DEPLOYMENT.md gives: only whystream's keys, only the commands it sends.
 SINGLE_ACL = ["~whystream:*", "+get", "+set", "+exists", "+incrby", "+evalsha", "+eval", "+script|load", "+ping"]
 CLUSTER_ACL = ["~whystream:*", "+get", "+set", "+exists", "+incrby", "+ping", "+cluster|slots", "+command"]
-DOCS = Path(__file__).parents[2] / "infra" / "DEPLOYMENT.md"
+DOCS = REPO / "infra" / "deployment" / "DEPLOYMENT.md"
 
 
 def test_cluster_with_an_acl_user(redis_cluster):

@@ -4,29 +4,23 @@ explained, sampled or dead-lettered with a reason, never as an exception."""
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
-from types import SimpleNamespace
 
-import lightgbm as lgb
 import numpy as np
 import pytest
 
+from support.events import NOW, as_messages, make_records, message
 from whystream.infra.stack import free_port
-from whystream.wire.codecs import codec_for
+from whystream.kafka.messages import RawMessage
+from whystream.kafka.reader import read_all
 from whystream.streams.assembly import build_engine
 from whystream.streams.engine import EngineConfig
 from whystream.streams.event_time import EventTimeRule
-from whystream.streams.sampling.reservoirs import OTHER
 from whystream.streams.sampling.config import SamplingConfig
-from whystream.kafka.reader import read_all
-from whystream.kafka.messages import RawMessage
-
-from tests.streams.test_engine import as_messages, make_records
+from whystream.streams.sampling.reservoirs import OTHER
 
 MB = 1024 * 1024
-NOW = 1_800_000_000_000  # the broker timestamp the in-process messages carry
 
 
 def config(**sampling):
@@ -39,11 +33,6 @@ def letters(settings):
 
 def explanations(settings):
     return read_all(settings, settings.topic("explanations"), "ExplanationEvent")
-
-
-def message(record, partition=0, offset=0, timestamp=NOW, codec=codec_for("PredictionEvent")):
-    return RawMessage(codec.encode(record), record["prediction_id"].encode(), "predictions", partition, offset,
-                      timestamp)
 
 
 def without_redis(settings):
@@ -76,32 +65,6 @@ def test_a_small_message_keeps_all_its_bytes(engine_settings):
     engine.close()
     [letter] = letters(engine_settings)
     assert (letter["original"], letter["original_size"], letter["original_truncated"]) == (b"\x00garbage", 8, False)
-
-
-@pytest.fixture
-def broken_registry(engine_settings, small_model):
-    """engine_settings whose registry (a copy of the small model's) also holds a corrupt version
-    of `fraud` and a random-forest model `forest` that the TreeSHAP kernel does not explain."""
-    root = engine_settings.registry
-    bad = root / small_model.name / "badbadbadbad"
-    shutil.copytree(small_model.path, bad)
-    meta = json.loads((bad / "meta.json").read_text())
-    (bad / "meta.json").write_text(json.dumps({**meta, "version": bad.name}))
-    (bad / "model.txt").write_text("tree\nthis is not a LightGBM model\n")
-    rng = np.random.default_rng(1)
-    X = rng.normal(size=(400, len(small_model.feature_names)))
-    forest = lgb.train({"boosting": "rf", "bagging_freq": 1, "bagging_fraction": 0.7, "num_leaves": 7,
-                        "objective": "binary", "verbose": -1},
-                       lgb.Dataset(X, (X[:, 0] > 0).astype(int), feature_name=small_model.feature_names),
-                       num_boost_round=5)
-    # Registration refuses a random forest, so it is written into the registry behind its back.
-    rf_dir = root / "forest" / "f0f0f0f0f0f0"
-    shutil.copytree(small_model.path, rf_dir)
-    (rf_dir / "meta.json").write_text(json.dumps({**meta, "name": "forest", "version": rf_dir.name}))
-    (rf_dir / "model.txt").write_text(forest.model_to_string())
-    (root / "forest" / "LATEST").write_text(rf_dir.name + "\n")
-    rf = SimpleNamespace(name="forest", version=rf_dir.name)
-    return engine_settings, bad.name, rf
 
 
 def test_versions_that_cannot_be_served_are_dead_lettered_and_quarantined(broken_registry, small_model, caplog):

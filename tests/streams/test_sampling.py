@@ -16,9 +16,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from whystream.errors import WhystreamError
-from whystream.streams.sampling.priority import ADVERSE, FLAGGED, NEAR_THRESHOLD, NEW_VERSION, priority_reasons
-from whystream.streams.sampling.reservoirs import ClosedWindow, Reservoirs, Reset
 from whystream.streams.sampling.config import SamplingConfig
+from whystream.streams.sampling.priority import (
+    ADVERSE,
+    FLAGGED,
+    NEAR_THRESHOLD,
+    NEW_VERSION,
+    priority_reasons,
+)
+from whystream.streams.sampling.reservoirs import ClosedWindow, Reservoirs, Reset
 
 T0 = 1_700_000_000_000 // 10_000 * 10_000  # a window boundary
 STRATA = np.array(["web", "app", "pos", "atm", "phone"], dtype=object)

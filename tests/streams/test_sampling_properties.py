@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from whystream.streams.sampling.reservoirs import OTHER, Reservoirs
 from whystream.streams.sampling.config import SamplingConfig
+from whystream.streams.sampling.reservoirs import OTHER, Reservoirs
 
 T0 = 1_700_000_000_000
 

@@ -19,9 +19,9 @@ import redis
 
 from whystream.errors import WhystreamError
 from whystream.infra.stack import Child, redis_binary, start_redis
-from whystream.streams.store import CHUNK, RedisStore
-from whystream.streams.redis_client import cluster_node_url
 from whystream.streams.attribution import feature_hash
+from whystream.streams.redis_client import cluster_node_url
+from whystream.streams.store import CHUNK, RedisStore
 
 
 @pytest.fixture

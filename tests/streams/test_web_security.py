@@ -17,7 +17,6 @@ import uuid
 import numpy as np
 import psutil
 import pytest
-from chdb_support import db  # noqa: F401
 from test_worker import Worker, dedup, records_for, send, wait_quiet
 
 from whystream.jobs.clickhouse.sql import lit, rows

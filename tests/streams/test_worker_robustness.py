@@ -13,13 +13,17 @@ import time
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from support.worker import (
+    BAND,
+    Worker,
+    kill_mid_stream,
+    records_for,
+    stream_to_a_live_worker,
+    wait_quiet,
+)
 from whystream.infra.stack import free_port
-from whystream.wire.codecs import codec_for
 from whystream.kafka.reader import read_all
-
-from tests.streams.test_robustness import broken_registry  # noqa: F401 (fixture)
-from tests.streams.test_worker import (BAND, Worker, kill_mid_stream, records_for, stream_to_a_live_worker,
-                                       wait_quiet)
+from whystream.wire.codecs import codec_for
 
 pytestmark = pytest.mark.integration
 MB = 1024 * 1024

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from chdb_support import base_minute, db  # noqa: F401
 
+from support.chdb import base_minute
+from whystream.jobs.analytics.compare import comparison
 from whystream.jobs.clickhouse.sql import rows
 from whystream.jobs.sink import explanation_rows
-from whystream.jobs.analytics.compare import comparison
 
 
 def explanation(pid, version, shap, score, role="CHAMPION", champion=None, features=("a", "b", "c")):

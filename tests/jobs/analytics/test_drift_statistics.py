@@ -9,16 +9,23 @@ import math
 
 import numpy as np
 import pytest
-from chdb_support import (MINUTE_MS, base_minute, db, events_for, population_shap, sample_minute,  # noqa: F401
-                          stream, synthetic_model)
 from scipy import stats
 
+from support.chdb import (
+    MINUTE_MS,
+    base_minute,
+    events_for,
+    population_shap,
+    sample_minute,
+    stream,
+    synthetic_model,
+)
 from whystream.config import Settings
-from whystream.jobs.clickhouse.sql import rows as query_rows
-from whystream.jobs.sink import explanation_rows
-from whystream.jobs.clickhouse import references as model_reference
 from whystream.jobs.analytics import drift_sql
 from whystream.jobs.analytics.drift import DriftMonitor, drift_window
+from whystream.jobs.clickhouse import references as model_reference
+from whystream.jobs.clickhouse.sql import rows as query_rows
+from whystream.jobs.sink import explanation_rows
 
 LOCAL = Settings()
 

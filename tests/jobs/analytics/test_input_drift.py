@@ -11,12 +11,12 @@ import json
 import lightgbm as lgb
 import numpy as np
 import pytest
-from chdb_support import MINUTE_MS, base_minute, db  # noqa: F401
 
+from support.chdb import MINUTE_MS, base_minute
+from whystream.jobs.analytics import input_drift
+from whystream.jobs.clickhouse import references
 from whystream.jobs.clickhouse.sql import rows as query_rows
 from whystream.jobs.sink import explanation_rows
-from whystream.jobs.clickhouse import references as model_reference
-from whystream.jobs.analytics import input_drift
 from whystream.models import input_reference
 from whystream.models.registry import ModelRegistry
 
@@ -93,7 +93,7 @@ def test_registry_keeps_the_reference_rows_inputs(model):
 
 def test_histograms_and_rates_equal_numpy_on_the_weighted_rows(db, model):
     client, database = db
-    assert model_reference.register_reference(client, model, database)
+    assert references.register_reference(client, model, database)
     rng = np.random.default_rng(7)
     t0, stream, parts = weighted_stream(model, rng, minutes=3, per_minute=2000)
     # non-finite numbers never enter the aggregates: a score of inf and values of inf or nan
@@ -165,7 +165,7 @@ def test_histograms_and_rates_equal_numpy_on_the_weighted_rows(db, model):
 
 def test_a_shifted_input_shows_value_drift_and_the_others_do_not(db, model):
     client, database = db
-    model_reference.register_reference(client, model, database)
+    references.register_reference(client, model, database)
     rng = np.random.default_rng(9)
     t0, calm, _ = weighted_stream(model, rng, minutes=2, per_minute=5000, prefix="calm")
     explanation_rows.insert_explanations(client, calm, database)
@@ -187,7 +187,7 @@ def test_a_shifted_input_shows_value_drift_and_the_others_do_not(db, model):
 
 def test_the_same_token_counts_once_in_the_input_views(db, model):
     client, database = db
-    model_reference.register_reference(client, model, database)
+    references.register_reference(client, model, database)
     _, stream, _ = weighted_stream(model, np.random.default_rng(11), minutes=1, per_minute=400)
     for _ in range(3):
         explanation_rows.insert_explanations(client, stream, database, token="input-batch-1")
@@ -203,8 +203,8 @@ def test_explanations_before_the_reference_are_binned_once(db, model):
     _, stream, _ = weighted_stream(model, np.random.default_rng(12), minutes=1, per_minute=300)
     explanation_rows.insert_explanations(client, stream, database)
     assert query_rows(client, f"SELECT count() AS c FROM {database}.input_hist")[0]["c"] == 0
-    assert input_reference.register_input_reference(client, model, database) is True
-    assert input_reference.register_input_reference(client, model, database) is False
+    assert references.register_input_reference(client, model, database) is True
+    assert references.register_input_reference(client, model, database) is False
     counts = query_rows(client, f"""SELECT (SELECT sum(n) FROM {database}.input_hist) AS inputs,
                                         (SELECT sum(n) FROM {database}.score_hist) AS scores""")[0]
     assert len(stream) > 50
@@ -226,7 +226,7 @@ def test_a_version_registered_before_input_references_says_so(db, model, tmp_pat
     assert old.input_reference is None
     t0, stream, _ = weighted_stream(model, np.random.default_rng(13), minutes=2, per_minute=300)
     stream = [dict(e, model_name="fraud") for e in stream]
-    model_reference.register_reference(client, _renamed(old, "fraud"), database)
+    references.register_reference(client, _renamed(old, "fraud"), database)
     explanation_rows.insert_explanations(client, stream, database)
     assert input_drift.input_drift(client, "fraud", t0, t0 + 2 * MINUTE_MS, database) == []
     assert input_drift.decision_drift(client, "fraud", t0, t0 + 2 * MINUTE_MS, database)[0]["score_psi"] is None \
@@ -262,7 +262,7 @@ def test_the_drift_table_and_report_show_input_drift(db, model, tmp_path, stack)
 
     client, database = db
     fraud = _renamed(model, "fraud")
-    model_reference.register_reference(client, fraud, database)
+    references.register_reference(client, fraud, database)
     now = base_minute(0) - 2 * MINUTE_MS  # the data ends before the window the drift table judges, whatever the second
     rng = np.random.default_rng(21)
     _, stream, _ = weighted_stream(fraud, rng, minutes=2, per_minute=5000, shift=1.0)
@@ -292,7 +292,7 @@ def test_the_drift_table_and_report_show_input_drift(db, model, tmp_path, stack)
 
 def test_non_finite_or_non_positive_weights_never_enter_the_input_aggregates(db, model):
     client, database = db
-    model_reference.register_reference(client, model, database)
+    references.register_reference(client, model, database)
     # attribution_stats_mv refuses a non-finite weight for the whole insert (its t-digest wants integers);
     # without it the insert lands and the input views must leave such rows out themselves
     client.command(f"DROP VIEW {database}.attribution_stats_mv")

@@ -9,22 +9,21 @@ import uuid
 
 import numpy as np
 import pytest
-from chdb_support import db  # noqa: F401
-from objective_models import FEATURES, N_CLASSES, make_rows, train
-from tests.streams.test_engine import make_records, on_the_topic
 from typer.testing import CliRunner
 
+from support.events import make_records, on_the_topic
+from support.objective_models import FEATURES, N_CLASSES, make_rows, train
 from whystream.cli import app
-from whystream.jobs.sink import explanation_rows
 from whystream.jobs.analytics import verify as v
-from whystream.models.registry import ModelRegistry
+from whystream.jobs.sink import explanation_rows
 from whystream.jobs.sink.sink import Sink
-from whystream.wire.codecs import codec_for
+from whystream.kafka.messages import RawMessage
+from whystream.kafka.reader import scan
+from whystream.models.registry import ModelRegistry
 from whystream.streams.assembly import build_engine
 from whystream.streams.engine import EngineConfig
 from whystream.streams.sampling.config import SamplingConfig
-from whystream.kafka.reader import scan
-from whystream.kafka.messages import RawMessage
+from whystream.wire.codecs import codec_for
 
 
 def pipeline(settings, database, records, **engine) -> list[dict]:

@@ -14,8 +14,8 @@ from whystream.jobs.simulation.generator import (
     DriftSpec,
     TransactionGenerator,
 )
-from whystream.models.registry import ModelRegistry
 from whystream.jobs.simulation.train import auc, train_model
+from whystream.models.registry import ModelRegistry
 
 COL = {name: j for j, name in enumerate(FEATURE_NAMES)}
 

@@ -10,13 +10,15 @@ import warnings
 import numpy as np
 import pytest
 import shap
-from hypothesis import HealthCheck, given, settings, strategies as st
-from objective_models import FEATURES, N_CLASSES, OBJECTIVES, make_rows, train
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from whystream.models.registry import ModelRegistry
-from whystream.models.objectives import OUTPUT_SPACES, model_kind
-from whystream.treeshap import TreeShap
+from support import REPO
+from support.objective_models import FEATURES, N_CLASSES, OBJECTIVES, make_rows, train
 from whystream.errors import UnsupportedModel
+from whystream.models.objectives import OUTPUT_SPACES, model_kind
+from whystream.models.registry import ModelRegistry
+from whystream.treeshap import TreeShap
 
 TOL = 1e-6
 EXPECTED_SPACE = {"binary": "raw_margin", "cross_entropy": "raw_margin", "multiclassova": "raw_margin",
@@ -70,9 +72,8 @@ def test_every_objective_is_explained_exactly_as_shap_does(boosters, objective):
 
 def test_output_spaces_are_the_schema_documented_ones():
     import json
-    from pathlib import Path
 
-    doc = json.loads((Path(__file__).parents[2] / "schemas/ExplanationEvent.avsc").read_text())
+    doc = json.loads((REPO / "schemas/ExplanationEvent.avsc").read_text())
     output_space = next(f for f in doc["fields"] if f["name"] == "output_space")["doc"]
     assert all(f"`{space}`" in output_space for space in OUTPUT_SPACES)
 

@@ -11,17 +11,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from chdb_support import MINUTE_MS, base_minute, db, stream, synthetic_model, tiny_registered_model  # noqa: F401
 
+from support.chdb import (
+    MINUTE_MS,
+    base_minute,
+    stream,
+    synthetic_model,
+    tiny_registered_model,
+)
+from support.docs import cookbook
 from whystream.config import Settings
 from whystream.errors import ConfigError, WhystreamError
+from whystream.jobs.analytics import drift_sql
 from whystream.jobs.clickhouse import connection as ch
-from whystream.jobs.clickhouse.sql import rows
-from whystream.jobs.sink import explanation_rows
 from whystream.jobs.clickhouse import migrations
 from whystream.jobs.clickhouse import references as model_reference
-from whystream.jobs.analytics import drift_sql
-from whystream.jobs.clickhouse.query_port import QueryServer, SinkQueryClient, open_query_client
+from whystream.jobs.clickhouse.query_port import (
+    QueryServer,
+    SinkQueryClient,
+    open_query_client,
+)
+from whystream.jobs.clickhouse.sql import rows
+from whystream.jobs.sink import explanation_rows
 
 TABLES = {"schema_migrations", "explanations", "model_reference", "attribution_hist", "attribution_hist_mv",
           "attribution_stats", "attribution_stats_mv", "engine_stats", "engine_stats_mv", "drift_alerts",
@@ -282,17 +293,24 @@ def test_query_port_serves_read_only_queries(stack, db, tmp_path):
     assert not (tmp_path / ch.PORT_FILE).exists()
 
 
-def test_audit_queries_run(db):
+SYNTHETIC_COOKBOOK = ("explanation of one decision", "top features this hour against last week",
+                      "features drifting now", "drift of one stratum", "did the top reasons flip")
+
+
+def test_the_cookbooks_queries_run(db):
+    """The queries of docs/cookbook.md, as printed there, on chDB (the two about principal reasons
+    need explanations with reason codes: tests/streams/test_byo_stream.py runs them)."""
     client, database = db
     model = synthetic_model(n_features=3, seed=15, name="fraud")
     model_reference.register_reference(client, model, database)
     events, _ = stream(model, base_minute(0.05), minutes=3, per_minute=600, seed=16)
     explanation_rows.insert_explanations(client, events, database)
-    readme = (Path(__file__).parents[3] / "README.md").read_text()
-    for name, sql in drift_sql.AUDIT_QUERIES.items():
-        assert sql.strip() in readme, f"README's ClickHouse section lacks the query {name!r}"
-        sql = sql.replace("whystream.", f"{database}.").replace("the-prediction-id", events[0]["prediction_id"])
-        found = rows(client, sql)
+    queries = cookbook(database)
+    # the cookbook's queries of principal reasons need explanations with reason codes: test_byo_stream runs them
+    assert set(queries) - set(SYNTHETIC_COOKBOOK) == {"principal reasons of one decision",
+                                                      "most frequent principal reasons of a day"}
+    for name in SYNTHETIC_COOKBOOK:
+        found = rows(client, queries[name].replace("the-prediction-id", events[0]["prediction_id"]))
         if name == "explanation of one decision":
             assert len(found) == 1 and len(found[0]["attributions"]) == 3
         if name == "top features this hour against last week":

@@ -13,9 +13,9 @@ from whystream.cli import app
 from whystream.config import Settings
 from whystream.config.secrets import mask_secrets, write_private
 from whystream.errors import ConfigError
-from whystream.logsafe import printable
 from whystream.kafka.dead_letters import DeadLetterRecord
 from whystream.kafka.messages import RawMessage
+from whystream.logsafe import printable
 
 
 @pytest.mark.parametrize("flag, url, variable", [

@@ -13,12 +13,12 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from tls_support import TlsProxy, make_certs
 
+from support.tls import TlsProxy, make_certs
 from whystream.config import Settings
 from whystream.errors import ConfigError
-from whystream.wire.schema_registry import registry_config
 from whystream.wire.codecs import ConfluentCodec, topic_codec
+from whystream.wire.schema_registry import registry_config
 
 USER, PASSWORD = "whystream", "registry-Pa55"
 
@@ -95,6 +95,7 @@ def predictions_codec(url: str, prefix: str):
     return topic_codec(Settings.load(schema_registry_url=url, topic_prefix=prefix), "predictions")
 
 
+@pytest.mark.integration  # a real registry server behind a real TLS terminator
 def test_basic_auth_and_ca_reach_the_registry_client(registry, monkeypatch):
     server, url, certs = registry
     monkeypatch.setenv("WHYSTREAM_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO", f"{USER}:{PASSWORD}")
@@ -109,6 +110,7 @@ def test_basic_auth_and_ca_reach_the_registry_client(registry, monkeypatch):
     assert server.refused == 0
 
 
+@pytest.mark.integration
 def test_wrong_password_or_ca_fails(registry, monkeypatch):
     server, url, certs = registry
     monkeypatch.setenv("WHYSTREAM_SCHEMA_REGISTRY_SSL_CA_LOCATION", str(certs.ca))

@@ -9,24 +9,24 @@ import threading
 
 import numpy as np
 import pytest
-from chdb_support import base_minute, db, stream, synthetic_model  # noqa: F401
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from test_sink import counts, produce, raw_messages, wait_for
 
+from support.chdb import base_minute, stream, synthetic_model
 from whystream.jobs.clickhouse import connection as ch
-
-from whystream.jobs.clickhouse.sql import lit, rows as query_rows
-from whystream.jobs.sink import explanation_rows
 from whystream.jobs.clickhouse import references as model_reference
-from whystream.jobs.sink.sink import Sink
+from whystream.jobs.clickhouse.sql import lit
+from whystream.jobs.clickhouse.sql import rows as query_rows
+from whystream.jobs.sink import explanation_rows
+from whystream.jobs.sink.columns import INSERT_COLUMNS, encode_rows
 from whystream.jobs.sink.consumer import run_sink
 from whystream.jobs.sink.ledger import BLOCK
 from whystream.jobs.sink.pipeline import SinkPipeline
-from whystream.jobs.sink.columns import INSERT_COLUMNS, encode_rows
 from whystream.jobs.sink.rows import decode_messages, rows_of
-from whystream.wire.codecs import codec_for
+from whystream.jobs.sink.sink import Sink
 from whystream.kafka.messages import RawMessage
+from whystream.wire.codecs import codec_for
 
 
 def events_with_ids(model, n: int, seed: int, id_length: int) -> list[dict]:

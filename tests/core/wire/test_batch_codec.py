@@ -8,19 +8,21 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from support import REPO
 from whystream.errors import DecodeError, ModelNotFound
-from whystream.streams.attribution import Attributions
-from whystream.wire.prediction_decoder import OK, PredictionDecoder
-from whystream.wire.avro_read import _utf8_text
 from whystream.explanations.encoder import ExplanationEncoder
-from whystream.wire.codecs import SingleObjectCodec, codec_for
 from whystream.explanations.records import build_explanations
-from whystream.models.objectives import ModelKind
-from whystream.treeshap import EXPLAINER_NAME
 from whystream.kafka.messages import Inbound, RawMessage
+from whystream.models.objectives import ModelKind
+from whystream.streams.attribution import Attributions
 from whystream.streams.validation import Validator
+from whystream.treeshap import EXPLAINER_NAME
+from whystream.wire.avro_read import _utf8_text
+from whystream.wire.codecs import SingleObjectCodec, codec_for
+from whystream.wire.prediction_decoder import OK, PredictionDecoder
 
 FEATURES = ["amount", "hour_of_day", "card_present", "merchant_risk_score", "ip_risk_score", "déjà_vu"]
 
@@ -211,13 +213,12 @@ def test_random_bytes_split_exactly_as_one_at_a_time(tails, with_header):
 def test_events_of_an_older_schema_version_and_unknown_models_take_the_slow_path():
     import io
     import json
-    from pathlib import Path
 
     import fastavro
 
     from whystream.wire.codecs import schema_fingerprint
 
-    old = json.loads((Path(__file__).parents[2] / "schemas/history/PredictionEvent.v1.avsc").read_text())
+    old = json.loads((REPO / "schemas/history/PredictionEvent.v1.avsc").read_text())
     v1 = {"prediction_id": "old-1", "model_name": "fraud", "model_version": "v1", "event_time": 5,
           "features": {"amount": 1.0}, "score": 0.9, "decision": "decline", "threshold": 0.5}
     buffer = io.BytesIO()
@@ -313,13 +314,12 @@ def _v2(record: dict) -> bytes:
     """A PredictionEvent as a producer still on version 2 (no decision_class) writes it."""
     import io
     import json
-    from pathlib import Path
 
     import fastavro
 
     from whystream.wire.codecs import schema_fingerprint
 
-    old = json.loads((Path(__file__).parents[2] / "schemas/history/PredictionEvent.v2.avsc").read_text())
+    old = json.loads((REPO / "schemas/history/PredictionEvent.v2.avsc").read_text())
     buffer = io.BytesIO()
     buffer.write(b"\xc3\x01" + schema_fingerprint(old))
     fastavro.schemaless_writer(buffer, fastavro.parse_schema(old), {k: v for k, v in record.items()

@@ -15,36 +15,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from objective_models import CATEGORICAL, FEATURES, make_rows, train
-from typer.testing import CliRunner
 
-from whystream.cli import app
-from whystream.errors import WhystreamError
+from support.cli import cli, write_csv, write_parquet
+from support.objective_models import CATEGORICAL, FEATURES, make_rows, train
 from whystream.models.registry import ModelRegistry
 
-
-def cli(registry, *args) -> tuple[int, str]:
-    """(exit code, output) of `whystream --registry R ARGS`, as main() reports a WhystreamError."""
-    result = CliRunner().invoke(app, ["--registry", str(registry), *args])
-    if isinstance(result.exception, WhystreamError):
-        return 2, f"whystream: error: {result.exception}"
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
-
-
-def write_parquet(path, X, names=FEATURES):
-    pq.write_table(pa.table({n: X[:, j] for j, n in enumerate(names)}), path)
-    return path
-
-
-def write_csv(path, X, names=FEATURES):
-    with open(path, "w", newline="") as f:
-        out = csv.writer(f)
-        out.writerow(names)
-        for row in X:
-            out.writerow(["" if np.isnan(v) else repr(float(v)) for v in row])
-    return path
+# End to end through the CLI (models trained, registries written, the installed command run): not a unit test.
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +194,6 @@ def test_an_mlflow_model_uri_from_a_real_local_store(files, tmp_path, monkeypatc
     assert "\n" not in out.strip()
 
 
-@pytest.mark.integration
 def test_register_challenge_and_promote_are_announced_on_models(files, tmp_path, fresh_topics):
     from whystream.kafka.reader import read_all
 

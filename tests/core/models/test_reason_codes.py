@@ -9,11 +9,12 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from whystream.errors import WhystreamError
-from whystream.models.reason_codes import MAX_PRINCIPAL_REASONS, load_reason_codes
 from whystream.explanations.records import principal_reasons, top_reasons, toward_sign
+from whystream.models.reason_codes import MAX_PRINCIPAL_REASONS, load_reason_codes
 
 FEATURES = ["income", "utilisation", "tenure", "inquiries", "delinquencies", "age_of_file"]
 

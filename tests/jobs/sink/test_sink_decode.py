@@ -11,13 +11,13 @@ from unittest.mock import patch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from whystream.jobs.sink import decoder as sink_decode
 from whystream.jobs.sink import explanation_rows
 from whystream.jobs.sink.columns import INSERT_COLUMNS
-from whystream.jobs.sink import decoder as sink_decode
 from whystream.jobs.sink.decoder import BatchDecoder
 from whystream.jobs.sink.rows import decode_messages, is_answer
-from whystream.wire.codecs import codec_for, load_schema
 from whystream.kafka.messages import RawMessage
+from whystream.wire.codecs import codec_for, load_schema
 
 CODEC = codec_for("ExplanationEvent", None, "explanations")
 DECODER = BatchDecoder(CODEC)

@@ -8,10 +8,18 @@ import json
 
 import fastavro
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from support import REPO
 from whystream.errors import DecodeError
-from whystream.wire.codecs import SCHEMA_NAMES, ConfluentCodec, SingleObjectCodec, load_schema, schema_fingerprint
+from whystream.wire.codecs import (
+    SCHEMA_NAMES,
+    ConfluentCodec,
+    SingleObjectCodec,
+    load_schema,
+    schema_fingerprint,
+)
 
 PREDICTION = {
     "prediction_id": "p-1", "model_name": "fraud", "model_version": "0123456789ab",
@@ -82,7 +90,7 @@ def test_fingerprint_matches_the_avro_spec_example():
 
 
 def test_a_reader_on_the_current_schema_reads_events_written_with_version_1():
-    old = json.loads((__import__("pathlib").Path(__file__).parents[2] / "schemas/history/PredictionEvent.v1.avsc").read_text())
+    old = json.loads((REPO / "schemas/history/PredictionEvent.v1.avsc").read_text())
     v1_record = {k: v for k, v in PREDICTION.items() if k not in ("segment", "priority")}
     buffer = io.BytesIO()
     buffer.write(b"\xc3\x01" + schema_fingerprint(old))
@@ -91,7 +99,7 @@ def test_a_reader_on_the_current_schema_reads_events_written_with_version_1():
     assert decoded == {**v1_record, "segment": {}, "priority": False, "decision_class": None}
 
 
-HISTORY = __import__("pathlib").Path(__file__).parents[2] / "schemas/history"
+HISTORY = REPO / "schemas/history"
 # (schema, previous version's file, the fields it lacks and what the current reader fills in,
 #  fields renamed since: current name -> previous name, resolved through the current field's aliases)
 PREVIOUS = [
@@ -195,7 +203,7 @@ def test_a_downstream_consumer_needs_only_the_avsc_files():
     """What the README shows: decode an explanation with fastavro and the .avsc alone."""
     data = SingleObjectCodec("ExplanationEvent").encode(EXPLANATION)
     schema = fastavro.parse_schema(json.loads(
-        (__import__("pathlib").Path(__file__).parents[2] / "schemas/ExplanationEvent.avsc").read_text()))
+        (REPO / "schemas/ExplanationEvent.avsc").read_text()))
     assert data[:2] == b"\xc3\x01"
     record = fastavro.schemaless_reader(io.BytesIO(data[10:]), schema)
     assert record["prediction_id"] == "p-1" and record["attributions"][0]["shap"] == 5.0

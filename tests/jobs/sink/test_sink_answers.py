@@ -10,17 +10,17 @@ import threading
 import uuid
 
 import pytest
-from chdb_support import base_minute, db, stream, synthetic_model  # noqa: F401
 from confluent_kafka import Consumer, Producer, TopicPartition
 from test_sink import raw_messages, wait_for
 
+from support.chdb import base_minute, stream, synthetic_model
 from whystream.jobs.clickhouse import connection as ch
-
-from whystream.jobs.clickhouse.sql import lit, rows as query_rows
 from whystream.jobs.clickhouse import references as model_reference
+from whystream.jobs.clickhouse.sql import lit
+from whystream.jobs.clickhouse.sql import rows as query_rows
+from whystream.jobs.sink.consumer import run_sink
 from whystream.jobs.sink.explanation_rows import insert_explanations
 from whystream.jobs.sink.sink import Sink
-from whystream.jobs.sink.consumer import run_sink
 from whystream.wire.codecs import codec_for
 
 CODEC = codec_for("ExplanationEvent", None, "explanations")

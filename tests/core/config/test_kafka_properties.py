@@ -11,10 +11,10 @@ import sys
 import pytest
 
 from whystream.config import Settings
-from whystream.errors import ConfigError
 from whystream.config.kafka_properties import KafkaConfig, env_name, read_properties
-from whystream.kafka.clients import check_broker
+from whystream.errors import ConfigError
 from whystream.infra.stack import free_port
+from whystream.kafka.clients import check_broker
 
 SECRET = "s3cr3t-Pa55"
 

@@ -6,17 +6,15 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
+from support.events import make_records, message
 from whystream.cli import app
-from whystream.kafka.redrive import replay
 from whystream.jobs.dlq import summary
+from whystream.kafka.messages import RawMessage
+from whystream.kafka.reader import read_all
+from whystream.kafka.redrive import replay
 from whystream.streams.assembly import build_engine
 from whystream.streams.engine import EngineConfig
 from whystream.streams.sampling.config import SamplingConfig
-from whystream.kafka.reader import read_all
-from whystream.kafka.messages import RawMessage
-
-from tests.streams.test_engine import make_records
-from tests.streams.test_robustness import message
 
 
 def cli(settings, *args):

@@ -3,8 +3,8 @@ missing values and a categorical feature: what tests of bring-your-own models us
 
 from __future__ import annotations
 
-import numpy as np
 import lightgbm as lgb
+import numpy as np
 
 FEATURES = ["merchant", "amount", "tenure", "utilisation", "velocity", "zero_heavy"]
 CATEGORICAL = ["merchant"]

@@ -5,7 +5,11 @@ import numpy as np
 import pytest
 
 from whystream.errors import ModelNotFound
-from whystream.jobs.simulation.generator import CATEGORICAL_FEATURES, FEATURE_NAMES, TransactionGenerator
+from whystream.jobs.simulation.generator import (
+    CATEGORICAL_FEATURES,
+    FEATURE_NAMES,
+    TransactionGenerator,
+)
 from whystream.models.reference import N_BINS, shap_bin_edges, shap_histogram
 from whystream.models.registry import ModelRegistry
 

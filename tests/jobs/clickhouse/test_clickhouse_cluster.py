@@ -9,14 +9,13 @@ import re
 import uuid
 
 import pytest
-from chdb_support import db  # noqa: F401
 
 from whystream.errors import ConfigError
-from whystream.jobs.clickhouse import connection as ch
-from whystream.jobs.clickhouse.sql import lit, rows
-from whystream.jobs.clickhouse import migrations
-from whystream.jobs.clickhouse import cluster as cc
 from whystream.jobs.analytics import drift_sql
+from whystream.jobs.clickhouse import cluster as cc
+from whystream.jobs.clickhouse import connection as ch
+from whystream.jobs.clickhouse import migrations
+from whystream.jobs.clickhouse.sql import lit, rows
 
 CLUSTER = "analytics"
 # Checksums of the migrations as released: applied deployments record them, so they must never change.

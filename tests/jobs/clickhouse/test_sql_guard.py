@@ -14,14 +14,23 @@ import urllib.request
 from functools import partial
 
 import pytest
-from chdb_support import db  # noqa: F401
 
+from support.docs import cookbook
+from whystream.config import Settings
 from whystream.errors import WhystreamError
 from whystream.jobs.clickhouse import connection as ch
+from whystream.jobs.clickhouse.guard import (
+    QueryLimits,
+    ReadOnlyQueries,
+    RefusedQuery,
+    open_read_only_client,
+)
+from whystream.jobs.clickhouse.query_port import (
+    QueryServer,
+    SinkQueryClient,
+    open_query_client,
+)
 from whystream.jobs.clickhouse.sql import lit, rows
-from whystream.jobs.analytics import drift_sql
-from whystream.jobs.clickhouse.query_port import QueryServer, SinkQueryClient, open_query_client
-from whystream.jobs.clickhouse.guard import QueryLimits, ReadOnlyQueries, RefusedQuery, open_read_only_client
 
 TABLE_FUNCTIONS = ["file('{secret}', 'LineAsString')", "url('http://127.0.0.1:9/x', 'CSV', 'a String')",
                    "s3('http://127.0.0.1:9/bucket/x.csv', 'CSV', 'a String')", "remote('127.0.0.1:9', system.one)",
@@ -110,9 +119,16 @@ def _assert_all_refused(run, target) -> None:
     assert run("SELECT 40 + 2 AS answer").result_rows[0][0] == 42  # and the session still serves
 
 
+def guard_on(stack, database: str) -> ReadOnlyQueries:
+    """The guard as the query port makes it: on the stack's chDB, with the limits of the
+    operator's WHYSTREAM_SQL_* variables (as Settings.load reads them now)."""
+    limits = QueryLimits.from_env(Settings.load().environ)
+    return ReadOnlyQueries(partial(open_read_only_client, ch.parse_dsn(stack.clickhouse_dsn), database, limits))
+
+
 def test_guard_refuses_every_bypass_on_its_own_session(stack, target):
     _, database, *_ = target
-    guard = ReadOnlyQueries(partial(open_read_only_client, ch.parse_dsn(stack.clickhouse_dsn), database))
+    guard = guard_on(stack, database)
     _assert_all_refused(guard.query, target)
 
 
@@ -120,7 +136,7 @@ def test_guard_refusals_come_from_the_guard_itself(stack, target):
     """The guard, not a lucky ClickHouse error, refuses host access and output
     options: no statement of these reaches ClickHouse for execution."""
     _, database, _, _, attack = target
-    guard = ReadOnlyQueries(partial(open_read_only_client, ch.parse_dsn(stack.clickhouse_dsn), database))
+    guard = guard_on(stack, database)
     for sql in [*(attack(f"SELECT * FROM {fn}") for fn in TABLE_FUNCTIONS), *map(attack, HOST_READS)]:
         with pytest.raises(RefusedQuery, match="reads the host|reaches outside"):
             guard.check(sql)
@@ -131,7 +147,7 @@ def test_guard_refusals_come_from_the_guard_itself(stack, target):
 
 def test_ordinary_reads_still_work(stack, target):
     client, database, *_ = target
-    guard = ReadOnlyQueries(partial(open_read_only_client, ch.parse_dsn(stack.clickhouse_dsn), database))
+    guard = guard_on(stack, database)
     for sql, expected in [
         ("SELECT 1", 1), ("  select 41 + 1 ;", 42), ("-- a comment\nSELECT count() FROM drift_alerts", 1),
         ("WITH 2 AS x SELECT x * 3", 6), ("SELECT count() FROM numbers(1000)", 1000),
@@ -142,16 +158,16 @@ def test_ordinary_reads_still_work(stack, target):
     ]:
         assert guard.query(sql).result_rows[0][0] == expected, sql
     assert guard.query("EXPLAIN SELECT 1").result_rows
-    for name, sql in drift_sql.AUDIT_QUERIES.items():  # the README's auditor queries, as printed there
-        guard.query(sql.replace("whystream.", f"{database}."))
+    for sql in cookbook(database).values():  # the auditor's queries of docs/cookbook.md, as printed there
+        guard.query(sql)
 
 
 def test_limits_are_the_operators_not_the_querys(stack, target, monkeypatch):
     _, database, *_ = target
     monkeypatch.setenv("WHYSTREAM_SQL_MAX_RESULT_ROWS", "1000")
     monkeypatch.setenv("WHYSTREAM_SQL_MAX_EXECUTION_TIME", "1")
-    assert QueryLimits.from_env().max_result_rows == 1000
-    guard = ReadOnlyQueries(partial(open_read_only_client, ch.parse_dsn(stack.clickhouse_dsn), database))
+    assert QueryLimits.from_env(Settings.load().environ).max_result_rows == 1000
+    guard = guard_on(stack, database)
     with pytest.raises(Exception, match="(?i)limit for result exceeded"):
         guard.query("SELECT * FROM system.numbers")
     with pytest.raises(Exception, match="(?i)timeout exceeded"):
@@ -161,7 +177,7 @@ def test_limits_are_the_operators_not_the_querys(stack, target, monkeypatch):
     assert guard.query("SELECT count() FROM numbers(10)").result_rows == [(10,)]  # the session recovered
     monkeypatch.setenv("WHYSTREAM_SQL_MAX_RESULT_ROWS", "lots")
     with pytest.raises(WhystreamError, match="WHYSTREAM_SQL_MAX_RESULT_ROWS"):
-        QueryLimits.from_env()
+        QueryLimits.from_env(Settings.load().environ)
 
 
 def test_cli_sql_refuses_and_serves(stack, target, tmp_path):

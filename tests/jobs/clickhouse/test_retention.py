@@ -7,13 +7,20 @@ import time
 
 import numpy as np
 import pytest
-from chdb_support import db, events_for, synthetic_model  # noqa: F401
 
+from support.chdb import events_for, synthetic_model
+from whystream.config import Settings
 from whystream.errors import ConfigError
-from whystream.jobs.clickhouse.sql import lit, rows as query_rows
-from whystream.jobs.sink import explanation_rows
 from whystream.jobs.clickhouse import references as model_reference
-from whystream.jobs.clickhouse.retention import AGGREGATES, PRIORITY_VAR, SAMPLED_VAR, Retention
+from whystream.jobs.clickhouse.retention import (
+    AGGREGATES,
+    PRIORITY_VAR,
+    SAMPLED_VAR,
+    Retention,
+)
+from whystream.jobs.clickhouse.sql import lit
+from whystream.jobs.clickhouse.sql import rows as query_rows
+from whystream.jobs.sink import explanation_rows
 
 DAY_MS = 86_400_000
 
@@ -39,7 +46,7 @@ def test_retention_from_the_environment(db, monkeypatch):
     client, database = db
     monkeypatch.setenv(PRIORITY_VAR, "1827")  # ECOA's five years
     monkeypatch.setenv(SAMPLED_VAR, "180")
-    retention = Retention.from_env()
+    retention = Retention.from_env(Settings.load().environ)
     assert (retention.priority_days, retention.sampled_days, retention.aggregate_days) == (1827, 180, 180)
     assert set(retention.apply(client, database)) == {"explanations", "explanation_ids", "sink_ledger", *AGGREGATES}
     sql = table_sql(client, database)
@@ -49,7 +56,7 @@ def test_retention_from_the_environment(db, monkeypatch):
     assert retention.apply(client, database) == []
     monkeypatch.setenv(SAMPLED_VAR, "ninety")
     with pytest.raises(ConfigError, match=SAMPLED_VAR):
-        Retention.from_env()
+        Retention.from_env(Settings.load().environ)
 
 
 def test_sampled_rows_expire_before_priority_rows(db):

@@ -5,10 +5,15 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from whystream.infra.stack import free_port
-from whystream.wire.codecs import codec_for
-from whystream.streams.assembly import build_engine
-from whystream.kafka.reader import ReadTimeout, message_count, partition_bounds, read_all, read_to_end
 from whystream.kafka.messages import RawMessage
+from whystream.kafka.reader import (
+    ReadTimeout,
+    message_count,
+    partition_bounds,
+    read_all,
+    read_to_end,
+)
+from whystream.streams.assembly import build_engine
 
 pytestmark = pytest.mark.integration
 

@@ -9,19 +9,25 @@ import time
 
 import numpy as np
 import pytest
-from chdb_support import base_minute, db, events_for, stream, synthetic_model, tiny_registered_model  # noqa: F401
 from clickhouse_connect.driver.exceptions import OperationalError
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from support.chdb import (
+    base_minute,
+    events_for,
+    stream,
+    synthetic_model,
+    tiny_registered_model,
+)
 from whystream.errors import ConfigError
 from whystream.jobs.clickhouse import connection as ch
-from whystream.jobs.clickhouse.sql import rows
 from whystream.jobs.clickhouse import references as model_reference
 from whystream.jobs.clickhouse.query_port import SinkQueryClient, open_query_client
-from whystream.jobs.sink.sink import Sink, SinkStopped
+from whystream.jobs.clickhouse.sql import rows
 from whystream.jobs.sink.consumer import run_sink
-from whystream.wire.codecs import codec_for
+from whystream.jobs.sink.sink import Sink, SinkStopped
 from whystream.kafka.messages import RawMessage
+from whystream.wire.codecs import codec_for
 
 
 class Outage:

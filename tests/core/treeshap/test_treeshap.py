@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 shap = pytest.importorskip("shap")
 
-from whystream.treeshap import EXPLAINER_NAME, EXPLAINER_VERSION, TreeShap
 from whystream.errors import UnsupportedModel
+from whystream.treeshap import EXPLAINER_NAME, EXPLAINER_VERSION, TreeShap
 
 F = 8
 CAT = 0  # categorical feature

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from chdb_support import tiny_registered_model
 from hypothesis import given
 from hypothesis import strategies as st
 
+from support.chdb import tiny_registered_model
 from whystream.errors import WhystreamError
 from whystream.models.events import CHALLENGER, CHAMPION, ModelBook, event_key
 from whystream.models.registry import ModelRegistry

@@ -14,23 +14,22 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
-from chdb_support import db  # noqa: F401
-from tests.streams.test_worker import dedup, priority_ids, wait_quiet
-from tls_support import TlsProxy, make_certs
 
+from support import REPO
+from support.tls import TlsProxy, make_certs
+from support.worker import dedup, priority_ids, wait_quiet
 from whystream.config import Settings
-from whystream.jobs.simulation.generator import TransactionGenerator
-from whystream.jobs.simulation.produce import prediction_events
-from whystream.kafka.topics import ensure_topics
+from whystream.config.kafka_properties import KafkaConfig
 from whystream.infra.stack import free_port, start_broker
 from whystream.jobs.clickhouse.sql import rows
+from whystream.jobs.simulation.generator import TransactionGenerator
+from whystream.jobs.simulation.produce import prediction_events
 from whystream.jobs.sink.consumer import run_sink
-from whystream.config.kafka_properties import KafkaConfig
 from whystream.kafka.reader import read_all
+from whystream.kafka.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
-EXAMPLE = Path(__file__).parents[2] / "examples" / "consume_explanations.py"
+EXAMPLE = REPO / "examples" / "consume_explanations.py"
 
 
 @pytest.fixture(scope="module")
@@ -150,8 +149,7 @@ def test_a_refused_sasl_login_ends_in_one_line_without_the_password(tls, engine_
 
 
 def test_the_drift_monitor_publishes_alerts_over_tls(tls, fresh_topics, db, tmp_path):  # noqa: F811
-    from tests.jobs.analytics.test_drift import consume_alerts, load_stream, run_ticks
-
+    from support.drift import consume_alerts, load_stream, run_ticks
     from whystream.jobs.analytics.drift import DriftMonitor
 
     address, certs, proxy = tls
