@@ -29,8 +29,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import tempfile
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,8 +43,8 @@ LEVELS_100 = (np.arange(100) + 0.5) / 100
 
 
 def train(folder: Path, n_train: int):
-    from whystream.models.registry import ModelRegistry
     from whystream.jobs.simulation.train import train_model
+    from whystream.models.registry import ModelRegistry
 
     return train_model(ModelRegistry(folder), n_train=n_train, num_trees=100, progress=False)
 
@@ -52,7 +52,11 @@ def train(folder: Path, n_train: int):
 def pools(model, feature: str, n_pool: int, seed: int = 7) -> tuple[dict[float, tuple], float]:
     """Per shift (in sd of `feature`): (SHAP [n, F], priority mask) of the same n_pool events."""
 
-    from whystream.jobs.simulation.generator import FEATURE_NAMES, DriftSpec, TransactionGenerator
+    from whystream.jobs.simulation.generator import (
+        FEATURE_NAMES,
+        DriftSpec,
+        TransactionGenerator,
+    )
     from whystream.treeshap import TreeShap
 
     explainer = TreeShap(model.booster)

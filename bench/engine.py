@@ -110,11 +110,11 @@ def run(args) -> dict:
     import redis
 
     from whystream.infra.stack import EmbeddedStack
-    from whystream.kafka.topics import ensure_topics
     from whystream.jobs.simulation.generator import TransactionGenerator
     from whystream.jobs.simulation.produce import prediction_events
-    from whystream.models.registry import ModelRegistry
     from whystream.jobs.simulation.train import train_model
+    from whystream.kafka.topics import ensure_topics
+    from whystream.models.registry import ModelRegistry
 
     found = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "--verify", f"{args.against}^{{commit}}"],
                            capture_output=True, text=True)

@@ -63,9 +63,9 @@ def run(args) -> dict:
     from bench.ingest_throughput import bare_faust, worker_ingest
     from bench.processes import StackCpu, WorkerProcess
     from whystream.infra.stack import EmbeddedStack
+    from whystream.jobs.simulation.train import train_model
     from whystream.kafka.topics import ensure_topics
     from whystream.models.registry import ModelRegistry
-    from whystream.jobs.simulation.train import train_model
 
     result: dict = {"benchmark": "ingest", "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
                                                       f"Python {platform.python_version()}", "events": args.events}

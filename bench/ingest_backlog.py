@@ -9,7 +9,6 @@ import time
 import uuid
 from pathlib import Path
 
-
 from bench.ingest_events import encoded_events, load_topic
 from bench.ingest_throughput import _rate
 from bench.processes import Sampler, WorkerProcess, _peak_rss

@@ -4,7 +4,6 @@ encoded, loaded into `predictions`; their event_time read or rewritten in place.
 
 from __future__ import annotations
 
-
 from whystream.wire.avro_write import avro_long
 
 
@@ -58,11 +57,11 @@ def encoded_events(model, count: int, run_id: str, seed: int = 1, start: int = 0
 
 def load_topic(settings, chunks) -> int:
     """Produce (key, value) chunks as fast as the broker takes them."""
-    from confluent_kafka import Producer
+    from whystream.kafka.clients import producer as kafka_producer
 
     topic = settings.topic("predictions")
-    producer = Producer(settings.kafka(**{"linger.ms": 20, "compression.type": "lz4", "batch.size": 1_000_000,
-                                          "queue.buffering.max.kbytes": 512 * 1024}))
+    producer = kafka_producer(settings, "bulk", **{"linger.ms": 20, "batch.size": 1_000_000,
+                                                   "queue.buffering.max.kbytes": 512 * 1024})
     sent = 0
     for chunk in chunks:
         for key, value in chunk:

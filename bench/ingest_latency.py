@@ -9,8 +9,12 @@ import time
 import uuid
 from pathlib import Path
 
-
-from bench.ingest_events import encoded_events, event_time_of, prediction_id_of, with_event_time
+from bench.ingest_events import (
+    encoded_events,
+    event_time_of,
+    prediction_id_of,
+    with_event_time,
+)
 from bench.processes import Sampler, StackCpu, WorkerProcess
 
 
@@ -19,14 +23,14 @@ class Listener(threading.Thread):
 
     def __init__(self, settings, topic: str, **fetch_settings):
         super().__init__(daemon=True)
-        from confluent_kafka import Consumer, TopicPartition
+        from confluent_kafka import TopicPartition
 
+        from whystream.kafka.clients import consumer
         from whystream.kafka.reader import partition_bounds
 
         self.topic = settings.topic(topic)
-        self.consumer = Consumer(settings.kafka(**{"group.id": f"bench-listen-{uuid.uuid4().hex[:8]}",
-                                                   "enable.auto.commit": False, "fetch.error.backoff.ms": 5,
-                                                   **(fetch_settings or {"fetch.wait.max.ms": 5})}))
+        self.consumer = consumer(settings, label="bench-listen", **{"fetch.error.backoff.ms": 5,
+                                                                    **(fetch_settings or {"fetch.wait.max.ms": 5})})
         partitions = self.consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions
         bounds = partition_bounds(settings, self.topic, partitions, timeout=10)  # not the watermark: Tansu's is short
         self.consumer.assign([TopicPartition(self.topic, p, end) for p, (_, end) in bounds.items()])
@@ -53,9 +57,9 @@ class Listener(threading.Thread):
 def send_steady(settings, events: list[tuple[bytes, bytes]], rate: float, keyed: bool) -> tuple[float, float]:
     """Send the events at `rate`/s, a few every millisecond, each with event_time = its send time.
     Returns (wall-clock time of the first send, seconds it took)."""
-    from confluent_kafka import Producer
+    from whystream.kafka.clients import producer as kafka_producer
 
-    producer = Producer(settings.kafka(**{"linger.ms": 5, "compression.type": "lz4"}))  # as `whystream produce`
+    producer = kafka_producer(settings, "bulk")  # as `whystream produce`
     topic = settings.topic("predictions")
     began, first_send = time.monotonic(), time.time()
     step = max(1, int(rate / 1000))

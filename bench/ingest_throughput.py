@@ -11,9 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
-
 from bench.processes import Sampler, WorkerProcess, _peak_rss
-
 
 BARE_FAUST_AGENT = r'''
 import json, os, sys, time

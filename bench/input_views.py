@@ -77,10 +77,10 @@ def batches(m, n_batches: int, per_batch: int, start_ms: int) -> list[list[dict]
 
 def run(args) -> dict:
     from whystream.config import Settings
-    from whystream.jobs.clickhouse import connection as ch
-    from whystream.jobs.sink import explanation_rows
-    from whystream.jobs.clickhouse import references as model_reference
     from whystream.jobs.analytics import input_drift
+    from whystream.jobs.clickhouse import connection as ch
+    from whystream.jobs.clickhouse import references as model_reference
+    from whystream.jobs.sink import explanation_rows
 
     folder = Path(tempfile.mkdtemp(prefix="whystream-bench-"))
     try:

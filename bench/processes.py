@@ -14,7 +14,6 @@ import urllib.request
 from pathlib import Path
 
 
-
 def _peak_rss(pid: int) -> int:
     """VmHWM: the peak resident set of a process, in bytes."""
     with open(f"/proc/{pid}/status") as f:

@@ -77,14 +77,14 @@ def child(args) -> dict:
     from bench.input_views import model as bench_model
     from whystream.config import Settings
     from whystream.jobs.clickhouse import connection as ch
+    from whystream.jobs.clickhouse import references as model_reference
     from whystream.jobs.clickhouse.sql import rows
     from whystream.jobs.sink import explanation_rows
-    from whystream.jobs.clickhouse import references as model_reference
-    from whystream.jobs.sink.sink import Sink
     from whystream.jobs.sink.decoder import BatchDecoder
     from whystream.jobs.sink.pipeline import SinkPipeline
-    from whystream.wire.codecs import codec_for
+    from whystream.jobs.sink.sink import Sink
     from whystream.kafka.messages import RawMessage
+    from whystream.wire.codecs import codec_for
 
     model = bench_model(N_FEATURES)  # with an input reference: the input-drift views do their work too
     values = make_events(model, args.events + BATCH)

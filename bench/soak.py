@@ -28,15 +28,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from confluent_kafka import Producer
-
 from whystream.infra.stack import EmbeddedStack, free_port, redis_binary
 from whystream.jobs.simulation.generator import TransactionGenerator
 from whystream.jobs.simulation.produce import prediction_events
-from whystream.models.registry import ModelRegistry
 from whystream.jobs.simulation.train import train_model
-from whystream.wire.codecs import codec_for
+from whystream.kafka.clients import producer as kafka_producer
 from whystream.kafka.reader import message_count, read_all
+from whystream.models.registry import ModelRegistry
+from whystream.wire.codecs import codec_for
 
 BAND = 0.02
 
@@ -123,7 +122,7 @@ def main() -> int:
         def send():
             # Idempotent: a retried produce request must not put a decision on the topic twice (the
             # worker's guarantee is about its own output; duplicated input is counted below).
-            producer = Producer(settings.kafka(**{"enable.idempotence": True}))
+            producer = kafka_producer(settings, "confirmed")
             began = time.monotonic()
             for i, (key, value, _) in enumerate(messages):
                 producer.produce(settings.topic("predictions"), value, key)

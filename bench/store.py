@@ -46,8 +46,8 @@ def run(args) -> dict:
 
     from bench.ingest_events import encoded_events
     from whystream.infra.stack import start_redis
-    from whystream.models.registry import ModelRegistry
     from whystream.jobs.simulation.train import train_model
+    from whystream.models.registry import ModelRegistry
     from whystream.streams.store import RedisStore
 
     with tempfile.TemporaryDirectory(prefix="whystream-store-") as tmp:

@@ -3,8 +3,8 @@
 - cache: an identical feature vector of the same model version was explained
   before (by any worker); its exact attributions come from Redis (the engine
   reads and writes them with its other Redis calls; this module packs them).
-- live: exact path-dependent TreeSHAP (streams/treeshap.py), multi-core.
-- fallback: Saabas path attribution (streams/approximate.py). Cheap and
+- live: exact path-dependent TreeSHAP (whystream/treeshap/), multi-core.
+- fallback: Saabas path attribution (whystream/models/saabas.py). Cheap and
   additive, but not SHAP; used when live computation raises or the batch's
   latency budget is spent. Rows without a latency target (reservoir samples:
   `started=None`) never take it for latency: they wait for the live result.
@@ -132,3 +132,18 @@ class Attributor:
                 source[rows] = "FALLBACK"
             shap_values[rows], raw[rows] = values, raw_chunk
         return Attributions(shap_values, raw, source, explainer.base_values(classes), classes)
+
+    def attribute_some_in_time(self, model: RegisteredModel, X: np.ndarray, in_time: np.ndarray,
+                               started: float, cached: list[bytes | None], classes: np.ndarray) -> Attributions:
+        """`attribute`, with the latency budget from `started` for the rows where `in_time` holds
+        (priority decisions: past the budget, the fallback, which their `source` says) and none for
+        the others (reservoir samples wait for the live result)."""
+        if in_time.all() or not in_time.any():
+            return self.attribute(model, X, started if in_time.all() else None, cached, classes)
+        parts = [(rows, self.attribute(model, X[rows], when, [cached[i] for i in rows.tolist()], classes[rows]))
+                 for rows, when in ((np.flatnonzero(in_time), started), (np.flatnonzero(~in_time), None))]
+        shap, raw, base = np.zeros(X.shape), np.zeros(len(X)), np.zeros(len(X))
+        source = np.empty(len(X), dtype=object)
+        for rows, part in parts:
+            shap[rows], raw[rows], source[rows], base[rows] = part.shap, part.raw, part.source, part.base_value
+        return Attributions(shap, raw, source, base, classes)

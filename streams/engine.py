@@ -3,7 +3,7 @@
 `Engine.process(messages)` (or `process_inbound`, for a batch the transport
 already holds as columns) takes one batch of raw prediction messages and:
 1. decodes and validates them, the whole batch into columns at once
-   (streams/batch_decode.py; anything unusual event by event through the
+   (whystream/wire/prediction_decoder.py; anything unusual event by event through the
    codec); bad ones go to `predictions.dlq` with a reason (events of a model
    version that cannot be served, or with an event time not to be trusted,
    too), the original bytes capped at `dlq_original_cap`;
@@ -12,8 +12,8 @@ already holds as columns) takes one batch of raw prediction messages and:
 3. explains (cache -> live TreeSHAP -> fallback; reservoir samples never
    fall back for latency), skipping prediction_ids already explained
    (redelivery, or twice in one batch), publishes ExplanationEvents (encoded
-   straight from the arrays, streams/batch_encode.py) and waits for the
-   broker to confirm each of them (streams/publish.py);
+   straight from the arrays, whystream/explanations/encoder.py) and waits for the
+   broker to confirm each of them (whystream/kafka/publisher.py);
 4. remembers where every valid prediction lies in `predictions` (Redis, 15
    minutes; explain on demand reads it back from there), on a thread of its
    own while the next batch comes in;
@@ -56,7 +56,7 @@ from whystream.kafka.messages import Inbound, RawMessage
 from whystream.kafka.publisher import Publisher
 from whystream.kafka.reader import OffsetReader
 from whystream.models.registry import ModelRegistry, RegisteredModel
-from whystream.streams.attribution import Attributions, Attributor, cache_keys
+from whystream.streams.attribution import Attributor, cache_keys
 from whystream.streams.checkpointing.checkpoints import Checkpoints
 from whystream.streams.checkpointing.replay_guard import ReplayGuard
 from whystream.streams.due import Candidates, Due, requested_classes
@@ -136,7 +136,7 @@ class Engine:
         self._established: set[str] = set()
         self.on_demand = OnDemand(self, parts.predictions_reader)  # any recent decision, beside the batch path
         self._building_for = "first-event"  # why kernels are being built now (whystream_model_kernel_built_at)
-        self.shadow = None  # the challenger's shadow (streams/shadow.py), set by the worker's control plane
+        self.shadow = None  # the challenger's shadow (streams/control/shadow.py), set by the worker's control plane
 
     def _prepare(self, model: RegisteredModel) -> None:
         """Build a new version's explainer when the validator first meets it: a version whose
@@ -376,8 +376,10 @@ class Engine:
             if not keep:
                 continue
             X = rows[keep] if len(keep) < len(rows) else rows
-            attributions = self._attribute(work.model, X, [work.reasons[i] for i in keep], started,
-                                           [cached[i] for i in keep], classes[keep])
+            # priority decisions within the latency budget (else the fallback), reservoir samples always live
+            waiting = np.fromiter((work.reasons[i] != RESERVOIR for i in keep), dtype=bool, count=len(keep))
+            attributions = self.attributor.attribute_some_in_time(work.model, X, waiting, started,
+                                                                  [cached[i] for i in keep], classes[keep])
             fresh.extend(attributions.cache_entries(work.model.version, [hashes[i] for i in keep]))
             records, reasons = [work.records[i] for i in keep], [work.reasons[i] for i in keep]
             weights, strata = [work.weights[i] for i in keep], [work.strata[i] for i in keep]
@@ -404,22 +406,6 @@ class Engine:
         self.publisher.flush()  # offsets are acknowledged only after the broker has every message
         self.store.record(published_ids, published_values, fresh)
         self.metrics.redis_up.set(1 if self.store.available else 0)
-
-    def _attribute(self, model: RegisteredModel, X: np.ndarray, reasons: list[str], started: float,
-                   cached: list[bytes | None], classes: np.ndarray) -> Attributions:
-        """Attributions of the rows of X: priority decisions within the latency budget (else the
-        fallback, which their `source` says), reservoir samples always live (no latency target)."""
-        sampled = np.fromiter((r == RESERVOIR for r in reasons), dtype=bool, count=len(reasons))
-        if sampled.all() or not sampled.any():
-            return self.attributor.attribute(model, X, None if sampled.all() else started, cached, classes)
-        parts = [(rows, self.attributor.attribute(model, X[rows], when, [cached[i] for i in rows.tolist()],
-                                                  classes[rows]))
-                 for rows, when in ((np.flatnonzero(~sampled), started), (np.flatnonzero(sampled), None))]
-        shap, raw, base = np.zeros(X.shape), np.zeros(len(X)), np.zeros(len(X))
-        source = np.empty(len(X), dtype=object)
-        for rows, part in parts:
-            shap[rows], raw[rows], source[rows], base[rows] = part.shap, part.raw, part.source, part.base_value
-        return Attributions(shap, raw, source, base, classes)
 
     def _dead_letters(self, dead) -> None:
         """Dead letters out (confirmed with the batch's explanations), but those a replayed stretch

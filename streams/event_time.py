@@ -1,6 +1,6 @@
 """Which event times to trust.
 
-An event's `event_time` decides its reservoir window (streams/sampling.py): one
+An event's `event_time` decides its reservoir window (streams/sampling/): one
 event stamped in the year 3000, or in microseconds instead of milliseconds,
 would pull a partition's watermark so far ahead that every later event lands
 in one window that never closes. Such events are dead-lettered (EVENT_TIME):

@@ -37,7 +37,7 @@ class Metrics:
         self.held_items = Gauge("whystream_reservoir_held_events", "Sampled events waiting for their window to close",
                                 registry=r)
 
-        # The control plane (streams/control.py, streams/shadow.py)
+        # The control plane (streams/control/plane.py, streams/control/shadow.py)
         self.kernel_built = Gauge("whystream_model_kernel_built_at", "When (epoch s) this worker built a version's "
                                   "TreeSHAP kernels, and why: models-topic (before its first event) or first-event",
                                   ["model", "version", "by"], registry=r)

@@ -9,7 +9,7 @@ Keys (the prefix is `whystream:` unless configured):
 | `whystream:published:<prediction_id>`    | the encoded ExplanationEvent published  | dedup_ttl_s         |
 | `whystream:at:<prediction_id>`           | where the PredictionEvent is in `predictions`: partition (int32) and offset (int64), little-endian | prediction_ttl_s |
 | `whystream:version-events:<version>`     | events seen of a model version (INCRBY; a worker stops counting once it is past `new_version_events`) | none |
-| `whystream:answered:<request_id>`        | an ExplainRequest answered (streams/control.py: answered once) | dedup_ttl_s |
+| `whystream:answered:<request_id>`        | an ExplainRequest answered (streams/control/plane.py: answered once) | dedup_ttl_s |
 | `whystream:redrive:<name>/<version>`     | the worker that sends this version's UNKNOWN_VERSION dead letters back (one worker does) | dedup_ttl_s |
 
 Every call handles a whole batch in one round trip, and a batch of due events
@@ -140,7 +140,7 @@ class RedisStore(ResilientRedis):
         calls = self._chunks(keys, len(prediction_ids), [self.dedup_ttl_s, self.explanation_ttl_s], values)
         self._call(lambda: self._run_script(self._set_with_ttls, calls), None)
 
-    # -- the control plane (streams/control.py) ---------------------------------------------------------------
+    # -- the control plane (streams/control/plane.py) ---------------------------------------------------------------
 
     def mark(self, kind: str, name: str, value: str = "1") -> bool | None:
         """Set `whystream:<kind>:<name>` unless it is set (dedup_ttl_s): True if this call set it,

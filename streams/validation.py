@@ -68,7 +68,7 @@ class Validator:
     """Splits a batch into valid events per model version (columns) and dead letters.
 
     Events of the current schema in single-object encoding go through the
-    compiled batch decoder (streams/batch_decode.py); whatever it does not
+    compiled batch decoder (whystream/wire/prediction_decoder.py); whatever it does not
     accept outright (another schema version, the Confluent format, anything
     invalid) is decoded by the codec and checked by `_check`, one at a time,
     so the outcome and every dead-letter reason are those of the rules above.

@@ -7,6 +7,8 @@
   only; `jobs/` (sink, ClickHouse, analytics, simulation, demo) on the core and
   `infra/`; the CLI (`whystream/cli/`) composes everything.
 - No module longer than MAX_LINES.
+- Every Kafka client is made in whystream/kafka/clients.py, and the environment is
+  read in one place, Settings.load (whystream/config/settings.py).
 
 `python tests/test_architecture.py` prints the graph in numbers: modules,
 imports, imports between parts, cycles.
@@ -170,6 +172,35 @@ def test_modules_stay_short():
     known, _ = graph()
     long = {name: n for name, path in known.items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert long == {}
+
+
+def calls(name: str) -> dict[str, list[str]]:
+    """Module -> the constructors or attributes of `name`'s kind it calls: e.g. Producer(...)."""
+    found: dict[str, list[str]] = {}
+    for module, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                func = node.func
+                called = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+                if called == name:
+                    found.setdefault(module, []).append(called)
+            elif name == "environ" and isinstance(node, ast.Attribute) and node.attr == "environ" \
+                    and isinstance(node.value, ast.Name) and node.value.id == "os":
+                found.setdefault(module, []).append("os.environ")
+    return found
+
+
+def test_kafka_clients_are_made_in_one_place():
+    # kafka_properties checks the user's properties on a producer connected to nothing
+    allowed = {"whystream.kafka.clients", "whystream.config.kafka_properties"}
+    made = {m for kind in ("Producer", "Consumer", "AdminClient") for m in calls(kind)}
+    assert made - allowed == set()
+
+
+def test_the_environment_is_read_through_settings():
+    # the demo hands its own environment, with the stack's settings, to the processes it starts
+    allowed = {"whystream.config.settings", "whystream.jobs.demo"}
+    assert set(calls("environ")) - allowed == set()
 
 
 def test_the_checker_sees_lazy_and_relative_imports(tmp_path):

@@ -1,7 +1,7 @@
 """`whystream compare NAME`: how a challenger explains the champion's live decisions.
 
 Workers explain every explained decision of a model's champion with its
-challenger too (streams/shadow.py); the sink writes both explanations, and the
+challenger too (streams/control/shadow.py); the sink writes both explanations, and the
 ClickHouse views of migration 041 pair them by `champion_prediction_id`:
 
 - `champion_challenger`: per champion and challenger version, the decisions

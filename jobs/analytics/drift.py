@@ -44,7 +44,7 @@ log = logging.getLogger("whystream.drift")
 
 ALERT_COLUMNS = ["alert_id", "model_name", "model_version", "feature", "window_start", "window_end", "statistic",
                  "value", "threshold", "reference", "raised_at", "fallback_share", "weighted_n", "n", "effective_n"]
-RESERVOIR_WINDOW_SECONDS = 10.0  # the workers' default --window (streams/sampling.py: SamplingConfig.window_ms)
+RESERVOIR_WINDOW_SECONDS = 10.0  # the workers' default --window (streams/sampling/: SamplingConfig.window_ms)
 
 
 @dataclass

@@ -8,7 +8,7 @@ For each explanation in ClickHouse (`explanations FINAL`, read-only):
    so the original PredictionEvent is read back from `predictions` (found by its key,
    the prediction_id, from just before its event time). `from_topic` reads the event
    for every explanation and also checks the stored values against it;
-2. the model: the registered version named by the explanation (jobs/models/registry.py);
+2. the model: the registered version named by the explanation (whystream/models/registry.py);
    a version the registry no longer has, or cannot load, is reported as such;
 3. the recomputation, with the explainer the explanation names: exact TreeSHAP for
    LIVE and CACHE (the cache holds TreeSHAP values), Saabas for FALLBACK, each for the

@@ -54,7 +54,7 @@ def statements(sql: str) -> list[str]:
 
 def migration_statements(mig: Migration, database: str, cluster: str | None = None) -> list[str]:
     """The statements of a migration for `database`: the file's own, or their cluster
-    form (jobs/analytics/clickhouse_cluster.py) when a cluster name is given."""
+    form (jobs/clickhouse/cluster.py) when a cluster name is given."""
     own = statements(mig.sql.replace("{db}", ident(database)))
     return own if not cluster else [out for statement in own for out in cluster_statement(statement, cluster)]
 

@@ -1,6 +1,6 @@
 """How long ClickHouse keeps explanations and their aggregates (audit retention).
 
-Compliance defaults (see README, "Retention"):
+Compliance defaults (docs/clickhouse.md, "Retention"):
 - priority explanations (ADVERSE, NEAR_THRESHOLD, FLAGGED, NEW_VERSION), which
   hold the principal reasons of adverse actions: 762 days, any 25
   calendar months (US Reg B, 12 CFR 1002.12, keeps adverse-action records 25

@@ -7,7 +7,7 @@ the op codes its compiled decoder runs, and the per-message path
 (`sink_rows.decode_messages`) writes the same columns from the decoded dicts
 (`explanation_rows.explanation_columns`) with `encode_rows`. To add a field: append
 it to the schema (with a default), to FIELDS and to explanation_columns, and
-its column in a migration; the property test (tests/jobs/analytics/test_sink_decode.py)
+its column in a migration; the property test (tests/jobs/sink/test_sink_decode.py)
 checks both paths still write the same bytes.
 
 RowBinary (ClickHouse's row format): String = unsigned LEB128 length + bytes;

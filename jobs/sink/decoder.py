@@ -9,9 +9,9 @@ the event time come back to Python (the duplicate filter and the ledger use
 them), and whether the row is an answer to an explain request
 (`sink_rows.is_answer`: sampling_reason ON_DEMAND or a non-empty request_id),
 which the sink drops. The result is the `Rows` the per-message path (`sink_rows.decode_messages`)
-makes, byte for byte (tests/jobs/analytics/test_sink_decode.py).
+makes, byte for byte (tests/jobs/sink/test_sink_decode.py).
 
-The Avro read here is the one streams/batch_decode.py reads (it reuses its
+The Avro read here is the one whystream/wire/prediction_decoder.py reads (it reuses its
 readers): single-object header C3 01 + the current schema's 8-byte
 fingerprint; long = zigzag varint; string = long length + UTF-8; double = 8
 bytes little-endian; boolean = 1 byte; enum = long index; union = long branch
@@ -34,9 +34,10 @@ from numba import njit
 
 from whystream.jobs.sink.columns import FIELDS, _text
 from whystream.jobs.sink.rows import ANSWER_REASON, LATEST_MS, Rows, decode_messages
-from whystream.wire.avro_read import _ascii_text, _double, _long, _string, _utf8_text
-from whystream.wire.codecs import load_schema, schema_fingerprint
 from whystream.kafka.messages import RawMessage
+from whystream.wire.avro_read import _ascii_text, _double, _long, _string, _utf8_text
+from whystream.wire.avro_write import _put_bytes, _put_varint
+from whystream.wire.codecs import load_schema, schema_fingerprint
 
 OPS = ("STR", "TIME", "DOUBLE", "WEIGHT", "ENUM", "BOOL", "NULL_INT", "NULL_STR", "STRS", "ATTRS", "REASONS",
        "POS", "TOPIC")
@@ -44,24 +45,6 @@ STR, TIME, DOUBLE, WEIGHT, ENUM, BOOL, NULL_INT, NULL_STR, STRS, ATTRS, REASONS,
 CAPTURED = ("prediction_id", "model_name", "model_version")  # text that comes back to Python
 NO_MARK, NON_EMPTY = -1, 0  # marks[k]: the ENUM symbol index, or NON_EMPTY (a NULL_STR), that makes an answer
 OK, SLOW = 0, 1
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _put_leb(out, q, n):
-    while n >= 0x80:
-        out[q] = (n & 0x7F) | 0x80
-        q += 1
-        n >>= 7
-    out[q] = n
-    return q + 1
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _put(out, q, src, a, b):
-    for k in range(a, b):
-        out[q] = src[k]
-        q += 1
-    return q
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -129,12 +112,12 @@ def _records(buf, p, end, n_strings, scratch, bits, value):
 def _put_records(out, q, buf, scratch, count, n_strings):
     """The records read by _records as RowBinary arrays: each string, then values, then shaps."""
     for s in range(n_strings):
-        q = _put_leb(out, q, count)
+        q = _put_varint(out, q, np.uint64(count))
         for j in range(count):
             a, b = scratch[j, 2 * s], scratch[j, 2 * s + 1]
-            q = _put_leb(out, q, b - a)
-            q = _put(out, q, buf, a, b)
-    q = _put_leb(out, q, count)
+            q = _put_varint(out, q, np.uint64(b - a))
+            q = _put_bytes(out, q, buf, a, b)
+    q = _put_varint(out, q, np.uint64(count))
     for j in range(count):
         at = scratch[j, 2 * n_strings]
         if at < 0:
@@ -142,11 +125,11 @@ def _put_records(out, q, buf, scratch, count, n_strings):
             q += 1
         else:
             out[q] = 0
-            q = _put(out, q + 1, buf, at, at + 8)
-    q = _put_leb(out, q, count)
+            q = _put_bytes(out, q + 1, buf, at, at + 8)
+    q = _put_varint(out, q, np.uint64(count))
     for j in range(count):
         at = scratch[j, 2 * n_strings + 1]
-        q = _put(out, q, buf, at, at + 8)
+        q = _put_bytes(out, q, buf, at, at + 8)
     return q
 
 
@@ -184,7 +167,7 @@ def _transcode(buf, starts, ends, fingerprint, ops, captures_at, symbols, symbol
                 c = captures_at[k]
                 if c >= 0:
                     captured[i, 2 * c], captured[i, 2 * c + 1] = a, b
-                q = _put(out, _put_leb(out, q, b - a), buf, a, b)
+                q = _put_bytes(out, _put_varint(out, q, np.uint64(b - a)), buf, a, b)
                 p = b
             elif op == TIME:
                 v, p = _long(buf, p, end)
@@ -202,7 +185,7 @@ def _transcode(buf, starts, ends, fingerprint, ops, captures_at, symbols, symbol
                 if not np.isfinite(v) or (op == WEIGHT and v <= 0):
                     good = False
                     break
-                q = _put(out, q, buf, p, p + 8)
+                q = _put_bytes(out, q, buf, p, p + 8)
                 p += 8
             elif op == ENUM:
                 index, p = _long(buf, p, end)
@@ -214,7 +197,7 @@ def _transcode(buf, starts, ends, fingerprint, ops, captures_at, symbols, symbol
                 if marks[k] == index:
                     answers[i] = True
                 a, b = symbol_at[first + index, 0], symbol_at[first + index, 1]
-                q = _put(out, _put_leb(out, q, b - a), symbols, a, b)
+                q = _put_bytes(out, _put_varint(out, q, np.uint64(b - a)), symbols, a, b)
             elif op == BOOL:
                 if p >= end or buf[p] > 1:
                     good = False
@@ -248,7 +231,7 @@ def _transcode(buf, starts, ends, fingerprint, ops, captures_at, symbols, symbol
                         break
                     if marks[k] == NON_EMPTY and b > a:
                         answers[i] = True
-                    q = _put(out, _put_leb(out, q, b - a), buf, a, b)
+                    q = _put_bytes(out, _put_varint(out, q, np.uint64(b - a)), buf, a, b)
                     p = b
             elif op == STRS:
                 j = 0
@@ -269,10 +252,10 @@ def _transcode(buf, starts, ends, fingerprint, ops, captures_at, symbols, symbol
                         j += 1
                 if not good:
                     break
-                q = _put_leb(out, q, j)
+                q = _put_varint(out, q, np.uint64(j))
                 for t in range(j):
                     a, b = scratch[t, 0], scratch[t, 1]
-                    q = _put(out, _put_leb(out, q, b - a), buf, a, b)
+                    q = _put_bytes(out, _put_varint(out, q, np.uint64(b - a)), buf, a, b)
             elif op == ATTRS or op == REASONS:
                 n_strings = 1 if op == ATTRS else 3
                 count, p = _records(buf, p, end, n_strings, scratch, bits, value)
@@ -285,7 +268,7 @@ def _transcode(buf, starts, ends, fingerprint, ops, captures_at, symbols, symbol
                 q = _put_int(out, q, offsets[i], 8)
             elif op == TOPIC:
                 t = topic_of[i]
-                q = _put(out, q, topics, topic_at[t, 0], topic_at[t, 1])
+                q = _put_bytes(out, q, topics, topic_at[t, 0], topic_at[t, 1])
         if good and p == end:
             status[i] = OK
         else:

@@ -30,7 +30,7 @@ inserts only what is still missing, under the token of its new first offset.
 A retry of a failed insert reuses its rows and token: an insert that landed
 although its answer was lost is dropped. What is left open: a sink that
 claimed, then stalls longer than CLAIM_WAIT_S and inserts after another sink
-took over the claim's offsets (README, "Exactly once").
+took over the claim's offsets (docs/clickhouse.md, "From the topic to the tables, exactly once").
 
 A recreated topic reuses offsets: its Kafka topic id differs (Tansu and
 Kafka >= 2.8 have them), and the token and the ledger check also include the

@@ -34,7 +34,7 @@ from whystream.kafka.messages import RawMessage
 LATEST_MS = 4_102_444_800_000  # 2100-01-01: later times are typos (seconds read as ms, etc.)
 SCALARS = ("base_value", "raw_score", "score", "threshold", "inclusion_weight", "latency_ms")
 LISTS = ("attributions", "top_reasons", "principal_reasons")
-ANSWER_REASON = "ON_DEMAND"  # sampling_reason of an answer to an ExplainRequest (streams/control.py)
+ANSWER_REASON = "ON_DEMAND"  # sampling_reason of an answer to an ExplainRequest (streams/control/plane.py)
 
 
 @dataclass

@@ -2,11 +2,11 @@
 from the output topics themselves.
 
 A worker commits a partition's offset only up to the start of its reservoirs'
-dedup horizon (streams/sampling.py), and at most once a second, so after kill -9 (or
+dedup horizon (streams/sampling/), and at most once a second, so after kill -9 (or
 a rebalance) the new owner replays events whose explanation or dead letter is
 already on the broker. Redis dedup catches most of them, but Redis may be
 down, slow or flushed. Measured on the embedded broker (Tansu 0.6.0, see
-README "Exactly once"): it keeps no offset-commit metadata (a committed
+docs/exactly-once.md): it keeps no offset-commit metadata (a committed
 "handled position" comes back as None), and its transactions commit and fence
 but do not hide aborted records from read_committed consumers (the output of a
 killed worker's open transaction would stay visible), so neither carries the
@@ -17,7 +17,7 @@ guarantee. What the broker does keep is the outputs:
 
 So when partitions are assigned, the guard reads, up to their current ends
 (where the consumer reports partition EOF, not the high watermark, which falls
-short on the embedded broker: streams/topic_stats.py):
+short on the embedded broker: whystream/kafka/reader.py):
 
 1. `sampling-checkpoints` from shortly before the first replayed message was
    written (its broker timestamp minus `slack_s`, located with
@@ -25,7 +25,7 @@ short on the embedded broker: streams/topic_stats.py):
    checkpoint at or after the committed offset vouches for (everything before
    it was handled, so the engine only rebuilds its reservoirs from those
    messages), and the RESETs and FORGETs after the committed offset (the
-   engine's reservoirs repeat them: streams/sampling.py);
+   engine's reservoirs repeat them: streams/sampling/);
 2. `explanations` and `predictions.dlq` from shortly before the first message
    after `live_from` was written, and remembers the prediction_ids explained
    and the (partition, offset)s dead-lettered since. The engine skips those

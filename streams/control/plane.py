@@ -8,7 +8,7 @@ batch loop of streams/worker.py. Beside it, on the Faust app's event loop:
   that is assigned the partition (no consumer group: each worker must see
   every event, and a group would hand the partition to one of them). The
   `on_model` agent replays each ModelRegistered into the champion/challenger
-  roles (jobs/models/model_events.py), builds the version's TreeSHAP kernels on an
+  roles (whystream/models/events.py), builds the version's TreeSHAP kernels on an
   executor thread and installs them under the ingest lock (a dictionary
   insert), so the version's first event finds them ready; then one worker
   (a Redis mark per version) sends the version's UNKNOWN_VERSION dead
@@ -24,7 +24,7 @@ batch loop of streams/worker.py. Beside it, on the Faust app's event loop:
   Offsets are committed once every request of a fetched batch is answered;
   a request delivered again (a replay after a crash, or sent twice) is
   answered once: answered ids are marked in Redis (and kept in memory).
-- the challenger's shadow (streams/shadow.py): the `shadow` agent explains
+- the challenger's shadow (streams/control/shadow.py): the `shadow` agent explains
   what the engine hands over with the challenger and publishes it.
 
 Every blocking call (Kafka polls and flushes, Redis, TreeSHAP) runs on an
@@ -73,7 +73,7 @@ class ControlPlane:
         self.app, self.engine, self.ingest = app, engine, ingest
         settings = self.settings = engine.settings
         self.book = ModelBook()
-        # Confirmed per message with back-off, as the engine publishes (streams/publish.py): an answer
+        # Confirmed per message with back-off, as the engine publishes (whystream/kafka/publisher.py): an answer
         # or a shadow explanation outlives a broker hiccup. One executor thread publishes at a time.
         self.publisher = Publisher(producer(settings, "control"))
         self._publish_lock = threading.Lock()

@@ -1,12 +1,12 @@
 """The challenger's shadow: each explained decision of a champion, explained by its challenger too.
 
 A version registered with `whystream register NAME ... --challenger-of NAME`
-is announced on `models` as NAME's challenger (jobs/models/model_events.py). For every
+is announced on `models` as NAME's challenger (whystream/models/events.py). For every
 decision of NAME's champion that a worker explains (any sampling reason), the
 engine hands the rows it just explained to `Shadow.offer` and goes on: the
 hand-over is a bounded queue, and when it is full the rows are dropped and
 counted (`whystream_shadow_dropped`), so ingest never waits for the
-challenger. A Faust agent (streams/control.py) takes each hand-over and, on an
+challenger. A Faust agent (streams/control/plane.py) takes each hand-over and, on an
 executor thread, `explain`s it with the challenger:
 
 - the same feature values, re-ordered by name into the challenger's feature

@@ -2,7 +2,7 @@
 objective registered with the real CLI, PredictionEvents sent by
 examples/produce_predictions.py (confluent-kafka, fastavro and the .avsc only), a
 real `whystream worker` explaining them, the explanations decoded from the topic
-with the .avsc alone, and stored in ClickHouse where the README's auditor queries
+with the .avsc alone, and stored in ClickHouse where the auditor's queries of docs/cookbook.md
 find the principal reasons. Bad events (a class out of range, a version the
 explainer cannot serve) go to the dead-letter topic and the worker carries on."""
 

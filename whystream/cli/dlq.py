@@ -6,7 +6,6 @@ import typer
 
 from whystream.cli.common import console, parse_duration, settings_of
 
-
 commands = typer.Typer(help="Dead letters: by reason (`whystream dlq`), and sent back (`whystream dlq replay`)",
                        invoke_without_command=True)
 

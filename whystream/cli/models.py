@@ -32,7 +32,7 @@ def train(ctx: typer.Context, name: str = typer.Option("fraud", help="Model name
 
 
 def _announce(settings: Settings, model, role: str, promoted: bool = False) -> None:
-    """Tell the workers over `models` (jobs/models/model_events.py); without a broker, say what that means."""
+    """Tell the workers over `models` (whystream/models/events.py); without a broker, say what that means."""
     from whystream.errors import ConfigError
     from whystream.models.events import announce, model_event
 

@@ -4,7 +4,7 @@
 the explained_at it would read from the clock) and returns, per row, the
 single-object encoded ExplanationEvent: byte for byte what
 `SingleObjectCodec("ExplanationEvent").encode(build_explanations(...)[i])`
-writes (tests/streams/test_batch_codec.py checks it), without the per-event dicts,
+writes (tests/core/wire/test_batch_codec.py checks it), without the per-event dicts,
 the per-attribution dicts and the generic Avro writer. One compiled pass
 writes every event: the attributions in model order, the top reasons (the
 features that pushed toward the decision taken, strongest first, at most

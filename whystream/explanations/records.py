@@ -6,7 +6,7 @@ otherwise. Which way is adverse is the model's `adverse_direction` (+1: a
 higher raw score, the default, as for risk scores and the class a multiclass
 decision was taken on; -1: a lower one). For adverse decisions the first
 MAX_PRINCIPAL_REASONS of them are also the *principal reasons*, with the
-codes and texts of the model's reason-code table (jobs/models/reason_codes.py).
+codes and texts of the model's reason-code table (whystream/models/reason_codes.py).
 """
 
 from __future__ import annotations

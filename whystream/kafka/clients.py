@@ -54,8 +54,9 @@ def group_id(settings: Settings, name: str) -> str:
 
 
 def producer(settings: Settings, role: str = "confirmed", **conf) -> Producer:
-    """A producer for one of PRODUCER_ROLES (`conf`: anything a caller must add, e.g. a test's)."""
-    return Producer(settings.kafka(**PRODUCER_ROLES[role], **conf))
+    """A producer for one of PRODUCER_ROLES (`conf`: anything a caller must add or change, e.g. a
+    benchmark's batch sizes)."""
+    return Producer(settings.kafka(**{**PRODUCER_ROLES[role], **conf}))
 
 
 def consumer(settings: Settings, group: str | None = None, *, label: str = "peek", **conf) -> Consumer:

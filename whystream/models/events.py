@@ -1,7 +1,7 @@
 """The `models` topic: one ModelRegistered event per registered or promoted version.
 
 `whystream register`, `train` and `promote` publish (`announce`); every worker
-reads the whole topic at start and follows it (streams/control.py), so it can
+reads the whole topic at start and follows it (streams/control/plane.py), so it can
 build a version's kernels before the version's first event, knows each
 model's champion and challenger, and sends back a version's parked
 UNKNOWN_VERSION dead letters.

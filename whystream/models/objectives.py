@@ -18,7 +18,7 @@ names in `output_space`, and how a producer's score relates to it:
 
 Multi-output models (multiclass, multiclassova) have num_tree_per_iteration
 K > 1: tree i belongs to class i % K (LightGBM's GBDT layout), and one event is
-explained for one class (streams/treeshap.py, class_index).
+explained for one class (whystream/treeshap/, class_index).
 
 Not explainable exactly, refused at registration (and dead-lettered at serve
 time should such a version reach the registry by other means): linear trees

@@ -16,7 +16,7 @@ line naming the file and the column, row or count (a WhystreamError): not a
 LightGBM model, a truncated one, a model the kernel cannot explain exactly,
 fewer than MIN_REFERENCE_ROWS rows, missing or extra columns, text in a numeric
 column, a fraction in a categorical one. The registry then writes the version
-in a temporary directory and renames it into place (jobs/models/registry.py).
+in a temporary directory and renames it into place (whystream/models/registry.py).
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ def register_model(registry: ModelRegistry, name: str, model: str, reference: Pa
                    threshold: float | None = None, reason_codes: Path | str | None = None,
                    adverse_direction: int = 1, redact: Iterable[str] = (), challenger: bool = False) -> RegisteredModel:
     """Check everything, then register; WhystreamError (one line) on any problem, nothing written.
-    `challenger`: as the challenger of `name`'s champion (jobs/models/registry.py), not its latest."""
+    `challenger`: as the challenger of `name`'s champion (whystream/models/registry.py), not its latest."""
     if not name or "/" in name or name.startswith(".") or name != name.strip():
         raise WhystreamError(f"model name {name!r}: it must not be empty, contain '/', start with '.' or have "
                              "spaces around it")

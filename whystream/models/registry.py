@@ -7,7 +7,7 @@ Layout under the root:
                                     objective and output space, threshold, reason-code table
     <name>/<version>/reference.npz  reference_shap, bin_edges, reference_hist
     <name>/<version>/input_reference.npz  value bins, value proportions, missing rates and
-                                    score distribution of the reference rows (jobs/models/input_reference.py)
+                                    score distribution of the reference rows (whystream/models/input_reference.py)
     <name>/LATEST                   the champion: the most recently registered (or promoted) version
     <name>/CHALLENGER               a version registered with `--challenger-of` (none: no file)
 
@@ -16,7 +16,7 @@ of its reason-code table and adverse direction when given), so registering the
 same model twice is a no-op and a version never changes.
 
 Only versions the TreeSHAP kernel explains exactly get in: `register` reads the
-objective (streams/objectives.py; linear trees and random forests are refused)
+objective (whystream/models/objectives.py; linear trees and random forests are refused)
 and checks the kernel against LightGBM on the reference rows (raw scores and
 additivity, every output) before anything is written. A version that a worker
 cannot serve is refused here, in one line, not in the stream.

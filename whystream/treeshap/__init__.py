@@ -67,7 +67,7 @@ LightGBM semantics mirrored (include/LightGBM/tree.h, src/c_api.cpp)
 Threads and compilation
 -----------------------
 The kernels are @njit(nogil=True, cache=True): compiled on first use (~10 s;
-then loaded from streams/treeshap/__pycache__ in well under a second - numba falls back
+then loaded from the package's __pycache__ folder in well under a second - numba falls back
 to a user cache directory where that is not writable, or NUMBA_CACHE_DIR).
 A batch is cut into up to numba.get_num_threads() chunks run by the calling
 thread and a shared thread pool; rows within a chunk go through the trees in

@@ -1,4 +1,4 @@
-"""Kafka client properties (whystream/kafka_config.py): the properties file and
+"""Kafka client properties (whystream/config/kafka_properties.py): the properties file and
 WHYSTREAM_KAFKA_* variables reach every client, a property librdkafka rejects is
 one line naming where it came from, and secrets are never shown."""
 

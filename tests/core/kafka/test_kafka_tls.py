@@ -1,6 +1,6 @@
 """Kafka over TLS, end to end: `whystream produce`, a worker, `whystream explain`,
 the sink and the example consumer against the embedded broker behind a real TLS
-terminator (tests/tls_support.py; Tansu 0.6.0 serves no TLS itself), with a CA and
+terminator (tests/support/tls.py; Tansu 0.6.0 serves no TLS itself), with a CA and
 certificates made here. The broker advertises only the TLS port, so every client
 that reaches it speaks TLS; a wrong CA ends a command in one line, at once."""
 

@@ -1,4 +1,4 @@
-"""Reading topics to their end (streams/topic_stats.py) on the embedded broker, whose high
+"""Reading topics to their end (whystream/kafka/reader.py) on the embedded broker, whose high
 watermark falls short of the last record batch."""
 
 import pytest

@@ -1,4 +1,4 @@
-"""ModelBook (jobs/models/model_events.py) and the registry's champion / challenger, without a broker."""
+"""ModelBook (whystream/models/events.py) and the registry's champion / challenger, without a broker."""
 
 from __future__ import annotations
 

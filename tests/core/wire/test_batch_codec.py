@@ -1,4 +1,4 @@
-"""The batch decoder (streams/batch_decode.py) and encoder (streams/batch_encode.py)
+"""The batch decoder (whystream/wire/prediction_decoder.py) and encoder (whystream/explanations/encoder.py)
 against the reference path they replace: fastavro through the codecs, the
 Validator's rules one event at a time, and build_explanations. No stack needed."""
 

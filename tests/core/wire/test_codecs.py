@@ -130,7 +130,7 @@ def test_readers_of_the_previous_version_read_what_the_current_one_writes(name, 
     record = fastavro.schemaless_reader(io.BytesIO(data[10:]), fastavro.parse_schema(load_schema(name)), old)
     millis = {k: int(v.timestamp() * 1000) if hasattr(v, "timestamp") else v for k, v in record.items()}
     # Avro aliases are the reader's: an old reader does not know a field's new name and reads its own
-    # default for it (ExplanationEvent v2 readers see cached=true; README says so). The example's
+    # default for it (ExplanationEvent v2 readers see cached=true; docs/topics-and-schemas.md says so). The example's
     # renamed values differ from those defaults, so this checks the limit is what we document.
     defaults = {f["name"]: f.get("default") for f in json.loads((HISTORY / old_file).read_text())["fields"]}
     expected = {renamed.get(k, k): defaults[renamed[k]] if k in renamed else v
@@ -195,14 +195,14 @@ def test_a_reader_on_dead_letter_version_1_reads_current_letters_of_the_old_reas
     read = fastavro.schemaless_reader(io.BytesIO(data[10:]), current, old)
     read["failed_at"] = round(read["failed_at"].timestamp() * 1000)
     assert read == {k: v for k, v in letter.items() if k not in ("original_size", "original_truncated")}
-    # Version 1 has no enum default, so it cannot read the reasons added since (README: upgrade DLQ readers).
+    # Version 1 has no enum default, so it cannot read the reasons added since (docs/topics-and-schemas.md: upgrade DLQ readers).
     with pytest.raises(fastavro.read.SchemaResolutionError):
         data = SingleObjectCodec("DeadLetter").encode({**letter, "reason_code": "MODEL_UNAVAILABLE"})
         fastavro.schemaless_reader(io.BytesIO(data[10:]), current, old)
 
 
 def test_a_downstream_consumer_needs_only_the_avsc_files():
-    """What the README shows: decode an explanation with fastavro and the .avsc alone."""
+    """What docs/topics-and-schemas.md shows: decode an explanation with fastavro and the .avsc alone."""
     data = SingleObjectCodec("ExplanationEvent").encode(EXPLANATION)
     schema = fastavro.parse_schema(json.loads(
         (REPO / "schemas/ExplanationEvent.avsc").read_text()))

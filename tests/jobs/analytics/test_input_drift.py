@@ -1,4 +1,4 @@
-"""Input drift (jobs/models/input_reference.py, jobs/analytics/input_drift.py, migration 030) on the
+"""Input drift (whystream/models/input_reference.py, jobs/analytics/input_drift.py, migration 030) on the
 real ClickHouse engine (chDB): the views' weighted value histograms, missing rates,
 score histograms and decline rates against numpy on the same rows; a shifted input
 shows value drift and the others do not; exactly once under the dedup token; old

@@ -1,4 +1,4 @@
-"""Answers to explain requests (sampling_reason ON_DEMAND, request_id set: streams/control.py) share
+"""Answers to explain requests (sampling_reason ON_DEMAND, request_id set: streams/control/plane.py) share
 the `explanations` topic and the decision's prediction_id with the stream's own explanations. They are
 replies for the requester, not samples: the sink stores none of them, in `explanations` or in any
 aggregate, and an answer published before the decision's own explanation never stops that one being
