@@ -7,7 +7,7 @@ The port listens on 127.0.0.1 only and is advertised, with a random token, in
 request is answered only when it is a POST of JSON to /query that carries
 `Authorization: Bearer <token>`, names a loopback Host (no DNS rebinding) and
 no Origin (no web page in the operator's browser). Every statement then goes
-through the guard of `sql_guard`, on a read-only session of its own.
+through the guard of `guard`, on a read-only session of its own.
 """
 
 from __future__ import annotations

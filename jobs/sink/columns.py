@@ -2,9 +2,9 @@
 columns of `explanations`, and those columns as ClickHouse RowBinary.
 
 FIELDS lists every field of schemas/ExplanationEvent.avsc in writer order with
-how it is read (`op`) and the columns it fills; `sink_decode` turns it into
+how it is read (`op`) and the columns it fills; `decoder` turns it into
 the op codes its compiled decoder runs, and the per-message path
-(`sink_rows.decode_messages`) writes the same columns from the decoded dicts
+(`rows.decode_messages`) writes the same columns from the decoded dicts
 (`explanation_rows.explanation_columns`) with `encode_rows`. To add a field: append
 it to the schema (with a default), to FIELDS and to explanation_columns, and
 its column in a migration; the property test (tests/jobs/sink/test_sink_decode.py)

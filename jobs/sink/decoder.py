@@ -2,13 +2,13 @@
 
 `BatchDecoder(codec)(messages, topic_ids)` makes one compiled pass (numba,
 without the GIL) over the concatenated message bytes, following the op codes
-of `sink_columns.FIELDS`: every field is read from Avro, checked as
-`sink_rows.problem` checks it, and written as its RowBinary columns, so the
+of `columns.FIELDS`: every field is read from Avro, checked as
+`rows.problem` checks it, and written as its RowBinary columns, so the
 insert needs no Python object per value. Only the prediction_id, the model and
 the event time come back to Python (the duplicate filter and the ledger use
 them), and whether the row is an answer to an explain request
-(`sink_rows.is_answer`: sampling_reason ON_DEMAND or a non-empty request_id),
-which the sink drops. The result is the `Rows` the per-message path (`sink_rows.decode_messages`)
+(`rows.is_answer`: sampling_reason ON_DEMAND or a non-empty request_id),
+which the sink drops. The result is the `Rows` the per-message path (`rows.decode_messages`)
 makes, byte for byte (tests/jobs/sink/test_sink_decode.py).
 
 The Avro read here is the one whystream/wire/prediction_decoder.py reads (it reuses its
@@ -20,7 +20,7 @@ bytes little-endian; boolean = 1 byte; enum = long index; union = long branch
 A message the fast path cannot judge exactly goes to the per-message path,
 which decodes, checks and dead-letters it with the reference's own reasons:
 another writer schema (an older version, the Confluent wire format), text that
-is not valid UTF-8 or holds a NUL (`batch_decode._utf8_text`: what Python's strict decoder
+is not valid UTF-8 or holds a NUL (whystream/wire/avro_read.py's `_utf8_text`: what Python's strict decoder
 refuses is the reference's to dead-letter), a prediction_id that is not plain ASCII
 (its blankness is `str.strip`'s, Unicode spaces included), a negative array block
 count, or anything `problem` would object to. Any other UTF-8 text (accented

@@ -1,6 +1,6 @@
 """Explanations as rows of `explanations`: decoded ExplanationEvents into its columns,
 inserted with a deduplication token that also deduplicates the materialized views.
-The sink's fast path writes the same columns as RowBinary (`sink_columns`).
+The sink's fast path writes the same columns as RowBinary (`columns`).
 """
 
 from __future__ import annotations

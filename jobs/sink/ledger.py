@@ -37,7 +37,7 @@ Kafka >= 2.8 have them), and the token and the ledger check also include the
 prediction_id at the offset, so old rows and old tokens never match new
 messages even where a broker has no topic ids.
 
-An insert refused for its data (clickhouse_errors.is_data_error) is split in
+An insert refused for its data (jobs/clickhouse/errors.py, is_data_error) is split in
 halves until the failing row is alone; that row is set aside (dead-lettered)
 and the others are written.
 """

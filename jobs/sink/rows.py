@@ -3,7 +3,7 @@
 `decode_messages(messages, codec, topic_ids)` is the per-message path: each
 message is decoded into a dict (SingleObjectCodec) and checked; its columns
 come from `explanation_rows.explanation_columns` and are written as RowBinary rows
-(`sink_columns`). `sink_decode.decode_batch` gives the same `Rows`, byte for
+(`columns`). `decoder.BatchDecoder` gives the same `Rows`, byte for
 byte, straight from the bytes of a whole batch.
 
 A message is set aside, never retried, when no insert can ever succeed or be
@@ -40,7 +40,7 @@ ANSWER_REASON = "ON_DEMAND"  # sampling_reason of an answer to an ExplainRequest
 @dataclass
 class Rows:
     """Valid explanations of one batch: row i was read from messages[i]; its RowBinary
-    row (sink_columns.INSERT_COLUMNS) is payload[row_ends[i - 1]:row_ends[i]];
+    row (columns.INSERT_COLUMNS) is payload[row_ends[i - 1]:row_ends[i]];
     answers[i] is True when it is an answer to an explain request (`is_answer`)."""
 
     messages: list[RawMessage]

@@ -1,18 +1,18 @@
 """The ClickHouse sink: `explanations` topic -> `explanations` table and its views.
 
-`sink_consumer.run_sink` consumes the topic in the consumer group `whystream-sink`
+`consumer.run_sink` consumes the topic in the consumer group `whystream-sink`
 (with the topic prefix in front, as the workers' group has), hands batches to
 a `Sink` and commits offsets only after the batch is in ClickHouse.
 
 `Sink.process(messages)`:
-1. decodes the batch (`sink_decode.BatchDecoder`: straight from the bytes into
-   ClickHouse rows; the per-message path `sink_rows.decode_messages` is its reference)
+1. decodes the batch (`decoder.BatchDecoder`: straight from the bytes into
+   ClickHouse rows; the per-message path `rows.decode_messages` is its reference)
    and sets aside what can never be stored right: undecodable messages,
    non-finite numbers, impossible values go to `explanations.dlq` as
    DeadLetters with the reason and the original bytes (counted by reason,
    never retried), before anything of the batch is committed;
 2. drops the answers to explain requests (sampling_reason ON_DEMAND or a
-   request_id: `sink_rows.is_answer`), counted in `SinkStats.answers`: they live
+   request_id: `rows.is_answer`), counted in `SinkStats.answers`: they live
    on the `explanations` topic, for the requester, and are not samples (weight 1
    whatever the decision's inclusion probability), so they are kept out of the
    table and every aggregate; the decision's stored explanation is the stream's
@@ -25,12 +25,12 @@ a `Sink` and commits offsets only after the batch is in ClickHouse.
 4. makes sure every model version in the batch has its reference registered
    (from the model registry), so the histogram view can bin its attributions;
 5. writes the rows exactly once into the table and every view
-   (`sink_ledger`: fixed per-partition offset blocks, tokens from the topic's
+   (`ledger`: fixed per-partition offset blocks, tokens from the topic's
    id and the first offset not yet stored, checked against the ledger).
 
 A transient ClickHouse failure (down, timeout, lost answer) is retried with
 back-off until it succeeds or the sink is told to stop; a failure caused by a
-row's data (`clickhouse_errors`) is narrowed down to that row, which is set
+row's data (jobs/clickhouse/errors.py) is narrowed down to that row, which is set
 aside, so one row never blocks a partition.
 """
 

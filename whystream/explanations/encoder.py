@@ -8,7 +8,7 @@ writes (tests/core/wire/test_batch_codec.py checks it), without the per-event di
 the per-attribution dicts and the generic Avro writer. One compiled pass
 writes every event: the attributions in model order, the top reasons (the
 features that pushed toward the decision taken, strongest first, at most
-TOP_REASONS, the same selection as `explanation.top_reasons`), for adverse
+TOP_REASONS, the same selection as `records.top_reasons`), for adverse
 decisions the first MAX_PRINCIPAL_REASONS of those as principal reasons with
 their pre-encoded code and text, and the fields around them.
 
