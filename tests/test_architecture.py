@@ -1,7 +1,7 @@
 """The house rules, checked on the code's own imports (docs/design.md, "Where things live").
 
 - No import cycle between modules, counting every import: at module level,
-  inside functions (lazy imports) and under TYPE_CHECKING.
+  inside functions (lazy imports) and under TYPE_CHECKING; nor between packages.
 - Parts import one way: the core (`whystream/` but its CLI) imports no part;
   `streams/` (the worker) and `infra/` (the embedded stack) build on the core
   only; `jobs/` (sink, ClickHouse, analytics, simulation, demo) on the core and
@@ -156,6 +156,22 @@ def test_no_module_imports_itself_back():
     assert cycles(edges) == []
 
 
+def package(module: str) -> str:
+    """The package a module belongs to, one level below its part: whystream.kafka, whystream.streams.sampling."""
+    pieces = module.split(".")
+    return ".".join(pieces[:3] if pieces[1:2] in (["streams"], ["jobs"]) else pieces[:2])
+
+
+def test_no_package_imports_itself_back():
+    """Inside the parts too: the core's packages layer as errors < config < wire < kafka <
+    treeshap < models < explanations, and no package of streams/ or jobs/ needs one that needs it."""
+    _, edges = graph()
+    between: dict[str, set[str]] = {}
+    for a, targets in edges.items():
+        between.setdefault(package(a), set()).update(package(b) for b in targets if package(b) != package(a))
+    assert cycles(between) == []
+
+
 def test_parts_import_one_way():
     _, edges = graph()
     wrong = sorted(f"{a} -> {b}" for a, targets in edges.items() for b in targets
@@ -166,6 +182,13 @@ def test_parts_import_one_way():
 def test_no_part_imports_the_part_that_imports_it():
     counts = part_edges(graph()[1])
     assert [(a, b) for (a, b) in counts if (b, a) in counts] == []
+
+
+def test_every_package_is_installed():
+    """pyproject.toml lists the packages one by one (the folders map to subpackages): a new folder
+    missing there would be left out of the wheel."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    assert {name for name, path in modules().items() if path.name == "__init__.py"} == listed
 
 
 def test_modules_stay_short():
