@@ -5,14 +5,14 @@ properties (`Settings.kafka_config`: TLS, SASL, ... from WHYSTREAM_KAFKA_CONFIG
 and WHYSTREAM_KAFKA_*), the broker, then what the client's role needs. Roles are
 named here, once, instead of at every call site:
 
-| producer role   | used by                                        | settings                          |
-|-----------------|------------------------------------------------|-----------------------------------|
-| `confirmed`     | dead letters, model events, redrive            | idempotent                        |
-| `explanations`  | the engine's explanations and checkpoints      | idempotent, lz4, linger 2 ms      |
-| `control`       | answers to explain requests, shadows           | idempotent, linger 2 ms           |
-| `alerts`        | drift alerts                                   | idempotent, linger 5 ms           |
-| `bulk`          | the simulated producer (`whystream produce`)   | lz4, linger 5 ms                  |
-| `plain`         | the demo's malformed messages                  | librdkafka's defaults             |
+| producer role  | used by                                              | settings                     |
+|----------------|------------------------------------------------------|------------------------------|
+| `confirmed`    | the sink's dead letters, model events, redrive       | idempotent                   |
+| `explanations` | the engine: explanations, dead letters, checkpoints  | idempotent, lz4, linger 2 ms |
+| `control`      | answers to explain requests, the challenger's shadow | idempotent, linger 2 ms      |
+| `alerts`       | drift alerts                                         | idempotent, linger 5 ms      |
+| `bulk`         | the simulated producer (`whystream produce`)         | lz4, linger 5 ms             |
+| `plain`        | the demo's malformed messages                        | librdkafka's defaults        |
 
 Idempotence keeps a retried produce request from writing a message twice, which
 every exactly-once output needs; the simulated producer stands for a producer
