@@ -23,7 +23,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-from whystream.config import Settings, stack_env_file, write_private
+from whystream.config import Settings, environment, stack_env_file, write_private
 from whystream.errors import WhystreamError
 from whystream.kafka.topics import ensure_topics
 
@@ -183,8 +183,9 @@ class EmbeddedStack:
             redis_child, redis_url = start_redis(self.home)
             self.children.append(redis_child)
             dsn = chdb_dsn(self.home)
-            self.settings = Settings(home=self.home, broker=broker, redis_url=redis_url,
-                                     clickhouse_dsn=dsn, registry=self.home / "registry")
+            # The stack's own connections; the operator's other settings (SQL limits, retention, ...) as set.
+            self.settings = Settings(home=self.home, broker=broker, redis_url=redis_url, clickhouse_dsn=dsn,
+                                     registry=self.home / "registry", environ=environment())
             ensure_topics(self.settings, self.partitions)
         except BaseException:
             self.stop()

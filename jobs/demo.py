@@ -27,14 +27,14 @@ from whystream.config import Settings
 from whystream.errors import WhystreamError
 from whystream.infra.stack import EmbeddedStack, free_port
 from whystream.jobs.clickhouse.connection import parse_dsn
-from whystream.kafka.clients import producer
-from whystream.jobs.clickhouse.sql import rows
 from whystream.jobs.clickhouse.query_port import advertised_port, open_query_client
-from whystream.models.registry import ModelRegistry
-from whystream.jobs.simulation.train import train_model
+from whystream.jobs.clickhouse.sql import rows
 from whystream.jobs.simulation.generator import DriftSpec
 from whystream.jobs.simulation.produce import produce
+from whystream.jobs.simulation.train import train_model
+from whystream.kafka.clients import producer
 from whystream.kafka.reader import message_count, read_all
+from whystream.models.registry import ModelRegistry
 
 MALFORMED = [b"not avro", b"\xc3\x01" + b"\x00" * 8, b""]
 REPLAY_SECONDS = 20 * 60  # event times span the last 20 minutes: drift shows in minute buckets

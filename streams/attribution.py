@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from whystream.models.registry import RegisteredModel
 from whystream.models.explainer import ModelExplainer
+from whystream.models.registry import RegisteredModel
 
 log = logging.getLogger("whystream.attribution")
 CHUNK = 512  # rows per live computation; the latency budget is checked between chunks

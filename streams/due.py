@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from whystream.models.registry import RegisteredModel
-from whystream.wire.prediction_decoder import NO_CLASS
 from whystream.streams.validation import ModelBatch
+from whystream.wire.prediction_decoder import NO_CLASS
 
 
 @dataclass

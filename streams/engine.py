@@ -65,9 +65,9 @@ from whystream.streams.labels import DecisionLabels
 from whystream.streams.metrics import Metrics
 from whystream.streams.on_demand import OnDemand
 from whystream.streams.quarantine import Quarantine
+from whystream.streams.sampling.config import SamplingConfig
 from whystream.streams.sampling.priority import NEW_VERSION, RESERVOIR, priority_reasons
 from whystream.streams.sampling.reservoirs import Reservoirs
-from whystream.streams.sampling.config import SamplingConfig
 from whystream.streams.store import RedisStore
 from whystream.streams.validation import ModelBatch, Validator
 from whystream.treeshap import EXPLAINER_NAME, EXPLAINER_VERSION
@@ -377,8 +377,8 @@ class Engine:
                 continue
             X = rows[keep] if len(keep) < len(rows) else rows
             # priority decisions within the latency budget (else the fallback), reservoir samples always live
-            waiting = np.fromiter((work.reasons[i] != RESERVOIR for i in keep), dtype=bool, count=len(keep))
-            attributions = self.attributor.attribute_some_in_time(work.model, X, waiting, started,
+            in_time = np.fromiter((work.reasons[i] != RESERVOIR for i in keep), dtype=bool, count=len(keep))
+            attributions = self.attributor.attribute_some_in_time(work.model, X, in_time, started,
                                                                   [cached[i] for i in keep], classes[keep])
             fresh.extend(attributions.cache_entries(work.model.version, [hashes[i] for i in keep]))
             records, reasons = [work.records[i] for i in keep], [work.reasons[i] for i in keep]
@@ -418,6 +418,8 @@ class Engine:
                 continue
             self.dead_letters.write(letter)
             self.metrics.dead_letters.labels(letter.reason_code).inc()
+            log.warning("dead letter %s at %s[%d]@%d: %s", letter.reason_code, m.topic, m.partition, m.offset,
+                        letter.reason)
 
     def wait_for_locations(self) -> None:
         """Wait (from any thread) until the last batch's event locations are in Redis."""

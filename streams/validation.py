@@ -32,7 +32,14 @@ from whystream.models.registry import ModelRegistry, RegisteredModel
 from whystream.streams.event_time import EventTimeRule
 from whystream.streams.quarantine import ModelUnavailable, Quarantine
 from whystream.wire.codecs import load_schema, schema_fingerprint
-from whystream.wire.prediction_decoder import NO_CLASS, NO_MODEL, OK, SLOW, Decoded, PredictionDecoder
+from whystream.wire.prediction_decoder import (
+    NO_CLASS,
+    NO_MODEL,
+    OK,
+    SLOW,
+    Decoded,
+    PredictionDecoder,
+)
 
 log = logging.getLogger("whystream.validate")
 

@@ -23,9 +23,9 @@ from faust.app.base import BootStrategy
 
 from whystream.config import Settings
 from whystream.kafka.clients import admin, check_broker
+from whystream.streams.assembly import build_engine
 from whystream.streams.control.plane import ControlPlane
 from whystream.streams.control.plane import app_id as control_app_id
-from whystream.streams.assembly import build_engine
 from whystream.streams.engine import Engine, EngineConfig
 from whystream.streams.ingest import Ingest
 from whystream.streams.web_access import WebAccess

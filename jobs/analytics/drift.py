@@ -32,11 +32,12 @@ import time
 from dataclasses import dataclass
 
 from whystream.config import Settings
-from whystream.jobs.clickhouse import connection as ch
-from whystream.jobs.clickhouse.sql import DEFAULT_DATABASE, ident, ms_lit, one_line, rows as query_rows
 from whystream.jobs.analytics.drift_rule import DriftRule, Judgement, number
 from whystream.jobs.analytics.drift_sql import feature_drift, monitored_models
 from whystream.jobs.analytics.input_drift import missing_cell
+from whystream.jobs.clickhouse import connection as ch
+from whystream.jobs.clickhouse.sql import DEFAULT_DATABASE, ident, ms_lit, one_line
+from whystream.jobs.clickhouse.sql import rows as query_rows
 from whystream.kafka.clients import producer
 from whystream.wire.codecs import topic_codec
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import math
 
-from whystream.jobs.clickhouse.sql import DEFAULT_DATABASE, ident, lit, rows
 from whystream.jobs.analytics.drift_sql import time_lit
 from whystream.jobs.analytics.report_html import esc, fmt, table
+from whystream.jobs.clickhouse.sql import DEFAULT_DATABASE, ident, lit, rows
 from whystream.models.input_reference import MISSING_REASON
 
 

@@ -133,7 +133,9 @@ def build_report(client, model: str, now_ms: int, window_s: int = 3600, history_
                         "the fallback and are not in these statistics.</p>" + table(
             ["feature", "PSI", "KS", "stability", "Wasserstein-1", "mean |SHAP|", "reference mean |SHAP|",
              "weighted n", "effective n", "n"], body))
-    from whystream.jobs.analytics.input_drift import report_sections  # imports this module's helpers
+    from whystream.jobs.analytics.input_drift import (
+        report_sections,  # imports this module's helpers
+    )
 
     sections.extend(report_sections(client, model, version, drift, start, now_ms, database))
     body = [[esc(dt.datetime.fromtimestamp(a["raised_at_ms"] / 1000, dt.timezone.utc).strftime("%m-%d %H:%M")),

@@ -7,7 +7,6 @@ import datetime as dt
 import html
 import math
 
-
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 
 

@@ -28,9 +28,6 @@ log = logging.getLogger("whystream.clickhouse")
 DSN_VAR = ENV["clickhouse_dsn"]
 PORT_FILE = "sink.port"
 
-# ---------------------------------------------------------------- SQL literals
-
-# ---------------------------------------------------------------- connecting
 
 @dataclass(frozen=True)
 class Dsn:

@@ -31,9 +31,19 @@ from pathlib import Path
 from whystream.config import Settings
 from whystream.config.secrets import write_private
 from whystream.errors import ConfigError, WhystreamError
+from whystream.jobs.clickhouse.connection import (
+    DSN_VAR,
+    PORT_FILE,
+    Dsn,
+    connect,
+    parse_dsn,
+)
+from whystream.jobs.clickhouse.guard import (
+    QueryLimits,
+    ReadOnlyQueries,
+    open_read_only_client,
+)
 from whystream.jobs.clickhouse.sql import DEFAULT_DATABASE, ident, lit, one_line, rows
-from whystream.jobs.clickhouse.connection import DSN_VAR, PORT_FILE, Dsn, connect, parse_dsn
-from whystream.jobs.clickhouse.guard import QueryLimits, ReadOnlyQueries, open_read_only_client
 
 MAX_REQUEST_BYTES = 1 << 20
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")

@@ -25,8 +25,6 @@ QUANTILE_LEVELS = tuple(round((i + 0.5) / 20, 3) for i in range(20))
 # The 100 midpoints of reference_quantiles_100 (Wasserstein-1 since migration 020; the 20
 # above are among them: level (i + 0.5) / 20 is number 5i + 2).
 QUANTILE_LEVELS_100 = tuple(round((i + 0.5) / 100, 4) for i in range(100))
-
-
 REFERENCE_COLUMNS = ["model_name", "model_version", "feature", "feature_index", "bin_edges", "reference_hist",
                      "reference_mean_abs_shap", "reference_mean_shap", "reference_mean_sq_shap", "quantile_levels",
                      "reference_quantiles", "reference_quantiles_100", "n_reference", "threshold"]

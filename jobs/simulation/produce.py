@@ -17,10 +17,10 @@ import numpy as np
 
 from whystream.config import Settings
 from whystream.errors import WhystreamError
-from whystream.kafka.topics import ensure_topics
 from whystream.jobs.simulation.generator import DriftSpec, TransactionGenerator
-from whystream.models.registry import ModelRegistry, RegisteredModel
 from whystream.kafka.clients import producer
+from whystream.kafka.topics import ensure_topics
+from whystream.models.registry import ModelRegistry, RegisteredModel
 from whystream.wire.codecs import topic_codec
 
 CHUNK = 500

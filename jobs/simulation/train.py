@@ -8,10 +8,21 @@ import time
 import lightgbm as lgb
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from scipy.stats import rankdata
 
-from whystream.jobs.simulation.generator import CATEGORICAL_FEATURES, FEATURE_NAMES, TransactionGenerator
+from whystream.jobs.simulation.generator import (
+    CATEGORICAL_FEATURES,
+    FEATURE_NAMES,
+    TransactionGenerator,
+)
 from whystream.models.registry import ModelRegistry, RegisteredModel
 
 DECLINE_RATE = 0.02  # share of transactions the threshold declines

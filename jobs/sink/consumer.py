@@ -12,8 +12,8 @@ from typing import Callable, Iterable
 
 from whystream.config import Settings
 from whystream.jobs.clickhouse.sql import DEFAULT_DATABASE
-from whystream.jobs.sink.sink import Sink, SinkStats, SinkStopped
 from whystream.jobs.sink.pipeline import SinkPipeline
+from whystream.jobs.sink.sink import Sink, SinkStats, SinkStopped
 from whystream.kafka.clients import check_broker
 from whystream.kafka.clients import consumer as kafka_consumer
 from whystream.kafka.messages import RawMessage
@@ -28,7 +28,6 @@ def commit_offsets(messages: Iterable[RawMessage]) -> dict[tuple[str, int], int]
         key = (m.topic, m.partition)
         nxt[key] = max(nxt.get(key, 0), m.offset + 1)
     return nxt
-
 
 
 def _raw(message) -> RawMessage:

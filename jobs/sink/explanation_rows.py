@@ -13,8 +13,6 @@ from whystream.jobs.clickhouse.sql import DEFAULT_DATABASE, ident
 # Settings for every insert into `explanations`: the deduplication token must
 # also deduplicate the blocks the materialized views write (see docs).
 DEDUP_SETTINGS = {"deduplicate_blocks_in_dependent_materialized_views": 1}
-
-
 EXPLANATION_COLUMNS = [
     "prediction_id", "model_name", "model_version", "explainer", "explainer_version", "event_time",
     "explained_at", "output_space", "base_value", "raw_score", "attributions.feature", "attributions.value",

@@ -51,7 +51,8 @@ from typing import Callable
 
 from whystream.config import Settings
 from whystream.errors import WhystreamError
-from whystream.jobs.clickhouse.sql import ident, lit, one_line, rows as query_rows
+from whystream.jobs.clickhouse.sql import ident, lit, one_line
+from whystream.jobs.clickhouse.sql import rows as query_rows
 from whystream.jobs.sink.rows import Rows
 from whystream.kafka.clients import admin
 

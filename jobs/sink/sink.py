@@ -254,6 +254,9 @@ class Sink:
             self._dead_letters.write(letter)
             self.stats.set_aside[letter.reason_code] += 1
             self.stats.undecodable += letter.reason_code == "UNDECODABLE"
+            m = letter.message
+            log.warning("set aside %s[%d]@%d to %s as %s: %s", m.topic, m.partition, m.offset,
+                        self._dead_letters.topic, letter.reason_code, letter.reason)
         self._dead_letters.publisher.flush()
 
     def _without_answers(self, rows: Rows) -> Rows:

@@ -50,9 +50,15 @@ import time
 from confluent_kafka import Consumer, TopicPartition
 
 from whystream.config import Settings
-from whystream.wire.codecs import topic_codec
+from whystream.kafka.reader import (
+    ReadTimeout,
+    partition_bounds,
+    partitions_of,
+    peek_consumer,
+    read_to_end,
+)
 from whystream.streams.sampling.reservoirs import Reset
-from whystream.kafka.reader import ReadTimeout, partition_bounds, partitions_of, peek_consumer, read_to_end
+from whystream.wire.codecs import topic_codec
 
 log = logging.getLogger("whystream.replay_guard")
 

@@ -47,11 +47,11 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from whystream.errors import DecodeError
 from whystream.kafka import redrive
 from whystream.kafka.clients import consumer, producer
+from whystream.kafka.publisher import Publisher
 from whystream.models.events import ModelBook
 from whystream.models.explainer import ModelExplainer
-from whystream.wire.codecs import topic_codec
-from whystream.kafka.publisher import Publisher
 from whystream.streams.control.shadow import QUEUE_LIMIT, Shadow
+from whystream.wire.codecs import topic_codec
 
 log = logging.getLogger("whystream.control")
 EXPLAIN_CONCURRENCY = 4  # explain requests answered at once (each may run TreeSHAP on an executor thread)

@@ -32,13 +32,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from whystream.explanations.records import build_explanations
 from whystream.models.events import ModelBook
 from whystream.models.registry import RegisteredModel
 from whystream.streams.attribution import Attributions
-from whystream.wire.prediction_decoder import NO_CLASS
 from whystream.streams.due import requested_classes
-from whystream.explanations.records import build_explanations
 from whystream.treeshap import EXPLAINER_VERSION
+from whystream.wire.prediction_decoder import NO_CLASS
 
 log = logging.getLogger("whystream.shadow")
 QUEUE_LIMIT = 64  # hand-overs (one per model version per batch) waiting for the challenger

@@ -20,22 +20,12 @@ import numpy as np
 
 from whystream.streams.sampling.config import SamplingConfig
 
-
 # Reason codes: the ExplanationEvent SamplingReason symbols.
 ADVERSE = "ADVERSE"
-
-
 NEAR_THRESHOLD = "NEAR_THRESHOLD"
-
-
 FLAGGED = "FLAGGED"
-
-
 NEW_VERSION = "NEW_VERSION"
-
-
 RESERVOIR = "RESERVOIR"
-
 
 # Slack on the threshold band so that e.g. score 0.52, threshold 0.50, band 0.02
 # counts as near despite 0.52 - 0.50 being 0.020000000000000018 in binary.

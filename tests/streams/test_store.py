@@ -78,7 +78,6 @@ def test_feature_hash_is_stable_and_canonical():
 
 _PINNED = "a4eab4797e7398c23ca1bed358348931"  # blake2b-128 of the row's little-endian float64 bytes
 
-
 # -- round trips -------------------------------------------------------------------------------------------------
 
 

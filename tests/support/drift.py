@@ -13,8 +13,6 @@ from whystream.jobs.sink import explanation_rows
 from whystream.wire.codecs import codec_for
 
 LOCAL = Settings()  # monitors given a client and publish=False need no broker
-
-
 DRIFTED = 2  # feature_2's attributions move: x -> x + 2 * scale
 
 

@@ -85,8 +85,8 @@ def sink(ctx: typer.Context,
     from rich.live import Live
     from rich.text import Text
 
-    from whystream.jobs.clickhouse import connection as ch
     from whystream.jobs.analytics.drift import DriftMonitor
+    from whystream.jobs.clickhouse import connection as ch
     from whystream.jobs.sink.consumer import run_sink
 
     settings = settings_of(ctx)
@@ -189,7 +189,13 @@ def drift_table(ctx: typer.Context, model: str = typer.Option("fraud", help="Reg
     from rich.table import Table
 
     from whystream.jobs.analytics import drift_sql, input_drift
-    from whystream.jobs.analytics.drift import TABLE_COLUMNS, DriftMonitor, drift_window, table_rows, wall_ms
+    from whystream.jobs.analytics.drift import (
+        TABLE_COLUMNS,
+        DriftMonitor,
+        drift_window,
+        table_rows,
+        wall_ms,
+    )
 
     settings = settings_of(ctx)
     seconds = parse_duration(window)
@@ -230,8 +236,8 @@ def report(ctx: typer.Context, out: Path = typer.Option(Path("whystream-report.h
 
     Attribution histograms now vs the reference for the top features, mean |SHAP|
     over time, coverage and latency, drift and alerts; opens offline."""
-    from whystream.jobs.analytics.report import build_report
     from whystream.jobs.analytics.drift import wall_ms
+    from whystream.jobs.analytics.report import build_report
 
     settings = settings_of(ctx)
     html = build_report(_clickhouse_reader(settings, database), model, wall_ms(), parse_duration(window),

@@ -21,8 +21,8 @@ def train(ctx: typer.Context, name: str = typer.Option("fraud", help="Model name
           trees: int = typer.Option(300), leaves: int = typer.Option(31), seed: int = typer.Option(7),
           redact: str = typer.Option("", help="FEATURE,... whose values never appear in this model's explanations")):
     """Train the LightGBM fraud model on synthetic transactions and register it."""
-    from whystream.models.registry import ModelRegistry
     from whystream.jobs.simulation.train import train_model
+    from whystream.models.registry import ModelRegistry
 
     model = train_model(ModelRegistry(settings_of(ctx).registry), name=name, n_train=rows, seed=seed,
                         num_trees=trees, num_leaves=leaves, redact=tuple(parse_features(redact)))

@@ -9,7 +9,13 @@ from typing import Optional
 
 import typer
 
-from whystream.cli.common import console, parse_features, progress_bar, settings_of, with_rate
+from whystream.cli.common import (
+    console,
+    parse_features,
+    progress_bar,
+    settings_of,
+    with_rate,
+)
 from whystream.errors import WhystreamError
 
 commands = typer.Typer()

@@ -4,6 +4,13 @@ from flags, WHYSTREAM_* variables, mounted secret files and a running stack's fi
 out of what is printed (`secrets`)."""
 
 from whystream.config.secrets import mask_secrets, write_private
-from whystream.config.settings import ENV, TOPICS, Settings, read_env_file, stack_env_file
+from whystream.config.settings import (
+    ENV,
+    TOPICS,
+    Settings,
+    environment,
+    read_env_file,
+    stack_env_file,
+)
 
-__all__ = ["ENV", "TOPICS", "Settings", "mask_secrets", "read_env_file", "stack_env_file", "write_private"]
+__all__ = ["ENV", "TOPICS", "Settings", "environment", "mask_secrets", "read_env_file", "stack_env_file", "write_private"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Mapping
 
 from whystream.config.kafka_properties import KafkaConfig
@@ -41,6 +42,12 @@ ENV = {
     "schema_registry_url": "WHYSTREAM_SCHEMA_REGISTRY_URL",
     "home": "WHYSTREAM_HOME",
 }
+
+
+def environment() -> Mapping[str, str]:
+    """Every WHYSTREAM_* variable of the process, as it is now (read-only): the one place
+    whystream reads its environment."""
+    return MappingProxyType({k: v for k, v in os.environ.items() if k.startswith(PREFIX)})
 
 
 def stack_env_file(home: Path) -> Path:
@@ -77,7 +84,8 @@ class Settings:
     # sections that are parsed where they are used come from here: the Schema Registry client's
     # properties (wire/schema_registry.py), the SQL limits (jobs/clickhouse/guard.py), retention
     # (jobs/clickhouse/retention.py) and the web servers' token (streams/web_access.py).
-    environ: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    # A Settings made without `load` has none: its sections take their defaults.
+    environ: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), compare=False, repr=False)
 
     @classmethod
     def load(cls, **overrides) -> "Settings":
@@ -87,7 +95,7 @@ class Settings:
                 raise ConfigError(ENV[name], "a password on the command line is visible to every user of this "
                                              f"machine (ps, /proc, shell history); set {ENV[name]} in the "
                                              "environment instead")
-        environ = {k: v for k, v in os.environ.items() if k.startswith(PREFIX)}
+        environ = environment()
         home = Path(overrides.get("home") or environ.get(ENV["home"]) or "var")
         stack = read_env_file(stack_env_file(home))
         kafka_config = KafkaConfig.from_env(environ)

@@ -18,8 +18,8 @@ import numpy as np
 
 from whystream.models.reason_codes import MAX_PRINCIPAL_REASONS
 from whystream.models.registry import RegisteredModel
-from whystream.wire.prediction_decoder import NO_CLASS
 from whystream.treeshap import EXPLAINER_NAME
+from whystream.wire.prediction_decoder import NO_CLASS
 
 TOP_REASONS = 5
 

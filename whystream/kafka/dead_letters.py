@@ -12,7 +12,6 @@ publisher, with its other messages, before it commits the offsets.
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 
@@ -20,7 +19,6 @@ from whystream.kafka.messages import RawMessage
 from whystream.kafka.publisher import Publisher
 from whystream.logsafe import printable
 
-log = logging.getLogger("whystream.dead_letters")
 REASON_LIMIT = 1000  # characters of a reason
 KEY_LIMIT = 1024  # bytes of a dead message's key used as its dead letter's key
 ORIGINAL_CAP = 512 * 1024  # bytes of a dead message's value kept in its dead letter, by default
@@ -58,7 +56,7 @@ class DeadLetterWriter:
         self.original_cap = original_cap
 
     def write(self, letter: DeadLetterRecord) -> None:
-        """Produce one dead letter (confirmed by the publisher's next flush) and log it."""
+        """Produce one dead letter (confirmed by the publisher's next flush)."""
         m = letter.message
         caps = [min(self.original_cap, len(m.value))]
 
@@ -71,5 +69,3 @@ class DeadLetterWriter:
         key = m.key if m.key is None or len(m.key) <= KEY_LIMIT else m.key[:KEY_LIMIT]
         self.publisher.produce(self.topic, self.codec.encode(letter.to_avro(self.worker, self.original_cap)), key,
                                shrink=shrink)
-        log.warning("dead letter %s at %s[%d]@%d to %s: %s", letter.reason_code, m.topic, m.partition, m.offset,
-                    self.topic, letter.reason)

@@ -19,7 +19,13 @@ import threading
 import time
 from typing import Iterable, Iterator
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from whystream.config import Settings
 from whystream.errors import WhystreamError

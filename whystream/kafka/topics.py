@@ -13,7 +13,7 @@ from __future__ import annotations
 from confluent_kafka.admin import NewTopic
 
 from whystream.config import TOPICS, Settings
-from whystream.errors import ConfigError, WhystreamError
+from whystream.errors import ConfigError
 from whystream.kafka.clients import admin, check_broker
 
 # (partitions, topic configs) of the topics not created with the default partitions
@@ -28,31 +28,27 @@ def ensure_topics(settings: Settings, partitions: int = 4, timeout: float = 8.0)
     if not wanted:
         return
     layout = {t: TOPIC_LAYOUT.get(t, (partitions, {})) for t in wanted}
-    try:
-        _create(admin(settings, log_level=0), [NewTopic(settings.topic(t), num_partitions=layout[t][0],
-                                                        replication_factor=1, config=layout[t][1]) for t in wanted],
-                timeout)
-    except TopicNotCreated as exc:
-        raise ConfigError("WHYSTREAM_BROKER", str(exc)) from None
+    for topic, exc in _create(admin(settings, log_level=0), [
+            NewTopic(settings.topic(t), num_partitions=layout[t][0], replication_factor=1, config=layout[t][1])
+            for t in wanted], timeout):
+        raise ConfigError("WHYSTREAM_BROKER", f"cannot create topic {topic}: {exc}") from None
 
 
 def ensure_topic(settings: Settings, topic: str, timeout: float) -> None:
-    """Create one topic of one partition (a full name, prefix included) if it is missing."""
+    """Create one topic of one partition (a full name, prefix included) if it is missing; the
+    broker's refusal is raised as it is."""
     client = admin(settings)
     if topic not in client.list_topics(timeout=timeout).topics:
-        _create(client, [NewTopic(topic, num_partitions=1, replication_factor=1)], timeout)
+        for _, exc in _create(client, [NewTopic(topic, num_partitions=1, replication_factor=1)], timeout):
+            raise exc
 
 
-class TopicNotCreated(WhystreamError):
-    def __init__(self, topic: str, exc: BaseException):
-        super().__init__(f"cannot create topic {topic}: {exc}")
-
-
-def _create(client, topics: list[NewTopic], timeout: float) -> None:
-    """Create `topics`; one created meanwhile by someone else is no error."""
+def _create(client, topics: list[NewTopic], timeout: float):
+    """Create `topics`; yields (topic, exception) for each the broker refused (one created
+    meanwhile by someone else is no refusal)."""
     for name, future in client.create_topics(topics).items():
         try:
             future.result(timeout)
         except Exception as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise TopicNotCreated(name, exc) from None
+                yield name, exc

@@ -12,16 +12,9 @@ from whystream.errors import UnsupportedModel
 from whystream.models.objectives import ModelKind
 from whystream.treeshap import TreeShap
 
-
 N_BINS = 10  # drift-histogram bins per feature
-
-
 ATOM_TOLERANCE = 1e-9  # SHAP values this close (relative to the feature's scale) are one value for binning
-
-
 SELF_CHECK_ROWS = 500  # reference rows on which the kernel is checked against LightGBM at registration
-
-
 SELF_CHECK_TOLERANCE = 1e-6
 
 

@@ -35,7 +35,11 @@ import numpy as np
 from whystream.errors import UnsupportedModel, WhystreamError
 from whystream.models.objectives import model_kind
 from whystream.models.reason_codes import load_reason_codes
-from whystream.models.registry import ModelRegistry, RegisteredModel, categorical_features
+from whystream.models.registry import (
+    ModelRegistry,
+    RegisteredModel,
+    categorical_features,
+)
 
 MIN_REFERENCE_ROWS = 1_000
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")

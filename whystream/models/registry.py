@@ -42,8 +42,16 @@ import numpy as np
 from whystream.errors import ModelNotFound, UnsupportedModel, WhystreamError
 from whystream.models import input_reference
 from whystream.models.objectives import ModelKind, model_kind
-from whystream.models.reference import (N_BINS, SELF_CHECK_ROWS, check_kernel, reference_shap, score_scale,
-                                        shap_bin_edges, shap_histogram)
+from whystream.models.reference import (
+    N_BINS,
+    SELF_CHECK_ROWS,
+    check_kernel,
+    reference_shap,
+    score_scale,
+    shap_bin_edges,
+    shap_histogram,
+)
+
 
 @dataclass(frozen=True)
 class RegisteredModel:

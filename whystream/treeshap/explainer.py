@@ -39,7 +39,6 @@ def _pool() -> ThreadPoolExecutor:
         return _POOL
 
 
-
 class TreeShap:
     """Exact path-dependent TreeSHAP of a single-output LightGBM booster.
 

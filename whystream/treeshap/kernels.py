@@ -10,7 +10,16 @@ import math
 import numpy as np
 from numba import njit
 
-from whystream.treeshap.vector import LANES, _v_add, _v_copy, _v_internal_down, _v_internal_up, _v_leaf, _v_set, _v_sum
+from whystream.treeshap.vector import (
+    LANES,
+    _v_add,
+    _v_copy,
+    _v_internal_down,
+    _v_internal_up,
+    _v_leaf,
+    _v_set,
+    _v_sum,
+)
 
 # float(np.float32(1e-35)): LightGBM's kZeroThreshold is a float literal
 K_ZERO = 1.0000000180025095e-35

@@ -141,7 +141,10 @@ class ConfluentCodec:
     """Confluent Schema Registry wire format, through confluent-kafka's serializers."""
 
     def __init__(self, name: str, registry_url: str, topic: str, registry_env: Mapping[str, str] | None = None):
-        from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+        from confluent_kafka.schema_registry.avro import (
+            AvroDeserializer,
+            AvroSerializer,
+        )
         from confluent_kafka.serialization import MessageField, SerializationContext
 
         self.name = name

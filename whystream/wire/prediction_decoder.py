@@ -42,7 +42,14 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from whystream.wire.avro_read import _ascii_text, _double, _long, _same, _string, _utf8_text
+from whystream.wire.avro_read import (
+    _ascii_text,
+    _double,
+    _long,
+    _same,
+    _string,
+    _utf8_text,
+)
 
 OK, SLOW, NO_MODEL = 0, 1, 2
 NO_CLASS = -1  # decision_class null

@@ -92,7 +92,7 @@ def test_registering_the_same_model_twice_is_a_no_op(files, tmp_path):
 
 def bad_inputs(files, tmp_path):
     """(name, argv after `register NAME`, expected words of the one-line error)."""
-    root, X, binary = files["root"], files["X"], str(files["models"]["binary"])
+    X, binary = files["X"], str(files["models"]["binary"])
     text = files["models"]["binary"].read_text()
     (tmp_path / "truncated.txt").write_text(text[:len(text) // 2])
     (tmp_path / "damaged.txt").write_text(text.replace("num_leaves=", "num_leaves=x", 1))

@@ -25,8 +25,6 @@ from whystream.wire.codecs import SingleObjectCodec, codec_for
 from whystream.wire.prediction_decoder import OK, PredictionDecoder
 
 FEATURES = ["amount", "hour_of_day", "card_present", "merchant_risk_score", "ip_risk_score", "déjà_vu"]
-
-
 BINARY = ModelKind("binary", 1, "raw_margin")
 MULTICLASS = ModelKind("multiclass", 3, "softmax_logit")
 
@@ -307,7 +305,6 @@ def test_an_empty_batch_encodes_to_nothing():
     assert ExplanationEncoder(codec_for("ExplanationEvent").header, "x").encode(
         FakeModel("m", "v"), [], np.zeros((0, 6)), None, [], [], [], adverse=frozenset(), explainer_version="1",
         redis_available=False, worker="w", explained_at=0) == []
-
 
 
 def _v2(record: dict) -> bytes:

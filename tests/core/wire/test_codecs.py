@@ -4,7 +4,6 @@ are readable by the current reader, and garbage only ever raises DecodeError."""
 from __future__ import annotations
 
 import functools
-
 import io
 import json
 

@@ -25,6 +25,7 @@ SCHEMA = {f["name"]: f for f in load_schema("ExplanationEvent")["fields"]}
 REASONS = SCHEMA["sampling_reason"]["type"]["symbols"]
 SOURCES = SCHEMA["source"]["type"]["symbols"]
 
+
 def events(text, number, times, weight=None, ids=None):
     """ExplanationEvents drawn from these text, number, time (and inclusion weight, prediction_id
     text) strategies."""
