@@ -57,6 +57,28 @@ def with_rate(progress: Progress, task, began: float):
     return advance
 
 
+def model_name(given: str | None, known: list[str], where: str) -> str:
+    """The model a command works on: `given` if `where` knows it; without one, the only
+    model `where` knows. Anything else is a one-line error (never a default name)."""
+    if given is not None:
+        if given not in known:
+            raise WhystreamError(f"no model {given!r} in {where}; "
+                                 + (f"known: {', '.join(known)}" if known else "it holds none"))
+        return given
+    if len(known) == 1:
+        return known[0]
+    if not known:
+        raise WhystreamError(f"no model in {where}; `whystream register` adds one (`whystream train` the demo model)")
+    raise WhystreamError(f"--model is required: {where} holds {', '.join(known)}")
+
+
+def registered_model(settings: Settings, given: str | None) -> str:
+    """model_name() against the model registry."""
+    from whystream.models.registry import ModelRegistry
+
+    return model_name(given, ModelRegistry(settings.registry).models(), f"registry {settings.registry}")
+
+
 def parse_features(text: str) -> frozenset[str]:
     return frozenset(f.strip() for f in text.split(",") if f.strip())
 
