@@ -4,6 +4,7 @@ callback loaded, progress bars and the parsers of durations and feature lists.""
 from __future__ import annotations
 
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -21,7 +22,8 @@ from rich.progress import (
 from whystream.config import Settings
 from whystream.errors import WhystreamError
 
-console = Console()
+# Piped or logged, a line stays one line (a terminal wraps it at its own width).
+console = Console(soft_wrap=not sys.stdout.isatty())
 
 
 def settings_of(ctx: typer.Context) -> Settings:
@@ -42,9 +44,10 @@ def connections(
                             topic_prefix=topic_prefix, registry=registry, home=home)
 
 
-def progress_bar() -> Progress:
+def progress_bar(target: Console | None = None) -> Progress:
+    """A progress bar on a terminal; elsewhere (a pipe, a log) only its last state, once."""
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console,
+                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=target or console,
                     transient=False)
 
 

@@ -107,6 +107,8 @@ def cell(value) -> str:
     """A value as a table shows it: floats to 6 significant digits, long lists shortened."""
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.6g}"
     if isinstance(value, (list, tuple)) and len(value) > 12:
