@@ -62,13 +62,20 @@ def compare(ctx: typer.Context, name: str = typer.Argument(..., help="Model name
 
 
 def _log_to(target: Console) -> None:
+    """Log records to `target`: rich's columns on a terminal; in a pipe or a log file one
+    plain line per record (rich would wrap them at 80 columns)."""
     import logging
 
     from rich.logging import RichHandler
 
     root = logging.getLogger()
     if not root.handlers:
-        root.addHandler(RichHandler(console=target, show_path=False, rich_tracebacks=False))
+        if target.is_terminal:
+            root.addHandler(RichHandler(console=target, show_path=False, rich_tracebacks=False))
+        else:
+            plain = logging.StreamHandler(target.file)
+            plain.setFormatter(logging.Formatter("[%(asctime)s] [%(levelname)s] %(name)s: %(message)s"))
+            root.addHandler(plain)
         root.setLevel(logging.INFO)
         logging.getLogger("whystream.clickhouse").setLevel(logging.WARNING)
 
@@ -365,10 +372,15 @@ def verify(ctx: typer.Context,
         if fmt == Format.json:
             print_json([])
         raise typer.Exit(3)
-    with progress_bar(console if fmt == Format.table else stderr_console()) as bar:
+    # progress on stderr (stdout holds the result), for a sample only
+    with progress_bar(stderr_console(), disable=len(ids) == 1) as bar:
         task = bar.add_task("verifying", total=len(ids), rate="")
         verdicts = v.verify_ids(client, settings, ModelRegistry(settings.registry), ids, from_topic=from_topic,
                                 database=database, progress=lambda: bar.advance(task))
+    if fmt == Format.table and prediction_id and [x.status for x in verdicts] == [v.NOT_FOUND]:
+        print_line(f"whystream: error: {prediction_id}: {v.NOT_FOUND} ({verdicts[0].detail}, database {database})",
+                   stderr_console())  # one line, as for every unknown id
+        raise typer.Exit(3)
     if fmt != Format.table:
         emit([v.verdict_record(x, with_features=len(verdicts) == 1) for x in verdicts], fmt,
              None if fmt == Format.json else v.RECORD_COLUMNS)

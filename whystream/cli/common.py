@@ -44,11 +44,11 @@ def connections(
                             topic_prefix=topic_prefix, registry=registry, home=home)
 
 
-def progress_bar(target: Console | None = None) -> Progress:
-    """A progress bar on a terminal; elsewhere (a pipe, a log) only its last state, once."""
+def progress_bar(target: Console | None = None, disable: bool = False) -> Progress:
+    """A progress bar on `target` (default: stdout's console)."""
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=target or console,
-                    transient=False)
+                    transient=False, disable=disable)
 
 
 def with_rate(progress: Progress, task, began: float):

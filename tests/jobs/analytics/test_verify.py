@@ -112,7 +112,8 @@ def test_live_explanations_match_and_tampering_is_found(engine_settings, small_m
     assert verdict.inputs == "predictions topic"
 
     result = cli(engine_settings, database, "no-such-decision")
-    assert result.exit_code == 3 and "NOT FOUND" in result.output
+    assert result.exit_code == 3 and result.stdout == "" and len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith("whystream: error: no-such-decision: NOT FOUND")
     result = cli(engine_settings, database, "no-such-decision", "--format", "json")
     assert result.exit_code == 3 and json.loads(result.stdout)[0]["status"] == v.NOT_FOUND
 
