@@ -37,7 +37,7 @@ def dlq(ctx: typer.Context, since: str = typer.Option("", help="Only dead letter
         return
     shown = found[-limit:] if limit > 0 else found
     emit(shown, fmt, ["dlq_partition", "dlq_offset", "failed_at", "reason_code", "prediction_id", "original at",
-                      "reason"], cells=_cell, right=("dlq_partition", "dlq_offset"))
+                      "reason"], cells=_cell, right=("dlq_partition", "dlq_offset"), spaced=True)
     if len(shown) < len(found):
         print_line(f"{len(found) - len(shown):,} older dead letters not shown (--limit 0 shows all)")
     counts = Counter(letter["reason_code"] for letter in found)

@@ -115,21 +115,21 @@ def models(ctx: typer.Context, name: Optional[str] = typer.Argument(None, help="
     if model:
         for label, value in describe(model):
             print_line(f"{label:>15}: {value}")
-        emit(feature_rows(model), fmt, title=f"{len(model.feature_names)} features, in model order "
+        emit(feature_rows(model), fmt, spaced=True, title=f"{len(model.feature_names)} features, in model order "
                                              "(producers send them by these names)")
     if not versions:
         print_line(f"no models in registry {registry.root}; `whystream register` or `whystream train` adds one")
         return
-    emit(versions, fmt, COLUMNS, cells=version_cell, right=("features", "reference rows"))
+    emit(versions, fmt, COLUMNS, cells=version_cell, right=("features", "reference_rows"), spaced=True)
 
 
 def version_cell(row: dict, column: str) -> str:
     value = row[column]
     if column == "latest":
         return "latest" if value else ""
-    if column == "registered at":
+    if column == "registered_at":
         return value[:16].replace("T", " ")
-    if column == "reference rows":
+    if column == "reference_rows":
         return f"{value:,}"
     return "-" if value is None else str(value)
 
@@ -137,7 +137,7 @@ def version_cell(row: dict, column: str) -> str:
 def feature_rows(model) -> list[dict]:
     codes = dict(zip(model.feature_names, model.reason_codes)) if model.reason_codes else {}
     return [{"feature": f, "categorical": f in model.categorical_features, "redacted": f in model.redacted_features,
-             "reason code": codes[f][0] if f in codes else f, "reason text": codes[f][1] if f in codes else ""}
+             "reason_code": codes[f][0] if f in codes else f, "reason_text": codes[f][1] if f in codes else ""}
             for f in model.feature_names]
 
 
@@ -149,5 +149,5 @@ def model_details(model, versions: list[dict]) -> dict:
             "reference_rows": len(model.reference_shap), "reason_codes_version": model.reason_codes_version,
             "redacted": sorted(model.redacted_features), "registered_at": model.created_at,
             "source": model.source or None, "path": str(model.path), "metrics": model.metrics,
-            "features": [{k.replace(" ", "_"): v for k, v in row.items()} for row in feature_rows(model)],
+            "features": feature_rows(model),
             "versions": versions}

@@ -155,10 +155,11 @@ def print_line(text: str, console: Console | None = None) -> None:
 
 def emit(records: Sequence[dict], fmt: Format, columns: Sequence[str] | None = None, *,
          title: str | None = None, cells: Callable[[dict, str], object] | None = None,
-         right: Iterable[str] = ()) -> None:
+         right: Iterable[str] = (), spaced: bool = False) -> None:
     """Print `records` in `fmt`. `columns` (default: the first record's keys) picks and
     orders them for table and csv (json holds every key); `cells(record, column)` gives a
-    table cell (str or rich Text), default `cell(record[column])`."""
+    table cell (str or rich Text), default `cell(record[column])`; `spaced` heads a
+    table's columns with the keys `_` written as a space (else as they are: SQL names)."""
     columns = list(columns or (records[0].keys() if records else ()))
     if fmt == Format.json:
         print_json(list(records))
@@ -171,7 +172,7 @@ def emit(records: Sequence[dict], fmt: Format, columns: Sequence[str] | None = N
         right = set(right)
         table = Table(title=title)
         for c in columns:
-            table.add_column(c, justify="right" if c in right else "left")
+            table.add_column(c.replace("_", " ") if spaced else c, justify="right" if c in right else "left")
         for record in records:
             table.add_row(*(_text(cells(record, c) if cells else cell(record.get(c))) for c in columns))
         print_table(table)

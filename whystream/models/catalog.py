@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from whystream.models.registry import ModelRegistry
 
-COLUMNS = ("model", "version", "objective", "features", "reference rows", "reason codes", "registered at", "latest")
+COLUMNS = ("model", "version", "objective", "features", "reference_rows", "reason_codes", "registered_at", "latest")
 
 
 def model_rows(registry: ModelRegistry, name: str | None = None) -> list[dict]:

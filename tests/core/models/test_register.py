@@ -91,7 +91,7 @@ def test_models_lists_versions_and_shows_one(files, tmp_path):
     listed = json.loads(out)
     assert code == 0 and [(m["model"], m["version"], m["latest"]) for m in listed] == [
         ("credit", first, False), ("credit", second, True), ("tiers", registry.latest("tiers"), True)]
-    assert listed[0]["features"] == len(FEATURES) and listed[0]["reference rows"] > 0
+    assert listed[0]["features"] == len(FEATURES) and listed[0]["reference_rows"] > 0
     code, out = cli(tmp_path, "models", "credit", "--format", "json")
     shown = json.loads(out)
     assert (shown["version"], shown["threshold"], shown["output_space"]) == (second, 0.6, "raw_margin")
