@@ -5,12 +5,16 @@ demo's lines when piped."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import io
 import json
+import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rich.console import Console
 
 from whystream.cli.clickhouse import output_format
@@ -52,6 +56,31 @@ def test_a_piped_table_is_never_cut_and_carries_no_escape_codes(capsys, monkeypa
     body = [line for line in out.splitlines() if line.startswith("│")]
     assert len(body) == 2 and LONG in body[0]  # one row a line, the long cell whole
     assert "0.123457" in body[0] and "yes" in body[0]  # rounded for a person only
+
+
+WORDS = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCXYZ0123456789-_.:/@", min_size=1, max_size=300)
+ANY_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=60)
+
+
+def captured(records, fmt) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        emit(records, fmt)
+    return out.getvalue()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(WORDS, st.floats(), ANY_TEXT), min_size=1, max_size=6))
+def test_every_value_survives_every_format(rows):
+    records = [{"name": name, "x": x, "note": note} for name, x, note in rows]
+    table = [line for line in captured([{"name": r["name"], "x": r["x"]} for r in records], Format.table).splitlines()
+             if line.startswith("│")]
+    assert [line.split("│")[1].strip() for line in table] == [r["name"] for r in records]  # whole, one a line
+    back = json.loads(captured(records, Format.json))
+    assert [b["note"] for b in back] == [r["note"] for r in records]
+    assert [b["x"] for b in back] == [x if math.isfinite(x) else None for x in (r["x"] for r in records)]
+    read = list(csv.DictReader(io.StringIO(captured(records, Format.csv), newline="")))
+    assert [(r["name"], r["note"]) for r in read] == [(r["name"], r["note"]) for r in records]
 
 
 def test_a_table_on_a_terminal_fits_its_width_and_folds_instead_of_cutting(monkeypatch):
