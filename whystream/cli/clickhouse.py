@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import signal
 import time
 from pathlib import Path
@@ -16,10 +15,12 @@ from whystream.cli.output import (
     Format,
     emit,
     format_option,
+    output_format,
     print_json,
     print_line,
     print_table,
     stderr_console,
+    unique_names,
 )
 from whystream.config import Settings
 from whystream.config.secrets import mask_secrets
@@ -166,40 +167,6 @@ def _clickhouse_reader(settings: Settings, database: str, schema: bool = True):
     return client
 
 
-# A trailing `FORMAT name` (ClickHouse's output clause): answered with the same --format, without the clause.
-_FORMAT_CLAUSE = re.compile(r"\s+FORMAT\s+([A-Za-z][A-Za-z0-9_]*)\s*;?\s*$", re.IGNORECASE)
-_CLAUSE_FORMATS = {"csv": Format.csv, "csvwithnames": Format.csv, "json": Format.json, "jsoneachrow": Format.json,
-                   "jsoncompact": Format.json, "pretty": Format.table, "prettycompact": Format.table}
-
-
-def output_format(query: str, fmt: Optional[Format]) -> tuple[str, Format]:
-    """(the query without a trailing FORMAT clause, the format to print in). `FORMAT CSV` is
-    answered as `--format csv` (and said so on stderr); a format whystream does not print,
-    or one that contradicts --format, is an error naming --format."""
-    clause = _FORMAT_CLAUSE.search(query)
-    if clause is None:
-        return query, fmt or Format.table
-    asked = _CLAUSE_FORMATS.get(clause.group(1).lower())
-    if asked is None:
-        raise WhystreamError(f"FORMAT {clause.group(1)}: whystream sql prints table, csv or json; drop the FORMAT "
-                             "clause and choose with --format, e.g. whystream sql --format csv \"SELECT ...\"")
-    if fmt is not None and fmt != asked:
-        raise WhystreamError(f"FORMAT {clause.group(1)} and --format {fmt.value} disagree; give only --format")
-    print_line(f"# FORMAT {clause.group(1)} answered as --format {asked.value} (the query runs without the clause)",
-               stderr_console())
-    return query[:clause.start()], asked
-
-
-def _unique(names) -> list[str]:
-    """Column names as JSON keys: a repeated name gets _2, _3, ..."""
-    seen: dict[str, int] = {}
-    out = []
-    for name in names:
-        seen[name] = seen.get(name, 0) + 1
-        out.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
-    return out
-
-
 @commands.command()
 def sql(ctx: typer.Context, query: str = typer.Argument(..., help="One read query: SELECT or WITH, or EXPLAIN of one"),
         database: str = typer.Option("whystream", help="Default database for unqualified table names"),
@@ -214,7 +181,7 @@ def sql(ctx: typer.Context, query: str = typer.Argument(..., help="One read quer
     operator's limits (WHYSTREAM_SQL_*)."""
     query, fmt = output_format(query, fmt)
     result = _clickhouse_reader(settings_of(ctx), database, schema=False).query(query)
-    names = _unique(result.column_names)
+    names = unique_names(result.column_names)
     rows = result.result_rows if fmt != Format.table else result.result_rows[:max_rows]
     emit([dict(zip(names, row)) for row in rows], fmt, names)
     if fmt == Format.table:

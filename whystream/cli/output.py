@@ -1,14 +1,15 @@
 """What the listing commands print: one renderer for `--format table|csv|json`.
 
 `sql`, `drift`, `verify`, `explain`, `dlq` and `models` hand their rows (dicts of
-plain values) to `emit`:
+plain values) to `emit` (`whystream sql` answers a trailing ClickHouse `FORMAT CSV` or
+`FORMAT JSON` clause with the same format: `output_format`):
 
 - `table` (the default) is for people: a rich table that fits the terminal's width
   (cells fold onto more lines, never cut to `…`); when stdout is not a terminal (a
   pipe, a log file) the table is as wide as its widest row, one row a line, and
   carries no escape codes (rich writes none where stdout is not a terminal);
-- `csv` is RFC 4180 (Python's `csv`), a header line, then the rows; lists and maps
-  as JSON text in one cell, a missing value as an empty cell;
+- `csv` is RFC 4180 quoting (Python's `csv`) with `\n` line ends: a header line, then
+  the rows; lists and maps as JSON text in one cell, a missing value as an empty cell;
 - `json` is one JSON document (`json.loads` reads it): the rows as a list of objects
   with numbers as numbers, times as ISO 8601 UTC, NaN and infinities as null.
 
@@ -25,6 +26,7 @@ import enum
 import ipaddress
 import json
 import math
+import re
 import sys
 import uuid
 from typing import Callable, Iterable, Sequence
@@ -33,6 +35,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from whystream.errors import WhystreamError
 
 
 class Format(str, enum.Enum):
@@ -165,9 +169,13 @@ def emit(records: Sequence[dict], fmt: Format, columns: Sequence[str] | None = N
         print_json(list(records))
     elif fmt == Format.csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
+        # csv quotes a cell holding the line terminator ("\n") but not a lone "\r", which readers
+        # take as a line end: rows holding one are written with every cell quoted.
+        quoting = csv.writer(sys.stdout, lineterminator="\n", quoting=csv.QUOTE_ALL)
         writer.writerow(columns)
         for record in records:
-            writer.writerow([_csv_cell(record.get(c)) for c in columns])
+            row = [_csv_cell(record.get(c)) for c in columns]
+            (quoting if any("\r" in c for c in row) else writer).writerow(row)
     else:
         right = set(right)
         table = Table(title=title)
@@ -176,6 +184,40 @@ def emit(records: Sequence[dict], fmt: Format, columns: Sequence[str] | None = N
         for record in records:
             table.add_row(*(_text(cells(record, c) if cells else cell(record.get(c))) for c in columns))
         print_table(table)
+
+
+# A trailing `FORMAT name` (ClickHouse's output clause): answered with the same --format, without the clause.
+_FORMAT_CLAUSE = re.compile(r"\s+FORMAT\s+([A-Za-z][A-Za-z0-9_]*)\s*;?\s*$", re.IGNORECASE)
+_CLAUSE_FORMATS = {"csv": Format.csv, "csvwithnames": Format.csv, "json": Format.json, "jsoneachrow": Format.json,
+                   "jsoncompact": Format.json, "pretty": Format.table, "prettycompact": Format.table}
+
+
+def output_format(query: str, fmt: Format | None) -> tuple[str, Format]:
+    """(the query without a trailing FORMAT clause, the format to print in). `FORMAT CSV` is
+    answered as `--format csv` (and said so on stderr); a format whystream does not print,
+    or one that contradicts --format, is an error naming --format."""
+    clause = _FORMAT_CLAUSE.search(query)
+    if clause is None:
+        return query, fmt or Format.table
+    asked = _CLAUSE_FORMATS.get(clause.group(1).lower())
+    if asked is None:
+        raise WhystreamError(f"FORMAT {clause.group(1)}: whystream sql prints table, csv or json; drop the FORMAT "
+                             "clause and choose with --format, e.g. whystream sql --format csv \"SELECT ...\"")
+    if fmt is not None and fmt != asked:
+        raise WhystreamError(f"FORMAT {clause.group(1)} and --format {fmt.value} disagree; give only --format")
+    print_line(f"# FORMAT {clause.group(1)} answered as --format {asked.value} (the query runs without the clause)",
+               stderr_console())
+    return query[:clause.start()], asked
+
+
+def unique_names(names) -> list[str]:
+    """Column names as JSON keys: a repeated name gets _2, _3, ..."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return out
 
 
 def _text(value) -> Text:

@@ -17,10 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from whystream.cli.clickhouse import output_format
 from whystream.cli.common import model_name
 from whystream.cli.explanation_view import show
-from whystream.cli.output import Format, emit, utc_ms
+from whystream.cli.output import Format, emit, output_format, utc_ms
 from whystream.config import Settings
 from whystream.errors import ConfigError, WhystreamError
 from whystream.jobs.demo import LEGEND, PlainProgress, heading, showcase
