@@ -59,7 +59,7 @@ def compare(ctx: typer.Context, name: str = typer.Argument(..., help="Model name
         for f in shown:
             table.add_row(f["feature"], f"{f['champion_mean_shap']:+.4f}", f"{f['challenger_mean_shap']:+.4f}",
                           f"{f['champion_mean_abs_shap']:.4f}", f"{f['challenger_mean_abs_shap']:.4f}")
-        console.print(table)
+        print_table(table)  # fitted to a terminal, whole in a pipe
 
 
 def _log_to(target: Console) -> None:
@@ -256,7 +256,8 @@ def drift_table(ctx: typer.Context,
     emit(features, fmt, columns, cells=drift_cell, right=[c for c in columns if c not in
                                                           ("version", "feature", "drift of", "alert")],
          title=f"{model}: attribution drift over the last {window}" + (f", stratum {stratum}" if stratum else "")
-         + f" (exact attributions; {fallback:.1%} of explanations were fallback)")
+         + f" (exact TreeSHAP attributions only: {fallback:.1%} of explanations were fallback approximations, "
+           "left out)")
     for d in decisions:
         print_line(f"version {d['model_version']}: {input_drift.decision_line(d)}")
     for version, why in unavailable.items():

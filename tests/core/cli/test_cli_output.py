@@ -68,7 +68,7 @@ def captured(records, fmt) -> str:
     return out.getvalue()
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(st.lists(st.tuples(WORDS, st.floats(), ANY_TEXT), min_size=1, max_size=6))
 def test_every_value_survives_every_format(rows):
     records = [{"name": name, "x": x, "note": note} for name, x, note in rows]
