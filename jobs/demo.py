@@ -126,7 +126,7 @@ def print_explanations(console: Console, explanations: list[dict]) -> None:
         for r in e["top_reasons"][:3]:
             value = "missing" if r["value"] is None else f"{r['value']:.4g}"
             table.add_row(f"  {r['feature']}", value, f"{r['shap']:+.3f}")
-        console.print(table, soft_wrap=False)
+        console.print(table)
 
 
 def run_demo(home: Path, registry: Path, events: int, rate: float, drift: list[DriftSpec], console: Console) -> None:
