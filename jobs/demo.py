@@ -121,7 +121,7 @@ def print_explanations(console: Console, explanations: list[dict]) -> None:
     for e in explanations:
         console.print(f"[bold]{e['decision']}[/] score {e['score']:.3f} · {e['sampling_reason'].lower()} "
                       f"(weight {e['inclusion_weight']:g}) · {e['source']} (exact TreeSHAP) · {e['prediction_id']}",
-                      soft_wrap=True, highlight=False)
+                      highlight=False)
         table = Table(show_header=False, box=None, padding=(0, 2))
         for r in e["top_reasons"][:3]:
             value = "missing" if r["value"] is None else f"{r['value']:.4g}"
@@ -178,7 +178,7 @@ def follow(settings: Settings, worker: Process, port: int, events: int, rate: fl
     while not scrape(port):
         worker.check()
         time.sleep(0.3)
-    console.print(LEGEND, soft_wrap=True, highlight=False)
+    console.print(LEGEND, highlight=False)
     columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"))
     # On a terminal, bars; elsewhere the same figures as a whole line every few seconds.
     lines = PlainProgress(console) if not console.is_terminal else None
@@ -251,13 +251,11 @@ def print_latency(settings: Settings, explained: list[dict], console: Console) -
         return
     heading(console, "explanation latency of priority decisions")
     if from_send:
-        console.print(f"from the Kafka timestamp (producer sent it) to published: p50 {pct(from_send, 50):,.0f} ms, "
-                      f"p99 {pct(from_send, 99):,.0f} ms ({len(from_send):,} decisions)", soft_wrap=True,
-                      highlight=False)
+        console.print(f"from the Kafka timestamp (producer sent it) to explained_at: p50 {pct(from_send, 50):,.0f} ms, "
+                      f"p99 {pct(from_send, 99):,.0f} ms ({len(from_send):,} decisions)", highlight=False)
     console.print(f"from event time (a replay: event times span the last {REPLAY_SECONDS // 60} minutes, sent in "
                   f"seconds): p50 {pct(from_event, 50):,.0f} ms, p99 {pct(from_event, 99):,.0f} ms; this measures "
-                  "how old the replayed events were, not the engine",
-                  soft_wrap=True, highlight=False)
+                  "how old the replayed events were, not the engine", highlight=False)
 
 
 def pct(ordered: list[float], p: float) -> float:
@@ -310,7 +308,7 @@ def show_drift(settings: Settings, sink: Process, home: Path, drift, console: Co
     heading(console, "alerts on the `drift-alerts` topic")
     for a in alerts:
         console.print(f"[red bold]{a['feature']}[/]: {a['statistic']} {a['value']:.3f} > {a['threshold']:g} "
-                      f"(model {a['model_name']}@{a['model_version']}, against {a['reference']})", soft_wrap=True)
+                      f"(model {a['model_name']}@{a['model_version']}, against {a['reference']})")
     if not alerts:
         console.print("none" + (f" yet for {', '.join(sorted(injected))}" if injected else ""))
     missed = injected - {a["feature"] for a in alerts}
@@ -320,4 +318,4 @@ def show_drift(settings: Settings, sink: Process, home: Path, drift, console: Co
     subprocess.run([*whystream, "report", "--model", "fraud", "--out", str(report), "--window", "10m", "--history", "30m"], env=env,
                    check=False, stdout=subprocess.DEVNULL)
     console.print(f"report: {report.resolve()} (open it in a browser; it needs no network). Its event times are the "
-                  "replay's: latency there is measured from them", soft_wrap=True)
+                  "replay's: latency there is measured from them")
