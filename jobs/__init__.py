@@ -1,4 +1,4 @@
 """What runs beside the workers: the ClickHouse sink (`sink/`), whystream's ClickHouse
 (`clickhouse/`), drift, reports and verification over it (`analytics/`), the
 synthetic stream and the demo model (`simulation/`), the demo (`demo`) and the
-dead-letter summary (`dlq`)."""
+dead-letter listing (`dlq`)."""

@@ -6,6 +6,14 @@ its drift monitor, produces a seeded stream (a fast replay of the last 20
 minutes, drift injected into one feature halfway, a few malformed messages
 mixed in), follows the worker's /metrics with progress bars, prints a few
 decoded explanations, then the drift table, the alert and the HTML report.
+
+It explains what it shows where it first shows it (what priority, sampled and
+fallback mean), showcases exact explanations (LIVE or CACHE, never the
+fallback), and says that its event times are a replay: latency from event time
+measures how old the replayed events were, so the demo reports latency from each
+event's Kafka timestamp (when the producer sent it) beside it. Piped or logged
+(stdout not a terminal) it prints whole lines: progress every few seconds instead
+of bars, nothing cut to the width of a terminal.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from whystream.jobs.simulation.generator import DriftSpec
 from whystream.jobs.simulation.produce import produce
 from whystream.jobs.simulation.train import train_model
 from whystream.kafka.clients import producer
-from whystream.kafka.reader import message_count, read_all
+from whystream.kafka.reader import message_count, read_all, scan
 from whystream.models.registry import ModelRegistry
 
 MALFORMED = [b"not avro", b"\xc3\x01" + b"\x00" * 8, b""]
@@ -86,11 +94,34 @@ def total(metrics: dict[str, float], prefix: str, where: str = "") -> float:
     return sum(v for k, v in metrics.items() if k.startswith(prefix + "{") and where in k)
 
 
+LEGEND = ("priority: adverse, near-threshold, producer-flagged and new-version decisions, always explained "
+          "(weight 1); sampled: a weighted random sample of the rest (reservoir); fallback: an approximate "
+          "explanation (Saabas path attribution) used only when exact TreeSHAP fails or a batch's latency budget "
+          "is spent; such explanations say source FALLBACK and are left out of the drift statistics")
+EXACT = ("LIVE", "CACHE")  # exact TreeSHAP: computed now, or an identical feature vector's from the cache
+
+
+def heading(console: Console, text: str) -> None:
+    """A rule with a title on a terminal; elsewhere one whole line (a rule cuts a long title)."""
+    if console.is_terminal:
+        console.rule(text)
+    else:
+        console.print(f"── {text} ──", soft_wrap=True, highlight=False)
+
+
+def showcase(explained: list[dict]) -> list[dict]:
+    """Two adverse and two sampled decisions, each explained exactly (LIVE or CACHE)."""
+    exact = [e for e in explained if e["source"] in EXACT]
+    return ([e for e in exact if e["sampling_reason"] == "ADVERSE"][:2]
+            + [e for e in exact if e["sampling_reason"] == "RESERVOIR"][:2])
+
+
 def print_explanations(console: Console, explanations: list[dict]) -> None:
     """Each explanation as a header line and its top reasons."""
     for e in explanations:
         console.print(f"[bold]{e['decision']}[/] score {e['score']:.3f} · {e['sampling_reason'].lower()} "
-                      f"(weight {e['inclusion_weight']:g}) · {e['source'].lower()} · {e['prediction_id']}")
+                      f"(weight {e['inclusion_weight']:g}) · {e['source']} (exact TreeSHAP) · {e['prediction_id']}",
+                      highlight=False)
         table = Table(show_header=False, box=None, padding=(0, 2))
         for r in e["top_reasons"][:3]:
             value = "missing" if r["value"] is None else f"{r['value']:.4g}"
@@ -101,7 +132,9 @@ def print_explanations(console: Console, explanations: list[dict]) -> None:
 def run_demo(home: Path, registry: Path, events: int, rate: float, drift: list[DriftSpec], console: Console) -> None:
     demo_home = home / "demo"
     shutil.rmtree(demo_home, ignore_errors=True)
-    console.rule("[bold]whystream demo")
+    if not console.is_terminal:  # piped or logged: whole lines, never wrapped or cut at 80 columns
+        console = Console(file=console.file, soft_wrap=True, highlight=False)
+    heading(console, "whystream demo")
     with EmbeddedStack(demo_home) as settings:
         settings = settings.with_(registry=registry)
         console.print(f"embedded stack: Kafka (Tansu) {settings.broker}, Redis {settings.redis_url}, "
@@ -127,9 +160,9 @@ def run_demo(home: Path, registry: Path, events: int, rate: float, drift: list[D
             sink = Process("sink", ["sink", "--window", DRIFT_WINDOW, "--interval", "20", "--reservoir-window",
                                     "60"], settings, logs)
             explained = read_all(settings, settings.topic("explanations"), "ExplanationEvent")
-            console.rule("a few explanations from the `explanations` topic (top reasons: feature, value, SHAP)")
-            print_explanations(console, [e for e in explained if e["sampling_reason"] == "ADVERSE"][:2]
-                               + [e for e in explained if e["sampling_reason"] == "RESERVOIR"][:2])
+            print_latency(settings, explained, console)
+            heading(console, "a few explanations from the `explanations` topic (top reasons: feature, value, SHAP)")
+            print_explanations(console, showcase(explained))
             wait_for_sink(settings, sink, len(explained), console)
             show_drift(settings, sink, demo_home, drift, console)
         finally:
@@ -145,8 +178,11 @@ def follow(settings: Settings, worker: Process, port: int, events: int, rate: fl
     while not scrape(port):
         worker.check()
         time.sleep(0.3)
+    console.print(LEGEND, highlight=False)
     columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"))
-    with Progress(*columns, console=console) as progress:
+    # On a terminal, bars; elsewhere the same figures as a whole line every few seconds.
+    lines = PlainProgress(console) if not console.is_terminal else None
+    with Progress(*columns, console=console, disable=lines is not None) as progress:
         produced = progress.add_task("produced", total=events, note="")
         consumed = progress.add_task("consumed by the worker", total=events + len(MALFORMED), note="")
         explained = progress.add_task("explained", total=None, note="")
@@ -172,12 +208,63 @@ def follow(settings: Settings, worker: Process, port: int, events: int, rate: fl
             progress.update(explained, completed=priority + sampled,
                             note=f"priority {priority:,.0f} · sampled {sampled:,.0f} · cache hits "
                                  f"{total(m, 'whystream_cache_hits_total'):,.0f} · fallbacks {total(m, 'whystream_fallbacks_total'):,.0f}")
-            if done >= events + len(MALFORMED) and total(m, "whystream_reservoir_open_windows") == 0:
+            finished = done >= events + len(MALFORMED) and total(m, "whystream_reservoir_open_windows") == 0
+            if lines:
+                lines.show(progress, force=finished)
+            if finished:
                 break
             time.sleep(0.5)
     console.print(f"topics now hold: predictions {message_count(settings, settings.topic('predictions')):,}, "
                   f"explanations {message_count(settings, settings.topic('explanations')):,}, "
                   f"predictions.dlq {message_count(settings, settings.topic('predictions.dlq')):,}")
+
+
+class PlainProgress:
+    """Progress as whole lines (`produced 25,000/50,000 (5,012/s); consumed by the worker ...`)
+    every `every` seconds, for a pipe or a log file."""
+
+    def __init__(self, console: Console, every: float = 5.0):
+        self.console, self.every, self.last = console, every, 0.0
+
+    def show(self, progress: Progress, force: bool = False) -> None:
+        if not force and time.monotonic() - self.last < self.every:
+            return
+        self.last = time.monotonic()
+        parts = []
+        for task in progress.tasks:
+            count = f"{task.completed:,.0f}" + (f"/{task.total:,.0f}" if task.total is not None else "")
+            note = task.fields.get("note")
+            parts.append(f"{task.description} {count}" + (f" ({note})" if note else ""))
+        self.console.print("; ".join(parts), soft_wrap=True, highlight=False)
+
+
+def print_latency(settings: Settings, explained: list[dict], console: Console) -> None:
+    """Explanation latency, labelled for what the demo is: a fast replay. From event time it
+    measures the replay (event times spread over the last 20 minutes); from each prediction's
+    Kafka timestamp (when the producer sent it) it measures the engine."""
+    sent_at = {m.key(): m.timestamp()[1] for m in scan(settings, settings.topic("predictions"))}
+    priority = [e for e in explained if e["sampling_reason"] != "RESERVOIR"]  # explained at once, not at window end
+    from_event = sorted(e["latency_ms"] for e in priority)
+    from_send = sorted(as_ms(e["explained_at"]) - sent_at[e["prediction_id"].encode()] for e in priority
+                       if e["prediction_id"].encode() in sent_at)
+    if not from_event:
+        return
+    heading(console, "explanation latency of priority decisions")
+    if from_send:
+        console.print(f"from the Kafka timestamp (producer sent it) to explained_at: p50 {pct(from_send, 50):,.0f} ms, "
+                      f"p99 {pct(from_send, 99):,.0f} ms ({len(from_send):,} decisions)", highlight=False)
+    console.print(f"from event time (a replay: event times span the last {REPLAY_SECONDS // 60} minutes, sent in "
+                  f"seconds): p50 {pct(from_event, 50):,.0f} ms, p99 {pct(from_event, 99):,.0f} ms; this measures "
+                  "how old the replayed events were, not the engine", highlight=False)
+
+
+def pct(ordered: list[float], p: float) -> float:
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
+
+
+def as_ms(value) -> int:
+    """timestamp-millis as decoded (an int, or a datetime)."""
+    return value if isinstance(value, int) else round(value.timestamp() * 1000)
 
 
 def wait_for_sink(settings: Settings, sink: Process, expected: int, console: Console, timeout: float = 180) -> None:
@@ -215,9 +302,10 @@ def show_drift(settings: Settings, sink: Process, home: Path, drift, console: Co
             sink.check()
             time.sleep(2)
             alerts = read_all(settings, settings.topic("drift-alerts"), "DriftAlert", timeout=10)
-    console.rule(f"attribution drift, last {DRIFT_WINDOW} (whystream drift --window {DRIFT_WINDOW})")
-    subprocess.run([*whystream, "drift", "--window", DRIFT_WINDOW], env=env, check=False)
-    console.rule("alerts on the `drift-alerts` topic")
+    heading(console, f"attribution drift, last {DRIFT_WINDOW} (whystream drift --model fraud --window {DRIFT_WINDOW})")
+    console.file.flush()
+    subprocess.run([*whystream, "drift", "--model", "fraud", "--window", DRIFT_WINDOW], env=env, check=False)
+    heading(console, "alerts on the `drift-alerts` topic")
     for a in alerts:
         console.print(f"[red bold]{a['feature']}[/]: {a['statistic']} {a['value']:.3f} > {a['threshold']:g} "
                       f"(model {a['model_name']}@{a['model_version']}, against {a['reference']})")
@@ -227,6 +315,7 @@ def show_drift(settings: Settings, sink: Process, home: Path, drift, console: Co
     if missed:
         console.print(f"[yellow]no alert for the injected drift in {', '.join(sorted(missed))} within {timeout:.0f}s[/]")
     report = home / "report.html"
-    subprocess.run([*whystream, "report", "--out", str(report), "--window", "10m", "--history", "30m"], env=env,
+    subprocess.run([*whystream, "report", "--model", "fraud", "--out", str(report), "--window", "10m", "--history", "30m"], env=env,
                    check=False, stdout=subprocess.DEVNULL)
-    console.print(f"report: {report.resolve()} (open it in a browser; it needs no network)")
+    console.print(f"report: {report.resolve()} (open it in a browser; it needs no network). Its event times are the "
+                  "replay's: latency there is measured from them")

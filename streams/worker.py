@@ -160,4 +160,9 @@ def run_worker(settings: Settings, config: EngineConfig | None = None, web_port:
     from faust.worker import Worker
 
     app = create_app(settings, config, web_port=web_port, **app_options)
-    Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    worker = Worker(app, loglevel=loglevel, quiet=True)
+    if not worker.stdout.isatty():
+        # Faust's startup spinner hides and shows the cursor without asking whether stdout is a
+        # terminal (faust/utils/terminal/spinners.py: Spinner.begin): escape codes in a log file.
+        worker.spinner = None
+    worker.execute_from_commandline()

@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from whystream.config import Settings
 from whystream.jobs.analytics.drift_rule import DriftRule, Judgement, number
 from whystream.jobs.analytics.drift_sql import feature_drift, monitored_models
-from whystream.jobs.analytics.input_drift import missing_cell
 from whystream.jobs.clickhouse import connection as ch
 from whystream.jobs.clickhouse.sql import DEFAULT_DATABASE, ident, ms_lit, one_line
 from whystream.jobs.clickhouse.sql import rows as query_rows
@@ -67,24 +66,24 @@ def drift_window(now_ms: int, window_ms: int, reservoir_window_ms: int) -> tuple
     return end - int(window_ms), end
 
 
-# The columns of `whystream drift`; other kinds of drift (input values, scores) add rows of the same shape.
+# The columns of `whystream drift`'s table (whystream/cli/clickhouse.py renders drift_records in them).
 TABLE_COLUMNS = ("version", "feature", "drift of", "PSI", "KS", "stability", "W1/ref", "value PSI", "missing (ref)",
                  "weighted n", "n eff", "alert")
 
 
-def table_rows(judged: list[tuple[dict, list[Judgement]]]) -> list[dict]:
-    """`whystream drift` rows (TABLE_COLUMNS -> text) of judged feature_drift rows, highest PSI first."""
-    def text(value) -> str:
-        return "-" if value is None else f"{value:.3f}"
-
+def drift_records(judged: list[tuple[dict, list[Judgement]]]) -> list[dict]:
+    """One record per version and feature, highest PSI first: every statistic whole, the
+    statistics over their thresholds (`alerts`), `judged` false where there was too little data."""
     out = []
     for r, verdicts in sorted(judged, key=lambda rv: -(rv[0]["psi"] if rv[0]["psi"] is not None else -1)):
-        flag = ", ".join(j.statistic for j in verdicts if j.above) if verdicts else "[dim]too few[/]"
-        out.append({"version": r["model_version"], "feature": r["feature"], "drift of": "attributions",
-                    "PSI": text(r["psi"]), "KS": text(r["ks"]), "stability": text(r["stability"]),
-                    "W1/ref": text(r["wasserstein_rel"]), "value PSI": text(r.get("value_psi")),
-                    "missing (ref)": missing_cell(r), "weighted n": f"{r['weighted_n']:,.0f}",
-                    "n eff": f"{r['effective_n']:,.0f}", "alert": f"[red bold]{flag}[/]" if flag else ""})
+        out.append({"model_version": r["model_version"], "feature": r["feature"], "drift_of": "attributions",
+                    "psi": r["psi"], "ks": r["ks"], "stability": r["stability"],
+                    "wasserstein_rel": r["wasserstein_rel"], "value_psi": r.get("value_psi"),
+                    "missing_rate": r.get("missing_rate"), "reference_missing": r.get("reference_missing"),
+                    "weighted_n": r["weighted_n"], "effective_n": r["effective_n"],
+                    "fallback_share": r.get("fallback_share"), "judged": bool(verdicts),
+                    "alerts": [j.statistic for j in verdicts if j.above],
+                    "thresholds": {j.statistic: j.threshold for j in verdicts}})
     return out
 
 

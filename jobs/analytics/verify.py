@@ -273,6 +273,28 @@ def exit_code(verdicts: list[Verdict]) -> int:
 
 # ---------------------------------------------------------------- what `whystream verify` prints
 
+RECORD_COLUMNS = ("prediction_id", "status", "detail", "model_name", "model_version", "source", "explained_class",
+                  "inputs", "max_shap_diff", "worst_feature", "base_diff", "raw_diff", "additivity")
+
+
+def verdict_record(verdict: Verdict, with_features: bool = False) -> dict:
+    """A verdict as plain values (`--format csv|json`); with_features adds each feature's
+    stored value, stored and recomputed attribution."""
+    s = verdict.stored
+    record = {"prediction_id": verdict.prediction_id, "status": verdict.status, "detail": verdict.detail,
+              "model_name": s and s.model_name, "model_version": s and s.model_version, "source": s and s.source,
+              "explained_class": s and s.explained_class, "inputs": verdict.inputs or None,
+              "max_shap_diff": verdict.max_shap_diff, "worst_feature": verdict.worst_feature or None,
+              "base_diff": verdict.base_diff, "raw_diff": verdict.raw_diff, "additivity": verdict.additivity,
+              "tolerance": TOLERANCE}
+    if with_features and s is not None and verdict.recomputed_shap:
+        record["features"] = [{"feature": f, "stored_value": None if f in s.redacted else value,
+                               "redacted": f in s.redacted, "stored_shap": stored, "recomputed_shap": again}
+                              for f, value, stored, again in zip(s.features, s.values, s.shap,
+                                                                   verdict.recomputed_shap)]
+    return record
+
+
 def _e(value: float | None) -> str:
     return "-" if value is None else f"{value:.1e}"
 

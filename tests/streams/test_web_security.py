@@ -127,7 +127,7 @@ def test_redacted_values_appear_nowhere_but_attributions_stay(engine_settings, s
     # `whystream explain --redact` blanks more, even in an explanation published before
     extra = model.feature_names[int(strongest[2])]
     cli = subprocess.run([sys.executable, "-m", "whystream", "explain", published[0]["prediction_id"],
-                          "--redact", extra], env={**os.environ, **engine_settings.as_env()},
+                          "--redact", extra, "--format", "json"], env={**os.environ, **engine_settings.as_env()},
                          capture_output=True, text=True, timeout=120)
     assert cli.returncode == 0, cli.stderr
     shown = json.loads(cli.stdout)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+from pathlib import Path
 
 import pytest
 import redis
@@ -108,10 +109,19 @@ def test_worker_serves_metrics_health_and_on_demand_explanations(engine_settings
     assert missing.value.code == 404
     worker.kill(signal.SIGTERM)
 
+    assert b"\x1b" not in Path(worker.log.name).read_bytes()  # a log file gets no terminal escape codes
+
+    # `whystream explain` for a person (piped: whole lines, no escape codes); the JSON is tested in test_web_security
     cli = subprocess.run([sys.executable, "-m", "whystream", "explain", quiet["prediction_id"]],
-                         env={**os.environ, **engine_settings.as_env()}, capture_output=True, text=True, timeout=120)
+                         env={**os.environ, **engine_settings.as_env(), "COLUMNS": "80"}, capture_output=True,
+                         text=True, timeout=120)
     assert cli.returncode == 0, cli.stderr
-    assert json.loads(cli.stdout)["prediction_id"] == quiet["prediction_id"]
+    assert f"decision {quiet['prediction_id']}: {quiet['decision']}" in cli.stdout
+    assert "= probability 0." in cli.stdout and "ON_DEMAND" in cli.stdout and " UTC" in cli.stdout
+    assert "\x1b" not in cli.stdout and "…" not in cli.stdout
+    rows = [line.split("│") for line in cli.stdout.splitlines() if line.count("│") == 5]
+    shown = [abs(float(r[3])) for r in rows if r[1].strip() in small_model.feature_names]
+    assert len(shown) == len(small_model.feature_names) and shown == sorted(shown, reverse=True)
 
 
 def test_readme_consumer_example_decodes_explanations_with_the_avsc_files_alone(engine_settings, small_model):

@@ -10,7 +10,18 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from whystream.cli.common import console, parse_duration, progress_bar, settings_of
+from whystream.cli.common import console, model_name, parse_duration, progress_bar, settings_of
+from whystream.cli.output import (
+    Format,
+    emit,
+    format_option,
+    output_format,
+    print_json,
+    print_line,
+    print_table,
+    stderr_console,
+    unique_names,
+)
 from whystream.config import Settings
 from whystream.config.secrets import mask_secrets
 from whystream.errors import WhystreamError
@@ -28,7 +39,9 @@ def compare(ctx: typer.Context, name: str = typer.Argument(..., help="Model name
 
     from whystream.jobs.analytics.compare import comparison
 
-    found = comparison(_clickhouse_reader(settings_of(ctx), database), name, database)
+    client = _clickhouse_reader(settings_of(ctx), database)
+    name = model_name(name, clickhouse_models(client, database, with_explanations=True), f"ClickHouse ({database})")
+    found = comparison(client, name, database)
     if not found.summaries:
         console.print(f"no decisions of [bold]{name}[/] explained by both a champion and a challenger yet "
                       "(`whystream register ... --challenger-of NAME`, then let the workers run)")
@@ -46,17 +59,24 @@ def compare(ctx: typer.Context, name: str = typer.Argument(..., help="Model name
         for f in shown:
             table.add_row(f["feature"], f"{f['champion_mean_shap']:+.4f}", f"{f['challenger_mean_shap']:+.4f}",
                           f"{f['champion_mean_abs_shap']:.4f}", f"{f['challenger_mean_abs_shap']:.4f}")
-        console.print(table)
+        print_table(table)  # fitted to a terminal, whole in a pipe
 
 
 def _log_to(target: Console) -> None:
+    """Log records to `target`: rich's columns on a terminal; in a pipe or a log file one
+    plain line per record (rich would wrap them at 80 columns)."""
     import logging
 
     from rich.logging import RichHandler
 
     root = logging.getLogger()
     if not root.handlers:
-        root.addHandler(RichHandler(console=target, show_path=False, rich_tracebacks=False))
+        if target.is_terminal:
+            root.addHandler(RichHandler(console=target, show_path=False, rich_tracebacks=False))
+        else:
+            plain = logging.StreamHandler(target.file)
+            plain.setFormatter(logging.Formatter("[%(asctime)s] [%(levelname)s] %(name)s: %(message)s"))
+            root.addHandler(plain)
         root.setLevel(logging.INFO)
         logging.getLogger("whystream.clickhouse").setLevel(logging.WARNING)
 
@@ -147,53 +167,63 @@ def _clickhouse_reader(settings: Settings, database: str, schema: bool = True):
     return client
 
 
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, (list, tuple)) and len(value) > 12:
-        return "[" + ", ".join(_cell(v) for v in value[:12]) + f", ... ({len(value)})]"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_cell(v) for v in value) + "]"
-    return str(value)
-
-
 @commands.command()
 def sql(ctx: typer.Context, query: str = typer.Argument(..., help="One read query: SELECT or WITH, or EXPLAIN of one"),
         database: str = typer.Option("whystream", help="Default database for unqualified table names"),
-        max_rows: int = typer.Option(200, help="Rows to print at most")):
+        max_rows: int = typer.Option(200, help="Rows a table shows at most (csv and json print every row)"),
+        fmt: Optional[Format] = typer.Option(None, "--format", "-f", case_sensitive=False,
+                                             help="table (default, for people), csv or json (for programs); "
+                                                  "a trailing FORMAT CSV/JSON clause is answered the same way")):
     """Run one read query against whystream's ClickHouse and print the result.
 
     ClickHouse's own parser decides what the statement is (see SECURITY.md): one
     read query, no file, network or host access, on a read-only session with the
     operator's limits (WHYSTREAM_SQL_*)."""
-    from rich.table import Table
-
+    query, fmt = output_format(query, fmt)
     result = _clickhouse_reader(settings_of(ctx), database, schema=False).query(query)
-    table = Table(*result.column_names, show_lines=False)
-    for row in result.result_rows[:max_rows]:
-        table.add_row(*(_cell(v) for v in row))
-    console.print(table)
-    more = len(result.result_rows) - max_rows
-    console.print(f"[dim]{len(result.result_rows):,} rows" + (f" ({more:,} not shown)" if more > 0 else "") + "[/]")
+    names = unique_names(result.column_names)
+    rows = result.result_rows if fmt != Format.table else result.result_rows[:max_rows]
+    emit([dict(zip(names, row)) for row in rows], fmt, names)
+    if fmt == Format.table:
+        more = len(result.result_rows) - max_rows
+        print_line(f"{len(result.result_rows):,} rows" + (f" ({more:,} not shown; --max-rows or --format csv)"
+                                                         if more > 0 else ""))
+
+
+def clickhouse_models(client, database: str, with_explanations: bool = False) -> list[str]:
+    """Models ClickHouse knows: with a registered reference (the drift views need one), and
+    with `with_explanations` also those with stored explanations."""
+    from whystream.jobs.analytics.drift_sql import monitored_models
+    from whystream.jobs.clickhouse.sql import ident, rows
+
+    known = set(monitored_models(client, database))
+    if with_explanations:
+        known |= {r["model_name"] for r in rows(
+            client, f"SELECT DISTINCT model_name FROM {ident(database)}.explanations")}
+    return sorted(known)
 
 
 @commands.command(name="drift")
-def drift_table(ctx: typer.Context, model: str = typer.Option("fraud", help="Registered model name"),
+def drift_table(ctx: typer.Context,
+                model: Optional[str] = typer.Option(None, help="Registered model name (required unless ClickHouse "
+                                                               "holds exactly one model)"),
                 window: str = typer.Option("5m", help="Window ending at the last complete minute (e.g. 300s, 5m, 1h)"),
                 psi_threshold: float = typer.Option(0.2), stability_threshold: float = typer.Option(0.2),
                 ks_threshold: float = typer.Option(0.08), alpha: float = typer.Option(1e-4),
                 stratum: str = typer.Option("", help="Only this sampling stratum (default: all strata)"),
                 reservoir_window: float = typer.Option(10.0, help="The workers' --window, in seconds"),
-                database: str = typer.Option("whystream", help="ClickHouse database")):
-    """Per-feature attribution drift of a model over the last window, against its reference."""
-    from rich.table import Table
+                database: str = typer.Option("whystream", help="ClickHouse database"),
+                fmt: Format = format_option()):
+    """Per-feature attribution drift of a model over the last window, against its reference.
 
+    json: one object (model, window_start, window_end, features: one row per version and
+    feature with every statistic, decisions: score and decline-rate drift per version)."""
     from whystream.jobs.analytics import drift_sql, input_drift
     from whystream.jobs.analytics.drift import (
         TABLE_COLUMNS,
         DriftMonitor,
+        drift_records,
         drift_window,
-        table_rows,
         wall_ms,
     )
 
@@ -201,29 +231,59 @@ def drift_table(ctx: typer.Context, model: str = typer.Option("fraud", help="Reg
     seconds = parse_duration(window)
     start, end = drift_window(wall_ms(), seconds * 1000, int(reservoir_window * 1000))
     client = _clickhouse_reader(settings, database)
+    model = model_name(model, clickhouse_models(client, database), f"ClickHouse ({database}.model_reference)")
     found = drift_sql.feature_drift(client, model, start, end, database, stratum=stratum or None)
-    if not found:
-        console.print(f"no explanations of model [bold]{model}[/] with a registered reference in the last {window}")
-        return
     # input drift (the data) beside attribution drift (the reasons)
-    found = input_drift.beside(found, input_drift.input_drift(client, model, start, end, database))
+    found = input_drift.beside(found, input_drift.input_drift(client, model, start, end, database)) if found else []
     judged = DriftMonitor(settings, window_seconds=seconds, psi_threshold=psi_threshold, ks_threshold=ks_threshold,
                           stability_threshold=stability_threshold, alpha=alpha, publish=False).judge_all(found)
+    features = drift_records(judged)
     versions = sorted({r["model_version"] for r in found})
+    decisions = input_drift.decision_drift(client, model, start, end, database) if found else []
+    unavailable = input_drift.unavailable(client, model, versions, database) if found else {}
+    if fmt == Format.json:
+        print_json({"model": model, "window_start": _iso(start), "window_end": _iso(end), "stratum": stratum or None,
+                    "features": features, "decisions": decisions, "input_drift_unavailable": unavailable})
+        return
+    if fmt == Format.csv:
+        emit(features, fmt)
+        return
+    if not found:
+        print_line(f"no explanations of model {model} in the last {window} (window {_iso(start)} to {_iso(end)})")
+        return
     fallback = max(float(r["fallback_share"] or 0) for r in found)
-    table = Table(title=f"{model}: attribution drift over the last {window}" + (f", stratum {stratum}" if stratum else "")
-                  + f" (exact attributions; {fallback:.1%} of explanations were fallback)", show_lines=False)
     columns = [c for c in TABLE_COLUMNS if c != "version" or len(versions) > 1]
-    for name in columns:
-        table.add_column(name, justify="left" if name in ("version", "feature", "drift of", "alert") else "right",
-                         no_wrap=name == "feature")
-    for row in table_rows(judged):
-        table.add_row(*(row[c] for c in columns))
-    Console(width=max(console.width, 150)).print(table)  # narrower, rich would cut the numbers to "0.…"
-    for d in input_drift.decision_drift(client, model, start, end, database):
-        console.print(f"version {d['model_version']}: {input_drift.decision_line(d)}", highlight=False)
-    for version, why in input_drift.unavailable(client, model, versions, database).items():
-        console.print(f"version {version}: input drift unavailable: {why}", highlight=False)
+    emit(features, fmt, columns, cells=drift_cell, right=[c for c in columns if c not in
+                                                          ("version", "feature", "drift of", "alert")],
+         title=f"{model}: attribution drift over the last {window}" + (f", stratum {stratum}" if stratum else "")
+         + f" (exact TreeSHAP attributions only: {fallback:.1%} of explanations were fallback approximations, "
+           "left out)")
+    for d in decisions:
+        print_line(f"version {d['model_version']}: {input_drift.decision_line(d)}")
+    for version, why in unavailable.items():
+        print_line(f"version {version}: input drift unavailable: {why}")
+
+
+def drift_cell(r: dict, column: str):
+    from rich.text import Text
+
+    from whystream.jobs.analytics.input_drift import missing_cell
+
+    def text(value) -> str:
+        return "-" if value is None else f"{float(value):.3f}"
+
+    if column == "alert":
+        return Text(", ".join(r["alerts"]), style="red bold") if r["judged"] else Text("too few", style="dim")
+    return {"version": r["model_version"], "feature": r["feature"], "drift of": r["drift_of"], "PSI": text(r["psi"]),
+            "KS": text(r["ks"]), "stability": text(r["stability"]), "W1/ref": text(r["wasserstein_rel"]),
+            "value PSI": text(r["value_psi"]), "missing (ref)": missing_cell(r),
+            "weighted n": f"{r['weighted_n']:,.0f}", "n eff": f"{r['effective_n']:,.0f}"}[column]
+
+
+def _iso(ms: int) -> str:
+    from whystream.cli.output import utc_ms
+
+    return utc_ms(ms)
 
 
 @commands.command()
@@ -255,11 +315,13 @@ def verify(ctx: typer.Context,
            seed: int = typer.Option(0, help="With --sample: the draw (the same seed draws the same decisions)"),
            from_topic: bool = typer.Option(False, help="Recompute from the decision's event on `predictions` (and "
                                            "check the stored values against it), not from the stored values"),
-           database: str = typer.Option("whystream", help="ClickHouse database")):
+           database: str = typer.Option("whystream", help="ClickHouse database"),
+           fmt: Format = format_option()):
     """Recompute stored explanations with their registered model version and check them within 1e-9.
 
     Exit status 0: all match; 1: a mismatch; 3: not found or not verifiable (a redacted
-    value whose event is gone, a version the registry cannot load)."""
+    value whose event is gone, a version the registry cannot load); 2: an unknown --model.
+    json: one object per explanation checked (with `features` for a single one)."""
     import time
 
     from whystream.jobs.analytics import verify as v
@@ -269,23 +331,40 @@ def verify(ctx: typer.Context,
         raise WhystreamError("verify: give a PREDICTION_ID or --sample N (one of them)")
     settings = settings_of(ctx)
     client = _clickhouse_reader(settings, database)
+    if model is not None:
+        model_name(model, clickhouse_models(client, database, with_explanations=True), f"ClickHouse ({database})")
     since_ms = int((time.time() - parse_duration(since)) * 1000) if since else None
     ids = [prediction_id] if prediction_id else v.sample_ids(client, sample, model, since_ms, seed, database)
     if not ids:
-        console.print("no stored explanations to verify")
+        (print_line if fmt == Format.table else _note)("no stored explanations to verify")
+        if fmt == Format.json:
+            print_json([])
         raise typer.Exit(3)
-    with progress_bar() as bar:
+    # progress on stderr (stdout holds the result), for a sample only
+    with progress_bar(stderr_console(), disable=len(ids) == 1) as bar:
         task = bar.add_task("verifying", total=len(ids), rate="")
         verdicts = v.verify_ids(client, settings, ModelRegistry(settings.registry), ids, from_topic=from_topic,
                                 database=database, progress=lambda: bar.advance(task))
+    if fmt == Format.table and prediction_id and [x.status for x in verdicts] == [v.NOT_FOUND]:
+        print_line(f"whystream: error: {prediction_id}: {v.NOT_FOUND} ({verdicts[0].detail}, database {database})",
+                   stderr_console())  # one line, as for every unknown id
+        raise typer.Exit(3)
+    if fmt != Format.table:
+        emit([v.verdict_record(x, with_features=len(verdicts) == 1) for x in verdicts], fmt,
+             None if fmt == Format.json else v.RECORD_COLUMNS)
+        _note(v.summary(verdicts))
+        raise typer.Exit(v.exit_code(verdicts))
     shown = verdicts if len(verdicts) <= 50 else [x for x in verdicts if x.status != v.MATCH]
-    wide = Console(width=max(console.width, 170))  # narrower, rich would cut the figures
     if shown:
-        wide.print(v.verdict_table(shown))
+        print_table(v.verdict_table(shown))
     if len(shown) < len(verdicts):
-        console.print(f"[dim]{len(verdicts) - len(shown):,} matching explanations not listed[/]")
+        print_line(f"{len(verdicts) - len(shown):,} matching explanations not listed")
     if prediction_id and len(verdicts) == 1 and verdicts[0].recomputed_shap:
-        wide.print(v.feature_table(verdicts[0]))
-    console.print(v.summary(verdicts), highlight=False)
+        print_table(v.feature_table(verdicts[0]))
+    print_line(v.summary(verdicts))
     raise typer.Exit(v.exit_code(verdicts))
 
+
+def _note(text: str) -> None:
+    """A line beside csv or json output: on stderr, so stdout stays one document."""
+    print_line(text, stderr_console())

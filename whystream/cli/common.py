@@ -4,6 +4,7 @@ callback loaded, progress bars and the parsers of durations and feature lists.""
 from __future__ import annotations
 
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -21,7 +22,8 @@ from rich.progress import (
 from whystream.config import Settings
 from whystream.errors import WhystreamError
 
-console = Console()
+# Piped or logged, a line stays one line (a terminal wraps it at its own width).
+console = Console(soft_wrap=not sys.stdout.isatty())
 
 
 def settings_of(ctx: typer.Context) -> Settings:
@@ -42,10 +44,11 @@ def connections(
                             topic_prefix=topic_prefix, registry=registry, home=home)
 
 
-def progress_bar() -> Progress:
+def progress_bar(target: Console | None = None, disable: bool = False) -> Progress:
+    """A progress bar on `target` (default: stdout's console)."""
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console,
-                    transient=False)
+                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=target or console,
+                    transient=False, disable=disable)
 
 
 def with_rate(progress: Progress, task, began: float):
@@ -55,6 +58,28 @@ def with_rate(progress: Progress, task, began: float):
         done = progress.tasks[task].completed
         progress.update(task, rate=f"{done / max(time.monotonic() - began, 1e-9):,.0f}/s")
     return advance
+
+
+def model_name(given: str | None, known: list[str], where: str) -> str:
+    """The model a command works on: `given` if `where` knows it; without one, the only
+    model `where` knows. Anything else is a one-line error (never a default name)."""
+    if given is not None:
+        if given not in known:
+            raise WhystreamError(f"no model {given!r} in {where}; "
+                                 + (f"known: {', '.join(known)}" if known else "it holds none"))
+        return given
+    if len(known) == 1:
+        return known[0]
+    if not known:
+        raise WhystreamError(f"no model in {where}; `whystream register` adds one (`whystream train` the demo model)")
+    raise WhystreamError(f"--model is required: {where} holds {', '.join(known)}")
+
+
+def registered_model(settings: Settings, given: str | None) -> str:
+    """model_name() against the model registry."""
+    from whystream.models.registry import ModelRegistry
+
+    return model_name(given, ModelRegistry(settings.registry).models(), f"registry {settings.registry}")
 
 
 def parse_features(text: str) -> frozenset[str]:

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
 from whystream.cli.common import console, parse_features, settings_of
+from whystream.cli.output import Format, emit, format_option, print_json, print_line
 from whystream.config import Settings
 from whystream.errors import WhystreamError
 
@@ -89,25 +89,65 @@ def promote(ctx: typer.Context, name: str = typer.Argument(..., help="Model name
 
 
 @commands.command()
-def models(ctx: typer.Context, name: Optional[str] = typer.Argument(None, help="Show this model's latest version in detail"),
-           version: Optional[str] = typer.Option(None, help="With NAME: this version instead of the latest")):
-    """List registered models and versions, or show one version in detail."""
-    from rich.table import Table
+def models(ctx: typer.Context, name: Optional[str] = typer.Argument(None, help="Show this model's latest version in "
+                                                                    "detail, with its feature names"),
+           version: Optional[str] = typer.Option(None, help="With NAME: this version instead of the latest"),
+           fmt: Format = format_option()):
+    """List registered models and versions, or show one version in detail with its features.
 
+    json: the list of versions; with NAME, one object (the version's details, `features`
+    with each feature's name, categorical, redacted and reason code, and `versions`)."""
     from whystream.models.catalog import COLUMNS, model_rows
     from whystream.models.register import describe
     from whystream.models.registry import ModelRegistry
 
     registry = ModelRegistry(settings_of(ctx).registry)
-    if name:
-        for label, value in describe(registry.load(name, version)):
-            console.print(f"{label:>15}: {value}", highlight=False, soft_wrap=True)
-        console.print()
-    rows = model_rows(registry, name)
-    if not rows:
-        console.print(f"no models in registry {registry.root}; `whystream register` or `whystream train` adds one")
+    if version is not None and name is None:
+        raise WhystreamError("--version needs a model NAME (`whystream models NAME --version V`)")
+    versions = model_rows(registry, name)  # ModelNotFound for an unknown NAME
+    model = registry.load(name, version) if name else None  # ... and for an unknown version
+    if fmt == Format.json:
+        print_json(model_details(model, versions) if model else versions)
         return
-    table = Table(*COLUMNS)
-    for row in rows:
-        table.add_row(*row)
-    Console(width=max(console.width, 140)).print(table)  # versions in full, also in a log file
+    if model and fmt == Format.csv:
+        emit(feature_rows(model), fmt)
+        return
+    if model:
+        for label, value in describe(model):
+            print_line(f"{label:>15}: {value}")
+        emit(feature_rows(model), fmt, spaced=True, title=f"{len(model.feature_names)} features, in model order "
+                                             "(producers send them by these names)")
+    if not versions:
+        print_line(f"no models in registry {registry.root}; `whystream register` or `whystream train` adds one")
+        return
+    emit(versions, fmt, COLUMNS, cells=version_cell, right=("features", "reference_rows"), spaced=True)
+
+
+def version_cell(row: dict, column: str) -> str:
+    value = row[column]
+    if column == "latest":
+        return "latest" if value else ""
+    if column == "registered_at":
+        return value[:16].replace("T", " ")
+    if column == "reference_rows":
+        return f"{value:,}"
+    return "-" if value is None else str(value)
+
+
+def feature_rows(model) -> list[dict]:
+    codes = dict(zip(model.feature_names, model.reason_codes)) if model.reason_codes else {}
+    return [{"feature": f, "categorical": f in model.categorical_features, "redacted": f in model.redacted_features,
+             "reason_code": codes[f][0] if f in codes else f, "reason_text": codes[f][1] if f in codes else ""}
+            for f in model.feature_names]
+
+
+def model_details(model, versions: list[dict]) -> dict:
+    kind = model.kind
+    return {"model": model.name, "version": model.version, "objective": kind.objective, "classes": kind.n_outputs,
+            "output_space": kind.output_space, "threshold": model.threshold if model.has_threshold else None,
+            "adverse_when": "higher" if model.adverse_direction > 0 else "lower",
+            "reference_rows": len(model.reference_shap), "reason_codes_version": model.reason_codes_version,
+            "redacted": sorted(model.redacted_features), "registered_at": model.created_at,
+            "source": model.source or None, "path": str(model.path), "metrics": model.metrics,
+            "features": feature_rows(model),
+            "versions": versions}

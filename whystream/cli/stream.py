@@ -13,9 +13,11 @@ from whystream.cli.common import (
     console,
     parse_features,
     progress_bar,
+    registered_model,
     settings_of,
     with_rate,
 )
+from whystream.cli.output import Format, print_json
 from whystream.errors import WhystreamError
 
 commands = typer.Typer()
@@ -51,7 +53,8 @@ def up(ctx: typer.Context, partitions: int = typer.Option(4, help="Partitions pe
 def produce(ctx: typer.Context,
             count: int = typer.Option(50_000, help="Events to send"),
             rate: float = typer.Option(5_000, help="Events per second (0 = as fast as possible)"),
-            model: str = typer.Option("fraud", help="Registered model name"),
+            model: Optional[str] = typer.Option(None, help="Registered model name (required unless the registry "
+                                                           "holds exactly one model)"),
             version: Optional[str] = typer.Option(None, help="Model version (default: latest)"),
             seed: int = typer.Option(1, help="Generator seed"),
             start: int = typer.Option(0, help="Index of the first event (to resume a seeded stream)"),
@@ -63,6 +66,7 @@ def produce(ctx: typer.Context,
     from whystream.jobs.simulation.produce import produce as run
 
     settings = settings_of(ctx)
+    model = registered_model(settings, model)
     drifts = [DriftSpec.parse(d) for d in drift]
     with progress_bar() as progress:
         task = progress.add_task("producing", total=count, rate="")
@@ -124,14 +128,18 @@ def worker(ctx: typer.Context,
 
 @commands.command()
 def explain(ctx: typer.Context, prediction_id: str,
-            redact: str = typer.Option("", help="FEATURE,... whose values to leave out (on top of the model's list)")):
-    """Print the explanation of a recent decision as JSON (computed now if it was not sampled)."""
-    import json
-
+            redact: str = typer.Option("", help="FEATURE,... whose values to leave out (on top of the model's list)"),
+            fmt: Format = typer.Option(Format.table, "--format", "-f", case_sensitive=False,
+                                       help="table: for a person (score vs threshold, reasons, attributions "
+                                            "sorted); json: the ExplanationEvent as published")):
+    """Show the explanation of a recent decision (computed now if it was not sampled)."""
+    from whystream.cli import explanation_view
     from whystream.kafka.clients import check_broker
     from whystream.streams.assembly import build_engine
     from whystream.streams.engine import EngineConfig
 
+    if fmt == Format.csv:
+        raise WhystreamError("explain prints table or json (one explanation is not a list of rows)")
     settings = settings_of(ctx)
     check_broker(settings.kafka_config, settings.require("broker"))  # a wrong CA ends here, in one line
     engine = build_engine(settings, EngineConfig(redact=parse_features(redact)))
@@ -139,7 +147,10 @@ def explain(ctx: typer.Context, prediction_id: str,
     if explanation is None:
         raise WhystreamError(f"no recent decision with prediction_id {prediction_id!r} "
                              "(workers remember for 15 minutes where each prediction lies in `predictions`)")
-    print(json.dumps(explanation, indent=2))
+    if fmt == Format.json:
+        print_json(explanation)
+    else:
+        explanation_view.show(explanation)
 
 
 @commands.command()

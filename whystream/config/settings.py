@@ -55,6 +55,20 @@ def stack_env_file(home: Path) -> Path:
     return home / "stack.env"
 
 
+def find_home(start: Path) -> tuple[Path, tuple[Path, ...]]:
+    """(the home, the stack.env files looked for) when neither --home nor WHYSTREAM_HOME names
+    one: `var` of the nearest directory at or above `start` whose `var` holds a running
+    stack's stack.env or a model registry, so that every command finds the project's stack
+    and registry from any of its subdirectories (as git finds `.git`); else `start`/var."""
+    looked = []
+    for directory in (start, *start.parents):
+        home = directory / "var"
+        looked.append(stack_env_file(home))
+        if stack_env_file(home).is_file() or (home / "registry").is_dir():
+            return home, tuple(looked)
+    return start / "var", tuple(looked)
+
+
 def read_env_file(path: Path) -> dict[str, str]:
     """KEY=VALUE lines of a running stack's stack.env; empty if there is none or
     the `whystream up` that wrote it is gone (killed without cleaning up)."""
@@ -86,6 +100,8 @@ class Settings:
     # (jobs/clickhouse/retention.py) and the web servers' token (streams/web_access.py).
     # A Settings made without `load` has none: its sections take their defaults.
     environ: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), compare=False, repr=False)
+    # The stack.env files `load` looked for (the error says where when none was found).
+    looked_in: tuple[Path, ...] = field(default=(), compare=False, repr=False)
 
     @classmethod
     def load(cls, **overrides) -> "Settings":
@@ -96,10 +112,11 @@ class Settings:
                                              f"machine (ps, /proc, shell history); set {ENV[name]} in the "
                                              "environment instead")
         environ = environment()
-        home = Path(overrides.get("home") or environ.get(ENV["home"]) or "var")
+        given = overrides.get("home") or environ.get(ENV["home"])
+        home, looked = (Path(given), (stack_env_file(Path(given)),)) if given else find_home(Path.cwd())
         stack = read_env_file(stack_env_file(home))
         kafka_config = KafkaConfig.from_env(environ)
-        values = {"kafka_config": kafka_config, "environ": environ}
+        values = {"kafka_config": kafka_config, "environ": environ, "looked_in": looked}
         for name, var in ENV.items():
             flag = overrides.get(name)
             # A properties file that names its bootstrap.servers needs no WHYSTREAM_BROKER.
@@ -124,10 +141,14 @@ class Settings:
         """A connection setting's value, or a ConfigError that says how to provide it."""
         value = getattr(self, name)
         if not value:
+            where = ""
+            if self.looked_in:
+                places = [str(p) for p in self.looked_in]
+                where = f" (looked for {', '.join(places[:4])}{', ...' if len(places) > 4 else ''})"
             raise ConfigError(
                 ENV[name],
-                "not set and no embedded stack is running; start one with `whystream up` "
-                f"(in another terminal) or set {ENV[name]}",
+                f"not set and no embedded stack is running{where}; start one with `whystream up` "
+                f"(in another terminal) or set {ENV[name]} (or --home)",
             )
         return value
 

@@ -94,7 +94,7 @@ def test_produce_worker_explain_sink_and_example_over_tls(tls, engine_settings, 
         due = priority_ids(records)
         assert due and due <= set(published)
         quiet = next(r["prediction_id"] for r in records if r["prediction_id"] not in published)
-        explained = whystream(env, "explain", quiet)
+        explained = whystream(env, "explain", quiet, "--format", "json")
         assert explained.returncode == 0, explained.stderr
         assert f'"prediction_id": "{quiet}"' in explained.stdout
     finally:

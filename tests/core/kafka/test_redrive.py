@@ -4,11 +4,16 @@ however often the replay runs."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+from collections import Counter
+
 from typer.testing import CliRunner
 
 from support.events import make_records, message
 from whystream.cli import app
-from whystream.jobs.dlq import summary
+from whystream.jobs.dlq import listing
 from whystream.kafka.messages import RawMessage
 from whystream.kafka.reader import read_all
 from whystream.kafka.redrive import replay
@@ -18,9 +23,9 @@ from whystream.streams.sampling.config import SamplingConfig
 
 
 def cli(settings, *args):
-    result = CliRunner().invoke(app, list(args), env=settings.as_env())
+    result = CliRunner().invoke(app, list(args), env={**settings.as_env(), "COLUMNS": "80"})
     assert result.exit_code == 0, result.output
-    return result.output
+    return result.stdout
 
 
 def test_dead_letters_of_a_model_not_registered_yet_are_sent_back_once(engine_settings, small_model, tmp_path):
@@ -34,10 +39,21 @@ def test_dead_letters_of_a_model_not_registered_yet_are_sent_back_once(engine_se
                    [RawMessage(b"\x00junk", None, "predictions", 0, 99)])
     engine.close()
 
-    found = summary(engine_settings)
-    assert found.counts == {"UNKNOWN_MODEL": 40, "UNDECODABLE": 1}
+    assert Counter(letter["reason_code"] for letter in listing(engine_settings)) == {"UNKNOWN_MODEL": 40,
+                                                                                   "UNDECODABLE": 1}
     shown = cli(engine_settings, "dlq")
-    assert "UNKNOWN_MODEL" in shown and "40" in shown and "UNDECODABLE" in shown
+    assert "40 UNKNOWN_MODEL, 1 UNDECODABLE" in shown and "…" not in shown
+    listed = json.loads(cli(engine_settings, "dlq", "--format", "json"))
+    assert sorted(letter["prediction_id"] for letter in listed if letter["reason_code"] == "UNKNOWN_MODEL") == \
+        sorted(r["prediction_id"] for r in records)
+    junk = next(letter for letter in listed if letter["reason_code"] == "UNDECODABLE")
+    assert (junk["topic"], junk["partition"], junk["offset"], junk["prediction_id"]) == ("predictions", 0, 99, None)
+    assert len({(letter["dlq_partition"], letter["dlq_offset"]) for letter in listed}) == 41
+    assert all(letter["reason"] in shown for letter in listed)  # full reasons, in the table too
+    assert len(list(csv.DictReader(io.StringIO(cli(engine_settings, "dlq", "--format", "csv",
+                                                   "--reason", "undecodable"))))) == 1
+    refused = CliRunner().invoke(app, ["dlq", "--reason", "nosuch"], env=engine_settings.as_env())
+    assert refused.exit_code != 0 and "no dead-letter reason 'nosuch'" in str(refused.exception)
 
     # The model is registered now (engine_settings has it): send them back, twice.
     assert "sent back 40" in cli(engine_settings, "dlq", "replay", "--reason", "unknown_model", "--since", "1h")

@@ -6,6 +6,7 @@ nothing half-registered."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import subprocess
@@ -81,7 +82,24 @@ def test_models_lists_versions_and_shows_one(files, tmp_path):
     code, out = cli(tmp_path, "models", "tiers")
     assert code == 0 and "multiclass (3 classes), explained in softmax_logit" in " ".join(out.split())
     assert "threshold: none" in " ".join(out.split())
-    assert cli(tmp_path, "models", "nope")[1].startswith("whystream: error: no model 'nope'")
+    assert cli(tmp_path, "models", "nope") == (2, f"whystream: error: no model 'nope' in registry {tmp_path}; "
+                                                  "known: credit, tiers")
+    code, out = cli(tmp_path, "models", "credit", "--version", "nosuch")
+    assert code == 2 and out.startswith("whystream: error: model 'credit' has no version 'nosuch'")
+
+    code, out = cli(tmp_path, "models", "--format", "json")
+    listed = json.loads(out)
+    assert code == 0 and [(m["model"], m["version"], m["latest"]) for m in listed] == [
+        ("credit", first, False), ("credit", second, True), ("tiers", registry.latest("tiers"), True)]
+    assert listed[0]["features"] == len(FEATURES) and listed[0]["reference_rows"] > 0
+    code, out = cli(tmp_path, "models", "credit", "--format", "json")
+    shown = json.loads(out)
+    assert (shown["version"], shown["threshold"], shown["output_space"]) == (second, 0.6, "raw_margin")
+    assert [f["feature"] for f in shown["features"]] == FEATURES  # the names producers send
+    code, out = cli(tmp_path, "models", "credit", "--format", "csv")
+    assert [r["feature"] for r in csv.DictReader(io.StringIO(out))] == FEATURES
+    code, out = cli(tmp_path, "models", "credit")  # for a person: the details, then the features by name
+    assert code == 0 and all(f in out for f in FEATURES) and "producers send them by these names" in out
 
 
 def test_registering_the_same_model_twice_is_a_no_op(files, tmp_path):

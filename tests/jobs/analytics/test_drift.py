@@ -3,6 +3,10 @@ engine (chDB) and, for publishing, the real broker."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+
 import pytest
 
 from support.chdb import MINUTE_MS, base_minute, stream, synthetic_model
@@ -118,6 +122,23 @@ def test_cli_drift_table_and_report(stack, db, tmp_path):
     lines = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") > 3}
     assert set(lines) == set(model.feature_names)
     assert "psi" in lines[f"feature_{DRIFTED}"] and "psi" not in lines["feature_0"]
+    assert "…" not in result.output and "\x1b" not in result.output
+
+    # the same rows for programs, every figure whole; the only model with a reference is inferred
+    result = CliRunner().invoke(app, [*flags, "drift", "--window", "10m", "--database", database, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)
+    assert found["model"] == "fraud" and {f["feature"] for f in found["features"]} == set(model.feature_names)
+    by_feature = {f["feature"]: f for f in found["features"]}
+    assert "psi" in by_feature[f"feature_{DRIFTED}"]["alerts"] and by_feature["feature_0"]["alerts"] == []
+    assert by_feature[f"feature_{DRIFTED}"]["psi"] > by_feature[f"feature_{DRIFTED}"]["thresholds"]["psi"]
+    result = CliRunner().invoke(app, [*flags, "drift", "--window", "10m", "--database", database, "--format", "csv"])
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert {r["feature"] for r in rows} == set(model.feature_names) and float(rows[0]["psi"]) > 0
+    # an unknown model is an error, in one line, with a non-zero exit
+    result = CliRunner().invoke(app, [*flags, "drift", "--model", "nosuch", "--database", database])
+    assert result.exit_code != 0 and "no model 'nosuch'" in str(result.exception) and "known: fraud" in str(
+        result.exception)
 
     out = tmp_path / "report.html"
     result = CliRunner().invoke(app, [*flags, "report", "--out", str(out), "--model", "fraud", "--window", "10m",

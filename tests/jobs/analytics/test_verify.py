@@ -4,6 +4,9 @@ explanation is recomputed with its registered model version (jobs/analytics/veri
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import time
 import uuid
 
@@ -66,6 +69,16 @@ def test_live_explanations_match_and_tampering_is_found(engine_settings, small_m
     result = cli(engine_settings, database, target["prediction_id"])
     assert result.exit_code == 0, result.output
     assert "per feature" in result.output and small_model.feature_names[0] in result.output
+    result = cli(engine_settings, database, target["prediction_id"], "--format", "json")
+    assert result.exit_code == 0, result.output
+    [verdict] = json.loads(result.stdout)  # the progress bar and the summary went to stderr
+    assert (verdict["prediction_id"], verdict["status"]) == (target["prediction_id"], v.MATCH)
+    assert [f["feature"] for f in verdict["features"]] == small_model.feature_names
+    assert verdict["max_shap_diff"] <= verdict["tolerance"]
+    result = cli(engine_settings, database, "--sample", "5", "--format", "csv")
+    assert result.exit_code == 0 and [r["status"] for r in csv.DictReader(io.StringIO(result.stdout))] == ["MATCH"] * 5
+    result = cli(engine_settings, database, "--sample", "5", "--model", "nosuch")
+    assert result.exit_code != 0 and "no model 'nosuch'" in str(result.exception)
 
     # one attribution nudged by 1e-6 in storage: found, named, non-zero exit
     attributions = [dict(a) for a in target["attributions"]]
@@ -99,7 +112,10 @@ def test_live_explanations_match_and_tampering_is_found(engine_settings, small_m
     assert verdict.inputs == "predictions topic"
 
     result = cli(engine_settings, database, "no-such-decision")
-    assert result.exit_code == 3 and "NOT FOUND" in result.output
+    assert result.exit_code == 3 and result.stdout == "" and len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith("whystream: error: no-such-decision: NOT FOUND")
+    result = cli(engine_settings, database, "no-such-decision", "--format", "json")
+    assert result.exit_code == 3 and json.loads(result.stdout)[0]["status"] == v.NOT_FOUND
 
 
 def test_fallback_and_redacted_explanations(engine_settings, small_model, db):

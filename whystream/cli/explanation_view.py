@@ -1,0 +1,104 @@
+"""One explanation for a person (`whystream explain ID`): what was decided against what,
+why, and how the explanation was made, instead of 150 lines of JSON in log-odds.
+
+The figures are the ExplanationEvent's (schemas/ExplanationEvent.avsc), nothing is
+recomputed. The score and threshold are the producer's; the raw score is the model's
+output in `output_space`, shown also as what it means where a link is known: a
+probability for `raw_margin` (binary, cross-entropy, one-vs-all classes: sigmoid of
+the log-odds), exp(r) for `log_link`, log(1 + exp(r)) for `softplus_link` (the links
+of whystream/models/objectives.py). Attributions are sorted by |SHAP|, largest first;
+they add up from the base value to the raw score for LIVE and CACHE explanations.
+Times are UTC, not epoch milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+
+from rich.table import Table
+
+from whystream.cli.output import print_line, print_table, readable_time
+
+SOURCES = {
+    "LIVE": "exact TreeSHAP, computed for this decision",
+    "CACHE": "exact TreeSHAP of an identical feature vector, from the shared cache",
+    "FALLBACK": "approximation (Saabas path attribution), used when exact TreeSHAP failed or the batch's "
+                "latency budget was spent; not additive like TreeSHAP",
+}
+# output_space -> (what the link gives, the link, its inverse: a producer's score into the output space)
+_MEANING = {"raw_margin": ("probability", lambda r: 1 / (1 + math.exp(-r)), lambda p: math.log(p / (1 - p))),
+            "log_link": ("prediction exp(r)", math.exp, math.log),
+            "softplus_link": ("prediction log(1 + exp(r))", lambda r: math.log1p(math.exp(r)),
+                              lambda y: math.log(math.expm1(y)))}
+
+
+def meaning(output_space: str, raw: float) -> str:
+    """' = probability 0.912' where `output_space` has a known link; else ''."""
+    link = _MEANING.get(output_space)
+    if link is None or raw is None or not math.isfinite(raw):
+        return ""
+    try:
+        return f" = {link[0]} {link[1](raw):.4g}"
+    except OverflowError:
+        return ""
+
+
+def in_output_space(output_space: str, score: float) -> float | None:
+    """The producer's score (or threshold) in the model's output space, where the link is known."""
+    link = _MEANING.get(output_space)
+    if output_space in ("identity", "raw_score"):
+        return score
+    try:
+        return None if link is None else link[2](score)
+    except (ValueError, ZeroDivisionError, OverflowError):
+        return None
+
+
+def show(e: dict) -> None:
+    """Print explanation `e` (a decoded ExplanationEvent) for a person."""
+    space = e["output_space"]
+    line = print_line
+    line(f"decision {e['prediction_id']}: {e['decision']} (score {e['score']:.4g} vs threshold "
+         f"{e['threshold']:.4g}, as the producer reported)")
+    line(f"  model        {e['model_name']} version {e['model_version']}"
+         + (f", {e['role'].lower()}" if e.get("role") else "")
+         + (f", class {e['explained_class']}" if e.get("explained_class") is not None else ""))
+    line(f"  raw score    {e['raw_score']:.6g} in {space}{meaning(space, e['raw_score'])}")
+    threshold = in_output_space(space, e["threshold"])
+    if threshold is not None and math.isfinite(e["threshold"]):
+        side = "above" if e["raw_score"] > threshold else "below" if e["raw_score"] < threshold else "at"
+        line(f"  threshold    {threshold:.6g} in {space} (the producer's {e['threshold']:.4g}): the raw score "
+             f"is {side} it")
+    line(f"  base value   {e['base_value']:.6g}{meaning(space, e['base_value'])} (the model's average output)")
+    line(f"  explained by {e['explainer']} {e['explainer_version']}: {e['source']}, "
+         f"{SOURCES.get(e['source'], '')}")
+    line(f"  sampled      {e['sampling_reason']} (inclusion weight {e['inclusion_weight']:g}), stratum "
+         f"{e['stratum'] or '-'}")
+    line(f"  event time   {readable_time(e['event_time'])}; explained {readable_time(e['explained_at'])} "
+         f"by {e['worker']} ({e['latency_ms']:,.0f} ms after the event time)")
+    if e.get("redacted_features"):
+        line(f"  redacted     {', '.join(e['redacted_features'])} (values left out by policy)")
+    if e.get("principal_reasons"):
+        table = Table(title="principal reasons (adverse-action notice)" + (
+            f", reason codes {e['reason_codes_version']}" if e.get("reason_codes_version") else ""))
+        for name in ("code", "reason", "feature", "value", "SHAP"):
+            table.add_column(name, justify="right" if name in ("value", "SHAP") else "left")
+        for r in e["principal_reasons"]:
+            table.add_row(r["code"], r["text"], r["feature"], _value(r, e), f"{r['shap']:+.4f}")
+        print_table(table)
+    total = e["base_value"] + sum(a["shap"] for a in e["attributions"])
+    line(f"attributions in {space}, largest |SHAP| first: base value {e['base_value']:.4f} + their sum "
+         f"{total - e['base_value']:+.4f} = {total:.4f} (raw score {e['raw_score']:.4f})")
+    table = Table()
+    for name in ("feature", "value", "SHAP", "toward"):
+        table.add_column(name, justify="right" if name in ("value", "SHAP") else "left")
+    for a in sorted(e["attributions"], key=lambda a: -abs(a["shap"])):
+        table.add_row(a["feature"], _value(a, e), f"{a['shap']:+.4f}",
+                      "higher score" if a["shap"] > 0 else "lower score" if a["shap"] < 0 else "-")
+    print_table(table)
+
+
+def _value(row: dict, e: dict) -> str:
+    if row["feature"] in (e.get("redacted_features") or ()):
+        return "redacted"
+    return "missing" if row["value"] is None else f"{row['value']:.6g}"
