@@ -32,7 +32,7 @@ SECURITY_HEADERS = {
                                "'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; connect-src 'self'; "
                                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # no-referrer would make a form POST's Origin "null"
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }

@@ -25,7 +25,7 @@ TEMPLATE = go.layout.Template(layout=dict(
     margin=dict(l=60, r=20, t=40, b=50),
     xaxis=dict(gridcolor="#eee", linecolor="#999", zerolinecolor="#ccc", automargin=True),
     yaxis=dict(gridcolor="#eee", linecolor="#999", zerolinecolor="#ccc", automargin=True, rangemode="tozero"),
-    legend=dict(orientation="h", y=-0.2)))
+    legend=dict(orientation="h", x=1, xanchor="right", y=1.0, yanchor="bottom")))
 
 
 def utc(epoch_s: float) -> str:

@@ -54,7 +54,9 @@ def health_section(client, model: str, period: Period, database: str = DEFAULT_D
     now = drift_sql.engine_health(client, model, period.start_ms, period.end_ms, 0, database)
     spans = queries.time_spans(client, model, period.start_ms, period.end_ms, database)
     label = "latency (replay)" if replayed(spans) else "latency"
-    parts = ["<h2>Explanation health now</h2>", latency_label(spans)]
+    # "fallback" is defined where it first appears: before the figures that use the word
+    parts = ["<h2>Explanation health now</h2>", f"<p class='meta'>{FALLBACK_MEANS}</p><p class='meta'>{COVERAGE_MEANS}</p>",
+             latency_label(spans)]
     if not now:
         return "".join(parts) + "<p class='empty'>no explanations in this period</p>"
     kpis = []
@@ -66,7 +68,6 @@ def health_section(client, model: str, period: Period, database: str = DEFAULT_D
                  (duration(float(h["latency_p99_ms"])), f"{label} p99")]
     parts.append("<div class='kpis'>" + "".join(f"<div class='kpi'><b>{v}</b><span>{k}</span></div>"
                                                   for v, k in kpis) + "</div>")
-    parts.append(f"<p class='meta'>{COVERAGE_MEANS}</p><p class='meta'>{FALLBACK_MEANS}</p>")
     over = drift_sql.engine_health(client, model, period.history_start_ms, period.history_end_ms, period.bucket_s,
                                    database)
     by_version: dict[str, list[dict]] = {}

@@ -192,6 +192,8 @@ class ConsoleServer:
                     return self._send(status, reason.encode(), "text/plain; charset=utf-8")
                 if url.path == "/login":
                     return self._login(method)
+                if url.path == "/favicon.ico":
+                    return self._send(204, b"", "text/plain")
                 if url.path == PLOTLY_PATH and method == "GET":
                     return self._send(200, server.plotly, "application/javascript; charset=utf-8",
                                       {"Cache-Control": "public, max-age=86400"})
