@@ -82,7 +82,7 @@ def decision_section(row: dict, verdict: Verdict | None = None, verify_action: s
     if prob is not None:
         summary.append(["probability", f"{prob:.2%}", "threshold as a probability",
                         f"{threshold:.2%}" if 0 <= threshold <= 1 else "-"])
-    parts.append(table(["", "", "", ""], summary, "summary"))
+    parts.append(table(None, summary, "summary"))
     if not exact:
         parts.append(f"<p class='note'>This explanation is approximate: {esc(SOURCES.get(row['source'], ''))}. Base "
                      "value + attributions need not equal the raw score.</p>")
@@ -122,7 +122,7 @@ def decision_section(row: dict, verdict: Verdict | None = None, verify_action: s
         details.append(["redacted (values left out by policy)", esc(", ".join(row["redacted_features"]))])
     if row["role"] == "CHALLENGER":
         details.append(["role", f"challenger's shadow explanation of decision {esc(row['champion_prediction_id'])}"])
-    parts.append("<h2>How it was explained</h2>" + table(["", ""], details, "details"))
+    parts.append("<h2>How it was explained</h2>" + table(None, details, "details"))
     parts.append(verdict_html(verdict, verify_action))
     parts.append("</section>")
     return "".join(parts)

@@ -45,7 +45,7 @@ def _choices(label: str, options: list[str], chosen: str | None, href: Callable[
         return ""
     shown = []
     for o in options:
-        text = esc(o or "(none)")
+        text = esc(o or "all")
         if o == chosen:
             shown.append(f"<b>{text}</b>")
         else:
@@ -148,7 +148,7 @@ def strata_section(client, model: str, version: str, strata: list[str], period: 
                  if r["model_version"] == version]
         if found:
             worst = max(found, key=lambda r: r["psi"] or 0)
-            name = f"<a href='{esc(href(stratum=s))}'>{esc(s)}</a>" if href else esc(s or "(none)")
+            name = f"<a href='{esc(href(stratum=s))}'>{esc(s or '(none)')}</a>" if href else esc(s or "(none)")
             body.append([name, esc(worst["feature"]), fmt(worst["psi"]), fmt(worst["ks"]),
                          fmt(float(worst["weighted_n"]), 0)])
     if not body:

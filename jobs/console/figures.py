@@ -25,7 +25,7 @@ TEMPLATE = go.layout.Template(layout=dict(
     margin=dict(l=60, r=20, t=40, b=50),
     xaxis=dict(gridcolor="#eee", linecolor="#999", zerolinecolor="#ccc", automargin=True),
     yaxis=dict(gridcolor="#eee", linecolor="#999", zerolinecolor="#ccc", automargin=True, rangemode="tozero"),
-    legend=dict(orientation="h", x=1, xanchor="right", y=1.0, yanchor="bottom")))
+    legend=dict(orientation="h", x=0, y=-0.22, yanchor="top")))
 
 
 def utc(epoch_s: float) -> str:
@@ -74,8 +74,9 @@ def histogram(feature: str, hist: dict, subtitle: str = "") -> go.Figure:
     keep = [k for k in range(len(hist["reference"])) if hist["reference"][k] > 0 or hist["window"][k] > 0]
     labels = bin_labels(hist["bin_edges"])
     x = [labels[k] for k in keep]
-    fig = _figure(f"{feature}" + (f"<br><sup>{subtitle}</sup>" if subtitle else ""), height=320, barmode="group",
-                  bargap=0.15)
+    fig = _figure(f"{feature}" + (f"<br><sup>{subtitle}</sup>" if subtitle else ""), height=340, barmode="group",
+                  bargap=0.15, legend=dict(orientation="h", x=1, xanchor="right", y=1.02, yanchor="bottom"),
+                  margin=dict(t=70))
     fig.add_bar(name="reference", x=x, y=[hist["reference"][k] for k in keep], marker_color=REFERENCE,
                 hovertemplate="SHAP in %{x}<br>reference %{y:.1%}<extra></extra>")
     fig.add_bar(name="now", x=x, y=[hist["window"][k] for k in keep], marker_color=NOW,
@@ -165,13 +166,15 @@ def waterfall(base_value: float, contributions: list[tuple[str, float]], raw_sco
               threshold: float | None, output_space: str) -> go.Figure:
     """From the base value, each attribution in turn, to the raw score; the threshold (mapped
     into the same space) as a line."""
-    fig = _figure(f"From base value to score ({output_space})", height=140 + 26 * (len(contributions) + 2))
+    fig = _figure(f"From base value to score ({output_space})", height=140 + 26 * (len(contributions) + 2),
+                  margin=dict(l=60, r=60, t=50, b=50))
     fig.add_waterfall(orientation="h", measure=["absolute"] + ["relative"] * len(contributions) + ["total"],
                       y=["base value"] + [label for label, _ in contributions] + ["score (raw)"],
                       x=[base_value] + [v for _, v in contributions] + [raw_score],
                       base=0, connector=dict(line=dict(color="#bbb")),
                       increasing=dict(marker=dict(color=ALERT)), decreasing=dict(marker=dict(color="#2ca02c")),
-                      totals=dict(marker=dict(color=NOW)), texttemplate="%{delta:+.3g}", textposition="outside",
+                      totals=dict(marker=dict(color=NOW)), textposition="outside", cliponaxis=False,
+                      text=[f"{base_value:.3g}"] + [f"{v:+.3g}" for _, v in contributions] + [f"{raw_score:.3g}"],
                       hovertemplate="%{y}<br>%{delta:+.4g} → %{x:.4g}<extra></extra>")
     if threshold is not None:
         fig.add_vline(x=threshold, line=dict(color="#000", dash="dash"), annotation_text="threshold",

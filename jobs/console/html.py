@@ -28,8 +28,8 @@ h3{font-size:14px;margin:8px 0 4px}
 .card{border:1px solid #e3e3e3;border-radius:6px;padding:6px}
 .kpis{display:flex;flex-wrap:wrap;gap:12px}.kpi{border:1px solid #e3e3e3;border-radius:6px;padding:8px 14px;min-width:150px}
 .kpi b{display:block;font-size:20px}.kpi span{font-size:12px;color:#555}
-table{border-collapse:collapse;font-size:13px;margin:6px 0}th,td{border-bottom:1px solid #eee;padding:4px 10px;text-align:right}
-th:first-child,td:first-child{text-align:left}td.l,th.l{text-align:left}
+table{border-collapse:collapse;font-size:13px;margin:6px 0}th,td{border-bottom:1px solid #eee;padding:4px 10px;text-align:left}
+td.n{text-align:right;font-variant-numeric:tabular-nums}
 .alert{color:#c62828;font-weight:bold}.ok{color:#2e7d32;font-weight:bold}
 form.inline{display:inline}button{padding:4px 12px}
 .print-only{display:none}
@@ -72,11 +72,16 @@ def duration(ms: float) -> str:
     return f"{ms / 60_000:.1f} min" if ms < 3_600_000 else f"{ms / 3_600_000:.1f} h"
 
 
-def table(headers: list[str], body: list[list[str]], css: str = "") -> str:
-    """A table of cells already escaped (or built from escaped parts)."""
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    rows = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in body)
-    return f"<table class='{css}'><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+NUMBER = re.compile(r"^[-+]?[\d,]*\.?\d+(e[-+]?\d+)?%?$|^-$")
+
+
+def table(headers: list[str] | None, body: list[list[str]], css: str = "") -> str:
+    """A table of cells already escaped (or built from escaped parts); numbers right-aligned.
+    `headers` None: a table of label / value pairs, without a head."""
+    head = "" if headers is None else "<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in headers) + "</tr></thead>"
+    rows = "".join("<tr>" + "".join(f"<td class='n'>{c}</td>" if NUMBER.match(c) else f"<td>{c}</td>" for c in r)
+                   + "</tr>" for r in body)
+    return f"<table class='{css}'>{head}<tbody>{rows}</tbody></table>"
 
 
 def figure(fig, name: str) -> str:

@@ -59,15 +59,18 @@ def health_section(client, model: str, period: Period, database: str = DEFAULT_D
              latency_label(spans)]
     if not now:
         return "".join(parts) + "<p class='empty'>no explanations in this period</p>"
+    shadows = queries.challenger_versions(client, model, period.history_start_ms, period.history_end_ms, database)
     kpis = []
     for h in now:
-        kpis += [(f"{fmt(int(h['explained']))}", f"explained ({esc(h['model_version'])})"),
+        role = ", challenger's shadows" if h["model_version"] in shadows else ""
+        kpis += [(f"{fmt(int(h['explained']))}", f"explained ({esc(h['model_version'])}{role})"),
                  (pct(h["coverage"]), "coverage"), (pct(h["fallback_rate"]), "fallback share"),
                  (pct(h["cache_hit_rate"]), "cache hits"),
                  (duration(float(h["latency_p50_ms"])), f"{label} p50"),
                  (duration(float(h["latency_p99_ms"])), f"{label} p99")]
-    parts.append("<div class='kpis'>" + "".join(f"<div class='kpi'><b>{v}</b><span>{k}</span></div>"
-                                                  for v, k in kpis) + "</div>")
+    parts.append("".join("<div class='kpis'>" + "".join(f"<div class='kpi'><b>{v}</b><span>{k}</span></div>"
+                                                          for v, k in kpis[i:i + 6]) + "</div>"
+                         for i in range(0, len(kpis), 6)))
     over = drift_sql.engine_health(client, model, period.history_start_ms, period.history_end_ms, period.bucket_s,
                                    database)
     by_version: dict[str, list[dict]] = {}
@@ -75,7 +78,7 @@ def health_section(client, model: str, period: Period, database: str = DEFAULT_D
         by_version.setdefault(h["model_version"], []).append(h)
     shares, latency = {}, {}
     for v, hs in by_version.items():
-        suffix = f" ({v})" if len(by_version) > 1 else ""
+        suffix = (f" ({v}{', challenger' if v in shadows else ''})") if len(by_version) > 1 else ""
         shares[f"coverage{suffix}"] = [(h["bucket"], h["coverage"]) for h in hs]
         shares[f"fallback share{suffix}"] = [(h["bucket"], h["fallback_rate"]) for h in hs]
         shares[f"cache hits{suffix}"] = [(h["bucket"], h["cache_hit_rate"]) for h in hs]
@@ -125,7 +128,7 @@ def adverse_section(client, model: str, period: Period, href: Callable[[str], st
 
 
 def overview(client, model: str, period: Period, href: Callable[[str], str | None],
-             database: str = DEFAULT_DATABASE) -> str:
+             database: str = DEFAULT_DATABASE, listed: int = 50) -> str:
     """The overview's HTML (without the page around it)."""
     return (f"<h1>{esc(model)}: overview</h1><p class='meta'>\"now\" = {when(period.start_ms)} to "
             f"{when(period.end_ms)} ({period.window_minutes} minutes); over time: from "
@@ -134,4 +137,4 @@ def overview(client, model: str, period: Period, href: Callable[[str], str | Non
             + (f"<p class='note'>{esc(period.note)}</p>" if period.note else "")
             + health_section(client, model, period, database) + alerts_section(client, model, period, database)
             + reasons_section(client, model, period, database)
-            + adverse_section(client, model, period, href, database))
+            + adverse_section(client, model, period, href, database, listed))

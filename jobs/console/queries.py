@@ -129,3 +129,10 @@ def require_model(client, model: str | None, database: str = DEFAULT_DATABASE) -
         raise ModelNotFound(f"unknown model {model!r}: ClickHouse knows "
                             + (", ".join(known) if known else "none yet (no explanations, no references)"))
     return model
+
+
+def challenger_versions(client, model: str, start_ms: int, end_ms: int, database: str = DEFAULT_DATABASE) -> set[str]:
+    """The versions whose explanations in the period are a challenger's shadows."""
+    return {r["model_version"] for r in rows(client, f"""
+        SELECT DISTINCT model_version FROM {ident(database)}.explanations
+        WHERE {_where(model, start_ms, end_ms)} AND role = 'CHALLENGER'""")}

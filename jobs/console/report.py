@@ -24,6 +24,7 @@ from whystream.jobs.console.overview import overview
 from whystream.jobs.console.period import fit
 
 SHOWCASED = 3  # adverse decisions shown in full
+LISTED = 20  # adverse decisions listed
 
 
 def anchor(prediction_id: str) -> str:
@@ -51,7 +52,7 @@ def build_report(client, model: str | None, now_ms: int, window_s: int = 3600, h
     body = (f"<p class='meta'>whystream report, generated {generated}. Sections: "
             "<a href='#overview'>overview</a> · <a href='#drift'>drift</a> · <a href='#decisions'>decisions</a> · "
             "<a href='#compare'>champion vs challenger</a></p>"
-            f"<div id='overview'>{overview(client, model, period, href, database)}</div>"
+            f"<div id='overview'>{overview(client, model, period, href, database, LISTED)}</div>"
             f"<div id='drift'>{drift_view(client, model, period, database)}</div>"
             "<div id='decisions'><h1>Adverse decisions in full</h1><p class='meta'>The latest exact (LIVE or CACHE) "
             f"adverse decisions; any other: <code>whystream console</code> or <code>whystream explain ID</code>.</p>"

@@ -80,12 +80,15 @@ def marks(driver, chart_id: str, selector: str) -> int:
 
 
 def save_page(driver, folder: Path, name: str) -> Path:
-    """A screenshot of the whole page (the window stretched to its height)."""
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1280, min(max(height, 600), 16000))
+    """A screenshot of the whole page, beyond the window (Chrome DevTools' captureBeyondViewport)."""
+    import base64
+
+    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
+        "format": "png", "captureBeyondViewport": True,
+        "clip": {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 16000), "scale": 1}})
     path = folder / f"{name}.png"
-    driver.save_screenshot(str(path))
-    driver.set_window_size(1280, 1000)
+    path.write_bytes(base64.b64decode(shot["data"]))
     return path
 
 

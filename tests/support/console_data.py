@@ -112,10 +112,16 @@ def build(client, database: str, root, end_ms: int) -> ConsoleData:
             e["latency_ms"] = float(20 + (hash(e["prediction_id"]) % 80))
             e["explained_at"] = e["event_time"] + int(e["latency_ms"])
         data.events += events
-        shadow_records = [dict(r, prediction_id=f"{r['prediction_id']}~{challenger.version}") for r in records]
-        data.shadows += explain(challenger, shadow, X[idx], shadow_records, reasons, weights, strata,
-                                np.array(["LIVE"] * len(idx), dtype=object), role="CHALLENGER",
-                                champion_prediction_ids=[r["prediction_id"] for r in records])
+        challenger_score = 1 / (1 + np.exp(-shadow.live(X[idx])[1]))
+        shadow_records = [dict(r, prediction_id=f"{r['prediction_id']}~{challenger.version}", score=float(p))
+                          for r, p in zip(records, challenger_score)]
+        shadows = explain(challenger, shadow, X[idx], shadow_records, reasons, weights, strata,
+                          np.array(["LIVE"] * len(idx), dtype=object), role="CHALLENGER",
+                          champion_prediction_ids=[r["prediction_id"] for r in records])
+        for e, champion in zip(shadows, events):  # the shadow follows its champion's explanation
+            e["latency_ms"] = champion["latency_ms"] + 5
+            e["explained_at"] = champion["explained_at"] + 5
+        data.shadows += shadows
     explanation_rows.insert_explanations(client, data.events + data.shadows, database)
     monitor = DriftMonitor(Settings(), window_seconds=300, database=database, client=client, publish=False,
                            models=["credit"], reservoir_window_seconds=0)

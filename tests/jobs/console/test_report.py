@@ -1,0 +1,92 @@
+"""`whystream report` and the views' honesty, without a browser: an unknown model fails in one
+line and writes nothing; replayed event times are said to be a replay; text from producers
+(feature names, reason texts, ids) cannot inject markup."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from support.chdb import MINUTE_MS, base_minute, stream, synthetic_model
+from whystream.cli import app
+from whystream.jobs.clickhouse import references
+from whystream.jobs.console.decision_page import decision_section
+from whystream.jobs.console.overview import health_section
+from whystream.jobs.console.period import fit
+from whystream.jobs.sink import explanation_rows
+
+
+def load(client, database, name: str = "fraud", replay: bool = False):
+    model = synthetic_model(n_features=3, seed=71, name=name)
+    references.register_reference(client, model, database)
+    first = base_minute(0) - 20 * MINUTE_MS
+    events, _ = stream(model, first, 20, per_minute=300, seed=72, k=30)
+    if replay:  # twenty minutes of decisions explained within one: how `make demo` replays them
+        done = first + 20 * MINUTE_MS + 30_000
+        for i, e in enumerate(events):
+            e["explained_at"] = done + i * 60_000 // len(events)
+            e["latency_ms"] = float(e["explained_at"] - e["event_time"])
+    explanation_rows.insert_explanations(client, events, database)
+    return model, first
+
+
+def test_an_unknown_model_is_one_line_and_no_file(stack, db, tmp_path):
+    client, database = db
+    flags = ["--clickhouse-dsn", stack.clickhouse_dsn, "--home", str(tmp_path)]
+    out = tmp_path / "report.html"
+    empty = CliRunner().invoke(app, [*flags, "report", "--out", str(out), "--database", database])
+    assert empty.exit_code != 0 and "knows none yet" in str(empty.exception) and not out.exists()
+    load(client, database)
+    result = CliRunner().invoke(app, [*flags, "report", "--out", str(out), "--model", "nosuch", "--database", database])
+    assert result.exit_code != 0 and not out.exists()
+    assert str(result.exception) == "unknown model 'nosuch': ClickHouse knows fraud"
+    # no --model: the one model ClickHouse knows
+    result = CliRunner().invoke(app, [*flags, "report", "--out", str(out), "--window", "10m", "--database", database])
+    assert result.exit_code == 0, result.output
+    page = out.read_text()
+    assert "fraud: overview" in page and "fraud: drift" in page and page.count("plotly.js v") == 1
+
+
+def test_the_cli_prints_one_line_for_an_unknown_model(stack, db, tmp_path):
+    import subprocess
+    import sys
+
+    _, database = db
+    out = tmp_path / "report.html"
+    result = subprocess.run([sys.executable, "-m", "whystream", "--clickhouse-dsn", stack.clickhouse_dsn + "-other",
+                             "--home", str(tmp_path), "report", "--model", "nosuch", "--out", str(out)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and not out.exists()
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "whystream: error:" in result.stderr
+
+
+def test_replayed_event_times_are_labelled_replay(db):
+    client, database = db
+    _, first = load(client, database, replay=True)
+    period = fit(client, "fraud", first + 20 * MINUTE_MS, 3600, 3600, database)
+    html = health_section(client, "fraud", period, database)
+    assert "Replayed event times" in html and "latency (replay) p50" in html and "not the engine's latency" in html
+
+
+def test_a_live_stream_is_not_called_a_replay(db):
+    client, database = db
+    _, first = load(client, database)
+    html = health_section(client, "fraud", fit(client, "fraud", first + 20 * MINUTE_MS, 3600, 3600, database),
+                          database)
+    assert "Replayed event times" not in html and "latency p50" in html
+
+
+def test_producer_text_cannot_inject_markup():
+    evil = "<img src=x onerror=alert(1)>"
+    row = {"prediction_id": "</h1><script>alert(2)</script>", "model_name": "m", "model_version": "v",
+           "explainer": "whystream-treeshap", "explainer_version": "1", "event_time_ms": 0, "explained_at_ms": 5,
+           "output_space": "raw_margin", "base_value": -1.0, "raw_score": 0.5, "features": [evil, "b"],
+           "feature_values": [1.0, None], "shap": [1.2, 0.3], "reason_codes": ["R1"],
+           "reason_texts": ["</td><script>alert(3)</script>"], "reason_features": [evil], "reason_values": [1.0],
+           "reason_shap": [1.2], "reason_codes_version": "", "score": 0.62, "decision": "decline",
+           "threshold": 0.5, "sampling_reason": "ADVERSE", "inclusion_weight": 1.0, "stratum": "", "source": "LIVE",
+           "latency_ms": 5.0, "worker": "w", "explained_class": None, "redacted_features": [], "role": "CHAMPION",
+           "champion_prediction_id": ""}
+    html = decision_section(row)
+    assert "<script>alert" not in html and "<img src=x" not in html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html  # shown, as text
+    assert "\\u003cimg src=x" in html  # and inside the chart's JSON, escaped for a <script> block
