@@ -25,7 +25,7 @@ TEMPLATE = go.layout.Template(layout=dict(
     margin=dict(l=60, r=20, t=40, b=50),
     xaxis=dict(gridcolor="#eee", linecolor="#999", zerolinecolor="#ccc", automargin=True),
     yaxis=dict(gridcolor="#eee", linecolor="#999", zerolinecolor="#ccc", automargin=True, rangemode="tozero"),
-    legend=dict(orientation="h", x=0, y=-0.22, yanchor="top")))
+    legend=dict(orientation="h", x=0, y=-0.3, yanchor="top")))
 
 
 def utc(epoch_s: float) -> str:
@@ -126,7 +126,7 @@ def _hover_name(name: str) -> str:
 
 
 def lines_over_time(title: str, series: dict[str, list[tuple[float, float]]], y_title: str,
-                    percent: bool = False, height: int = 300) -> go.Figure:
+                    percent: bool = False, height: int = 380) -> go.Figure:
     """Several series on one time axis (shares, latencies)."""
     fig = _figure(title, height=height)
     for name, points in series.items():
@@ -173,7 +173,8 @@ def waterfall(base_value: float, contributions: list[tuple[str, float]], raw_sco
                       x=[base_value] + [v for _, v in contributions] + [raw_score],
                       base=0, connector=dict(line=dict(color="#bbb")),
                       increasing=dict(marker=dict(color=ALERT)), decreasing=dict(marker=dict(color="#2ca02c")),
-                      totals=dict(marker=dict(color=NOW)), textposition="outside", cliponaxis=False,
+                      totals=dict(marker=dict(color=NOW)), cliponaxis=False,
+                      textposition=["inside"] + ["outside"] * len(contributions) + ["inside"],
                       text=[f"{base_value:.3g}"] + [f"{v:+.3g}" for _, v in contributions] + [f"{raw_score:.3g}"],
                       hovertemplate="%{y}<br>%{delta:+.4g} → %{x:.4g}<extra></extra>")
     if threshold is not None:

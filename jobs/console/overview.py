@@ -60,17 +60,14 @@ def health_section(client, model: str, period: Period, database: str = DEFAULT_D
     if not now:
         return "".join(parts) + "<p class='empty'>no explanations in this period</p>"
     shadows = queries.challenger_versions(client, model, period.history_start_ms, period.history_end_ms, database)
-    kpis = []
-    for h in now:
-        role = ", challenger's shadows" if h["model_version"] in shadows else ""
-        kpis += [(f"{fmt(int(h['explained']))}", f"explained ({esc(h['model_version'])}{role})"),
-                 (pct(h["coverage"]), "coverage"), (pct(h["fallback_rate"]), "fallback share"),
-                 (pct(h["cache_hit_rate"]), "cache hits"),
-                 (duration(float(h["latency_p50_ms"])), f"{label} p50"),
-                 (duration(float(h["latency_p99_ms"])), f"{label} p99")]
-    parts.append("".join("<div class='kpis'>" + "".join(f"<div class='kpi'><b>{v}</b><span>{k}</span></div>"
-                                                          for v, k in kpis[i:i + 6]) + "</div>"
-                         for i in range(0, len(kpis), 6)))
+    for h in sorted(now, key=lambda h: h["model_version"] in shadows):  # the champion first
+        role = " (the challenger's shadow explanations)" if h["model_version"] in shadows else ""
+        kpis = [(fmt(int(h["explained"])), "explained (n)"), (pct(h["coverage"]), "coverage"),
+                (pct(h["fallback_rate"]), "fallback share"), (pct(h["cache_hit_rate"]), "cache hits"),
+                (duration(float(h["latency_p50_ms"])), f"{label} p50"),
+                (duration(float(h["latency_p99_ms"])), f"{label} p99")]
+        parts.append(f"<h3>version {esc(h['model_version'])}{role}</h3><div class='kpis'>"
+                     + "".join(f"<div class='kpi'><b>{v}</b><span>{k}</span></div>" for v, k in kpis) + "</div>")
     over = drift_sql.engine_health(client, model, period.history_start_ms, period.history_end_ms, period.bucket_s,
                                    database)
     by_version: dict[str, list[dict]] = {}

@@ -2,7 +2,7 @@
 through Selenium, headless, with a fresh profile and nothing that phones home.
 
 `make test` installs chromium and chromium-driver where apt-get is available
-(.ci/install-browser); without them the browser tests are skipped, saying why.
+(the Makefile's `browser` target); without them the browser tests are skipped, saying why.
 Screenshots go to WHYSTREAM_SCREENSHOTS, or var/screenshots/ in the repository (ignored by
 git), named at the end of the run (conftest.py's terminal summary: with xdist the browser
 runs in a worker, so the folder is fixed, not a temporary one)."""
