@@ -96,7 +96,9 @@ def per_feature_over_time(title: str, panels: dict[str, dict[str, list[tuple[flo
     rows = max(len(features), 1)
     fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=min(0.08, 0.4 / rows),
                         subplot_titles=features or [""])
-    fig.update_layout(template=TEMPLATE, height=120 + 170 * rows, title=dict(text=title, x=0, font=dict(size=14)))
+    height = 120 + 170 * rows
+    fig.update_layout(template=TEMPLATE, height=height, title=dict(text=title, x=0, font=dict(size=14)),
+                      legend=dict(orientation="h", x=0, y=-50 / height, yanchor="top"))
     shown: set[str] = set()
     for i, feature in enumerate(features, start=1):
         for k, (line, points) in enumerate(panels[feature].items()):

@@ -74,17 +74,18 @@ def health_section(client, model: str, period: Period, database: str = DEFAULT_D
     for h in over:
         by_version.setdefault(h["model_version"], []).append(h)
     shares, latency = {}, {}
+    scale, unit = (1000, "s") if max((h["latency_p99_ms"] for h in over), default=0) >= 2000 else (1, "ms")
     for v, hs in by_version.items():
         suffix = (f" ({v}{', challenger' if v in shadows else ''})") if len(by_version) > 1 else ""
         shares[f"coverage{suffix}"] = [(h["bucket"], h["coverage"]) for h in hs]
         shares[f"fallback share{suffix}"] = [(h["bucket"], h["fallback_rate"]) for h in hs]
         shares[f"cache hits{suffix}"] = [(h["bucket"], h["cache_hit_rate"]) for h in hs]
-        latency[f"p50{suffix}"] = [(h["bucket"], h["latency_p50_ms"] / 1000) for h in hs]
-        latency[f"p99{suffix}"] = [(h["bucket"], h["latency_p99_ms"] / 1000) for h in hs]
+        latency[f"p50{suffix}"] = [(h["bucket"], h["latency_p50_ms"] / scale) for h in hs]
+        latency[f"p99{suffix}"] = [(h["bucket"], h["latency_p99_ms"] / scale) for h in hs]
     parts.append("<div class='grid'><div class='card'>" + figure(figures.lines_over_time(
         f"Coverage, fallback share, cache hits ({period.bucket_s // 60}-minute buckets)", shares, "share",
         percent=True), "health") + "</div><div class='card'>" + figure(figures.lines_over_time(
-            f"{label.capitalize()} (s)", latency, "seconds"), "latency") + "</div></div>")
+            f"{label.capitalize()} ({unit})", latency, unit), "latency") + "</div></div>")
     return "".join(parts)
 
 

@@ -19,7 +19,7 @@ from whystream.jobs.console import queries
 from whystream.jobs.console.compare_page import compare_view
 from whystream.jobs.console.decision_page import decision_section
 from whystream.jobs.console.drift_page import drift_view
-from whystream.jobs.console.html import esc, page
+from whystream.jobs.console.html import page
 from whystream.jobs.console.overview import overview
 from whystream.jobs.console.period import fit
 

@@ -161,7 +161,9 @@ class Console:
         if verify and self.verifier is not None:
             verdicts = {(v.stored.model_name if v.stored else ""): v for v in self.verifier(self.client, prediction_id)}
         action = (f"/decision/{urllib.parse.quote(prediction_id, safe='')}/verify" if self.verifier else None)
-        body = "".join(decision_section(r, verdicts.get(r["model_name"]), action) for r in found)
+        body = "".join(decision_section(r, verdicts.get(r["model_name"]), action,
+                                        anchor=f"model-{r['model_name']}" if len(found) > 1 else "")
+                       for r in found)  # one id per model's charts where one decision id has several
         return self._page(f"decision {prediction_id}", body, found[0]["model_name"])
 
 

@@ -79,3 +79,17 @@ def test_producer_text_cannot_inject_markup():
     assert "<script>alert" not in html and "<img src=x" not in html
     assert "&lt;img src=x onerror=alert(1)&gt;" in html  # shown, as text
     assert "\\u003cimg src=x" in html  # and inside the chart's JSON, escaped for a <script> block
+
+
+def test_over_time_charts_fit_the_span_of_the_data(db):
+    """Twenty minutes of data in a 24-hour history: a twenty-minute axis in one-minute buckets (the
+    hand-drawn charts showed one dot per feature on an axis labelled 21:00 21:00 21:00 21:01)."""
+    client, database = db
+    _, first = load(client, database)
+    now = first + 20 * MINUTE_MS
+    period = fit(client, "fraud", now, 3600, 86400, database)
+    assert period.bucket_s == 60 and period.history_start_ms == first and period.history_end_ms == now
+    assert period.drift_bucket_s == 120 and len(period.drift_buckets()) == 10
+    # nothing in "now" (a window after the data): the last window of data stands in, and the page says so
+    later = fit(client, "fraud", now + 3 * 3600_000, 600, 86400, database)
+    assert later.end_ms == now and later.start_ms == now - 600_000 and "last 10 minutes with data" in later.note
