@@ -134,16 +134,18 @@ def window_histograms(client, model: str, version: str, features: list[str], sta
 
 
 def feature_trend(client, model: str, features: list[str], start_ms: int, end_ms: int, bucket_seconds: int = 60,
-                  database: str = DEFAULT_DATABASE) -> list[dict]:
+                  database: str = DEFAULT_DATABASE, version: str | None = None) -> list[dict]:
     """Weighted mean |SHAP| per feature and time bucket: feature, bucket (epoch
-    seconds), mean_abs_shap, weighted_n."""
+    seconds), mean_abs_shap, weighted_n; of one model version, or (None) of all
+    (a challenger's shadows included)."""
     step = max(60, int(bucket_seconds))
     names = ", ".join(lit(f) for f in features) or "''"
+    only = "" if version is None else f" AND model_version = {lit(version)}"
     return [_floats(r) for r in rows(client, f"""
         SELECT feature, intDiv(toUInt32(minute), {step}) * {step} AS bucket,
                sum(sum_abs_shap) / sum(weight) AS mean_abs_shap, sum(weight) AS weighted_n
         FROM {ident(database)}.attribution_stats
-        WHERE model_name = {lit(model)} AND feature IN ({names})
+        WHERE model_name = {lit(model)} AND feature IN ({names}){only}
           AND minute >= toStartOfMinute({ms_lit(start_ms)}) AND minute < {ms_lit(end_ms)}
         GROUP BY feature, bucket ORDER BY feature, bucket""")]
 

@@ -127,12 +127,12 @@ def drift_view(client, model: str, period: Period, database: str = DEFAULT_DATAB
                  + figure(figures.per_feature_over_time("Drift statistics over time", panels, "value", alerts=marks),
                           "drift-over-time"))
     trend = drift_sql.feature_trend(client, model, shown, period.history_start_ms, period.history_end_ms,
-                                    period.bucket_s, database)
+                                    period.bucket_s, database, version)
     means = {f: {"mean |SHAP|": [(float(r["bucket"]), float(r["mean_abs_shap"])) for r in trend if r["feature"] == f]}
              for f in shown}
     reference = {f: float(by_feature[f]["reference_mean_abs_shap"]) for f in shown}
     parts.append("<h2>Mean |SHAP| over time</h2><p class='meta'>One panel per feature, each on its own scale; dashed: "
-                 "the reference's mean |SHAP|. All versions of the model.</p>"
+                 f"the reference's mean |SHAP|. Version {esc(version)}.</p>"
                  + figure(figures.per_feature_over_time("Weighted mean |SHAP|", means, "mean |SHAP|", reference),
                           "mean-abs-shap"))
     parts.append(strata_section(client, model, version, strata, period, database, href))

@@ -94,6 +94,15 @@ def test_drift(browser, console, data, screenshots):
                                     "d.filter(t=>t.name=='alert').reduce((n,t)=>n+t.x.length,0)]")
     assert traced[1] == len(alerted) > 0
     assert marks(browser, "fig-drift-over-time", POINTS) == traced[0]
+    # mean |SHAP| over time is the version's own (not mixed with the challenger's shadows): the first minute of
+    # the first feature, as the inclusion-weighted mean over the stored exact explanations
+    first = [e for e in built.events if e["event_time"] < built.first_minute_ms + MINUTE_MS
+             and e["source"] in ("LIVE", "CACHE")]
+    j = console_data.FEATURES.index(shown[0])
+    expected = sum(e["inclusion_weight"] * abs(e["attributions"][j]["shap"]) for e in first) / \
+        sum(e["inclusion_weight"] for e in first)
+    plotted = browser.execute_script("return document.getElementById('fig-mean-abs-shap').data[0].y[0]")
+    assert plotted == pytest.approx(expected, rel=1e-9)
     save_page(browser, screenshots, "drift")
     browser.find_element("link text", "web").click()  # the same view, one stratum
     wait_for(browser, "fig-drift-over-time")
