@@ -96,7 +96,7 @@ def drift_view(client, model: str, period: Period, database: str = DEFAULT_DATAB
              fmt(r["value_psi"]), input_drift.missing_cell(r), fmt(float(r["weighted_n"]), 0),
              fmt(float(r["effective_n"]), 0),
              f"<span class='alert'>{esc(', '.join(sorted(alerted_now[r['feature']])))}</span>"
-             if r["feature"] in alerted_now else "-"]
+             if r["feature"] in alerted_now else "-"]  # the monitor judges all strata together
             for r in sorted(merged, key=lambda r: -(r["psi"] or 0))]
     parts = [head, f"<h2>Per feature, version {esc(version)}</h2><p class='meta'>"
              f"{pct(float(drift[0]['fallback_share'] or 0))} of this version's explanations in the window came from "
@@ -104,9 +104,12 @@ def drift_view(client, model: str, period: Period, database: str = DEFAULT_DATAB
              "the attribution histogram (0.1 moderate, 0.25 large); KS: weighted Kolmogorov-Smirnov on the reference "
              "bins; stability: relative change of mean |SHAP|; W1/ref: Wasserstein-1 over the reference's spread.</p>",
              table(["feature", "PSI", "KS", "stability", "W1/ref", "value PSI", "missing (ref)", "weighted n",
-                    "n eff", "alerts now"], body, "drift")]
+                    "n eff", "alerts now"], body, "drift")
+             + ("<p class='meta'>Value PSI, missing rates and alerts are of all strata: input drift and the drift "
+                "monitor do not slice by stratum.</p>" if stratum else "")]
 
-    hists = drift_sql.window_histograms(client, model, version, features, period.start_ms, period.end_ms, database)
+    hists = drift_sql.window_histograms(client, model, version, features, period.start_ms, period.end_ms, database,
+                                        stratum)
     cards = []
     for f in features:
         if f in hists:
@@ -127,7 +130,7 @@ def drift_view(client, model: str, period: Period, database: str = DEFAULT_DATAB
                  + figure(figures.per_feature_over_time("Drift statistics over time", panels, "value", alerts=marks),
                           "drift-over-time"))
     trend = drift_sql.feature_trend(client, model, shown, period.history_start_ms, period.history_end_ms,
-                                    period.bucket_s, database, version)
+                                    period.bucket_s, database, version, stratum)
     means = {f: {"mean |SHAP|": [(float(r["bucket"]), float(r["mean_abs_shap"])) for r in trend if r["feature"] == f]}
              for f in shown}
     reference = {f: float(by_feature[f]["reference_mean_abs_shap"]) for f in shown}

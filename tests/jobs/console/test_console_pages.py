@@ -84,6 +84,7 @@ def test_drift(browser, console, data, screenshots):
                                        built.database)["amount"]
     filled = sum(1 for r, w in zip(hist["reference"], hist["window"]) if r > 0 or w > 0)
     assert marks(browser, "fig-hist-amount", BARS) == 2 * filled
+    ticks_weight = rows[0].find_elements("tag name", "td")[7].text  # weighted n, all strata
     ticks = [t.text for t in browser.find_elements("css selector", "#fig-hist-amount .xtick text")]
     assert len(ticks) == filled and all(re.match(r"^(< |≥ |\[)-?\d", t) for t in ticks), ticks  # real ranges
     # every statistic over time drawn, and an alert marker for each alert on the features shown
@@ -107,6 +108,11 @@ def test_drift(browser, console, data, screenshots):
     browser.find_element("link text", "web").click()  # the same view, one stratum
     wait_for(browser, "fig-drift-over-time")
     assert charts_drawn(browser) >= 3 and "stratum web" in browser.find_element("tag name", "main").text
+    # the histograms are the stratum's too: their weight is the stratum's weighted n in the table
+    amount = browser.find_element("css selector", "table.drift tbody tr").find_elements("tag name", "td")
+    assert amount[0].text == "amount"
+    title = browser.find_element("css selector", "#fig-hist-amount .gtitle").text
+    assert f"weighted n {amount[7].text}" in title and amount[7].text != ticks_weight
     save_page(browser, screenshots, "drift-stratum-web")
 
 
