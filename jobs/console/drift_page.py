@@ -115,6 +115,8 @@ def drift_view(client, model: str, period: Period, database: str = DEFAULT_DATAB
         if f in hists:
             r = by_feature[f]
             sub = f"PSI {fmt(r['psi'])} · KS {fmt(r['ks'])} · weighted n {fmt(float(hists[f]['weight']), 0)}"
+            if not float(r["reference_mean_abs_shap"]) and not float(r["mean_abs_shap"]):
+                sub += " · every attribution 0: the model does not use this feature"
             cards.append("<div class='card'>" + figure(figures.histogram(f, hists[f], sub), f"hist-{f}") + "</div>")
     parts.append("<h2>Attribution histograms: reference (grey) vs now (blue)</h2><p class='meta'>Share of decisions "
                  "per SHAP bin; the bins are the reference's deciles, labelled with their ranges.</p>"
