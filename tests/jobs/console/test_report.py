@@ -13,6 +13,7 @@ from whystream.jobs.clickhouse import references
 from whystream.jobs.console.decision_page import decision_section
 from whystream.jobs.console.overview import health_section
 from whystream.jobs.console.period import fit
+from whystream.jobs.console.queries import require_model
 from whystream.jobs.sink import explanation_rows
 
 
@@ -41,11 +42,13 @@ def test_an_unknown_model_is_one_line_and_no_file(stack, db, tmp_path):
     assert result.exit_code != 0 and not out.exists()
     assert isinstance(result.exception, ModelNotFound)  # a WhystreamError: main() prints it as one line, exit 2
     assert str(result.exception) == "unknown model 'nosuch': ClickHouse knows fraud"
-    # no --model: the one model ClickHouse knows
-    result = CliRunner().invoke(app, [*flags, "report", "--out", str(out), "--window", "10m", "--database", database])
-    assert result.exit_code == 0, result.output
-    page = out.read_text()
-    assert "fraud: overview" in page and "fraud: drift" in page and page.count("plotly.js v") == 1
+    # no --model: the one model ClickHouse knows (the report itself: test_drift.py::test_cli_drift_table_and_report)
+    assert require_model(client, None, database) == "fraud"
+    explanation_rows.insert_explanations(client, [dict(e, model_name="other") for e in stream(
+        synthetic_model(n_features=3, seed=73, name="other"), base_minute(0), 1, per_minute=50, k=5)[0]], database)
+    two = CliRunner().invoke(app, [*flags, "report", "--out", str(out), "--database", database])
+    assert isinstance(two.exception, ModelNotFound) and "name a model with --model" in str(two.exception)
+    assert "fraud, other" in str(two.exception) and not out.exists()
 
 
 def test_replayed_event_times_are_labelled_replay(db):
@@ -54,14 +57,6 @@ def test_replayed_event_times_are_labelled_replay(db):
     period = fit(client, "fraud", first + 20 * MINUTE_MS, 3600, 3600, database)
     html = health_section(client, "fraud", period, database)
     assert "Replayed event times" in html and "latency (replay) p50" in html and "not the engine's latency" in html
-
-
-def test_a_live_stream_is_not_called_a_replay(db):
-    client, database = db
-    _, first = load(client, database)
-    html = health_section(client, "fraud", fit(client, "fraud", first + 20 * MINUTE_MS, 3600, 3600, database),
-                          database)
-    assert "Replayed event times" not in html and "latency p50" in html
 
 
 def test_producer_text_cannot_inject_markup():
@@ -81,13 +76,15 @@ def test_producer_text_cannot_inject_markup():
     assert "\\u003cimg src=x" in html  # and inside the chart's JSON, escaped for a <script> block
 
 
-def test_over_time_charts_fit_the_span_of_the_data(db):
+def test_over_time_charts_fit_the_span_of_the_data_and_a_live_stream_is_no_replay(db):
     """Twenty minutes of data in a 24-hour history: a twenty-minute axis in one-minute buckets (the
     hand-drawn charts showed one dot per feature on an axis labelled 21:00 21:00 21:00 21:01)."""
     client, database = db
     _, first = load(client, database)
     now = first + 20 * MINUTE_MS
     period = fit(client, "fraud", now, 3600, 86400, database)
+    html = health_section(client, "fraud", period, database)
+    assert "Replayed event times" not in html and "latency p50" in html
     assert period.bucket_s == 60 and period.history_start_ms == first and period.history_end_ms == now
     buckets = period.drift_buckets()  # PSI over time: 2-minute windows covering the data, at most 12
     assert period.drift_bucket_s == 120 and len(buckets) in (10, 11)
