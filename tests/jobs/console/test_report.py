@@ -1,8 +1,10 @@
 """`whystream report` and the views' honesty, without a browser: an unknown model fails in one
 line and writes nothing; replayed event times are said to be a replay; text from producers
-(feature names, reason texts, ids) cannot inject markup."""
+(feature names, reason texts, ids) cannot inject markup; the views build through a sink's query port."""
 
 from __future__ import annotations
+
+import re
 
 from typer.testing import CliRunner
 
@@ -92,3 +94,26 @@ def test_over_time_charts_fit_the_span_of_the_data_and_a_live_stream_is_no_repla
     # nothing in "now" (a window after the data): the last window of data stands in, and the page says so
     later = fit(client, "fraud", now + 3 * 3600_000, 600, 86400, database)
     assert later.end_ms == now and later.start_ms == now - 600_000 and "last 10 minutes with data" in later.note
+
+
+def test_the_views_read_through_the_sinks_query_port(stack, db, tmp_path):
+    """On embedded chDB the console reads through a running sink's query port: values come back as
+    JSON types (times as numbers, NaN as null), and every view still builds."""
+    from whystream.jobs.clickhouse.query_port import QueryServer, SinkQueryClient
+    from whystream.jobs.console.server import Console
+
+    client, database = db
+    _, first = load(client, database)
+    server = QueryServer(stack.with_(home=tmp_path), database).start()
+    try:
+        console = Console(lambda: SinkQueryClient(server.port, server.token, database), database,
+                          now_ms=lambda: first + 20 * MINUTE_MS)
+        overview = console.render("/model/fraud", {"window": "10m"})
+        adverse = re.findall(r"href='/decision/([^']+)'", overview)
+        assert len(adverse) == 50 and "Explanation health now" in overview
+        assert "fig-hist-feature_2" in console.render("/model/fraud/drift", {"window": "10m"})
+        assert "No challenger shadowed" in console.render("/model/fraud/compare", {})
+        page = console.render(f"/decision/{adverse[0]}", {})
+        assert f"Decision {adverse[0]}" in page and "fig-waterfall" in page
+    finally:
+        server.stop()
