@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test bench soak install clean
+.PHONY: demo test bench soak install browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,19 @@ demo: $(STAMP)
 # Two pytest workers (pytest-xdist), a test file each at a time: each starts its own embedded
 # stack; the suite is mostly waiting on brokers and timers, so this halves its wall time on 2
 # cores. PYTEST_ARGS="-n 0" runs it in one process.
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile $(PYTEST_ARGS)
+
+# The console's browser tests drive Debian's chromium through chromedriver: installed here when
+# missing and apt-get can run (root, or sudo without a password); otherwise those tests skip, saying why.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && { [ "$$(id -u)" = 0 ] && SUDO= || { sudo -n true 2>/dev/null && SUDO=sudo; }; }; then \
+		echo "installing chromium and chromium-driver (apt-get) for the console's browser tests"; \
+		$$SUDO apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+		{ $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null; } || \
+		echo "could not install chromium: the console's browser tests will be skipped"; \
+	else echo "no chromium and no apt-get to install it: the console's browser tests will be skipped"; fi
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)

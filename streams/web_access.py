@@ -40,16 +40,19 @@ class WebAccess:
     token: str | None = None
 
     @classmethod
-    def configure(cls, bind: str, environ: Mapping[str, str]) -> "WebAccess":
+    def configure(cls, bind: str, environ: Mapping[str, str], flag: str = "--web-bind",
+                  exposes: str = "/explain (feature values, scores)") -> "WebAccess":
         """The access rules for a server bound to `bind`, with the token of `environ`
-        (Settings.environ); ConfigError when a non-loopback bind has no (or a too short) token."""
+        (Settings.environ); ConfigError when a non-loopback bind has no (or a too short) token.
+        `flag` and `exposes` name the bind option and what it would expose, for that error
+        (the worker's web server by default; `whystream console` too)."""
         token = environ.get(TOKEN_VAR) or None
         if token is not None and len(token) < MIN_TOKEN_LENGTH:
             raise ConfigError(TOKEN_VAR, f"at least {MIN_TOKEN_LENGTH} characters, please "
                                          "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
         if not is_loopback(bind) and token is None:
-            raise ConfigError(TOKEN_VAR, f"--web-bind {bind} makes /explain (feature values, scores) reachable "
-                                         f"from other machines; set {TOKEN_VAR} to a secret that callers send as "
+            raise ConfigError(TOKEN_VAR, f"{flag} {bind} makes {exposes} reachable from other machines; set "
+                                         f"{TOKEN_VAR} to a secret that callers send as "
                                          "`Authorization: Bearer <token>`, or bind 127.0.0.1")
         return cls(bind, token)
 

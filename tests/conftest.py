@@ -14,6 +14,7 @@ import uuid
 import pytest
 import redis
 
+from support.browser import SCREENSHOTS, browser, screenshots  # noqa: F401 (fixtures: chromium, its screenshots)
 from support.chdb import db  # noqa: F401 (a fixture: a fresh database on the stack's chDB)
 from support.registries import broken_registry  # noqa: F401 (a fixture)
 from whystream.infra.stack import EmbeddedStack
@@ -29,6 +30,11 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if SCREENSHOTS.is_dir() and any(SCREENSHOTS.glob("*.png")):  # the browser tests', for a person to look at
+        terminalreporter.write_line(f"console screenshots: {SCREENSHOTS}")
 
 
 @pytest.fixture(scope="session")

@@ -104,17 +104,18 @@ def monitored_models(client, database: str = DEFAULT_DATABASE) -> list[str]:
 
 
 def window_histograms(client, model: str, version: str, features: list[str], start_ms: int, end_ms: int,
-                      database: str = DEFAULT_DATABASE) -> dict[str, dict]:
+                      database: str = DEFAULT_DATABASE, stratum: str | None = None) -> dict[str, dict]:
     """Per feature: bin_edges, reference proportions and the window's weighted
-    proportions (and weight) on the same bins."""
+    proportions (and weight) on the same bins; of one stratum, or (None) all."""
     db = ident(database)
     names = ", ".join(lit(f) for f in features) or "''"
+    only = "" if stratum is None else f" AND stratum = {lit(stratum)}"
     ref = rows(client, f"""
         SELECT feature, bin_edges, reference_hist FROM {db}.model_reference FINAL
         WHERE model_name = {lit(model)} AND model_version = {lit(version)} AND feature IN ({names})""")
     live = rows(client, f"""
         SELECT feature, bin, sum(weight) AS w FROM {db}.attribution_hist
-        WHERE model_name = {lit(model)} AND model_version = {lit(version)} AND feature IN ({names})
+        WHERE model_name = {lit(model)} AND model_version = {lit(version)} AND feature IN ({names}){only}
           AND minute >= toStartOfMinute({ms_lit(start_ms)}) AND minute < {ms_lit(end_ms)}
         GROUP BY feature, bin""")
     out: dict[str, dict] = {}
@@ -134,16 +135,19 @@ def window_histograms(client, model: str, version: str, features: list[str], sta
 
 
 def feature_trend(client, model: str, features: list[str], start_ms: int, end_ms: int, bucket_seconds: int = 60,
-                  database: str = DEFAULT_DATABASE) -> list[dict]:
+                  database: str = DEFAULT_DATABASE, version: str | None = None, stratum: str | None = None) -> list[dict]:
     """Weighted mean |SHAP| per feature and time bucket: feature, bucket (epoch
-    seconds), mean_abs_shap, weighted_n."""
+    seconds), mean_abs_shap, weighted_n; of one model version, or (None) of all
+    (a challenger's shadows included), and of one stratum, or (None) all."""
     step = max(60, int(bucket_seconds))
     names = ", ".join(lit(f) for f in features) or "''"
+    only = ("" if version is None else f" AND model_version = {lit(version)}") + \
+        ("" if stratum is None else f" AND stratum = {lit(stratum)}")
     return [_floats(r) for r in rows(client, f"""
         SELECT feature, intDiv(toUInt32(minute), {step}) * {step} AS bucket,
                sum(sum_abs_shap) / sum(weight) AS mean_abs_shap, sum(weight) AS weighted_n
         FROM {ident(database)}.attribution_stats
-        WHERE model_name = {lit(model)} AND feature IN ({names})
+        WHERE model_name = {lit(model)} AND feature IN ({names}){only}
           AND minute >= toStartOfMinute({ms_lit(start_ms)}) AND minute < {ms_lit(end_ms)}
         GROUP BY feature, bucket ORDER BY feature, bucket""")]
 

@@ -14,7 +14,8 @@ they estimate all decisions, not only the explained ones):
 The functions here read them (literal view arguments, as drift_sql does, so the
 text also runs through a sink's query port), say why input drift is unavailable
 for a version (registered before input references were kept), and lay the
-figures beside the attribution drift rows that `whystream drift` and the report show.
+figures beside the attribution drift rows that `whystream drift`, the console and the report show
+(jobs/console/drift_page.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import math
 
 from whystream.jobs.analytics.drift_sql import time_lit
-from whystream.jobs.analytics.report_html import esc, fmt, table
 from whystream.jobs.clickhouse.sql import DEFAULT_DATABASE, ident, lit, rows
 from whystream.models.input_reference import MISSING_REASON
 
@@ -102,34 +102,3 @@ def decision_line(row: dict) -> str:
     return (f"score PSI {_number(row['score_psi']) or 0:.3f}, mean {row['mean_score']:.4g} "
             f"(ref {row['reference_mean_score']:.4g}); decline rate {pct(row['decline_rate'])} "
             f"(ref {pct(row['reference_decline'])}); adverse decisions {pct(row['adverse_rate'])}")
-
-
-def report_sections(client, model: str, version: str | None, drift_rows: list[dict], start_ms: int, end_ms: int,
-                    database: str = DEFAULT_DATABASE) -> list[str]:
-    """The report's input-drift sections for `version`: per feature attribution PSI beside
-    value PSI and missing rates, and the score / decline-rate shift (or why there is none)."""
-    if not version:
-        return []
-    intro = ("<h2>Input drift beside attribution drift</h2><p class='meta'>Did the data move (value PSI, "
-             "missing values) or did the reasons move (attribution PSI)? Inputs are binned on the reference "
-             "rows' value deciles; all figures are inclusion-weighted estimates over all decisions.</p>")
-    why = unavailable(client, model, [version], database).get(version)
-    if why:
-        return [intro + f"<p class='empty'>Input drift unavailable for version {esc(version)}: {esc(why)}.</p>"]
-    merged = beside([r for r in drift_rows if r["model_version"] == version],
-                    input_drift(client, model, start_ms, end_ms, database))
-    body = [[esc(r["feature"]), fmt(r["psi"]), fmt(r["value_psi"]), pct(r["missing_rate"]),
-             pct(r["reference_missing"]), fmt(r["weighted_n"], 0)]
-            for r in sorted(merged, key=lambda r: -max(r["psi"] or 0, r["value_psi"] or 0))]
-    parts = [intro + table(["feature", "attribution PSI", "value PSI", "missing now", "missing in reference",
-                             "weighted n"], body)]
-    decisions = [d for d in decision_drift(client, model, start_ms, end_ms, database) if d["model_version"] == version]
-    body = [[fmt(_number(d["score_psi"])), fmt(d["mean_score"], 4), fmt(_number(d["reference_mean_score"]), 4),
-             pct(d["decline_rate"]), pct(d["reference_decline"]), pct(d["adverse_rate"]), fmt(d["weighted_n"], 0)]
-            for d in decisions]
-    if body:
-        parts.append("<h3>Scores and decisions</h3><p class='meta'>decline rate: share of decisions on the adverse "
-                     "side of the threshold; adverse decisions: by the producer's labels.</p>"
-                     + table(["score PSI", "mean score", "reference mean score", "decline rate",
-                               "reference decline rate", "adverse decisions", "weighted n"], body))
-    return parts

@@ -1,5 +1,6 @@
 """The `whystream` command line: one Typer app composed of the command modules beside
-this one, each a concern (the stream, the model lifecycle, ClickHouse, dead letters);
+this one, each a concern (the stream, the model lifecycle, ClickHouse, the console and report, dead
+letters);
 only this package composes the parts of whystream, none of them imports it.
 
 Connection flags (before the command) override WHYSTREAM_* variables, which
@@ -13,14 +14,14 @@ import sys
 
 import typer
 
-from whystream.cli import clickhouse, common, dlq, models, stream
+from whystream.cli import clickhouse, common, console, dlq, models, stream
 from whystream.config import mask_secrets
 from whystream.errors import WhystreamError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Explain a live stream of model decisions.")
 app.callback()(common.connections)
-# In `whystream --help` in this order: the stream, the model lifecycle, ClickHouse, dead letters.
-for commands in (stream.commands, models.commands, clickhouse.commands):
+# In `whystream --help` in this order: the stream, the model lifecycle, ClickHouse, the console, dead letters.
+for commands in (stream.commands, models.commands, clickhouse.commands, console.commands):
     app.add_typer(commands)
 app.add_typer(dlq.commands, name="dlq")
 

@@ -1,10 +1,10 @@
-"""`whystream compare / sink / sql / drift / report / verify`: the ClickHouse commands."""
+"""`whystream compare / sink / sql / drift / verify`: the ClickHouse commands (`report` and `console`:
+console.py)."""
 
 from __future__ import annotations
 
 import signal
 import time
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -284,26 +284,6 @@ def _iso(ms: int) -> str:
     from whystream.cli.output import utc_ms
 
     return utc_ms(ms)
-
-
-@commands.command()
-def report(ctx: typer.Context, out: Path = typer.Option(Path("whystream-report.html"), help="HTML file to write"),
-           model: str = typer.Option("fraud", help="Registered model name"),
-           window: str = typer.Option("1h", help="Window for 'now' (histograms, drift)"),
-           history: str = typer.Option("24h", help="Time span of the over-time charts"),
-           database: str = typer.Option("whystream", help="ClickHouse database")):
-    """Write a self-contained HTML report of a model's attributions.
-
-    Attribution histograms now vs the reference for the top features, mean |SHAP|
-    over time, coverage and latency, drift and alerts; opens offline."""
-    from whystream.jobs.analytics.drift import wall_ms
-    from whystream.jobs.analytics.report import build_report
-
-    settings = settings_of(ctx)
-    html = build_report(_clickhouse_reader(settings, database), model, wall_ms(), parse_duration(window),
-                        parse_duration(history), database)
-    out.write_text(html)
-    console.print(f"wrote {out} ({len(html) / 1024:,.0f} KiB)")
 
 
 @commands.command()

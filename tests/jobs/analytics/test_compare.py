@@ -71,13 +71,18 @@ def test_the_old_cached_column_reads_redis_available(db):
 
 
 def test_the_report_shows_the_comparison(db):
-    from whystream.jobs.analytics.report import build_report
+    from whystream.errors import ModelNotFound
+    from whystream.jobs.console.report import build_report
 
     client, database = db
     explanation_rows.insert_explanations(client, [explanation("p1", "v1", [2.0, 1.0, -1.0], 0.8),
                                     explanation("p1~v2", "v2", [0.5, 1.0, 0.0], 0.6, "CHALLENGER", "p1",
                                                 features=("b", "a", "c"))], database)
     html = build_report(client, "m", base_minute(0) + 60_000, 3 * 3600, 6 * 3600, database)
-    section = html[html.index("Champion vs challenger (the same decisions)"):]
-    assert "<td>v1</td><td>v2</td><td>1</td><td>100.0%</td>" in section
-    assert "no challenger shadowed" in build_report(client, "other", base_minute(0), 3600, 3600, database)
+    section = html[html.index("m: champion vs challenger"):]
+    assert "<td>v1</td><td>v2</td><td class='n'>1</td><td class='n'>100.0%</td>" in section
+    explanation_rows.insert_explanations(client, [dict(explanation("q1", "v1", [1.0, 0, 0], 0.5), model_name="other")],
+                                         database)
+    assert "No challenger shadowed this model" in build_report(client, "other", base_minute(0), 3600, 3600, database)
+    with pytest.raises(ModelNotFound, match="unknown model 'nosuch'"):
+        build_report(client, "nosuch", base_minute(0), 3600, 3600, database)

@@ -1,0 +1,138 @@
+"""The overview of one model: explanation health (coverage, the fallback's share and what it
+means, latency, cache hits), drift alerts, the most frequent principal reasons, and the
+adverse decisions with links to their decision pages.
+
+Latency is `latency_ms` of each explanation: explanation time minus the decision's event
+time. When event times are replayed (`make demo` streams the last 20 minutes of decisions
+in a minute or two) that measures how old the replayed events were, not how fast the
+engine is; `replayed` detects it from the spans of the two clocks and the page says so.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from whystream.jobs.analytics import drift_sql
+from whystream.jobs.clickhouse.sql import DEFAULT_DATABASE
+from whystream.jobs.console import figures, queries
+from whystream.jobs.console.html import duration, esc, figure, fmt, pct, table, when
+from whystream.jobs.console.period import Period
+
+FALLBACK_MEANS = ("<b>Fallback</b>: when live TreeSHAP fails, or a priority decision's latency budget is spent, the "
+                  "worker explains it with Saabas path attribution, an approximation (source FALLBACK) whose "
+                  "attributions need not add up exactly. Fallback explanations are kept out of every drift "
+                  "statistic; LIVE and CACHE explanations are exact TreeSHAP (base value + attributions = raw score).")
+COVERAGE_MEANS = ("<b>Coverage</b>: explained decisions / estimated decisions (the sum of the inclusion weights: "
+                  "every priority decision counts 1, a sampled one n/k).")
+
+
+def replayed(spans: dict) -> bool:
+    """Event times replayed: the decisions' event times spread far wider than the times they were
+    explained at (a live stream explains at the pace it decides).
+
+    >>> replayed({"n": 500, "event_span_ms": 1_200_000, "explained_span_ms": 90_000})
+    True
+    >>> replayed({"n": 500, "event_span_ms": 600_000, "explained_span_ms": 598_000})
+    False
+    """
+    return spans["n"] >= 20 and spans["event_span_ms"] > 2 * spans["explained_span_ms"] + 60_000
+
+
+def latency_label(spans: dict) -> str:
+    """What the latency figures measure, in one paragraph for the page."""
+    base = ("Latency = explanation time − the decision's event time (latency_ms), so it includes any time "
+            "before the event reached the broker.")
+    if replayed(spans):
+        return (f"<p class='note'><b>Replayed event times</b>: these decisions span "
+                f"{duration(spans['event_span_ms'])} of event time but were explained within "
+                f"{duration(spans['explained_span_ms'])}, so the latency below is the age of replayed events "
+                f"(replay), not the engine's latency. {base}</p>")
+    return f"<p class='meta'>{base}</p>"
+
+
+def health_section(client, model: str, period: Period, database: str = DEFAULT_DATABASE) -> str:
+    now = drift_sql.engine_health(client, model, period.start_ms, period.end_ms, 0, database)
+    spans = queries.time_spans(client, model, period.start_ms, period.end_ms, database)
+    label = "latency (replay)" if replayed(spans) else "latency"
+    # "fallback" is defined where it first appears: before the figures that use the word
+    parts = ["<h2>Explanation health now</h2>", f"<p class='meta'>{FALLBACK_MEANS}</p><p class='meta'>{COVERAGE_MEANS}</p>",
+             latency_label(spans)]
+    if not now:
+        return "".join(parts) + "<p class='empty'>no explanations in this period</p>"
+    shadows = queries.challenger_versions(client, model, period.history_start_ms, period.history_end_ms, database)
+    for h in sorted(now, key=lambda h: h["model_version"] in shadows):  # the champion first
+        role = " (the challenger's shadow explanations)" if h["model_version"] in shadows else ""
+        kpis = [(fmt(int(h["explained"])), "explained (n)"), (pct(h["coverage"]), "coverage"),
+                (pct(h["fallback_rate"]), "fallback share"), (pct(h["cache_hit_rate"]), "cache hits"),
+                (duration(float(h["latency_p50_ms"])), f"{label} p50"),
+                (duration(float(h["latency_p99_ms"])), f"{label} p99")]
+        parts.append(f"<h3>version {esc(h['model_version'])}{role}</h3><div class='kpis'>"
+                     + "".join(f"<div class='kpi'><b>{v}</b><span>{k}</span></div>" for v, k in kpis) + "</div>")
+    over = drift_sql.engine_health(client, model, period.history_start_ms, period.history_end_ms, period.bucket_s,
+                                   database)
+    by_version: dict[str, list[dict]] = {}
+    for h in over:
+        by_version.setdefault(h["model_version"], []).append(h)
+    shares, latency = {}, {}
+    scale, unit = (1000, "s") if max((h["latency_p99_ms"] for h in over), default=0) >= 2000 else (1, "ms")
+    for v, hs in by_version.items():
+        suffix = (f" ({v}{', challenger' if v in shadows else ''})") if len(by_version) > 1 else ""
+        shares[f"coverage{suffix}"] = [(h["bucket"], h["coverage"]) for h in hs]
+        shares[f"fallback share{suffix}"] = [(h["bucket"], h["fallback_rate"]) for h in hs]
+        shares[f"cache hits{suffix}"] = [(h["bucket"], h["cache_hit_rate"]) for h in hs]
+        latency[f"p50{suffix}"] = [(h["bucket"], h["latency_p50_ms"] / scale) for h in hs]
+        latency[f"p99{suffix}"] = [(h["bucket"], h["latency_p99_ms"] / scale) for h in hs]
+    parts.append("<div class='grid'><div class='card'>" + figure(figures.lines_over_time(
+        f"Coverage, fallback share, cache hits ({period.bucket_s // 60}-minute buckets)", shares, "share",
+        percent=True), "health") + "</div><div class='card'>" + figure(figures.lines_over_time(
+            f"{label.capitalize()} ({unit})", latency, unit), "latency") + "</div></div>")
+    return "".join(parts)
+
+
+def alerts_section(client, model: str, period: Period, database: str = DEFAULT_DATABASE) -> str:
+    alerts = drift_sql.recent_alerts(client, model, period.history_start_ms, 50, database)
+    body = [[esc(when(a["raised_at_ms"])), esc(a["model_version"]), esc(a["feature"]), esc(a["statistic"]),
+             fmt(float(a["value"])), fmt(float(a["threshold"])), fmt(float(a["weighted_n"]), 0)] for a in alerts]
+    return "<h2>Drift alerts</h2>" + (table(["raised", "version", "feature", "statistic", "value", "threshold",
+                                             "weighted n"], body) if body
+                                      else "<p class='empty'>none in this period</p>")
+
+
+def reasons_section(client, model: str, period: Period, database: str = DEFAULT_DATABASE) -> str:
+    reasons = queries.reason_frequencies(client, model, period.history_start_ms, period.history_end_ms,
+                                         database=database)
+    if not reasons:
+        return "<h2>Principal reasons</h2><p class='empty'>no adverse decisions with principal reasons</p>"
+    return "<h2>Principal reasons</h2>" + figure(figures.reason_bars(reasons), "reasons")
+
+
+def adverse_section(client, model: str, period: Period, href: Callable[[str], str | None],
+                    database: str = DEFAULT_DATABASE, limit: int = 50) -> str:
+    found = queries.adverse_decisions(client, model, period.history_start_ms, period.history_end_ms, limit,
+                                      database)
+    if not found:
+        return "<h2>Adverse decisions</h2><p class='empty'>none in this period</p>"
+    body = []
+    for d in found:
+        target = href(d["prediction_id"])
+        pid = f"<a href='{esc(target)}'>{esc(d['prediction_id'])}</a>" if target else esc(d["prediction_id"])
+        reason = f"{esc(d['first_code'])}: {esc(d['first_text'])}" if d["first_code"] else "-"
+        body.append([pid, esc(when(d["event_time_ms"])), esc(d["model_version"]), fmt(float(d["score"]), 4),
+                     fmt(float(d["threshold"]), 4), esc(d["decision"]), esc(d["source"]), reason])
+    return (f"<h2>Adverse decisions (latest {len(found)})</h2>"
+            "<p class='meta'>source LIVE or CACHE: exact TreeSHAP; FALLBACK: the approximation above.</p>"
+            + table(["prediction_id", "event time", "version", "score", "threshold", "decision", "source",
+                     "first principal reason"], body, "adverse"))
+
+
+def overview(client, model: str, period: Period, href: Callable[[str], str | None],
+             database: str = DEFAULT_DATABASE, listed: int = 50) -> str:
+    """The overview's HTML (without the page around it)."""
+    return (f"<h1>{esc(model)}: overview</h1><p class='meta'>\"now\" = {when(period.start_ms)} to "
+            f"{when(period.end_ms)} ({period.window_minutes} minutes); over time: from "
+            f"{when(period.history_start_ms)} in {period.bucket_s // 60}-minute buckets. Counts of decisions are "
+            "inclusion-weighted estimates unless marked n.</p>"
+            + (f"<p class='note'>{esc(period.note)}</p>" if period.note else "")
+            + health_section(client, model, period, database) + alerts_section(client, model, period, database)
+            + reasons_section(client, model, period, database)
+            + adverse_section(client, model, period, href, database, listed))

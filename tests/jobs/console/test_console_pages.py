@@ -1,0 +1,181 @@
+"""The console's pages and the report in a real browser (headless chromium), against one data
+set in chDB (tests/support/console_data.py): every chart drawn with the marks its data asks
+for, a decision page with the decision's own principal reasons, the verify button, the report
+opening from a file with nothing to fetch. Screenshots: tests/support/browser.py."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import pytest
+
+from support import console_data
+from support.browser import charts_drawn, marks, save_page, wait_for
+from support.chdb import MINUTE_MS
+from whystream.jobs.analytics import drift_sql
+from whystream.jobs.analytics.verify import verify_ids
+from whystream.jobs.clickhouse import connection as ch
+from whystream.jobs.clickhouse.query_port import open_query_client
+from whystream.jobs.console.access import ConsoleAccess
+from whystream.jobs.console.drift_page import OVER_TIME, STATISTICS, ranked_features
+from whystream.jobs.console.report import build_report
+from whystream.jobs.console.server import Console, ConsoleServer
+
+BARS, POINTS, WATERFALL = ".barlayer .point", ".scatterlayer .points path", ".waterfalllayer .point"
+
+
+@pytest.fixture(scope="module")
+def data(stack, tmp_path_factory):
+    database = f"t_{uuid.uuid4().hex[:10]}"
+    client = ch.connect(stack, database)
+    end = int(time.time() * 1000) // MINUTE_MS * MINUTE_MS
+    built = console_data.build(client, database, tmp_path_factory.mktemp("console"), end)
+    yield built, client
+    client.command(f"DROP DATABASE IF EXISTS {database} SYNC")
+
+
+@pytest.fixture(scope="module")
+def console(stack, data):
+    built, _ = data
+
+    def verify(client, prediction_id):
+        return verify_ids(client, stack, built.registry, [prediction_id], database=built.database)
+
+    server = ConsoleServer(Console(lambda: open_query_client(stack, built.database), built.database, verify,
+                                   now_ms=lambda: built.end_ms + MINUTE_MS),
+                           ConsoleAccess("127.0.0.1", 0)).start()
+    yield f"http://127.0.0.1:{server.port}"
+    server.stop()
+
+
+def load(browser, url: str) -> int:
+    browser.get(url)
+    return charts_drawn(browser)
+
+
+def test_overview(browser, console, data, screenshots):
+    built, _ = data
+    assert load(browser, f"{console}/model/credit?window=10m") == 3  # health, latency, reasons
+    text = browser.find_element("tag name", "main").text
+    # "fallback" is defined where it first appears; latency says what it measures (not a replay here)
+    first = text.lower().index("fallback")
+    assert text[first:first + 60].startswith("Fallback: when live TreeSHAP fails")
+    assert "explanation time − the decision's event time" in text and "Replayed event times" not in text
+    codes = {r["code"] for e in built.events for r in e["principal_reasons"]}
+    assert marks(browser, "fig-reasons", BARS) == len(codes) > 1
+    adverse = [e for e in built.events if e["principal_reasons"]]
+    links = browser.find_elements("css selector", "table.adverse tbody a")
+    assert len(links) == min(50, len(adverse))
+    newest = max(adverse, key=lambda e: (e["event_time"], e["prediction_id"]))  # ties: the page's order differs
+    assert any(a.text == newest["prediction_id"] for a in links[:5])
+    save_page(browser, screenshots, "overview")
+
+
+def test_drift(browser, console, data, screenshots):
+    built, client = data
+    drawn = load(browser, f"{console}/model/credit/drift?window=10m")
+    assert drawn == 5 + 2 + 1  # a histogram per feature, statistics and mean |SHAP| over time, input drift
+    rows = browser.find_elements("css selector", "table.drift tbody tr")
+    assert rows[0].text.startswith("amount") and "psi" in rows[0].text  # the shifted feature, alerted
+    end = built.end_ms
+    hist = drift_sql.window_histograms(client, "credit", built.model.version, ["amount"], end - 10 * MINUTE_MS, end,
+                                       built.database)["amount"]
+    filled = sum(1 for r, w in zip(hist["reference"], hist["window"]) if r > 0 or w > 0)
+    assert marks(browser, "fig-hist-amount", BARS) == 2 * filled
+    ticks_weight = rows[0].find_elements("tag name", "td")[7].text  # weighted n, all strata
+    ticks = [t.text for t in browser.find_elements("css selector", "#fig-hist-amount .xtick text")]
+    assert len(ticks) == filled and all(re.match(r"^(< |≥ |\[)-?\d", t) for t in ticks), ticks  # real ranges
+    # every statistic over time drawn, and an alert marker for each alert on the features shown
+    shown = ranked_features(drift_sql.feature_drift(client, "credit", end - 10 * MINUTE_MS, end, built.database))
+    alerted = [a for a in built.alerts if a["feature"] in shown[:OVER_TIME] and a["statistic"] in STATISTICS]
+    traced = browser.execute_script("const d=document.getElementById('fig-drift-over-time').data;"
+                                    "return [d.reduce((n,t)=>n+t.x.length,0),"
+                                    "d.filter(t=>t.name=='alert').reduce((n,t)=>n+t.x.length,0)]")
+    assert traced[1] == len(alerted) > 0
+    assert marks(browser, "fig-drift-over-time", POINTS) == traced[0]
+    # mean |SHAP| over time is the version's own (not mixed with the challenger's shadows): the first minute of
+    # the first feature, as the inclusion-weighted mean over the stored exact explanations
+    first = [e for e in built.events if e["event_time"] < built.first_minute_ms + MINUTE_MS
+             and e["source"] in ("LIVE", "CACHE")]
+    j = console_data.FEATURES.index(shown[0])
+    expected = sum(e["inclusion_weight"] * abs(e["attributions"][j]["shap"]) for e in first) / \
+        sum(e["inclusion_weight"] for e in first)
+    plotted = browser.execute_script("return document.getElementById('fig-mean-abs-shap').data[0].y[0]")
+    assert plotted == pytest.approx(expected, rel=1e-9)
+    save_page(browser, screenshots, "drift")
+    browser.find_element("link text", "web").click()  # the same view, one stratum
+    wait_for(browser, "fig-drift-over-time")
+    assert charts_drawn(browser) >= 3 and "stratum web" in browser.find_element("tag name", "main").text
+    # the histograms are the stratum's too: their weight is the stratum's weighted n in the table
+    amount = browser.find_element("css selector", "table.drift tbody tr").find_elements("tag name", "td")
+    assert amount[0].text == "amount"
+    title = browser.find_element("css selector", "#fig-hist-amount .gtitle").text
+    assert f"weighted n {amount[7].text}" in title and amount[7].text != ticks_weight
+    save_page(browser, screenshots, "drift-stratum-web")
+
+
+def test_a_decision_page_shows_its_reasons_and_recomputes(browser, console, data, screenshots):
+    built, _ = data
+    event = built.exact_adverse()[0]
+    assert load(browser, f"{console}/decision/{event['prediction_id']}") == 2  # waterfall, probability
+    assert marks(browser, "fig-waterfall", WATERFALL) == len(console_data.FEATURES) + 2  # base, each, score
+    rows = browser.find_elements("css selector", "table.reasons tbody tr")
+    shown = [r.find_elements("tag name", "td")[1].text for r in rows]
+    assert shown == [r["code"] for r in event["principal_reasons"]] and shown
+    assert console_data.CODES[event["principal_reasons"][0]["feature"]][1] in rows[0].text
+    text = browser.find_element("tag name", "main").text
+    assert f"{event['score']:.2%}" in text and "Not recomputed" in text and event["model_version"] in text
+    save_page(browser, screenshots, "decision")
+    browser.find_element("id", "verify").click()
+    assert wait_for(browser, "verify-status").text == "MATCH"
+    charts_drawn(browser)
+    save_page(browser, screenshots, "decision-verified")
+    # printed, it is the decision's file: no navigation, no button
+    browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "print"})
+    assert not browser.find_element("tag name", "nav").is_displayed()
+    assert "Adverse action file" in browser.find_element("tag name", "main").text
+    save_page(browser, screenshots, "decision-print")
+    browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": ""})
+
+
+def test_a_fallback_decision_says_it_is_approximate(browser, console, data):
+    built, _ = data
+    event = next(e for e in built.events if e["source"] == "FALLBACK")
+    load(browser, f"{console}/decision/{event['prediction_id']}")
+    assert "This explanation is approximate" in browser.find_element("tag name", "main").text
+    browser.find_element("id", "verify").click()
+    assert wait_for(browser, "verify-status").text == "MATCH"  # recomputed as Saabas, as stored
+
+
+def test_champion_vs_challenger(browser, console, data, screenshots):
+    built, _ = data
+    assert load(browser, f"{console}/model/credit/compare") == 1
+    assert marks(browser, "fig-compare-" + built.model.version + "-" + built.challenger.version, BARS) == \
+        2 * len(console_data.FEATURES)
+    pairs = browser.find_elements("css selector", "table.pairs tbody tr")
+    assert len(pairs) == 20
+    summary = browser.find_element("css selector", "table.compare tbody tr").text
+    assert f"{len(built.shadows):,}" in summary
+    save_page(browser, screenshots, "compare")
+    pairs[0].find_element("tag name", "a").click()
+    wait_for(browser, "fig-waterfall")
+    assert charts_drawn(browser) >= 1 and "Decision d" in browser.find_element("tag name", "h1").text
+
+
+def test_the_report_opens_from_a_file_with_nothing_to_fetch(browser, data, tmp_path, screenshots):
+    built, client = data
+    html = build_report(client, "credit", built.end_ms + MINUTE_MS, 600, 3600, built.database)
+    assert html.count("Plotly.newPlot") >= 12 and len(re.findall(r"<script src=", html)) == 0
+    assert html.count("plotly.js v") == 1  # the library once, inlined
+    out = tmp_path / "report.html"
+    out.write_text(html)
+    browser.get(out.as_uri())
+    drawn = charts_drawn(browser)
+    assert drawn == html.count("Plotly.newPlot")
+    shown = browser.find_elements("css selector", "section.decision")
+    assert 1 <= len(shown) <= 3 and all("This explanation is approximate" not in s.text for s in shown)
+    requests = browser.execute_script("return performance.getEntriesByType('resource').map(r => r.name)")
+    assert requests == []  # opens offline: nothing fetched
+    save_page(browser, screenshots, "report")
