@@ -17,14 +17,30 @@ reference rows; a model that does not match is refused, never stored.
 Each family module provides:
     recognises(path: Path, head: bytes) -> bool   # by content (head: the first 4 KiB)
     load(path: Path) -> Translated                # WhystreamError (one line) if damaged
+and, for MLflow model URIs (`whystream[mlflow]`), optionally:
+    MLFLOW_FLAVOR: str                            # the flavor in the model's MLmodel file
+    load_mlflow(uri: str) -> Translated
+
+`load(model)` picks the family: FAMILIES is the table, in the order families are tried.
+A family module is imported only when a file is tested against it, and imports its
+library only to load a model of its own: the worker never imports any of them (it reads
+the stored LightGBM text).
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from whystream.errors import WhystreamError
+
+FAMILIES = ("lightgbm", "xgboost")  # modules of this package, tried in this order
+MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
+HEAD_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -37,3 +53,66 @@ class Translated:
     # the library's own (raw predictions [n, K], contributions [n, K, F + 1], bias last) of rows
     # [n, F]; None for LightGBM, whose text is the model itself
     own: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+    # the unit roundoff of the arithmetic `own` adds trees in: 0 for float64 (compared within
+    # 1e-6), 2^-24 for float32 (XGBoost: the tolerance grows with the number of additions)
+    own_roundoff: float = 0.0
+
+
+def load(model: str) -> Translated:
+    """The model in file `model` (or behind an MLflow model URI), translated; WhystreamError
+    (one line) for a file no family recognises, a damaged one, or a model none can explain."""
+    if model.startswith(MLFLOW_SCHEMES):
+        return _load_mlflow(model)
+    path = Path(model)
+    if not path.is_file():
+        raise WhystreamError(f"model file {path}: no such file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEAD_BYTES)
+    except OSError as exc:
+        raise WhystreamError(f"model file {path}: cannot be read ({exc.strerror or exc.__class__.__name__})") from None
+    for name in FAMILIES:
+        family = _family(name)
+        if family.recognises(path, head):
+            return family.load(path)
+    raise WhystreamError(f"model file {path}: not a model whystream reads ({_known()}); " + _hint(head))
+
+
+def _family(name: str):
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def _known() -> str:
+    return "LightGBM text, XGBoost JSON / UBJSON" + "".join(
+        {"sklearn": ", scikit-learn skops", "catboost": ", CatBoost .cbm / JSON"}.get(n, "") for n in FAMILIES)
+
+
+def _hint(head: bytes) -> str:
+    if head.startswith(b"\x80") or head[:2] in (b"PK",):
+        return "a pickle or an archive is never loaded: save the model in its library's own format"
+    if not head:
+        return "the file is empty"
+    return "save it with the library's save_model (LightGBM: Booster.save_model; XGBoost: Booster.save_model('m.json'))"
+
+
+def _load_mlflow(uri: str) -> Translated:
+    try:
+        from mlflow.models import get_model_info
+    except ImportError:
+        raise WhystreamError(f"{uri}: MLflow model URIs need the optional extra: pip install 'whystream[mlflow]'") \
+            from None
+    try:
+        flavors = get_model_info(uri).flavors
+    except Exception as exc:  # MlflowException and friends: no such model, no such run
+        raise WhystreamError(f"{uri}: MLflow cannot find the model ({_first_line(exc)})") from None
+    for name in FAMILIES:
+        family = _family(name)
+        if getattr(family, "MLFLOW_FLAVOR", None) in flavors:
+            return family.load_mlflow(uri)
+    raise WhystreamError(f"{uri}: an MLflow model of flavor(s) {', '.join(sorted(flavors))}; whystream reads "
+                         + ", ".join(getattr(_family(n), "MLFLOW_FLAVOR", n) for n in FAMILIES))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]

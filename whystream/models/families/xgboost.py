@@ -68,12 +68,15 @@ OBJECTIVES = {
 MAX_NODES = 1 << 16  # a translated tree's nodes (copies of default-right categorical subtrees included)
 
 
+MLFLOW_FLAVOR = "xgboost"
+
+
 def recognises(path: Path, head: bytes) -> bool:
     """XGBoost's JSON (`{"learner": ...`) or UBJSON (`{` then an int-typed length and `learner`)."""
     text = head.lstrip()
     if text.startswith(b"{") and b'"learner"' in text[:200]:
         return True
-    return head.startswith(b"{") and b"learner" in head[:16]
+    return head.startswith(b"{") and b"learner" in head[:32]
 
 
 def load(path: Path) -> Translated:
@@ -94,13 +97,34 @@ def load(path: Path) -> Translated:
     version = ".".join(map(str, model.get("version", [])))
 
     def own(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        dm = xgb.DMatrix(X, missing=np.nan)
+        dm = xgb.DMatrix(X, missing=np.nan, feature_names=booster.feature_names, feature_types=booster.feature_types,
+                         enable_categorical=True)
         raw = np.asarray(booster.predict(dm, output_margin=True), dtype=np.float64).reshape(len(X), K)
         contrib = np.asarray(booster.predict(dm, pred_contribs=True), dtype=np.float64)
         return raw, contrib.reshape(len(X), K, X.shape[1] + 1)
 
     return Translated(family="xgboost", booster=lgb.Booster(model_str=text), library=f"xgboost {version}",
-                      own=own)
+                      own=own, own_roundoff=2.0 ** -24)
+
+
+def load_mlflow(uri: str) -> Translated:
+    """A model logged with mlflow.xgboost: its MLmodel names the native file (`data`, UBJSON by
+    default) that `save_model` wrote, read as any other; nothing is unpickled."""
+    import tempfile
+
+    import mlflow.artifacts
+    import yaml
+
+    with tempfile.TemporaryDirectory(prefix="whystream-mlflow-") as tmp:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+            flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["xgboost"]
+        except Exception as exc:  # MlflowException, OSError, a malformed MLmodel
+            raise WhystreamError(f"{uri}: MLflow cannot load it as an XGBoost model ({_first_line(exc)})") from None
+        data = (local / str(flavor.get("data", ""))).resolve()
+        if not data.is_file() or local.resolve() not in data.parents:
+            raise WhystreamError(f"{uri}: the xgboost flavor names no model file inside the model ({flavor.get('data')})")
+        return load(data)
 
 
 def float32_threshold(t: float) -> float:
