@@ -4,12 +4,13 @@ A damaged file is refused in one line; some damage (a number that is not one) ma
 LightGBM's parser abort the whole process instead of raising, so the file is loaded once
 in a child process first.
 
-Random forests (`boosting=rf`; the model text says `average_output`): LightGBM divides
-the sum of the trees by the number of iterations (GBDT::PredictRaw), but its pred_contrib
-and the kernel sum the trees. The translation divides every leaf value by the number of
-iterations and drops `average_output`: the same raw score as a sum, whose TreeSHAP values
-are LightGBM's pred_contrib of the forest divided by the same number (`own` says so, and
-registration checks it).
+Random forests (`boosting=rf`; the model text says `average_output`): LightGBM's prediction
+transforms the MEAN of the trees (GBDT::Predict divides the sum by the number of
+iterations before the sigmoid, say), while its raw_score and pred_contrib are sums. The
+translation divides every leaf value by the number of iterations and drops
+`average_output`: its raw score is that mean, the margin the prediction transforms (so
+`output_space` holds, as for a boosted model), and its TreeSHAP values are the forest's
+pred_contrib divided by the same number (`own` says so, and registration checks it).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def from_booster(booster) -> Translated:
     text = booster.model_to_string(num_iteration=-1)
     head = text[:max(text.find("\nTree="), 0)]
     version = re.search(r"^version=(\S+)$", head, re.MULTILINE)
-    library = f"lightgbm {lgb.__version__} (model text {version.group(1) if version else '?'})"
+    library = f"lightgbm {lgb.__version__}, model text {version.group(1) if version else '?'}"
     if "\naverage_output\n" not in head + "\n":
         return Translated(family="lightgbm", booster=booster, library=library)
     K = booster.num_model_per_iteration()
@@ -79,7 +80,7 @@ def from_booster(booster) -> Translated:
     folded = lgb.Booster(model_str=fold_average(text, n_iter))
 
     def own(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        raw = np.asarray(booster.predict(X, raw_score=True)).reshape(len(X), K)
+        raw = np.asarray(booster.predict(X, raw_score=True)).reshape(len(X), K) / n_iter
         contrib = np.asarray(booster.predict(X, pred_contrib=True)).reshape(len(X), K, -1) / n_iter
         return raw, contrib
 
@@ -89,7 +90,8 @@ def from_booster(booster) -> Translated:
 def fold_average(text: str, n_iter: int) -> str:
     """A random forest's text with every leaf value divided by `n_iter` and no `average_output`."""
     start = text.find("\nTree=")
-    head = text[:start].replace("\naverage_output\n", "\n")
+    # tree_sizes (each tree's text length, for parallel parsing) no longer holds: LightGBM parses without
+    head = re.sub(r"^tree_sizes=.*\n", "", text[:start].replace("\naverage_output\n", "\n"), flags=re.MULTILINE)
 
     def divide(m: re.Match) -> str:
         values = np.array(m.group(1).split(), dtype=np.float64) / n_iter

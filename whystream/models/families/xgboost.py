@@ -38,6 +38,9 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -85,13 +88,19 @@ def load(path: Path) -> Translated:
     except ImportError:
         raise WhystreamError(f"model file {path}: an XGBoost model; it needs the optional extra: "
                              "pip install 'whystream[xgboost]'") from None
+    _probe(path)
     try:
-        booster = xgb.Booster(model_file=str(path))
+        booster = _read(xgb, path.read_bytes())
         model = json.loads(booster.save_raw(raw_format="json"))
     except Exception as exc:  # XGBoostError on a truncated or damaged file
-        raise WhystreamError(f"model file {path}: XGBoost cannot load it ({_first_line(exc)})") from None
+        raise WhystreamError(f"model file {path}: XGBoost cannot load it, truncated or damaged "
+                             f"({_first_line(exc)})") from None
     booster.set_param({"nthread": 1})
-    text, K = translate(model, str(path))
+    try:
+        text, K = translate(model, str(path))
+    except (KeyError, IndexError, TypeError, ValueError) as exc:  # loadable, but not trees as XGBoost writes them
+        raise WhystreamError(f"model file {path}: damaged XGBoost model ({type(exc).__name__}: "
+                             f"{_first_line(exc)})") from None
     import lightgbm as lgb
 
     version = ".".join(map(str, model.get("version", [])))
@@ -105,6 +114,30 @@ def load(path: Path) -> Translated:
 
     return Translated(family="xgboost", booster=lgb.Booster(model_str=text), library=f"xgboost {version}",
                       own=own, own_roundoff=2.0 ** -24)
+
+
+def _read(xgb, data: bytes):
+    """A Booster from the file's bytes: XGBoost tells JSON from UBJSON by content (from a
+    file name it would guess by the extension)."""
+    with warnings.catch_warnings(), xgb.config_context(verbosity=0):
+        warnings.simplefilter("ignore")
+        booster = xgb.Booster()
+        booster.load_model(bytearray(data))
+        return booster
+
+
+def _probe(path: Path) -> None:
+    """Load the file once in a child process: some damage to a UBJSON file makes XGBoost's
+    parser crash the whole process (a segmentation fault) instead of raising."""
+    code = ("import sys, xgboost\nfrom whystream.models.families.xgboost import _read\n"
+            "_read(xgboost, open(sys.argv[1], 'rb').read()).save_raw('json')")
+    probe = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=600)
+    if probe.returncode != 0:
+        said = [line for line in probe.stderr.splitlines() if "Error" in line]
+        why = _first_line(Exception(said[-1].split(": ", 1)[-1])) if said else (
+            f"the loader died with signal {-probe.returncode}" if probe.returncode < 0
+            else f"the loader exited with status {probe.returncode}")
+        raise WhystreamError(f"model file {path}: XGBoost cannot load it, truncated or damaged ({why})")
 
 
 def load_mlflow(uri: str) -> Translated:
