@@ -104,7 +104,7 @@ def _load_mlflow(uri: str) -> Translated:
     try:
         flavors = get_model_info(uri).flavors
     except Exception as exc:  # MlflowException and friends: no such model, no such run
-        raise WhystreamError(f"{uri}: MLflow cannot find the model ({_first_line(exc)})") from None
+        raise WhystreamError(f"{uri}: MLflow cannot load it ({_first_line(exc)})") from None
     for name in FAMILIES:
         family = _family(name)
         if getattr(family, "MLFLOW_FLAVOR", None) in flavors:

@@ -162,13 +162,13 @@ def load_mlflow(uri: str) -> Translated:
 
 def float32_threshold(t: float) -> float:
     """The largest double x with float32(x) < float32(t): XGBoost's `float32(x) < t` as `x <= t'`."""
-    t32 = np.float32(t)
-    below = np.nextafter(t32, np.float32(-np.inf))
-    # the float32 just below t and t are adjacent: their midpoint is exact in double; past the
-    # largest float32, values round to -inf from -(FLT_MAX + half an ulp) on
-    low = -(2.0 ** 128) if np.isinf(below) else float(below)
-    mid = (low + float(t32)) / 2
     with np.errstate(over="ignore"):
+        t32 = np.float32(t)
+        below = np.nextafter(t32, np.float32(-np.inf))
+        # the float32 just below t and t are adjacent: their midpoint is exact in double; past the
+        # largest float32, values round to -inf from -(FLT_MAX + half an ulp) on
+        low = -(2.0 ** 128) if np.isinf(below) else float(below)
+        mid = (low + float(t32)) / 2
         return mid if np.float32(mid) < t32 else float(np.nextafter(mid, -np.inf))
 
 
