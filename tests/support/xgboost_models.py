@@ -24,7 +24,7 @@ MODELS = {
 }
 
 
-def train(name: str, n: int = 2000, rounds: int = 15, seed: int = 0, **extra) -> xgb.Booster:
+def train(name: str, n: int = 1500, rounds: int = 12, seed: int = 0, **extra) -> xgb.Booster:
     params, objective, _ = MODELS[name]
     X = make_rows(n, seed)
     data = xgb.DMatrix(X, target(objective, X, seed + 1), feature_names=FEATURES, feature_types=TYPES,

@@ -201,7 +201,7 @@ def test_an_mlflow_xgboost_uri_from_a_real_local_store(tmp_path, monkeypatch):
     mlflow.set_tracking_uri((tmp_path / "mlruns").as_uri())
     booster = train("softprob", n=600, rounds=3)
     with mlflow.start_run():
-        mlflow.xgboost.log_model(booster, name="model", registered_model_name="tiers")
+        mlflow.xgboost.log_model(booster, name="model", registered_model_name="tiers", pip_requirements=["xgboost"])
     booster.save_model(str(tmp_path / "tiers.json"))
     reference = write_csv(tmp_path / "ref.csv", make_rows(1000, 3))
     code, out = cli(tmp_path / "r", "register", "tiers", "models:/tiers/1", "--reference", str(reference))

@@ -30,6 +30,9 @@ the stored LightGBM text).
 from __future__ import annotations
 
 import importlib
+import re
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -111,6 +114,29 @@ def _load_mlflow(uri: str) -> Translated:
             return family.load_mlflow(uri)
     raise WhystreamError(f"{uri}: an MLflow model of flavor(s) {', '.join(sorted(flavors))}; whystream reads "
                          + ", ".join(getattr(_family(n), "MLFLOW_FLAVOR", n) for n in FAMILIES))
+
+
+# what the libraries import when they find it installed, and a probe never needs (1.5 s of imports)
+_OPTIONAL = ("sklearn", "pandas", "pyarrow", "polars", "cudf", "dask", "datatable", "matplotlib", "graphviz")
+
+
+def probe(path: Path, load_code: str, library: str) -> None:
+    """Run `load_code` (Python, the file's path in sys.argv[1]) in a child process first:
+    some damage makes a library's parser crash or abort the whole process instead of
+    raising. WhystreamError naming what the child said (or the signal it died of) if it fails."""
+    code = f"import sys\nfor m in {_OPTIONAL!r}:\n    sys.modules[m] = None\n{load_code}"
+    run = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=600)
+    if run.returncode == 0:
+        return
+    said = [line for line in (run.stdout + run.stderr).splitlines() if "[Fatal]" in line or "Error" in line]
+    if said:
+        why = said[-1].strip().removeprefix("[LightGBM] ")
+        why = why.split("Error: ", 1)[-1]  # the exception's class
+        why = re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", why)  # XGBoost's "[time] file.cc:line: "
+    else:
+        why = (f"the loader died with signal {-run.returncode}" if run.returncode < 0
+               else f"the loader exited with status {run.returncode}")
+    raise WhystreamError(f"model file {path}: {library} cannot load it, truncated or damaged ({why[:300]})")
 
 
 def _first_line(exc: BaseException) -> str:

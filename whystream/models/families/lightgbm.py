@@ -16,14 +16,12 @@ pred_contrib divided by the same number (`own` says so, and registration checks 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from whystream.errors import WhystreamError
-from whystream.models.families import Translated
+from whystream.models.families import Translated, probe
 
 
 MLFLOW_FLAVOR = "lightgbm"
@@ -103,12 +101,7 @@ def fold_average(text: str, n_iter: int) -> str:
 
 
 def _probe(path: Path) -> None:
-    probe = subprocess.run([sys.executable, "-c", "import sys, lightgbm; lightgbm.Booster(model_file=sys.argv[1])",
-                            str(path)], capture_output=True, text=True, timeout=600)
-    if probe.returncode != 0:
-        said = [line for line in (probe.stdout + probe.stderr).splitlines() if "[Fatal]" in line or "Error" in line]
-        why = said[-1].strip() if said else f"the loader died with exit status {probe.returncode}"
-        raise WhystreamError(f"model file {path}: LightGBM cannot load it ({why[:300]})")
+    probe(path, "import lightgbm\nlightgbm.Booster(model_file=sys.argv[1])", "LightGBM")
 
 
 def first_line(exc: BaseException) -> str:

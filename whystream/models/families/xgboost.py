@@ -38,15 +38,13 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from whystream.errors import WhystreamError
-from whystream.models.families import Translated
+from whystream.models.families import Translated, probe
 from whystream.models.families.lgbtext import Tree, constant, model_text
 
 # XGBoost objective -> (LightGBM objective line, base score's ProbToMargin)
@@ -127,17 +125,10 @@ def _read(xgb, data: bytes):
 
 
 def _probe(path: Path) -> None:
-    """Load the file once in a child process: some damage to a UBJSON file makes XGBoost's
-    parser crash the whole process (a segmentation fault) instead of raising."""
-    code = ("import sys, xgboost\nfrom whystream.models.families.xgboost import _read\n"
-            "_read(xgboost, open(sys.argv[1], 'rb').read()).save_raw('json')")
-    probe = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=600)
-    if probe.returncode != 0:
-        said = [line for line in probe.stderr.splitlines() if "Error" in line]
-        why = _first_line(Exception(said[-1].split(": ", 1)[-1])) if said else (
-            f"the loader died with signal {-probe.returncode}" if probe.returncode < 0
-            else f"the loader exited with status {probe.returncode}")
-        raise WhystreamError(f"model file {path}: XGBoost cannot load it, truncated or damaged ({why})")
+    """Some damage to a UBJSON file (a negative parent index, say) makes XGBoost crash the
+    whole process (a segmentation fault) instead of raising: the file is loaded in a child first."""
+    probe(path, "import xgboost\nfrom whystream.models.families.xgboost import _read\n"
+                "_read(xgboost, open(sys.argv[1], 'rb').read()).save_raw('json')", "XGBoost")
 
 
 def load_mlflow(uri: str) -> Translated:
