@@ -3,7 +3,8 @@ categorical splits, missing values) and an XGBoost challenger to a LightGBM cham
 registered with the real CLI; PredictionEvents sent by examples/produce_predictions.py;
 a real `whystream worker` (which never imports xgboost: it reads the stored LightGBM
 text) explains them; the explanations, decoded from the topic with the .avsc alone, are
-XGBoost's own margins and pred_contribs (within float32) and the champion's LightGBM SHAP."""
+XGBoost's own margins and pred_contribs (within float32) and the champion's LightGBM SHAP;
+stored in ClickHouse (chDB) as the sink stores them, `verify` recomputes every one."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from support.objective_models import FEATURES, make_rows
 from support.objective_models import train as train_lightgbm
 from support.xgboost_models import own
 from support.xgboost_models import train as train_xgboost
+from whystream.jobs.analytics import verify
+from whystream.jobs.sink import explanation_rows
 from whystream.kafka.reader import read_all, scan
 from whystream.models.events import announce, model_event
 from whystream.models.registry import ModelRegistry
@@ -51,7 +54,7 @@ def registered(engine_settings, tmp_path):
     return engine_settings.with_(registry=registry), boosters
 
 
-def test_xgboost_models_and_an_xgboost_challenger_through_a_real_worker(registered, tmp_path):
+def test_xgboost_models_and_an_xgboost_challenger_through_a_real_worker(registered, tmp_path, db):
     settings, boosters = registered
     registry = ModelRegistry(settings.registry)
     champion, tiers = registry.load("credit"), registry.load("tiers")
@@ -86,6 +89,7 @@ def test_xgboost_models_and_an_xgboost_challenger_through_a_real_worker(register
         assert worker.process.poll() is None, "the worker died"
         maps = open(f"/proc/{worker.process.pid}/maps").read()
         dead = read_all(settings, settings.topic("predictions.dlq"), "DeadLetter")
+        as_the_sink_reads_them = read_all(settings, settings.topic("explanations"), "ExplanationEvent")
         assert len(found) == len(events) + 8, (sorted(found), dead, worker.get("/metrics")[1].decode()[-3000:])
     finally:
         worker.kill()
@@ -118,3 +122,15 @@ def test_xgboost_models_and_an_xgboost_challenger_through_a_real_worker(register
         assert abs(e["raw_score"] - expected_raw) <= bound and np.abs(phi - expected).max() <= bound, (
             pid, e["raw_score"], expected_raw, phi, expected, e["explained_class"], e["base_value"])
         assert abs(e["base_value"] + phi[:-1].sum() - e["raw_score"]) <= 1e-9 * max(1, abs(e["raw_score"]))
+
+    # principal reasons of the XGBoost model's adverse decisions; stored in ClickHouse as the sink does, and
+    # every explanation (XGBoost champion and shadows alike) recomputed by `whystream verify` from the registry
+    declined = [e for e in found.values() if e["model_name"] == "tiers" and e["decision"] == "decline"]
+    assert declined and all(e["principal_reasons"] for e in declined)
+    for e in declined:
+        toward = [r["feature"] for r in e["top_reasons"] if r["shap"] > 0][:4]
+        assert [r["feature"] for r in e["principal_reasons"]] == toward
+    client, database = db
+    explanation_rows.insert_explanations(client, as_the_sink_reads_them, database)
+    verdicts = verify.verify_ids(client, settings, registry, sorted(found), database=database)
+    assert len(verdicts) == len(found) and {x.status for x in verdicts} == {verify.MATCH}, verdicts
