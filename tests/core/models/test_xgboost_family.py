@@ -210,3 +210,29 @@ def test_an_mlflow_xgboost_uri_from_a_real_local_store(tmp_path, monkeypatch):
     assert via_mlflow.family == "xgboost" and via_mlflow.source == "models:/tiers/1"
     code, out = cli(tmp_path / "r", "register", "tiers", str(tmp_path / "tiers.json"), "--reference", str(reference))
     assert code == 0 and ModelRegistry(tmp_path / "r").load("tiers").version == via_mlflow.version, out
+
+
+@pytest.mark.parametrize("objective", ["reg:logistic", "binary:logitraw", "reg:absoluteerror", "reg:pseudohubererror",
+                                       "reg:quantileerror", "reg:squaredlogerror", "rank:pairwise", "rank:ndcg"])
+def test_the_other_objectives_translate_to_xgboosts_margins_and_predictions(objective):
+    import lightgbm as lgb
+    import xgboost as xgb
+
+    X = make_rows(1000, 4)[:, 1:]  # numeric features only
+    s = np.nan_to_num(X[:, 0]) - np.nan_to_num(X[:, 1])
+    y = {"reg:logistic": 1 / (1 + np.exp(-s)), "reg:squaredlogerror": np.exp(s)}.get(
+        objective, (s > 0) + (s > 1.0) if objective.startswith(("rank", "binary")) else 3 * s).astype(float)
+    if objective == "binary:logitraw":
+        y = (y > 0).astype(float)
+    data = xgb.DMatrix(X, y, group=[50] * 20 if objective.startswith("rank") else None)
+    extra = {"quantile_alpha": 0.3} if objective == "reg:quantileerror" else {}
+    booster = xgb.train({"objective": objective, "max_depth": 3, "nthread": 1, **extra}, data, 8)
+    text, _ = family.translate(json.loads(booster.save_raw("json")), objective)
+    translated = lgb.Booster(model_str=text)
+    dm = xgb.DMatrix(X)
+    margin, prediction = booster.predict(dm, output_margin=True), booster.predict(dm)
+    contrib = booster.predict(dm, pred_contribs=True)
+    bound = 1e-6 + 9 * F32 * np.maximum(1, np.abs(contrib).sum(axis=1))  # float32 sums of 8 trees + base
+    assert np.all(np.abs(translated.predict(X, raw_score=True) - margin) <= bound)
+    assert np.all(np.abs(translated.predict(X) - prediction) <= 2 * bound * np.maximum(1, np.abs(prediction)))
+    assert np.all(np.abs(TreeShap(translated).shap_values(X) - contrib[:, :-1]).max(axis=1) <= bound)
