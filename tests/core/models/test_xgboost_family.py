@@ -236,3 +236,21 @@ def test_the_other_objectives_translate_to_xgboosts_margins_and_predictions(obje
     assert np.all(np.abs(translated.predict(X, raw_score=True) - margin) <= bound)
     assert np.all(np.abs(translated.predict(X) - prediction) <= 2 * bound * np.maximum(1, np.abs(prediction)))
     assert np.all(np.abs(TreeShap(translated).shap_values(X) - contrib[:, :-1]).max(axis=1) <= bound)
+
+
+def test_without_the_extra_and_with_unusable_names_it_is_one_line(tmp_path, monkeypatch):
+    from whystream.errors import WhystreamError
+    from whystream.models import families
+
+    booster = train("regression", n=600, rounds=2)
+    booster.save_model(str(tmp_path / "m.json"))
+    model = json.loads((tmp_path / "m.json").read_text())
+    model["learner"]["feature_names"][1] = "amount in euro"
+    with pytest.raises(WhystreamError, match="'amount in euro': LightGBM's model text cannot hold a name with spaces"):
+        family.translate(model, "m.json")
+    model["learner"]["gradient_booster"]["name"] = "gblinear"
+    with pytest.raises(WhystreamError, match="an XGBoost gblinear model; only tree boosters"):
+        family.translate(model, "m.json")
+    monkeypatch.setitem(sys.modules, "xgboost", None)  # as if whystream[xgboost] were not installed
+    with pytest.raises(WhystreamError, match=r"an XGBoost model; it needs the optional extra: pip install 'whystream\[xgboost\]'"):
+        families.load(str(tmp_path / "m.json"))
