@@ -70,6 +70,13 @@ def registered(tmp_path_factory):
     return root, boosters
 
 
+def tree_weights(gb: dict) -> list[float]:
+    """DART's tree weights: beside the trees up to XGBoost 3.2 (booster "dart"), in the tree
+    model since DART became gbtree's dropout (3.4)."""
+    inner = gb["gbtree"]["model"] if gb["name"] == "dart" else gb["model"]
+    return gb.get("weight_drop") or inner.get("weight_drop") or []
+
+
 def xgboost_routing(booster, X):
     """Raw margins [n, K] from XGBoost's own routing (pred_leaf) and leaf values, summed in float64."""
     import xgboost as xgb
@@ -80,7 +87,7 @@ def xgboost_routing(booster, X):
     learner = model["learner"]
     gb = learner["gradient_booster"]
     trees = (gb["gbtree"]["model"] if gb["name"] == "dart" else gb["model"])
-    weights = gb.get("weight_drop") or [1.0] * len(trees["trees"])
+    weights = tree_weights(gb) or [1.0] * len(trees["trees"])
     K = max(1, int(learner["learner_model_param"]["num_class"]))
     link = family.OBJECTIVES[learner["objective"]["name"]][1]
     raw = np.tile(family._margins(learner["learner_model_param"]["base_score"], link, K), (len(X), 1))
@@ -132,7 +139,7 @@ def test_the_models_exercise_categorical_sets_missing_values_and_dart_weights(re
             for node in tree.get("categories_nodes", []):
                 splits["default_left" if tree["default_left"][node] else "default_right"] += 1
         if name == "dart":
-            assert len(set(gb["weight_drop"])) > 1  # trees of different weights
+            assert len(set(tree_weights(gb))) > 1  # trees of different weights
     assert splits["default_left"] and splits["default_right"], splits
     X = make_rows(100, 5)
     assert np.isnan(X).any() and len(set(X[~np.isnan(X[:, 0]), 0])) > 5
