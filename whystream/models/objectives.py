@@ -22,9 +22,10 @@ explained for one class (whystream/treeshap/, class_index).
 
 Not explainable exactly, refused at registration (and dead-lettered at serve
 time should such a version reach the registry by other means): linear trees
-(`linear_tree`: leaves hold linear models, not constants) and random forests
-(`boosting=rf`, `average_output`: the raw score is a mean over trees, which the
-kernel does not divide by).
+(`linear_tree`: leaves hold linear models, not constants) and a model text that
+still says `average_output` (a random forest's raw score is a mean over trees, which
+the kernel does not divide by: registration folds the mean into the leaf values,
+whystream/models/families/lightgbm.py, and stores that).
 """
 
 from __future__ import annotations
@@ -77,8 +78,8 @@ def model_kind(model_str: str) -> ModelKind:
                                                                          re.MULTILINE):
         raise UnsupportedModel("linear trees (linear_tree=true): leaves hold linear models, which exact "
                                "TreeSHAP for constant leaves cannot explain; retrain without linear_tree")
-    if "\naverage_output\n" in head + "\n" or re.search(r"^\[boosting: rf\]$", model_str, re.MULTILINE):
-        raise UnsupportedModel("random forest (boosting=rf, average_output): the raw score is a mean over "
-                               "trees, not a sum; retrain with boosting=gbdt")
+    if "\naverage_output\n" in head + "\n":
+        raise UnsupportedModel("random forest (average_output) as LightGBM wrote it: the raw score is a mean "
+                               "over trees, not a sum; `whystream register` folds the mean into the leaves")
     n_outputs = int(fields.get("num_tree_per_iteration", 1))
     return ModelKind(objective, n_outputs, _SPACES[objective])

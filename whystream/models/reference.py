@@ -1,7 +1,9 @@
 """A model version's SHAP reference, computed once at registration: the SHAP values of
 held-out rows, the drift-histogram bin edges near their deciles, the reference
 histogram, the unit of the near-threshold band, and the kernel's self-check against
-LightGBM (raw scores and additivity) that every version passes before it is stored."""
+LightGBM (raw scores and additivity) that every version passes before it is stored,
+with, for a model translated from another library, the check against that library's
+own predictions and SHAP values."""
 
 from __future__ import annotations
 
@@ -78,6 +80,39 @@ def check_kernel(booster: lgb.Booster, kind: ModelKind, X: np.ndarray) -> None:
         if not worst <= SELF_CHECK_TOLERANCE:
             raise UnsupportedModel(f"TreeSHAP attributions miss the raw score by {worst:.3g} (output {k}); "
                                    "this model cannot be explained exactly")
+
+
+def check_own(booster: lgb.Booster, kind: ModelKind, translated, X: np.ndarray) -> None:
+    """Check a translated model against its library's own raw scores and SHAP values
+    (`translated.own`, whystream/models/families/) on rows X: LightGBM's raw scores of the
+    translation, the kernel's raw scores, and its SHAP values and base value (the bias column).
+    UnsupportedModel, naming the worst difference, if not.
+
+    Per row, the tolerance is SELF_CHECK_TOLERANCE * max(1, |raw|), plus, for a library that
+    adds in float32 (XGBoost: each of a row's T leaf values, and each tree's SHAP values, is
+    added to a float32 running sum, which rounds by up to 2^-24 of its magnitude every time),
+    (T + 1) * 2^-24 * max(1, sum of |contributions|): the error bound of T + 1 float32
+    additions whose partial sums stay within the row's total |contribution|.
+    """
+    own_raw, own_contrib = translated.own(X)
+    lgb_raw = np.asarray(booster.predict(X, raw_score=True)).reshape(len(X), kind.n_outputs)
+    for k in range(kind.n_outputs):
+        kernel = TreeShap(booster, class_index=k if kind.multiclass else None)
+        magnitude = np.maximum(1.0, np.abs(own_contrib[:, k]).sum(axis=1))
+        tolerance = (SELF_CHECK_TOLERANCE * np.maximum(1.0, np.abs(own_raw[:, k]))
+                     + (kernel.n_trees + 1) * translated.own_roundoff * magnitude)
+        ours = np.column_stack([kernel.shap_values(X), np.full(len(X), kernel.expected_value)])
+        for what, mine in (("raw scores", lgb_raw[:, k]), ("raw scores", kernel.raw_score(X)),
+                           ("SHAP values", ours)):
+            theirs = own_raw[:, k] if what == "raw scores" else own_contrib[:, k]
+            excess = np.abs(mine - theirs).reshape(len(X), -1).max(axis=1) / tolerance
+            if not float(np.max(excess, initial=0.0)) <= 1.0:
+                row = int(np.nanargmax(np.where(np.isnan(excess), np.inf, excess)))
+                worst = float(np.max(np.abs(mine - theirs).reshape(len(X), -1)[row]))
+                raise UnsupportedModel(
+                    f"the translation's {what} differ from {translated.library}'s own by {worst:.3g} on reference "
+                    f"row {row + 1} (output {k}; tolerance {tolerance[row]:.3g}); this model cannot be explained "
+                    "exactly")
 
 
 def reference_shap(booster: lgb.Booster, kind: ModelKind, X: np.ndarray) -> np.ndarray:

@@ -1,10 +1,12 @@
-"""`whystream register`: put a LightGBM model trained anywhere into the registry.
+"""`whystream register`: put a tree ensemble trained anywhere into the registry.
 
     whystream register NAME MODEL_FILE --reference DATA_FILE [--threshold T] [--reason-codes CODES_FILE]
 
-MODEL_FILE is what `Booster.save_model()` writes (LightGBM's text format), or,
-with the `whystream[mlflow]` extra, an MLflow model URI (`models:/NAME/VERSION`,
-`runs:/RUN_ID/PATH`, `models:/m-...`) of a model logged with mlflow.lightgbm.
+MODEL_FILE is what the library's own `save_model` writes (LightGBM's text format,
+XGBoost's JSON or UBJSON with `whystream[xgboost]`; recognised by content and translated
+into LightGBM's model text: whystream/models/families/), or, with the `whystream[mlflow]`
+extra, an MLflow model URI (`models:/NAME/VERSION`, `runs:/RUN_ID/PATH`, `models:/m-...`)
+of a model logged with mlflow.lightgbm or mlflow.xgboost.
 DATA_FILE holds held-out rows (Parquet or CSV), one column per model feature,
 named as the model names them: missing values empty / null / NaN, categorical
 features as the integer codes the model was trained on. Their SHAP values
@@ -13,7 +15,8 @@ deciles the drift histograms' bin edges.
 
 Everything is checked before anything is written, and each problem ends in one
 line naming the file and the column, row or count (a WhystreamError): not a
-LightGBM model, a truncated one, a model the kernel cannot explain exactly,
+model whystream reads, a truncated one, a model the kernel cannot explain exactly
+(or whose translation differs from its library's own predictions and SHAP values),
 fewer than MIN_REFERENCE_ROWS rows, missing or extra columns, text in a numeric
 column, a fraction in a categorical one. The registry then writes the version
 in a temporary directory and renames it into place (whystream/models/registry.py).
@@ -23,8 +26,6 @@ from __future__ import annotations
 
 import csv
 import math
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -33,6 +34,7 @@ import lightgbm as lgb
 import numpy as np
 
 from whystream.errors import UnsupportedModel, WhystreamError
+from whystream.models import families
 from whystream.models.objectives import model_kind
 from whystream.models.reason_codes import load_reason_codes
 from whystream.models.registry import (
@@ -42,7 +44,6 @@ from whystream.models.registry import (
 )
 
 MIN_REFERENCE_ROWS = 1_000
-MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 _MISSING = {"", "na", "nan", "null", "none"}
 
 
@@ -50,61 +51,6 @@ _MISSING = {"", "na", "nan", "null", "none"}
 class Reference:
     X: np.ndarray  # [m, F] in the model's feature order, NaN = missing
     path: Path
-
-
-def load_booster(model: str) -> lgb.Booster:
-    """The booster in a LightGBM text file, or behind an MLflow model URI."""
-    if model.startswith(MLFLOW_SCHEMES):
-        return _mlflow_booster(model)
-    path = Path(model)
-    if not path.is_file():
-        raise WhystreamError(f"model file {path}: no such file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise WhystreamError(f"model file {path}: not a LightGBM text model ({exc.__class__.__name__})") from None
-    if not text.startswith("tree\n"):
-        raise WhystreamError(f"model file {path}: not a LightGBM text model (Booster.save_model() writes one; "
-                             "it starts with a line 'tree')")
-    if "\nend of trees" not in text:
-        raise WhystreamError(f"model file {path}: truncated (no 'end of trees' line); save the model again")
-    _probe(path)
-    try:
-        return lgb.Booster(model_str=text)
-    except Exception as exc:  # LightGBMError on a damaged file
-        raise WhystreamError(f"model file {path}: LightGBM cannot load it ({_first_line(exc)})") from None
-
-
-def _probe(path: Path) -> None:
-    """Load the file once in a child process: some damage (a number that is not one, say)
-    makes LightGBM's parser abort the whole process instead of raising."""
-    probe = subprocess.run([sys.executable, "-c", "import sys, lightgbm; lightgbm.Booster(model_file=sys.argv[1])",
-                            str(path)], capture_output=True, text=True, timeout=600)
-    if probe.returncode != 0:
-        said = [line for line in (probe.stdout + probe.stderr).splitlines() if "[Fatal]" in line or "Error" in line]
-        why = said[-1].strip() if said else f"the loader died with exit status {probe.returncode}"
-        raise WhystreamError(f"model file {path}: LightGBM cannot load it ({why[:300]})")
-
-
-def _mlflow_booster(uri: str) -> lgb.Booster:
-    try:
-        import mlflow.lightgbm
-    except ImportError:
-        raise WhystreamError(f"{uri}: MLflow model URIs need the optional extra: pip install 'whystream[mlflow]'") \
-            from None
-    try:
-        model = mlflow.lightgbm.load_model(uri)
-    except Exception as exc:  # MlflowException and friends: no such model, no such run, not the lightgbm flavor
-        raise WhystreamError(f"{uri}: MLflow cannot load it as a LightGBM model ({_first_line(exc)})") from None
-    booster = getattr(model, "booster_", model)  # an sklearn LGBMModel holds its booster
-    if not isinstance(booster, lgb.Booster):
-        raise WhystreamError(f"{uri}: not a LightGBM model (MLflow returned {type(model).__name__})")
-    return booster
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
 
 
 def load_reference(path: Path | str, feature_names: list[str], categorical: list[str]) -> Reference:
@@ -141,6 +87,11 @@ def load_reference(path: Path | str, feature_names: list[str], categorical: list
                                      "a category code; categorical features are the non-negative integer codes "
                                      "the model was trained on")
     return Reference(X, path)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
 
 
 def _names(names: list[str], shown: int = 8) -> str:
@@ -203,7 +154,8 @@ def register_model(registry: ModelRegistry, name: str, model: str, reference: Pa
     if not name or "/" in name or name.startswith(".") or name != name.strip():
         raise WhystreamError(f"model name {name!r}: it must not be empty, contain '/', start with '.' or have "
                              "spaces around it")
-    booster = load_booster(model)
+    translated = families.load(model)
+    booster = translated.booster
     try:
         kind = model_kind(booster.model_to_string())
     except UnsupportedModel as exc:
@@ -226,7 +178,7 @@ def register_model(registry: ModelRegistry, name: str, model: str, reference: Pa
     try:
         return registry.register(name, booster, threshold, ref.X, reason_codes=codes,
                                  adverse_direction=adverse_direction, source=str(model), redact=redact,
-                                 challenger=challenger)
+                                 challenger=challenger, translated=translated)
     except UnsupportedModel as exc:
         raise WhystreamError(f"{model}: cannot be explained exactly: {exc}") from None
 
@@ -242,6 +194,7 @@ def describe(model: RegisteredModel) -> list[tuple[str, str]]:
         ("model", f"{model.name} version {model.version}"),
         ("objective", f"{kind.objective}" + (f" ({kind.n_outputs} classes)" if kind.multiclass else "")
          + f", explained in {kind.output_space}"),
+        ("family", f"{model.family} ({model.library})" if model.library else model.family),
         ("features", f"{len(model.feature_names)}"),
         ("categorical", ", ".join(model.categorical_features) or "none"),
         ("threshold", f"{model.threshold:g}" if model.has_threshold else "none"),

@@ -1,10 +1,12 @@
-"""The model registry: versioned LightGBM models with their SHAP reference.
+"""The model registry: versioned tree models, as LightGBM model text, with their SHAP reference.
 
 Layout under the root:
 
-    <name>/<version>/model.txt      booster.model_to_string()
+    <name>/<version>/model.txt      booster.model_to_string() (of every family: the translation
+                                    whystream/models/families/ made of an XGBoost model, say)
     <name>/<version>/meta.json      everything but the arrays, human readable: feature names,
-                                    objective and output space, threshold, reason-code table
+                                    objective and output space, threshold, reason-code table,
+                                    family and library the model came from
     <name>/<version>/reference.npz  reference_shap, bin_edges, reference_hist
     <name>/<version>/input_reference.npz  value bins, value proportions, missing rates and
                                     score distribution of the reference rows (whystream/models/input_reference.py)
@@ -16,14 +18,17 @@ of its reason-code table and adverse direction when given), so registering the
 same model twice is a no-op and a version never changes.
 
 Only versions the TreeSHAP kernel explains exactly get in: `register` reads the
-objective (whystream/models/objectives.py; linear trees and random forests are refused)
-and checks the kernel against LightGBM on the reference rows (raw scores and
-additivity, every output) before anything is written. A version that a worker
+objective (whystream/models/objectives.py; linear trees are refused), checks the kernel
+against LightGBM on the reference rows (raw scores and additivity, every output) and,
+for a translated model, LightGBM's and the kernel's raw scores and SHAP values against
+the library's own (`Translated.own`, whystream/models/reference.py: check_own) before
+anything is written. A version that a worker
 cannot serve is refused here, in one line, not in the stream.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -41,11 +46,13 @@ import numpy as np
 
 from whystream.errors import ModelNotFound, UnsupportedModel, WhystreamError
 from whystream.models import input_reference
+from whystream.models.families import Translated
 from whystream.models.objectives import ModelKind, model_kind
 from whystream.models.reference import (
     N_BINS,
     SELF_CHECK_ROWS,
     check_kernel,
+    check_own,
     reference_shap,
     score_scale,
     shap_bin_edges,
@@ -80,6 +87,8 @@ class RegisteredModel:
     source: str = ""  # where the model was registered from
     redacted_features: frozenset[str] = frozenset()  # values left out of explanations (attributions stay)
     input_reference: object | None = None  # jobs.input_reference.InputReference; None: registered before it was kept
+    family: str = "lightgbm"  # the library family it was registered from (whystream/models/families/)
+    library: str = ""  # the library and version that wrote the file; "" when registered before it was kept
 
     def feature_index(self) -> dict[str, int]:
         """Column of each feature in X and in SHAP arrays."""
@@ -126,6 +135,7 @@ class ModelRegistry:
         source: str = "",
         redact: Iterable[str] = (),
         challenger: bool = False,
+        translated: Translated | None = None,
     ) -> RegisteredModel:
         """Store `booster` as a version of `name` and make it the latest.
 
@@ -136,13 +146,17 @@ class ModelRegistry:
         `redact` never appear in its explanations (their attributions do).
         Raises UnsupportedModel (nothing written) for a model the kernel cannot
         explain exactly. `challenger`: store the version as the challenger of `name`'s champion,
-        not as its latest (`promote` makes it the champion).
+        not as its latest (`promote` makes it the champion). `translated`: what
+        whystream/models/families/ read `booster` from (family, library, its own predictions
+        and SHAP values, checked too); None: a LightGBM booster.
         """
         if challenger and not (self.root / name / "LATEST").is_file():
             raise WhystreamError(f"{name} has no champion to challenge: register it without --challenger-of first")
         model_str = booster.model_to_string()
         feature_names = booster.feature_name()
         kind = model_kind(model_str)
+        if translated is not None and translated.output_space:
+            kind = dataclasses.replace(kind, output_space=translated.output_space)
         if threshold is None and kind.objective == "binary":
             raise UnsupportedModel("a binary classifier needs the threshold its decisions are taken against")
         if adverse_direction not in (1, -1):
@@ -163,6 +177,8 @@ class ModelRegistry:
         inputs = input_reference.compute(stored, X, threshold, adverse_direction)
         if not model_dir.exists():
             check_kernel(stored, kind, X[:SELF_CHECK_ROWS])
+            if translated is not None and translated.own is not None:
+                check_own(stored, kind, translated, X[:SELF_CHECK_ROWS])
             shap = reference_shap(stored, kind, X)
             edges = shap_bin_edges(shap)
             hist = shap_histogram(shap, edges) / len(shap)
@@ -185,6 +201,8 @@ class ModelRegistry:
                 "n_reference": len(shap),
                 "n_bins": N_BINS,
                 "redact": redact,
+                "family": "lightgbm" if translated is None else translated.family,
+                "library": f"lightgbm {lgb.__version__}" if translated is None else translated.library,
             }
             self._write_version(model_dir, model_str, meta, shap, edges, hist, inputs)
         elif input_reference.load(model_dir) is None:  # registered before input references were kept
@@ -289,6 +307,7 @@ def _load_version(version_dir: Path) -> RegisteredModel:
         a.setflags(write=False)
     model_str = (version_dir / "model.txt").read_text()
     kind = model_kind(model_str)  # UnsupportedModel for a version that bypassed `register`
+    kind = dataclasses.replace(kind, output_space=meta.get("output_space", kind.output_space))
     names = meta["feature_names"]
     table = {e["feature"]: (e["code"], e["text"]) for e in meta.get("reason_codes") or []}
     return RegisteredModel(
@@ -309,5 +328,7 @@ def _load_version(version_dir: Path) -> RegisteredModel:
         source=meta.get("source", ""),
         redacted_features=frozenset(meta.get("redact", ())),
         input_reference=input_reference.load(version_dir),
+        family=meta.get("family", "lightgbm"),
+        library=meta.get("library", ""),
         **arrays,
     )

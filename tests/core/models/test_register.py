@@ -131,7 +131,7 @@ def bad_inputs(files, tmp_path):
     (tmp_path / "codes.csv").write_text("feature,code,text\nshoe_size,S1,Shoes\n")
     ref = ["--reference", str(files["csv"])]
     return [
-        ("not a model", [str(tmp_path / "notes.txt"), *ref, "--threshold", "0.5"], "not a LightGBM text model"),
+        ("not a model", [str(tmp_path / "notes.txt"), *ref, "--threshold", "0.5"], "not a model whystream reads"),
         ("truncated model", [str(tmp_path / "truncated.txt"), *ref, "--threshold", "0.5"], "truncated"),
         ("damaged model", [str(tmp_path / "damaged.txt"), *ref, "--threshold", "0.5"], "LightGBM cannot load it"),
         ("no model file", [str(tmp_path / "nothing.txt"), *ref], "no such file"),

@@ -17,14 +17,33 @@ reference rows; a model that does not match is refused, never stored.
 Each family module provides:
     recognises(path: Path, head: bytes) -> bool   # by content (head: the first 4 KiB)
     load(path: Path) -> Translated                # WhystreamError (one line) if damaged
+and, for MLflow model URIs (`whystream[mlflow]`), optionally:
+    MLFLOW_FLAVOR: str                            # the flavor in the model's MLmodel file
+    load_mlflow(uri: str) -> Translated
+
+`load(model)` picks the family: FAMILIES is the table, in the order families are tried.
+A family module is imported only when a file is tested against it, and imports its
+library only to load a model of its own: the worker never imports any of them (it reads
+the stored LightGBM text).
 """
 
 from __future__ import annotations
 
+import importlib
+import re
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from whystream.errors import WhystreamError
+
+FAMILIES = ("lightgbm", "xgboost")  # modules of this package, tried in this order
+MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
+HEAD_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -37,3 +56,89 @@ class Translated:
     # the library's own (raw predictions [n, K], contributions [n, K, F + 1], bias last) of rows
     # [n, F]; None for LightGBM, whose text is the model itself
     own: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+    # the unit roundoff of the arithmetic `own` adds trees in: 0 for float64 (compared within
+    # 1e-6), 2^-24 for float32 (XGBoost: the tolerance grows with the number of additions)
+    own_roundoff: float = 0.0
+
+
+def load(model: str) -> Translated:
+    """The model in file `model` (or behind an MLflow model URI), translated; WhystreamError
+    (one line) for a file no family recognises, a damaged one, or a model none can explain."""
+    if model.startswith(MLFLOW_SCHEMES):
+        return _load_mlflow(model)
+    path = Path(model)
+    if not path.is_file():
+        raise WhystreamError(f"model file {path}: no such file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEAD_BYTES)
+    except OSError as exc:
+        raise WhystreamError(f"model file {path}: cannot be read ({exc.strerror or exc.__class__.__name__})") from None
+    for name in FAMILIES:
+        family = _family(name)
+        if family.recognises(path, head):
+            return family.load(path)
+    raise WhystreamError(f"model file {path}: not a model whystream reads ({_known()}); " + _hint(head))
+
+
+def _family(name: str):
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def _known() -> str:
+    return "LightGBM text, XGBoost JSON / UBJSON" + "".join(
+        {"sklearn": ", scikit-learn skops", "catboost": ", CatBoost .cbm / JSON"}.get(n, "") for n in FAMILIES)
+
+
+def _hint(head: bytes) -> str:
+    if head.startswith(b"\x80") or head[:2] in (b"PK",):
+        return "a pickle or an archive is never loaded: save the model in its library's own format"
+    if not head:
+        return "the file is empty"
+    return "save it with the library's save_model (LightGBM: Booster.save_model; XGBoost: Booster.save_model('m.json'))"
+
+
+def _load_mlflow(uri: str) -> Translated:
+    try:
+        from mlflow.models import get_model_info
+    except ImportError:
+        raise WhystreamError(f"{uri}: MLflow model URIs need the optional extra: pip install 'whystream[mlflow]'") \
+            from None
+    try:
+        flavors = get_model_info(uri).flavors
+    except Exception as exc:  # MlflowException and friends: no such model, no such run
+        raise WhystreamError(f"{uri}: MLflow cannot load it ({_first_line(exc)})") from None
+    for name in FAMILIES:
+        family = _family(name)
+        if getattr(family, "MLFLOW_FLAVOR", None) in flavors:
+            return family.load_mlflow(uri)
+    raise WhystreamError(f"{uri}: an MLflow model of flavor(s) {', '.join(sorted(flavors))}; whystream reads "
+                         + ", ".join(getattr(_family(n), "MLFLOW_FLAVOR", n) for n in FAMILIES))
+
+
+# what the libraries import when they find it installed, and a probe never needs (1.5 s of imports)
+_OPTIONAL = ("sklearn", "pandas", "pyarrow", "polars", "cudf", "dask", "datatable", "matplotlib", "graphviz")
+
+
+def probe(path: Path, load_code: str, library: str) -> None:
+    """Run `load_code` (Python, the file's path in sys.argv[1]) in a child process first:
+    some damage makes a library's parser crash or abort the whole process instead of
+    raising. WhystreamError naming what the child said (or the signal it died of) if it fails."""
+    code = f"import sys\nfor m in {_OPTIONAL!r}:\n    sys.modules[m] = None\n{load_code}"
+    run = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=600)
+    if run.returncode == 0:
+        return
+    said = [line for line in (run.stdout + run.stderr).splitlines() if "[Fatal]" in line or "Error" in line]
+    if said:
+        why = said[-1].strip().removeprefix("[LightGBM] ")
+        why = why.split("Error: ", 1)[-1]  # the exception's class
+        why = re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", why)  # XGBoost's "[time] file.cc:line: "
+    else:
+        why = (f"the loader died with signal {-run.returncode}" if run.returncode < 0
+               else f"the loader exited with status {run.returncode}")
+    raise WhystreamError(f"model file {path}: {library} cannot load it, truncated or damaged ({why[:300]})")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]

@@ -1,0 +1,136 @@
+"""XGBoost models end to end on the embedded stack: an XGBoost multiclass model (native
+categorical splits, missing values) and an XGBoost challenger to a LightGBM champion,
+registered with the real CLI; PredictionEvents sent by examples/produce_predictions.py;
+a real `whystream worker` (which never imports xgboost: it reads the stored LightGBM
+text) explains them; the explanations, decoded from the topic with the .avsc alone, are
+XGBoost's own margins and pred_contribs (within float32) and the champion's LightGBM SHAP;
+stored in ClickHouse (chDB) as the sink stores them, `verify` recomputes every one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from test_byo_stream import avsc_decoder
+from test_worker import Worker
+
+from support import REPO
+from support.cli import cli, write_csv
+from support.objective_models import FEATURES, make_rows
+from support.objective_models import train as train_lightgbm
+from support.xgboost_models import own
+from support.xgboost_models import train as train_xgboost
+from whystream.jobs.analytics import verify
+from whystream.jobs.sink import explanation_rows
+from whystream.kafka.reader import read_all, scan
+from whystream.models.events import announce, model_event
+from whystream.models.registry import ModelRegistry
+
+pytestmark = pytest.mark.integration
+F32 = 2.0 ** -24
+ROUNDS = 12
+
+
+@pytest.fixture
+def registered(engine_settings, tmp_path):
+    root = tmp_path / "models"
+    root.mkdir()
+    reference = write_csv(root / "reference.csv", make_rows(1000, 21))
+    boosters = {"credit": train_lightgbm("binary"), "credit~xgb": train_xgboost("binary", rounds=ROUNDS),
+                "tiers": train_xgboost("softprob", rounds=ROUNDS)}
+    boosters["credit"].save_model(str(root / "credit.txt"))
+    boosters["credit~xgb"].save_model(str(root / "credit.ubj"))
+    boosters["tiers"].save_model(str(root / "tiers.json"))
+    registry = root / "registry"
+    for argv in (["credit", str(root / "credit.txt"), "--threshold", "0.5"],
+                 ["credit", str(root / "credit.ubj"), "--threshold", "0.5", "--challenger-of", "credit"],
+                 ["tiers", str(root / "tiers.json")]):
+        code, out = cli(registry, "register", *argv, "--reference", str(reference))
+        assert code == 0, out
+    return engine_settings.with_(registry=registry), boosters
+
+
+def test_xgboost_models_and_an_xgboost_challenger_through_a_real_worker(registered, tmp_path, db):
+    settings, boosters = registered
+    registry = ModelRegistry(settings.registry)
+    champion, tiers = registry.load("credit"), registry.load("tiers")
+    challenger = registry.load("credit", registry.challenger("credit"))
+    assert (champion.family, challenger.family, tiers.family) == ("lightgbm", "xgboost", "xgboost")
+    rows = make_rows(16, 77)
+    events = []
+    for i, x in enumerate(rows):
+        model = champion if i < 8 else tiers
+        events.append({"model": model.name, "version": model.version, "prediction_id": f"{model.name}-{i}",
+                       "features": {f: (None if np.isnan(v) else float(v)) for f, v in zip(FEATURES, x)},
+                       "score": 0.7, "decision": "decline" if i % 2 else "approve", "threshold": 0.5,
+                       "priority": True, "decision_class": (i % 3) if model is tiers and i % 4 == 0 else None})
+    worker = Worker(settings, tmp_path, "--latency-budget-ms", "120000")  # live TreeSHAP even on a loaded machine
+    try:
+        worker.wait_ready(180)
+        announce(settings, model_event(challenger, "CHALLENGER"))
+        time.sleep(2)  # the worker builds the challenger's kernels on the announcement
+        path = tmp_path / "decisions.jsonl"
+        path.write_text("".join(json.dumps(e) + "\n" for e in events))
+        sent = subprocess.run([sys.executable, str(REPO / "examples" / "produce_predictions.py"), "--broker",
+                               settings.broker, "--topic", settings.topic("predictions"), "--events", str(path)],
+                              capture_output=True, text=True, timeout=120)
+        assert sent.returncode == 0, sent.stderr
+        decode = avsc_decoder("ExplanationEvent")
+        found: dict = {}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(found) < len(events) + 8:  # + the 8 shadows
+            found = {e["prediction_id"]: e for e in map(decode, (m.value() for m in scan(
+                settings, settings.topic("explanations"), 10)))}
+            time.sleep(0.5)
+        assert worker.process.poll() is None, "the worker died"
+        maps = open(f"/proc/{worker.process.pid}/maps").read()
+        dead = read_all(settings, settings.topic("predictions.dlq"), "DeadLetter")
+        as_the_sink_reads_them = read_all(settings, settings.topic("explanations"), "ExplanationEvent")
+        assert len(found) == len(events) + 8, (sorted(found), dead, worker.get("/metrics")[1].decode()[-3000:])
+    finally:
+        worker.kill()
+    assert len(found) == len(events) + 8, sorted(found)
+    assert "lightgbm" in maps and "xgboost" not in maps  # XGBoost's library never loaded by the worker
+
+    by_id = {e["prediction_id"]: (i, e) for i, e in enumerate(events)}
+    raw_xgb, contrib_xgb = own(boosters["credit~xgb"], rows[:8])
+    raw_tiers, contrib_tiers = own(boosters["tiers"], rows[8:])
+    lgb_contrib = boosters["credit"].predict(rows[:8], pred_contrib=True)
+    for pid, e in found.items():
+        assert e["source"] == "LIVE", (pid, e["source"])
+        shap = {a["feature"]: a["shap"] for a in e["attributions"]}
+        phi = np.array([shap[f] for f in FEATURES] + [e["base_value"]])
+        if e["role"] == "CHALLENGER":  # the XGBoost challenger, in the champion's shadow
+            i, _ = by_id[e["champion_prediction_id"]]
+            assert pid == f"{e['champion_prediction_id']}~{challenger.version}" and e["output_space"] == "raw_margin"
+            expected_raw, expected = raw_xgb[i, 0], contrib_xgb[i, 0]
+        elif e["model_name"] == "credit":  # the LightGBM champion: exact
+            i, _ = by_id[pid]
+            np.testing.assert_allclose(phi, lgb_contrib[i], rtol=0, atol=1e-9)
+            continue
+        else:  # the XGBoost multiclass champion, for the class asked for or its top class
+            i, event = by_id[pid]
+            klass = event["decision_class"] if event["decision_class"] is not None else int(np.argmax(raw_tiers[i - 8]))
+            assert e["explained_class"] == klass and e["output_space"] == "softmax_logit"
+            expected_raw, expected = raw_tiers[i - 8, klass], contrib_tiers[i - 8, klass]
+        # XGBoost adds ROUNDS trees and its base score in float32 (whystream/models/reference.py: check_own)
+        bound = 1e-6 + (ROUNDS + 1) * F32 * max(1.0, float(np.abs(expected).sum()))
+        assert abs(e["raw_score"] - expected_raw) <= bound and np.abs(phi - expected).max() <= bound, (
+            pid, e["raw_score"], expected_raw, phi, expected, e["explained_class"], e["base_value"])
+        assert abs(e["base_value"] + phi[:-1].sum() - e["raw_score"]) <= 1e-9 * max(1, abs(e["raw_score"]))
+
+    # principal reasons of the XGBoost model's adverse decisions; stored in ClickHouse as the sink does, and
+    # every explanation (XGBoost champion and shadows alike) recomputed by `whystream verify` from the registry
+    declined = [e for e in found.values() if e["model_name"] == "tiers" and e["decision"] == "decline"]
+    assert declined and all(e["principal_reasons"] for e in declined)
+    for e in declined:
+        toward = [r["feature"] for r in e["top_reasons"] if r["shap"] > 0][:4]
+        assert [r["feature"] for r in e["principal_reasons"]] == toward
+    client, database = db
+    explanation_rows.insert_explanations(client, as_the_sink_reads_them, database)
+    verdicts = verify.verify_ids(client, settings, registry, sorted(found), database=database)
+    assert len(verdicts) == len(found) and {x.status for x in verdicts} == {verify.MATCH}, verdicts
