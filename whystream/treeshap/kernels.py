@@ -26,9 +26,11 @@ K_ZERO = 1.0000000180025095e-35
 #  8 nd_left int32   9 nd_right int32  (child: split_index >= 0, or ~leaf_index)
 # 10 lf_val f64
 # 11 un_off int64[T+1]  quad nodes of tree t, numbered 0..nint-1 internal, nint.. leaves
-# 12 un_int int32[:, 4]  parent, prev (node below the previous edge on the same feature,
-#                        or N_t = none), feature of the edge into the node, went-left
-# 13 un_flt f64[:, 2]    combined cover fraction z of that feature on the path, leaf value
+# 12 nd_rec int32[8 U]   per quad node: parent slot, prev slot (prev: the node below the
+#                        path's previous edge on the same feature, or N_t = none), feature * 8,
+#                        went-left, parent's split index, left child slot, right child slot, 0;
+#                        a slot is node * lanes of a pass (8 * tree_nch)
+# 13 nd_flt f64[2 U]     combined cover fraction z of that feature on the path, leaf value
 # 14 tree_nch int64[T]   8-lane chunks a pass over the tree takes (0: run "classic" on this tree)
 # 15 ru_off int64[T]     offset of the tree's rule in RU
 # 16 RU f64[:]           rules: per chunk u[8], 1-u[8], w[8]
@@ -36,7 +38,6 @@ K_ZERO = 1.0000000180025095e-35
 # 21 pn_node int32  22 pn_left bool  23 pn_pos int32  24 pe_feat int32  25 pe_z f64
 #    (per-leaf unique paths, for "classic")
 # 26 tree_rows int64[T]  rows a pass explains: 2 (4 points each, d <= 8) or 1
-# 27 un_kid int32[:, 2]  an internal quad node's children (quad numbering), left then right
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -114,19 +115,54 @@ def _classic_tree(phi, t, M, dec, o, pz, po, pw):
             phi[pe_feat[pe0 + pi - 1]] += total * (of - zf) * v
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _quad_pass(nch, gw, u0, nint, N, ro, nd, fl, RU, P, I, K, O, S, Phi, dec_lo, dec_hi, fo, hi_shift):
+    """One pass of "quad" over a tree for one row (or two sharing the vectors), its shares
+    added to Phi from offset fo. Inlined, so that nch = 1 is a constant where it is one."""
+    # top-down over internal nodes (a parent's index is smaller than its children's)
+    for c in range(1, nint):
+        r = 8 * (u0 + c)
+        side = nd[r + 3]
+        m_lo = np.float64(1 - (dec_lo[nd[r + 4]] ^ side))
+        m_hi = np.float64(1 - (dec_hi[nd[r + 4]] ^ side))
+        z = fl[2 * (u0 + c)]
+        for k in range(nch):
+            kk = LANES * k
+            _v_down(P, I, K, O, RU, c * gw + kk, nd[r] + kk, nd[r + 1] + kk, ro + 3 * kk, z, m_lo, m_hi)
+    for c in range(nint, N):
+        r = 8 * (u0 + c)
+        side = nd[r + 3]
+        m_lo = np.float64(1 - (dec_lo[nd[r + 4]] ^ side))
+        m_hi = np.float64(1 - (dec_hi[nd[r + 4]] ^ side))
+        z = fl[2 * (u0 + c)]
+        v = fl[2 * (u0 + c) + 1]
+        ophi = fo + nd[r + 2]
+        for k in range(nch):
+            kk = LANES * k
+            _v_leaf(P, I, K, O, S, Phi, RU, c * gw + kk, nd[r] + kk, nd[r + 1] + kk, ro + 3 * kk,
+                    ophi, ophi + hi_shift, z, m_lo, m_hi, v)
+    # bottom-up over internal nodes (children first)
+    for c in range(nint - 1, 0, -1):
+        r = 8 * (u0 + c)
+        ophi = fo + nd[r + 2]
+        for k in range(nch):
+            kk = LANES * k
+            _v_up(S, K, Phi, c * gw + kk, nd[r + 5] + kk, nd[r + 6] + kk, nd[r + 1] + kk, ophi, ophi + hi_shift)
+
+
 @njit(nogil=True, cache=True, error_model="numpy")
 def _shap_rows(X, r0, r1, block, M, mode, out, max_nodes, max_d, max_nch):
     """SHAP values of rows r0..r1 added into out, on the calling thread, `block` rows at a
     time; tree-major within a block, so that a tree's arrays stay in cache while the
     block's rows go through it (two rows at a time where they share the vectors)."""
-    tree_node_off, un_off, un_int, un_flt, un_kid = M[0], M[11], M[12], M[13], M[27]
+    tree_node_off, un_off, nd, fl = M[0], M[11], M[12], M[13]
     tree_nch, ru_off, RU, tree_rows = M[14], M[15], M[16], M[26]
     F = X.shape[1]
     T = tree_node_off.shape[0] - 1
     gw_max = LANES * max(max_nch, 1)
     n_slots = (2 * max_nodes + 2) * gw_max  # nodes + the "no previous occurrence" slot
-    dec_lo = np.empty(max(max_nodes, 1), dtype=np.bool_)
-    dec_hi = np.empty(max(max_nodes, 1), dtype=np.bool_)
+    dec_lo = np.empty(max(max_nodes, 1), dtype=np.uint8)
+    dec_hi = np.empty(max(max_nodes, 1), dtype=np.uint8)
     P = np.empty(n_slots)
     I = np.empty(n_slots)
     K = np.empty(n_slots)
@@ -159,7 +195,6 @@ def _shap_rows(X, r0, r1, block, M, mode, out, max_nodes, max_d, max_nch):
             R = tree_rows[t]
             # lanes 4-7 of a vector: the same row's (R = 1) or the next row's (R = 2)
             hi_shift = HALF_LANES + (F * LANES if R == 2 else 0)
-            dec_h = dec_hi if R == 2 else dec_lo
             for k in range(nch):
                 kk = LANES * k
                 _v_copy(P, kk, RU, ro + 3 * kk + 2 * LANES)  # root: the weights
@@ -168,46 +203,18 @@ def _shap_rows(X, r0, r1, block, M, mode, out, max_nodes, max_d, max_nch):
                 _v_set(K, N * gw + kk, 0.0)
             for rr in range(0, B, R):
                 _decide(X[b0 + rr], n0, nint, M, dec_lo)
-                if R == 2:
-                    if rr + 1 < B:
-                        _decide(X[b0 + rr + 1], n0, nint, M, dec_hi)
-                    else:  # no partner: the spare row's lanes, thrown away
-                        dec_hi[:nint] = dec_lo[:nint]
-                fo = rr * F
-                # top-down over internal nodes (a parent's index is smaller than its children's)
-                for c in range(1, nint):
-                    e = u0 + c
-                    p = un_int[e, 0]
-                    pr = un_int[e, 1]
-                    side = un_int[e, 3]
-                    m_lo = np.float64(dec_lo[p] == side)
-                    m_hi = np.float64(dec_h[p] == side)
-                    z = un_flt[e, 0]
-                    for k in range(nch):
-                        kk = LANES * k
-                        _v_down(P, I, K, O, RU, c * gw + kk, p * gw + kk, pr * gw + kk, ro + 3 * kk, z, m_lo, m_hi)
-                for c in range(nint, N):
-                    e = u0 + c
-                    p = un_int[e, 0]
-                    pr = un_int[e, 1]
-                    side = un_int[e, 3]
-                    m_lo = np.float64(dec_lo[p] == side)
-                    m_hi = np.float64(dec_h[p] == side)
-                    ophi = (fo + un_int[e, 2]) * LANES
-                    for k in range(nch):
-                        kk = LANES * k
-                        _v_leaf(P, I, K, O, S, Phi, RU, c * gw + kk, p * gw + kk, pr * gw + kk, ro + 3 * kk,
-                                ophi, ophi + hi_shift, un_flt[e, 0], m_lo, m_hi, un_flt[e, 1])
-                # bottom-up over internal nodes (children first)
-                for c in range(nint - 1, 0, -1):
-                    e = u0 + c
-                    pr = un_int[e, 1]
-                    cl = un_kid[e, 0]
-                    cr = un_kid[e, 1]
-                    ophi = (fo + un_int[e, 2]) * LANES
-                    for k in range(nch):
-                        kk = LANES * k
-                        _v_up(S, K, Phi, c * gw + kk, cl * gw + kk, cr * gw + kk, pr * gw + kk, ophi, ophi + hi_shift)
+                if R == 1:
+                    dec_hi[:nint] = dec_lo[:nint]
+                elif rr + 1 < B:
+                    _decide(X[b0 + rr + 1], n0, nint, M, dec_hi)
+                else:  # no partner: the spare row's lanes, thrown away
+                    dec_hi[:nint] = dec_lo[:nint]
+                if nch == 1:
+                    _quad_pass(1, LANES, u0, nint, N, ro, nd, fl, RU, P, I, K, O, S, Phi, dec_lo, dec_hi,
+                               rr * F * LANES, hi_shift)
+                else:
+                    _quad_pass(nch, gw, u0, nint, N, ro, nd, fl, RU, P, I, K, O, S, Phi, dec_lo, dec_hi,
+                               rr * F * LANES, hi_shift)
         for rr in range(B):
             row = out[b0 + rr]
             for f in range(F):

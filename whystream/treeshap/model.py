@@ -152,6 +152,21 @@ def _quadrature_rules(points) -> tuple[np.ndarray, dict]:
     return (np.concatenate(parts) if parts else np.zeros(3 * LANES)), offsets
 
 
+def _quad_records(un_off, un_int, un_flt, un_kid, tree_nch) -> tuple[np.ndarray, np.ndarray]:
+    """Per quad node, what the "quad" kernel reads, flat: int32 [parent slot, prev slot,
+    feature * 8, went-left, parent's split index, left child slot, right child slot, 0] and
+    float64 [z, leaf value]; a slot is a node's offset (node * lanes of a pass) in the
+    kernel's per-node vectors, so that the kernel adds instead of multiplying."""
+    lanes = np.repeat(LANES * tree_nch, np.diff(un_off))
+    rec = np.zeros((len(un_int), 8), dtype=np.int64)
+    rec[:, 0], rec[:, 1] = un_int[:, 0] * lanes, un_int[:, 1] * lanes
+    rec[:, 2], rec[:, 3], rec[:, 4] = un_int[:, 2] * LANES, un_int[:, 3], un_int[:, 0]
+    rec[:, 5], rec[:, 6] = un_kid[:, 0] * lanes, un_kid[:, 1] * lanes
+    if rec.size and rec.max() >= 2**31:
+        raise UnsupportedModel("a tree too large for the TreeSHAP kernel (over 2^31 vector lanes)")
+    return rec.astype(np.int32).ravel(), np.ascontiguousarray(un_flt).ravel()
+
+
 def _numbers(parts: list[str], dtype) -> np.ndarray:
     text = " ".join(p for p in parts if p)
     return np.fromstring(text, dtype=dtype, sep=" ") if text else np.zeros(0, dtype=dtype)
@@ -258,15 +273,16 @@ def _parse_model(text: str, class_index: int | None = None) -> _Model:
     tree_nch = np.where(quad, np.maximum(tree_points // LANES, 1), 0).astype(i64)
     tree_rows = np.where(tree_points == HALF_LANES, 2, 1).astype(i64)
     RU, rule_off = _quadrature_rules(tree_points)
+    nd_rec, nd_flt = _quad_records(un_off_a, un_int, un_flt, un_kid, tree_nch)
     expected = 0.0
     for ev in tree_ev.tolist():  # in tree order, as PredictContrib accumulates it
         expected += ev
     M = (
         node_off_a, leaf_off_a, feat, thr, kind, catoff, catlen, cat_bits, left, right, lval,
-        un_off_a, un_int, un_flt, tree_nch,
+        un_off_a, nd_rec, nd_flt, tree_nch,
         np.asarray([rule_off.get(int(n), 0) for n in tree_points], dtype=i64), RU,
         lf_d, lf_pe_off, lf_pn_off, lf_pn_len, pn_node, pn_left, pn_pos, pe_feat, pe_z,
-        tree_rows, un_kid,
+        tree_rows,
     )
     return _Model(M, n_features, int(np.diff(node_off_a).max(initial=0)), int(tree_maxd.max(initial=1)),
                   int(tree_nch.max(initial=0)), expected, len(trees), int((has_split & tree_zero).sum()))
