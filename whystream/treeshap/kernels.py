@@ -116,9 +116,10 @@ def _classic_tree(phi, t, M, dec, o, pz, po, pw):
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _quad_pass(nch, gw, u0, nint, N, ro, nd, fl, RU, P, I, K, O, S, Phi, dec_lo, dec_hi, fo, hi_shift):
+def _quad_pass(nch, gw, u0, nint, N, ro, nd, fl, RU, P, I, K, O, S, Phi, dec_lo, dec_hi, fo, hi_shift, half):
     """One pass of "quad" over a tree for one row (or two sharing the vectors), its shares
-    added to Phi from offset fo. Inlined, so that nch = 1 is a constant where it is one."""
+    added to Phi from offset fo; half = 1: one row of 4 points, on 4 lanes. Inlined, so
+    that nch = 1 and half are constants where the caller knows them."""
     # top-down over internal nodes (a parent's index is smaller than its children's)
     for c in range(1, nint):
         r = 8 * (u0 + c)
@@ -128,7 +129,7 @@ def _quad_pass(nch, gw, u0, nint, N, ro, nd, fl, RU, P, I, K, O, S, Phi, dec_lo,
         z = fl[2 * (u0 + c)]
         for k in range(nch):
             kk = LANES * k
-            _v_down(P, I, K, O, RU, c * gw + kk, nd[r] + kk, nd[r + 1] + kk, ro + 3 * kk, z, m_lo, m_hi)
+            _v_down(P, I, K, O, RU, c * gw + kk, nd[r] + kk, nd[r + 1] + kk, ro + 3 * kk, z, m_lo, m_hi, half)
     for c in range(nint, N):
         r = 8 * (u0 + c)
         side = nd[r + 3]
@@ -140,14 +141,14 @@ def _quad_pass(nch, gw, u0, nint, N, ro, nd, fl, RU, P, I, K, O, S, Phi, dec_lo,
         for k in range(nch):
             kk = LANES * k
             _v_leaf(P, I, K, O, S, Phi, RU, c * gw + kk, nd[r] + kk, nd[r + 1] + kk, ro + 3 * kk,
-                    ophi, ophi + hi_shift, z, m_lo, m_hi, v)
+                    ophi, ophi + hi_shift, z, m_lo, m_hi, v, half)
     # bottom-up over internal nodes (children first)
     for c in range(nint - 1, 0, -1):
         r = 8 * (u0 + c)
         ophi = fo + nd[r + 2]
         for k in range(nch):
             kk = LANES * k
-            _v_up(S, K, Phi, c * gw + kk, nd[r + 5] + kk, nd[r + 6] + kk, nd[r + 1] + kk, ophi, ophi + hi_shift)
+            _v_up(S, K, Phi, c * gw + kk, nd[r + 5] + kk, nd[r + 6] + kk, nd[r + 1] + kk, ophi, ophi + hi_shift, half)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -168,15 +169,14 @@ def _shap_rows(X, r0, r1, block, M, mode, out, max_nodes, max_d, max_nch):
     K = np.empty(n_slots)
     O = np.empty(n_slots)
     S = np.empty(n_slots)
-    # per row and feature 8 lanes, and a spare row for the partner of an odd last row
-    Phi = np.empty((min(block, r1 - r0) + 1) * F * LANES)
+    Phi = np.empty(min(block, r1 - r0) * F * LANES)  # per row and feature 8 lanes
     o = np.empty(max_d + 1)
     pz = np.empty(max_d + 2)
     po = np.empty(max_d + 2)
     pw = np.empty(max_d + 2)
     for b0 in range(r0, r1, block):
         B = min(block, r1 - b0)
-        Phi[:(B + 1) * F * LANES] = 0.0
+        Phi[:B * F * LANES] = 0.0
         for t in range(T):
             n0 = tree_node_off[t]
             nint = tree_node_off[t + 1] - n0
@@ -203,18 +203,22 @@ def _shap_rows(X, r0, r1, block, M, mode, out, max_nodes, max_d, max_nch):
                 _v_set(K, N * gw + kk, 0.0)
             for rr in range(0, B, R):
                 _decide(X[b0 + rr], n0, nint, M, dec_lo)
-                if R == 1:
-                    dec_hi[:nint] = dec_lo[:nint]
-                elif rr + 1 < B:
+                half = 0
+                dec_h = dec_lo  # one row: both halves its own
+                if R == 2 and rr + 1 < B:
                     _decide(X[b0 + rr + 1], n0, nint, M, dec_hi)
-                else:  # no partner: the spare row's lanes, thrown away
-                    dec_hi[:nint] = dec_lo[:nint]
-                if nch == 1:
-                    _quad_pass(1, LANES, u0, nint, N, ro, nd, fl, RU, P, I, K, O, S, Phi, dec_lo, dec_hi,
-                               rr * F * LANES, hi_shift)
+                    dec_h = dec_hi
+                elif R == 2:  # no partner: the row alone on 4 lanes
+                    half = 1
+                if nch == 1 and half == 0:
+                    _quad_pass(1, LANES, u0, nint, N, ro, nd, fl, RU, P, I, K, O, S, Phi, dec_lo, dec_h,
+                               rr * F * LANES, hi_shift, 0)
+                elif nch == 1:
+                    _quad_pass(1, LANES, u0, nint, N, ro, nd, fl, RU, P, I, K, O, S, Phi, dec_lo, dec_h,
+                               rr * F * LANES, hi_shift, 1)
                 else:
-                    _quad_pass(nch, gw, u0, nint, N, ro, nd, fl, RU, P, I, K, O, S, Phi, dec_lo, dec_hi,
-                               rr * F * LANES, hi_shift)
+                    _quad_pass(nch, gw, u0, nint, N, ro, nd, fl, RU, P, I, K, O, S, Phi, dec_lo, dec_h,
+                               rr * F * LANES, hi_shift, 0)
         for rr in range(B):
             row = out[b0 + rr]
             for f in range(F):
