@@ -7,6 +7,10 @@ are the two halves' "the row went this way" (equal when one row fills the
 vector). `half` = 1: a row of 4 points without a partner, 4-lane vectors
 (one AVX2 register). Offsets are element offsets into 1-D float64 arrays and are NOT
 bounds-checked: the kernels in `kernels` own all the indexing.
+
+numba's on-disk cache of the kernels is keyed on the text of `kernels.py` alone:
+after changing only this module, delete whystream/treeshap/__pycache__ (or the
+kernels will run the intrinsics they were compiled with).
 """
 
 from __future__ import annotations
