@@ -10,7 +10,7 @@ import math
 import numpy as np
 from numba import njit
 
-from whystream.treeshap.vector import HALF_LANES, LANES, _v_copy, _v_down, _v_leaf, _v_set, _v_sum, _v_up
+from whystream.treeshap.vector import HALF_LANES, LANES, _at, _v_copy, _v_down, _v_leaf, _v_set, _v_sum, _v_up
 
 # float(np.float32(1e-35)): LightGBM's kZeroThreshold is a float literal
 K_ZERO = 1.0000000180025095e-35
@@ -123,32 +123,32 @@ def _quad_pass(nch, gw, u0, nint, N, ro, nd, fl, RU, P, I, K, O, S, Phi, dec_lo,
     # top-down over internal nodes (a parent's index is smaller than its children's)
     for c in range(1, nint):
         r = 8 * (u0 + c)
-        side = nd[r + 3]
-        m_lo = np.float64(1 - (dec_lo[nd[r + 4]] ^ side))
-        m_hi = np.float64(1 - (dec_hi[nd[r + 4]] ^ side))
-        z = fl[2 * (u0 + c)]
+        side = _at(nd, r + 3)
+        m_lo = np.float64(1 - (_at(dec_lo, _at(nd, r + 4)) ^ side))
+        m_hi = np.float64(1 - (_at(dec_hi, _at(nd, r + 4)) ^ side))
+        z = _at(fl, 2 * (u0 + c))
         for k in range(nch):
             kk = LANES * k
-            _v_down(P, I, K, O, RU, c * gw + kk, nd[r] + kk, nd[r + 1] + kk, ro + 3 * kk, z, m_lo, m_hi, half)
+            _v_down(P, I, K, O, RU, c * gw + kk, _at(nd, r) + kk, _at(nd, r + 1) + kk, ro + 3 * kk, z, m_lo, m_hi, half)
     for c in range(nint, N):
         r = 8 * (u0 + c)
-        side = nd[r + 3]
-        m_lo = np.float64(1 - (dec_lo[nd[r + 4]] ^ side))
-        m_hi = np.float64(1 - (dec_hi[nd[r + 4]] ^ side))
-        z = fl[2 * (u0 + c)]
-        v = fl[2 * (u0 + c) + 1]
-        ophi = fo + nd[r + 2]
+        side = _at(nd, r + 3)
+        m_lo = np.float64(1 - (_at(dec_lo, _at(nd, r + 4)) ^ side))
+        m_hi = np.float64(1 - (_at(dec_hi, _at(nd, r + 4)) ^ side))
+        z = _at(fl, 2 * (u0 + c))
+        v = _at(fl, 2 * (u0 + c) + 1)
+        ophi = fo + _at(nd, r + 2)
         for k in range(nch):
             kk = LANES * k
-            _v_leaf(P, I, K, O, S, Phi, RU, c * gw + kk, nd[r] + kk, nd[r + 1] + kk, ro + 3 * kk,
+            _v_leaf(P, I, K, O, S, Phi, RU, c * gw + kk, _at(nd, r) + kk, _at(nd, r + 1) + kk, ro + 3 * kk,
                     ophi, ophi + hi_shift, z, m_lo, m_hi, v, half)
     # bottom-up over internal nodes (children first)
     for c in range(nint - 1, 0, -1):
         r = 8 * (u0 + c)
-        ophi = fo + nd[r + 2]
+        ophi = fo + _at(nd, r + 2)
         for k in range(nch):
             kk = LANES * k
-            _v_up(S, K, Phi, c * gw + kk, nd[r + 5] + kk, nd[r + 6] + kk, nd[r + 1] + kk, ophi, ophi + hi_shift, half)
+            _v_up(S, K, Phi, c * gw + kk, _at(nd, r + 5) + kk, _at(nd, r + 6) + kk, _at(nd, r + 1) + kk, ophi, ophi + hi_shift, half)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")

@@ -5,7 +5,8 @@ missing. A vector holds the quadrature points of one row (8, or a chunk of 16,
 24, ...) or of two rows (4 points each, lanes 0-3 and 4-7); `m_lo` / `m_hi`
 are the two halves' "the row went this way" (equal when one row fills the
 vector). `half` = 1: a row of 4 points without a partner, 4-lane vectors
-(one AVX2 register). Offsets are element offsets into 1-D float64 arrays and are NOT
+(one AVX2 register). `_at` reads one element the same way, for the kernels'
+per-node loads (numba's own indexing adds a negative-index test to each). Offsets are element offsets into 1-D float64 arrays and are NOT
 bounds-checked: the kernels in `kernels` own all the indexing.
 
 numba's on-disk cache of the kernels is keyed on the text of `kernels.py` alone:
@@ -159,6 +160,19 @@ def _v_up(typingctx, S, K, Phi, oc, ol, orr, opr, lo, hi, half):
 
         _by_width(b, half_, emit)
         return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _at(typingctx, D, i):
+    """D[i] as D's element type, without numba's negative-index wraparound (i >= 0)."""
+    sig = D.dtype(D, _INT)
+
+    def codegen(context, b, signature, args):
+        D_, i_ = args
+        data = context.make_array(signature.args[0])(context, b, D_).data
+        return b.load(b.gep(data, [i_]))
 
     return sig, codegen
 
