@@ -67,7 +67,8 @@ def _decide(x, n0, nint, M, dec):
     nd_feat, nd_thr, nd_kind, nd_catoff, nd_catlen, cat_bits = M[2], M[3], M[4], M[5], M[6], M[7]
     for n in range(nint):
         g = n0 + n
-        dec[n] = _go_left(x[nd_feat[g]], nd_kind[g], nd_thr[g], nd_catoff[g], nd_catlen[g], cat_bits)
+        dec[n] = _go_left(_at(x, _at(nd_feat, g)), _at(nd_kind, g), _at(nd_thr, g), _at(nd_catoff, g),
+                          _at(nd_catlen, g), cat_bits)
 
 
 @njit(nogil=True, cache=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 from numba import types
+from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
 LANES = 8  # lanes per vector (one AVX-512 register of doubles)
@@ -167,6 +168,8 @@ def _v_up(typingctx, S, K, Phi, oc, ol, orr, opr, lo, hi, half):
 @intrinsic
 def _at(typingctx, D, i):
     """D[i] as D's element type, without numba's negative-index wraparound (i >= 0)."""
+    if not (isinstance(D, types.Array) and D.ndim == 1 and D.layout == "C"):
+        raise TypingError(f"_at needs a contiguous 1-D array, not {D}")
     sig = D.dtype(D, _INT)
 
     def codegen(context, b, signature, args):
