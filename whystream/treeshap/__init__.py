@@ -47,9 +47,10 @@ through it at once, lanes 0-3 and 4-7 (a row without a partner, as a single
 row is, runs alone on 4 lanes); a tree with d <= 16 takes 8 points, one row a
 vector; deeper ones 16, 24, ... points in 8-lane chunks.  The kernel reads each
 node as one flat record of precomputed vector offsets (parent's, prev's,
-children's, the feature's lanes), so that its scalar work per node is a few
-loads and adds (which halved the time a row takes: the bookkeeping, not the
-arithmetic, was most of it).
+children's, the feature's lanes), read without numba's negative-index test
+(`vector._at`), so that its scalar work per node is a few loads and adds (which
+more than halved the time a row takes: the bookkeeping, not the arithmetic, was
+most of it).
 
 `algorithm="classic"` runs Lundberg's extend / unwound-path-sum (LightGBM's
 own arithmetic, O(L D^2) per tree) on each leaf's unique path.  It serves as a
