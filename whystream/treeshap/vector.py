@@ -6,7 +6,8 @@ missing. A vector holds the quadrature points of one row (8, or a chunk of 16,
 are the two halves' "the row went this way" (equal when one row fills the
 vector). `half` = 1: a row of 4 points without a partner, 4-lane vectors
 (one AVX2 register). `_at` reads one element the same way, for the kernels'
-per-node loads (numba's own indexing adds a negative-index test to each). Offsets are element offsets into 1-D float64 arrays and are NOT
+per-node loads (numba's own indexing adds a negative-index test to each).
+Offsets are element offsets into contiguous 1-D arrays and are NOT
 bounds-checked: the kernels in `kernels` own all the indexing.
 
 numba's on-disk cache of the kernels is keyed on the text of `kernels.py` alone:
