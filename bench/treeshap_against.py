@@ -119,7 +119,8 @@ def run_against(rev: str, names: list[str], rounds: int, quick: bool, json_path:
         latency = [r["reference"][name]["single_row_p50_ms"] / r["this checkout"][name]["single_row_p50_ms"]
                    for r in rows]
         result["summary"][name] = {
-            "rows_per_cpu_s": {side: statistics.median(r[side][name]["rows_per_cpu_s"] for r in rows) for side in sides},
+            "rows_per_cpu_s": {side: statistics.median(r[side][name]["rows_per_cpu_s"] for r in rows)
+                               for side in sides},
             "single_row_p50_ms": {side: statistics.median(r[side][name]["single_row_p50_ms"] for r in rows)
                                   for side in sides},
             "speed_ratio": {"min": min(speed), "median": statistics.median(speed), "max": max(speed)},
@@ -135,7 +136,8 @@ def report(r: dict) -> str:
              f"{'1-row p50 ms ' + r['against']:>24}{'this':>8}{'ratio':>20}"]
     for name, s in r["summary"].items():
         sp, lat = s["speed_ratio"], s["latency_ratio"]
-        lines.append(f"  {name:<11}{s['rows_per_cpu_s']['reference']:>20,.0f}{s['rows_per_cpu_s']['this checkout']:>9,.0f}"
+        speed = s["rows_per_cpu_s"]
+        lines.append(f"  {name:<11}{speed['reference']:>20,.0f}{speed['this checkout']:>9,.0f}"
                      f"{sp['min']:>8.2f} {sp['median']:>5.2f} {sp['max']:>5.2f}"
                      f"{s['single_row_p50_ms']['reference']:>24.3f}{s['single_row_p50_ms']['this checkout']:>8.3f}"
                      f"{lat['min']:>8.2f} {lat['median']:>5.2f} {lat['max']:>5.2f}")

@@ -149,7 +149,8 @@ def _quad_pass(nch, gw, u0, nint, N, ro, nd, fl, RU, P, I, K, O, S, Phi, dec_lo,
         ophi = fo + _at(nd, r + 2)
         for k in range(nch):
             kk = LANES * k
-            _v_up(S, K, Phi, c * gw + kk, _at(nd, r + 5) + kk, _at(nd, r + 6) + kk, _at(nd, r + 1) + kk, ophi, ophi + hi_shift, half)
+            _v_up(S, K, Phi, c * gw + kk, _at(nd, r + 5) + kk, _at(nd, r + 6) + kk, _at(nd, r + 1) + kk,
+                  ophi, ophi + hi_shift, half)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")

@@ -268,8 +268,8 @@ def _parse_model(text: str, class_index: int | None = None) -> _Model:
     # 4 points for d <= 8 (two rows share a vector), else 8 per 16 features (one row, nch chunks).
     # 0: a tree with a zero cover, or a single leaf
     quad = has_split & ~tree_zero
-    tree_points = np.where(quad, np.where(tree_maxd <= HALF_LANES * 2, HALF_LANES, LANES * -(-tree_maxd // (2 * LANES))),
-                           0).astype(i64)
+    wide = LANES * -(-tree_maxd // (2 * LANES))
+    tree_points = np.where(quad, np.where(tree_maxd <= 2 * HALF_LANES, HALF_LANES, wide), 0).astype(i64)
     tree_nch = np.where(quad, np.maximum(tree_points // LANES, 1), 0).astype(i64)
     tree_rows = np.where(tree_points == HALF_LANES, 2, 1).astype(i64)
     RU, rule_off = _quadrature_rules(tree_points)
