@@ -1,6 +1,6 @@
 """Benchmark: whystream's TreeSHAP kernel against shap's TreeExplainer and LightGBM's pred_contrib.
 
-Three LightGBM binary classifiers and one multiclass model on the same synthetic
+LightGBM binary classifiers and one multiclass model on the same synthetic
 data (50 features, 5% NaN in the numeric ones, two categorical features, one
 zero-inflated feature):
 
@@ -8,6 +8,13 @@ zero-inflated feature):
     deep       1000 trees, 255 leaves   (--quick: 200 trees)
     shallow     100 trees,  15 leaves
     multiclass  3 classes x 100 iterations = 300 trees, 31 leaves
+    depth6      300 trees, max_depth 6, up to 64 leaves: the shape of XGBoost's
+                (balanced, depth-6) trees
+    forest      100 trees, up to 2,000 leaves, min_data_in_leaf 2 (--quick: 30
+                trees): the shape of a scikit-learn forest's fully grown trees
+
+Every family's loader translates its model into LightGBM's model text, so these
+shapes run the kernel every family runs.
 
 For the multiclass model shap explains every class of a row at once; ours runs
 one kernel per class (TreeShap(booster, class_index=k)) and is timed doing all
@@ -23,7 +30,11 @@ For each, measured side by side in one run:
 - max |ours - shap| on the measured rows, and the init (parse) and warm-up
   (numba compile or cache load) times.
 
-    python bench/treeshap.py [--quick] [--json PATH]
+    python bench/treeshap.py [--quick] [--json PATH] [--models reference,depth6]
+    python bench/treeshap.py --against REV [--rounds 5] [--models ...]
+
+--against REV times this checkout's kernel against REV's (bench/treeshap_against.py):
+one thread, rows per CPU-second and single-row p50, side by side, alternating.
 
 Prints a table and writes JSON (default bench/results/treeshap.json). Trained
 models are cached in bench/results/models/. Throughput is the best of a few
@@ -38,6 +49,7 @@ import copy
 import json
 import os
 import platform
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -51,11 +63,14 @@ from whystream.treeshap import EXPLAINER_NAME, EXPLAINER_VERSION, TreeShap
 RESULTS = Path(__file__).resolve().parent / "results"
 N_FEATURES = 50
 CATEGORICAL = (0, 1)
-MODELS = {  # name: (iterations, leaves, iterations with --quick, classes)
-    "reference": (300, 31, 300, 1),
-    "deep": (1000, 255, 200, 1),
-    "shallow": (100, 15, 100, 1),
-    "multiclass": (100, 31, 100, 3),
+MODELS = {  # name: (iterations, leaves, iterations with --quick, classes, other LightGBM parameters)
+    "reference": (300, 31, 300, 1, {}),
+    "deep": (1000, 255, 200, 1, {}),
+    "shallow": (100, 15, 100, 1, {}),
+    "multiclass": (100, 31, 100, 3, {}),
+    "depth6": (300, 64, 300, 1, {"max_depth": 6, "min_data_in_leaf": 5}),
+    "forest": (100, 2000, 30, 1, {"min_data_in_leaf": 2, "min_sum_hessian_in_leaf": 0, "feature_fraction_bynode": 0.15,
+                                  "bagging_fraction": 0.63}),
 }
 
 
@@ -76,7 +91,7 @@ def make_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def train(name: str, trees: int, leaves: int, X: np.ndarray, y: np.ndarray,
-          classes: int = 1) -> tuple[lgb.Booster, float]:
+          classes: int = 1, extra: dict | None = None) -> tuple[lgb.Booster, float]:
     """The model, from bench/results/models/ when an identical one was trained before."""
     path = RESULTS / "models" / f"{name}-{trees}x{leaves}-n{len(X)}-b63-k{classes}-lgb{lgb.__version__}.txt"
     if path.exists():
@@ -86,6 +101,7 @@ def train(name: str, trees: int, leaves: int, X: np.ndarray, y: np.ndarray,
     params = dict(objective="binary", num_leaves=leaves, learning_rate=0.05, min_data_in_leaf=20, max_bin=63,
                   feature_fraction=0.9, bagging_fraction=0.8, bagging_freq=1, seed=7, verbose=-1,
                   num_threads=1, force_col_wise=True)
+    params.update(extra or {})
     if classes > 1:  # the classes: terciles of a second score of the same features
         x = np.nan_to_num(X)
         score = x[:, 3:9].sum(axis=1) - x[:, 9:12].sum(axis=1) + (x[:, 0] % 5 == 2) + 0.5 * x[:, 2]
@@ -262,8 +278,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller samples and a 200-tree deep model")
     parser.add_argument("--json", type=Path, default=RESULTS / "treeshap.json")
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ",".join(MODELS))
+    parser.add_argument("--models", help="comma-separated subset of " + ",".join(MODELS) + " (default: all; with "
+                        "--against: reference,depth6,forest)")
+    parser.add_argument("--against", help="a git revision: time this checkout's kernel against its kernel")
+    parser.add_argument("--rounds", type=int, default=5, help="with --against: rounds, each side once a round")
     args = parser.parse_args(argv)
+    if args.against:
+        from bench.treeshap_against import run_against
+        return run_against(args.against, (args.models or "reference,depth6,forest").split(","), args.rounds,
+                           args.quick, args.json if args.json != RESULTS / "treeshap.json"
+                           else RESULTS / "treeshap_against.json")
     t_start = time.perf_counter()
     X, y = make_data(12_000)
     X_eval, _ = make_data(20_000, seed=1)
@@ -277,9 +301,9 @@ def main(argv: list[str] | None = None) -> dict:
         "quick": args.quick,
         "models": {},
     }
-    for name in args.models.split(","):
-        trees, leaves, quick_trees, classes = MODELS[name]
-        booster, train_s = train(name, quick_trees if args.quick else trees, leaves, X, y, classes)
+    for name in (args.models or ",".join(MODELS)).split(","):
+        trees, leaves, quick_trees, classes, extra = MODELS[name]
+        booster, train_s = train(name, quick_trees if args.quick else trees, leaves, X, y, classes, extra)
         print(f"{name}: {booster.num_trees()} trees" + (f" (trained in {train_s:.1f} s)" if train_s else ""),
               flush=True)
         result["models"][name] = bench_model(name, booster, X_eval, args.quick, classes)
@@ -293,4 +317,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/treeshap.py`: find bench.*
     main()

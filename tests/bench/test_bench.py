@@ -46,6 +46,20 @@ def test_engine_benchmark_compares_against_a_worktree_of_the_revision(tmp_path):
     assert "whystream-bench-engine-" not in worktrees  # removed again
 
 
+def test_treeshap_benchmark_compares_against_a_worktree_of_the_revision(tmp_path):
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    result = _run("treeshap.py", "--against", "HEAD", "--rounds", "1", "--models", "shallow",
+                  out=tmp_path / "treeshap.json")
+    assert result["against"] == head and len(result["rounds"]) == 1
+    summary = result["summary"]["shallow"]  # the script itself checks where each side imported from
+    for side in ("reference", "this checkout"):
+        assert summary["rows_per_cpu_s"][side] > 0 and summary["single_row_p50_ms"][side] > 0
+    assert summary["speed_ratio"]["min"] > 0 and summary["latency_ratio"]["median"] > 0
+    worktrees = subprocess.run(["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True).stdout
+    assert "whystream-bench-treeshap-" not in worktrees  # removed again
+
+
 def test_input_views_benchmark_runs(tmp_path):
     result = _run("input_views.py", "--batches", "2", "--per-batch", "200", "--repeat", "1",
                   out=tmp_path / "input_views.json")

@@ -24,19 +24,33 @@ et al. 2020; the Shapley weights are Beta integrals)
 
 The integrand is a polynomial of degree d - 1 (d distinct features on the
 path), so a Gauss-Legendre rule with G >= d/2 points integrates it exactly.
-The per-leaf products are shared along the tree: a top-down pass builds
-P_c(u) = prod of the factors on the path to node c at the G points, a
-bottom-up pass sums v_l P_l(u) over the leaves under each node, and every edge
-adds its feature's share once.  A feature met again deeper on a path replaces
-its earlier factor (top-down: multiply by the new one, divide by the old one;
-bottom-up: the sums of the deeper occurrences are taken out of the earlier
-one's).  Cost: O(N G) per tree and row with N = 2L - 1 nodes, i.e. O(L D)
-like Linear TreeSHAP (Yu et al. 2022), but with no polynomial
+The per-leaf products are shared along the tree.  A top-down pass builds
+P_c(u) = prod of the factors a_j(u) = o_j u + z_j (1 - u) on the path to node c
+at the G points (a feature met again deeper replaces its earlier factor:
+multiply by the new one, divide by the old one) and K_c = (o_c - z_c) / a_c(u)
+for the feature of the edge into c; a bottom-up pass sums S_c = sum of v_l P_l(u)
+over the leaves under c (a leaf's, then its parent's from its two children).
+Every edge adds S_c (K_c - K_prev) to its feature's phi, prev being the
+feature's previous edge on the path: c's share of those leaves, less the share
+the previous edge would otherwise count for them (its factor is replaced there;
+K_prev = 0 without one).  Cost: O(N G) per tree and row with N = 2L - 1 nodes,
+i.e. O(L D) like Linear TreeSHAP (Yu et al. 2022), but with no polynomial
 interpolation, hence no loss of accuracy at depth: every term is a product of
-positive factors.  The G points (8 per AVX-512 register; 16, 24, ... for
-paths with more than 16 distinct features) are computed as one vector by the
-small LLVM intrinsics of `vector`.  The quadrature weights ride in the root's
-product, so each feature's phi is the plain sum of its 8 lanes at the end.
+positive factors.  The quadrature weights ride in the root's product, so each
+feature's phi is the plain sum of its lanes at the end.
+
+The G points are lanes of one vector, computed by the small LLVM intrinsics of
+`vector` (8 doubles: one AVX-512 register, two AVX2 ones), so G is chosen per
+tree from its largest d: a tree with d <= 8 (any tree of depth <= 8, such as
+XGBoost's default depth-6 trees; a quarter of a 31-leaf LightGBM model's) needs 4 points, and two rows go
+through it at once, lanes 0-3 and 4-7 (a row without a partner, as a single
+row is, runs alone on 4 lanes); a tree with d <= 16 takes 8 points, one row a
+vector; deeper ones 16, 24, ... points in 8-lane chunks.  The kernel reads each
+node as one flat record of precomputed vector offsets (parent's, prev's,
+children's, the feature's lanes), read without numba's negative-index test
+(`vector._at`), so that its scalar work per node is a few loads and adds (which
+more than halved the time a row takes: the bookkeeping, not the arithmetic, was
+most of it).
 
 `algorithm="classic"` runs Lundberg's extend / unwound-path-sum (LightGBM's
 own arithmetic, O(L D^2) per tree) on each leaf's unique path.  It serves as a
@@ -71,7 +85,7 @@ then loaded from the package's __pycache__ folder in well under a second - numba
 to a user cache directory where that is not writable, or NUMBA_CACHE_DIR).
 A batch is cut into up to numba.get_num_threads() chunks run by the calling
 thread and a shared thread pool; rows within a chunk go through the trees in
-blocks of up to 64.  There is no numba `parallel=True`: the pool costs no
+blocks of up to 64 (tree-major: a tree's records stay in cache for the block).  There is no numba `parallel=True`: the pool costs no
 compilation, works the same with every numba threading layer, and concurrent
 callers share its cores instead of each starting a team of threads.
 Modules

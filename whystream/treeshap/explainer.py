@@ -75,8 +75,9 @@ class TreeShap:
         self.expected_value: float = float(model.expected_value)
         self.n_trees: int = model.n_trees
         self.n_classic_trees: int = model.n_classic_trees  # zero-cover trees run "classic"
-        # rows per block: the block's lane accumulators (rows x F x 8 doubles) stay in L2
-        self._block = max(1, min(_MAX_BLOCK_ROWS, _PHI_BLOCK_BYTES // (self.n_features * LANES * 8)))
+        # rows per block: the block's lane accumulators (rows x F x 8 doubles) stay in L2; an
+        # even number, so that trees of 4 Gauss points take every row with a partner
+        self._block = 2 * max(1, min(_MAX_BLOCK_ROWS, _PHI_BLOCK_BYTES // (self.n_features * LANES * 8)) // 2)
 
     def _rows(self, X) -> tuple[np.ndarray, bool]:
         X = np.asarray(X)
@@ -106,7 +107,8 @@ class TreeShap:
         if n_chunks <= 1:
             self._run(X, 0, n, out)
         else:
-            edges = np.linspace(0, n, n_chunks + 1).astype(int)
+            edges = (np.linspace(0, n, n_chunks + 1) // 2).astype(int) * 2  # even: rows in pairs
+            edges[-1] = n
             pool = _pool()
             futures = [pool.submit(self._run, X, int(a), int(b), out) for a, b in zip(edges[1:-1], edges[2:])]
             try:

@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit
 
 from whystream.errors import UnsupportedModel
-from whystream.treeshap.vector import LANES
+from whystream.treeshap.vector import HALF_LANES, LANES
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -23,6 +23,7 @@ def _build_paths(node_off, leaf_off, un_off, left, right, feat, icount, lcount, 
     T = node_off.shape[0] - 1
     U = un_off[T]
     un_int = np.zeros((U, 4), dtype=np.int32)
+    un_kid = np.zeros((U, 2), dtype=np.int32)  # an internal node's children, left then right
     un_flt = np.zeros((U, 2))
     dist = np.zeros(U, dtype=np.int64)  # distinct features on the path to the node
     depth = np.zeros(U, dtype=np.int64)
@@ -48,6 +49,7 @@ def _build_paths(node_off, leaf_off, un_off, left, right, feat, icount, lcount, 
                 uid = child if child >= 0 else nint + ~child
                 un_int[u0 + uid, 0] = n
                 un_int[u0 + uid, 3] = side
+                un_kid[u0 + n, 1 - side] = uid
         zero = False
         for c in range(1, N):  # parents have smaller indices than their children
             e = u0 + c
@@ -127,25 +129,42 @@ def _build_paths(node_off, leaf_off, un_off, left, right, feat, icount, lcount, 
                 pn_node[pn0 + j] = un_int[e, 0]
                 pn_left[pn0 + j] = un_int[e, 3] == 1
                 pn_pos[pn0 + j] = pos
-    return (un_int, un_flt, tree_maxd, tree_zero, tree_ev, lf_d, lf_pe_off, lf_pn_off, lf_pn_len,
+    return (un_int, un_flt, un_kid, tree_maxd, tree_zero, tree_ev, lf_d, lf_pe_off, lf_pn_off, lf_pn_len,
             pn_node, pn_left, pn_pos, pe_feat, pe_z)
 
 
-def _quadrature_rules(nchs) -> tuple[np.ndarray, dict]:
-    """Gauss-Legendre rules on [0, 1] with 8 * nch points, laid out per 8-lane chunk as
-    u[8], 1 - u[8], w[8]."""
+def _quadrature_rules(points) -> tuple[np.ndarray, dict]:
+    """Gauss-Legendre rules on [0, 1] with `points` points per row, laid out per 8-lane
+    chunk as u[8], 1 - u[8], w[8]; a 4-point rule fills both halves of one chunk (two rows)."""
     parts, offsets, pos = [], {}, 0
-    for nch in sorted(set(int(n) for n in nchs)):
-        if nch == 0:
+    for n in sorted(set(int(n) for n in points)):
+        if n == 0:
             continue
-        xs, ws = np.polynomial.legendre.leggauss(LANES * nch)
+        xs, ws = np.polynomial.legendre.leggauss(n)
         u, w = (xs + 1.0) / 2.0, ws / 2.0
+        if n < LANES:
+            u, w = np.tile(u, LANES // n), np.tile(w, LANES // n)
         rule = np.concatenate([np.concatenate([u[k:k + LANES], 1.0 - u[k:k + LANES], w[k:k + LANES]])
-                               for k in range(0, LANES * nch, LANES)])
-        offsets[nch] = pos
+                               for k in range(0, len(u), LANES)])
+        offsets[n] = pos
         parts.append(rule)
         pos += len(rule)
     return (np.concatenate(parts) if parts else np.zeros(3 * LANES)), offsets
+
+
+def _quad_records(un_off, un_int, un_flt, un_kid, tree_nch) -> tuple[np.ndarray, np.ndarray]:
+    """Per quad node, what the "quad" kernel reads, flat: int32 [parent slot, prev slot,
+    feature * 8, went-left, parent's split index, left child slot, right child slot, 0] and
+    float64 [z, leaf value]; a slot is a node's offset (node * lanes of a pass) in the
+    kernel's per-node vectors, so that the kernel adds instead of multiplying."""
+    lanes = np.repeat(LANES * tree_nch, np.diff(un_off))
+    rec = np.zeros((len(un_int), 8), dtype=np.int64)
+    rec[:, 0], rec[:, 1] = un_int[:, 0] * lanes, un_int[:, 1] * lanes
+    rec[:, 2], rec[:, 3], rec[:, 4] = un_int[:, 2] * LANES, un_int[:, 3], un_int[:, 0]
+    rec[:, 5], rec[:, 6] = un_kid[:, 0] * lanes, un_kid[:, 1] * lanes
+    if rec.size and rec.max() >= 2**31:
+        raise UnsupportedModel("a tree too large for the TreeSHAP kernel (over 2^31 vector lanes)")
+    return rec.astype(np.int32).ravel(), np.ascontiguousarray(un_flt).ravel()
 
 
 def _numbers(parts: list[str], dtype) -> np.ndarray:
@@ -241,22 +260,29 @@ def _parse_model(text: str, class_index: int | None = None) -> _Model:
     node_off_a = np.asarray(node_off, dtype=i64)
     leaf_off_a = np.asarray(leaf_off, dtype=i64)
     un_off_a = np.asarray(un_off, dtype=i64)
-    (un_int, un_flt, tree_maxd, tree_zero, tree_ev, lf_d, lf_pe_off, lf_pn_off, lf_pn_len,
+    (un_int, un_flt, un_kid, tree_maxd, tree_zero, tree_ev, lf_d, lf_pe_off, lf_pn_off, lf_pn_len,
      pn_node, pn_left, pn_pos, pe_feat, pe_z) = _build_paths(node_off_a, leaf_off_a, un_off_a, left, right, feat,
                                                              icount, lcount, lval)
     has_split = np.diff(node_off_a) > 0
-    # 8 * nch points integrate degree <= 16 nch - 1 exactly; the integrand has degree d - 1.
+    # n Gauss points integrate degree <= 2n - 1 exactly; the integrand has degree d - 1:
+    # 4 points for d <= 8 (two rows share a vector), else 8 per 16 features (one row, nch chunks).
     # 0: a tree with a zero cover, or a single leaf
-    tree_nch = np.where(has_split & ~tree_zero, -(-tree_maxd // (2 * LANES)), 0).astype(i64)
-    RU, rule_off = _quadrature_rules(tree_nch)
+    quad = has_split & ~tree_zero
+    wide = LANES * -(-tree_maxd // (2 * LANES))
+    tree_points = np.where(quad, np.where(tree_maxd <= 2 * HALF_LANES, HALF_LANES, wide), 0).astype(i64)
+    tree_nch = np.where(quad, np.maximum(tree_points // LANES, 1), 0).astype(i64)
+    tree_rows = np.where(tree_points == HALF_LANES, 2, 1).astype(i64)
+    RU, rule_off = _quadrature_rules(tree_points)
+    nd_rec, nd_flt = _quad_records(un_off_a, un_int, un_flt, un_kid, tree_nch)
     expected = 0.0
     for ev in tree_ev.tolist():  # in tree order, as PredictContrib accumulates it
         expected += ev
     M = (
         node_off_a, leaf_off_a, feat, thr, kind, catoff, catlen, cat_bits, left, right, lval,
-        un_off_a, un_int, un_flt, tree_nch,
-        np.asarray([rule_off.get(int(n), 0) for n in tree_nch], dtype=i64), RU,
+        un_off_a, nd_rec, nd_flt, tree_nch,
+        np.asarray([rule_off.get(int(n), 0) for n in tree_points], dtype=i64), RU,
         lf_d, lf_pe_off, lf_pn_off, lf_pn_len, pn_node, pn_left, pn_pos, pe_feat, pe_z,
+        tree_rows,
     )
     return _Model(M, n_features, int(np.diff(node_off_a).max(initial=0)), int(tree_maxd.max(initial=1)),
                   int(tree_nch.max(initial=0)), expected, len(trees), int((has_split & tree_zero).sum()))

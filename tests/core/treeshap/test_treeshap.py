@@ -81,6 +81,8 @@ MODELS = {
     "missing-zero": dict(objective="binary", zero_as_missing=True),
     "missing-none": dict(objective="regression", use_missing=False),
     "deep-paths": dict(objective="regression", num_leaves=40, min_data_in_leaf=2, max_cat_to_onehot=1),
+    # the shape of XGBoost's trees (every family's loader translates to LightGBM's text)
+    "balanced-depth6": dict(objective="binary", num_leaves=64, max_depth=6, min_data_in_leaf=2),
 }
 
 
@@ -139,6 +141,19 @@ def test_single_row_and_batch_paths_agree(model):
     assert np.abs(rows - batch[:40]).max() <= 1e-12
     assert np.abs(small - batch[:3]).max() <= 1e-12
     assert ts.shap_values(X[:0]).shape == (0, F)
+
+
+def test_row_pairs_and_lone_rows_agree(model):
+    # trees with <= 8 features on a path take two rows per vector (4 Gauss points each); an
+    # odd row out runs alone on 4 lanes, and each row's values must not depend on its partner
+    booster, ts = model
+    assert 2 in ts._M[26]  # every fixture model has such trees
+    X = eval_rows(13)[:37]
+    ref, _ = shap_reference(booster, X)
+    odd = ts.shap_values(X)
+    assert np.abs(odd - ref).max() <= TOL
+    assert np.abs(ts.shap_values(X[::-1])[::-1] - odd).max() <= 1e-12  # other partners
+    assert np.abs(ts.shap_values(X[5]) - odd[5]).max() <= 1e-12
 
 
 def test_classic_algorithm_agrees(model):
