@@ -45,19 +45,10 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from whystream.config import ENV
-from whystream.errors import ConfigError, WhystreamError
+from whystream.errors import ConfigError
+from whystream.jobs.clickhouse.query_tree import FunctionCatalogue, RefusedQuery, check_tree
 
-# Table functions that read nothing but their arguments and the tables a read
-# query may read anyway. Every other table function is refused (file, url, s3,
-# remote, executable, python, filesystem, mysql, …), and so is any call of one
-# outside FROM.
-ALLOWED_TABLE_FUNCTIONS = frozenset({
-    "numbers", "numbers_mt", "zeros", "zeros_mt", "generate_series", "generateseries", "primes", "generaterandom",
-    "values", "format", "view", "viewexplain", "merge",
-})
-# Ordinary functions that read the host (a file's content, the disks' sizes).
-DENIED_FUNCTIONS = frozenset({"file", "filesystemavailable", "filesystemcapacity", "filesystemunreserved"})
-
+__all__ = ["QueryLimits", "ReadOnlyQueries", "RefusedQuery", "open_read_only_client"]
 
 @dataclass(frozen=True)
 class QueryLimits:
@@ -86,7 +77,7 @@ class QueryLimits:
     def settings(self) -> dict:
         """Session settings, `readonly` last: once it is 1, nothing can be changed."""
         return {**self.__dict__, "timeout_overflow_mode": "throw", "result_overflow_mode": "throw",
-                "allow_introspection_functions": 0, "readonly": 1}
+                "allow_introspection_functions": 0, "enable_analyzer": 1, "readonly": 1}
 
 
 def open_read_only_client(dsn, database: str | None, limits: QueryLimits):
@@ -121,10 +112,6 @@ def _reason(exc: Exception) -> str:
     return re.sub(r"(: In scope .*)|( \(version [^)]*\))", "", text)[:300]
 
 
-class RefusedQuery(WhystreamError):
-    """A statement the read-only surface does not run; nothing was executed."""
-
-
 class ReadOnlyQueries:
     """Checks statements with ClickHouse's parser and runs the ones that pass,
     on a client from `open_client` (a call of open_read_only_client). A query
@@ -134,20 +121,20 @@ class ReadOnlyQueries:
     def __init__(self, open_client: Callable[[], object]):
         self._open_client = open_client
         self.client = open_client()
-        self._table_functions: frozenset[str] | None = None
-        self._functions: frozenset[str] | None = None
+        self._functions: FunctionCatalogue | None = None
 
     def _scalar(self, sql: str):
         return self.client.query(sql).result_rows[0][0]
 
-    def _catalogue(self) -> tuple[frozenset[str], frozenset[str]]:
-        if self._table_functions is None:
-            self._table_functions, self._functions = self._names("table_functions"), self._names("functions")
-        return self._table_functions, self._functions
-
-    def _names(self, table: str) -> frozenset[str]:
-        # One row, whatever max_result_rows the operator chose (there are ~1,900 functions).
-        return frozenset(name.lower() for name in self._scalar(f"SELECT groupArray(name) FROM system.{table}"))
+    def _catalogue(self) -> FunctionCatalogue:
+        # One row per list, whatever max_result_rows the operator chose (there are ~1,900 functions).
+        if self._functions is None:
+            functions = FunctionCatalogue.load(lambda sql: self.client.query(sql).result_rows[0])
+            bodies = dict(self.client.query("SELECT concat(database, '.', name), as_select FROM system.tables "
+                                            "WHERE engine = 'View' LIMIT 10000").result_rows)
+            self._functions = functions.with_views(bodies, lambda sql: [
+                r[0] for r in self.client.query(f"EXPLAIN QUERY TREE run_passes = 0 {sql}").result_rows])
+        return self._functions
 
     def check(self, sql: str) -> str:
         """The canonical single-line form of `sql` if it is one read query that
@@ -165,28 +152,20 @@ class ReadOnlyQueries:
             raise RefusedQuery("only one read query is accepted (SELECT or WITH, or EXPLAIN of one), without "
                                "INTO OUTFILE or FORMAT; for tables and columns read system.tables and "
                                f"system.columns; got: {canonical[:80]}") from None
-        tree = [r[0] for r in self.client.query(f"EXPLAIN AST {subquery}").result_rows]
-        self._check_calls(tree)
+        # The tree as written first (nothing runs), then the analyzer's resolved
+        # tree (it evaluates constants and scalar subqueries while it resolves).
+        # ClickHouse cannot resolve an EXPLAIN on a read-only session; an EXPLAIN
+        # runs nothing of its query but the analysis, whose calls pass 1 checked.
+        catalogue = self._catalogue()
+        passes = ["EXPLAIN QUERY TREE run_passes = 0"] + ([] if canonical.startswith("EXPLAIN ") else
+                                                          ["EXPLAIN QUERY TREE"])
+        for explain in passes:
+            try:
+                tree = [r[0] for r in self.client.query(f"{explain} {subquery}").result_rows]
+            except Exception as exc:
+                raise RefusedQuery(f"ClickHouse cannot analyse the query: {_reason(exc)}") from None
+            check_tree(tree, catalogue)
         return canonical
-
-    def _check_calls(self, tree: list[str]) -> None:
-        table_functions, functions = self._catalogue()
-        parents: list[tuple[int, str]] = []  # (depth, node) of the lines above
-        for line in tree:
-            depth, node = len(line) - len(line.lstrip(" ")), line.strip()
-            while parents and parents[-1][0] >= depth:
-                parents.pop()
-            parent = parents[-1][1] if parents else ""
-            parents.append((depth, node))
-            if not node.startswith("Function "):
-                continue
-            name = node[len("Function "):].split(" (", 1)[0].strip("`\"").lower()
-            if name in DENIED_FUNCTIONS:
-                raise RefusedQuery(f"function {name}() reads the host; it is not available here")
-            as_table = parent.startswith("TableExpression") or name not in functions
-            if as_table and name in table_functions and name not in ALLOWED_TABLE_FUNCTIONS:
-                raise RefusedQuery(f"table function {name}() reaches outside the database; only "
-                                   f"{', '.join(sorted(ALLOWED_TABLE_FUNCTIONS))} are available here")
 
     def query(self, sql: str, settings: dict | None = None):
         """Run `sql` if it passes check(); the result is clickhouse-connect's."""

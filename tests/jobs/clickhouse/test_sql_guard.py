@@ -138,7 +138,7 @@ def test_guard_refusals_come_from_the_guard_itself(stack, target):
     _, database, _, _, attack = target
     guard = guard_on(stack, database)
     for sql in [*(attack(f"SELECT * FROM {fn}") for fn in TABLE_FUNCTIONS), *map(attack, HOST_READS)]:
-        with pytest.raises(RefusedQuery, match="reads the host|reaches outside"):
+        with pytest.raises(RefusedQuery, match="not available here|reaches outside"):
             guard.check(sql)
     for template in [s for s in STATEMENTS if "OUTFILE" in s or "FORMAT" in s or "DROP" in s]:
         with pytest.raises(RefusedQuery):
