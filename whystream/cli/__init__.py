@@ -16,6 +16,7 @@ import typer
 from whystream.cli import clickhouse, common, dlq, models, stream
 from whystream.config import mask_secrets
 from whystream.errors import WhystreamError
+from whystream.logsafe import mask_secrets_in_logs
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Explain a live stream of model decisions.")
 app.callback()(common.connections)
@@ -26,6 +27,7 @@ app.add_typer(dlq.commands, name="dlq")
 
 
 def main() -> None:
+    mask_secrets_in_logs()
     try:
         app()
     except WhystreamError as exc:
