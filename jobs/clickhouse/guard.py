@@ -41,14 +41,17 @@ does); its `query(sql)` refuses or runs one statement.
 from __future__ import annotations
 
 import re
+import secrets
+import threading
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from whystream.config import ENV
 from whystream.errors import ConfigError
+from whystream.jobs.clickhouse.bounded import AnswerTooLarge, BoundedAnswer, QueryTimeout, run_with_deadline
 from whystream.jobs.clickhouse.query_tree import FunctionCatalogue, RefusedQuery, check_tree
 
-__all__ = ["QueryLimits", "ReadOnlyQueries", "RefusedQuery", "open_read_only_client"]
+__all__ = ["AnswerTooLarge", "QueryLimits", "QueryTimeout", "ReadOnlyQueries", "RefusedQuery", "open_read_only_client"]
 
 @dataclass(frozen=True)
 class QueryLimits:
@@ -59,6 +62,8 @@ class QueryLimits:
     max_result_rows: int = 1_000_000
     max_result_bytes: int = 256 * 2**20
     max_memory_usage: int = 2 * 2**30
+    # The answer as JSON text, measured by the guard while it streams (bounded.py), not ClickHouse.
+    max_reply_bytes: int = 64 * 2**20
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> "QueryLimits":
@@ -76,7 +81,8 @@ class QueryLimits:
 
     def settings(self) -> dict:
         """Session settings, `readonly` last: once it is 1, nothing can be changed."""
-        return {**self.__dict__, "timeout_overflow_mode": "throw", "result_overflow_mode": "throw",
+        engine = {k: v for k, v in self.__dict__.items() if k != "max_reply_bytes"}
+        return {**engine, "timeout_overflow_mode": "throw", "cancel_http_readonly_queries_on_client_close": 1, "result_overflow_mode": "throw",
                 "allow_introspection_functions": 0, "enable_analyzer": 1, "readonly": 1}
 
 
@@ -118,36 +124,40 @@ class ReadOnlyQueries:
     that fails part way leaves a chDB handle with unread data behind (the next
     answer would be garbage), so after a failure the session is opened anew."""
 
-    def __init__(self, open_client: Callable[[], object]):
+    def __init__(self, open_client: Callable[[], object], limits: QueryLimits = QueryLimits()):
         self._open_client = open_client
+        self.limits = limits
         self.client = open_client()
+        self._chdb = type(self.client).__name__ == "ChdbClient"
         self._functions: FunctionCatalogue | None = None
 
-    def _scalar(self, sql: str):
-        return self.client.query(sql).result_rows[0][0]
+    @staticmethod
+    def _scalar(client, sql: str):
+        return client.query(sql).result_rows[0][0]
 
-    def _catalogue(self) -> FunctionCatalogue:
+    def _catalogue(self, client) -> FunctionCatalogue:
         # One row per list, whatever max_result_rows the operator chose (there are ~1,900 functions).
         if self._functions is None:
-            functions = FunctionCatalogue.load(lambda sql: self.client.query(sql).result_rows[0])
-            bodies = dict(self.client.query("SELECT concat(database, '.', name), as_select FROM system.tables "
+            functions = FunctionCatalogue.load(lambda sql: client.query(sql).result_rows[0])
+            bodies = dict(client.query("SELECT concat(database, '.', name), as_select FROM system.tables "
                                             "WHERE engine = 'View' LIMIT 10000").result_rows)
             self._functions = functions.with_views(bodies, lambda sql: [
-                r[0] for r in self.client.query(f"EXPLAIN QUERY TREE run_passes = 0 {sql}").result_rows])
+                r[0] for r in client.query(f"EXPLAIN QUERY TREE run_passes = 0 {sql}").result_rows])
         return self._functions
 
-    def check(self, sql: str) -> str:
+    def check(self, sql: str, client=None) -> str:
         """The canonical single-line form of `sql` if it is one read query that
         touches nothing outside the database; else RefusedQuery saying why."""
+        client = client or self.client
         if not sql.strip():
             raise RefusedQuery("empty query")
         try:
-            canonical = self._scalar(f"SELECT formatQuerySingleLine({_literal(sql)})")
+            canonical = self._scalar(client, f"SELECT formatQuerySingleLine({_literal(sql)})")
         except Exception as exc:
             raise RefusedQuery(f"not one statement ClickHouse can parse: {_reason(exc)}") from None
         subquery = f"SELECT * FROM ({canonical})"
         try:
-            self._scalar(f"SELECT formatQuerySingleLine({_literal(subquery)})")
+            self._scalar(client, f"SELECT formatQuerySingleLine({_literal(subquery)})")
         except Exception:
             raise RefusedQuery("only one read query is accepted (SELECT or WITH, or EXPLAIN of one), without "
                                "INTO OUTFILE or FORMAT; for tables and columns read system.tables and "
@@ -156,28 +166,75 @@ class ReadOnlyQueries:
         # tree (it evaluates constants and scalar subqueries while it resolves).
         # ClickHouse cannot resolve an EXPLAIN on a read-only session; an EXPLAIN
         # runs nothing of its query but the analysis, whose calls pass 1 checked.
-        catalogue = self._catalogue()
+        catalogue = self._catalogue(client)
         passes = ["EXPLAIN QUERY TREE run_passes = 0"] + ([] if canonical.startswith("EXPLAIN ") else
                                                           ["EXPLAIN QUERY TREE"])
         for explain in passes:
             try:
-                tree = [r[0] for r in self.client.query(f"{explain} {subquery}").result_rows]
+                tree = [r[0] for r in client.query(f"{explain} {subquery}").result_rows]
             except Exception as exc:
                 raise RefusedQuery(f"ClickHouse cannot analyse the query: {_reason(exc)}") from None
             check_tree(tree, catalogue)
         return canonical
 
-    def query(self, sql: str, settings: dict | None = None):
-        """Run `sql` if it passes check(); the result is clickhouse-connect's."""
+    def query(self, sql: str, settings: dict | None = None, encode: Callable[[list], bytes] | None = None
+              ) -> BoundedAnswer:
+        """Run `sql` if it passes check(), within the limits that hold from outside
+        (bounded.py): the answer at the latest max_execution_time + 1 s after the
+        call, at most max_reply_bytes of it. With `encode`, each block of rows is
+        kept only encoded (BoundedAnswer.encoded)."""
         if settings:
             raise RefusedQuery("read-only queries take no settings: their limits are the operator's")
-        canonical = self.check(sql)
-        try:
-            return self.client.query(canonical)
-        except Exception:
-            self.client.close()
+        client, query_id = self.client, secrets.token_hex(16)
+        abandoned = threading.Event()
+
+        def work(cancelled):
+            try:
+                canonical = self.check(sql, client)
+                if canonical.startswith("EXPLAIN "):  # chDB streams no EXPLAIN; its text is the size of the query's
+                    result = client.query(canonical, settings=self._id_setting(query_id))
+                    yield tuple(result.column_names), tuple(result.column_types)
+                    yield result.result_rows
+                    return
+                with client.query_row_block_stream(canonical, settings=self._id_setting(query_id)) as stream:
+                    yield tuple(stream.source.column_names), tuple(stream.source.column_types)
+                    for block in stream:
+                        yield block
+                        if cancelled():
+                            return  # leaving the stream cancels the query (chDB's StreamingResult.cancel)
+            finally:
+                if abandoned.is_set():
+                    client.close()
+
+        def overdue() -> None:  # the caller has given up on this session: a fresh one for the next query
+            abandoned.set()
             self.client = self._open_client()
+            self._kill(query_id)
+
+        try:
+            return run_with_deadline(work, self.limits.max_execution_time + 1, self.limits.max_reply_bytes,
+                                     encode, overdue)
+        except (RefusedQuery, QueryTimeout, AnswerTooLarge):
             raise
+        except Exception:
+            # A chDB handle whose query failed half way holds unread data: open it anew.
+            if self.client is client:
+                client.close()
+                self.client = self._open_client()
+            raise
+
+    def _id_setting(self, query_id: str) -> dict:
+        return {} if self._chdb else {"query_id": query_id}
+
+    def _kill(self, query_id: str) -> None:
+        """Over HTTP, stop the query on the server from another session (its own user's
+        query: no privilege needed). chDB stops it at the end of the block."""
+        if self._chdb:
+            return
+        try:
+            self.client.command(f"KILL QUERY WHERE query_id = {_literal(query_id)} ASYNC")
+        except Exception:  # noqa: BLE001 (best effort: the server also cancels it when its client goes away)
+            pass
 
     def close(self) -> None:
         self.client.close()

@@ -123,7 +123,7 @@ def guard_on(stack, database: str) -> ReadOnlyQueries:
     """The guard as the query port makes it: on the stack's chDB, with the limits of the
     operator's WHYSTREAM_SQL_* variables (as Settings.load reads them now)."""
     limits = QueryLimits.from_env(Settings.load().environ)
-    return ReadOnlyQueries(partial(open_read_only_client, ch.parse_dsn(stack.clickhouse_dsn), database, limits))
+    return ReadOnlyQueries(partial(open_read_only_client, ch.parse_dsn(stack.clickhouse_dsn), database, limits), limits)
 
 
 def test_guard_refuses_every_bypass_on_its_own_session(stack, target):

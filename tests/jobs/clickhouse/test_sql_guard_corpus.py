@@ -70,7 +70,7 @@ TABLE_FUNCTIONS = ["file('{secret}', 'LineAsString')", "url('http://127.0.0.1:9/
 def guard(stack_module):
     stack, database = stack_module
     guard = ReadOnlyQueries(partial(open_read_only_client, ch.parse_dsn(stack.clickhouse_dsn), database,
-                                    QueryLimits()))
+                                    QueryLimits()), QueryLimits())
     yield guard
     guard.close()
 
