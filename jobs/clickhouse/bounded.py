@@ -21,7 +21,8 @@ bytes (`max_result_bytes`), while Python rows take ~70 times as much. So:
   the whole result) and each block is measured as JSON text; once the answer
   passes `max_reply_bytes` the stream is closed and AnswerTooLarge raised. A
   caller that wants bytes (the query port) gets each block encoded as it
-  arrives, so the rows of at most two blocks are ever held as Python objects.
+  arrives, so the rows of at most three blocks (ClickHouse's `max_block_size` rows each)
+  are ever held as Python objects.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class BoundedAnswer:
     column_types: tuple = ()
     result_rows: list = field(default_factory=list)
     encoded: list[bytes] = field(default_factory=list)
-    size: int = 0  # bytes of the answer as JSON text
+    size: int = 0  # bytes of the answer as JSON text (as encoded, with an `encode`)
 
     def named_results(self):
         return [dict(zip(self.column_names, r)) for r in self.result_rows]
@@ -81,7 +82,7 @@ def run_with_deadline(work: Callable[[Callable[[], bool]], Iterator], seconds: f
         raise QueryTimeout(f"{MAX_OVERDUE} queries that passed their time limit are still finishing in this "
                            "process; try again in a moment")
     _overdue.release()
-    items: queue.Queue = queue.Queue(maxsize=2)  # the thread runs at most two blocks ahead
+    items: queue.Queue = queue.Queue(maxsize=1)  # the thread runs at most one block ahead
     stop = threading.Event()
 
     def produce() -> None:
@@ -131,15 +132,15 @@ def run_with_deadline(work: Callable[[Callable[[], bool]], Iterator], seconds: f
                 answer.column_names, answer.column_types = item
                 first = False
                 continue
-            size = block_size(item)
-            answer.size += size
+            chunk = encode(item) if encode else None
+            answer.size += len(chunk) if encode else block_size(item)
             if answer.size > max_bytes:
                 raise AnswerTooLarge(f"the answer passed {max_bytes:,} bytes (WHYSTREAM_SQL_MAX_REPLY_BYTES) and "
                                      "was cut off; aggregate, or ask for fewer rows or columns")
             if encode is None:
                 answer.result_rows.extend(item)
             else:
-                answer.encoded.append(encode(item))
+                answer.encoded.append(chunk)
     except BaseException:
         stop.set()
         with lock:
