@@ -29,6 +29,7 @@ from confluent_kafka import (
 
 from whystream.config import Settings
 from whystream.errors import WhystreamError
+from whystream.kafka.clients import check_broker
 from whystream.kafka.clients import consumer as kafka_consumer
 from whystream.wire.codecs import codec_for
 
@@ -43,9 +44,16 @@ class ReadTimeout(WhystreamError):
         super().__init__(f"{', '.join(f'{t}[{p}]' for t, p in self.left)} not read to the end in {timeout:g}s")
 
 
+# How long a reader waits for the broker before it says, in one line, that there is none.
+BROKER_CHECK_S = 5.0
+
+
 def peek_consumer(settings: Settings) -> Consumer:
     """A consumer outside any group (a throwaway group id, nothing committed) that reports
-    partition EOF and starts a partition whose offset is gone at its earliest."""
+    partition EOF and starts a partition whose offset is gone at its earliest. An
+    unreachable broker is a ConfigError naming it and WHYSTREAM_BROKER within
+    BROKER_CHECK_S, not a minute of retries."""
+    check_broker(settings.kafka_config, settings.require("broker"), timeout=BROKER_CHECK_S)
     return kafka_consumer(settings, **{"enable.partition.eof": True, "auto.offset.reset": "earliest"})
 
 
