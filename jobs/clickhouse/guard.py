@@ -51,6 +51,8 @@ from whystream.errors import ConfigError
 from whystream.jobs.clickhouse.bounded import AnswerTooLarge, BoundedAnswer, QueryTimeout, run_with_deadline
 from whystream.jobs.clickhouse.query_tree import FunctionCatalogue, RefusedQuery, check_tree
 
+_FUNCTIONS: dict[str, FunctionCatalogue] = {}  # ClickHouse version -> its allow-listed functions
+
 __all__ = ["AnswerTooLarge", "QueryLimits", "QueryTimeout", "ReadOnlyQueries", "RefusedQuery", "open_read_only_client"]
 
 @dataclass(frozen=True)
@@ -137,11 +139,14 @@ class ReadOnlyQueries:
 
     def _catalogue(self, client) -> FunctionCatalogue:
         # One row per list, whatever max_result_rows the operator chose (there are ~1,900 functions).
+        # The functions depend on the ClickHouse version only: loaded once per process and version.
         if self._functions is None:
-            functions = FunctionCatalogue.load(lambda sql: client.query(sql).result_rows[0])
+            version = self._scalar(client, "SELECT version()")
+            if version not in _FUNCTIONS:
+                _FUNCTIONS[version] = FunctionCatalogue.load(lambda sql: client.query(sql).result_rows[0])
             bodies = dict(client.query("SELECT concat(database, '.', name), as_select FROM system.tables "
-                                            "WHERE engine = 'View' LIMIT 10000").result_rows)
-            self._functions = functions.with_views(bodies, lambda sql: [
+                                       "WHERE engine = 'View' LIMIT 10000").result_rows)
+            self._functions = _FUNCTIONS[version].with_views(bodies, lambda sql: [
                 r[0] for r in client.query(f"EXPLAIN QUERY TREE run_passes = 0 {sql}").result_rows])
         return self._functions
 

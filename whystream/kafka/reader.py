@@ -50,10 +50,7 @@ BROKER_CHECK_S = 5.0
 
 def peek_consumer(settings: Settings) -> Consumer:
     """A consumer outside any group (a throwaway group id, nothing committed) that reports
-    partition EOF and starts a partition whose offset is gone at its earliest. An
-    unreachable broker is a ConfigError naming it and WHYSTREAM_BROKER within
-    BROKER_CHECK_S, not a minute of retries."""
-    check_broker(settings.kafka_config, settings.require("broker"), timeout=BROKER_CHECK_S)
+    partition EOF and starts a partition whose offset is gone at its earliest."""
     return kafka_consumer(settings, **{"enable.partition.eof": True, "auto.offset.reset": "earliest"})
 
 
@@ -121,8 +118,16 @@ def partition_bounds(settings: Settings, topic: str, partitions: Iterable[int],
         consumer.close()
 
 
+def _broker_is_there(settings: Settings) -> None:
+    """For the readers a command calls (`dlq`, `dlq replay`, `verify --from-topic`, the demo):
+    an unreachable broker is a ConfigError naming it and WHYSTREAM_BROKER within
+    BROKER_CHECK_S, not a minute of retries (a worker's own readers wait it out instead)."""
+    check_broker(settings.kafka_config, settings.require("broker"), timeout=BROKER_CHECK_S)
+
+
 def scan(settings: Settings, topic: str, timeout: float = 60.0) -> Iterator[Message]:
     """Every message now in `topic`, all partitions from their start (none if there is no such topic)."""
+    _broker_is_there(settings)
     consumer = peek_consumer(settings)
     try:
         starts = {(topic, p): 0 for p in partitions_of(consumer, topic, timeout, required=False)}
@@ -184,6 +189,7 @@ def find_by_key(settings: Settings, topic: str, wanted: dict[bytes, int], timeou
     every partition is read from `margin_ms` before the earliest event time (offsets_for_times)
     until all are found or every partition is read to its end. Raises KafkaException when the
     broker or topic cannot be reached, ReadTimeout when reading takes longer than `timeout`."""
+    _broker_is_there(settings)
     consumer = peek_consumer(settings)
     found: dict[bytes, bytes] = {}
     try:

@@ -164,6 +164,7 @@ def test_ordinary_reads_still_work(stack, target):
 
 def test_limits_are_the_operators_not_the_querys(stack, target, monkeypatch):
     _, database, *_ = target
+    guard_on(stack, database).query("SELECT 1")  # the process's function catalogue, loaded without a hurry
     monkeypatch.setenv("WHYSTREAM_SQL_MAX_RESULT_ROWS", "1000")
     monkeypatch.setenv("WHYSTREAM_SQL_MAX_EXECUTION_TIME", "1")
     assert QueryLimits.from_env(Settings.load().environ).max_result_rows == 1000
