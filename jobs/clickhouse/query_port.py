@@ -33,7 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from whystream.config import Settings
-from whystream.config.secrets import write_private
+from whystream.config.secrets import from_file, write_private
 from whystream.errors import ConfigError, WhystreamError
 from whystream.jobs.clickhouse.connection import (
     DSN_VAR,
@@ -49,6 +49,7 @@ from whystream.jobs.clickhouse.guard import (
 )
 from whystream.jobs.clickhouse.sql import DEFAULT_DATABASE, ident, lit, one_line, rows
 
+READER_DSN_VAR = "WHYSTREAM_CLICKHOUSE_READER_DSN"
 MAX_REQUEST_BYTES = 1 << 20
 READ_TIMEOUT_S = 10.0  # to send a request (headers and body) once connected
 MAX_CONNECTIONS = 16  # open at once; more are closed at once (each holds a thread)
@@ -271,13 +272,23 @@ def open_query_client(settings: Settings, database: str = DEFAULT_DATABASE):
     passes: through a running sink's query port when it owns the chDB
     directory, else on a read-only session of its own. Readers never write,
     not even the database (read-only credentials suffice); with no database
-    yet the session has none, and `require_schema` says so in one line."""
+    yet the session has none, and `require_schema` says so in one line. On a
+    server, WHYSTREAM_CLICKHOUSE_READER_DSN (the read-only analyst user of
+    infra/deployment/clickhouse-analyst.sql) is used instead of the sink's DSN."""
     dsn = parse_dsn(settings.require("clickhouse_dsn"))
     if dsn.kind == "chdb":
         advertised = advertised_port(settings, dsn)
         if advertised is not None:
             return SinkQueryClient(*advertised, database)
-    probe = connect(settings, database, migrate_schema=False)  # one line for a held directory or a dead server
+    reader = settings.environ.get(READER_DSN_VAR) or from_file(READER_DSN_VAR, settings.environ)
+    if reader and dsn.kind != "chdb":
+        try:
+            dsn, settings = parse_dsn(reader), settings.with_(clickhouse_dsn=reader)
+            probe = connect(settings, database, migrate_schema=False)
+        except ConfigError as exc:
+            raise ConfigError(READER_DSN_VAR, str(exc).split(": ", 1)[-1]) from None
+    else:
+        probe = connect(settings, database, migrate_schema=False)  # one line for a held directory or a dead server
     try:
         exists = rows(probe, f"SELECT count() AS n FROM system.databases WHERE name = {lit(database)}")[0]["n"]
         limits = QueryLimits.from_env(settings.environ)
