@@ -41,7 +41,11 @@ _overdue = threading.BoundedSemaphore(MAX_OVERDUE)
 
 
 class QueryTimeout(WhystreamError):
-    """The query passed its wall-clock limit; the caller was answered at the deadline."""
+    """The query passed its wall-clock limit; the caller was answered at the deadline.
+    The query may still be finishing its block in this process (chDB): a command
+    line exits at once instead of waiting for it (whystream/cli/__init__.py)."""
+
+    leaves_work_running = True
 
 
 class AnswerTooLarge(WhystreamError):

@@ -47,13 +47,13 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from whystream.config import ENV
-from whystream.errors import ConfigError
+from whystream.errors import ConfigError, WhystreamError
 from whystream.jobs.clickhouse.bounded import AnswerTooLarge, BoundedAnswer, QueryTimeout, run_with_deadline
 from whystream.jobs.clickhouse.query_tree import FunctionCatalogue, RefusedQuery, check_tree
 
 _FUNCTIONS: dict[str, FunctionCatalogue] = {}  # ClickHouse version -> its allow-listed functions
 
-__all__ = ["AnswerTooLarge", "QueryLimits", "QueryTimeout", "ReadOnlyQueries", "RefusedQuery", "open_read_only_client"]
+__all__ = ["AnswerTooLarge", "QueryFailed", "QueryLimits", "QueryTimeout", "ReadOnlyQueries", "RefusedQuery", "open_read_only_client"]
 
 @dataclass(frozen=True)
 class QueryLimits:
@@ -118,6 +118,10 @@ def _reason(exc: Exception) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     text = re.sub(r"^.*?DB::Exception: ", "", text)
     return re.sub(r"(: In scope .*)|( \(version [^)]*\))", "", text)[:300]
+
+
+class QueryFailed(WhystreamError):
+    """ClickHouse refused or failed the query (a limit, an unknown column, ...): its own words."""
 
 
 class ReadOnlyQueries:
@@ -221,12 +225,12 @@ class ReadOnlyQueries:
                                      encode, overdue)
         except (RefusedQuery, QueryTimeout, AnswerTooLarge):
             raise
-        except Exception:
+        except Exception as exc:
             # A chDB handle whose query failed half way holds unread data: open it anew.
             if self.client is client:
                 client.close()
                 self.client = self._open_client()
-            raise
+            raise QueryFailed(f"ClickHouse: {_reason(exc)}") from None
 
     def _id_setting(self, query_id: str) -> dict:
         return {} if self._chdb else {"query_id": query_id}

@@ -97,18 +97,23 @@ class FunctionCatalogue:
     combinators: tuple[str, ...]  # lower case, longest first
     views: dict[str, str | None] = None  # "db.view" and "view", lower case -> why refused, None if allowed
 
-    QUERY = ("SELECT groupArray(lower(f.name)), groupArrayIf(lower(f.name), f.is_aggregate = 1) FROM system.functions "
-             "AS f LEFT JOIN system.functions AS t ON t.name = f.alias_to WHERE f.origin = 'System' AND "
-             "(f.is_aggregate = 1 OR t.is_aggregate = 1 OR has({categories}, f.categories) OR "
-             "has({categories}, t.categories) OR has({other}, lower(f.name)) OR has({other}, lower(t.name)))")
+    QUERY = ("SELECT groupArray((lower(name), is_aggregate, categories, lower(alias_to))) FROM system.functions "
+             "WHERE origin = 'System'")
 
     @classmethod
     def load(cls, scalar_row) -> "FunctionCatalogue":
-        """From `scalar_row(sql)`, which returns a query's first row."""
-        def array(names) -> str:
-            return "[" + ", ".join("'" + n.replace("'", "\\'") + "'" for n in sorted(names)) + "]"
-        functions, aggregates = scalar_row(cls.QUERY.format(categories=array(ALLOWED_CATEGORIES),
-                                                            other=array(ALLOWED_OTHER)))
+        """From `scalar_row(sql)`, which returns a query's first row (one row, whatever
+        max_result_rows the operator chose)."""
+        table = {name: (bool(aggregate), category, alias) for name, aggregate, category, alias in
+                 scalar_row(cls.QUERY)[0]}
+
+        def allowed(name: str) -> bool:
+            aggregate, category, _ = table.get(name, (False, "", ""))
+            return aggregate or category in ALLOWED_CATEGORIES or name in ALLOWED_OTHER
+
+        functions = {n for n, (_, _, alias) in table.items() if allowed(n) or (alias and allowed(alias))}
+        aggregates = {n for n, (aggregate, _, alias) in table.items()
+                      if aggregate or (alias and table.get(alias, (False,))[0])}
         combinators = scalar_row("SELECT groupArray(lower(name)) FROM system.aggregate_function_combinators")[0]
         return cls(frozenset(functions), frozenset(aggregates), tuple(sorted(combinators, key=len, reverse=True)),
                    {})

@@ -9,6 +9,7 @@ cause end in one line naming the setting, never a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -32,4 +33,8 @@ def main() -> None:
         app()
     except WhystreamError as exc:
         print(f"whystream: error: {mask_secrets(exc)}", file=sys.stderr)  # one line, never wrapped
+        if getattr(exc, "leaves_work_running", False):  # e.g. a query past its deadline in chDB, in this process
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)  # ends it with the process, instead of waiting for it at exit
         sys.exit(2)

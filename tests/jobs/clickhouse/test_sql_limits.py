@@ -7,7 +7,10 @@ the port survives idle connections and malformed headers."""
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from functools import partial
@@ -49,6 +52,19 @@ def test_the_deadline_holds_inside_one_slow_block(stack, db):
     waited = time.monotonic() - started
     assert waited < 2 + 2 * small + 1.5, (waited, small)  # answered at the deadline, not at the block's end
     assert guard.query("SELECT 40 + 2").result_rows == [(42,)]  # a fresh session serves at once
+
+
+def test_whystream_sql_exits_at_its_deadline(tmp_path):
+    """The command line does not wait at exit for a chDB block that runs on (this
+    one would take minutes): it says so in one line and ends, with the query."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WHYSTREAM_")}
+    env.update(WHYSTREAM_HOME=str(tmp_path), WHYSTREAM_CLICKHOUSE_DSN=f"chdb://{tmp_path / 'chdb'}",
+               WHYSTREAM_SQL_MAX_EXECUTION_TIME="2")
+    result = subprocess.run([sys.executable, "-m", "whystream", "sql", SLOW_BLOCK.format(n=40000)], env=env,
+                            capture_output=True, text=True, timeout=90)
+    assert result.returncode == 2, result.stderr[-1000:]
+    assert result.stderr.startswith("whystream: error: the query passed its time limit of 3 s")
+    assert result.stderr.count("\n") == 1
 
 
 def test_the_answer_is_bounded_while_it_streams(stack, db):
