@@ -166,16 +166,18 @@ def test_limits_are_the_operators_not_the_querys(stack, target, monkeypatch):
     _, database, *_ = target
     guard_on(stack, database).query("SELECT 1")  # the process's function catalogue, loaded without a hurry
     monkeypatch.setenv("WHYSTREAM_SQL_MAX_RESULT_ROWS", "1000")
-    monkeypatch.setenv("WHYSTREAM_SQL_MAX_EXECUTION_TIME", "1")
     assert QueryLimits.from_env(Settings.load().environ).max_result_rows == 1000
     guard = guard_on(stack, database)
-    with pytest.raises(Exception, match="(?i)limit for result exceeded"):
+    with pytest.raises(WhystreamError, match="(?i)limit for result exceeded"):
         guard.query("SELECT * FROM system.numbers")
-    with pytest.raises(Exception, match="(?i)timeout exceeded"):
-        guard.query("SELECT count() FROM numbers(1000000000000)")
-    with pytest.raises(Exception, match="(?i)readonly"):
+    with pytest.raises(WhystreamError, match="(?i)readonly"):
         guard.query("SELECT count() FROM numbers(10) SETTINGS max_result_rows = 0")
     assert guard.query("SELECT count() FROM numbers(10)").result_rows == [(10,)]  # the session recovered
+    monkeypatch.setenv("WHYSTREAM_SQL_MAX_EXECUTION_TIME", "1")
+    guard = guard_on(stack, database)
+    # ClickHouse's own limit between blocks, or the guard's deadline a second later (a loaded machine)
+    with pytest.raises(WhystreamError, match="(?i)timeout exceeded|passed its time limit"):
+        guard.query("SELECT count() FROM numbers(1000000000000)")
     monkeypatch.setenv("WHYSTREAM_SQL_MAX_RESULT_ROWS", "lots")
     with pytest.raises(WhystreamError, match="WHYSTREAM_SQL_MAX_RESULT_ROWS"):
         QueryLimits.from_env(Settings.load().environ)
