@@ -160,17 +160,17 @@ class ReadOnlyQueries:
         client = client or self.client
         if not sql.strip():
             raise RefusedQuery("empty query")
-        try:
-            canonical = self._scalar(client, f"SELECT formatQuerySingleLine({_literal(sql)})")
+        try:  # one round trip: the canonical form, and whether it parses as a subquery
+            canonical, readable = client.query(
+                f"SELECT formatQuerySingleLine({_literal(sql)}) AS c, "
+                "formatQuerySingleLineOrNull(concat('SELECT * FROM (', c, ')')) IS NOT NULL").result_rows[0]
         except Exception as exc:
             raise RefusedQuery(f"not one statement ClickHouse can parse: {_reason(exc)}") from None
         subquery = f"SELECT * FROM ({canonical})"
-        try:
-            self._scalar(client, f"SELECT formatQuerySingleLine({_literal(subquery)})")
-        except Exception:
+        if not readable:
             raise RefusedQuery("only one read query is accepted (SELECT or WITH, or EXPLAIN of one), without "
                                "INTO OUTFILE or FORMAT; for tables and columns read system.tables and "
-                               f"system.columns; got: {canonical[:80]}") from None
+                               f"system.columns; got: {canonical[:80]}")
         # The tree as written first (nothing runs), then the analyzer's resolved
         # tree (it evaluates constants and scalar subqueries while it resolves).
         # ClickHouse cannot resolve an EXPLAIN on a read-only session; an EXPLAIN

@@ -19,8 +19,7 @@ from whystream.jobs.clickhouse import connection as ch
 from whystream.jobs.clickhouse.guard import QueryLimits, ReadOnlyQueries, RefusedQuery, open_read_only_client
 
 # Functions that read the host or the process, each called on one String argument `p`.
-FUNCTIONS = ["file", "FILE", "filesystemAvailable", "filesystemCapacity", "getSetting", "getMacro", "dictGet",
-             "hostName", "getServerSetting", "demangle", "currentRequestURL", "getClientHTTPHeader"]
+FUNCTIONS = ["file", "FILE", "filesystemAvailable", "getSetting", "dictGet", "hostName", "currentRequestURL"]
 
 # How `f` gets called on column `p` of `src` (a table expression with p).
 CALLS = {
