@@ -98,6 +98,7 @@ def run_with_deadline(work: Callable[[Callable[[], bool]], Iterator], seconds: f
                         break
                     except queue.Full:
                         continue
+                item = None  # noqa: F841 (the queue holds it now; not this frame too while the next is made)
                 if stop.is_set():
                     return
             items.put(_END)
@@ -123,6 +124,7 @@ def run_with_deadline(work: Callable[[Callable[[], bool]], Iterator], seconds: f
     first = True
     try:
         while True:
+            item = None  # the block just handled is not held while the next one is awaited
             try:
                 item = items.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
