@@ -13,13 +13,15 @@ over the text (a quote inside a comment once fooled a regex into letting
    never with output options: `INTO OUTFILE` (which clickhouse-local and chDB
    carry out, writing files as the sink's user) and `FORMAT` are syntax errors
    inside parentheses.
-3. Its syntax tree (`EXPLAIN AST` of that subquery form: nothing can follow
-   its closing parenthesis, so the EXPLAIN itself has no output options)
-   calls no function that reads the host (`file`, `filesystem*`) and no table
-   function outside ALLOWED_TABLE_FUNCTIONS. `readonly=1` refuses `file()`,
-   `url()`, `s3()`, `remote()` and `executable()` as tables, but not the
-   scalar `file('/etc/passwd')` nor chDB's `python()` table function, which
-   reads objects of the process it runs in.
+3. Every call in its query tree is allowed (query_tree.py): `EXPLAIN QUERY
+   TREE` of that subquery form (nothing can follow its closing parenthesis,
+   so the EXPLAIN itself has no output options), as written and then as the
+   analyzer resolves it, with `APPLY`, `COLUMNS`, lambdas, CTEs, `view()` and
+   the bodies of the database's views. `EXPLAIN AST` left column transformers
+   out (`SELECT * APPLY(file) ...` read files past it), and `readonly=1`
+   refuses `file()`, `url()`, `s3()`, `remote()` and `executable()` as tables
+   but not the scalar `file('/etc/passwd')` nor chDB's `python()` table
+   function, which reads objects of the process it runs in.
 
 It then runs on a session that is read-only before the caller gets it: the
 limits of QueryLimits are set first, `readonly=1` last, so no query can
@@ -35,7 +37,9 @@ temporary table. The limits come from the operator's environment
 
 A guard is a `ReadOnlyQueries` over a function that opens such a session
 (`partial(open_read_only_client, dsn, database, limits)`, as the query port
-does); its `query(sql)` refuses or runs one statement.
+does) and the same limits; its `query(sql)` refuses or runs one statement,
+under the limits that hold from outside the query (bounded.py: a wall-clock
+deadline, an answer bounded while it streams).
 """
 
 from __future__ import annotations
