@@ -45,7 +45,10 @@ def mask_secrets_in_logs() -> None:
 
     def masked_record(*args, **kwargs) -> logging.LogRecord:
         record = make(*args, **kwargs)
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 (a bad format: logging reports it when the record is emitted)
+            return record
         shown = mask_secrets(message)
         if shown != message:
             record.msg, record.args = shown, ()
