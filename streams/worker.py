@@ -28,7 +28,7 @@ from whystream.streams.control.plane import ControlPlane
 from whystream.streams.control.plane import app_id as control_app_id
 from whystream.streams.engine import Engine, EngineConfig
 from whystream.streams.ingest import Ingest
-from whystream.streams.web_access import WebAccess
+from whystream.streams.web_access import FAUST_PAGES_OFF, WebAccess
 
 log = logging.getLogger("whystream.worker")
 
@@ -68,6 +68,7 @@ def create_app(settings: Settings, config: EngineConfig | None = None, web_port:
         web_port=web_port,
         web_host=access.advertised_host,
         web_bind=access.bind,
+        **FAUST_PAGES_OFF,  # /router/, /table/, ...: only our pages are served
     )
     app.engine, app.ingest = engine, ingest
     app.control = ControlPlane(app, engine, ingest)  # Faust agents on `models`, `explain-requests`, the shadow

@@ -7,7 +7,11 @@ The port listens on 127.0.0.1 only and is advertised, with a random token, in
 request is answered only when it is a POST of JSON to /query that carries
 `Authorization: Bearer <token>`, names a loopback Host (no DNS rebinding) and
 no Origin (no web page in the operator's browser). Every statement then goes
-through the guard of `guard`, on a read-only session of its own.
+through the guard of `guard`, on a read-only session of its own, under its
+limits that hold from outside (bounded.py): each block of the answer is
+encoded to JSON as it streams, so the sink never holds the whole result as
+Python rows. The port itself is bounded too: MAX_CONNECTIONS at once (more
+are closed), READ_TIMEOUT_S to send a request, MAX_REQUEST_BYTES of body.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from whystream.config import Settings
-from whystream.config.secrets import write_private
+from whystream.config.secrets import from_file, write_private
 from whystream.errors import ConfigError, WhystreamError
 from whystream.jobs.clickhouse.connection import (
     DSN_VAR,
@@ -45,7 +49,45 @@ from whystream.jobs.clickhouse.guard import (
 )
 from whystream.jobs.clickhouse.sql import DEFAULT_DATABASE, ident, lit, one_line, rows
 
+READER_DSN_VAR = "WHYSTREAM_CLICKHOUSE_READER_DSN"
 MAX_REQUEST_BYTES = 1 << 20
+READ_TIMEOUT_S = 10.0  # to send a request (headers and body) once connected
+MAX_CONNECTIONS = 16  # open at once; more are closed at once (each holds a thread)
+
+
+def _encoded_rows(rows: list) -> bytes:
+    """One block of rows as the JSON text of their list's items (no brackets)."""
+    return json.dumps([_jsonable(list(r)) for r in rows])[1:-1].encode()
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """A ThreadingHTTPServer with at most MAX_CONNECTIONS connections (and threads)
+    at once, which never prints a traceback for a client's fault."""
+
+    daemon_threads = True
+
+    def __init__(self, *args, **kwargs):
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # too many at once: closed, not queued
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address):
+        pass  # a client that timed out, went away or sent garbage; the port keeps serving
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
@@ -121,17 +163,21 @@ class QueryServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = READ_TIMEOUT_S  # a client that stops sending is dropped, its thread freed
+
             def do_POST(self):  # noqa: N802 (http.server's naming)
                 refused = server.refusal(self.path, self.headers)
                 if refused:
                     return self._reply(*refused)
                 try:
                     request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                    result = server.query(request.get("database") or server.database, request["sql"])
-                    reply = {"columns": list(result.column_names),
-                             "types": [t.name for t in result.column_types],
-                             "rows": [_jsonable(list(r)) for r in result.result_rows]}
-                    self._reply(200, reply)
+                    answer = server.query(request.get("database") or server.database, request["sql"])
+                    head = json.dumps({"columns": list(answer.column_names),
+                                       "types": [t.name for t in answer.column_types]})
+                    # the rows as they were encoded block by block, never all as Python objects at once
+                    body = b"".join([head[:-1].encode(), b', "rows": [', b", ".join(c for c in answer.encoded if c),
+                                     b"]}"])
+                    self._send(200, body)
                 except Exception as exc:  # the caller gets the message, the sink keeps running
                     self._reply(400, {"error": one_line(exc, 2000)})
 
@@ -141,7 +187,9 @@ class QueryServer:
             do_GET = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _refuse_method  # noqa: N815
 
             def _reply(self, status: int, reply: dict):
-                data = json.dumps(reply).encode()
+                self._send(status, json.dumps(reply).encode())
+
+            def _send(self, status: int, data: bytes):
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -152,8 +200,7 @@ class QueryServer:
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _BoundedServer(("127.0.0.1", port), Handler)
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="whystream-query-port", daemon=True)
 
@@ -171,8 +218,10 @@ class QueryServer:
         if headers.get_content_type() != "application/json":
             return 415, {"error": "Content-Type must be application/json"}
         length = headers.get("Content-Length", "")
-        if not length.isdigit() or int(length) > MAX_REQUEST_BYTES:
-            return 413, {"error": f"a request body of at most {MAX_REQUEST_BYTES} bytes, with Content-Length"}
+        if not (length.isascii() and length.isdigit()):  # not "²" (a digit to str.isdigit, not to int)
+            return 400, {"error": "a Content-Length of ASCII digits, please"}
+        if int(length) > MAX_REQUEST_BYTES:
+            return 413, {"error": f"a request body of at most {MAX_REQUEST_BYTES} bytes"}
         return None
 
     def query(self, database: str, sql: str):
@@ -180,9 +229,10 @@ class QueryServer:
         with self._lock:
             if database not in self._guards:
                 dsn = parse_dsn(self.settings.require("clickhouse_dsn"))
-                self._guards[database] = ReadOnlyQueries(partial(open_read_only_client, dsn, ident(database),
-                                                                 QueryLimits.from_env(self.settings.environ)))
-            return self._guards[database].query(sql)
+                limits = QueryLimits.from_env(self.settings.environ)
+                self._guards[database] = ReadOnlyQueries(partial(open_read_only_client, dsn, ident(database), limits),
+                                                         limits)
+            return self._guards[database].query(sql, encode=_encoded_rows)
 
     def port_file(self) -> Path:
         return self.settings.home / PORT_FILE
@@ -222,16 +272,27 @@ def open_query_client(settings: Settings, database: str = DEFAULT_DATABASE):
     passes: through a running sink's query port when it owns the chDB
     directory, else on a read-only session of its own. Readers never write,
     not even the database (read-only credentials suffice); with no database
-    yet the session has none, and `require_schema` says so in one line."""
+    yet the session has none, and `require_schema` says so in one line. On a
+    server, WHYSTREAM_CLICKHOUSE_READER_DSN (the read-only analyst user of
+    infra/deployment/clickhouse-analyst.sql) is used instead of the sink's DSN."""
     dsn = parse_dsn(settings.require("clickhouse_dsn"))
     if dsn.kind == "chdb":
         advertised = advertised_port(settings, dsn)
         if advertised is not None:
             return SinkQueryClient(*advertised, database)
-    probe = connect(settings, database, migrate_schema=False)  # one line for a held directory or a dead server
+    reader = settings.environ.get(READER_DSN_VAR) or from_file(READER_DSN_VAR, settings.environ)
+    if reader and dsn.kind != "chdb":
+        try:
+            dsn, settings = parse_dsn(reader), settings.with_(clickhouse_dsn=reader)
+            probe = connect(settings, database, migrate_schema=False)
+        except ConfigError as exc:
+            raise ConfigError(READER_DSN_VAR, str(exc).split(": ", 1)[-1]) from None
+    else:
+        probe = connect(settings, database, migrate_schema=False)  # one line for a held directory or a dead server
     try:
         exists = rows(probe, f"SELECT count() AS n FROM system.databases WHERE name = {lit(database)}")[0]["n"]
-        return ReadOnlyQueries(partial(open_read_only_client, dsn, ident(database) if exists else None,
-                                       QueryLimits.from_env(settings.environ)))
+        limits = QueryLimits.from_env(settings.environ)
+        return ReadOnlyQueries(partial(open_read_only_client, dsn, ident(database) if exists else None, limits),
+                               limits)
     finally:
         probe.close()

@@ -59,6 +59,10 @@ def test_web_server_binds_loopback_and_guards_explain(engine_settings, small_mod
         status, body = _get(worker.port, f"/explain/{quiet}", TOKEN)
         assert status == 200 and json.loads(body)["prediction_id"] == quiet
 
+        # Faust's own pages (they list the app's routes and tables) are not served at all (issue 24).
+        for page in ("/router/", "/table/", "/graph/", "/stats/", "/performance/"):
+            assert _get(worker.port, page)[0] == 404, page
+            assert _get(worker.port, page, TOKEN)[0] == 404, page
         # Prometheus and load balancers need no token, and learn no address or secret.
         assert _get(worker.port, "/metrics")[0] == 200
         status, body = _get(worker.port, "/health")

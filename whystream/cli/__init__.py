@@ -10,6 +10,7 @@ cause end in one line naming the setting, never a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -17,6 +18,7 @@ import typer
 from whystream.cli import clickhouse, common, console, dlq, models, stream
 from whystream.config import mask_secrets
 from whystream.errors import WhystreamError
+from whystream.logsafe import mask_secrets_in_logs
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Explain a live stream of model decisions.")
 app.callback()(common.connections)
@@ -27,8 +29,13 @@ app.add_typer(dlq.commands, name="dlq")
 
 
 def main() -> None:
+    mask_secrets_in_logs()
     try:
         app()
     except WhystreamError as exc:
         print(f"whystream: error: {mask_secrets(exc)}", file=sys.stderr)  # one line, never wrapped
+        if getattr(exc, "leaves_work_running", False):  # e.g. a query past its deadline in chDB, in this process
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)  # ends it with the process, instead of waiting for it at exit
         sys.exit(2)

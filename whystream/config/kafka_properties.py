@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from whystream.config.secrets import prefixed
 from whystream.errors import ConfigError
 
 FILE_VAR = "WHYSTREAM_KAFKA_CONFIG"
@@ -65,12 +66,12 @@ class KafkaConfig:
         if path:
             for prop, value, origin in read_properties(Path(path)):
                 properties[prop], origins[prop] = value, origin
-        for var in sorted(environ):
-            if var.startswith(PREFIX) and var != FILE_VAR:
+        for var, value in prefixed(environ, PREFIX).items():  # WHYSTREAM_KAFKA_<NAME>_FILE: read, as a secret
+            if var != FILE_VAR:
                 prop = var[len(PREFIX):].lower().replace("_", ".")
                 if not prop:
                     continue
-                properties[prop], origins[prop] = environ[var], var
+                properties[prop], origins[prop] = value, var
         return cls(properties, origins)
 
     @classmethod

@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import Mapping
 
 from whystream.config.kafka_properties import KafkaConfig
-from whystream.config.secrets import from_file, has_password, mask_secrets
+from whystream.config.secrets import from_file, has_secret, mask_secrets
 from whystream.errors import ConfigError
 
 # whystream's topics (each with the configured prefix in front) and the schema of their values
@@ -107,8 +107,9 @@ class Settings:
     def load(cls, **overrides) -> "Settings":
         """Settings from flags (overrides that are not None), env, the stack file, defaults."""
         for name, value in overrides.items():
-            if name in ENV and isinstance(value, str) and has_password(value):
-                raise ConfigError(ENV[name], "a password on the command line is visible to every user of this "
+            if name in ENV and isinstance(value, str) and has_secret(value):
+                raise ConfigError(ENV[name], "a password, token or secret parameter on the command line is visible "
+                                             "to every user of this "
                                              f"machine (ps, /proc, shell history); set {ENV[name]} in the "
                                              "environment instead")
         environ = environment()

@@ -20,10 +20,17 @@ outside whystream. Consumers never auto-commit: whystream commits what it has
 handled itself, or nothing (`consumer(settings)` without a group reads without
 joining one). `check_broker` fetches metadata once so that a wrong CA, a refused
 login or an unreachable broker ends a command at once, in one line.
+
+librdkafka's own log lines (a broker down prints one per retry, over a
+thousand a minute) go to the logger `whystream.librdkafka`, which shows
+nothing, unless the user asks for them with librdkafka's `debug` or
+`log_level` property (WHYSTREAM_KAFKA_DEBUG=broker,..., WHYSTREAM_KAFKA_LOG_LEVEL=7):
+then librdkafka prints them as it always does.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
@@ -48,6 +55,17 @@ PRODUCER_ROLES = {
 GROUPS = {"worker": "whystream-worker", "explain": "whystream-explain", "sink": "whystream-sink"}
 
 
+_LIBRDKAFKA = logging.getLogger("whystream.librdkafka")
+_LIBRDKAFKA.addHandler(logging.NullHandler())
+_LIBRDKAFKA.propagate = False
+
+
+def _configured(settings: Settings, **conf) -> dict:
+    """settings.kafka(**conf), with librdkafka's logging kept off the terminal unless asked for."""
+    asked = {"debug", "log_level"} & set(settings.kafka_config.properties)
+    return settings.kafka(**({} if asked else {"logger": _LIBRDKAFKA}), **conf)
+
+
 def group_id(settings: Settings, name: str) -> str:
     """The consumer group `name` of GROUPS in this deployment."""
     return f"{settings.topic_prefix}{GROUPS[name]}"
@@ -56,7 +74,7 @@ def group_id(settings: Settings, name: str) -> str:
 def producer(settings: Settings, role: str = "confirmed", **conf) -> Producer:
     """A producer for one of PRODUCER_ROLES (`conf`: anything a caller must add or change, e.g. a
     benchmark's batch sizes)."""
-    return Producer(settings.kafka(**{**PRODUCER_ROLES[role], **conf}))
+    return Producer(_configured(settings, **{**PRODUCER_ROLES[role], **conf}))
 
 
 def consumer(settings: Settings, group: str | None = None, *, label: str = "peek", **conf) -> Consumer:
@@ -64,11 +82,11 @@ def consumer(settings: Settings, group: str | None = None, *, label: str = "peek
     `whystream-<label>-<random>`, that never commits (reading a topic without joining
     anything). Offsets are never auto-committed."""
     group_name = group_id(settings, group) if group else f"whystream-{label}-{uuid.uuid4().hex[:8]}"
-    return Consumer(settings.kafka(**{"group.id": group_name, "enable.auto.commit": False, **conf}))
+    return Consumer(_configured(settings, **{"group.id": group_name, "enable.auto.commit": False, **conf}))
 
 
 def admin(settings: Settings, **conf) -> AdminClient:
-    return AdminClient(settings.kafka(**conf))
+    return AdminClient(_configured(settings, **conf))
 
 
 def check_broker(config: KafkaConfig, broker: str, timeout: float = 10.0, broker_var: str = "WHYSTREAM_BROKER"):

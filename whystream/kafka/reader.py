@@ -29,6 +29,7 @@ from confluent_kafka import (
 
 from whystream.config import Settings
 from whystream.errors import WhystreamError
+from whystream.kafka.clients import check_broker
 from whystream.kafka.clients import consumer as kafka_consumer
 from whystream.wire.codecs import codec_for
 
@@ -41,6 +42,10 @@ class ReadTimeout(WhystreamError):
     def __init__(self, left: Iterable[tuple[str, int]], timeout: float):
         self.left = sorted(left)
         super().__init__(f"{', '.join(f'{t}[{p}]' for t, p in self.left)} not read to the end in {timeout:g}s")
+
+
+# How long a reader waits for the broker before it says, in one line, that there is none.
+BROKER_CHECK_S = 5.0
 
 
 def peek_consumer(settings: Settings) -> Consumer:
@@ -113,8 +118,16 @@ def partition_bounds(settings: Settings, topic: str, partitions: Iterable[int],
         consumer.close()
 
 
+def _broker_is_there(settings: Settings) -> None:
+    """For the readers a command calls (`dlq`, `dlq replay`, `verify --from-topic`, the demo):
+    an unreachable broker is a ConfigError naming it and WHYSTREAM_BROKER within
+    BROKER_CHECK_S, not a minute of retries (a worker's own readers wait it out instead)."""
+    check_broker(settings.kafka_config, settings.require("broker"), timeout=BROKER_CHECK_S)
+
+
 def scan(settings: Settings, topic: str, timeout: float = 60.0) -> Iterator[Message]:
     """Every message now in `topic`, all partitions from their start (none if there is no such topic)."""
+    _broker_is_there(settings)
     consumer = peek_consumer(settings)
     try:
         starts = {(topic, p): 0 for p in partitions_of(consumer, topic, timeout, required=False)}
@@ -176,6 +189,7 @@ def find_by_key(settings: Settings, topic: str, wanted: dict[bytes, int], timeou
     every partition is read from `margin_ms` before the earliest event time (offsets_for_times)
     until all are found or every partition is read to its end. Raises KafkaException when the
     broker or topic cannot be reached, ReadTimeout when reading takes longer than `timeout`."""
+    _broker_is_there(settings)
     consumer = peek_consumer(settings)
     found: dict[bytes, bytes] = {}
     try:

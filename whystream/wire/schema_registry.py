@@ -5,6 +5,7 @@ confluent-kafka's SchemaRegistryClient with `.` written `_`:
     WHYSTREAM_SCHEMA_REGISTRY_URL=https://registry.internal:8081
     WHYSTREAM_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO=user:secret    # basic auth
     WHYSTREAM_SCHEMA_REGISTRY_SSL_CA_LOCATION=/etc/whystream/registry-ca.pem
+    WHYSTREAM_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO_FILE=/run/secrets/registry  # a mounted secret
 
 Subjects follow the TopicNameStrategy: the value schema of topic T is registered
 under `T-value` (e.g. `predictions-value`, with the topic prefix in front).
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from whystream.config.secrets import prefixed
 from whystream.errors import ConfigError
 
 URL_VAR = "WHYSTREAM_SCHEMA_REGISTRY_URL"
@@ -26,10 +28,10 @@ def registry_config(url: str, environ: Mapping[str, str]) -> tuple[dict, dict]:
     """(SchemaRegistryClient configuration, property -> the variable it came from), from the
     WHYSTREAM_SCHEMA_REGISTRY_* variables of `environ` (Settings.environ)."""
     conf, origins = {"url": url}, {"url": URL_VAR}
-    for var in sorted(environ):
-        if var.startswith(PREFIX) and var != URL_VAR:
+    for var, value in prefixed(environ, PREFIX).items():  # WHYSTREAM_SCHEMA_REGISTRY_<NAME>_FILE: read
+        if var != URL_VAR:
             prop = var[len(PREFIX):].lower().replace("_", ".")
-            conf[prop], origins[prop] = environ[var], var
+            conf[prop], origins[prop] = value, var
     return conf, origins
 
 

@@ -4,7 +4,10 @@ producer-supplied text is escaped before it reaches a log line."""
 from __future__ import annotations
 
 import logging
+import os
 import stat
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -14,8 +17,10 @@ from whystream.config import Settings
 from whystream.config.secrets import mask_secrets, write_private
 from whystream.errors import ConfigError
 from whystream.kafka.dead_letters import DeadLetterRecord
+from whystream.config.kafka_properties import KafkaConfig
 from whystream.kafka.messages import RawMessage
-from whystream.logsafe import printable
+from whystream.logsafe import mask_secrets_in_logs, printable
+from whystream.wire.schema_registry import registry_config
 
 
 @pytest.mark.parametrize("flag, url, variable", [
@@ -23,6 +28,12 @@ from whystream.logsafe import printable
     ("--redis-url", "rediss://alice:hunter2@cache:6380/0", "WHYSTREAM_REDIS_URL"),
     ("--clickhouse-dsn", "http://analyst:hunter2@127.0.0.1:8123", "WHYSTREAM_CLICKHOUSE_DSN"),
     ("--broker", "kafka://user:hunter2@127.0.0.1:9092", "WHYSTREAM_BROKER"),
+    # issue 24: the query string and the fragment carry secrets too
+    ("--clickhouse-dsn", "http://127.0.0.1:8123/?user=a&password=hunter2", "WHYSTREAM_CLICKHOUSE_DSN"),
+    ("--clickhouse-dsn", "https://ch:8443/?user=a&access_token=hunter2", "WHYSTREAM_CLICKHOUSE_DSN"),
+    ("--clickhouse-dsn", "http://127.0.0.1:8123/#hunter2", "WHYSTREAM_CLICKHOUSE_DSN"),
+    ("--redis-url", "redis://h:1/0?password=hunter2", "WHYSTREAM_REDIS_URL"),
+    ("--redis-url", "redis://u:hunter2@x@h:1/0", "WHYSTREAM_REDIS_URL"),
 ])
 def test_a_password_on_the_command_line_is_refused(tmp_path, flag, url, variable):
     result = CliRunner().invoke(app, ["--home", str(tmp_path), flag, url, "sql", "SELECT 1"])
@@ -56,6 +67,55 @@ def test_passwords_from_the_environment_are_masked_wherever_settings_are_shown(t
     assert shown["WHYSTREAM_REDIS_URL"] == "rediss://worker:***@cache.internal:6380/2"
     assert shown["WHYSTREAM_CLICKHOUSE_DSN"] == "https://analyst:***@ch.internal:8443"
     assert "s3cr3t" not in mask_secrets("cannot reach redis://:s3cr3t@h:1 or http://u:s3cr3t@h:2/x")
+
+
+@pytest.mark.parametrize("url", [
+    "http://h:8123/?user=a&password=S3cret", "http://h:8123/?password=S3cret&user=a", "redis://h:1/0?password=S3cret",
+    "https://h/x?X-Amz-Signature=S3cret", "https://h/x#access_token=S3cret", "https://h/x#S3cret",
+    "redis://:S3cret@h:1", "redis://u:S3c@ret@h:1/0", "http://h/?PWD=S3cret", "http://h/?api_key=S3cret;x=1",
+])
+def test_every_url_form_of_a_secret_is_masked(url):
+    text = f"cannot connect to {url}: refused; HTTPConnectionPool url: /?user=a&password=S3cret"
+    assert "S3cret" not in mask_secrets(text) and "cannot connect to" in mask_secrets(text)
+    assert "ret" not in mask_secrets(url).replace("***", "")
+
+
+def test_urls_without_secrets_are_shown_as_they_are():
+    for url in ["http://h:8123/?user=a&database=x", "chdb:///var/whystream/chdb", "127.0.0.1:9092,h2:9093",
+                "rediss://cache:6380/2", "http://analyst@h:8123"]:
+        assert mask_secrets(url) == url
+
+
+def test_an_error_line_masks_a_query_string_password(tmp_path):
+    """The reported leak: a DSN with `?password=` in WHYSTREAM_CLICKHOUSE_DSN was printed in the error line."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WHYSTREAM_")}
+    env.update(WHYSTREAM_HOME=str(tmp_path), WHYSTREAM_CLICKHOUSE_DSN="http://127.0.0.1:9/?user=a&password=S3cret")
+    result = subprocess.run([sys.executable, "-m", "whystream", "sql", "SELECT 1"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.startswith("whystream: error: WHYSTREAM_CLICKHOUSE_DSN")
+    assert "S3cret" not in result.stderr + result.stdout and result.stderr.count("\n") == 1
+
+
+def test_log_records_have_their_secrets_masked(caplog):
+    mask_secrets_in_logs()
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger("some.client").warning("retrying %s", "redis://h:1/0?password=S3cret")
+    assert "S3cret" not in caplog.text and "password=***" in caplog.text
+
+
+def test_client_properties_from_mounted_files(tmp_path):
+    """WHYSTREAM_KAFKA_<NAME>_FILE and WHYSTREAM_SCHEMA_REGISTRY_<NAME>_FILE are read, not passed on as `*.file`."""
+    secret = tmp_path / "secret"
+    secret.write_text("hunter2\n")
+    kafka = KafkaConfig.from_env({"WHYSTREAM_KAFKA_SASL_PASSWORD_FILE": str(secret),
+                                  "WHYSTREAM_KAFKA_SASL_USERNAME": "u"})
+    assert kafka.properties == {"sasl.password": "hunter2", "sasl.username": "u"}
+    assert KafkaConfig.from_env({"WHYSTREAM_KAFKA_SASL_PASSWORD_FILE": str(secret),
+                                 "WHYSTREAM_KAFKA_SASL_PASSWORD": "wins"}).properties == {"sasl.password": "wins"}
+    conf, origins = registry_config("http://r:8081", {"WHYSTREAM_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO_FILE": str(secret)})
+    assert conf == {"url": "http://r:8081", "basic.auth.user.info": "hunter2"}
+    with pytest.raises(ConfigError, match="WHYSTREAM_KAFKA_SASL_PASSWORD_FILE: cannot read"):
+        KafkaConfig.from_env({"WHYSTREAM_KAFKA_SASL_PASSWORD_FILE": str(tmp_path / "missing")})
 
 
 def test_files_with_settings_are_the_owners_alone(tmp_path):

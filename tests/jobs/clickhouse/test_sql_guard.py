@@ -123,7 +123,7 @@ def guard_on(stack, database: str) -> ReadOnlyQueries:
     """The guard as the query port makes it: on the stack's chDB, with the limits of the
     operator's WHYSTREAM_SQL_* variables (as Settings.load reads them now)."""
     limits = QueryLimits.from_env(Settings.load().environ)
-    return ReadOnlyQueries(partial(open_read_only_client, ch.parse_dsn(stack.clickhouse_dsn), database, limits))
+    return ReadOnlyQueries(partial(open_read_only_client, ch.parse_dsn(stack.clickhouse_dsn), database, limits), limits)
 
 
 def test_guard_refuses_every_bypass_on_its_own_session(stack, target):
@@ -138,7 +138,7 @@ def test_guard_refusals_come_from_the_guard_itself(stack, target):
     _, database, _, _, attack = target
     guard = guard_on(stack, database)
     for sql in [*(attack(f"SELECT * FROM {fn}") for fn in TABLE_FUNCTIONS), *map(attack, HOST_READS)]:
-        with pytest.raises(RefusedQuery, match="reads the host|reaches outside"):
+        with pytest.raises(RefusedQuery, match="not available here|reaches outside"):
             guard.check(sql)
     for template in [s for s in STATEMENTS if "OUTFILE" in s or "FORMAT" in s or "DROP" in s]:
         with pytest.raises(RefusedQuery):
@@ -164,17 +164,20 @@ def test_ordinary_reads_still_work(stack, target):
 
 def test_limits_are_the_operators_not_the_querys(stack, target, monkeypatch):
     _, database, *_ = target
+    guard_on(stack, database).query("SELECT 1")  # the process's function catalogue, loaded without a hurry
     monkeypatch.setenv("WHYSTREAM_SQL_MAX_RESULT_ROWS", "1000")
-    monkeypatch.setenv("WHYSTREAM_SQL_MAX_EXECUTION_TIME", "1")
     assert QueryLimits.from_env(Settings.load().environ).max_result_rows == 1000
     guard = guard_on(stack, database)
-    with pytest.raises(Exception, match="(?i)limit for result exceeded"):
+    with pytest.raises(WhystreamError, match="(?i)limit for result exceeded"):
         guard.query("SELECT * FROM system.numbers")
-    with pytest.raises(Exception, match="(?i)timeout exceeded"):
-        guard.query("SELECT count() FROM numbers(1000000000000)")
-    with pytest.raises(Exception, match="(?i)readonly"):
+    with pytest.raises(WhystreamError, match="(?i)readonly"):
         guard.query("SELECT count() FROM numbers(10) SETTINGS max_result_rows = 0")
     assert guard.query("SELECT count() FROM numbers(10)").result_rows == [(10,)]  # the session recovered
+    monkeypatch.setenv("WHYSTREAM_SQL_MAX_EXECUTION_TIME", "1")
+    guard = guard_on(stack, database)
+    # ClickHouse's own limit between blocks, or the guard's deadline a second later (a loaded machine)
+    with pytest.raises(WhystreamError, match="(?i)timeout exceeded|passed its time limit"):
+        guard.query("SELECT count() FROM numbers(1000000000000)")
     monkeypatch.setenv("WHYSTREAM_SQL_MAX_RESULT_ROWS", "lots")
     with pytest.raises(WhystreamError, match="WHYSTREAM_SQL_MAX_RESULT_ROWS"):
         QueryLimits.from_env(Settings.load().environ)
