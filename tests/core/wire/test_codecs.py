@@ -63,7 +63,8 @@ EXPLAIN_ERROR = {
     "message": "no recent decision", "original": b"", "answered_at": 1_700_000_000_001, "worker": "w",
 }
 SAMPLING_CHECKPOINT = {"partition": 3, "kind": "COMMIT", "offset": 120, "live_from": 480,
-                       "written_at": 1_700_000_000_002, "worker": "w"}
+                       "written_at": 1_700_000_000_002, "worker": "w", "topic_id": "AaJN3irTeuCK4ZDTTh2rpQ",
+                       "since": [{"topic": "explanations", "partition": 1, "offset": 77}]}
 EXAMPLES = {"PredictionEvent": PREDICTION, "ExplanationEvent": EXPLANATION, "DeadLetter": DEAD_LETTER,
             "DriftAlert": ALERT, "ModelRegistered": MODEL_REGISTERED, "ExplainRequest": EXPLAIN_REQUEST,
             "ExplainError": EXPLAIN_ERROR, "SamplingCheckpoint": SAMPLING_CHECKPOINT}
@@ -109,6 +110,7 @@ PREVIOUS = [
      {"role": "CHAMPION", "champion_prediction_id": None, "request_id": None}, {"redis_available": "cached"}),
     ("DeadLetter", "DeadLetter.v1.avsc", {"original_size": -1, "original_truncated": False}, {}),
     ("DriftAlert", "DriftAlert.v1.avsc", {"fallback_share": 0.0, "effective_n": 0.0}, {}),
+    ("SamplingCheckpoint", "SamplingCheckpoint.v1.avsc", {"topic_id": None, "since": []}, {}),
 ]
 
 
