@@ -252,11 +252,11 @@ class Engine:
         self._explain_and_publish(due, time.monotonic())
 
     def guard(self, consumer, partitions) -> set[int]:
-        """Partitions assigned to this worker: read back what was published of what it will
-        replay, and resume their sampling where the worker before left it. Returns those it could
-        not read back: not to be handled until a later call succeeds for them."""
+        """Partitions assigned: read back what was published of what will be replayed, resume their
+        sampling where the worker before left it. Returns those not read back (not to be handled)."""
         guard = self.replay_guard
         stalled = guard.guard(consumer, partitions)
+        self.dead_letters.topic_id = guard.topic_id
         for p in partitions:
             if p in stalled:
                 continue

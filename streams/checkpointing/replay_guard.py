@@ -130,7 +130,7 @@ class ReplayGuard:
         began = time.monotonic()
         try:
             start = self._scan(consumer, partitions)
-        except (KafkaException, WhystreamError) as exc:  # ReadTimeout included
+        except (KafkaException, WhystreamError, TimeoutError) as exc:  # ReadTimeout included
             self.forget(partitions)
             log.warning("replay guard for partitions %s could not read back what was published (%s): they wait "
                         "for a retry", sorted(partitions), printable(exc))
@@ -266,9 +266,10 @@ class ReplayGuard:
             if m.topic() == dlq:
                 try:
                     letter = self.dlq_codec.decode(m.value())
-                    self.dead.add((letter["partition"], letter["offset"]))
                 except Exception:  # not ours to judge: a replay publishes it again at worst
-                    pass
+                    continue
+                if (letter.get("topic_id") or self.topic_id) == self.topic_id:  # of this incarnation
+                    self.dead.add((letter["partition"], letter["offset"]))
             elif m.key() is not None and self._data_plane(m.value()):
                 self.explained.add(m.key().decode("utf-8", "replace"))
 
