@@ -310,7 +310,7 @@ def check(settings, valid, bad):
 def test_the_engine_under_random_interleavings(world):
     EngineMachine.world = world
     machine = EngineMachine.TestCase
-    machine.settings = settings(max_examples=15, stateful_step_count=20, deadline=None,
+    machine.settings = settings(max_examples=12, stateful_step_count=20, deadline=None,
                                 suppress_health_check=list(HealthCheck))
     machine("runTest").runTest()
 
