@@ -185,12 +185,13 @@ class ReplayGuard:
             consumer.close()
 
     def _checkpoints(self, m) -> dict | None:
-        """A checkpoint of this incarnation of `predictions`, else None."""
+        """A checkpoint of this incarnation of `predictions`, else None. One without a topic id
+        (written before they were recorded, or where the broker has none) is taken as this one's."""
         try:
             checkpoint = self.checkpoint_codec.decode(m.value())
         except Exception:  # not ours to judge: without it a replay only does more work
             return None
-        return checkpoint if (checkpoint.get("topic_id") or "") == self.topic_id else None
+        return checkpoint if (checkpoint.get("topic_id") or self.topic_id) == self.topic_id else None
 
     def _find_since(self, start: dict[int, int]) -> dict[int, Positions]:
         """Per replayed partition, the `since` of its latest COMMIT at or before its committed offset,
