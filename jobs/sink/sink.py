@@ -242,7 +242,7 @@ class Sink:
         m = unit.messages
         client.insert("sink_ledger", [[x.topic for x in m], [topic_id] * len(m), [x.partition for x in m],
                                       [x.offset for x in m], list(unit.prediction_ids)],
-                      column_names=LEDGER_COLUMNS, column_oriented=True,
+                      database=self.database, column_names=LEDGER_COLUMNS, column_oriented=True,
                       settings={"insert_deduplication_token": "ledger:" + token})
         return None
 
