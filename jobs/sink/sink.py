@@ -57,7 +57,7 @@ from whystream.jobs.clickhouse.sql import DEFAULT_DATABASE, ident, ms_lit, one_l
 from whystream.jobs.sink import explanation_rows
 from whystream.jobs.sink.columns import INSERT_COLUMNS
 from whystream.jobs.sink.decoder import BatchDecoder
-from whystream.jobs.sink.ledger import TopicIds, write_exactly_once
+from whystream.jobs.sink.ledger import TopicIds, stored, units, write_exactly_once
 from whystream.jobs.sink.rows import Rows, decode_messages
 from whystream.kafka.clients import producer
 from whystream.kafka.dead_letters import DeadLetterRecord, DeadLetterWriter
@@ -218,6 +218,8 @@ class Sink:
     def write(self, prepared: tuple[Rows, dict[str, str]]) -> int:
         rows, topic_ids = prepared
         rows = self._unique(self._without_answers(rows))
+        if len(rows):  # the ledger first: what it holds is stored in every view (read again after a restart)
+            rows = self._retrying("reading the sink ledger", lambda c: self._not_in_ledger(c, rows, topic_ids))
         if len(rows):
             rows = self._retrying("checking for duplicates", lambda c: self._not_stored(c, rows, topic_ids))
         written = 0
@@ -306,13 +308,21 @@ class Sink:
                 WHERE model_name IN {{names:Array(String)}}
                   AND event_time BETWEEN {ms_lit(lo)} AND {ms_lit(hi)}
                   AND prediction_id IN {{ids:Array(String)}}""", parameters={"names": names, "ids": chunk})
-            present.update(r[0] for r in found.result_rows)
-        if present:
-            present -= self._stored_here(client, rows, present, topic_ids, names, lo, hi)
+            ids = {r[0] for r in found.result_rows}
+            if ids:  # at most a chunk's worth
+                present |= ids - self._stored_here(client, rows, ids, topic_ids, names, lo, hi)
         if not present:
             return rows
         self.stats.duplicates += len(present)
         return rows.take([i for i, pid in enumerate(rows.prediction_ids) if pid not in present])
+
+    def _not_in_ledger(self, client, rows: Rows, topic_ids: dict[str, str]) -> Rows:
+        """Rows whose message (topic incarnation, partition, offset, prediction_id) the ledger lacks."""
+        have = stored(client, self.database, units(rows), topic_ids)
+        if not have:
+            return rows
+        return rows.take([i for i, (pid, m) in enumerate(zip(rows.prediction_ids, rows.messages))
+                          if (m.topic, m.partition, m.offset, pid) not in have])
 
     def _stored_here(self, client, rows: Rows, ids: set[str], topic_ids: dict[str, str], names: list[str],
                      lo: int, hi: int) -> set[str]:
