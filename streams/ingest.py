@@ -48,6 +48,11 @@ FETCH_SETTINGS = {
 }
 
 
+# A partition's commit point is recorded on `sampling-checkpoints` when it moves, and at least this
+# often: a successor reads that topic backwards to the latest one (streams/checkpointing/replay_guard.py).
+CHECKPOINT_REFRESH_S = 60.0
+
+
 class Ingest:
     """The consume -> engine -> commit loop, on a thread of its own."""
 
@@ -73,6 +78,7 @@ class Ingest:
         # Assigned, but their read-back failed: paused until a retry succeeds; the first offset held back.
         self.stalled: dict[int, int | None] = {}
         self.guard_retry_s, self._retry_at = guard_retry_s, 0.0
+        self._refresh_at = time.monotonic() + CHECKPOINT_REFRESH_S
         self.positions: dict[int, int] = {}  # partition -> next offset to read (after what the engine handled)
         self.committed: dict[int, int] = {}
         self.checkpointed: dict[int, tuple[int, int]] = {}  # the last commit point recorded, per partition
@@ -230,7 +236,11 @@ class Ingest:
         recorded what a replay from there needs (also when only where handling resumes moved on)."""
         with self.lock:
             points = self.engine.commit_points({p: self.positions[p] for p in partitions if p in self.positions})
-            moved = {p: point for p, point in points.items() if self.checkpointed.get(p) != point}
+            # Unchanged points are recorded again now and then: a successor finds the latest nearby.
+            refresh = time.monotonic() >= self._refresh_at
+            moved = {p: point for p, point in points.items() if refresh or self.checkpointed.get(p) != point}
+            if refresh:
+                self._refresh_at = time.monotonic() + CHECKPOINT_REFRESH_S
             self.engine.checkpoint(moved)
         self.checkpointed.update(moved)
         offsets = [TopicPartition(self.topic, p, offset) for p, (offset, _) in points.items()

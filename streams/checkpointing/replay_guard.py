@@ -148,6 +148,7 @@ class ReplayGuard:
         committed = consumer.committed([TopicPartition(source, p) for p in partitions], timeout=self.timeout_s)
         bounds = partition_bounds(self.settings, source, partitions, self.timeout_s, complete=True)
         start: dict[int, int] = {}
+        never: set[int] = set()  # nothing committed: no checkpoint can vouch for anything
         for tp in committed:
             if tp.error is not None:
                 raise KafkaException(tp.error)
@@ -158,9 +159,11 @@ class ReplayGuard:
                 continue
             self._until[tp.partition] = max(end, self._until.get(tp.partition, 0))
             start[tp.partition] = offset
+            if tp.offset < 0:
+                never.add(tp.partition)
         if not start:
             return start
-        since = self._find_since(start)
+        since = self._find_since({p: o for p, o in start.items() if p not in never})
         for p in start:
             self.resumed[p] = (start[p], since.get(p, {}))
         self._read_checkpoints(start, since)
@@ -197,6 +200,8 @@ class ReplayGuard:
         """Per replayed partition, the `since` of its latest COMMIT at or before its committed offset,
         read backwards from the end of `sampling-checkpoints`; absent where there is none."""
         found: dict[int, Positions] = {}
+        if not start:
+            return found
         topic = self.checkpoint_topic
         bounds = self._ck_bounds()  # checkpoint partition -> (low, end)
         upto = {cp: end for cp, (_, end) in bounds.items()}  # read already from here on
