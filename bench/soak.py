@@ -1,7 +1,9 @@
 """Soak: mixed valid and bad traffic for a few minutes through real worker
 processes, with kill -9 of the worker at random moments and Redis killed and
-restarted, then count what was lost or published twice (`make soak`; not part
-of `make test`).
+restarted, explain requests for recent decisions on `explain-requests` and a
+challenger version explained in the shadow of the champion (both put messages
+under a decision's key on `explanations` that are not its explanation), then
+count what was lost or published twice (`make soak`; not part of `make test`).
 
 Prints, at the end, lost and duplicated priority explanations and dead
 letters (all must be 0), whether the reservoir weights add up to the distinct
@@ -34,6 +36,7 @@ from whystream.jobs.simulation.produce import prediction_events
 from whystream.jobs.simulation.train import train_model
 from whystream.kafka.clients import producer as kafka_producer
 from whystream.kafka.reader import message_count, read_all
+from whystream.models.events import announce, model_event
 from whystream.models.registry import ModelRegistry
 from whystream.wire.codecs import codec_for
 
@@ -104,6 +107,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=1000.0, help="messages per second")
     parser.add_argument("--bad-every", type=int, default=100, help="one bad message after every N valid ones")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--ask-every", type=int, default=200, help="an explain request for one in N messages")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     home = Path(tempfile.mkdtemp(prefix="whystream-soak-"))
@@ -113,19 +117,30 @@ def main() -> int:
         model = train_model(ModelRegistry(home / "registry"), n_train=20_000, num_trees=40, num_leaves=15,
                             progress=False)
         settings = stack.with_(registry=home / "registry", redis_url=redis.url)
+        scratch = ModelRegistry(home / "scratch")  # a challenger: a second version, same features
+        trained = train_model(scratch, n_train=6000, num_trees=30, num_leaves=15, seed=11, progress=False)
+        challenger = ModelRegistry(settings.registry).register("fraud", trained.booster, trained.threshold,
+                                                               TransactionGenerator(12).sample(1000).X, challenger=True)
+        announce(settings, model_event(challenger, "CHALLENGER"))
         messages = traffic(model, int(args.minutes * 60 * args.rate), args.bad_every)
         print(f"soak: {len(messages):,} messages over {args.minutes:g} min, worker logs in {home}", flush=True)
         worker = Worker(settings, home / "worker.log")
-        rss, kills, redis_restarts = [], 0, 0
+        rss, kills, redis_restarts, asked = [], 0, 0, []
         done = threading.Event()
 
         def send():
             # Idempotent: a retried produce request must not put a decision on the topic twice (the
             # worker's guarantee is about its own output; duplicated input is counted below).
             producer = kafka_producer(settings, "confirmed")
+            requests = codec_for("ExplainRequest")
             began = time.monotonic()
-            for i, (key, value, _) in enumerate(messages):
+            for i, (key, value, record) in enumerate(messages):
                 producer.produce(settings.topic("predictions"), value, key)
+                if record is not None and i % args.ask_every == 0:  # someone asks why, right after
+                    asked.append(record["prediction_id"])
+                    producer.produce(settings.topic("explain-requests"), requests.encode(
+                        {"prediction_id": record["prediction_id"], "requested_by": "soak",
+                         "request_id": f"soak-{i}"}), f"soak-{i}".encode())
                 if i % 100 == 99:
                     producer.poll(0)
                     time.sleep(max(0.0, (i + 1) / args.rate - (time.monotonic() - began)))
@@ -173,6 +188,9 @@ def main() -> int:
     due = {r["prediction_id"] for r in records
            if r["decision"] != "approve" or r["priority"] or abs(r["score"] - r["threshold"]) <= BAND}
     bad = {key.decode() for key, _, r in messages if r is None}
+    answers = [e for e in found if e.get("request_id")]
+    shadows = [e for e in found if e["role"] == "CHALLENGER"]
+    found = [e for e in found if e["role"] == "CHAMPION" and not e.get("request_id")]  # the stream's own
     ids = [e["prediction_id"] for e in found]
     explained_priority = {e["prediction_id"] for e in found if e["sampling_reason"] != "RESERVOIR"}
     letter_ids = [d["original_key"].decode() for d in letters]
@@ -188,6 +206,8 @@ def main() -> int:
     for name, value in figures.items():
         print(f"  {name:26s} {value}")
     print(f"  {'reservoir weights':26s} {sampled:,.1f} for {len(records) - len(due):,} candidates")
+    print(f"  {'explain requests':26s} {len(asked):,} asked, {len(answers):,} answers (at most once); "
+          f"{len(shadows):,} challenger shadows")
     print("  worker RSS (s: MiB): " + ", ".join(f"{t}: {m:.0f}" for t, m in rss if m is not None))
     twice = [pid for pid, n in Counter(ids).items() if n > 1]
     for pid in sorted(twice)[:5]:  # what a duplicate looks like: which workers, when, why sampled

@@ -24,18 +24,16 @@ already holds as columns) takes one batch of raw prediction messages and:
    whatever explanation a message before the commit was due has been published.
 
 A partition assigned with something to replay (`guard`) is first read back:
-messages that the previous worker handled only rebuild the reservoirs; after
-them the engine handles messages as usual, skipping what is on the broker
-already (streams/checkpointing/replay_guard.py).
+messages the previous worker handled only rebuild the reservoirs, the resets it
+made are made again where it made them; the rest is handled as usual, skipping
+what is on the broker already (streams/checkpointing/).
 
-What the engine reads and writes beyond its own memory (the registry, codecs, the
-producer, Redis, the replay guard) is given to it (`EngineParts`, made from
-Settings by streams/assembly.py); the engine itself makes only its in-memory
-state: validator, reservoirs, attributor, labels.
+What the engine reads and writes beyond its own memory (registry, codecs, producer,
+Redis, replay guard) is given to it (`EngineParts`, streams/assembly.py); it makes
+only its in-memory state: validator, reservoirs, attributor, labels.
 
-Per-event Python objects are few: the three strings the decoder hands over
-(prediction_id, decision, stratum); a record dict only for events explained
-or kept by a reservoir.
+Per-event Python objects are few: the decoder's three strings (prediction_id,
+decision, stratum); a record dict only for events explained or sampled.
 """
 
 from __future__ import annotations
@@ -57,7 +55,7 @@ from whystream.kafka.publisher import Publisher
 from whystream.kafka.reader import OffsetReader
 from whystream.models.registry import ModelRegistry, RegisteredModel
 from whystream.streams.attribution import Attributor, cache_keys
-from whystream.streams.checkpointing.checkpoints import Checkpoints
+from whystream.streams.checkpointing.checkpoints import Checkpoints, ReadBackStarts
 from whystream.streams.checkpointing.replay_guard import ReplayGuard
 from whystream.streams.due import Candidates, Due, requested_classes
 from whystream.streams.event_time import EventTimeRule
@@ -137,6 +135,7 @@ class Engine:
         self.on_demand = OnDemand(self, parts.predictions_reader)  # any recent decision, beside the batch path
         self._building_for = "first-event"  # why kernels are being built now (whystream_model_kernel_built_at)
         self.shadow = None  # the challenger's shadow (streams/control/shadow.py), set by the worker's control plane
+        self.read_back = ReadBackStarts()  # what each COMMIT checkpoint's `since` says
 
     def _prepare(self, model: RegisteredModel) -> None:
         """Build a new version's explainer when the validator first meets it: a version whose
@@ -206,6 +205,9 @@ class Engine:
             self.labels.note(batch.decisions)
         due: dict[str, Due] = {}
         self._sample(batches, inbound, due, now_ms, handled)
+        if self.replay_guard.active():  # a replayed reset past the partition's last candidate still applies
+            for p in np.unique(inbound.partitions).tolist():
+                self.reservoirs.reached(p, int(inbound.offsets[inbound.partitions == p].max()) + 1)
         self._close_windows(due, now_ms)
         self._explain_and_publish(due, started)
         self._remember(batches, inbound)
@@ -249,28 +251,39 @@ class Engine:
         self._close_windows(due, now_ms if now_ms is not None else int(time.time() * 1000))
         self._explain_and_publish(due, time.monotonic())
 
-    def guard(self, consumer, partitions) -> None:
-        """Partitions assigned to this worker: read back what was published of what it will
-        replay, and resume their sampling where the worker before left it."""
-        self.replay_guard.guard(consumer, partitions)
+    def guard(self, consumer, partitions) -> set[int]:
+        """Partitions assigned: read back what was published of what will be replayed, resume their
+        sampling where the worker before left it. Returns those not read back (not to be handled)."""
+        guard = self.replay_guard
+        stalled = guard.guard(consumer, partitions)
+        self.dead_letters.topic_id = guard.topic_id
         for p in partitions:
-            if self.replay_guard.guarding(p):
-                self.reservoirs.resume(p, self.replay_guard.live_from[p], self.replay_guard.resets[p])
+            if p in stalled:
+                continue
+            self.read_back.resume(p, *guard.resumed[p])
+            if guard.guarding(p):
+                self.reservoirs.resume(p, guard.live_from[p], guard.resets[p])
+        return stalled
 
     def commit_points(self, positions: dict[int, int]) -> dict[int, tuple[int, int]]:
         """Per partition (the offset after the last message handled): (the offset to commit,
         live_from: every message before it has been handled and its windows handed over)."""
+        for p, position in positions.items():
+            if not self.replay_guard.guarding(p):  # only this worker handles what comes from here on
+                self.read_back.mark(p, position, self.replay_guard.floor, self.publisher.ends)
         return {p: (self.reservoirs.hold(p, position), self.reservoirs.frontier(p, position))
                 for p, position in positions.items()}
 
     def checkpoint(self, points: dict[int, tuple[int, int]]) -> None:
         """Record commit points on `sampling-checkpoints` (confirmed): before they are committed."""
-        self.checkpoints.record([(p, "COMMIT", offset, live_from) for p, (offset, live_from) in points.items()])
+        self.checkpoints.record([(p, "COMMIT", offset, live_from, self.read_back.since(p, offset))
+                                 for p, (offset, live_from) in points.items()], self.replay_guard.topic_id)
 
     def revoke(self, partitions) -> None:
         """Partitions moved to another worker: it rebuilds their windows from the committed offsets."""
         for p in partitions:
             self.reservoirs.drop_partition(p)
+            self.read_back.drop(p)
         self.replay_guard.forget(partitions)
 
     # -- steps ----------------------------------------------------------------
@@ -342,8 +355,8 @@ class Engine:
     def _close_windows(self, due: dict[str, Due], now_ms: int) -> None:
         closed = self.reservoirs.close_due(now_ms)
         # A wall-clock reset is recorded before its samples go out: a replay must reset at the same offset.
-        self.checkpoints.record([(r.partition, "FORGET" if r.forget else "RESET", r.offset, None)
-                                 for r in self.reservoirs.take_resets()])
+        self.checkpoints.record([(r.partition, "FORGET" if r.forget else "RESET", r.offset, None, {})
+                                 for r in self.reservoirs.take_resets()], self.replay_guard.topic_id)
         for window in closed:
             for (model, record, row, _), weight in window.selected:  # the window's stratum: maybe pooled OTHER
                 due.setdefault(model.version, Due(model)).add(record, row, RESERVOIR, weight, window.stratum)

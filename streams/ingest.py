@@ -15,7 +15,10 @@ confluent-kafka (librdkafka) consumer in the consumer group `<prefix>whystream-w
 
 When partitions are revoked (another worker joins), the loop commits what is
 allowed and drops their reservoirs: the new owner rebuilds them by replaying
-from that offset. The engine is used by one thread at a time (`Ingest.lock`,
+from that offset. A newly assigned partition is first read back
+(streams/checkpointing/replay_guard.py); one whose read-back cannot finish is
+paused, not guessed past: logged, counted in `whystream_replay_stalled_partitions`,
+and tried again every `guard_retry_s` until it succeeds. The engine is used by one thread at a time (`Ingest.lock`,
 shared with the web handlers and the control plane).
 """
 
@@ -26,7 +29,7 @@ import threading
 import time
 
 import numpy as np
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 
 from whystream.kafka.clients import consumer
 from whystream.kafka.messages import Inbound, RawMessage
@@ -45,11 +48,17 @@ FETCH_SETTINGS = {
 }
 
 
+# A partition's commit point is recorded on `sampling-checkpoints` when it moves, and at least this
+# often: a successor reads that topic backwards to the latest one (streams/checkpointing/replay_guard.py).
+CHECKPOINT_REFRESH_S = 60.0
+
+
 class Ingest:
     """The consume -> engine -> commit loop, on a thread of its own."""
 
     def __init__(self, engine: Engine, batch_size: int = 2000, session_timeout_s: float = 6.0,
-                 commit_interval_s: float = 1.0, tick_interval_s: float = 1.0, poll_timeout_s: float = 0.1):
+                 commit_interval_s: float = 1.0, tick_interval_s: float = 1.0, poll_timeout_s: float = 0.1,
+                 guard_retry_s: float = 5.0):
         self.engine = engine
         self.lock = threading.Lock()  # one engine call at a time: this loop or a web handler
         self.topic = engine.settings.topic("predictions")
@@ -66,6 +75,10 @@ class Ingest:
         })
         self.assigned: set[int] = set()  # partitions this worker owns now (rebalance callbacks keep it)
         self._to_guard: set[int] = set()  # newly assigned: read what was published before replaying them
+        # Assigned, but their read-back failed: paused until a retry succeeds; the first offset held back.
+        self.stalled: dict[int, int | None] = {}
+        self.guard_retry_s, self._retry_at = guard_retry_s, 0.0
+        self._refresh_at = time.monotonic() + CHECKPOINT_REFRESH_S
         self.positions: dict[int, int] = {}  # partition -> next offset to read (after what the engine handled)
         self.committed: dict[int, int] = {}
         self.checkpointed: dict[int, tuple[int, int]] = {}  # the last commit point recorded, per partition
@@ -97,6 +110,8 @@ class Ingest:
                 if messages:
                     self._handle(messages)
                 now = time.monotonic()
+                if self.stalled and now >= self._retry_at:
+                    self._guard(set(self.stalled))  # nothing of theirs is fetched: retried here
                 if now >= next_tick:
                     next_tick = now + self.tick_interval_s
                     with self.lock:
@@ -150,11 +165,55 @@ class Ingest:
             self.dropped_revoked += sum(1 for m in messages if m.error() is None and m.partition() not in assigned)
         return good
 
+    def _guard(self, partitions: set[int], messages: list = ()) -> list:
+        """Read back what was published of these newly assigned partitions before replaying them;
+        those whose read-back fails are paused and retried. Returns the messages left to handle."""
+        partitions &= self.assigned
+        with self.lock:
+            stalled = self.engine.guard(self.consumer, sorted(partitions)) if partitions else set()
+        for p in sorted((partitions - stalled) & set(self.stalled)):
+            first = self.stalled[p]
+            try:
+                if first is not None:  # what was held back is fetched again
+                    self.consumer.seek(TopicPartition(self.topic, p, first))
+                self.consumer.resume([TopicPartition(self.topic, p)])
+            except KafkaException as exc:  # stays paused; the next retry guards it again
+                log.warning("partition %d not resumed yet: %s", p, exc)
+                stalled.add(p)
+                continue
+            del self.stalled[p]
+        if stalled:
+            self.consumer.pause([TopicPartition(self.topic, p) for p in sorted(stalled)])
+            for p in stalled:
+                self.stalled.setdefault(p, None)
+            self._retry_at = time.monotonic() + self.guard_retry_s
+            log.warning("partitions %s wait for their read-back (retried in %g s)", sorted(self.stalled),
+                        self.guard_retry_s)
+        self.engine.metrics.replay_stalled.set(len(self.stalled))
+        return self._hold_back(messages)
+
+    def _hold_back(self, messages) -> list:
+        """The messages of partitions not stalled; where the others start is kept for later."""
+        if not self.stalled:
+            return list(messages)
+        kept = []
+        for m in messages:
+            p = m.partition()
+            if p in self.stalled:
+                first = self.stalled[p]
+                self.stalled[p] = m.offset() if first is None else min(first, m.offset())
+            else:
+                kept.append(m)
+        return kept
+
     def _handle(self, messages: list) -> None:
         if self._to_guard:
-            guarded, self._to_guard = sorted(self._to_guard & self.assigned), set()
-            with self.lock:
-                self.engine.guard(self.consumer, guarded)
+            guarded, self._to_guard = set(self._to_guard), set()
+            messages = self._guard(guarded, messages)
+        else:
+            messages = self._hold_back(messages)
+        if not messages:
+            return
         n = len(messages)
         values = [m.value() or b"" for m in messages]  # a tombstone (no value) is undecodable input
         partitions = np.fromiter((m.partition() for m in messages), dtype=np.int64, count=n)
@@ -177,7 +236,11 @@ class Ingest:
         recorded what a replay from there needs (also when only where handling resumes moved on)."""
         with self.lock:
             points = self.engine.commit_points({p: self.positions[p] for p in partitions if p in self.positions})
-            moved = {p: point for p, point in points.items() if self.checkpointed.get(p) != point}
+            # Unchanged points are recorded again now and then: a successor finds the latest nearby.
+            refresh = time.monotonic() >= self._refresh_at
+            moved = {p: point for p, point in points.items() if refresh or self.checkpointed.get(p) != point}
+            if refresh:
+                self._refresh_at = time.monotonic() + CHECKPOINT_REFRESH_S
             self.engine.checkpoint(moved)
         self.checkpointed.update(moved)
         offsets = [TopicPartition(self.topic, p, offset) for p, (offset, _) in points.items()
@@ -220,6 +283,8 @@ class Ingest:
         revoked = {tp.partition for tp in partitions if tp.topic == self.topic}
         self.assigned = self.assigned - revoked
         self._revoked_now |= revoked
+        for p in revoked:
+            self.stalled.pop(p, None)
         if self.crashed is None:
             self._commit(revoked, asynchronous=False)
         self._forget(revoked)
@@ -228,6 +293,8 @@ class Ingest:
         lost = {tp.partition for tp in partitions if tp.topic == self.topic}
         self.assigned = self.assigned - lost
         self._revoked_now |= lost
+        for p in lost:
+            self.stalled.pop(p, None)
         self._forget(lost)
 
     def _forget(self, partitions: set[int]) -> None:

@@ -38,6 +38,8 @@ class Metrics:
                                          "adverse nor known (compared case-insensitively)", ["label"], registry=r)
         self.quarantined = Gauge("whystream_models_quarantined", "Model versions that cannot be served now "
                                  "(their events are dead-lettered as MODEL_UNAVAILABLE)", registry=r)
+        self.replay_stalled = Gauge("whystream_replay_stalled_partitions", "Assigned partitions held back: what was "
+                                    "published of their replay could not be read back yet (retried)", registry=r)
         self.redis_up = Gauge("whystream_redis_available", "1 while the shared Redis answers", registry=r)
         self.open_windows = Gauge("whystream_reservoir_open_windows", "Reservoir windows not yet closed", registry=r)
         self.held_items = Gauge("whystream_reservoir_held_events", "Sampled events waiting for their window to close",

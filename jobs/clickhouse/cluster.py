@@ -14,6 +14,7 @@ Without a cluster name every statement is the file's own, byte for byte. With on
 | `ALTER TABLE {db}.T ...` | `ON CLUSTER c`, on `T_local` and on the Distributed `T` (which gets only the column changes of an ALTER that also does `MODIFY ORDER BY`) |
 | `INSERT INTO {db}.T SELECT ...` (a one-off backfill) | as it is, once: through the Distributed tables, reading every shard |
 | `ALTER TABLE {db}.V ...` of a view (`*_mv`, or in `VIEWS`) | `ON CLUSTER c` on the view itself; a materialized view's `MODIFY QUERY` reads the shard's local tables |
+| `DROP VIEW IF EXISTS {db}.V` | `ON CLUSTER c` (a view is one per node) |
 
 `explanations` is sharded by `cityHash64(prediction_id)`: every copy of one
 decision lands on the same shard, so ReplacingMergeTree (and the sink's
@@ -55,6 +56,7 @@ _CREATE_VIEW = re.compile(r"^CREATE (?P<how>VIEW IF NOT EXISTS|OR REPLACE VIEW) 
                           re.S)
 _ORDER_BY = re.compile(r",\s*MODIFY ORDER BY \([^()]*\)\s*$", re.S)
 _ALTER = re.compile(r"^ALTER TABLE (?P<db>\w+)\.(?P<name>\w+)(?P<rest>.*)$", re.S)
+_DROP_VIEW = re.compile(r"^DROP VIEW IF EXISTS (?P<db>\w+)\.(?P<name>\w+)\s*$", re.S)
 
 
 def quote(text: str) -> str:
@@ -119,6 +121,8 @@ def cluster_statement(statement: str, cluster: str) -> list[str]:
         return [f"CREATE {m.group('how')} {m.group('db')}.{m.group('name')}{on}{m.group('rest')}"]
     if statement.startswith("INSERT INTO "):
         return [statement]
+    if m := _DROP_VIEW.match(statement):
+        return [f"DROP VIEW IF EXISTS {m.group('db')}.{m.group('name')}{on}"]
     if m := _ALTER.match(statement):
         db, name, rest = m.group("db"), m.group("name"), m.group("rest")
         if name.endswith("_mv") or name in VIEWS:  # a view: one per node (a materialized one reads its shard)

@@ -77,18 +77,22 @@ def register_reference(client, model, database: str = DEFAULT_DATABASE, backfill
     client.insert("model_reference", reference_columns(model), database=db,
                   column_names=REFERENCE_COLUMNS, column_oriented=True)
     if backfill:
-        # Rows inserted before the reference: their inserted_at is earlier than its registered_at.
+        # Rows inserted before the reference (their inserted_at is earlier than its registered_at), binned
+        # as attribution_hist_mv bins (migration 042): exact, finite rows only, by stratum.
         client.command(f"""
-            INSERT INTO {db}.attribution_hist (model_name, model_version, feature, minute, bin, weight, n)
+            INSERT INTO {db}.attribution_hist (model_name, model_version, feature, minute, bin, stratum, weight, n)
             SELECT e.model_name, e.model_version, e.feature, e.minute,
-                   toUInt16(arrayCount(edge -> edge <= e.shap, r.bin_edges) - 1) AS bin, sum(e.weight), count()
+                   toUInt16(arrayCount(edge -> edge <= e.shap, r.bin_edges) - 1) AS bin, e.stratum,
+                   sum(e.weight), count()
             FROM
             (
-                SELECT model_name, model_version, toStartOfMinute(event_time) AS minute, inclusion_weight AS weight,
-                       attributions.feature AS feature, attributions.shap AS shap
+                SELECT model_name, model_version, toStartOfMinute(event_time) AS minute, stratum,
+                       inclusion_weight AS weight, attributions.feature AS feature, attributions.shap AS shap
                 FROM {db}.explanations FINAL
                 ARRAY JOIN attributions
                 WHERE model_name = {lit(model.name)} AND model_version = {lit(model.version)}
+                  AND source IN ('LIVE', 'CACHE') AND isFinite(inclusion_weight) AND inclusion_weight > 0
+                  AND isFinite(attributions.shap)
                   AND inserted_at < (SELECT min(registered_at) FROM {db}.model_reference
                                      WHERE model_name = {lit(model.name)} AND model_version = {lit(model.version)})
             ) AS e
@@ -97,7 +101,7 @@ def register_reference(client, model, database: str = DEFAULT_DATABASE, backfill
                 SELECT model_name, model_version, feature, bin_edges FROM {db}.model_reference FINAL
                 WHERE model_name = {lit(model.name)} AND model_version = {lit(model.version)}
             ) AS r ON e.model_name = r.model_name AND e.model_version = r.model_version AND e.feature = r.feature
-            GROUP BY e.model_name, e.model_version, e.feature, e.minute, bin
+            GROUP BY e.model_name, e.model_version, e.feature, e.minute, bin, e.stratum
             SETTINGS insert_deduplication_token = {lit(f"backfill:{model.name}:{model.version}")}""")
     log.info("registered the SHAP reference of %s %s in %s.model_reference", model.name, model.version, db)
     return True

@@ -12,7 +12,10 @@ the sink loops:
    offset left, its prediction_id) for the offsets left, in `sink_claims`
    (deduplicated by the token: the first claim stays);
 3. insert the claimed offsets under that token, in the table and in every
-   materialized view (the ledger is one of them); when the claim is another
+   materialized view, then (the insert returned) in the ledger under a token of
+   its own: a ledger row means every view has it, so a unit whose insert failed
+   half-way (views are not atomic) is inserted again under the same token, and
+   each table and view keeps it once; when the claim is another
    sink's and this one does not hold all its offsets, wait for them to be
    stored instead (at most CLAIM_WAIT_S, then the claim is taken as abandoned
    and this sink claims again under a token of its own);
@@ -130,7 +133,7 @@ def write_exactly_once(rows: Rows, topic_ids: dict[str, str], database: str,
         rounds += 1
         if rounds > MAX_ROUNDS + len(waiting_since) * 1000:
             raise WhystreamError(f"{sum(map(len, groups.values()))} rows still missing from {database}.sink_ledger "
-                                 f"after {MAX_ROUNDS} inserts: is sink_ledger_mv there?")
+                                 f"after {MAX_ROUNDS} inserts")
         have = retrying("reading the sink ledger", lambda c: stored(c, database, groups, topic_ids))
         following: dict = {}
         for key, unit in groups.items():

@@ -57,7 +57,7 @@ from whystream.jobs.clickhouse.sql import DEFAULT_DATABASE, ident, ms_lit, one_l
 from whystream.jobs.sink import explanation_rows
 from whystream.jobs.sink.columns import INSERT_COLUMNS
 from whystream.jobs.sink.decoder import BatchDecoder
-from whystream.jobs.sink.ledger import TopicIds, write_exactly_once
+from whystream.jobs.sink.ledger import TopicIds, stored, units, write_exactly_once
 from whystream.jobs.sink.rows import Rows, decode_messages
 from whystream.kafka.clients import producer
 from whystream.kafka.dead_letters import DeadLetterRecord, DeadLetterWriter
@@ -73,6 +73,7 @@ ID_CHUNK_BYTES = 256 * 1024  # prediction_ids per duplicate query: well inside a
 # The views run on threads of their own (parallel_view_processing): a batch's ten views cost
 # about a quarter less wall time on 2 cores (bench/sink.py); each still deduplicates by the token.
 INSERT_SETTINGS = {**explanation_rows.DEDUP_SETTINGS, "parallel_view_processing": 1}
+LEDGER_COLUMNS = ["kafka_topic", "kafka_topic_id", "kafka_partition", "kafka_offset", "prediction_id"]
 
 
 class SinkStopped(WhystreamError):
@@ -217,8 +218,10 @@ class Sink:
     def write(self, prepared: tuple[Rows, dict[str, str]]) -> int:
         rows, topic_ids = prepared
         rows = self._unique(self._without_answers(rows))
+        if len(rows):  # the ledger first: what it holds is stored in every view (read again after a restart)
+            rows = self._retrying("reading the sink ledger", lambda c: self._not_in_ledger(c, rows, topic_ids))
         if len(rows):
-            rows = self._retrying("checking for duplicates", lambda c: self._not_stored(c, rows))
+            rows = self._retrying("checking for duplicates", lambda c: self._not_stored(c, rows, topic_ids))
         written = 0
         if len(rows):
             self._retrying("registering model references", lambda c: self._ensure_references(c, rows))
@@ -236,6 +239,13 @@ class Sink:
             if is_data_error(exc):
                 return exc
             raise
+        # Only now, with the table and every view done: a unit not in the ledger is inserted again under
+        # its token (jobs/sink/ledger.py), which completes a view an interrupted insert left short.
+        m = unit.messages
+        client.insert("sink_ledger", [[x.topic for x in m], [topic_id] * len(m), [x.partition for x in m],
+                                      [x.offset for x in m], list(unit.prediction_ids)],
+                      database=self.database, column_names=LEDGER_COLUMNS, column_oriented=True,
+                      settings={"insert_deduplication_token": "ledger:" + token})
         return None
 
     def _refused(self, unit: Rows, exc: Exception) -> None:
@@ -280,13 +290,15 @@ class Sink:
             keep.append(i)
         return rows if len(keep) == len(rows) else rows.take(keep)
 
-    def _not_stored(self, client, rows: Rows) -> Rows:
+    def _not_stored(self, client, rows: Rows, topic_ids: dict[str, str]) -> Rows:
         """Rows whose prediction_id is not in the table yet, asked of `explanation_ids`
         (migration 043: the stored ids sorted by model and event time). A duplicate has the
         same event_time and model as the original (both are copied from the prediction), so
         only the batch's time span is read, however large the table; the ids go as array
         parameters, in chunks of at most ID_CHUNK_BYTES. The index leaves out answers an
-        older sink stored: they are not the decision's explanation."""
+        older sink stored: they are not the decision's explanation. An id stored from this very
+        message (same topic incarnation, partition, offset) stays: an insert that failed after the
+        table and some views took it is retried, under its token, to complete the others."""
         names = sorted({name for name, _ in rows.models})
         lo, hi = int(rows.event_time.min()), int(rows.event_time.max())
         present: set[str] = set()
@@ -296,11 +308,34 @@ class Sink:
                 WHERE model_name IN {{names:Array(String)}}
                   AND event_time BETWEEN {ms_lit(lo)} AND {ms_lit(hi)}
                   AND prediction_id IN {{ids:Array(String)}}""", parameters={"names": names, "ids": chunk})
-            present.update(r[0] for r in found.result_rows)
+            ids = {r[0] for r in found.result_rows}
+            if ids:  # at most a chunk's worth
+                present |= ids - self._stored_here(client, rows, ids, topic_ids, names, lo, hi)
         if not present:
             return rows
         self.stats.duplicates += len(present)
         return rows.take([i for i, pid in enumerate(rows.prediction_ids) if pid not in present])
+
+    def _not_in_ledger(self, client, rows: Rows, topic_ids: dict[str, str]) -> Rows:
+        """Rows whose message (topic incarnation, partition, offset, prediction_id) the ledger lacks."""
+        have = stored(client, self.database, units(rows), topic_ids)
+        if not have:
+            return rows
+        return rows.take([i for i, (pid, m) in enumerate(zip(rows.prediction_ids, rows.messages))
+                          if (m.topic, m.partition, m.offset, pid) not in have])
+
+    def _stored_here(self, client, rows: Rows, ids: set[str], topic_ids: dict[str, str], names: list[str],
+                     lo: int, hi: int) -> set[str]:
+        """Of `ids`, those `explanations` holds from the same message as the batch's row (an interrupted
+        insert of it, not a duplicate)."""
+        here = {(pid, m.topic, topic_ids.get(m.topic, ""), m.partition, m.offset)
+                for pid, m in zip(rows.prediction_ids, rows.messages) if pid in ids}
+        found = client.query(f"""
+            SELECT prediction_id, kafka_topic, kafka_topic_id, kafka_partition, kafka_offset
+            FROM {self.database}.explanations
+            WHERE model_name IN {{names:Array(String)}} AND event_time BETWEEN {ms_lit(lo)} AND {ms_lit(hi)}
+              AND prediction_id IN {{ids:Array(String)}}""", parameters={"names": names, "ids": sorted(ids)})
+        return {r[0] for r in found.result_rows if tuple(r) in here}
 
     def _ensure_references(self, client, rows: Rows) -> None:
         versions = set(rows.models) - self._referenced

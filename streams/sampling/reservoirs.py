@@ -168,6 +168,18 @@ class Reservoirs:
         self._pending[partition] = sorted(set(resets))
         self._replaying.add(partition)
 
+    def reached(self, partition: int, next_offset: int) -> None:
+        """The replay handled the partition up to `next_offset`: a replayed reset at or before it
+        that no candidate reached (it happened after the partition's last candidate, by an idle
+        tick) is made now, as it was then; one still ahead stays in force until it is reached."""
+        pending = self._pending.get(partition)
+        while pending and pending[0].offset <= next_offset:
+            reset = pending.pop(0)
+            if partition in self._partitions:
+                self._closed += self._reset(partition)
+            if reset.forget:
+                self._horizons.pop(partition, None)
+
     def replay_done(self, partition: int) -> None:
         """The replay of the partition is over: wall-clock resets are its own again."""
         self._replaying.discard(partition)
@@ -319,7 +331,6 @@ class Reservoirs:
                     now_ms - state.last_event_ms >= self.config.idle_close_ms
                     or any(now_ms - res.opened_ms >= self.config.max_open_ms for res in state.windows.values())):
                 self._resets.append(Reset(partition, self._horizons[partition].next_offset))
-                self._pending.pop(partition, None)  # what a replay had left to repeat: nothing is open now
                 closed += self._reset(partition)
                 continue
             current = state.watermark // window_ms * window_ms
@@ -329,7 +340,6 @@ class Reservoirs:
                     and now_ms - horizon.last_event_ms >= self.config.forget_idle_ms):
                 # Quiet for long: forget its candidates, so that its commit (held at the horizon) moves on.
                 self._resets.append(Reset(partition, horizon.next_offset, forget=True))
-                self._pending.pop(partition, None)
                 del self._horizons[partition]
         return closed
 

@@ -100,3 +100,42 @@ def test_a_message_taken_before_a_rebalance_inside_consume_is_not_taken_twice(en
     finally:
         ingest.consumer.close()
         engine.close()
+
+
+def test_a_read_back_that_fails_pauses_the_partitions_until_a_retry_then_handles_each_message_once(engine_settings):
+    """Finding 5 of issue 23, at the loop: the guard cannot finish (a broker too slow for its
+    timeout): the assigned partitions are paused, what was fetched of them is dropped and fetched
+    again after the retry succeeds; every message is handled once (here: dead-lettered once)."""
+    from whystream.kafka.reader import read_all
+
+    engine = build_engine(engine_settings)
+    ingest = Ingest(engine, guard_retry_s=0.2)
+    try:
+        ingest.subscribe()
+        wait_until(lambda: ingest.assigned == PARTITIONS, lambda: ingest.consumer.poll(0.2), what="the assignment")
+        producer = Producer(engine_settings.kafka())
+        sent = 40
+        for i in range(sent):
+            producer.produce(ingest.topic, b"\x00junk", f"k{i}".encode(), partition=i % 4)
+        assert producer.flush(30) == 0
+        patience, engine.replay_guard.timeout_s = engine.replay_guard.timeout_s, 1e-4
+        wait_until(lambda: ingest.stalled, lambda: ingest._handle(ingest._take()),
+                   what="a batch to meet the failing read-back")
+        assert set(ingest.stalled) == PARTITIONS and not ingest.positions  # nothing of them handled
+        assert engine.metrics.replay_stalled._value.get() == 4
+        for _ in range(5):  # paused: nothing of theirs comes
+            assert ingest._take() == []
+        engine.replay_guard.timeout_s = patience
+        ingest._guard(set(ingest.stalled))  # the loop's retry
+        assert not ingest.stalled and engine.metrics.replay_stalled._value.get() == 0
+
+        def handled():
+            return sum(ingest.positions.values()) >= sent
+
+        wait_until(handled, lambda: ingest._handle(ingest._take()), what="every message handled")
+        offsets = sorted((d["partition"], d["offset"]) for d in
+                         read_all(engine_settings, engine_settings.topic("predictions.dlq"), "DeadLetter"))
+        assert offsets == sorted((p, o) for p in range(4) for o in range(sent // 4))
+    finally:
+        ingest.consumer.close()
+        engine.close()

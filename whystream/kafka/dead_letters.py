@@ -35,16 +35,17 @@ class DeadLetterRecord:
         # Reasons quote the producer (feature and model names): logged and shown, so made safe once here.
         self.reason = printable(self.reason, REASON_LIMIT)
 
-    def to_avro(self, worker: str, cap: int | None = None) -> dict:
+    def to_avro(self, worker: str, cap: int | None = None, topic_id: str | None = None) -> dict:
         """The DeadLetter record; `original` keeps at most `cap` bytes of the value (None: all),
-        with the value's size and whether it was cut."""
+        with the value's size and whether it was cut; `topic_id`: the incarnation of the message's topic."""
         m = self.message
         original = m.value if cap is None or len(m.value) <= cap else m.value[:max(cap, 0)]
         key = m.key if cap is None or m.key is None or len(m.key) <= cap else m.key[:max(cap, 0)]
         return {"reason_code": self.reason_code, "reason": self.reason, "original": original,
                 "original_size": len(m.value), "original_truncated": len(original) < len(m.value),
                 "original_key": key, "topic": m.topic, "partition": m.partition, "offset": m.offset,
-                "prediction_id": self.prediction_id, "failed_at": int(time.time() * 1000), "worker": worker}
+                "prediction_id": self.prediction_id, "failed_at": int(time.time() * 1000), "worker": worker,
+                "topic_id": topic_id or None}
 
 
 class DeadLetterWriter:
@@ -54,6 +55,7 @@ class DeadLetterWriter:
     def __init__(self, publisher: Publisher, codec, topic: str, worker: str, original_cap: int = ORIGINAL_CAP):
         self.publisher, self.codec, self.topic, self.worker = publisher, codec, topic, worker
         self.original_cap = original_cap
+        self.topic_id: str | None = None  # of the topic the letters' messages come from, where known
 
     def write(self, letter: DeadLetterRecord) -> None:
         """Produce one dead letter (confirmed by the publisher's next flush)."""
@@ -64,8 +66,8 @@ class DeadLetterWriter:
             if caps[0] == 0:
                 return None
             caps[0] //= 4  # the broker refused it: keep a quarter as much of the original
-            return self.codec.encode(letter.to_avro(self.worker, caps[0]))
+            return self.codec.encode(letter.to_avro(self.worker, caps[0], self.topic_id))
 
         key = m.key if m.key is None or len(m.key) <= KEY_LIMIT else m.key[:KEY_LIMIT]
-        self.publisher.produce(self.topic, self.codec.encode(letter.to_avro(self.worker, self.original_cap)), key,
+        self.publisher.produce(self.topic, self.codec.encode(letter.to_avro(self.worker, self.original_cap, self.topic_id)), key,
                                shrink=shrink)

@@ -57,6 +57,9 @@ class Publisher:
         self._next = 0
         self.dropped = 0  # messages given up on (too large even when shrunk to nothing)
         self.retried = 0
+        # (topic, partition) -> the offset after the last message of ours the broker confirmed there:
+        # a position nothing published from now on can lie before (the replay's read-back starts).
+        self.ends: dict[tuple[str, int], int] = {}
 
     def produce(self, topic: str, value: bytes, key: bytes | None = None, headers: list | None = None,
                 shrink: Callable[[bytes], bytes | None] | None = None) -> None:
@@ -71,7 +74,7 @@ class Publisher:
         while True:
             try:
                 self.producer.produce(item.topic, value=item.value, key=item.key, headers=item.headers,
-                                      on_delivery=lambda err, msg, ticket=ticket: self._delivered(ticket, err))
+                                      on_delivery=lambda err, msg, ticket=ticket: self._delivered(ticket, err, msg))
                 return
             except BufferError:  # the local queue is full: let it drain
                 self.producer.poll(0.05)
@@ -79,9 +82,12 @@ class Publisher:
                 self._failed.append((ticket, exc.args[0]))
                 return
 
-    def _delivered(self, ticket: int, err) -> None:
+    def _delivered(self, ticket: int, err, msg) -> None:
         if err is None:
             self._pending.pop(ticket, None)
+            where, after = (msg.topic(), msg.partition()), msg.offset() + 1
+            if after > self.ends.get(where, 0):
+                self.ends[where] = after
         else:
             self._failed.append((ticket, err))
 

@@ -93,12 +93,46 @@ def read_to_end(settings: Settings, starts: dict[tuple[str, int], int], timeout:
             consumer.close()
 
 
+def read_between(settings: Settings, ranges: dict[tuple[str, int], tuple[int, int]], timeout: float = 60.0,
+                 consumer: Consumer | None = None) -> Iterator[Message]:
+    """Every message of each (topic, partition) from `start` up to (not including) `stop`, in
+    offset order per partition. Raises ReadTimeout if some partition did not get there (nor to its
+    end) within `timeout`."""
+    own = consumer is None
+    consumer = consumer or peek_consumer(settings)
+    left = {tp for tp, (start, stop) in ranges.items() if start < stop}
+    try:
+        if not left:
+            return
+        consumer.assign([TopicPartition(topic, p, ranges[(topic, p)][0]) for topic, p in left])
+        deadline = time.monotonic() + timeout
+        while left and time.monotonic() < deadline:
+            for m in consumer.consume(1000, timeout=0.2):
+                where, error = (m.topic(), m.partition()), m.error()
+                if where not in left:
+                    continue
+                if error is None:
+                    stop = ranges[where][1]
+                    if m.offset() < stop:
+                        yield m
+                    if m.offset() >= stop - 1:
+                        left.discard(where)
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    left.discard(where)
+        if left:
+            raise ReadTimeout(left, timeout)
+    finally:
+        if own:
+            consumer.close()
+
+
 def partition_bounds(settings: Settings, topic: str, partitions: Iterable[int],
-                     timeout: float = 60.0) -> dict[int, tuple[int, int]]:
+                     timeout: float = 60.0, complete: bool = False) -> dict[int, tuple[int, int]]:
     """Per partition, (its low watermark, the offset after its last message now: what a high
     watermark should say), the end read from the watermark's last batch to EOF, since Tansu's
     watermark falls short. A partition not read to its end within `timeout` keeps what was
-    read (at least its watermark), with a warning."""
+    read (at least its watermark), with a warning; with `complete`, ReadTimeout is raised
+    instead (a caller that must not act on a short end)."""
     consumer = peek_consumer(settings)
     try:
         bounds, starts = {}, {}
@@ -112,6 +146,8 @@ def partition_bounds(settings: Settings, topic: str, partitions: Iterable[int],
                 low, end = bounds[m.partition()]
                 bounds[m.partition()] = (low, max(end, m.offset() + 1))
         except ReadTimeout as exc:
+            if complete:
+                raise
             log.warning("the ends of %s may be short: %s", topic, exc)
         return bounds
     finally:

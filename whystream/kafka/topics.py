@@ -52,3 +52,21 @@ def _create(client, topics: list[NewTopic], timeout: float):
         except Exception as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 yield name, exc
+
+
+def topic_id(settings: Settings, topic: str, timeout: float = 10.0) -> str:
+    """The broker's id of `topic` (Kafka's topic id, base64: a deleted and recreated topic gets
+    a new one), "" where the broker gives none. Raises KafkaException when the broker cannot
+    answer in time: an incarnation is not to be guessed."""
+    from confluent_kafka import KafkaError, KafkaException, TopicCollection
+
+    client = admin(settings, log_level=0)
+    try:
+        return str(client.describe_topics(TopicCollection([topic]))[topic].result(timeout).topic_id or "")
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else None
+        if isinstance(error, KafkaError) and error.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART,
+                                                               KafkaError._UNSUPPORTED_FEATURE,
+                                                               KafkaError.UNSUPPORTED_VERSION):
+            return ""  # no such topic yet, or a broker without DescribeTopicPartitions
+        raise

@@ -45,7 +45,7 @@ DEAD_LETTER = {
     "reason_code": "UNDECODABLE", "reason": "bad", "original": b"\x00\x01", "original_size": 2,
     "original_truncated": False, "original_key": None,
     "topic": "predictions", "partition": 3, "offset": 42, "prediction_id": None,
-    "failed_at": 1_700_000_000_000, "worker": "w",
+    "failed_at": 1_700_000_000_000, "worker": "w", "topic_id": "AaJN3irTeuCK4ZDTTh2rpQ",
 }
 ALERT = {
     "alert_id": "a", "model_name": "fraud", "model_version": "v", "feature": "amount",
@@ -63,7 +63,8 @@ EXPLAIN_ERROR = {
     "message": "no recent decision", "original": b"", "answered_at": 1_700_000_000_001, "worker": "w",
 }
 SAMPLING_CHECKPOINT = {"partition": 3, "kind": "COMMIT", "offset": 120, "live_from": 480,
-                       "written_at": 1_700_000_000_002, "worker": "w"}
+                       "written_at": 1_700_000_000_002, "worker": "w", "topic_id": "AaJN3irTeuCK4ZDTTh2rpQ",
+                       "since": [{"topic": "explanations", "partition": 1, "offset": 77}]}
 EXAMPLES = {"PredictionEvent": PREDICTION, "ExplanationEvent": EXPLANATION, "DeadLetter": DEAD_LETTER,
             "DriftAlert": ALERT, "ModelRegistered": MODEL_REGISTERED, "ExplainRequest": EXPLAIN_REQUEST,
             "ExplainError": EXPLAIN_ERROR, "SamplingCheckpoint": SAMPLING_CHECKPOINT}
@@ -107,8 +108,10 @@ PREVIOUS = [
     ("PredictionEvent", "PredictionEvent.v2.avsc", {"decision_class": None}, {}),
     ("ExplanationEvent", "ExplanationEvent.v2.avsc",
      {"role": "CHAMPION", "champion_prediction_id": None, "request_id": None}, {"redis_available": "cached"}),
-    ("DeadLetter", "DeadLetter.v1.avsc", {"original_size": -1, "original_truncated": False}, {}),
+    ("DeadLetter", "DeadLetter.v1.avsc", {"original_size": -1, "original_truncated": False, "topic_id": None}, {}),
+    ("DeadLetter", "DeadLetter.v2.avsc", {"topic_id": None}, {}),
     ("DriftAlert", "DriftAlert.v1.avsc", {"fallback_share": 0.0, "effective_n": 0.0}, {}),
+    ("SamplingCheckpoint", "SamplingCheckpoint.v1.avsc", {"topic_id": None, "since": []}, {}),
 ]
 
 
@@ -180,9 +183,9 @@ def _write_v1_dead_letter(record: dict) -> bytes:
 
 
 def test_dead_letters_of_version_1_read_with_unknown_size_and_not_truncated():
-    v1_record = {k: v for k, v in DEAD_LETTER.items() if k not in ("original_size", "original_truncated")}
+    v1_record = {k: v for k, v in DEAD_LETTER.items() if k not in ("original_size", "original_truncated", "topic_id")}
     decoded = SingleObjectCodec("DeadLetter").decode(_write_v1_dead_letter(v1_record))
-    assert decoded == {**v1_record, "original_size": -1, "original_truncated": False}
+    assert decoded == {**v1_record, "original_size": -1, "original_truncated": False, "topic_id": None}
 
 
 def test_a_reader_on_dead_letter_version_1_reads_current_letters_of_the_old_reasons():
@@ -193,7 +196,7 @@ def test_a_reader_on_dead_letter_version_1_reads_current_letters_of_the_old_reas
     data = SingleObjectCodec("DeadLetter").encode(letter)
     read = fastavro.schemaless_reader(io.BytesIO(data[10:]), current, old)
     read["failed_at"] = round(read["failed_at"].timestamp() * 1000)
-    assert read == {k: v for k, v in letter.items() if k not in ("original_size", "original_truncated")}
+    assert read == {k: v for k, v in letter.items() if k not in ("original_size", "original_truncated", "topic_id")}
     # Version 1 has no enum default, so it cannot read the reasons added since (docs/topics-and-schemas.md: upgrade DLQ readers).
     with pytest.raises(fastavro.read.SchemaResolutionError):
         data = SingleObjectCodec("DeadLetter").encode({**letter, "reason_code": "MODEL_UNAVAILABLE"})

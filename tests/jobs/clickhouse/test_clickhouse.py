@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -31,7 +32,7 @@ from whystream.jobs.clickhouse.query_port import (
     SinkQueryClient,
     open_query_client,
 )
-from whystream.jobs.clickhouse.sql import rows
+from whystream.jobs.clickhouse.sql import lit, rows
 from whystream.jobs.sink import explanation_rows
 
 TABLES = {"schema_migrations", "explanations", "model_reference", "attribution_hist", "attribution_hist_mv",
@@ -44,8 +45,8 @@ TABLES = {"schema_migrations", "explanations", "model_reference", "attribution_h
           "score_hist", "score_hist_mv", "input_drift", "decision_drift",
           # champion vs challenger (041)
           "champion_challenger_pairs", "champion_challenger", "champion_challenger_features",
-          # the sink's ledger (011, 013)
-          "sink_ledger", "sink_ledger_mv", "sink_claims",
+          # the sink's ledger (011, 013; written by the sink since 050)
+          "sink_ledger", "sink_claims",
           # the duplicate filter's index (043)
           "explanation_ids", "explanation_ids_mv"}
 
@@ -242,6 +243,40 @@ def test_register_reference_backfills_earlier_explanations_once(db):
     assert {r["feature"]: r["n"] for r in counts} == {f: len(events) + len(more) for f in model.feature_names}
     refs = rows(client, f"SELECT count() AS c FROM {database}.model_reference")
     assert refs[0]["c"] == len(model.feature_names)
+
+
+def test_the_backfill_bins_what_the_view_bins_with_its_filters_and_strata(db):
+    """Finding 7 of issue 23: a version whose reference reached ClickHouse after its explanations
+    was backfilled without the view's `source IN ('LIVE','CACHE')` and finite filters (FALLBACK
+    rows entered the histograms) and without the stratum. The same explanations under two versions
+    with the same bins, one registered before them (binned by the view), one after (backfilled),
+    give the same histogram rows."""
+    import dataclasses
+
+    client, database = db
+    early = synthetic_model(n_features=3, seed=45, version="early")
+    late = dataclasses.replace(early, version="late")
+    events, _ = stream(early, base_minute(), minutes=2, per_minute=600, seed=46)
+    for i, e in enumerate(events):
+        e["stratum"] = ("US", "EU", "")[i % 3]
+        e["source"] = "FALLBACK" if i % 5 == 0 else e["source"]
+        if i % 7 == 0:
+            e["attributions"][0]["shap"] = math.nan
+    model_reference.register_reference(client, early, database)
+    explanation_rows.insert_explanations(client, events, database)
+    explanation_rows.insert_explanations(client, [{**e, "model_version": "late", "prediction_id": "l" + e["prediction_id"]}
+                                                  for e in events], database)
+    assert model_reference.register_reference(client, late, database) is True
+
+    def hist(version):
+        return rows(client, f"""SELECT feature, minute, bin, stratum, sum(n) AS n, round(sum(weight), 6) AS w
+                                FROM {database}.attribution_hist WHERE model_version = {lit(version)}
+                                GROUP BY feature, minute, bin, stratum ORDER BY feature, minute, bin, stratum""")
+
+    assert hist("late") == hist("early") and len({r["stratum"] for r in hist("early")}) == 3
+    exact = sum(1 for e in events if e["source"] != "FALLBACK") * 3 - sum(
+        1 for i, e in enumerate(events) if e["source"] != "FALLBACK" and i % 7 == 0)
+    assert sum(r["n"] for r in hist("late")) == exact
 
 
 def test_reference_rows_hold_the_models_reference(db, tmp_path):

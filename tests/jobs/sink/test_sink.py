@@ -192,7 +192,8 @@ def test_redelivered_explanations_are_not_counted_twice(stack, db):
     assert sink.process(raw_messages(codec, events[:50], first_offset=10_000)) == 0  # re-published
     assert sink.process(raw_messages(codec, events[:5] * 3, first_offset=20_000)) == 0
     assert counts(client, database) == before
-    assert sink.stats.duplicates == len(events) + 50 + 15
+    # the batch read again is found in the ledger (stored in every view); the rest are duplicates
+    assert sink.stats.duplicates == 50 + 15
 
 
 class BrokenRegistry:
