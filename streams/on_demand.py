@@ -10,7 +10,12 @@ worker holds its ingest lock for that step alone).
    reader's redaction list), else the PredictionEvent read back from
    `predictions` where Redis remembers it lies (15 minutes), else nothing.
 2. `compute(id, raw)`: an ON_DEMAND explanation of that event, validated as
-   the stream validates it; not published.
+   the stream validates it, its producer score checked as the stream checks
+   it; not published.
+
+Every explanation it returns says where its feature values came from
+(`features_source`: `explanations` for the published one, `predictions` for
+one computed from the topic).
 """
 
 from __future__ import annotations
@@ -43,12 +48,14 @@ class OnDemand:
         engine.wait_for_locations()  # the last batch's locations first
         published = engine.store.published_explanation(prediction_id)
         if published is not None:
-            return redact_event(engine.explanation_codec.decode(published), engine.config.redact), None
+            event = redact_event(engine.explanation_codec.decode(published), engine.config.redact)
+            return {**event, "features_source": "explanations"}, None
         location = engine.location_store.recall_location(prediction_id)
         return None, self.reader.read(*location) if location else None
 
-    def compute(self, prediction_id: str, raw: bytes) -> dict | None:
-        """An ON_DEMAND explanation of the PredictionEvent `raw`, if it is valid and is `prediction_id`."""
+    def compute(self, prediction_id: str, raw: bytes, source: str = "predictions") -> dict | None:
+        """An ON_DEMAND explanation of the PredictionEvent `raw`, if it is valid and is `prediction_id`;
+        `source`: where `raw` was read (its features_source)."""
         engine = self.engine
         batches, dead = engine.validator.split(Inbound.of([RawMessage(raw, None, "", -1, -1)]),
                                                engine.config.sampling.stratum_key)
@@ -61,10 +68,14 @@ class OnDemand:
         _, cached = engine.store.recall([], batch.model.version, hashes)
         attributions = engine.attributor.attribute(batch.model, batch.X, time.monotonic(), cached, classes)
         engine.store.record([], [], attributions.cache_entries(batch.model.version, hashes))
-        return build_explanations(batch.model, [batch.record(0)], batch.X, attributions, ["ON_DEMAND"], [1.0],
+        record = batch.record(0)
+        model_scores, mismatches = engine.check_scores(batch.model, explainer, batch.X, attributions, [record],
+                                                          count=False)
+        return build_explanations(batch.model, [record], batch.X, attributions, ["ON_DEMAND"], [1.0],
                                   [batch.strata[0]], adverse=engine.labels,
                                   explainer_version=EXPLAINER_VERSION, redis_available=engine.store.available,
-                                  worker=engine.worker, redacted=engine.redacted(batch.model))[0]
+                                  worker=engine.worker, redacted=engine.redacted(batch.model),
+                                  model_scores=model_scores, mismatches=mismatches, features_source=source)[0]
 
     def close(self) -> None:
         self.reader.close()

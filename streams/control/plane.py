@@ -226,7 +226,8 @@ class ControlPlane:
                                   f"no recent decision with prediction_id {pid[:200]!r} (never sent, invalid, or "
                                   "older than the 15-minute location memory)")
             else:
-                answer = {**explanation, "sampling_reason": "ON_DEMAND", "inclusion_weight": 1.0, "request_id": rid}
+                answer = {**explanation, "sampling_reason": "ON_DEMAND", "inclusion_weight": 1.0, "request_id": rid,
+                          "requested_by": request["requested_by"]}
                 await self._publish(self.settings.topic("explanations"),
                                     [(pid.encode(), engine.explanation_codec.encode(answer))])
                 engine.metrics.explain_requests.labels("answered").inc()

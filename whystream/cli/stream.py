@@ -101,6 +101,7 @@ def worker(ctx: typer.Context,
            dlq_original_cap: int = typer.Option(512 * 1024, help="Bytes of a bad message kept in its dead letter"),
            loglevel: str = typer.Option("warning")):
     """Run a worker: consume `predictions`, publish `explanations` (scale out by running more)."""
+    from whystream.models.score_check import ScoreTolerance
     from whystream.streams.engine import EngineConfig
     from whystream.streams.event_time import EventTimeRule
     from whystream.streams.sampling.config import SamplingConfig
@@ -117,7 +118,8 @@ def worker(ctx: typer.Context,
                               forget_idle_ms=int(forget_idle * 1000))
     config = EngineConfig(sampling, latency_budget_ms, redact=parse_features(redact),
                           event_time=EventTimeRule(max_ahead_ms=int(max_skew * 1000)),
-                          dlq_original_cap=dlq_original_cap)
+                          dlq_original_cap=dlq_original_cap,
+                          score_tolerance=ScoreTolerance.from_env(settings.environ))
     run_worker(settings, config,
                web_port=web_port, loglevel=loglevel, batch_size=batch, access=access)
 
