@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from whystream.jobs.analytics import drift_sql
+from whystream.jobs.analytics import drift_sql, score_consistency
 from whystream.jobs.analytics.report_html import bars_svg, esc, fmt, lines_svg, table
 from whystream.jobs.clickhouse.sql import DEFAULT_DATABASE
 
@@ -138,6 +138,7 @@ def build_report(client, model: str, now_ms: int, window_s: int = 3600, history_
     )
 
     sections.extend(report_sections(client, model, version, drift, start, now_ms, database))
+    sections.append(score_consistency.report_section(client, model, start, now_ms, database))
     body = [[esc(dt.datetime.fromtimestamp(a["raised_at_ms"] / 1000, dt.timezone.utc).strftime("%m-%d %H:%M")),
              esc(a["model_version"]), esc(a["feature"]), esc(a["statistic"]), fmt(a["value"]),
              fmt(a["threshold"]), fmt(a["weighted_n"], 0)] for a in alerts]

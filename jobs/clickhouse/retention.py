@@ -31,7 +31,7 @@ from whystream.errors import ConfigError
 
 PRIORITY_VAR = "WHYSTREAM_RETENTION_PRIORITY_DAYS"
 SAMPLED_VAR = "WHYSTREAM_RETENTION_SAMPLED_DAYS"
-AGGREGATES = ("attribution_hist", "attribution_stats", "engine_stats")
+AGGREGATES = ("attribution_hist", "attribution_stats", "engine_stats", "score_check_stats")
 
 
 def _days(environ: Mapping[str, str], var: str, default: int) -> int:

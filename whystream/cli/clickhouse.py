@@ -74,6 +74,8 @@ def sink(ctx: typer.Context,
          alpha: float = typer.Option(1e-4, help="False-alert probability per statistic, feature and window"),
          reservoir_window: float = typer.Option(10.0, help="The workers' --window: drift windows end this long "
                                                 "before the last complete minute"),
+         score_mismatch_rate: float = typer.Option(0.01, help="Alert when more than this share of decisions had a "
+                                                   "producer score off the model's own (score_mismatch)"),
          database: str = typer.Option("whystream", help="ClickHouse database")):
     """Write `explanations` into ClickHouse and raise drift alerts, until Ctrl-C.
 
@@ -107,7 +109,7 @@ def sink(ctx: typer.Context,
         monitor = DriftMonitor(settings, window_seconds=window_seconds, interval_seconds=interval,
                                psi_threshold=psi_threshold, stability_threshold=stability_threshold,
                                ks_threshold=ks_threshold, alpha=alpha, reservoir_window_seconds=reservoir_window,
-                               database=database)
+                               score_mismatch_rate=score_mismatch_rate, database=database)
         threading.Thread(target=monitor.run, args=(stop,), name="whystream-drift", daemon=True).start()
     where = f"query port 127.0.0.1:{server.port}" if server else mask_secrets(settings.clickhouse_dsn)
     console.print(f"[dim]# sink: {settings.topic('explanations')} -> {database} ({where}); Ctrl-C stops it[/]")
@@ -188,7 +190,7 @@ def drift_table(ctx: typer.Context, model: str = typer.Option("fraud", help="Reg
     """Per-feature attribution drift of a model over the last window, against its reference."""
     from rich.table import Table
 
-    from whystream.jobs.analytics import drift_sql, input_drift
+    from whystream.jobs.analytics import drift_sql, input_drift, score_consistency
     from whystream.jobs.analytics.drift import (
         TABLE_COLUMNS,
         DriftMonitor,
@@ -224,6 +226,8 @@ def drift_table(ctx: typer.Context, model: str = typer.Option("fraud", help="Reg
         console.print(f"version {d['model_version']}: {input_drift.decision_line(d)}", highlight=False)
     for version, why in input_drift.unavailable(client, model, versions, database).items():
         console.print(f"version {version}: input drift unavailable: {why}", highlight=False)
+    for row in score_consistency.score_consistency(client, model, start, end, database):
+        console.print(f"version {row['model_version']}: {score_consistency.line(row)}", highlight=False)
 
 
 @commands.command()
