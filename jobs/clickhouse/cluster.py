@@ -40,7 +40,8 @@ CLUSTER_VAR = "WHYSTREAM_CLICKHOUSE_CLUSTER"
 EVERYWHERE = {"model_reference", "schema_migrations", "input_reference", "score_reference",
               "sink_claims"}  # sink_claims: one token, one claim, cluster-wide
 SHARDING_KEYS = {"explanations": "cityHash64(prediction_id)", "explanation_ids": "cityHash64(prediction_id)",
-                 "drift_alerts": "cityHash64(alert_id)"}
+                 "drift_alerts": "cityHash64(alert_id)", "decisions": "cityHash64(prediction_id)",
+                 "explain_answers": "cityHash64(request_id)"}
 # Parameterised views (materialized views are the names ending in _mv): one per node, not sharded.
 VIEWS = {"feature_drift", "feature_drift_by_stratum", "top_features", "engine_health", "top_reason_flips"}
 DEFAULT_SHARDING_KEY = "rand()"  # aggregate tables: written by each shard's views, inserted into only by hand

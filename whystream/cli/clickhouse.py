@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from whystream.cli.common import console, parse_duration, progress_bar, settings_of
+from whystream.cli.common import console, parse_duration, parse_features, progress_bar, settings_of
 from whystream.config import Settings
 from whystream.config.secrets import mask_secrets
 from whystream.errors import WhystreamError
@@ -76,6 +76,9 @@ def sink(ctx: typer.Context,
                                                 "before the last complete minute"),
          score_mismatch_rate: float = typer.Option(0.01, help="Alert when more than this share of decisions had a "
                                                    "producer score off the model's own (score_mismatch)"),
+         decisions: bool = typer.Option(True, help="Store every valid decision of `predictions` in `decisions` "
+                                        "(the decision store)"),
+         redact: str = typer.Option("", help="FEATURE,... never stored in `decisions` (on top of each model's list)"),
          database: str = typer.Option("whystream", help="ClickHouse database")):
     """Write `explanations` into ClickHouse and raise drift alerts, until Ctrl-C.
 
@@ -90,6 +93,7 @@ def sink(ctx: typer.Context,
     from whystream.jobs.analytics.drift import DriftMonitor
     from whystream.jobs.clickhouse import connection as ch
     from whystream.jobs.sink.consumer import run_sink
+    from whystream.jobs.sink.sink import Sink
 
     settings = settings_of(ctx)
     window_seconds = parse_duration(window)
@@ -128,6 +132,8 @@ def sink(ctx: typer.Context,
         live.start()
     try:
         stats = run_sink(settings, stop, batch_size=batch_size, flush_seconds=flush, progress=show,
+                         sink=Sink(settings, database, stop_event=stop, decisions=decisions,
+                                   redact=parse_features(redact)),
                          database=database)
     finally:
         stop.set()

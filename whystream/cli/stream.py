@@ -101,6 +101,7 @@ def worker(ctx: typer.Context,
            dlq_original_cap: int = typer.Option(512 * 1024, help="Bytes of a bad message kept in its dead letter"),
            loglevel: str = typer.Option("warning")):
     """Run a worker: consume `predictions`, publish `explanations` (scale out by running more)."""
+    from whystream.jobs.clickhouse.decision_store import archive
     from whystream.models.score_check import ScoreTolerance
     from whystream.streams.engine import EngineConfig
     from whystream.streams.event_time import EventTimeRule
@@ -120,16 +121,20 @@ def worker(ctx: typer.Context,
                           event_time=EventTimeRule(max_ahead_ms=int(max_skew * 1000)),
                           dlq_original_cap=dlq_original_cap,
                           score_tolerance=ScoreTolerance.from_env(settings.environ))
-    run_worker(settings, config,
-               web_port=web_port, loglevel=loglevel, batch_size=batch, access=access)
+    run_worker(settings, config, web_port=web_port, loglevel=loglevel, batch_size=batch, access=access,
+               archive=archive(settings))  # explain on demand falls back to the decision store
 
 
 @commands.command()
 def explain(ctx: typer.Context, prediction_id: str,
-            redact: str = typer.Option("", help="FEATURE,... whose values to leave out (on top of the model's list)")):
-    """Print the explanation of a recent decision as JSON (computed now if it was not sampled)."""
+            redact: str = typer.Option("", help="FEATURE,... whose values to leave out (on top of the model's list)"),
+            database: str = typer.Option("whystream", help="ClickHouse database of the decision store")):
+    """Print the explanation of a decision as JSON: the published one, or computed now from the
+    `predictions` topic or, past its retention, from the decision store (ClickHouse)."""
     import json
 
+    from whystream.jobs.clickhouse.decision_store import archive
+    from whystream.jobs.clickhouse.query_port import open_query_client
     from whystream.kafka.clients import check_broker
     from whystream.streams.assembly import build_engine
     from whystream.streams.engine import EngineConfig
@@ -137,10 +142,14 @@ def explain(ctx: typer.Context, prediction_id: str,
     settings = settings_of(ctx)
     check_broker(settings.kafka_config, settings.require("broker"))  # a wrong CA ends here, in one line
     engine = build_engine(settings, EngineConfig(redact=parse_features(redact)))
+    if settings.clickhouse_dsn:  # a short-lived reader may open an embedded chDB itself
+        engine.on_demand.archive = archive(settings, database, lambda: open_query_client(settings, database))
     explanation = engine.on_demand.explain(prediction_id)
     if explanation is None:
-        raise WhystreamError(f"no recent decision with prediction_id {prediction_id!r} "
-                             "(workers remember for 15 minutes where each prediction lies in `predictions`)")
+        raise WhystreamError(f"no decision with prediction_id {prediction_id!r} within reach: not published, not in "
+                             "the last 15 minutes of `predictions` (where workers remember it lies), not in the "
+                             "decision store (ClickHouse `decisions`: past its retention, never valid, or stored "
+                             "with redacted features)")
     print(json.dumps(explanation, indent=2))
 
 
