@@ -13,7 +13,8 @@ Valid is what the workers accept (streams/validation.py, checked here from the
 decoded record: the sink is no worker): a decodable PredictionEvent with a
 prediction_id, a registered model version, only that version's features,
 finite values, score and threshold, a decision_class the model has, an event
-time in 1970..2100. Anything else is skipped and counted by reason
+time in 2000..2100 and at most 5 minutes ahead of the broker's timestamp (the
+workers' defaults). Anything else is skipped and counted by reason
 (`SinkStats.decisions_skipped`): the workers dead-letter it to
 `predictions.dlq` with its bytes, and an UNKNOWN_VERSION decision they park
 comes back on `predictions` once its version is registered, and is stored then.
@@ -44,6 +45,9 @@ DECISION_COLUMNS = ["prediction_id", "model_name", "model_version", "event_time"
                     "redacted_features", "score", "decision", "threshold", "decision_class", "segment", "priority",
                     "kafka_topic", "kafka_topic_id", "kafka_partition", "kafka_offset"]
 RETRY_UNKNOWN_S = 60.0  # a version the registry lacked is looked up again after this long
+# The workers' event-time rule (streams/event_time.py) with its defaults: plausible milliseconds, at most
+# 5 minutes ahead of the broker's timestamp (the clock where there is none).
+EARLIEST_MS, MAX_AHEAD_MS = 946_684_800_000, 5 * 60_000
 
 
 def _row(r: dict, features: dict, redacted: list[str], m: RawMessage, topic_id: str) -> bytes:
@@ -88,8 +92,9 @@ class DecisionDecoder:
             return None
         return self._models[key]
 
-    def problem(self, r: dict, model) -> str | None:
-        """Why the workers would not take this decision (their dead-letter reason code), or None."""
+    def problem(self, r: dict, model, broker_ms: int = -1) -> str | None:
+        """Why the workers would not take this decision (their dead-letter reason code), or None;
+        `broker_ms`: the message's timestamp (-1: none)."""
         if not r["prediction_id"].strip():
             return "MISSING_ID"
         if model is None:
@@ -98,8 +103,11 @@ class DecisionDecoder:
             return "UNKNOWN_FEATURE"
         if any(v is not None and not math.isfinite(v) for v in r["features"].values()):
             return "NON_FINITE_VALUE"
-        if not (math.isfinite(r["score"]) and math.isfinite(r["threshold"]) and 0 <= r["event_time"] < LATEST_MS):
+        if not (math.isfinite(r["score"]) and math.isfinite(r["threshold"])):
             return "BAD_FIELD"
+        reference = broker_ms if broker_ms > 0 else int(time.time() * 1000)
+        if not EARLIEST_MS <= r["event_time"] < LATEST_MS or r["event_time"] - reference > MAX_AHEAD_MS:
+            return "EVENT_TIME"
         cls = r.get("decision_class")
         if cls is not None and not (model.kind.n_outputs > 1 and 0 <= cls < model.kind.n_outputs):
             return "BAD_CLASS"
@@ -114,7 +122,7 @@ class DecisionDecoder:
                 self.skipped["UNDECODABLE"] += 1
                 continue
             model = self._model(r["model_name"], r["model_version"]) if r["prediction_id"].strip() else None
-            reason = self.problem(r, model)
+            reason = self.problem(r, model, m.timestamp if m.timestamp is not None else -1)
             if reason is not None:
                 self.skipped[reason] += 1
                 continue

@@ -228,8 +228,11 @@ def drift_table(ctx: typer.Context, model: str = typer.Option("fraud", help="Reg
     for row in table_rows(judged):
         table.add_row(*(row[c] for c in columns))
     Console(width=max(console.width, 150)).print(table)  # narrower, rich would cut the numbers to "0.…"
+    every = {d["model_version"]: d for d in input_drift.decision_drift_all(client, model, start, end, database)}
     for d in input_drift.decision_drift(client, model, start, end, database):
-        console.print(f"version {d['model_version']}: {input_drift.decision_line(d)}", highlight=False)
+        d, whom = (every[d["model_version"]], f"all {every[d['model_version']]['n']:,} decisions") \
+            if d["model_version"] in every else (d, "explanations, weighted")
+        console.print(f"version {d['model_version']} ({whom}): {input_drift.decision_line(d)}", highlight=False)
     for version, why in input_drift.unavailable(client, model, versions, database).items():
         console.print(f"version {version}: input drift unavailable: {why}", highlight=False)
     for row in score_consistency.score_consistency(client, model, start, end, database):

@@ -35,7 +35,8 @@ def test_every_valid_decision_is_stored_once_across_a_sink_crash(fresh_topics, s
     good = make_records(small_model, 240, seed=21, run_id="ds")
     bad = [{**good[0], "prediction_id": "unknown-version", "model_version": "000000000000"},
            {**good[1], "prediction_id": "unknown-feature", "features": {**good[1]["features"], "shoe": 1.0}},
-           {**good[2], "prediction_id": "non-finite", "score": math.nan}]
+           {**good[2], "prediction_id": "non-finite", "score": math.nan},
+           {**good[3], "prediction_id": "seconds", "event_time": good[3]["event_time"] // 1000}]
     messages = produce_decisions(settings, good + bad)
 
     # a sink writes the first half, then dies before committing anything
@@ -46,7 +47,8 @@ def test_every_valid_decision_is_stored_once_across_a_sink_crash(fresh_topics, s
     sink = Sink(settings, database, decisions=True, redact=frozenset({"amount"}))
     sink_until(settings, database, sink, lambda: sink.stats.decisions + crashed.stats.decisions >= len(good))
     assert sink.stats.decisions + crashed.stats.decisions == len(good)
-    assert sink.stats.decisions_skipped == {"UNKNOWN_VERSION": 1, "UNKNOWN_FEATURE": 1, "BAD_FIELD": 1}
+    skipped = {"UNKNOWN_VERSION": 1, "UNKNOWN_FEATURE": 1, "BAD_FIELD": 1, "EVENT_TIME": 1}  # as the workers judge
+    assert sink.stats.decisions_skipped + crashed.stats.decisions_skipped == skipped
 
     stored = query_rows(client, f"SELECT count() AS n, uniqExact(prediction_id) AS ids FROM {database}.decisions")[0]
     assert (stored["n"], stored["ids"]) == (len(good), len(good))  # once each, without FINAL
@@ -106,3 +108,28 @@ def test_a_decision_is_explained_from_the_store_after_the_topic_and_redis_forgot
     assert abs(answer["base_value"] + sum(a["shap"] for a in answer["attributions"]) - answer["raw_score"]) < 1e-6
     assert answer["adverse_reasons"]  # what almost made this approval a decline
     assert engine.on_demand.archive("never-stored") is None
+
+
+def test_score_and_decline_rates_read_every_stored_decision(fresh_topics, small_model, db):
+    import time
+
+    import numpy as np
+
+    from whystream.jobs.analytics.input_drift import decision_drift_all
+    from whystream.jobs.clickhouse import references
+
+    client, database = db
+    settings = fresh_topics.with_(registry=small_model.path.parent.parent)
+    records = make_records(small_model, 400, seed=25, run_id="all")
+    sink = Sink(settings, database, decisions=True)
+    codec = codec_for("PredictionEvent")
+    sink.process([RawMessage(codec.encode(r), None, settings.topic("predictions"), 0, i) for i, r in enumerate(records)])
+    references.register_reference(client, small_model, database)  # the score reference: bins, decline rate
+    now = int(time.time() * 1000)
+    [row] = decision_drift_all(client, small_model.name, now - 3_600_000, now + 60_000, database)
+    scores = np.array([r["score"] for r in records])
+    assert row["n"] == len(records) and row["model_version"] == small_model.version  # all of them, not a sample
+    assert abs(row["mean_score"] - scores.mean()) < 1e-9
+    assert abs(row["decline_rate"] - np.mean(scores >= small_model.threshold)) < 1e-9
+    assert abs(row["adverse_rate"] - np.mean([r["decision"] in ("decline", "review") for r in records])) < 1e-9
+    assert 0 <= row["score_psi"] < 10 and 0 < row["reference_decline"] < 1
