@@ -109,6 +109,23 @@ def test_a_decision_is_explained_from_the_store_after_the_topic_and_redis_forgot
     assert answer["adverse_reasons"]  # what almost made this approval a decline
     assert engine.on_demand.archive("never-stored") is None
 
+    # the user's way: `whystream explain ID` falls back to the store by itself
+    import json
+
+    from typer.testing import CliRunner
+
+    from whystream.cli import app
+
+    s = engine_settings
+    flags = ["--broker", s.broker, "--redis-url", s.redis_url, "--registry", str(s.registry), "--topic-prefix",
+             s.topic_prefix, "--clickhouse-dsn", s.clickhouse_dsn, "--home", str(s.home)]
+    result = CliRunner().invoke(app, [*flags, "explain", approval["prediction_id"], "--database", database])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.output[result.output.index("{"):])
+    assert printed["features_source"] == "store" and printed["attributions"] == answer["attributions"]
+    missing = CliRunner().invoke(app, [*flags, "explain", "never-stored", "--database", database])
+    assert missing.exit_code != 0 and "decision store" in str(missing.exception)
+
 
 def test_score_and_decline_rates_read_every_stored_decision(fresh_topics, small_model, db):
     import time
