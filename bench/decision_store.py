@@ -54,7 +54,7 @@ def child(args) -> dict:
     from whystream.wire.codecs import codec_for
 
     registry = ModelRegistry(args.dir.parent / "registry")
-    fraud = train_model(registry, n_train=20_000, num_trees=40, num_leaves=15, progress=False)  # the demo's features
+    fraud = train_model(registry, n_train=5_000, num_trees=10, num_leaves=15, progress=False)  # the demo's features
     first = int(time.time() * 1000) - 86_400_000
     records = [r for chunk in prediction_events(fraud, TransactionGenerator(5), 0, args.events + BATCH, "bench", 5,
                                                 replay=(first, 86_400_000 / (args.events + BATCH)))
