@@ -126,7 +126,7 @@ def create_app(settings: Settings, config: EngineConfig | None = None, web_port:
         finally:
             explaining.release()
         if explanation is None:
-            return web.json({"error": f"no recent decision with prediction_id {prediction_id[:200]!r}"},
+            return web.json({"error": f"no decision with prediction_id {prediction_id[:200]!r} within reach"},
                             status=404)
         return web.json(explanation)
 

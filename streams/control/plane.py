@@ -223,8 +223,8 @@ class ControlPlane:
             explanation = published or (await self._run(None, self._compute, pid, raw, source) if raw else None)
             if explanation is None:
                 await self._error(request, "UNKNOWN_DECISION",
-                                  f"no recent decision with prediction_id {pid[:200]!r} (never sent, invalid, or "
-                                  "older than the 15-minute location memory)")
+                                  f"no decision with prediction_id {pid[:200]!r} within reach (never sent, "
+                                  "invalid, older than the 15-minute location memory and not in the decision store)")
             else:
                 answer = {**explanation, "sampling_reason": "ON_DEMAND", "inclusion_weight": 1.0, "request_id": rid,
                           "requested_by": request["requested_by"]}
