@@ -1,6 +1,6 @@
 """`make bench`: every benchmark, each measured against its reference in the same run.
 
-    python -m bench [--quick] [--only treeshap,families,ingest,store,drift_query,drift_power,input_views,sink,query_port_memory]
+    python -m bench [--quick] [--only treeshap,families,ingest,store,drift_query,drift_power,input_views,sink,query_port_memory,decision_store]
 
 Each benchmark prints its own table; the figures are collected in
 bench/results/bench.json. Timings belong here, never in the tests.
@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-BENCHMARKS = ("treeshap", "families", "ingest", "store", "drift_query", "drift_power", "input_views", "sink", "query_port_memory")
+BENCHMARKS = ("treeshap", "families", "ingest", "store", "drift_query", "drift_power", "input_views", "sink", "query_port_memory", "decision_store")
 RESULTS = Path(__file__).parent / "results"
 
 

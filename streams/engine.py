@@ -13,7 +13,8 @@ already holds as columns) takes one batch of raw prediction messages and:
    fall back for latency), skipping prediction_ids already explained
    (redelivery, or twice in one batch), publishes ExplanationEvents (encoded
    straight from the arrays, whystream/explanations/encoder.py) and waits for the
-   broker to confirm each of them (whystream/kafka/publisher.py);
+   broker to confirm each of them (whystream/kafka/publisher.py); producer
+   scores checked against the model's own (whystream/models/score_check.py);
 4. remembers where every valid prediction lies in `predictions` (Redis, 15
    minutes; explain on demand reads it back from there), on a thread of its
    own while the next batch comes in;
@@ -54,6 +55,7 @@ from whystream.kafka.messages import Inbound, RawMessage
 from whystream.kafka.publisher import Publisher
 from whystream.kafka.reader import OffsetReader
 from whystream.models.registry import ModelRegistry, RegisteredModel
+from whystream.models.score_check import ScoreTolerance, checked_scores
 from whystream.streams.attribution import Attributor, cache_keys
 from whystream.streams.checkpointing.checkpoints import Checkpoints, ReadBackStarts
 from whystream.streams.checkpointing.replay_guard import ReplayGuard
@@ -84,6 +86,8 @@ class EngineConfig:
     # producer's message.max.bytes (1 MB by default); a broker that still refuses it gets less.
     dlq_original_cap: int = ORIGINAL_CAP
     quarantine_s: float = 30.0  # first back-off before a version that failed to load is tried again
+    # how far a producer's score may be off the model's own (WHYSTREAM_SCORE_TOLERANCE; models/score_check.py)
+    score_tolerance: ScoreTolerance = field(default_factory=ScoreTolerance)
 
 
 @dataclass
@@ -396,8 +400,10 @@ class Engine:
             fresh.extend(attributions.cache_entries(work.model.version, [hashes[i] for i in keep]))
             records, reasons = [work.records[i] for i in keep], [work.reasons[i] for i in keep]
             weights, strata = [work.weights[i] for i in keep], [work.strata[i] for i in keep]
+            model_scores, mismatches = self.check_scores(work.model, explainer, X, attributions, records)
             common = dict(adverse=self.labels, explainer_version=EXPLAINER_VERSION,
-                          redis_available=self.store.available, worker=self.worker, redacted=self.redacted(work.model))
+                          redis_available=self.store.available, worker=self.worker, redacted=self.redacted(work.model),
+                          model_scores=model_scores, mismatches=mismatches)
             explained_at = int(time.time() * 1000)
             if self._encoder is not None:
                 values = self._encoder.encode(work.model, records, X, attributions, reasons, weights, strata,
@@ -419,6 +425,13 @@ class Engine:
         self.publisher.flush()  # offsets are acknowledged only after the broker has every message
         self.store.record(published_ids, published_values, fresh)
         self.metrics.redis_up.set(1 if self.store.available else 0)
+
+    def check_scores(self, model, explainer, X, attributions, records, count=True):
+        """(model scores, mismatches) of explained rows (models/score_check.py); counted if `count`."""
+        checked = checked_scores(self.config.score_tolerance, model, explainer, X, attributions, records)
+        if count:
+            self.metrics.count_scores(model, checked[1])
+        return checked
 
     def _dead_letters(self, dead) -> None:
         """Dead letters out (confirmed with the batch's explanations), but those a replayed stretch

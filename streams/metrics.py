@@ -42,6 +42,11 @@ class Metrics:
                                     "published of their replay could not be read back yet (retried)", registry=r)
         self.redis_up = Gauge("whystream_redis_available", "1 while the shared Redis answers", registry=r)
         self.open_windows = Gauge("whystream_reservoir_open_windows", "Reservoir windows not yet closed", registry=r)
+        self.score_checked = Counter("whystream_score_checked", "Explained decisions whose producer score was "
+                                     "checked against the model's own", ["model", "version"], registry=r)
+        self.score_mismatch = Counter("whystream_score_mismatch", "Explained decisions whose producer score is off "
+                                      "the model version's own score of the features by more than the tolerance "
+                                      "(WHYSTREAM_SCORE_TOLERANCE)", ["model", "version"], registry=r)
         self.held_items = Gauge("whystream_reservoir_held_events", "Sampled events waiting for their window to close",
                                 registry=r)
 
@@ -56,6 +61,12 @@ class Metrics:
                                       "queue was full (ingest never waits for the challenger)", registry=r)
         self.redriven = Counter("whystream_redriven_dead_letters", "UNKNOWN_VERSION dead letters sent back once "
                                 "their version was announced on `models`", registry=r)
+
+    def count_scores(self, model, mismatches) -> None:
+        """The score check of explained rows of `model` (mismatches: per row)."""
+        self.score_checked.labels(model.name, model.version).inc(len(mismatches))
+        if mismatches.any():
+            self.score_mismatch.labels(model.name, model.version).inc(int(mismatches.sum()))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -8,14 +8,23 @@ worker holds its ingest lock for that step alone).
 
 1. `find(id)`: the published explanation from Redis (blanked further by this
    reader's redaction list), else the PredictionEvent read back from
-   `predictions` where Redis remembers it lies (15 minutes), else nothing.
+   `predictions` where Redis remembers it lies (15 minutes), else the decision
+   from the decision store (`archive`, given by whoever composes the worker:
+   ClickHouse's `decisions`, any decision within its retention), else nothing.
 2. `compute(id, raw)`: an ON_DEMAND explanation of that event, validated as
-   the stream validates it; not published.
+   the stream validates it, its producer score checked as the stream checks
+   it; not published.
+
+Every explanation it returns says where its feature values came from
+(`features_source`: `explanations` for the published one, `predictions` for
+one computed from the topic, `store` from the decision store); a computed one
+is explained by the registered version the decision names.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 from whystream.explanations.records import build_explanations, redact_event
 from whystream.kafka.messages import Inbound, RawMessage
@@ -25,30 +34,38 @@ from whystream.treeshap import EXPLAINER_VERSION
 
 
 class OnDemand:
-    def __init__(self, engine, reader: OffsetReader):
+    def __init__(self, engine, reader: OffsetReader, archive: Callable[[str], bytes | None] | None = None):
         self.engine = engine
         self.reader = reader  # of `predictions`: one, shared by every request
+        self.archive = archive  # prediction_id -> its PredictionEvent (encoded) from the decision store, or None
 
     def explain(self, prediction_id: str) -> dict | None:
         """The explanation of any recent decision: the published one, or computed now."""
-        published, raw = self.find(prediction_id)
+        published, raw, source = self.find(prediction_id)
         if published is not None or raw is None:
             return published
-        return self.compute(prediction_id, raw)
+        return self.compute(prediction_id, raw, source)
 
-    def find(self, prediction_id: str) -> tuple[dict | None, bytes | None]:
-        """(its published explanation, None), else (None, the event read back from `predictions`),
-        else (None, None). Only Redis and the broker: safe beside a running batch."""
+    def find(self, prediction_id: str) -> tuple[dict | None, bytes | None, str | None]:
+        """(its published explanation, None, None), else (None, the event, where it was read:
+        `predictions` or `store`), else (None, None, None). Only Redis, the broker and the
+        store: safe beside a running batch."""
         engine = self.engine
         engine.wait_for_locations()  # the last batch's locations first
         published = engine.store.published_explanation(prediction_id)
         if published is not None:
-            return redact_event(engine.explanation_codec.decode(published), engine.config.redact), None
+            event = redact_event(engine.explanation_codec.decode(published), engine.config.redact)
+            return {**event, "features_source": "explanations"}, None, None
         location = engine.location_store.recall_location(prediction_id)
-        return None, self.reader.read(*location) if location else None
+        raw = self.reader.read(*location) if location else None
+        if raw is not None:
+            return None, raw, "predictions"
+        raw = self.archive(prediction_id) if self.archive is not None else None
+        return (None, raw, "store") if raw is not None else (None, None, None)
 
-    def compute(self, prediction_id: str, raw: bytes) -> dict | None:
-        """An ON_DEMAND explanation of the PredictionEvent `raw`, if it is valid and is `prediction_id`."""
+    def compute(self, prediction_id: str, raw: bytes, source: str = "predictions") -> dict | None:
+        """An ON_DEMAND explanation of the PredictionEvent `raw`, if it is valid and is `prediction_id`;
+        `source`: where `raw` was read (its features_source)."""
         engine = self.engine
         batches, dead = engine.validator.split(Inbound.of([RawMessage(raw, None, "", -1, -1)]),
                                                engine.config.sampling.stratum_key)
@@ -61,10 +78,14 @@ class OnDemand:
         _, cached = engine.store.recall([], batch.model.version, hashes)
         attributions = engine.attributor.attribute(batch.model, batch.X, time.monotonic(), cached, classes)
         engine.store.record([], [], attributions.cache_entries(batch.model.version, hashes))
-        return build_explanations(batch.model, [batch.record(0)], batch.X, attributions, ["ON_DEMAND"], [1.0],
+        record = batch.record(0)
+        model_scores, mismatches = engine.check_scores(batch.model, explainer, batch.X, attributions, [record],
+                                                          count=False)
+        return build_explanations(batch.model, [record], batch.X, attributions, ["ON_DEMAND"], [1.0],
                                   [batch.strata[0]], adverse=engine.labels,
                                   explainer_version=EXPLAINER_VERSION, redis_available=engine.store.available,
-                                  worker=engine.worker, redacted=engine.redacted(batch.model))[0]
+                                  worker=engine.worker, redacted=engine.redacted(batch.model),
+                                  model_scores=model_scores, mismatches=mismatches, features_source=source)[0]
 
     def close(self) -> None:
         self.reader.close()

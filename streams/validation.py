@@ -59,6 +59,7 @@ class ModelBatch:
     priority: np.ndarray  # bool
     decision_class: np.ndarray  # int64, NO_CLASS for null
     X: np.ndarray  # [n, F] in the model's feature order, NaN = missing
+    received_at: np.ndarray | None = None  # int64 ms: the messages' broker timestamps (-1 or None: unknown)
 
     def __len__(self) -> int:
         return len(self.prediction_ids)
@@ -68,7 +69,8 @@ class ModelBatch:
         return {"prediction_id": self.prediction_ids[j], "model_name": self.model.name,
                 "model_version": self.model.version, "event_time": int(self.event_time[j]),
                 "score": float(self.score[j]), "decision": self.decisions[j], "threshold": float(self.threshold[j]),
-                "priority": bool(self.priority[j]), "decision_class": int(self.decision_class[j])}
+                "priority": bool(self.priority[j]), "decision_class": int(self.decision_class[j]),
+                "received_at": None if self.received_at is None or self.received_at[j] < 0 else int(self.received_at[j])}
 
 
 class Validator:
@@ -153,7 +155,8 @@ class Validator:
                 model, index, pick(decoded.prediction_ids), pick(decoded.decisions), pick(decoded.strata),
                 decoded.event_time[index], decoded.score[index], decoded.threshold[index], decoded.priority[index],
                 decoded.decision_class[index], decoded.X if whole and decoded.X.shape[1] == len(model.feature_names)
-                else decoded.X[index, :len(model.feature_names)]))
+                else decoded.X[index, :len(model.feature_names)],
+                None if inbound.timestamps is None else inbound.timestamps[index]))
         return batches, dead
 
     def _check_classes(self, decoded: Decoded) -> None:

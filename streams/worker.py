@@ -46,11 +46,14 @@ EXPLAIN_WAIT_S = 10.0
 
 def create_app(settings: Settings, config: EngineConfig | None = None, web_port: int = 6066,
                batch_size: int = 2000, session_timeout_s: float = 6.0,
-               access: WebAccess | None = None) -> faust.App:
+               access: WebAccess | None = None, archive=None) -> faust.App:
+    """The worker's Faust app; `archive` (prediction_id -> encoded PredictionEvent or None): the decision
+    store explain on demand falls back to (streams/on_demand.py)."""
     access = access or WebAccess()
     # A wrong CA, a refused login or no broker ends the worker here, in one line.
     check_broker(settings.kafka_config, settings.require("broker"))
     engine = build_engine(settings, config)
+    engine.on_demand.archive = archive
     ingest = Ingest(engine, batch_size=batch_size, session_timeout_s=session_timeout_s)
     datadir = settings.home / "faust" / str(web_port)  # one per worker on a host
     datadir.parent.mkdir(parents=True, exist_ok=True)
@@ -118,13 +121,13 @@ def create_app(settings: Settings, config: EngineConfig | None = None, web_port:
             return web.json({"error": "busy explaining; try again"}, status=503, headers={"Retry-After": "1"})
         try:
             loop = asyncio.get_running_loop()
-            published, raw = await loop.run_in_executor(None, engine.on_demand.find, prediction_id)
-            explanation = published or (await with_engine(engine.on_demand.compute, prediction_id, raw)
+            published, raw, source = await loop.run_in_executor(None, engine.on_demand.find, prediction_id)
+            explanation = published or (await with_engine(engine.on_demand.compute, prediction_id, raw, source)
                                         if raw else None)
         finally:
             explaining.release()
         if explanation is None:
-            return web.json({"error": f"no recent decision with prediction_id {prediction_id[:200]!r}"},
+            return web.json({"error": f"no decision with prediction_id {prediction_id[:200]!r} within reach"},
                             status=404)
         return web.json(explanation)
 

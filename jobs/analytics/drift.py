@@ -22,6 +22,11 @@ Alerts are raised once per feature, statistic and episode: an episode opens
 when the statistic goes over its threshold and ends once it has stayed under
 it (judged) for a full window. Each alert is written to `drift_alerts` and
 published to `drift-alerts` (schemas/DriftAlert.avsc).
+
+Beside attribution drift, each window's score consistency is judged per
+version (jobs/analytics/score_consistency.py): an alert with statistic
+`score_mismatch` and feature `(score)` when more than `score_mismatch_rate` of
+the decisions (estimated) had a producer score off the model's own.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import time
 from dataclasses import dataclass
 
 from whystream.config import Settings
+from whystream.jobs.analytics import score_consistency
 from whystream.jobs.analytics.drift_rule import DriftRule, Judgement, number
 from whystream.jobs.analytics.drift_sql import feature_drift, monitored_models
 from whystream.jobs.clickhouse import connection as ch
@@ -95,7 +101,8 @@ class DriftMonitor:
                  min_weighted_n: float = 500.0, min_effective_n: float = 100.0,
                  min_reference_share: float = 0.01, alpha: float = 1e-4, ks_threshold: float | None = None,
                  wasserstein_threshold: float | None = None,
-                 reservoir_window_seconds: float = RESERVOIR_WINDOW_SECONDS):
+                 reservoir_window_seconds: float = RESERVOIR_WINDOW_SECONDS,
+                 score_mismatch_rate: float = score_consistency.MAX_RATE):
         """Thresholds are minimum effect sizes (None: jobs/analytics/drift_rule.py's defaults);
         `per_feature_thresholds` maps a feature to one for every statistic or to
         {"psi": x, "ks": y, ...}. `client` is a clickhouse-connect client (default:
@@ -112,6 +119,7 @@ class DriftMonitor:
                               min_weighted_n=min_weighted_n, min_effective_n=min_effective_n,
                               min_reference_share=min_reference_share)
         self.per_feature = per_feature_thresholds or {}
+        self.score_mismatch_rate = score_mismatch_rate
         self.database = ident(database)
         self._client = client
         self._producer = producer
@@ -172,25 +180,12 @@ class DriftMonitor:
         for model in self.models or monitored_models(client, self.database):
             for row, judgements in self.judge_all(feature_drift(client, model, start, end, self.database)):
                 for j in judgements:
-                    key = (model, row["model_version"], row["feature"], j.statistic)
-                    episode = self.episodes.get(key)
-                    if j.above and episode is None:
-                        alert_id = f"{model}:{row['model_version']}:{row['feature']}:{j.statistic}:{now}"
-                        alerts.append({
-                            "alert_id": alert_id, "model_name": model, "model_version": row["model_version"],
-                            "feature": row["feature"], "window_start": start, "window_end": end,
-                            "statistic": j.statistic, "value": float(j.value), "threshold": float(j.threshold),
-                            "reference": f"registry:{row['model_version']}", "raised_at": now,
-                            "fallback_share": float(number(row.get("fallback_share")) or 0.0),
-                            "effective_n": float(row["effective_n"]), "weighted_n": float(row["weighted_n"]),
-                            "n": int(row["n"]),
-                        })
-                    elif j.above:
-                        episode.last_above_ms = now
-                    elif episode is not None and now - episode.last_above_ms >= self.window_ms:
-                        log.info("drift episode %s ended (%s %.3f under %.3f for a full window)",
-                                 episode.alert_id, j.statistic, j.value, j.threshold)
-                        del self.episodes[key]
+                    self._judged(alerts, model, row, row["feature"], j, now, start, end)
+            for row in score_consistency.score_consistency(client, model, start, end, self.database):
+                j = score_consistency.judge(row, self.score_mismatch_rate)
+                if j is not None:
+                    self._judged(alerts, model, {**row, "effective_n": row["checked"], "n": row["checked"]},
+                                 score_consistency.SCORE_FEATURE, j, now, start, end)
         for a in alerts:
             key = (a["model_name"], a["model_version"], a["feature"], a["statistic"])
             self.episodes[key] = Episode(a["alert_id"], now, now)
@@ -202,6 +197,27 @@ class DriftMonitor:
                 self._unpublished.append(a)
         self._flush(client)
         return alerts
+
+    def _judged(self, alerts: list, model: str, row: dict, feature: str, j: Judgement, now: int, start: int,
+                end: int) -> None:
+        """Open an episode (a new alert), keep one open, or close it after a full window under."""
+        key = (model, row["model_version"], feature, j.statistic)
+        episode = self.episodes.get(key)
+        if j.above and episode is None:
+            alerts.append({
+                "alert_id": f"{model}:{row['model_version']}:{feature}:{j.statistic}:{now}", "model_name": model,
+                "model_version": row["model_version"], "feature": feature, "window_start": start, "window_end": end,
+                "statistic": j.statistic, "value": float(j.value), "threshold": float(j.threshold),
+                "reference": f"registry:{row['model_version']}", "raised_at": now,
+                "fallback_share": float(number(row.get("fallback_share")) or 0.0),
+                "effective_n": float(row["effective_n"]), "weighted_n": float(row["weighted_n"]), "n": int(row["n"]),
+            })
+        elif j.above:
+            episode.last_above_ms = now
+        elif episode is not None and now - episode.last_above_ms >= self.window_ms:
+            log.info("drift episode %s ended (%s %.3f under %.3f for a full window)",
+                     episode.alert_id, j.statistic, j.value, j.threshold)
+            del self.episodes[key]
 
     def _restore(self, client, now: int) -> None:
         """Episodes alerted within the last window before a restart stay open."""

@@ -53,6 +53,14 @@ def decision_drift(client, model: str, start_ms: int, end_ms: int, database: str
     return [_floats(r) for r in rows(client, sql)]
 
 
+def decision_drift_all(client, model: str, start_ms: int, end_ms: int,
+                       database: str = DEFAULT_DATABASE) -> list[dict]:
+    """decision_drift's rows from every stored decision (the decision store, migration 074), not the
+    explanations' weighted sample; [] where the store holds none of the window."""
+    sql = f"SELECT * FROM {ident(database)}.decision_drift_all({_window(model, start_ms, end_ms)})"
+    return [_floats(r) for r in rows(client, sql)]
+
+
 def versions_with_input_reference(client, model: str, database: str = DEFAULT_DATABASE) -> set[str]:
     return {r["model_version"] for r in rows(
         client, f"SELECT DISTINCT model_version FROM {ident(database)}.input_reference WHERE model_name = {lit(model)}")}

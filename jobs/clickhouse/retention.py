@@ -7,17 +7,22 @@ Compliance defaults (docs/clickhouse.md, "Retention"):
   months; ECOA's limitation period is 5 years: set 1827 days where claims must
   be answered; the EU AI Act asks deployers for at least 6 months of logs);
 - sampled (RESERVOIR) explanations: 90 days;
-- ON_DEMAND answers to explain requests are not stored (the sink skips them:
-  the decision's stored explanation is the stream's own); rows older sinks
-  stored are not RESERVOIR, so they keep the priority days;
+- ON_DEMAND answers to explain requests are kept out of `explanations` (the
+  decision's stored explanation is the stream's own) and stored in
+  `explain_answers`, the audit trail of what was told to whom: as long as
+  priority explanations; rows older sinks stored in `explanations` are not
+  RESERVOIR, so they keep the priority days;
+- the decision store (`decisions`: every valid decision, explained or not):
+  762 days, the audit default, on its own (WHYSTREAM_RETENTION_DECISIONS_DAYS);
 - the aggregates (attribution_hist, attribution_stats, engine_stats): as long
   as the shorter of the two, never longer than the raw rows, so a re-read
   explanation can always be checked against what is stored before it is
-  counted again; the sink ledger as long as the longer; `explanation_ids`
+  counted again; the sink ledger as long as the longest (it also holds where
+  each stored decision was read); `explanation_ids`
   (the duplicate filter's index) as long as the explanations themselves.
 
-`Retention.from_env(settings.environ)` reads WHYSTREAM_RETENTION_PRIORITY_DAYS and
-WHYSTREAM_RETENTION_SAMPLED_DAYS; `apply(client, database)` sets the TTLs
+`Retention.from_env(settings.environ)` reads WHYSTREAM_RETENTION_PRIORITY_DAYS,
+WHYSTREAM_RETENTION_SAMPLED_DAYS and WHYSTREAM_RETENTION_DECISIONS_DAYS; `apply(client, database)` sets the TTLs
 when they differ from what the tables have (the migration's are the defaults).
 """
 
@@ -31,7 +36,8 @@ from whystream.errors import ConfigError
 
 PRIORITY_VAR = "WHYSTREAM_RETENTION_PRIORITY_DAYS"
 SAMPLED_VAR = "WHYSTREAM_RETENTION_SAMPLED_DAYS"
-AGGREGATES = ("attribution_hist", "attribution_stats", "engine_stats")
+DECISIONS_VAR = "WHYSTREAM_RETENTION_DECISIONS_DAYS"
+AGGREGATES = ("attribution_hist", "attribution_stats", "engine_stats", "score_check_stats")
 
 
 def _days(environ: Mapping[str, str], var: str, default: int) -> int:
@@ -47,11 +53,13 @@ def _days(environ: Mapping[str, str], var: str, default: int) -> int:
 class Retention:
     priority_days: int = 762
     sampled_days: int = 90
+    decisions_days: int = 762
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> "Retention":
         """The days WHYSTREAM_RETENTION_* of `environ` (Settings.environ) set, else the defaults."""
-        return cls(_days(environ, PRIORITY_VAR, cls.priority_days), _days(environ, SAMPLED_VAR, cls.sampled_days))
+        return cls(_days(environ, PRIORITY_VAR, cls.priority_days), _days(environ, SAMPLED_VAR, cls.sampled_days),
+                   _days(environ, DECISIONS_VAR, cls.decisions_days))
 
     @property
     def aggregate_days(self) -> int:
@@ -59,14 +67,16 @@ class Retention:
 
     @property
     def ledger_days(self) -> int:
-        return max(self.priority_days, self.sampled_days)
+        return max(self.priority_days, self.sampled_days, self.decisions_days)
 
     def ttls(self) -> dict[str, str]:
         """Table -> its TTL expression."""
         raw = (f"addDays(toDateTime(event_time), if(sampling_reason = 'RESERVOIR', "
                f"{self.sampled_days}, {self.priority_days}))")
         out = {"explanations": raw, "explanation_ids": raw,  # the duplicate filter's index lives as long as the rows
-               "sink_ledger": f"inserted_at + toIntervalDay({self.ledger_days})"}
+               "sink_ledger": f"inserted_at + toIntervalDay({self.ledger_days})",
+               "decisions": f"addDays(toDateTime(event_time), {self.decisions_days})",
+               "explain_answers": f"addDays(toDateTime(explained_at), {self.priority_days})"}
         out.update({table: f"minute + toIntervalDay({self.aggregate_days})" for table in AGGREGATES})
         return out
 

@@ -27,7 +27,8 @@ from whystream.wire.avro_write import varint
 # op: how a field is read from Avro. STR: string; TIME: long ms (0 .. 2100); DOUBLE: finite double;
 # WEIGHT: finite double > 0; ENUM: symbol index (written as the symbol's text); BOOL; NULL_INT: union
 # null/int; NULL_STR: union null/string ('' for null); STRS: array of strings; ATTRS: array of
-# {feature, value: null/double, shap}; REASONS: array of {code, text, feature, value, shap};
+# {feature, value: null/double, shap}; NULL_TIME: union null/long ms (0 .. 2100); NULL_DOUBLE: union
+# null/finite double; REASONS: array of {code, text, feature, value, shap};
 # POS and TOPIC read nothing: where the message was read (partition, offset; topic, topic id).
 FIELDS = [
     ("prediction_id", "STR", ["prediction_id"]),
@@ -61,6 +62,12 @@ FIELDS = [
     ("role", "ENUM", ["role"]),
     ("champion_prediction_id", "NULL_STR", ["champion_prediction_id"]),
     ("request_id", "NULL_STR", ["request_id"]),
+    ("adverse_reasons", "ATTRS", ["adverse_reasons.feature", "adverse_reasons.value", "adverse_reasons.shap"]),
+    ("requested_by", "NULL_STR", ["requested_by"]),
+    ("received_at", "NULL_TIME", ["received_at"]),
+    ("model_score", "NULL_DOUBLE", ["model_score"]),
+    ("score_mismatch", "BOOL", ["score_mismatch"]),
+    ("features_source", "NULL_STR", ["features_source"]),
     (None, "TOPIC", ["kafka_topic", "kafka_topic_id"]),
 ]
 
@@ -68,7 +75,7 @@ INSERT_COLUMNS = [column for _, _, columns in FIELDS for column in columns]
 
 # RowBinary type of each column, by the op that fills it.
 _TYPES = {"STR": ["str"], "TIME": ["i64"], "DOUBLE": ["f64"], "WEIGHT": ["f64"], "ENUM": ["str"], "BOOL": ["bool"],
-          "NULL_INT": ["ni32"], "NULL_STR": ["str"], "STRS": ["astr"], "ATTRS": ["astr", "anf64", "af64"],
+          "NULL_INT": ["ni32"], "NULL_TIME": ["ni64"], "NULL_DOUBLE": ["nf64"], "NULL_STR": ["str"], "STRS": ["astr"], "ATTRS": ["astr", "anf64", "af64"],
           "REASONS": ["astr", "astr", "astr", "anf64", "af64"], "POS": ["i32", "i64"], "TOPIC": ["str", "str"]}
 COLUMN_TYPES = [t for _, op, _ in FIELDS for t in _TYPES[op]]
 
@@ -88,6 +95,8 @@ _WRITE = {
     "i32": lambda v: struct.pack("<i", int(v)),
     "f64": lambda v: struct.pack("<d", float(v)),
     "bool": lambda v: b"\x01" if v else b"\x00",
+    "ni64": lambda v: b"\x01" if v is None else b"\x00" + struct.pack("<q", int(v)),
+    "nf64": _nullable_double,
     "ni32": lambda v: b"\x01" if v is None else b"\x00" + struct.pack("<i", int(v)),
     "astr": lambda v: varint(len(v)) + b"".join(map(_text, v)),
     "af64": lambda v: varint(len(v)) + struct.pack(f"<{len(v)}d", *v),

@@ -1,4 +1,5 @@
-"""`whystream sink`'s consumer loop: `explanations` read in batches per partition, each
+"""`whystream sink`'s consumer loop: `explanations` (and, with the decision store on,
+`predictions`) read in batches per partition, each
 written by a `Sink` (decoded while the batch before it is written, `SinkPipeline`),
 its offsets committed once it is stored.
 """
@@ -31,7 +32,9 @@ def commit_offsets(messages: Iterable[RawMessage]) -> dict[tuple[str, int], int]
 
 
 def _raw(message) -> RawMessage:
-    return RawMessage(message.value(), message.key(), message.topic(), message.partition(), message.offset())
+    kind, timestamp = message.timestamp()  # the broker's receipt (or the producer's send) time: decisions.received_at
+    return RawMessage(message.value(), message.key(), message.topic(), message.partition(), message.offset(),
+                      timestamp if kind else -1)
 
 
 def run_sink(settings: Settings, stop_event: threading.Event | None = None, batch_size: int = 5000,
@@ -63,7 +66,8 @@ def run_sink(settings: Settings, stop_event: threading.Event | None = None, batc
         "heartbeat.interval.ms": max(500, session_timeout_ms // 3),
         "max.poll.interval.ms": 600_000,  # a batch may wait out a ClickHouse outage
     })
-    consumer.subscribe([topic])
+    # with the decision store on, `predictions` too (jobs/sink/decisions.py), in the sink's own group
+    consumer.subscribe([topic] + ([sink.decisions_topic] if sink.decisions_topic else []))
     pipeline = SinkPipeline(sink)
     # one batch per partition: a batch is then one unit of the ledger, written in one insert
     batches: dict[tuple[str, int], list[RawMessage]] = {}

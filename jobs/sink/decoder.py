@@ -40,8 +40,9 @@ from whystream.wire.avro_write import _put_bytes, _put_varint
 from whystream.wire.codecs import load_schema, schema_fingerprint
 
 OPS = ("STR", "TIME", "DOUBLE", "WEIGHT", "ENUM", "BOOL", "NULL_INT", "NULL_STR", "STRS", "ATTRS", "REASONS",
-       "POS", "TOPIC")
-STR, TIME, DOUBLE, WEIGHT, ENUM, BOOL, NULL_INT, NULL_STR, STRS, ATTRS, REASONS, POS, TOPIC = range(len(OPS))
+       "POS", "TOPIC", "NULL_TIME", "NULL_DOUBLE")
+(STR, TIME, DOUBLE, WEIGHT, ENUM, BOOL, NULL_INT, NULL_STR, STRS, ATTRS, REASONS, POS, TOPIC, NULL_TIME,
+ NULL_DOUBLE) = range(len(OPS))
 CAPTURED = ("prediction_id", "model_name", "model_version")  # text that comes back to Python
 NO_MARK, NON_EMPTY = -1, 0  # marks[k]: the ENUM symbol index, or NON_EMPTY (a NULL_STR), that makes an answer
 OK, SLOW = 0, 1
@@ -205,6 +206,28 @@ def _transcode(buf, starts, ends, fingerprint, ops, captures_at, symbols, symbol
                 out[q] = buf[p]
                 q += 1
                 p += 1
+            elif op == NULL_TIME or op == NULL_DOUBLE:
+                branch, p = _long(buf, p, end)
+                if p < 0 or branch < 0 or branch > 1:
+                    good = False
+                    break
+                if branch == 0:
+                    out[q] = 1
+                    q += 1
+                elif op == NULL_TIME:
+                    v, p = _long(buf, p, end)
+                    if p < 0 or v < 0 or v >= latest:
+                        good = False
+                        break
+                    out[q] = 0
+                    q = _put_int(out, q + 1, v, 8)
+                else:
+                    if p + 8 > end or not _finite_at(buf, p, bits, value):
+                        good = False
+                        break
+                    out[q] = 0
+                    q = _put_bytes(out, q + 1, buf, p, p + 8)
+                    p += 8
             elif op == NULL_INT or op == NULL_STR:
                 branch, p = _long(buf, p, end)
                 if p < 0 or branch < 0 or branch > 1:

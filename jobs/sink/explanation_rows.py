@@ -20,7 +20,9 @@ EXPLANATION_COLUMNS = [
     "threshold", "sampling_reason", "inclusion_weight", "stratum", "source", "redis_available", "latency_ms", "worker",
     "kafka_partition", "kafka_offset", "explained_class", "principal_reasons.code", "principal_reasons.text",
     "principal_reasons.feature", "principal_reasons.value", "principal_reasons.shap", "reason_codes_version",
-    "redacted_features", "role", "champion_prediction_id", "request_id",
+    "redacted_features", "role", "champion_prediction_id", "request_id", "adverse_reasons.feature",
+    "adverse_reasons.value", "adverse_reasons.shap", "requested_by", "received_at", "model_score", "score_mismatch",
+    "features_source",
 ]
 
 
@@ -32,7 +34,8 @@ def explanation_columns(events: Iterable[dict], positions: Iterable[tuple[int, i
     cols: list[list] = [[] for _ in EXPLANATION_COLUMNS]
     (pid, name, version, explainer, explainer_v, event_time, explained_at, space, base, raw, a_feat, a_val, a_shap,
      r_feat, r_val, r_shap, score, decision, threshold, reason, weight, stratum, source, redis, latency, worker,
-     part, off, klass, p_code, p_text, p_feat, p_val, p_shap, codes_version, redacted, role, champion, request) = cols
+     part, off, klass, p_code, p_text, p_feat, p_val, p_shap, codes_version, redacted, role, champion, request,
+     v_feat, v_val, v_shap, requested_by, received_at, model_score, mismatch, features_source) = cols
     for e, (p, o) in zip(events, positions):
         pid.append(e["prediction_id"])
         name.append(e["model_name"])
@@ -76,6 +79,15 @@ def explanation_columns(events: Iterable[dict], positions: Iterable[tuple[int, i
         role.append(str(e.get("role", "CHAMPION")))
         champion.append(e.get("champion_prediction_id") or "")
         request.append(e.get("request_id") or "")
+        adverse = e.get("adverse_reasons") or []  # version 4
+        v_feat.append([a["feature"] for a in adverse])
+        v_val.append([a["value"] for a in adverse])
+        v_shap.append([a["shap"] for a in adverse])
+        requested_by.append(e.get("requested_by") or "")
+        received_at.append(e.get("received_at"))
+        model_score.append(e.get("model_score"))
+        mismatch.append(bool(e.get("score_mismatch", False)))
+        features_source.append(e.get("features_source") or "")
     return cols
 
 

@@ -33,7 +33,7 @@ from whystream.kafka.messages import RawMessage
 
 LATEST_MS = 4_102_444_800_000  # 2100-01-01: later times are typos (seconds read as ms, etc.)
 SCALARS = ("base_value", "raw_score", "score", "threshold", "inclusion_weight", "latency_ms")
-LISTS = ("attributions", "top_reasons", "principal_reasons")
+LISTS = ("attributions", "top_reasons", "principal_reasons", "adverse_reasons")
 ANSWER_REASON = "ON_DEMAND"  # sampling_reason of an answer to an ExplainRequest (streams/control/plane.py)
 
 
@@ -91,10 +91,13 @@ def problem(event: dict) -> tuple[str, str] | None:
                 return "NON_FINITE_VALUE", f"{name} shap of {item['feature']!r} is {item['shap']}"
             if item["value"] is not None and not math.isfinite(item["value"]):
                 return "NON_FINITE_VALUE", f"{name} value of {item['feature']!r} is {item['value']} (null means missing)"
+    model_score = event.get("model_score")
+    if model_score is not None and not math.isfinite(model_score):
+        return "NON_FINITE_VALUE", f"model_score is {model_score} (null means not recomputed)"
     if event["inclusion_weight"] <= 0:
         return "BAD_FIELD", f"inclusion_weight {event['inclusion_weight']} is impossible: it is 1 / probability, > 0"
-    for name in ("event_time", "explained_at"):
-        if not 0 <= int(event[name]) < LATEST_MS:
+    for name in ("event_time", "explained_at", "received_at"):
+        if event.get(name) is not None and not 0 <= int(event[name]) < LATEST_MS:
             return "BAD_FIELD", f"{name} {int(event[name])} ms is outside 1970..2100"
     return None
 

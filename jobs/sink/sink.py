@@ -11,12 +11,13 @@ a `Sink` and commits offsets only after the batch is in ClickHouse.
    non-finite numbers, impossible values go to `explanations.dlq` as
    DeadLetters with the reason and the original bytes (counted by reason,
    never retried), before anything of the batch is committed;
-2. drops the answers to explain requests (sampling_reason ON_DEMAND or a
-   request_id: `rows.is_answer`), counted in `SinkStats.answers`: they live
-   on the `explanations` topic, for the requester, and are not samples (weight 1
-   whatever the decision's inclusion probability), so they are kept out of the
-   table and every aggregate; the decision's stored explanation is the stream's
-   own, and an answer published before it can never shadow it;
+2. takes out the answers to explain requests (sampling_reason ON_DEMAND or a
+   request_id: `rows.is_answer`), counted in `SinkStats.answers`: they are not
+   samples (weight 1 whatever the decision's inclusion probability), so they
+   are kept out of `explanations` and every aggregate (the decision's stored
+   explanation is the stream's own, and an answer published before it can never
+   shadow it) and written, exactly once, to `explain_answers` instead: the audit
+   trail of what was told to whom (migration 073);
 3. drops repeated prediction_ids inside the batch and ids already in the
    table (an explanation published again at another offset is stored, and
    counted in the aggregates, once); the ids travel as array parameters in
@@ -27,6 +28,11 @@ a `Sink` and commits offsets only after the batch is in ClickHouse.
 5. writes the rows exactly once into the table and every view
    (`ledger`: fixed per-partition offset blocks, tokens from the topic's
    id and the first offset not yet stored, checked against the ledger).
+
+With the decision store on (`decisions=True`), messages of `predictions` in a
+batch are decision rows instead (jobs/sink/decisions.py): every valid decision
+into `decisions`, exactly once through the same ledger (step 5), without the
+explanations' steps 2 to 4.
 
 A transient ClickHouse failure (down, timeout, lost answer) is retried with
 back-off until it succeeds or the sink is told to stop; a failure caused by a
@@ -56,6 +62,7 @@ from whystream.jobs.clickhouse.retention import Retention
 from whystream.jobs.clickhouse.sql import DEFAULT_DATABASE, ident, ms_lit, one_line
 from whystream.jobs.sink import explanation_rows
 from whystream.jobs.sink.columns import INSERT_COLUMNS
+from whystream.jobs.sink.decisions import DECISION_COLUMNS, DecisionDecoder
 from whystream.jobs.sink.decoder import BatchDecoder
 from whystream.jobs.sink.ledger import TopicIds, stored, units, write_exactly_once
 from whystream.jobs.sink.rows import Rows, decode_messages
@@ -85,12 +92,15 @@ class SinkStats:
     consumed: int = 0  # messages handed to the sink
     written: int = 0  # rows newly stored in `explanations` (and every view)
     duplicates: int = 0  # prediction_ids skipped: repeated in a batch or already in the table
-    answers: int = 0  # answers to explain requests skipped: replies on the topic, not samples
+    answers: int = 0  # answers to explain requests: not samples, kept out of `explanations`
+    answers_stored: int = 0  # of them, newly stored in `explain_answers` (the audit trail)
     undecodable: int = 0  # messages that were not ExplanationEvents (also counted in set_aside)
     set_aside: Counter = field(default_factory=Counter)  # reason code -> messages sent to explanations.dlq
     batches: int = 0  # batches written
     retries: int = 0  # failed ClickHouse calls retried
     unreferenced: int = 0  # rows of model versions without a reference (no histogram rows)
+    decisions: int = 0  # decisions newly stored in `decisions` (the decision store)
+    decisions_skipped: Counter = field(default_factory=Counter)  # reason -> decisions not valid (workers' DLQ has them)
     last_error: str = ""
     started: float = field(default_factory=time.monotonic)
 
@@ -101,7 +111,9 @@ class SinkStats:
         if self.set_aside:
             text += " (" + ", ".join(f"{k} {v:,}" for k, v in sorted(self.set_aside.items())) + ")"
         if self.answers:
-            text += f", {self.answers:,} explain answers skipped (not stored)"
+            text += f", {self.answers:,} explain answers kept apart ({self.answers_stored:,} new in explain_answers)"
+        if self.decisions or self.decisions_skipped:
+            text += f"; {self.decisions:,} decisions stored, {sum(self.decisions_skipped.values()):,} not valid"
         if self.retries:
             text += f", {self.retries:,} ClickHouse retries"
         return text
@@ -122,7 +134,8 @@ class Sink:
                  client_factory: Callable[[], object] | None = None, registry=None,
                  stop_event: threading.Event | None = None, backoff: tuple[float, float] = (0.5, 10.0),
                  topic_id: Callable[[str], str] | None = None, retention: Retention | None = None,
-                 decode: Callable | None = None, columnar: bool = True):
+                 decode: Callable | None = None, columnar: bool = True, decisions: bool = False,
+                 redact: frozenset[str] = frozenset()):
         self.settings = settings
         self.database = ident(database)
         self.client_factory = client_factory or (lambda: ch.connect(settings, database))
@@ -135,8 +148,12 @@ class Sink:
         self.decode = decode or (BatchDecoder(self.codec) if columnar
                                  else lambda messages, topic_ids: decode_messages(messages, self.codec, topic_ids))
         self.dlq_codec = topic_codec(settings, "explanations.dlq")
+        # the decision store: `predictions` messages become rows of `decisions` (jobs/sink/decisions.py)
+        self.decisions_topic = settings.topic("predictions") if decisions else None
+        self.decision_rows = DecisionDecoder(topic_codec(settings, "predictions"), self._load, redact)
         self.name = f"sink-{socket.gethostname()}-{os.getpid()}"
         self.stats = SinkStats()
+        self.stats.decisions_skipped = self.decision_rows.skipped
         self._client = None
         self._retention_applied = False
         self._dead_letters: DeadLetterWriter | None = None
@@ -205,18 +222,29 @@ class Sink:
         stopped before that."""
         return self.write(self.prepare(messages))
 
-    def prepare(self, messages: list[RawMessage]) -> tuple[Rows, dict[str, str]]:
+    def prepare(self, messages: list[RawMessage]) -> tuple[Rows, dict[str, str], Rows | None]:
         """Decode a batch and set aside what cannot be stored (the part `SinkPipeline` runs
-        on a thread of its own while the previous batch is written)."""
+        on a thread of its own while the previous batch is written): (explanation rows, topic
+        ids, decision rows or None)."""
         messages = list(messages)
         self.stats.consumed += len(messages)
         topic_ids = {t: self.topic_id(t) for t in {m.topic for m in messages}}
+        decisions = None
+        if self.decisions_topic is not None:
+            decisions = self.decision_rows([m for m in messages if m.topic == self.decisions_topic], topic_ids)
+            messages = [m for m in messages if m.topic != self.decisions_topic]
         rows, aside = self.decode(messages, topic_ids)
         self._set_aside(aside)
-        return rows, topic_ids
+        return rows, topic_ids, decisions
 
-    def write(self, prepared: tuple[Rows, dict[str, str]]) -> int:
-        rows, topic_ids = prepared
+    def write(self, prepared: tuple[Rows, dict[str, str], Rows | None]) -> int:
+        """Store a prepared batch; return the explanations newly stored (decisions: `stats.decisions`)."""
+        rows, topic_ids, decisions = prepared
+        if decisions is not None and len(decisions):
+            self.stats.decisions += self._exactly_once(decisions, topic_ids, "decisions", DECISION_COLUMNS)
+        if rows.answers.any():  # the audit trail of answers, in a table of its own
+            answers = rows.take(np.flatnonzero(rows.answers).tolist())
+            self.stats.answers_stored += self._exactly_once(answers, topic_ids, "explain_answers", INSERT_COLUMNS)
         rows = self._unique(self._without_answers(rows))
         if len(rows):  # the ledger first: what it holds is stored in every view (read again after a restart)
             rows = self._retrying("reading the sink ledger", lambda c: self._not_in_ledger(c, rows, topic_ids))
@@ -248,6 +276,20 @@ class Sink:
                       settings={"insert_deduplication_token": "ledger:" + token})
         return None
 
+    def _exactly_once(self, rows: Rows, topic_ids: dict[str, str], table: str, columns: list[str]) -> int:
+        """Write `rows` (RowBinary of `columns`) to `table` through the ledger (jobs/sink/ledger.py)."""
+        def insert(client, unit: Rows, topic_id: str, token: str) -> Exception | None:
+            try:
+                client.raw_insert(table, columns, unit.payload, fmt="RowBinary",
+                                  settings={**INSERT_SETTINGS, "insert_deduplication_token": f"{table}:{token}"})
+            except Exception as exc:
+                if is_data_error(exc):
+                    return exc
+                raise
+            return None
+        return write_exactly_once(rows, topic_ids, self.database, self._retrying, insert, self._refused, self.name,
+                                  self._pause)
+
     def _refused(self, unit: Rows, exc: Exception) -> None:
         m = unit.messages[0]
         self._set_aside([DeadLetterRecord("BAD_FIELD", f"ClickHouse refused the row for good: {one_line(exc)}",
@@ -270,13 +312,13 @@ class Sink:
         self._dead_letters.publisher.flush()
 
     def _without_answers(self, rows: Rows) -> Rows:
-        """The rows that are not answers to explain requests (see module doc, step 2). Their
-        offsets are committed with the batch: nothing to retry."""
+        """The rows that are not answers to explain requests (see module doc, step 2; `write`
+        stores the answers in `explain_answers`)."""
         n = int(rows.answers.sum())
         if not n:
             return rows
         self.stats.answers += n
-        log.debug("skipped %d explain answers (ON_DEMAND, request_id set): replies on the topic, not samples", n)
+        log.debug("%d explain answers (ON_DEMAND, request_id set) kept out of explanations: not samples", n)
         return rows.take(np.flatnonzero(~rows.answers).tolist())
 
     def _unique(self, rows: Rows) -> Rows:

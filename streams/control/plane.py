@@ -219,14 +219,15 @@ class ControlPlane:
             if await self._run(None, engine.store.marked, "answered", rid):  # answered by any worker, before
                 engine.metrics.explain_requests.labels("duplicate").inc()
                 return
-            published, raw = await self._run(None, engine.on_demand.find, pid)
-            explanation = published or (await self._run(None, self._compute, pid, raw) if raw else None)
+            published, raw, source = await self._run(None, engine.on_demand.find, pid)
+            explanation = published or (await self._run(None, self._compute, pid, raw, source) if raw else None)
             if explanation is None:
                 await self._error(request, "UNKNOWN_DECISION",
-                                  f"no recent decision with prediction_id {pid[:200]!r} (never sent, invalid, or "
-                                  "older than the 15-minute location memory)")
+                                  f"no decision with prediction_id {pid[:200]!r} within reach (never sent, "
+                                  "invalid, older than the 15-minute location memory and not in the decision store)")
             else:
-                answer = {**explanation, "sampling_reason": "ON_DEMAND", "inclusion_weight": 1.0, "request_id": rid}
+                answer = {**explanation, "sampling_reason": "ON_DEMAND", "inclusion_weight": 1.0, "request_id": rid,
+                          "requested_by": request["requested_by"]}
                 await self._publish(self.settings.topic("explanations"),
                                     [(pid.encode(), engine.explanation_codec.encode(answer))])
                 engine.metrics.explain_requests.labels("answered").inc()
@@ -234,9 +235,9 @@ class ControlPlane:
         finally:
             self.in_flight.discard(rid)
 
-    def _compute(self, pid: str, raw: bytes):
+    def _compute(self, pid: str, raw: bytes, source: str):
         with self.ingest.lock:
-            return self.engine.on_demand.compute(pid, raw)
+            return self.engine.on_demand.compute(pid, raw, source)
 
     async def _error(self, request: dict, code: str, message: str, original: bytes = b"") -> None:
         error = {"request_id": request.get("request_id", ""), "prediction_id": request.get("prediction_id", ""),

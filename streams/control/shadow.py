@@ -87,7 +87,8 @@ class Shadow:
                                     adverse=engine.labels, explainer_version=EXPLAINER_VERSION,
                                     redis_available=engine.store.available, worker=engine.worker,
                                     redacted=engine.redacted(challenger), role="CHALLENGER",
-                                    champion_prediction_ids=[r["prediction_id"] for r in work.records])
+                                    champion_prediction_ids=[r["prediction_id"] for r in work.records],
+                                    model_scores=score)  # the challenger's own score: nothing to check
         return [(r["prediction_id"].encode(), engine.explanation_codec.encode(event))
                 for r, event in zip(work.records, events)]
 

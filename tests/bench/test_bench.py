@@ -79,3 +79,10 @@ def test_drift_query_benchmark_runs(tmp_path):
     assert result["explanations"] == 90 * 60 and result["attribution_hist_rows"] > 0
     assert all(q["rows"] > 0 and q["median_ms"] > 0 for q in result["queries"].values())
     assert result["features_over_psi_0.2_last_5m"] == ["f03"]  # the shifted feature, and only it
+
+
+def test_decision_store_benchmark_runs(tmp_path):
+    result = _run("decision_store.py", "--events", "2000", "--rounds", "1", out=tmp_path / "decision_store.json")
+    assert result["explanations_rows_per_s"] > 0 and result["decisions_rows_per_s"] > 0
+    assert 10 < result["bytes_per_decision"] < result["uncompressed_bytes_per_decision"]
+    assert result["year_of_10M_a_day_GiB"] > 0 and result["sink_time_with_store_vs_without"] > 1

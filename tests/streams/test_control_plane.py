@@ -17,7 +17,10 @@ from test_worker import Worker, records_for, send
 
 from whystream.jobs.simulation.generator import TransactionGenerator
 from whystream.jobs.simulation.train import train_model
-from whystream.kafka.reader import read_all
+from whystream.jobs.clickhouse.sql import rows as query_rows
+from whystream.jobs.sink.sink import Sink
+from whystream.kafka.messages import RawMessage
+from whystream.kafka.reader import read_all, scan
 from whystream.models.events import announce, model_event
 from whystream.models.registry import ModelRegistry
 from whystream.wire.codecs import codec_for
@@ -131,7 +134,7 @@ def test_parked_unknown_version_dead_letters_are_sent_back_once_it_is_announced(
         worker.kill()
 
 
-def test_explain_requests_are_answered_once_on_the_topics(settings, small_model, tmp_path):
+def test_explain_requests_are_answered_once_on_the_topics(settings, small_model, tmp_path, db):
     worker = Worker(settings, tmp_path)
     try:
         worker.wait_ready()
@@ -171,8 +174,27 @@ def test_explain_requests_are_answered_once_on_the_topics(settings, small_model,
         assert sorted((e["error_code"], e["request_id"]) for e in errors) == [
             ("MALFORMED_REQUEST", ""), ("UNKNOWN_DECISION", "r-unknown")]
         assert next(e for e in errors if e["error_code"] == "MALFORMED_REQUEST")["original"] == b"not a request"
+        assert {e["requested_by"] for e in got} == {"test"}  # as ExplainRequest.avsc promises
+        assert by_id["r-published"]["features_source"] == "explanations"
+        assert computed["features_source"] == "predictions"
     finally:
         worker.kill()
+    # the sink keeps what was told to whom: the answers in their audit table, with the requester
+    client, database = db
+    messages = [RawMessage(m.value(), m.key(), m.topic(), m.partition(), m.offset())
+                for m in scan(settings, settings.topic("explanations"))]
+    sink = Sink(settings, database)
+    sink.process(messages)
+    audit = query_rows(client, f"""
+        SELECT request_id, requested_by, prediction_id, model_version, source, features_source,
+               toUnixTimestamp64Milli(explained_at) AS answered_at FROM {database}.explain_answers ORDER BY request_id""")
+    assert [(r["request_id"], r["requested_by"], r["prediction_id"], r["features_source"]) for r in audit] == [
+        ("r-computed", "test", unexplained["prediction_id"], "predictions"),
+        ("r-published", "test", explained, "explanations")]
+    assert {r["model_version"] for r in audit} == {small_model.version}
+    assert [r["answered_at"] for r in audit] == [by_id["r-computed"]["explained_at"],
+                                                 by_id["r-published"]["explained_at"]]
+    assert query_rows(client, f"SELECT count() AS n FROM {database}.explanations WHERE request_id != ''")[0]["n"] == 0
 
 
 def test_a_challengers_paired_explanations_are_exact(settings, small_model, tmp_path):

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from whystream.cli.common import console, model_name, parse_duration, progress_bar, settings_of
+from whystream.cli.common import console, model_name, parse_duration, parse_features, progress_bar, settings_of
 from whystream.cli.output import (
     Format,
     emit,
@@ -94,6 +94,11 @@ def sink(ctx: typer.Context,
          alpha: float = typer.Option(1e-4, help="False-alert probability per statistic, feature and window"),
          reservoir_window: float = typer.Option(10.0, help="The workers' --window: drift windows end this long "
                                                 "before the last complete minute"),
+         score_mismatch_rate: float = typer.Option(0.01, help="Alert when more than this share of decisions had a "
+                                                   "producer score off the model's own (score_mismatch)"),
+         decisions: bool = typer.Option(True, help="Store every valid decision of `predictions` in `decisions` "
+                                        "(the decision store)"),
+         redact: str = typer.Option("", help="FEATURE,... never stored in `decisions` (on top of each model's list)"),
          database: str = typer.Option("whystream", help="ClickHouse database")):
     """Write `explanations` into ClickHouse and raise drift alerts, until Ctrl-C.
 
@@ -108,6 +113,7 @@ def sink(ctx: typer.Context,
     from whystream.jobs.analytics.drift import DriftMonitor
     from whystream.jobs.clickhouse import connection as ch
     from whystream.jobs.sink.consumer import run_sink
+    from whystream.jobs.sink.sink import Sink
 
     settings = settings_of(ctx)
     window_seconds = parse_duration(window)
@@ -127,7 +133,7 @@ def sink(ctx: typer.Context,
         monitor = DriftMonitor(settings, window_seconds=window_seconds, interval_seconds=interval,
                                psi_threshold=psi_threshold, stability_threshold=stability_threshold,
                                ks_threshold=ks_threshold, alpha=alpha, reservoir_window_seconds=reservoir_window,
-                               database=database)
+                               score_mismatch_rate=score_mismatch_rate, database=database)
         threading.Thread(target=monitor.run, args=(stop,), name="whystream-drift", daemon=True).start()
     where = f"query port 127.0.0.1:{server.port}" if server else mask_secrets(settings.clickhouse_dsn)
     console.print(f"[dim]# sink: {settings.topic('explanations')} -> {database} ({where}); Ctrl-C stops it[/]")
@@ -146,6 +152,8 @@ def sink(ctx: typer.Context,
         live.start()
     try:
         stats = run_sink(settings, stop, batch_size=batch_size, flush_seconds=flush, progress=show,
+                         sink=Sink(settings, database, stop_event=stop, decisions=decisions,
+                                   redact=parse_features(redact)),
                          database=database)
     finally:
         stop.set()
@@ -218,7 +226,7 @@ def drift_table(ctx: typer.Context,
 
     json: one object (model, window_start, window_end, features: one row per version and
     feature with every statistic, decisions: score and decline-rate drift per version)."""
-    from whystream.jobs.analytics import drift_sql, input_drift
+    from whystream.jobs.analytics import drift_sql, input_drift, score_consistency
     from whystream.jobs.analytics.drift import (
         TABLE_COLUMNS,
         DriftMonitor,
@@ -239,11 +247,18 @@ def drift_table(ctx: typer.Context,
                           stability_threshold=stability_threshold, alpha=alpha, publish=False).judge_all(found)
     features = drift_records(judged)
     versions = sorted({r["model_version"] for r in found})
-    decisions = input_drift.decision_drift(client, model, start, end, database) if found else []
+    # score and decline rates: from every stored decision where the store covers the window
+    every = {d["model_version"]: d for d in input_drift.decision_drift_all(client, model, start, end, database)} \
+        if found else {}
+    decisions = [dict(every[d["model_version"]], counted_over=f"all {every[d['model_version']]['n']:,} decisions")
+                 if d["model_version"] in every else dict(d, counted_over="explanations, weighted")
+                 for d in (input_drift.decision_drift(client, model, start, end, database) if found else [])]
+    scores = score_consistency.score_consistency(client, model, start, end, database) if found else []
     unavailable = input_drift.unavailable(client, model, versions, database) if found else {}
     if fmt == Format.json:
         print_json({"model": model, "window_start": _iso(start), "window_end": _iso(end), "stratum": stratum or None,
-                    "features": features, "decisions": decisions, "input_drift_unavailable": unavailable})
+                    "features": features, "decisions": decisions, "input_drift_unavailable": unavailable,
+                    "score_consistency": scores})
         return
     if fmt == Format.csv:
         emit(features, fmt)
@@ -259,9 +274,11 @@ def drift_table(ctx: typer.Context,
          + f" (exact TreeSHAP attributions only: {fallback:.1%} of explanations were fallback approximations, "
            "left out)")
     for d in decisions:
-        print_line(f"version {d['model_version']}: {input_drift.decision_line(d)}")
+        print_line(f"version {d['model_version']} ({d['counted_over']}): {input_drift.decision_line(d)}")
     for version, why in unavailable.items():
         print_line(f"version {version}: input drift unavailable: {why}")
+    for row in scores:
+        print_line(f"version {row['model_version']}: {score_consistency.line(row)}")
 
 
 def drift_cell(r: dict, column: str):

@@ -105,6 +105,8 @@ def worker(ctx: typer.Context,
            dlq_original_cap: int = typer.Option(512 * 1024, help="Bytes of a bad message kept in its dead letter"),
            loglevel: str = typer.Option("warning")):
     """Run a worker: consume `predictions`, publish `explanations` (scale out by running more)."""
+    from whystream.jobs.clickhouse.decision_store import archive
+    from whystream.models.score_check import ScoreTolerance
     from whystream.streams.engine import EngineConfig
     from whystream.streams.event_time import EventTimeRule
     from whystream.streams.sampling.config import SamplingConfig
@@ -121,19 +123,24 @@ def worker(ctx: typer.Context,
                               forget_idle_ms=int(forget_idle * 1000))
     config = EngineConfig(sampling, latency_budget_ms, redact=parse_features(redact),
                           event_time=EventTimeRule(max_ahead_ms=int(max_skew * 1000)),
-                          dlq_original_cap=dlq_original_cap)
-    run_worker(settings, config,
-               web_port=web_port, loglevel=loglevel, batch_size=batch, access=access)
+                          dlq_original_cap=dlq_original_cap,
+                          score_tolerance=ScoreTolerance.from_env(settings.environ))
+    run_worker(settings, config, web_port=web_port, loglevel=loglevel, batch_size=batch, access=access,
+               archive=archive(settings))  # explain on demand falls back to the decision store
 
 
 @commands.command()
 def explain(ctx: typer.Context, prediction_id: str,
             redact: str = typer.Option("", help="FEATURE,... whose values to leave out (on top of the model's list)"),
+            database: str = typer.Option("whystream", help="ClickHouse database of the decision store"),
             fmt: Format = typer.Option(Format.table, "--format", "-f", case_sensitive=False,
                                        help="table: for a person (score vs threshold, reasons, attributions "
                                             "sorted); json: the ExplanationEvent as published")):
-    """Show the explanation of a recent decision (computed now if it was not sampled)."""
+    """Show the explanation of a decision: the published one, or computed now from the
+    `predictions` topic or, past its retention, from the decision store (ClickHouse)."""
     from whystream.cli import explanation_view
+    from whystream.jobs.clickhouse.decision_store import archive
+    from whystream.jobs.clickhouse.query_port import open_query_client
     from whystream.kafka.clients import check_broker
     from whystream.streams.assembly import build_engine
     from whystream.streams.engine import EngineConfig
@@ -143,10 +150,14 @@ def explain(ctx: typer.Context, prediction_id: str,
     settings = settings_of(ctx)
     check_broker(settings.kafka_config, settings.require("broker"))  # a wrong CA ends here, in one line
     engine = build_engine(settings, EngineConfig(redact=parse_features(redact)))
+    if settings.clickhouse_dsn:  # a short-lived reader may open an embedded chDB itself
+        engine.on_demand.archive = archive(settings, database, lambda: open_query_client(settings, database))
     explanation = engine.on_demand.explain(prediction_id)
     if explanation is None:
-        raise WhystreamError(f"no recent decision with prediction_id {prediction_id!r} "
-                             "(workers remember for 15 minutes where each prediction lies in `predictions`)")
+        raise WhystreamError(f"no decision with prediction_id {prediction_id!r} within reach: not published, not in "
+                             "the last 15 minutes of `predictions` (where workers remember it lies), not in the "
+                             "decision store (ClickHouse `decisions`: past its retention, never valid, or stored "
+                             "with redacted features)")
     if fmt == Format.json:
         print_json(explanation)
     else:

@@ -10,7 +10,10 @@ writes every event: the attributions in model order, the top reasons (the
 features that pushed toward the decision taken, strongest first, at most
 TOP_REASONS, the same selection as `records.top_reasons`), for adverse
 decisions the first MAX_PRINCIPAL_REASONS of those as principal reasons with
-their pre-encoded code and text, and the fields around them.
+their pre-encoded code and text, the adverse reasons (toward the adverse
+outcome, for every decision: the top reasons again for an adverse one), the
+score check's model_score and score_mismatch, the broker's received_at, and
+the fields around them.
 
 Avro binary as written by fastavro: long = zigzag varint; string = long
 length + UTF-8; double = 8 bytes little-endian; boolean = 1 byte; enum = long
@@ -60,6 +63,41 @@ def _put_feature(out, o, names, name_at, j, x, s, cell, cell_bytes):
     return _put_double(out, o, s, cell, cell_bytes)
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _pick(shap, i, sign, top, top_n):
+    """The largest attributions toward `sign`, ties in model order, only positive ones, into top; how many."""
+    F = shap.shape[1]
+    m = 0
+    while m < top_n:
+        best = -1
+        for j in range(F):
+            toward = sign * shap[i, j]
+            if not toward > 0:
+                continue
+            taken = False
+            for q in range(m):
+                if top[q] == j:
+                    taken = True
+            if not taken and (best < 0 or toward > sign * shap[i, best]):
+                best = j
+        if best < 0:
+            break
+        top[m] = best
+        m += 1
+    return m
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _put_reasons(out, o, names, name_at, top, m, X, shap, i, cell, cell_bytes):
+    """An Avro array of m Reasons (features top[:m]) and its closing 0."""
+    if m > 0:
+        o = _put_long(out, o, m)
+        for q in range(m):
+            o = _put_feature(out, o, names, name_at, top[q], X[i, top[q]], shap[i, top[q]], cell, cell_bytes)
+    out[o] = 0
+    return o + 1
+
+
 _PRINCIPAL = MAX_PRINCIPAL_REASONS
 CHAMPION_TAIL = b"\x00\x00\x00"  # role CHAMPION, champion_prediction_id null, request_id null
 
@@ -67,7 +105,8 @@ CHAMPION_TAIL = b"\x00\x00\x00"  # role CHAMPION, champion_prediction_id null, r
 @njit(nogil=True, cache=True)
 def _encode(header, head, output_space, tail, names, name_at, ids, id_at, decisions, decision_at, strata, stratum_at,
             event_time, explained_at, base_value, raw, X, shap, sign, adverse, score, threshold, reason, weight, source,
-            redis_available, top_n, classes, codes, code_at, codes_version, out, ends):
+            redis_available, top_n, classes, codes, code_at, codes_version, up, received_at, model_score, mismatch,
+            out, ends):
     cell = np.zeros(1, dtype=np.float64)
     cell_bytes = cell.view(np.uint8)
     n, F = X.shape
@@ -88,30 +127,8 @@ def _encode(header, head, output_space, tail, names, name_at, ids, id_at, decisi
                 o = _put_feature(out, o, names, name_at, j, X[i, j], shap[i, j], cell, cell_bytes)
         out[o] = 0
         o += 1
-        # Top reasons: largest attributions toward the decision, ties in model order, only positive ones.
-        m = 0
-        while m < top_n:
-            best = -1
-            for j in range(F):
-                toward = sign[i] * shap[i, j]
-                if not toward > 0:
-                    continue
-                taken = False
-                for q in range(m):
-                    if top[q] == j:
-                        taken = True
-                if not taken and (best < 0 or toward > sign[i] * shap[i, best]):
-                    best = j
-            if best < 0:
-                break
-            top[m] = best
-            m += 1
-        if m > 0:
-            o = _put_long(out, o, m)
-            for q in range(m):
-                o = _put_feature(out, o, names, name_at, top[q], X[i, top[q]], shap[i, top[q]], cell, cell_bytes)
-        out[o] = 0
-        o += 1
+        m = _pick(shap, i, sign[i], top, top_n)  # top reasons: toward the decision taken
+        o = _put_reasons(out, o, names, name_at, top, m, X, shap, i, cell, cell_bytes)
         o = _put_double(out, o, score[i], cell, cell_bytes)
         o = _put_bytes(out, o, decisions, decision_at[i], decision_at[i + 1])
         o = _put_double(out, o, threshold[i], cell, cell_bytes)
@@ -138,6 +155,27 @@ def _encode(header, head, output_space, tail, names, name_at, ids, id_at, decisi
         out[o] = 0
         o += 1
         o = _put_bytes(out, o, codes_version, 0, codes_version.shape[0])  # reason_codes_version .. request_id
+        # version 4: adverse_reasons (the top reasons again for an adverse decision), requested_by null
+        if not adverse[i]:
+            m = _pick(shap, i, up, top, top_n)
+        o = _put_reasons(out, o, names, name_at, top, m, X, shap, i, cell, cell_bytes)
+        out[o] = 0
+        o += 1
+        if received_at[i] < 0:  # received_at: union null / long
+            out[o] = 0
+            o += 1
+        else:
+            out[o] = 2
+            o = _put_long(out, o + 1, received_at[i])
+        if np.isnan(model_score[i]):  # model_score: union null / double
+            out[o] = 0
+            o += 1
+        else:
+            out[o] = 2
+            o = _put_double(out, o + 1, model_score[i], cell, cell_bytes)
+        out[o] = 1 if mismatch[i] else 0
+        out[o + 1] = 0  # features_source null
+        o += 2
         ends[i] = o
 
 
@@ -161,7 +199,8 @@ class ExplanationEncoder:
                 np.zeros(1, dtype=np.int64), nothing, np.zeros(1, dtype=np.int64), nothing, np.zeros(1, dtype=np.int64),
                 empty_i, 0, empty_f, empty_f, np.zeros((0, 0)), np.zeros((0, 0)), empty_f, np.zeros(0, dtype=np.bool_),
                 empty_f, empty_f, empty_i, empty_f, empty_i, False, TOP_REASONS, empty_i, nothing,
-                np.zeros(1, dtype=np.int64), nothing, nothing, empty_i)
+                np.zeros(1, dtype=np.int64), nothing, 1.0, empty_i, empty_f, np.zeros(0, dtype=np.bool_), nothing,
+                empty_i)
 
     def _feature_names(self, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
         key = tuple(names)
@@ -182,7 +221,10 @@ class ExplanationEncoder:
 
     def encode(self, model, records: list[dict], X: np.ndarray, attributions, reasons: list[str],
                weights: list[float], strata: list[str], *, adverse, explainer_version: str,
-               redis_available: bool, worker: str, explained_at: int, redacted=frozenset()) -> list[bytes]:
+               redis_available: bool, worker: str, explained_at: int, redacted=frozenset(),
+               model_scores=None, mismatches=None) -> list[bytes]:
+        """The events `build_explanations` would make (with `explained_at`), encoded. `model_scores`
+        (NaN: not recomputed) and `mismatches`: the score check's, per row (None: none made)."""
         n = len(records)
         if n == 0:
             return []
@@ -203,8 +245,8 @@ class ExplanationEncoder:
         codes_version = np.concatenate([codes_version, np.frombuffer(_string_array(redacted_names) + CHAMPION_TAIL,
                                                                      dtype=np.uint8)])
         widest = int(name_at[-1]) + 27 * X.shape[1]  # names, union branch, value and shap of every feature
-        size = n * (len(self.header) + len(head) + len(output_space) + len(tail) + widest * 3 + len(codes)
-                    + len(codes_version) + 140) + len(ids) + len(decisions) + len(strata_blob)
+        size = n * (len(self.header) + len(head) + len(output_space) + len(tail) + widest * 4 + len(codes)
+                    + len(codes_version) + 170) + len(ids) + len(decisions) + len(strata_blob)
         adverse_rows = np.fromiter((r["decision"] in adverse for r in records), dtype=np.bool_, count=n)
         up, down = toward_sign(model, True), toward_sign(model, False)
         out = np.empty(size, dtype=np.uint8)
@@ -220,7 +262,12 @@ class ExplanationEncoder:
                 np.asarray(weights, dtype=np.float64),
                 np.fromiter((self._sources[s] for s in attributions.source), dtype=np.int64, count=n),
                 bool(redis_available), TOP_REASONS, np.asarray(attributions.classes, dtype=np.int64), codes, code_at,
-                codes_version, out, ends)
+                codes_version, float(up),
+                np.fromiter((-1 if r.get("received_at") is None else r["received_at"] for r in records),
+                            dtype=np.int64, count=n),
+                np.full(n, np.nan) if model_scores is None else np.asarray(model_scores, dtype=np.float64),
+                np.zeros(n, dtype=np.bool_) if mismatches is None else np.asarray(mismatches, dtype=np.bool_),
+                out, ends)
         data = out.tobytes()
         starts = [0, *ends[:-1].tolist()]
         return [data[a:b] for a, b in zip(starts, ends.tolist())]

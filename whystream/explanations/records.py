@@ -7,6 +7,10 @@ higher raw score, the default, as for risk scores and the class a multiclass
 decision was taken on; -1: a lower one). For adverse decisions the first
 MAX_PRINCIPAL_REASONS of them are also the *principal reasons*, with the
 codes and texts of the model's reason-code table (whystream/models/reason_codes.py).
+
+Every decision, approvals too, also names its *adverse reasons*: the same
+selection toward the adverse outcome whatever was decided ("what almost made
+us decline this?"); for an adverse decision they are its top reasons.
 """
 
 from __future__ import annotations
@@ -81,9 +85,12 @@ def redact_event(event: dict, redacted) -> dict:
 def build_explanations(model: RegisteredModel, records: list[dict], X: np.ndarray, attributions, reasons: list[str],
                        weights: list[float], strata: list[str], *, adverse, explainer_version: str,
                        redis_available: bool, worker: str, redacted=frozenset(), role: str = "CHAMPION",
-                       champion_prediction_ids: list[str] | None = None, request_id: str | None = None) -> list[dict]:
+                       champion_prediction_ids: list[str] | None = None, request_id: str | None = None,
+                       requested_by: str | None = None, features_source: str | None = None,
+                       model_scores=None, mismatches=None) -> list[dict]:
     """ExplanationEvents (dicts) of these rows. `role` CHALLENGER: shadow explanations of the decisions
-    `champion_prediction_ids` (one per row); `request_id`: answers to that ExplainRequest."""
+    `champion_prediction_ids` (one per row); `request_id`, `requested_by`, `features_source`: answers to
+    that ExplainRequest; `model_scores` (NaN: not recomputed) and `mismatches`: the score check's, per row."""
     names = model.feature_names
     values, redacted_names = redact_values(names, np.atleast_2d(X), redacted)
     explained_at = int(time.time() * 1000)
@@ -124,5 +131,11 @@ def build_explanations(model: RegisteredModel, records: list[dict], X: np.ndarra
             "role": role,
             "champion_prediction_id": None if champion_prediction_ids is None else champion_prediction_ids[i],
             "request_id": request_id,
+            "adverse_reasons": top if is_adverse else top_reasons(names, row, shap_row, toward_sign(model, True)),
+            "requested_by": requested_by,
+            "received_at": record.get("received_at"),
+            "model_score": _value(model_scores[i]) if model_scores is not None else None,
+            "score_mismatch": bool(mismatches[i]) if mismatches is not None else False,
+            "features_source": features_source,
         })
     return events

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from whystream.models.objectives import producer_score
 from whystream.models.registry import RegisteredModel
 from whystream.models.saabas import SaabasExplainer
 from whystream.treeshap import TreeShap
@@ -63,6 +64,14 @@ class ModelExplainer:
             rows = np.flatnonzero(classes == k)
             shap[rows] = self._approximate[k].shap_values(X[rows])
         return shap, raw[np.arange(len(X)), classes]
+
+    def scores(self, X: np.ndarray, raw: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        """The model's own score of rows X in the producer's score space, from the raw scores of
+        their classes (`raw`, as explained); softmax needs every class's raw score, computed here."""
+        kind = self.model.kind
+        if kind.output_space == "softmax_logit":
+            return producer_score(kind, np.column_stack([k.raw_score(X) for k in self.kernels]), classes)
+        return producer_score(kind, raw)
 
     def base_values(self, classes: np.ndarray) -> np.ndarray:
         if self.n_outputs == 1:

@@ -20,6 +20,13 @@ Multi-output models (multiclass, multiclassova) have num_tree_per_iteration
 K > 1: tree i belongs to class i % K (LightGBM's GBDT layout), and one event is
 explained for one class (whystream/treeshap/, class_index).
 
+`producer_score(kind, raw)` maps raw scores to the producer's score space as
+LightGBM's `predict()` does (its objective's ConvertOutput): sigmoid scaled by
+the objective's `sigmoid:` parameter for binary and multiclassova, softmax for
+multiclass (all K raw scores needed), exp for the log links, log1p(exp) for
+cross_entropy_lambda, identity otherwise. The worker checks the producer's
+score against it (whystream/models/score_check.py).
+
 Not explainable exactly, refused at registration (and dead-lettered at serve
 time should such a version reach the registry by other means): linear trees
 (`linear_tree`: leaves hold linear models, not constants) and a model text that
@@ -32,6 +39,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+import numpy as np
 
 from whystream.errors import UnsupportedModel
 
@@ -55,6 +64,7 @@ class ModelKind:
     objective: str  # LightGBM's objective name; "custom" when the model text names none
     n_outputs: int  # raw scores per row: num_tree_per_iteration (K classes, or 1)
     output_space: str
+    sigmoid: float = 1.0  # LightGBM's `sigmoid:` parameter of binary / multiclassova (predict: 1/(1+exp(-s*r)))
 
     @property
     def multiclass(self) -> bool:
@@ -82,4 +92,31 @@ def model_kind(model_str: str) -> ModelKind:
         raise UnsupportedModel("random forest (average_output) as LightGBM wrote it: the raw score is a mean "
                                "over trees, not a sum; `whystream register` folds the mean into the leaves")
     n_outputs = int(fields.get("num_tree_per_iteration", 1))
-    return ModelKind(objective, n_outputs, _SPACES[objective])
+    parameters = dict(p.split(":", 1) for p in (fields.get("objective") or "").split()[1:] if ":" in p)
+    return ModelKind(objective, n_outputs, _SPACES[objective], float(parameters.get("sigmoid", 1.0)))
+
+
+def producer_score(kind: ModelKind, raw: np.ndarray, classes: np.ndarray | None = None) -> np.ndarray:
+    """The score LightGBM's predict() gives for raw scores `raw` ([n], or [n, K] for a
+    multi-output model with `classes`, the class each row's score is of).
+
+    >>> producer_score(ModelKind("binary", 1, "raw_margin"), np.array([0.0, 2.0])).round(4).tolist()
+    [0.5, 0.8808]
+    >>> producer_score(ModelKind("multiclass", 2, "softmax_logit"), np.array([[0.0, 0.0]]), np.array([1])).tolist()
+    [0.5]
+    """
+    raw = np.asarray(raw, dtype=np.float64)
+    if raw.ndim == 2:
+        if kind.output_space == "softmax_logit":
+            shifted = np.exp(raw - raw.max(axis=1, keepdims=True))
+            raw = shifted / shifted.sum(axis=1, keepdims=True)
+            return raw[np.arange(len(raw)), classes]
+        raw = raw[np.arange(len(raw)), classes]
+    space = kind.output_space
+    if space == "raw_margin":
+        return 1.0 / (1.0 + np.exp(-kind.sigmoid * raw))
+    if space == "log_link":
+        return np.exp(raw)
+    if space == "softplus_link":
+        return np.logaddexp(0.0, raw)
+    return raw

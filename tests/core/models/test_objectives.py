@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from support import REPO
 from support.objective_models import FEATURES, N_CLASSES, OBJECTIVES, make_rows, train
 from whystream.errors import UnsupportedModel
-from whystream.models.objectives import OUTPUT_SPACES, model_kind
+from whystream.models.objectives import OUTPUT_SPACES, model_kind, producer_score
 from whystream.models.registry import ModelRegistry
 from whystream.treeshap import TreeShap
 
@@ -68,6 +68,28 @@ def test_every_objective_is_explained_exactly_as_shap_does(boosters, objective):
         np.testing.assert_array_equal(kernel.raw_score(X), raw[:, k])
         assert np.abs(ours).max() > 0.01  # the model uses its features: a vacuous match would pass too
     print(f"\n{objective}: max |ours - shap| = {worst:.3g} over {kind.n_outputs} output(s)")
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_the_producers_score_is_lightgbms_prediction_from_the_raw_score(boosters, objective):
+    """What the worker's score check compares with: predict() of every objective, from raw scores alone
+    (multiclass: of the class the decision was taken on)."""
+    booster = boosters[objective]
+    kind = model_kind(booster.model_to_string())
+    X = eval_rows()
+    raw = np.asarray(booster.predict(X, raw_score=True)).reshape(len(X), kind.n_outputs)
+    predicted = np.asarray(booster.predict(X)).reshape(len(X), kind.n_outputs)
+    classes = np.arange(len(X)) % kind.n_outputs
+    ours = producer_score(kind, raw if kind.multiclass else raw[:, 0], classes if kind.multiclass else None)
+    np.testing.assert_allclose(ours, predicted[np.arange(len(X)), classes], rtol=1e-12, atol=1e-12)
+
+
+def test_a_binary_models_sigmoid_parameter_scales_its_score():
+    booster = train("binary")
+    text = booster.model_to_string().replace("objective=binary sigmoid:1", "objective=binary sigmoid:2")
+    kind = model_kind(text)
+    assert kind.sigmoid == 2.0
+    np.testing.assert_allclose(producer_score(kind, np.array([0.5])), [1 / (1 + np.exp(-1.0))])
 
 
 def test_output_spaces_are_the_schema_documented_ones():

@@ -263,7 +263,8 @@ def explanation_batches(draw):
                                min_size=n, max_size=n)))
     shap = np.array(draw(st.lists(st.lists(values, min_size=F, max_size=F), min_size=n, max_size=n)))
     records = [{"prediction_id": draw(text), "event_time": draw(st.integers(0, 2**45)), "score": draw(finite),
-                "decision": draw(st.sampled_from(["approve", "decline", "review", "ok ✓"])), "threshold": draw(finite)}
+                "decision": draw(st.sampled_from(["approve", "decline", "review", "ok ✓"])), "threshold": draw(finite),
+                "received_at": draw(st.one_of(st.none(), st.integers(0, 2**45)))}
                for _ in range(n)]
     attributions = Attributions(shap, np.array(draw(st.lists(finite, min_size=n, max_size=n))),
                                 np.array(draw(st.lists(st.sampled_from(["LIVE", "CACHE", "FALLBACK"]), min_size=n,
@@ -275,7 +276,10 @@ def explanation_batches(draw):
                                              "ON_DEMAND"]), min_size=n, max_size=n))
     weights = draw(st.lists(st.floats(1, 1e4), min_size=n, max_size=n))
     strata = draw(st.lists(st.sampled_from(["", "pos", "ecom", "ätm"]), min_size=n, max_size=n))
-    return model, records, X, attributions, reasons, weights, strata
+    scored = draw(st.booleans())  # the score check ran (version 4), or not
+    checks = dict(model_scores=np.array(draw(st.lists(st.one_of(finite, st.just(math.nan)), min_size=n, max_size=n))),
+                  mismatches=np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n)))) if scored else {}
+    return model, records, X, attributions, reasons, weights, strata, checks
 
 
 @settings(max_examples=300, deadline=None)
@@ -283,11 +287,11 @@ def explanation_batches(draw):
 def test_batch_encoded_explanations_are_the_bytes_of_the_codec(batch, redis_available, worker):
     import whystream.explanations.records as explanation
 
-    model, records, X, attributions, reasons, weights, strata = batch
+    model, records, X, attributions, reasons, weights, strata, checks = batch
     codec = codec_for("ExplanationEvent")
     assert isinstance(codec, SingleObjectCodec)
     common = dict(adverse=frozenset({"decline", "review"}), explainer_version="1.0.0", redis_available=redis_available,
-                  worker=worker)
+                  worker=worker, **checks)
     explained_at = 1_800_000_000_500  # exact in binary: build_explanations reads it back from time.time()
     clock = explanation.time.time
     explanation.time.time = lambda: explained_at / 1000

@@ -40,7 +40,11 @@ EXPLANATION = {
                            "shap": 5.0}],
     "reason_codes_version": "a1b2c3d4e5f6", "redacted_features": ["x"],
     "role": "CHALLENGER", "champion_prediction_id": "p-0", "request_id": "r-9",
+    "adverse_reasons": [{"feature": "amount", "value": 12.5, "shap": 5.0}], "requested_by": "case-tool",
+    "received_at": 1_700_000_000_150, "model_score": 0.942, "score_mismatch": True, "features_source": "store",
 }
+V4_DEFAULTS = {"adverse_reasons": [], "requested_by": None, "received_at": None, "model_score": None,
+               "score_mismatch": False, "features_source": None}
 DEAD_LETTER = {
     "reason_code": "UNDECODABLE", "reason": "bad", "original": b"\x00\x01", "original_size": 2,
     "original_truncated": False, "original_key": None,
@@ -107,7 +111,9 @@ HISTORY = REPO / "schemas/history"
 PREVIOUS = [
     ("PredictionEvent", "PredictionEvent.v2.avsc", {"decision_class": None}, {}),
     ("ExplanationEvent", "ExplanationEvent.v2.avsc",
-     {"role": "CHAMPION", "champion_prediction_id": None, "request_id": None}, {"redis_available": "cached"}),
+     {"role": "CHAMPION", "champion_prediction_id": None, "request_id": None, **V4_DEFAULTS},
+     {"redis_available": "cached"}),
+    ("ExplanationEvent", "ExplanationEvent.v3.avsc", V4_DEFAULTS, {}),
     ("DeadLetter", "DeadLetter.v1.avsc", {"original_size": -1, "original_truncated": False, "topic_id": None}, {}),
     ("DeadLetter", "DeadLetter.v2.avsc", {"topic_id": None}, {}),
     ("DriftAlert", "DriftAlert.v1.avsc", {"fallback_share": 0.0, "effective_n": 0.0}, {}),

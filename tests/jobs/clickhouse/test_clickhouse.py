@@ -329,7 +329,9 @@ def test_query_port_serves_read_only_queries(stack, db, tmp_path):
 
 
 SYNTHETIC_COOKBOOK = ("explanation of one decision", "top features this hour against last week",
-                      "features drifting now", "drift of one stratum", "did the top reasons flip")
+                      "features drifting now", "drift of one stratum", "did the top reasons flip",
+                      "one stored decision", "adverse reasons of approvals", "answers given to explain requests",
+                      "score mismatches per version")
 
 
 def test_the_cookbooks_queries_run(db):

@@ -14,6 +14,7 @@ from whystream.errors import ConfigError
 from whystream.jobs.clickhouse import references as model_reference
 from whystream.jobs.clickhouse.retention import (
     AGGREGATES,
+    DECISIONS_VAR,
     PRIORITY_VAR,
     SAMPLED_VAR,
     Retention,
@@ -39,6 +40,8 @@ def test_migrated_tables_carry_the_compliance_defaults(db):
     for table in AGGREGATES:
         assert "TTL minute + toIntervalDay(90)" in sql[table]
     assert "TTL inserted_at + toIntervalDay(762)" in sql["sink_ledger"]
+    assert "addDays(toDateTime(event_time), 762)" in sql["decisions"]  # 25 months, the audit default
+    assert "addDays(toDateTime(explained_at), 762)" in sql["explain_answers"]
     assert Retention().apply(client, database) == []  # the defaults are what the migrations wrote
 
 
@@ -48,12 +51,19 @@ def test_retention_from_the_environment(db, monkeypatch):
     monkeypatch.setenv(SAMPLED_VAR, "180")
     retention = Retention.from_env(Settings.load().environ)
     assert (retention.priority_days, retention.sampled_days, retention.aggregate_days) == (1827, 180, 180)
-    assert set(retention.apply(client, database)) == {"explanations", "explanation_ids", "sink_ledger", *AGGREGATES}
+    assert set(retention.apply(client, database)) == {"explanations", "explanation_ids", "sink_ledger",
+                                                       "explain_answers", *AGGREGATES}
     sql = table_sql(client, database)
     assert "if(sampling_reason = 'RESERVOIR', 180, 1827)" in sql["explanations"]
     assert "if(sampling_reason = 'RESERVOIR', 180, 1827)" in sql["explanation_ids"]
     assert "toIntervalDay(180)" in sql["engine_stats"] and "toIntervalDay(1827)" in sql["sink_ledger"]
+    assert "addDays(toDateTime(explained_at), 1827)" in sql["explain_answers"]  # the audit trail of answers: as priority rows
     assert retention.apply(client, database) == []
+    monkeypatch.setenv(DECISIONS_VAR, "3650")  # the decision store on its own
+    decisions = Retention.from_env(Settings.load().environ)
+    assert decisions.decisions_days == 3650 and decisions.ledger_days == 3650
+    assert set(decisions.apply(client, database)) == {"decisions", "sink_ledger"}
+    assert "addDays(toDateTime(event_time), 3650)" in table_sql(client, database)["decisions"]
     monkeypatch.setenv(SAMPLED_VAR, "ninety")
     with pytest.raises(ConfigError, match=SAMPLED_VAR):
         Retention.from_env(Settings.load().environ)

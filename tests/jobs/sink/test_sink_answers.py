@@ -86,9 +86,13 @@ def test_answers_never_shadow_the_stream_and_stay_out_of_every_aggregate(stack, 
     assert sink.process(raw_messages(CODEC, first)) == len(rest)
     assert sink.process(raw_messages(CODEC, second, first_offset=10_000)) == len(reservoir)
     assert sink.stats.answers == 10 + 10 + 1 and sink.stats.duplicates == 0
-    assert "21 explain answers skipped" in sink.stats.line()
+    assert "21 explain answers kept apart (21 new in explain_answers)" in sink.stats.line()
 
     assert stored_answers(client, database) == 0
+    # the audit trail: every answer, once, in a table of its own, with its request_id
+    audit = query_rows(client, f"SELECT request_id, prediction_id FROM {database}.explain_answers")
+    assert sorted(r["request_id"] for r in audit) == sorted(
+        [f"req-{i}" for i in range(10)] + [f"pair-{i}" for i in range(10)] + ["req-adverse"])
     stored = {r["id"]: (r["reason"], r["w"]) for r in query_rows(client, f"""
         SELECT prediction_id AS id, sampling_reason AS reason, inclusion_weight AS w FROM {database}.explanations""")}
     assert len(stored) == len(events)  # one row each: no answer collapsed into a real row

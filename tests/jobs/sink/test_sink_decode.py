@@ -47,6 +47,9 @@ def events(text, number, times, weight=None, ids=None):
         "redacted_features": st.lists(text, max_size=3),
         "role": st.sampled_from(SCHEMA["role"]["type"]["symbols"]),
         "champion_prediction_id": st.one_of(st.none(), text), "request_id": st.one_of(st.none(), text),
+        "adverse_reasons": st.lists(attribution, max_size=3), "requested_by": st.one_of(st.none(), text),
+        "received_at": st.one_of(st.none(), times), "model_score": maybe, "score_mismatch": st.booleans(),
+        "features_source": st.one_of(st.none(), text),
     })
 
 
