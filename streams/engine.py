@@ -43,68 +43,30 @@ import logging
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from whystream.config import Settings
 from whystream.explanations.encoder import ExplanationEncoder
 from whystream.explanations.records import build_explanations
-from whystream.kafka.dead_letters import ORIGINAL_CAP, DeadLetterWriter
 from whystream.kafka.messages import Inbound, RawMessage
-from whystream.kafka.publisher import Publisher
-from whystream.kafka.reader import OffsetReader
-from whystream.models.registry import ModelRegistry, RegisteredModel
-from whystream.models.score_check import ScoreTolerance, checked_scores
+from whystream.models.registry import RegisteredModel
+from whystream.models.score_check import checked_scores
 from whystream.streams.attribution import Attributor, cache_keys
-from whystream.streams.checkpointing.checkpoints import Checkpoints, ReadBackStarts
-from whystream.streams.checkpointing.replay_guard import ReplayGuard
+from whystream.streams.checkpointing.checkpoints import ReadBackStarts
 from whystream.streams.due import Candidates, Due, requested_classes
-from whystream.streams.event_time import EventTimeRule
+from whystream.streams.engine_config import EngineConfig, EngineParts  # noqa: F401 (imported from here too)
 from whystream.streams.labels import DecisionLabels
 from whystream.streams.metrics import Metrics
 from whystream.streams.on_demand import OnDemand
 from whystream.streams.quarantine import Quarantine
-from whystream.streams.sampling.config import SamplingConfig
 from whystream.streams.sampling.priority import NEW_VERSION, RESERVOIR, priority_reasons
 from whystream.streams.sampling.reservoirs import Reservoirs
-from whystream.streams.store import RedisStore
 from whystream.streams.validation import ModelBatch, Validator
 from whystream.treeshap import EXPLAINER_NAME, EXPLAINER_VERSION
-from whystream.wire.codecs import Codec, SingleObjectCodec
+from whystream.wire.codecs import SingleObjectCodec
 
 log = logging.getLogger("whystream.engine")
-
-
-@dataclass
-class EngineConfig:
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    latency_budget_ms: float = 2000.0  # for priority decisions; reservoir samples have no latency target
-    redact: frozenset[str] = frozenset()  # --redact: on top of each model's own list
-    event_time: EventTimeRule = field(default_factory=EventTimeRule)
-    # Bytes of a dead message's value kept in its DeadLetter: with the reason and key it stays under the
-    # producer's message.max.bytes (1 MB by default); a broker that still refuses it gets less.
-    dlq_original_cap: int = ORIGINAL_CAP
-    quarantine_s: float = 30.0  # first back-off before a version that failed to load is tried again
-    # how far a producer's score may be off the model's own (WHYSTREAM_SCORE_TOLERANCE; models/score_check.py)
-    score_tolerance: ScoreTolerance = field(default_factory=ScoreTolerance)
-
-
-@dataclass
-class EngineParts:
-    """What the engine reads and writes beyond its own memory (made by streams/assembly.py)."""
-
-    worker: str  # this process, named in every event it writes
-    registry: ModelRegistry
-    predictions: Codec
-    explanations: Codec
-    publisher: Publisher  # confirms every message: explanations, dead letters, checkpoints
-    dead_letters: DeadLetterWriter  # to predictions.dlq, through the publisher
-    checkpoints: Checkpoints  # to sampling-checkpoints, through the publisher
-    store: RedisStore  # dedup, the explanation cache, version counters
-    location_store: RedisStore  # the background writes of event locations (a client of their own)
-    replay_guard: ReplayGuard  # what a replay must not publish again, read back from the outputs
-    predictions_reader: OffsetReader  # explain on demand reads a decision back at its offset
 
 
 class Engine:
