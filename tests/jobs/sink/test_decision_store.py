@@ -119,7 +119,8 @@ def test_a_decision_is_explained_from_the_store_after_the_topic_and_redis_forgot
     s = engine_settings
     flags = ["--broker", s.broker, "--redis-url", s.redis_url, "--registry", str(s.registry), "--topic-prefix",
              s.topic_prefix, "--clickhouse-dsn", s.clickhouse_dsn, "--home", str(s.home)]
-    result = CliRunner().invoke(app, [*flags, "explain", approval["prediction_id"], "--database", database])
+    result = CliRunner().invoke(app, [*flags, "explain", approval["prediction_id"], "--database", database,
+                                       "--format", "json"])
     assert result.exit_code == 0, result.output
     printed = json.loads(result.output[result.output.index("{"):])
     assert printed["features_source"] == "store" and printed["attributions"] == answer["attributions"]
