@@ -4,7 +4,7 @@ explained by the real explainers (TreeSHAP, a few by the Saabas fallback) and sa
 workers sample (adverse decisions weight 1, one in three of the rest weight 3), `amount`
 shifted in the second half, written to ClickHouse as the sink writes them, and the drift
 monitor's alerts over it. Every decision was received by the broker 2 ms after its event
-time (`received_at`); every 10th approval's producer score is 0.2 below the model's own (a
+time (`received_at`); every 10th approval's producer score is 0.2 off the model's own (a
 score mismatch); one approval was asked about by an auditor (an answer in `explain_answers`);
 one decision is only in the decision store (`STORED_ONLY`), never explained."""
 
@@ -87,6 +87,11 @@ def explain(model, explainer, X, records, reasons, weights, strata, sources, **e
                               explainer_version="test", redis_available=True, worker="test-worker", **extra)
 
 
+def off(score: float) -> float:
+    """A producer's score OFF_BY from the model's own that still approves (below the threshold, not below 0)."""
+    return score + OFF_BY if score + OFF_BY < 0.5 else score - OFF_BY
+
+
 def store_audit_and_decision(client, database: str, data: ConsoleData) -> None:
     """An auditor's answer about a mismatched approval (as the sink stores answers) and a decision that only
     the decision store holds."""
@@ -126,7 +131,7 @@ def build(client, database: str, root, end_ms: int) -> ConsoleData:
         idx = np.flatnonzero(keep)
         times = first + m * MINUTE_MS + np.sort(rng.integers(0, MINUTE_MS, len(idx)))
         records = [{"prediction_id": f"d{m:02d}-{i:03d}", "event_time": int(t), "received_at": int(t) + RECEIPT_MS,
-                    "score": float(score[i]) - (OFF_BY if not adverse[i] and i % 10 == 3 else 0.0),
+                    "score": off(float(score[i])) if not adverse[i] and i % 10 == 3 else float(score[i]),
                     "decision": "decline" if adverse[i] else "approve", "threshold": 0.5} for i, t in zip(idx, times)]
         reasons = ["ADVERSE" if adverse[i] else "RESERVOIR" for i in idx]
         weights = [1.0 if adverse[i] else 3.0 for i in idx]
