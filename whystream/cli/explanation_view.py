@@ -102,8 +102,9 @@ def show(e: dict) -> None:
             table.add_row(r["code"], r["text"], r["feature"], _value(r, e), f"{r['shap']:+.4f}")
         print_table(table)
     if e.get("adverse_reasons"):
-        table = Table(title="adverse reasons: the strongest features toward the adverse outcome, whatever was "
-                            "decided (for an approval: what almost declined it)")
+        line("adverse reasons: the strongest features toward the adverse outcome, whatever was decided (for an "
+             "approval: what almost declined it)")  # a line, not a title: a title folds to the narrow table's width
+        table = Table()
         for name in ("feature", "value", "SHAP"):
             table.add_column(name, justify="left" if name == "feature" else "right")
         for r in e["adverse_reasons"]:
