@@ -161,16 +161,19 @@ def decision_section(row: dict, verdict: Verdict | None = None, verify_action: s
                                                                           else None),
                                                 f"probability{'-' + anchor if anchor else ''}") + "</div>"
     parts.append(f"<div class='grid'>{charts}</div>")
+    principal = ""
     if codes:
         body = [[str(i), esc(c), esc(t), esc(f), esc(_value(v, f, row["redacted_features"])), fmt(float(s), 4)]
                 for i, (c, t, f, v, s) in enumerate(codes, start=1)]
-        parts.append("<h2>Principal reasons</h2><p class='meta'>The features that pushed hardest toward this "
+        principal = ("<h2>Principal reasons</h2><p class='meta'>The features that pushed hardest toward this "
                      "decision, strongest first, with the model's reason codes"
                      + (f" (table version {esc(row['reason_codes_version'])})" if row["reason_codes_version"] else "")
                      + ".</p>" + table(["#", "code", "reason", "feature", "value", "SHAP"], body, "reasons"))
     elif adverse:
-        parts.append("<h2>Principal reasons</h2><p class='empty'>none stored for this adverse decision</p>")
-    parts.append(adverse_reasons_html(row))
+        principal = "<h2>Principal reasons</h2><p class='empty'>none stored for this adverse decision</p>"
+    # side by side: why it was decided, and what pushed toward the adverse outcome (for an approval: almost)
+    parts.append(f"<div class='grid'>{f'<div>{principal}</div>' if principal else ''}"
+                 f"<div>{adverse_reasons_html(row)}</div></div>")
     weight = float(row["inclusion_weight"])
     details = [
         ["model", f"{esc(row['model_name'])} {esc(row['model_version'])}"],

@@ -4,7 +4,8 @@ own, jobs/analytics/score_consistency.py), drift alerts, the most frequent princ
 reasons, and the adverse decisions with links to their decision pages.
 
 Latency is measured from broker receipt: explanation time minus `received_at` (the Kafka
-timestamp of the decision's PredictionEvent, ExplanationEvent v4). Explanations without
+timestamp of the decision's PredictionEvent, ExplanationEvent v4), of the priority decisions
+(as `make demo` prints it: sampled ones wait for their reservoir window by design). Explanations without
 it (written before v4, or a broker that gave no timestamp) fall back to `latency_ms`:
 explanation time minus the decision's event time. When event times are replayed (`make
 demo` streams the last 20 minutes of decisions in a minute or two) that measures how old
@@ -42,8 +43,9 @@ def replayed(spans: dict) -> bool:
     return spans["n"] >= 20 and spans["event_span_ms"] > 2 * spans["explained_span_ms"] + 60_000
 
 
-RECEIPT = ("Latency = explanation time − when the broker received the decision (received_at): the engine's "
-           "latency, whatever the event times say.")
+RECEIPT = ("Latency = explanation time − when the broker received the decision (received_at), of the priority "
+           "decisions (explained at once; a sampled decision waits for its reservoir window to close): the "
+           "engine's latency, whatever the event times say.")
 
 
 def latency_label(spans: dict) -> str:

@@ -116,8 +116,9 @@ def time_spans(client, model: str, start_ms: int, end_ms: int, database: str = D
 
 def receipt_latency(client, model: str, start_ms: int, end_ms: int, bucket_s: int = 0,
                     database: str = DEFAULT_DATABASE) -> list[dict]:
-    """Per model version (and `bucket` in epoch seconds, unless `bucket_s` is 0): `received` (explanations
-    whose decision has a broker receipt time), latency_p50_ms and latency_p99_ms of explained_at − received_at:
+    """Per model version (and `bucket` in epoch seconds, unless `bucket_s` is 0) of the priority explanations
+    (explained at once; a sampled one waits for its reservoir window to close): `received` (those whose
+    decision has a broker receipt time), latency_p50_ms and latency_p99_ms of explained_at − received_at:
     the engine's latency, whatever the event times say."""
     bucket = f"toUnixTimestamp(toStartOfInterval(event_time, INTERVAL {int(bucket_s)} SECOND))" if bucket_s else "0"
     return [{**r, "received": int(r["received"]), "latency_p50_ms": float(r["latency_p50_ms"]),
@@ -126,7 +127,7 @@ def receipt_latency(client, model: str, start_ms: int, end_ms: int, bucket_s: in
                quantile(0.5)(toUnixTimestamp64Milli(explained_at) - toUnixTimestamp64Milli(received_at)) AS latency_p50_ms,
                quantile(0.99)(toUnixTimestamp64Milli(explained_at) - toUnixTimestamp64Milli(received_at)) AS latency_p99_ms
         FROM {ident(database)}.explanations
-        WHERE {_where(model, start_ms, end_ms)} AND received_at IS NOT NULL
+        WHERE {_where(model, start_ms, end_ms)} AND received_at IS NOT NULL AND sampling_reason != 'RESERVOIR'
         GROUP BY model_version, bucket ORDER BY model_version, bucket""")]
 
 
