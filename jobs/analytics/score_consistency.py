@@ -4,7 +4,8 @@ Workers check every explained decision's producer score against the registered
 version's own score of its features (whystream/models/score_check.py) and flag
 it on the ExplanationEvent (`score_mismatch`); `score_check_stats` (migration
 071) counts them per model version and minute. Read here for `whystream drift`,
-the console's overview and the report (jobs/console/overview.py) and the drift monitor, which raises a `score_mismatch` alert (a
+the console's overview and the report (jobs/console/overview.py) and the
+drift monitor, which raises a `score_mismatch` alert (a
 DriftAlert with feature SCORE_FEATURE) once the window's mismatch rate passes
 `max_rate` with at least `min_checked` checked decisions.
 

@@ -55,7 +55,8 @@ def latency_label(spans: dict) -> str:
     >>> "broker received" in latency_label({"n": 500, "received": 500, "event_span_ms": 1_200_000,
     ...                                     "explained_span_ms": 90_000})
     True
-    >>> "Replayed" in latency_label({"n": 500, "received": 500, "event_span_ms": 1_200_000, "explained_span_ms": 90_000})
+    >>> "Replayed" in latency_label({"n": 500, "received": 500, "event_span_ms": 1_200_000,
+    ...                              "explained_span_ms": 90_000})
     False
     """
     if spans.get("received", 0) >= spans["n"]:

@@ -120,12 +120,12 @@ def receipt_latency(client, model: str, start_ms: int, end_ms: int, bucket_s: in
     (explained at once; a sampled one waits for its reservoir window to close): `received` (those whose
     decision has a broker receipt time), latency_p50_ms and latency_p99_ms of explained_at − received_at:
     the engine's latency, whatever the event times say."""
+    waited = "toUnixTimestamp64Milli(explained_at) - toUnixTimestamp64Milli(received_at)"
     bucket = f"toUnixTimestamp(toStartOfInterval(event_time, INTERVAL {int(bucket_s)} SECOND))" if bucket_s else "0"
     return [{**r, "received": int(r["received"]), "latency_p50_ms": float(r["latency_p50_ms"]),
              "latency_p99_ms": float(r["latency_p99_ms"])} for r in rows(client, f"""
         SELECT model_version, {bucket} AS bucket, count() AS received,
-               quantile(0.5)(toUnixTimestamp64Milli(explained_at) - toUnixTimestamp64Milli(received_at)) AS latency_p50_ms,
-               quantile(0.99)(toUnixTimestamp64Milli(explained_at) - toUnixTimestamp64Milli(received_at)) AS latency_p99_ms
+               quantile(0.5)({waited}) AS latency_p50_ms, quantile(0.99)({waited}) AS latency_p99_ms
         FROM {ident(database)}.explanations
         WHERE {_where(model, start_ms, end_ms)} AND received_at IS NOT NULL AND sampling_reason != 'RESERVOIR'
         GROUP BY model_version, bucket ORDER BY model_version, bucket""")]
