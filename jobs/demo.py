@@ -10,8 +10,9 @@ decoded explanations, then the drift table, the alert and the HTML report.
 It explains what it shows where it first shows it (what priority, sampled and
 fallback mean), showcases exact explanations (LIVE or CACHE, never the
 fallback), and says that its event times are a replay: latency from event time
-measures how old the replayed events were, so the demo reports latency from each
-event's Kafka timestamp (when the producer sent it) beside it. Piped or logged
+measures how old the replayed events were, so the demo reports latency from broker
+receipt (each explanation's `received_at`, the Kafka timestamp of its decision) beside
+it; so does the report. Piped or logged
 (stdout not a terminal) it prints whole lines: progress every few seconds instead
 of bars, nothing cut to the width of a terminal.
 """
@@ -41,7 +42,7 @@ from whystream.jobs.simulation.generator import DriftSpec
 from whystream.jobs.simulation.produce import produce
 from whystream.jobs.simulation.train import train_model
 from whystream.kafka.clients import producer
-from whystream.kafka.reader import message_count, read_all, scan
+from whystream.kafka.reader import message_count, read_all
 from whystream.models.registry import ModelRegistry
 
 MALFORMED = [b"not avro", b"\xc3\x01" + b"\x00" * 8, b""]
@@ -160,7 +161,7 @@ def run_demo(home: Path, registry: Path, events: int, rate: float, drift: list[D
             sink = Process("sink", ["sink", "--window", DRIFT_WINDOW, "--interval", "20", "--reservoir-window",
                                     "60"], settings, logs)
             explained = read_all(settings, settings.topic("explanations"), "ExplanationEvent")
-            print_latency(settings, explained, console)
+            print_latency(explained, console)
             heading(console, "a few explanations from the `explanations` topic (top reasons: feature, value, SHAP)")
             print_explanations(console, showcase(explained))
             wait_for_sink(settings, sink, len(explained), console)
@@ -238,21 +239,20 @@ class PlainProgress:
         self.console.print("; ".join(parts), soft_wrap=True, highlight=False)
 
 
-def print_latency(settings: Settings, explained: list[dict], console: Console) -> None:
+def print_latency(explained: list[dict], console: Console) -> None:
     """Explanation latency, labelled for what the demo is: a fast replay. From event time it
-    measures the replay (event times spread over the last 20 minutes); from each prediction's
-    Kafka timestamp (when the producer sent it) it measures the engine."""
-    sent_at = {m.key(): m.timestamp()[1] for m in scan(settings, settings.topic("predictions"))}
+    measures the replay (event times spread over the last 20 minutes); from `received_at` (when
+    the broker received the decision: its Kafka timestamp) it measures the engine."""
     priority = [e for e in explained if e["sampling_reason"] != "RESERVOIR"]  # explained at once, not at window end
     from_event = sorted(e["latency_ms"] for e in priority)
-    from_send = sorted(as_ms(e["explained_at"]) - sent_at[e["prediction_id"].encode()] for e in priority
-                       if e["prediction_id"].encode() in sent_at)
+    from_receipt = sorted(as_ms(e["explained_at"]) - as_ms(e["received_at"]) for e in priority
+                          if e.get("received_at") is not None)
     if not from_event:
         return
     heading(console, "explanation latency of priority decisions")
-    if from_send:
-        console.print(f"from the Kafka timestamp (producer sent it) to explained_at: p50 {pct(from_send, 50):,.0f} ms, "
-                      f"p99 {pct(from_send, 99):,.0f} ms ({len(from_send):,} decisions)", highlight=False)
+    if from_receipt:
+        console.print(f"from broker receipt (received_at) to explained_at: p50 {pct(from_receipt, 50):,.0f} ms, "
+                      f"p99 {pct(from_receipt, 99):,.0f} ms ({len(from_receipt):,} decisions)", highlight=False)
     console.print(f"from event time (a replay: event times span the last {REPLAY_SECONDS // 60} minutes, sent in "
                   f"seconds): p50 {pct(from_event, 50):,.0f} ms, p99 {pct(from_event, 99):,.0f} ms; this measures "
                   "how old the replayed events were, not the engine", highlight=False)
@@ -304,7 +304,7 @@ def show_drift(settings: Settings, sink: Process, home: Path, drift, console: Co
             alerts = read_all(settings, settings.topic("drift-alerts"), "DriftAlert", timeout=10)
     heading(console, f"attribution drift, last {DRIFT_WINDOW} (whystream drift --model fraud --window {DRIFT_WINDOW})")
     console.file.flush()
-    subprocess.run([*whystream, "drift", "--model", "fraud", "--window", DRIFT_WINDOW], env=env, check=False)
+    command(whystream, ["drift", "--model", "fraud", "--window", DRIFT_WINDOW], env)
     heading(console, "alerts on the `drift-alerts` topic")
     for a in alerts:
         console.print(f"[red bold]{a['feature']}[/]: {a['statistic']} {a['value']:.3f} > {a['threshold']:g} "
@@ -315,7 +315,14 @@ def show_drift(settings: Settings, sink: Process, home: Path, drift, console: Co
     if missed:
         console.print(f"[yellow]no alert for the injected drift in {', '.join(sorted(missed))} within {timeout:.0f}s[/]")
     report = home / "report.html"
-    subprocess.run([*whystream, "report", "--model", "fraud", "--out", str(report), "--window", "10m", "--history", "30m"], env=env,
-                   check=False, stdout=subprocess.DEVNULL)
-    console.print(f"report: {report.resolve()} (open it in a browser; it needs no network). Its event times are the "
-                  "replay's: latency there is measured from them")
+    command(whystream, ["report", "--model", "fraud", "--out", str(report), "--window", "10m", "--history", "30m"], env,
+            stdout=subprocess.DEVNULL)
+    console.print(f"report: {report.resolve()} (open it in a browser; it needs no network). Its latency is measured "
+                  "from broker receipt, not from the replay's event times")
+
+
+def command(whystream: list[str], args: list[str], env: dict, **kwargs) -> None:
+    """Run a whystream command the demo shows; one that fails fails the demo, in one line."""
+    done = subprocess.run([*whystream, *args], env=env, check=False, **kwargs)
+    if done.returncode != 0:
+        raise WhystreamError(f"`whystream {' '.join(args)}` failed (exit {done.returncode}): see its error above")

@@ -4,7 +4,8 @@ Workers check every explained decision's producer score against the registered
 version's own score of its features (whystream/models/score_check.py) and flag
 it on the ExplanationEvent (`score_mismatch`); `score_check_stats` (migration
 071) counts them per model version and minute. Read here for `whystream drift`,
-the report and the drift monitor, which raises a `score_mismatch` alert (a
+the console's overview and the report (jobs/console/overview.py) and the
+drift monitor, which raises a `score_mismatch` alert (a
 DriftAlert with feature SCORE_FEATURE) once the window's mismatch rate passes
 `max_rate` with at least `min_checked` checked decisions.
 
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 from whystream.jobs.analytics.drift_rule import Judgement
 from whystream.jobs.analytics.drift_sql import time_lit
-from whystream.jobs.analytics.report_html import esc, fmt, table
 from whystream.jobs.clickhouse.sql import DEFAULT_DATABASE, ident, lit, rows
 
 STATISTIC = "score_mismatch"
@@ -64,18 +64,3 @@ def line(row: dict, max_rate: float = MAX_RATE) -> str:
     if flag is not None and flag.above:
         text += f" [red bold]ALERT > {max_rate:.1%}[/]"
     return text
-
-
-def report_section(client, model: str, start_ms: int, end_ms: int, database: str = DEFAULT_DATABASE) -> str:
-    """The report's section: per version the window's mismatch rate, counts and largest difference."""
-    found = score_consistency(client, model, start_ms, end_ms, database)
-    intro = ("<h2>Score consistency</h2><p class='meta'>The producer's score against the registered model's own "
-             "score of the same features, for every explained decision (WHYSTREAM_SCORE_TOLERANCE). A high rate: "
-             "the producer scores with another version, or sends features transformed after scoring; the "
-             "explanations then explain a score it did not use.</p>")
-    if not found:
-        return intro + "<p class='empty'>no checked explanations in this window</p>"
-    body = [[esc(r["model_version"]), f"{r['rate']:.2%}", fmt(r["mismatched"]), fmt(r["checked"]),
-             fmt(r["max_difference"], 4)] for r in found]
-    return intro + table(["version", "mismatch rate (estimated)", "mismatched", "checked", "largest difference"],
-                         body)

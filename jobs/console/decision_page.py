@@ -1,10 +1,15 @@
 """The page of one decision, for an auditor or an adverse-action file: the score against the
 threshold (in the model's output space, and as a probability where the objective gives one),
 a waterfall from the base value through each attribution to the score, the principal reasons
-with their codes, what explained it (model, explainer, reason-code table versions), why it was
-explained (sampling reason, inclusion weight), how exact it is (source) and whether it
-recomputes (`whystream verify`, jobs/analytics/verify.py). Printed, the navigation and buttons
-drop out and the page reads as one decision's file.
+with their codes beside the adverse reasons (the strongest features toward the adverse
+outcome, for approvals too: "what almost made us decline this?"), the producer's score beside
+the model's own (the score check's mismatch flag), what explained it (model, explainer,
+reason-code table versions, where the features came from), why it was explained (sampling
+reason, inclusion weight), how exact it is (source), whether it recomputes (`whystream
+verify`, jobs/analytics/verify.py) and who asked for it (the audit trail, `explain_answers`).
+A decision in the decision store without an explanation gets a page of its stored features,
+score and decision (`stored_section`). Printed, the navigation and buttons drop out and the
+page reads as one decision's file.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ REASONS = {"ADVERSE": "an adverse decision: always explained", "NEAR_THRESHOLD":
            "explained", "FLAGGED": "flagged by the producer: always explained", "NEW_VERSION": "among a new model "
            "version's first decisions: always explained", "RESERVOIR": "drawn at random from its stratum and window",
            "ON_DEMAND": "explained on request"}
+FEATURES_SOURCES = {"": "the explanations stream (the decision as the worker consumed it)",
+                    "explanations": "a stored explanation's features", "predictions": "the predictions topic",
+                    "store": "the decision store (ClickHouse `decisions`)"}
 
 
 def _value(value, feature: str, redacted: list[str]) -> str:
@@ -40,6 +48,61 @@ def contributions(row: dict) -> list[tuple[str, float]]:
     if rest:
         shown.append((f"{len(rest)} other features", sum(float(s) for _, _, s in rest)))
     return shown
+
+
+def latency_text(row: dict) -> str:
+    """The latency from broker receipt where the explanation carries `received_at`, else from event time."""
+    if row.get("received_at_ms") is not None:
+        return (f"latency {duration(float(row['explained_at_ms'] - row['received_at_ms']))} from broker receipt at "
+                f"{when(row['received_at_ms'])}")
+    return f"latency {duration(float(row['latency_ms']))} from the event time (no broker receipt time stored)"
+
+
+def adverse_reasons_html(row: dict) -> str:
+    """The strongest features toward the adverse outcome, whatever was decided."""
+    found = list(zip(row.get("adverse_features") or [], row.get("adverse_values") or [], row.get("adverse_shap") or []))
+    head = ("<h2>Adverse reasons</h2><p class='meta'>The features that pushed hardest toward the adverse outcome, "
+            "whatever was decided: for an approval, what almost made us decline it.</p>")
+    if not found:
+        return head + "<p class='empty'>none: no feature pushed toward the adverse outcome (or an explanation " \
+                      "written before ExplanationEvent v4)</p>"
+    body = [[str(i), esc(f), esc(_value(v, f, row["redacted_features"])), fmt(float(s), 4)]
+            for i, (f, v, s) in enumerate(found, start=1)]
+    return head + table(["#", "feature", "value", "SHAP"], body, "adverse-reasons")
+
+
+def answers_html(answers: list[dict]) -> str:
+    """The audit trail: every answer given to an explain request about this decision."""
+    head = ("<h2>Answers given (audit trail)</h2><p class='meta'>Every answer to an explain request about this "
+            "decision, as stored by the sink in <code>explain_answers</code>: who asked, when it was answered, by "
+            "which model version, from which features.</p>")
+    if not answers:
+        return head + "<p class='empty'>no explain request has asked about this decision</p>"
+    body = [[esc(a["requested_by"] or "-"), esc(when(a["explained_at_ms"])), esc(a["request_id"]),
+             esc(a["model_version"]), esc(a["source"]), esc(a["features_source"] or "-"), esc(a["decision"]),
+             esc(a["first_code"] or "-")] for a in answers]
+    return head + table(["requested by", "answered at", "request id", "version", "source", "features from",
+                         "decision", "first reason"], body, "answers")
+
+
+def stored_section(stored: dict) -> str:
+    """A decision the store holds but nothing explained: its stored features, score and decision."""
+    features = [[esc(f), "redacted" if f in stored["redacted_features"] else
+                 ("missing" if v is None else f"{float(v):.6g}")]
+                for f, v in sorted(stored["features"].items())] + [[esc(f), "redacted"]
+                                                                   for f in stored["redacted_features"]]
+    summary = [["model", f"{esc(stored['model_name'])} version {esc(stored['model_version'])}"],
+               ["decision", f"<b>{esc(stored['decision'])}</b>"], ["score", fmt(stored["score"], 4)],
+               ["threshold", fmt(stored["threshold"], 4)], ["event time", esc(when(stored["event_time"]))],
+               ["received by the broker", esc(when(stored["received_at"])) if stored["received_at"] else "-"],
+               ["priority", "yes" if stored["priority"] else "no"],
+               ["segment", esc(", ".join(f"{k}={v}" for k, v in sorted(stored["segment"].items())) or "-")]]
+    return ("<section class='decision'><p class='print-only meta'>Decision file: printed from whystream</p>"
+            f"<h1>Decision {esc(stored['prediction_id'])}</h1><p class='note' id='not-explained'>Not explained; "
+            "stored decision. The decision store holds it, but no explanation of it is stored. Explain it with "
+            f"<code>whystream explain {esc(stored['prediction_id'])}</code> (a running stack), which reads it from "
+            "the store with the version it was scored by.</p>" + table(None, summary, "summary")
+            + "<h2>Stored features</h2>" + table(["feature", "value"], features, "features") + "</section>")
 
 
 def verdict_html(verdict: Verdict | None, action: str | None) -> str:
@@ -79,6 +142,11 @@ def decision_section(row: dict, verdict: Verdict | None = None, verify_action: s
     summary = [["score", fmt(score, 4), "threshold", fmt(threshold, 4)],
                [f"raw score ({esc(space)})", fmt(raw, 4), "threshold in the same space", fmt(raw_t, 4)],
                ["base value", fmt(base, 4), "sum of attributions", fmt(float(sum(row["shap"])), 4)]]
+    if row.get("model_score") is not None and math.isfinite(float(row["model_score"])):
+        summary.append(["model's own score", fmt(float(row["model_score"]), 4), "score check",
+                        "<span class='alert' id='score-mismatch'>MISMATCH: the producer's score is not the model's "
+                        "own</span>" if row["score_mismatch"] else "<span class='ok' id='score-mismatch'>matches "
+                        "the producer's score</span>"])
     if prob is not None:
         summary.append(["probability", f"{prob:.2%}", "threshold as a probability",
                         f"{threshold:.2%}" if 0 <= threshold <= 1 else "-"])
@@ -93,15 +161,19 @@ def decision_section(row: dict, verdict: Verdict | None = None, verify_action: s
                                                                           else None),
                                                 f"probability{'-' + anchor if anchor else ''}") + "</div>"
     parts.append(f"<div class='grid'>{charts}</div>")
+    principal = ""
     if codes:
         body = [[str(i), esc(c), esc(t), esc(f), esc(_value(v, f, row["redacted_features"])), fmt(float(s), 4)]
                 for i, (c, t, f, v, s) in enumerate(codes, start=1)]
-        parts.append("<h2>Principal reasons</h2><p class='meta'>The features that pushed hardest toward this "
+        principal = ("<h2>Principal reasons</h2><p class='meta'>The features that pushed hardest toward this "
                      "decision, strongest first, with the model's reason codes"
                      + (f" (table version {esc(row['reason_codes_version'])})" if row["reason_codes_version"] else "")
                      + ".</p>" + table(["#", "code", "reason", "feature", "value", "SHAP"], body, "reasons"))
     elif adverse:
-        parts.append("<h2>Principal reasons</h2><p class='empty'>none stored for this adverse decision</p>")
+        principal = "<h2>Principal reasons</h2><p class='empty'>none stored for this adverse decision</p>"
+    # side by side: why it was decided, and what pushed toward the adverse outcome (for an approval: almost)
+    parts.append(f"<div class='grid'>{f'<div>{principal}</div>' if principal else ''}"
+                 f"<div>{adverse_reasons_html(row)}</div></div>")
     weight = float(row["inclusion_weight"])
     details = [
         ["model", f"{esc(row['model_name'])} {esc(row['model_version'])}"],
@@ -112,8 +184,8 @@ def decision_section(row: dict, verdict: Verdict | None = None, verify_action: s
                              "estimates)" if math.isfinite(weight) else "-"],
         ["stratum", esc(row["stratum"] or "-")],
         ["event time", esc(when(row["event_time_ms"]))],
-        ["explained at", f"{esc(when(row['explained_at_ms']))} (latency {duration(float(row['latency_ms']))}, "
-                         "from the event time)"],
+        ["explained at", f"{esc(when(row['explained_at_ms']))} ({latency_text(row)})"],
+        ["features from", esc(FEATURES_SOURCES.get(row.get("features_source") or "", row.get("features_source")))],
         ["worker", esc(row["worker"])],
     ]
     if row["explained_class"] is not None:

@@ -1,11 +1,15 @@
 """The console's and the report's reads beyond the drift views (jobs/analytics/drift_sql.py):
-one decision, the adverse decisions, their principal reasons, the time spans that tell a
-replay from a live stream, and the decisions a challenger scored differently.
+one decision, the answers given about it (`explain_answers`, the audit trail), the adverse
+decisions, their principal reasons, the time spans that tell a replay from a live stream,
+the latency from broker receipt (`received_at`, ExplanationEvent v4), and the decisions a
+challenger scored differently. A decision without an explanation is read from the decision
+store (jobs/clickhouse/decision_store.py).
 
 Every statement is complete SQL with literal values, so it runs through the SQL guard on a
 read-only session or through a running sink's query port alike (jobs/clickhouse/query_port.py).
 Times come back as epoch milliseconds. Answers to explain requests (`request_id` set) are
-never stored by the sink; `request_id = ''` keeps rows written before that rule out too.
+kept apart by the sink in `explain_answers`; `request_id = ''` keeps rows written into
+`explanations` before that rule out too.
 """
 
 from __future__ import annotations
@@ -42,10 +46,26 @@ def decision(client, prediction_id: str, database: str = DEFAULT_DATABASE) -> li
                principal_reasons.feature AS reason_features, principal_reasons.value AS reason_values,
                principal_reasons.shap AS reason_shap, reason_codes_version, score, decision, threshold,
                sampling_reason, inclusion_weight, stratum, source, latency_ms, worker, explained_class,
-               redacted_features, role, champion_prediction_id
+               redacted_features, role, champion_prediction_id,
+               adverse_reasons.feature AS adverse_features, adverse_reasons.value AS adverse_values,
+               adverse_reasons.shap AS adverse_shap, toUnixTimestamp64Milli(received_at) AS received_at_ms,
+               model_score, score_mismatch, features_source
         FROM {ident(database)}.explanations FINAL
         WHERE prediction_id = {lit(prediction_id)} AND request_id = ''
         ORDER BY model_name""")
+
+
+def answers(client, prediction_id: str, database: str = DEFAULT_DATABASE) -> list[dict]:
+    """The answers given to explain requests about one decision (the audit trail, oldest first):
+    request_id, requested_by, explained_at_ms, model_version, source, features_source, score,
+    model_score, score_mismatch, decision, first_code."""
+    return rows(client, f"""
+        SELECT request_id, requested_by, toUnixTimestamp64Milli(explained_at) AS explained_at_ms, model_name,
+               model_version, source, features_source, score, model_score, score_mismatch, decision,
+               principal_reasons.code[1] AS first_code
+        FROM {ident(database)}.explain_answers FINAL
+        WHERE prediction_id = {lit(prediction_id)}
+        ORDER BY explained_at, request_id""")
 
 
 def adverse_decisions(client, model: str, start_ms: int, end_ms: int, limit: int = 50,
@@ -88,10 +108,27 @@ def time_spans(client, model: str, start_ms: int, end_ms: int, database: str = D
                toUnixTimestamp64Milli(max(event_time)) - toUnixTimestamp64Milli(min(event_time)) AS event_span_ms,
                toUnixTimestamp64Milli(max(explained_at)) - toUnixTimestamp64Milli(min(explained_at))
                    AS explained_span_ms,
-               quantile(0.5)(latency_ms) AS latency_p50_ms
+               quantile(0.5)(latency_ms) AS latency_p50_ms, countIf(received_at IS NOT NULL) AS received
         FROM {ident(database)}.explanations
         WHERE {_where(model, start_ms, end_ms)} AND role = 'CHAMPION'""")
     return {k: float(v or 0) for k, v in found.items()}
+
+
+def receipt_latency(client, model: str, start_ms: int, end_ms: int, bucket_s: int = 0,
+                    database: str = DEFAULT_DATABASE) -> list[dict]:
+    """Per model version (and `bucket` in epoch seconds, unless `bucket_s` is 0) of the priority explanations
+    (explained at once; a sampled one waits for its reservoir window to close): `received` (those whose
+    decision has a broker receipt time), latency_p50_ms and latency_p99_ms of explained_at − received_at:
+    the engine's latency, whatever the event times say."""
+    waited = "toUnixTimestamp64Milli(explained_at) - toUnixTimestamp64Milli(received_at)"
+    bucket = f"toUnixTimestamp(toStartOfInterval(event_time, INTERVAL {int(bucket_s)} SECOND))" if bucket_s else "0"
+    return [{**r, "received": int(r["received"]), "latency_p50_ms": float(r["latency_p50_ms"]),
+             "latency_p99_ms": float(r["latency_p99_ms"])} for r in rows(client, f"""
+        SELECT model_version, {bucket} AS bucket, count() AS received,
+               quantile(0.5)({waited}) AS latency_p50_ms, quantile(0.99)({waited}) AS latency_p99_ms
+        FROM {ident(database)}.explanations
+        WHERE {_where(model, start_ms, end_ms)} AND received_at IS NOT NULL AND sampling_reason != 'RESERVOIR'
+        GROUP BY model_version, bucket ORDER BY model_version, bucket""")]
 
 
 def data_extent(client, model: str, start_ms: int, end_ms: int, database: str = DEFAULT_DATABASE) -> tuple[int, int] | None:

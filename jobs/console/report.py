@@ -17,7 +17,7 @@ from plotly.offline import get_plotlyjs
 from whystream.jobs.clickhouse.sql import DEFAULT_DATABASE
 from whystream.jobs.console import queries
 from whystream.jobs.console.compare_page import compare_view
-from whystream.jobs.console.decision_page import decision_section
+from whystream.jobs.console.decision_page import answers_html, decision_section
 from whystream.jobs.console.drift_page import drift_view
 from whystream.jobs.console.html import page
 from whystream.jobs.console.overview import overview
@@ -47,8 +47,8 @@ def build_report(client, model: str | None, now_ms: int, window_s: int = 3600, h
         return f"#{anchor(prediction_id)}" if prediction_id in inside else None
 
     generated = dt.datetime.fromtimestamp(now_ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    decisions = "".join(decision_section(r, anchor=anchor(pid)) for pid, found in rows.items() for r in found
-                        if r["model_name"] == model)
+    decisions = "".join(decision_section(r, anchor=anchor(pid)) + answers_html(queries.answers(client, pid, database))
+                        for pid, found in rows.items() for r in found if r["model_name"] == model)
     body = (f"<p class='meta'>whystream report, generated {generated}. Sections: "
             "<a href='#overview'>overview</a> · <a href='#drift'>drift</a> · <a href='#decisions'>decisions</a> · "
             "<a href='#compare'>champion vs challenger</a></p>"

@@ -8,7 +8,8 @@ serves from the `plotly` wheel, so the console works without any network beyond 
     GET  /model/NAME                        overview      (?window=1h&history=24h)
     GET  /model/NAME/drift                  drift         (?version=…&stratum=…&window=…&history=…)
     GET  /model/NAME/compare                champion vs challenger
-    GET  /decision/ID, /decision?id=ID      one decision (printable)
+    GET  /decision/ID, /decision?id=ID      one decision (printable), with the answers given about it; a
+                                            decision only the decision store holds: its stored record
     POST /decision/ID/verify                recompute it (jobs/analytics/verify.py), show the verdict
     GET  /static/plotly.min.js              plotly.js from the plotly package
     GET, POST /login                        the token form (only with WHYSTREAM_API_TOKEN)
@@ -26,11 +27,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
 from whystream.errors import ConfigError, WhystreamError
+from whystream.jobs.clickhouse.decision_store import stored_decision
 from whystream.jobs.clickhouse.sql import DEFAULT_DATABASE, one_line
 from whystream.jobs.console import queries
 from whystream.jobs.console.access import COOKIE, SECURITY_HEADERS, ConsoleAccess
 from whystream.jobs.console.compare_page import compare_view
-from whystream.jobs.console.decision_page import decision_section
+from whystream.jobs.console.decision_page import answers_html, decision_section, stored_section
 from whystream.jobs.console.drift_page import drift_view
 from whystream.jobs.console.html import esc, link, page
 from whystream.jobs.console.overview import overview
@@ -156,7 +158,13 @@ class Console:
     def decision_page(self, prediction_id: str, verify: bool = False) -> str:
         found = queries.decision(self.client, prediction_id, self.database)
         if not found:
-            raise NotFound(f"no stored explanation of decision {prediction_id!r}")
+            stored = stored_decision(self.client, prediction_id, self.database)
+            if stored is None:
+                raise NotFound(f"no stored explanation of decision {prediction_id!r}, and the decision store "
+                               "does not hold it")
+            return self._page(f"decision {prediction_id}", stored_section(stored)
+                              + answers_html(queries.answers(self.client, prediction_id, self.database)),
+                              stored["model_name"])
         verdicts = {}
         if verify and self.verifier is not None:
             verdicts = {(v.stored.model_name if v.stored else ""): v for v in self.verifier(self.client, prediction_id)}
@@ -164,6 +172,7 @@ class Console:
         body = "".join(decision_section(r, verdicts.get(r["model_name"]), action,
                                         anchor=f"model-{r['model_name']}" if len(found) > 1 else "")
                        for r in found)  # one id per model's charts where one decision id has several
+        body += answers_html(queries.answers(self.client, prediction_id, self.database))
         return self._page(f"decision {prediction_id}", body, found[0]["model_name"])
 
 

@@ -3,7 +3,10 @@ registered with reason codes, a challenger beside it), twenty minutes of its dec
 explained by the real explainers (TreeSHAP, a few by the Saabas fallback) and sampled as the
 workers sample (adverse decisions weight 1, one in three of the rest weight 3), `amount`
 shifted in the second half, written to ClickHouse as the sink writes them, and the drift
-monitor's alerts over it."""
+monitor's alerts over it. Every decision was received by the broker 2 ms after its event
+time (`received_at`); every 10th approval's producer score is 0.2 off the model's own (a
+score mismatch); one approval was asked about by an auditor (an answer in `explain_answers`);
+one decision is only in the decision store (`STORED_ONLY`), never explained."""
 
 from __future__ import annotations
 
@@ -29,6 +32,8 @@ CODES = {"amount": ("A01", "Transaction amount high for this account"), "tenure"
          "merchant_risk": ("M03", "Merchant category risk"), "velocity": ("V04", "Many transactions recently"),
          "age": ("G05", "Customer age band")}
 MINUTES, PER_MINUTE, SHIFT = 20, 150, 1.5
+RECEIPT_MS, OFF_BY = 2, 0.2  # broker receipt after the event time; a mismatched producer score's offset
+STORED_ONLY, AUDITOR = "stored-only-001", "auditor@example.test"
 
 
 @dataclass
@@ -42,6 +47,7 @@ class ConsoleData:
     events: list[dict] = field(default_factory=list)
     shadows: list[dict] = field(default_factory=list)
     alerts: list[dict] = field(default_factory=list)
+    answered: dict | None = None  # the explanation an auditor asked about (an approval)
 
     def exact_adverse(self) -> list[dict]:
         return [e for e in self.events if e["principal_reasons"] and e["source"] in ("LIVE", "CACHE")]
@@ -81,6 +87,29 @@ def explain(model, explainer, X, records, reasons, weights, strata, sources, **e
                               explainer_version="test", redis_available=True, worker="test-worker", **extra)
 
 
+def off(score: float) -> float:
+    """A producer's score OFF_BY from the model's own that still approves (below the threshold, not below 0)."""
+    return score + OFF_BY if score + OFF_BY < 0.5 else score - OFF_BY
+
+
+def store_audit_and_decision(client, database: str, data: ConsoleData) -> None:
+    """An auditor's answer about a mismatched approval (as the sink stores answers) and a decision that only
+    the decision store holds."""
+    data.answered = next(e for e in data.events if e["score_mismatch"] and e["adverse_reasons"])
+    answer = dict(data.answered, request_id="req-0001", requested_by=AUDITOR, features_source="store",
+                  sampling_reason="ON_DEMAND", explained_at=data.end_ms - MINUTE_MS)
+    client.insert("explain_answers", explanation_rows.explanation_columns([answer]), database=database,
+                  column_names=explanation_rows.EXPLANATION_COLUMNS, column_oriented=True)
+    client.insert("decisions", [[STORED_ONLY, "credit", data.model.version, data.first_minute_ms + 1000,
+                                 data.first_minute_ms + 1002, {"amount": 20.5, "tenure": 3.0, "merchant_risk": 0.4,
+                                                               "velocity": 2.0, "age": 41.0},
+                                 [], 0.12, "approve", 0.5, {"channel": "web"}, False, "predictions", "", 0, 7]],
+                  database=database, column_names=["prediction_id", "model_name", "model_version", "event_time",
+                                                   "received_at", "features", "redacted_features", "score",
+                                                   "decision", "threshold", "segment", "priority", "kafka_topic",
+                                                   "kafka_topic_id", "kafka_partition", "kafka_offset"])
+
+
 def build(client, database: str, root, end_ms: int) -> ConsoleData:
     """The data set in `database`, its minutes ending at `end_ms` (a whole minute)."""
     root.mkdir(parents=True, exist_ok=True)
@@ -101,13 +130,15 @@ def build(client, database: str, root, end_ms: int) -> ConsoleData:
         keep = adverse | (rng.uniform(size=len(X)) < 1 / 3)
         idx = np.flatnonzero(keep)
         times = first + m * MINUTE_MS + np.sort(rng.integers(0, MINUTE_MS, len(idx)))
-        records = [{"prediction_id": f"d{m:02d}-{i:03d}", "event_time": int(t), "score": float(score[i]),
+        records = [{"prediction_id": f"d{m:02d}-{i:03d}", "event_time": int(t), "received_at": int(t) + RECEIPT_MS,
+                    "score": off(float(score[i])) if not adverse[i] and i % 10 == 3 else float(score[i]),
                     "decision": "decline" if adverse[i] else "approve", "threshold": 0.5} for i, t in zip(idx, times)]
         reasons = ["ADVERSE" if adverse[i] else "RESERVOIR" for i in idx]
         weights = [1.0 if adverse[i] else 3.0 for i in idx]
         strata = ["web" if i % 2 else "pos" for i in idx]
         sources = ["FALLBACK" if k % 25 == 7 else "CACHE" if k % 9 == 4 else "LIVE" for k in range(len(idx))]
-        events = explain(model, explainer, X[idx], records, reasons, weights, strata, np.array(sources, dtype=object))
+        events = explain(model, explainer, X[idx], records, reasons, weights, strata, np.array(sources, dtype=object),
+                         model_scores=score[idx], mismatches=[r["score"] != score[i] for r, i in zip(records, idx)])
         for e in events:  # explained a few dozen ms after the decision, as a live worker does
             e["latency_ms"] = float(20 + (hash(e["prediction_id"]) % 80))
             e["explained_at"] = e["event_time"] + int(e["latency_ms"])
@@ -123,6 +154,7 @@ def build(client, database: str, root, end_ms: int) -> ConsoleData:
             e["explained_at"] = champion["explained_at"] + 5
         data.shadows += shadows
     explanation_rows.insert_explanations(client, data.events + data.shadows, database)
+    store_audit_and_decision(client, database, data)
     monitor = DriftMonitor(Settings(), window_seconds=300, database=database, client=client, publish=False,
                            models=["credit"], reservoir_window_seconds=0)
     for m in range(5, MINUTES + 1):

@@ -8,11 +8,17 @@ probability for `raw_margin` (binary, cross-entropy, one-vs-all classes: sigmoid
 the log-odds), exp(r) for `log_link`, log(1 + exp(r)) for `softplus_link` (the links
 of whystream/models/objectives.py). Attributions are sorted by |SHAP|, largest first;
 they add up from the base value to the raw score for LIVE and CACHE explanations.
+Beside the principal reasons, the adverse reasons (ExplanationEvent v4): the strongest
+features toward the adverse outcome, for approvals too ("what almost made us decline
+this?"); beside the producer's score, the model's own (`model_score`) and the score
+check's verdict (`score_mismatch`); where the features came from (`features_source`); and
+the latency from broker receipt (`received_at`) where the event carries it.
 Times are UTC, not epoch milliseconds.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 
 from rich.table import Table
@@ -25,6 +31,9 @@ SOURCES = {
     "FALLBACK": "approximation (Saabas path attribution), used when exact TreeSHAP failed or the batch's "
                 "latency budget was spent; not additive like TreeSHAP",
 }
+FEATURES_SOURCES = {None: "the decision as the worker consumed it from the stream",
+                    "explanations": "a stored explanation's features", "predictions": "the predictions topic",
+                    "store": "the decision store (ClickHouse `decisions`)"}
 # output_space -> (what the link gives, the link, its inverse: a producer's score into the output space)
 _MEANING = {"raw_margin": ("probability", lambda r: 1 / (1 + math.exp(-r)), lambda p: math.log(p / (1 - p))),
             "log_link": ("prediction exp(r)", math.exp, math.log),
@@ -63,6 +72,7 @@ def show(e: dict) -> None:
     line(f"  model        {e['model_name']} version {e['model_version']}"
          + (f", {e['role'].lower()}" if e.get("role") else "")
          + (f", class {e['explained_class']}" if e.get("explained_class") is not None else ""))
+    line(f"  model score  {score_check(e)}")
     line(f"  raw score    {e['raw_score']:.6g} in {space}{meaning(space, e['raw_score'])}")
     threshold = in_output_space(space, e["threshold"])
     if threshold is not None and math.isfinite(e["threshold"]):
@@ -76,6 +86,11 @@ def show(e: dict) -> None:
          f"{e['stratum'] or '-'}")
     line(f"  event time   {readable_time(e['event_time'])}; explained {readable_time(e['explained_at'])} "
          f"by {e['worker']} ({e['latency_ms']:,.0f} ms after the event time)")
+    if e.get("received_at") is not None:
+        line(f"  received     by the broker {readable_time(e['received_at'])}; explained "
+             f"{_ms(e['explained_at']) - _ms(e['received_at']):,} ms after broker receipt")
+    source = e.get("features_source") or None
+    line(f"  features     from {FEATURES_SOURCES.get(source, source)}")
     if e.get("redacted_features"):
         line(f"  redacted     {', '.join(e['redacted_features'])} (values left out by policy)")
     if e.get("principal_reasons"):
@@ -86,6 +101,18 @@ def show(e: dict) -> None:
         for r in e["principal_reasons"]:
             table.add_row(r["code"], r["text"], r["feature"], _value(r, e), f"{r['shap']:+.4f}")
         print_table(table)
+    if e.get("adverse_reasons"):
+        line("adverse reasons: the strongest features toward the adverse outcome, whatever was decided (for an "
+             "approval: what almost declined it)")  # a line, not a title: a title folds to the narrow table's width
+        table = Table()
+        for name in ("feature", "value", "SHAP"):
+            table.add_column(name, justify="left" if name == "feature" else "right")
+        for r in e["adverse_reasons"]:
+            table.add_row(r["feature"], _value(r, e), f"{r['shap']:+.4f}")
+        print_table(table)
+    else:
+        line("adverse reasons: none (no feature pushed toward the adverse outcome, or an explanation written "
+             "before they were recorded)")
     total = e["base_value"] + sum(a["shap"] for a in e["attributions"])
     line(f"attributions in {space}, largest |SHAP| first: base value {e['base_value']:.4f} + their sum "
          f"{total - e['base_value']:+.4f} = {total:.4f} (raw score {e['raw_score']:.4f})")
@@ -96,6 +123,22 @@ def show(e: dict) -> None:
         table.add_row(a["feature"], _value(a, e), f"{a['shap']:+.4f}",
                       "higher score" if a["shap"] > 0 else "lower score" if a["shap"] < 0 else "-")
     print_table(table)
+
+
+def score_check(e: dict) -> str:
+    """The model's own score of the features against the producer's, and the score check's verdict."""
+    own = e.get("model_score")
+    if own is None or not math.isfinite(own):
+        return "not checked (the model's own score was not recomputed for this explanation)"
+    verdict = ("MISMATCH: the producer's score is not the model's own (another version, or features changed "
+               "after scoring); the attributions explain the model's" if e.get("score_mismatch")
+               else "matches the producer's")
+    return f"{own:.4g}, the registered version's own score of these features (producer {e['score']:.4g}): {verdict}"
+
+
+def _ms(t) -> int:
+    """Epoch milliseconds of a decoded timestamp-millis (a datetime) or of epoch ms."""
+    return int(t.timestamp() * 1000) if isinstance(t, dt.datetime) else int(t)
 
 
 def _value(row: dict, e: dict) -> str:

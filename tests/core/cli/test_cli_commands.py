@@ -69,4 +69,5 @@ def test_commands_refuse_a_model_they_do_not_know(stack, db, small_model, tmp_pa
 
 def test_explain_an_unknown_decision_is_an_error(engine_settings):
     line = one_line_error(run("explain", "no-such-decision", env=engine_settings.as_env()))
-    assert line.startswith("no recent decision with prediction_id 'no-such-decision'")
+    assert line.startswith("no decision with prediction_id 'no-such-decision' within reach")
+    assert "not in the decision store" in line

@@ -148,7 +148,11 @@ def explanation(**changes) -> dict:
              "principal_reasons": [{"code": "R07", "text": "IP address of high risk", "feature": "ip_risk",
                                     "value": 91.2, "shap": 2.5}],
              "reason_codes_version": "v3", "redacted_features": ["tenure"], "role": "CHAMPION",
-             "champion_prediction_id": None, "request_id": None}
+             "champion_prediction_id": None, "request_id": None,
+             "adverse_reasons": [{"feature": "ip_risk", "value": 91.2, "shap": 2.5},
+                                 {"feature": "amount", "value": 1250.0, "shap": 0.2}],
+             "requested_by": None, "received_at": 1796603078600, "model_score": 0.2689, "score_mismatch": False,
+             "features_source": None}
     return {**event, **changes}
 
 
@@ -166,6 +170,28 @@ def test_one_explanation_for_a_person(capsys, monkeypatch):
     assert rows == ["ip_risk", "tenure", "amount", "merchant"]  # largest |SHAP| first
     assert "redacted" in next(line for line in out.splitlines() if "│ tenure" in line)
     assert "\x1b" not in out and "…" not in out
+    assert "model score 0.2689, the registered version's own score of these features (producer 0.2689): " \
+           "matches the producer's" in text
+    assert "explained 76 ms after broker receipt" in text and "features from the decision as the worker" in text
+    adverse = [[c.strip() for c in line.split("│")[1:-1]] for line in out.splitlines() if line.count("│") == 4]
+    assert adverse == [["ip_risk", "91.2", "+2.5000"], ["amount", "1250", "+0.2000"]]
+
+
+def test_an_approval_names_what_almost_declined_it_and_a_score_mismatch(capsys):
+    show(explanation(decision="approve", score=0.1, principal_reasons=[], model_score=0.2689, score_mismatch=True,
+                     features_source="store", received_at=None,
+                     adverse_reasons=[{"feature": "tenure", "value": None, "shap": 0.7}]))
+    out = capsys.readouterr().out
+    text = " ".join(out.split())
+    assert "(producer 0.1): MISMATCH: the producer's score is not the model's own" in text
+    assert "features from the decision store" in text and "broker receipt" not in text
+    assert "what almost declined it" in text
+    [row] = [[c.strip() for c in line.split("│")[1:-1]] for line in out.splitlines() if line.count("│") == 4]
+    assert row == ["tenure", "redacted", "+0.7000"]
+    old = explanation(model_score=None, adverse_reasons=[])  # written before ExplanationEvent v4
+    show(old)
+    text = " ".join(capsys.readouterr().out.split())
+    assert "model score not checked" in text and "adverse reasons: none" in text
 
 
 def test_a_fallback_explanation_says_what_it_is(capsys):

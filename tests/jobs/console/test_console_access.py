@@ -96,9 +96,10 @@ def test_a_console_bound_beyond_loopback_needs_a_token(tmp_path):
     from whystream.errors import ConfigError
 
     result = CliRunner().invoke(app, ["--home", str(tmp_path), "console", "--bind", "0.0.0.0"],
-                                env={"WHYSTREAM_API_TOKEN": ""})
+                                env={"WHYSTREAM_API_TOKEN": None})  # None: unset
     assert isinstance(result.exception, ConfigError)  # main() prints it as one line, exit 2
     message = str(result.exception)
     assert "WHYSTREAM_API_TOKEN" in message and "--bind 0.0.0.0" in message and "the console" in message
-    short = CliRunner().invoke(app, ["--home", str(tmp_path), "console"], env={"WHYSTREAM_API_TOKEN": "short"})
-    assert isinstance(short.exception, ConfigError) and "16 characters" in str(short.exception)
+    for bad in ("short", "", " " * 20):  # too short, or set but blank: refused wherever it binds
+        short = CliRunner().invoke(app, ["--home", str(tmp_path), "console"], env={"WHYSTREAM_API_TOKEN": bad})
+        assert isinstance(short.exception, ConfigError) and "16 characters" in str(short.exception)

@@ -1,7 +1,8 @@
 """The console's pages and the report in a real browser (headless chromium), against one data
 set in chDB (tests/support/console_data.py): every chart drawn with the marks its data asks
-for, a decision page with the decision's own principal reasons, the verify button, the report
-opening from a file with nothing to fetch. Screenshots: tests/support/browser.py."""
+for, a decision page with the decision's own principal and adverse reasons, the score check
+and the answers given about it, a decision only the decision store holds, the verify button,
+the report opening from a file with nothing to fetch. Screenshots: tests/support/browser.py."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from whystream.jobs.clickhouse import connection as ch
 from whystream.jobs.clickhouse.query_port import open_query_client
 from whystream.jobs.console.access import ConsoleAccess
 from whystream.jobs.console.drift_page import OVER_TIME, STATISTICS, ranked_features
+from whystream.jobs.console.period import fit
 from whystream.jobs.console.report import build_report
 from whystream.jobs.console.server import Console, ConsoleServer
 
@@ -59,10 +61,18 @@ def test_overview(browser, console, data, screenshots):
     built, _ = data
     assert load(browser, f"{console}/model/credit?window=10m") == 3  # health, latency, reasons
     text = browser.find_element("tag name", "main").text
-    # "fallback" is defined where it first appears; latency says what it measures (not a replay here)
+    # "fallback" is defined where it first appears; latency is measured from broker receipt (received_at)
     first = text.lower().index("fallback")
     assert text[first:first + 60].startswith("Fallback: when live TreeSHAP fails")
-    assert "explanation time − the decision's event time" in text and "Replayed event times" not in text
+    assert "when the broker received the decision" in text and "Replayed event times" not in text
+    assert "latency from receipt p50" in text and "event time (latency_ms)" not in text
+    # score consistency: the champion's mismatched producer scores of the period, counted; an alert (≈10% > 1%)
+    period = fit(data[1], "credit", built.end_ms + MINUTE_MS, 600, 86400, built.database)
+    mismatched = sum(e["score_mismatch"] for e in built.events if period.start_ms <= e["event_time"] < period.end_ms)
+    [row] = browser.find_elements("css selector", "table.score-consistency tbody tr")
+    cells = [c.text for c in row.find_elements("tag name", "td")]
+    assert cells[0] == built.model.version and cells[2] == f"{mismatched:,}" and mismatched > 0
+    assert cells[5] == "ALERT"
     codes = {r["code"] for e in built.events for r in e["principal_reasons"]}
     assert marks(browser, "fig-reasons", BARS) == len(codes) > 1
     adverse = [e for e in built.events if e["principal_reasons"]]
@@ -125,7 +135,13 @@ def test_a_decision_page_shows_its_reasons_and_recomputes(browser, console, data
     shown = [r.find_elements("tag name", "td")[1].text for r in rows]
     assert shown == [r["code"] for r in event["principal_reasons"]] and shown
     assert console_data.CODES[event["principal_reasons"][0]["feature"]][1] in rows[0].text
+    adverse = browser.find_elements("css selector", "table.adverse-reasons tbody tr")
+    assert [r.find_elements("tag name", "td")[1].text for r in adverse] == [a["feature"] for a in
+                                                                             event["adverse_reasons"]]
+    assert browser.find_element("id", "score-mismatch").text == "matches the producer's score"
     text = browser.find_element("tag name", "main").text
+    assert f"{event['explained_at'] - event['received_at']} ms from broker receipt" in text
+    assert "no explain request has asked about this decision" in text
     assert f"{event['score']:.2%}" in text and "Not recomputed" in text and event["model_version"] in text
     save_page(browser, screenshots, "decision")
     browser.find_element("id", "verify").click()
@@ -138,6 +154,33 @@ def test_a_decision_page_shows_its_reasons_and_recomputes(browser, console, data
     assert "Adverse action file" in browser.find_element("tag name", "main").text
     save_page(browser, screenshots, "decision-print")
     browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": ""})
+
+
+def test_an_approval_says_what_almost_declined_it_its_score_check_and_who_asked(browser, console, data,
+                                                                               screenshots):
+    built, _ = data
+    event = built.answered  # an approval whose producer score is 0.2 below the model's, asked about by an auditor
+    load(browser, f"{console}/decision/{event['prediction_id']}")
+    assert browser.find_element("id", "score-mismatch").text.startswith("MISMATCH")
+    text = browser.find_element("tag name", "main").text
+    assert f"model's own score {event['model_score']:,.4f}" in text and "decision approve" in text
+    adverse = browser.find_elements("css selector", "table.adverse-reasons tbody tr")
+    assert [r.find_elements("tag name", "td")[1].text for r in adverse] == [a["feature"] for a in
+                                                                             event["adverse_reasons"]] != []
+    [answer] = browser.find_elements("css selector", "table.answers tbody tr")
+    cells = [c.text for c in answer.find_elements("tag name", "td")]
+    assert cells[0] == console_data.AUDITOR and cells[2:4] == ["req-0001", event["model_version"]]
+    assert cells[5] == "store"
+    save_page(browser, screenshots, "decision-approval-audited")
+    # a decision only the decision store holds: said so, with its stored features, score and decision
+    load(browser, f"{console}/decision/{console_data.STORED_ONLY}")
+    assert browser.find_element("id", "not-explained").text.startswith("Not explained; stored decision.")
+    features = {r.find_elements("tag name", "td")[0].text: r.find_elements("tag name", "td")[1].text
+                for r in browser.find_elements("css selector", "table.features tbody tr")}
+    assert features == {"age": "41", "amount": "20.5", "merchant_risk": "0.4", "tenure": "3", "velocity": "2"}
+    save_page(browser, screenshots, "decision-stored")
+    browser.get(f"{console}/decision/nothing-of-that-name")
+    assert "the decision store does not hold it" in browser.find_element("tag name", "body").text
 
 
 def test_a_fallback_decision_says_it_is_approximate(browser, console, data):
@@ -169,6 +212,7 @@ def test_the_report_opens_from_a_file_with_nothing_to_fetch(browser, data, tmp_p
     html = build_report(client, "credit", built.end_ms + MINUTE_MS, 600, 3600, built.database)
     assert html.count("Plotly.newPlot") >= 12 and len(re.findall(r"<script src=", html)) == 0
     assert html.count("plotly.js v") == 1  # the library once, inlined
+    assert "<h2>Score consistency</h2>" in html and "Adverse reasons" in html
     out = tmp_path / "report.html"
     out.write_text(html)
     browser.get(out.as_uri())
