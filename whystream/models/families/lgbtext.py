@@ -1,0 +1,184 @@
+"""Trees of any family written as LightGBM's model text, and the thresholds that make
+LightGBM's comparison route as the family's own.
+
+A family's loader builds each tree from `Leaf` and `Split` nodes (covers are the
+library's node sample counts) and `model_text` writes them in LightGBM's own text
+format (what `Booster.model_to_string()` writes, v4): internal nodes numbered in
+pre-order, so that a parent always has a smaller index than its children (the
+kernel's parser relies on it), leaves numbered left to right.
+
+LightGBM semantics mirrored (include/LightGBM/tree.h, NumericalDecision and
+CategoricalDecision): a numerical split sends x left iff `x <= threshold` in
+float64, NaN to the default side (missing_type NaN, decision_type bit 3); a
+categorical split sends x left iff int(x) is in the split's category bitset, NaN
+and negative x right (missing_type NaN). Counts are written as integers because
+LightGBM reads `leaf_count` / `internal_count` as int32: a fraction would be cut.
+
+`le_float32(t)` is the largest double T with `x <= T` exactly when `float32(x) <= t`
+(scikit-learn's trees compare float32(x) with a float64 threshold, CatBoost float32(x)
+with a float32 border): rounding to float32 is monotone, so the set of x that
+round to at most the largest float32 f <= t is an interval ending at the midpoint
+between f and the next float32, included if the tie rounds to f (even mantissa).
+
+>>> le_float32(0.5)  # 0.5 is a float32; x <= T exactly when float32(x) <= 0.5
+0.5000000149011611
+>>> float(np.float32(le_float32(0.5))), float(np.float32(np.nextafter(le_float32(0.5), 1.0)))
+(0.5, 0.5000000596046448)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from whystream.errors import WhystreamError
+
+_F32_OVERFLOW = 2.0 ** 128 - 2.0 ** 103  # the smallest |x| that rounds to an infinite float32 (ties round up)
+_DT_CATEGORICAL, _DT_DEFAULT_LEFT, _DT_MISSING_NAN = 1, 2, 8  # LightGBM's decision_type bits
+_MAX_COUNT = 2 ** 31 - 1  # LightGBM's data_size_t
+
+
+@dataclass(frozen=True)
+class Leaf:
+    value: float
+    count: float
+
+
+@dataclass(frozen=True)
+class Split:
+    feature: int
+    left: "Leaf | Split"
+    right: "Leaf | Split"
+    count: float
+    threshold: float = 0.0  # numerical: left iff x <= threshold
+    default_left: bool = False  # where NaN goes (numerical splits)
+    categories: frozenset[int] | None = None  # categorical: left iff int(x) in categories; NaN right
+
+
+def le_float32(t: float) -> float:
+    """The largest double T such that x <= T exactly when float32(x) <= t."""
+    t = float(t)
+    if np.isnan(t):
+        raise ValueError("a NaN threshold")
+    if t == np.inf:
+        return np.inf
+    with np.errstate(over="ignore"):  # beyond the float32 range: f or g is infinite, handled below
+        f = np.float32(t)
+        if float(f) > t:
+            f = np.nextafter(f, np.float32(-np.inf))
+        if f == -np.inf:
+            return -_F32_OVERFLOW
+        g = np.nextafter(f, np.float32(np.inf))
+    mid = _F32_OVERFLOW if g == np.inf else (float(f) + float(g)) / 2.0  # exact: 25 significant bits
+    tie_rounds_to_f = g != np.inf and int(np.abs(f).view(np.uint32)) % 2 == 0
+    return mid if tie_rounds_to_f else float(np.nextafter(mid, -np.inf))
+
+
+def check_feature_names(names: list[str], where: str) -> list[str]:
+    """LightGBM's text keeps feature names space-separated and refuses JSON's special characters."""
+    for name in names:
+        if not name or any(ch.isspace() or ch in '",:[]{}' for ch in name):
+            raise WhystreamError(f"{where}: feature name {name!r} cannot be a LightGBM feature name (no spaces, "
+                                 "no \",:[]{} characters); rename the column and save the model again")
+    if len(set(names)) != len(names):
+        raise WhystreamError(f"{where}: feature names are not unique")
+    return list(names)
+
+
+def scale_counts(root: Leaf | Split) -> float:
+    """The factor LightGBM's integer counts of this tree need: 1 when every cover is a whole
+    number that fits int32 (the exact case: node sample counts), else the one that makes the
+    root's cover 2^31 - 1 (weighted covers, e.g. class_weight; ratios then hold to ~1e-9)."""
+    counts = []
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        counts.append(node.count)
+        if isinstance(node, Split):
+            stack += [node.left, node.right]
+    c = np.asarray(counts, dtype=np.float64)
+    if np.all(c == np.round(c)) and c.max(initial=0) <= _MAX_COUNT:
+        return 1.0
+    return _MAX_COUNT / root.count if root.count > 0 else 1.0
+
+
+def _tree_text(index: int, root: Leaf | Split) -> str:
+    scale = scale_counts(root)
+    if isinstance(root, Leaf):
+        return (f"Tree={index}\nnum_leaves=1\nnum_cat=0\nsplit_feature=\nsplit_gain=\nthreshold=\ndecision_type=\n"
+                f"left_child=\nright_child=\nleaf_value={root.value!r}\nleaf_weight=\nleaf_count=0\n"
+                "internal_value=\ninternal_weight=\ninternal_count=\nis_linear=0\nshrinkage=1\n\n\n")
+    splits: list[Split] = []
+    leaves: list[Leaf] = []
+    children: list[list[int]] = []
+
+    def visit(node: Leaf | Split) -> int:  # pre-order: LightGBM child ids (>= 0 split, ~leaf)
+        if isinstance(node, Leaf):
+            leaves.append(node)
+            return ~(len(leaves) - 1)
+        me = len(splits)
+        splits.append(node)
+        children.append([0, 0])
+        children[me][0] = visit(node.left)
+        children[me][1] = visit(node.right)
+        return me
+
+    visit(root)
+    thresholds, dtypes, bounds, words = [], [], [0], []
+    for s in splits:
+        if s.categories is None:
+            thresholds.append(repr(float(s.threshold)))
+            dtypes.append(_DT_MISSING_NAN | (_DT_DEFAULT_LEFT if s.default_left else 0))
+        else:
+            bits = np.zeros(max(s.categories) // 32 + 1 if s.categories else 1, dtype=np.uint64)
+            for c in s.categories:
+                bits[c // 32] |= np.uint64(1) << np.uint64(c % 32)
+            thresholds.append(str(len(bounds) - 1))
+            dtypes.append(_DT_CATEGORICAL | _DT_MISSING_NAN)
+            words += [str(int(w)) for w in bits]
+            bounds.append(len(words))
+
+    def count(c: float) -> str:
+        return str(int(round(c * scale)))
+
+    n_cat = len(bounds) - 1
+    lines = [
+        f"Tree={index}", f"num_leaves={len(leaves)}", f"num_cat={n_cat}",
+        "split_feature=" + " ".join(str(s.feature) for s in splits),
+        "split_gain=" + " ".join("0" for _ in splits),
+        "threshold=" + " ".join(thresholds),
+        "decision_type=" + " ".join(str(d) for d in dtypes),
+        "left_child=" + " ".join(str(c[0]) for c in children),
+        "right_child=" + " ".join(str(c[1]) for c in children),
+        "leaf_value=" + " ".join(repr(float(leaf.value)) for leaf in leaves),
+        "leaf_weight=" + " ".join("0" for _ in leaves),
+        "leaf_count=" + " ".join(count(leaf.count) for leaf in leaves),
+        "internal_value=" + " ".join("0" for _ in splits),
+        "internal_weight=" + " ".join("0" for _ in splits),
+        "internal_count=" + " ".join(count(s.count) for s in splits),
+    ]
+    if n_cat:
+        lines += ["cat_boundaries=" + " ".join(str(b) for b in bounds), "cat_threshold=" + " ".join(words)]
+    lines += ["is_linear=0", "shrinkage=1"]
+    return "\n".join(lines) + "\n\n\n"
+
+
+def model_text(trees: list[Leaf | Split], *, feature_names: list[str], objective: str | None,
+               n_outputs: int = 1, categorical: list[int] = ()) -> str:
+    """LightGBM model text of `trees` (tree i belongs to output i % n_outputs, as in
+    LightGBM's multiclass layout); `objective` None writes none: predict() is the raw sum."""
+    if len(trees) % n_outputs:
+        raise ValueError(f"{len(trees)} trees are not whole iterations of {n_outputs} outputs")
+    header = ["tree", "version=v4", f"num_class={n_outputs}", f"num_tree_per_iteration={n_outputs}",
+              "label_index=0", f"max_feature_idx={len(feature_names) - 1}"]
+    if objective:
+        header.append(f"objective={objective}")
+    header += ["feature_names=" + " ".join(feature_names),
+               "feature_infos=" + " ".join("none" for _ in feature_names), "", ""]
+    body = "".join(_tree_text(i, tree) for i, tree in enumerate(trees))
+    params = ["parameters:"]
+    if categorical:
+        params.append("[categorical_feature: " + ",".join(str(i) for i in sorted(categorical)) + "]")
+    params += ["end of parameters", ""]
+    return "\n".join(header) + body + "end of trees\n\n" + "\n".join(params)
