@@ -21,7 +21,7 @@ round to at most the largest float32 f <= t is an interval ending at the midpoin
 between f and the next float32, included if the tie rounds to f (even mantissa).
 
 >>> le_float32(0.5)  # 0.5 is a float32; x <= T exactly when float32(x) <= 0.5
-0.5000000149011611
+0.5000000298023224
 >>> float(np.float32(le_float32(0.5))), float(np.float32(np.nextafter(le_float32(0.5), 1.0)))
 (0.5, 0.5000000596046448)
 """

@@ -1,0 +1,73 @@
+"""The LightGBM text writer and the float32 thresholds every float32 family relies on."""
+
+from __future__ import annotations
+
+import lightgbm as lgb
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from whystream.errors import WhystreamError
+from whystream.models.families.lgbtext import Leaf, Split, check_feature_names, le_float32, model_text
+
+finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
+
+
+def _f32(x: float) -> float:
+    with np.errstate(over="ignore"):
+        return float(np.float32(x))
+
+
+@settings(max_examples=400, deadline=None)
+@given(t=finite, dx=st.integers(-3, 3))
+def test_le_float32_routes_every_double_near_the_threshold_as_float32_does(t, dx):
+    T = le_float32(t)
+    x = T
+    for _ in range(abs(dx)):
+        x = float(np.nextafter(x, np.inf if dx > 0 else -np.inf))
+    assert (x <= T) == (_f32(x) <= t)
+    with np.errstate(over="ignore"):
+        near = (t, float(np.nextafter(t, np.inf)), float(np.nextafter(t, -np.inf)), _f32(t))
+    for y in near:
+        if np.isfinite(y):
+            assert (y <= T) == (_f32(y) <= t)
+
+
+def test_le_float32_at_the_ends_of_the_float32_range():
+    big = float(np.finfo(np.float32).max)
+    for t in (big, -big, 1e300, -1e300, 0.0, -0.0, 5e-324, -5e-324):
+        T = le_float32(t)
+        for x in (T, float(np.nextafter(T, np.inf)), float(np.nextafter(T, -np.inf))):
+            assert (x <= T) == (_f32(x) <= t), (t, x)
+    assert le_float32(np.inf) == np.inf
+
+
+def test_written_trees_route_and_sum_as_lightgbm_reads_them():
+    # numerical split (NaN left) over a categorical split {1, 40} (NaN, negative, unknown: right)
+    tree = Split(0, Leaf(1.0, 3), Split(1, Leaf(2.0, 2), Leaf(3.0, 5), 7, categories=frozenset({1, 40})), 10,
+                 threshold=0.5, default_left=True)
+    text = model_text([Leaf(0.25, 0), tree], feature_names=["a", "b"], objective=None, categorical=[1])
+    booster = lgb.Booster(model_str=text)
+    X = np.array([[0.5, 0], [np.nan, 7], [0.6, 1], [0.6, 40], [0.6, np.nan], [0.6, -1], [0.6, 41], [0.6, 2]])
+    assert booster.predict(X, raw_score=True).tolist() == [1.25, 1.25, 2.25, 2.25, 3.25, 3.25, 3.25, 3.25]
+    assert "[categorical_feature: 1]" in booster.model_to_string()
+    assert "average_output" not in text
+
+
+def test_weighted_covers_are_scaled_to_whole_counts():
+    tree = Split(0, Leaf(1.0, 0.25), Leaf(2.0, 0.5), 0.75, threshold=0.0)
+    counts = lgb.Booster(model_str=model_text([tree], feature_names=["a"], objective="regression")).dump_model()
+    root = counts["tree_info"][0]["tree_structure"]
+    assert root["internal_count"] == 2 ** 31 - 1
+    assert abs(root["left_child"]["leaf_count"] / root["internal_count"] - 1 / 3) < 1e-9
+
+
+def test_feature_names_lightgbm_cannot_hold_are_refused():
+    assert check_feature_names(["amount", "tenure"], "m") == ["amount", "tenure"]
+    for bad in (["has space"], ["a:b"], ["x", "x"], [""]):
+        try:
+            check_feature_names(bad, "model file m")
+        except WhystreamError as exc:
+            assert str(exc).startswith("model file m: ") and "\n" not in str(exc)
+        else:
+            raise AssertionError(bad)
