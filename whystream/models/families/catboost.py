@@ -80,6 +80,11 @@ def load(path: Path) -> Translated:
         raise WhystreamError(f"{where}: no such file")
     fmt = "cbm" if path.read_bytes()[:4] == b"CBM1" else "json"
     model = catboost.CatBoost()
+    if fmt == "json":  # CatBoost's own JSON reader takes a truncated file for an empty model
+        try:
+            json.loads(path.read_bytes())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise WhystreamError(f"{where}: CatBoost cannot load it (not complete JSON: {_first_line(exc)})") from None
     try:
         model.load_model(str(path), format=fmt)
         with tempfile.TemporaryDirectory(prefix="whystream-catboost-") as tmp:
@@ -91,10 +96,12 @@ def load(path: Path) -> Translated:
 
 
 def _translate(model, spec: dict, where: str, version: str) -> Translated:
-    info = spec.get("features_info", {})
-    if "oblivious_trees" not in spec:
+    info = spec.get("features_info") or {}
+    if spec.get("trees") or spec.get("non_symmetric_trees"):
         raise WhystreamError(f"{where}: non-symmetric trees (grow_policy Depthwise or Lossguide) are not supported; "
                              "retrain with the default grow_policy SymmetricTree")
+    if not spec.get("oblivious_trees"):
+        raise WhystreamError(f"{where}: a CatBoost model without trees (truncated, or never trained)")
     for kind in ("text_features", "embedding_features"):
         if info.get(kind):
             raise WhystreamError(f"{where}: {kind.replace('_', ' ')} are not supported")
