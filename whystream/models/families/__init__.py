@@ -37,3 +37,14 @@ class Translated:
     # the library's own (raw predictions [n, K], contributions [n, K, F + 1], bias last) of rows
     # [n, F]; None for LightGBM, whose text is the model itself
     own: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+
+
+# --- issue-22c: the scikit-learn and CatBoost families (the lead merges this into the dispatch table) ---
+# Module names, imported on use: each family module needs its optional extra ([sklearn], [catboost]),
+# and a module-level import here would make an import cycle (the family modules import Translated).
+#   sklearn:  recognises skops zips and pickles (load refuses pickles); load_uri(uri) for mlflow.sklearn URIs
+#   catboost: recognises .cbm (CBM1) and CatBoost's JSON export
+FAMILY_MODULES_22C = {
+    "sklearn": "whystream.models.families.sklearn",
+    "catboost": "whystream.models.families.catboost",
+}

@@ -254,3 +254,29 @@ def test_damaged_pickled_and_untrusted_files_end_in_one_line(tmp_path):
     linear = tmp_path / "linear.skops"
     sio.dump(LogisticRegression().fit(X[:, [0]], s > 1), linear)
     assert "not a tree ensemble whystream explains" in _refusal(linear)
+
+
+def test_mlflow_sklearn_uris_load_skops_and_refuse_pickles(tmp_path, monkeypatch):
+    """whystream[mlflow]: a model logged with mlflow.sklearn in the skops format loads through the
+    same trusted-types check; one logged as cloudpickle is refused, never unpickled."""
+    import mlflow
+    import mlflow.sklearn
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 asks for this to use a plain directory
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    mlflow.set_tracking_uri((tmp_path / "mlruns").as_uri())
+    X, s = _data(n=300)
+    model = HistGradientBoostingClassifier(max_iter=5, random_state=0).fit(X, s > 1)
+    with mlflow.start_run():
+        mlflow.sklearn.log_model(model, name="safe", serialization_format="skops",
+                                 skops_trusted_types=list(family.TRUSTED), registered_model_name="credit", pip_requirements=[])
+        mlflow.sklearn.log_model(model, name="pickled", serialization_format="cloudpickle",
+                                 registered_model_name="pickled", pip_requirements=[])
+    translated = family.load_uri("models:/credit/1")
+    assert np.array_equal(translated.booster.predict(X, raw_score=True), model._raw_predict(X)[:, 0])
+    for uri, said in [("models:/pickled/1", "logged with serialization_format='cloudpickle', a pickle, which "
+                                            "whystream never loads"),
+                      ("models:/credit/9", "MLflow cannot load it")]:
+        with pytest.raises(WhystreamError) as caught:
+            family.load_uri(uri)
+        assert str(caught.value).startswith(f"{uri}: {said}") and "\n" not in str(caught.value)
