@@ -27,7 +27,7 @@ def exactness(translated: Translated, X: np.ndarray) -> tuple[float, float]:
     return pred, shap
 
 
-def on_the_splits(base: np.ndarray, points: dict[int, set[float]], limit: int = 3000) -> np.ndarray:
+def on_the_splits(base: np.ndarray, points: dict[int, set[float]], limit: int = 1200) -> np.ndarray:
     """Copies of the rows `base` with one feature set to each of its split points and the
     doubles and float32s just beside it, plus NaN."""
     rows = []

@@ -113,8 +113,10 @@ def _translate(model, spec: dict, where: str, version: str) -> Translated:
     loss = spec.get("model_info", {}).get("params", {}).get("loss_function", {}).get("type", "")
     floats = {f["feature_index"]: f for f in info.get("float_features", [])}
     cats = {f["feature_index"]: f for f in info.get("categorical_features", [])}
-    n_features = 1 + max([f["flat_feature_index"] for f in [*floats.values(), *cats.values()]], default=-1)
-    names = check_feature_names(list(model.feature_names_), where) if model.feature_names_ else [
+    n_features = max(len(model.feature_names_ or ()),
+                     1 + max([f["flat_feature_index"] for f in [*floats.values(), *cats.values()]], default=-1))
+    names = list(model.feature_names_ or ())
+    names = check_feature_names(names, where) if len(names) == n_features else [
         f"Column_{i}" for i in range(n_features)]
     bias = spec.get("scale_and_bias", [1.0, [0.0]])
     scale, biases = float(bias[0]), [float(b) for b in np.ravel(bias[1])]
@@ -126,7 +128,7 @@ def _translate(model, spec: dict, where: str, version: str) -> Translated:
     if objective is None:
         raise WhystreamError(f"{where}: loss_function {loss or '(none)'} is not one whystream explains "
                              f"({', '.join([*_OBJECTIVES, 'MultiClass'])})")
-    codes = _one_hot_codes(model, spec, cats, n_features, where)
+    codes = _one_hot_codes(model, spec, cats, names, where)
     trees = []
     for t, tree in enumerate(spec["oblivious_trees"]):
         levels = [_split(s, floats, cats, codes.get((t, d))) for d, s in enumerate(tree["splits"])]
@@ -172,7 +174,7 @@ def _full_tree(levels: list[tuple], values: np.ndarray, weights: np.ndarray) -> 
     return node(len(levels) - 1, 0)[0]
 
 
-def _one_hot_codes(model, spec: dict, cats: dict, n_features: int, where: str) -> dict:
+def _one_hot_codes(model, spec: dict, cats: dict, names: list[str], where: str) -> dict:
     """{(tree, depth): the integer codes CatBoost sends to bit 1} for every one-hot split."""
     wanted = [(t, d, s) for t, tree in enumerate(spec["oblivious_trees"]) for d, s in enumerate(tree["splits"])
               if s["split_type"] == "OneHotFeature"]
@@ -181,14 +183,13 @@ def _one_hot_codes(model, spec: dict, cats: dict, n_features: int, where: str) -
     from catboost import Pool
 
     rows = np.arange(MAX_CODE + 1)
-    names = list(model.feature_names_) or [f"Column_{i}" for i in range(n_features)]
-    frame = _frame(np.zeros((len(rows), n_features)), names, _cat_columns(cats), rows)
+    frame = _frame(np.zeros((len(rows), len(names))), names, _cat_columns(cats), rows)
     leaves = model.calc_leaf_indexes(Pool(frame, cat_features=_cat_columns(cats)))
     codes = {}
     for t, d, s in wanted:
         hit = frozenset(rows[(leaves[:, t] >> d) & 1 == 1].tolist())
         if not hit:
-            name = model.feature_names_[cats[s["cat_feature_index"]]["flat_feature_index"]]
+            name = names[cats[s["cat_feature_index"]]["flat_feature_index"]]
             raise WhystreamError(f"{where}: categorical feature {name} was trained on a category that is not an "
                                  f"integer code 0..{MAX_CODE}; whystream's events carry integer codes")
         codes[(t, d)] = hit
@@ -208,11 +209,14 @@ def _frame(X: np.ndarray, names: list[str], cat_columns: list[int], codes: np.nd
 
 def _own(model, names: list[str], cat_columns: list[int], n_out: int):
     def own(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from catboost import Pool
+        from catboost import CatBoostError, Pool
 
-        pool = Pool(_frame(np.asarray(X, dtype=np.float64), names, cat_columns), cat_features=cat_columns)
-        raw = np.asarray(model.predict(pool, prediction_type="RawFormulaVal"), dtype=np.float64)
-        shap = np.asarray(model.get_feature_importance(pool, type="ShapValues"), dtype=np.float64)
+        try:
+            pool = Pool(_frame(np.asarray(X, dtype=np.float64), names, cat_columns), cat_features=cat_columns)
+            raw = np.asarray(model.predict(pool, prediction_type="RawFormulaVal"), dtype=np.float64)
+            shap = np.asarray(model.get_feature_importance(pool, type="ShapValues"), dtype=np.float64)
+        except CatBoostError as exc:
+            raise WhystreamError(f"CatBoost refuses the rows: {_first_line(exc)}") from None
         return raw.reshape(len(X), n_out), shap.reshape(len(X), n_out, -1)
 
     return own

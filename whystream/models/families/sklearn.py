@@ -172,9 +172,15 @@ def translate_model(model, where: str) -> Translated:
 
 def _own(model, translator, classifier: bool, n_out: int, booster: lgb.Booster):
     def own(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            return raw_and_shap(np.asarray(X, dtype=np.float64))
+        except ValueError as exc:  # e.g. GradientBoosting refuses missing values
+            raise WhystreamError(f"scikit-learn's {type(model).__name__} refuses the rows: {_first_line(exc)}") \
+                from None
+
+    def raw_and_shap(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import shap
 
-        X = np.asarray(X, dtype=np.float64)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "X does not have valid feature names", shap's notices
             if translator is translate.forest:

@@ -116,6 +116,8 @@ def test_gradient_boosting_predicts_bitwise_and_explains_as_shap(kind, tmp_path)
     pred, shap = exactness(translated, rows)
     assert pred == 0.0  # init first, then learning_rate * value stage by stage: scikit-learn's order
     assert shap <= 1e-9
+    with pytest.raises(WhystreamError, match=r"^scikit-learn's Gradient\w+ refuses the rows: Input X contains NaN"):
+        translated.own(np.vstack([rows[:2], [[0.0, np.nan, 1.0, 2.0]]]))
 
 
 def _hgb_categorical(X, s):
