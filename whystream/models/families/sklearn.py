@@ -41,7 +41,9 @@ multiclass logits: `multiclass`, regression losses as LightGBM names them).
 private `_raw_predict` for the boosters, as shap reads `_baseline_prediction`)
 and shap's TreeExplainer.  Where shap itself differs: it refuses multiclass
 GradientBoosting (there, per class, the sum of shap's explanations of each
-stage's tree times the learning rate), and it routes HistGradientBoosting's
+stage's tree times the learning rate), takes the exponential loss's base score for
+the log-odds prior where scikit-learn's is half of it (there too, per stage), and
+it routes HistGradientBoosting's
 categorical splits by their meaningless numeric threshold on the unencoded
 columns (there, `own` SHAP is LightGBM's pred_contrib of the translation; the
 tests check those against a brute-force Shapley computation on scikit-learn's own
@@ -192,7 +194,7 @@ def _own(model, translator, classifier: bool, n_out: int, booster: lgb.Booster):
             raw = raw[:, 1:] if raw.shape[1] == 2 and n_out == 1 else raw
             if translator is translate.hist_gradient_boosting and model._preprocessor is not None:
                 contrib = booster.predict(X, pred_contrib=True).reshape(len(X), n_out, -1)
-            elif translator is translate.gradient_boosting and n_out > 1:
+            elif translator is translate.gradient_boosting and (n_out > 1 or model.loss == "exponential"):
                 contrib = _stagewise_shap(model, X, raw)
             else:
                 explainer = shap.TreeExplainer(model)
@@ -209,8 +211,9 @@ def _own(model, translator, classifier: bool, n_out: int, booster: lgb.Booster):
 
 
 def _stagewise_shap(model, X: np.ndarray, raw: np.ndarray) -> np.ndarray:
-    """Multiclass GradientBoosting, which shap refuses: per class, shap's TreeExplainer of each
-    stage's regression tree times the learning rate, plus the init's constant."""
+    """GradientBoosting where shap refuses it (multiclass) or misreads its base (exponential loss):
+    per output, shap's TreeExplainer of each stage's regression tree times the learning rate,
+    plus the init's constant as scikit-learn computes it."""
     import shap
 
     n_out = model.estimators_.shape[1]

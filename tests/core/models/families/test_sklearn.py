@@ -101,6 +101,8 @@ BOOSTERS = {
                                                                          random_state=0).fit(X, s > 1),
     "gradient boosting, 3 classes": lambda X, s: GradientBoostingClassifier(
         n_estimators=6, max_depth=2, random_state=0).fit(X, np.digitize(s, [0.5, 2.0])),
+    "gradient boosting, exponential loss": lambda X, s: GradientBoostingClassifier(
+        loss="exponential", n_estimators=8, max_depth=2, random_state=0).fit(X, s > 1),
     "gradient boosting, huber, subsample": lambda X, s: GradientBoostingRegressor(
         loss="huber", n_estimators=15, subsample=0.7, random_state=0).fit(X, s),
 }
