@@ -92,7 +92,12 @@ def load(path: Path) -> Translated:
             spec = json.loads(Path(f"{tmp}/model.json").read_text())
     except Exception as exc:  # CatBoostError on a damaged file, JSONDecodeError
         raise WhystreamError(f"{where}: CatBoost cannot load it ({_first_line(exc)})") from None
-    return _translate(model, spec, where, catboost.__version__)
+    try:
+        return _translate(model, spec, where, catboost.__version__)
+    except WhystreamError:
+        raise
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:  # a JSON CatBoost took but is not whole
+        raise WhystreamError(f"{where}: damaged CatBoost model ({type(exc).__name__}: {_first_line(exc)})") from None
 
 
 def _translate(model, spec: dict, where: str, version: str) -> Translated:

@@ -107,6 +107,13 @@ def test_damaged_files_and_unexplainable_models_end_in_one_line(tmp_path):
         (tmp_path / name).write_bytes(body)
         assert "CatBoost cannot load it" in _refusal(tmp_path / name)
 
+    for i, cut in enumerate(np.linspace(4, len(data) - 1, 12).astype(int)):  # wherever the file ends
+        (tmp_path / f"cut{i}.cbm").write_bytes(data[:cut])
+        _refusal(tmp_path / f"cut{i}.cbm")
+    hollow = tmp_path / "hollow.json"  # JSON CatBoost takes, missing what a tree needs
+    hollow.write_text('{"oblivious_trees": [{"splits": [], "leaf_values": []}]}')
+    assert "damaged CatBoost model" in _refusal(hollow) or "CatBoost cannot load it" in _refusal(hollow)
+
     ctr = tmp_path / "ctr.cbm"  # 6 categories above one_hot_max_size=2: CatBoost uses CTRs
     CatBoostClassifier(iterations=10, depth=3, one_hot_max_size=2, verbose=0, thread_count=1).fit(
         frame, frame.merchant.isin([2, 5]), cat_features=["merchant"]).save_model(str(ctr))

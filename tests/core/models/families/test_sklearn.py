@@ -233,6 +233,10 @@ def test_damaged_pickled_and_untrusted_files_end_in_one_line(tmp_path):
     truncated.write_bytes(data[: len(data) // 2])
     assert "damaged skops file" in _refusal(truncated)
 
+    for i, cut in enumerate(np.linspace(10, len(data) - 1, 10).astype(int)):  # wherever the file ends
+        (tmp_path / f"cut{i}.skops").write_bytes(data[:cut])
+        assert "damaged skops file" in _refusal(tmp_path / f"cut{i}.skops")
+
     renamed = tmp_path / "model.skops"  # a pickle renamed .skops: refused, never unpickled
     renamed.write_bytes(pickle.dumps(model))
     assert family.recognises(renamed, renamed.read_bytes()[:4096])
