@@ -242,6 +242,11 @@ def test_damaged_pickled_and_untrusted_files_end_in_one_line(tmp_path):
     assert family.recognises(renamed, renamed.read_bytes()[:4096])
     assert "a pickle, which whystream never loads" in _refusal(renamed)
 
+    lightgbm_text = tmp_path / "model.txt"  # other families' files are not claimed
+    lightgbm_text.write_text("tree\nversion=v4\n")
+    assert not family.recognises(lightgbm_text, b"tree\nversion=v4\n")
+    assert not family.recognises(tmp_path / "model.json", b'{"learner": {"attributes": {}}}')
+
     text = tmp_path / "notes.skops"
     text.write_text("tree\nversion=v4\n")
     assert "not a skops file" in _refusal(text)
