@@ -56,23 +56,21 @@ class Split:
     categories: frozenset[int] | None = None  # categorical: left iff int(x) in categories; NaN right
 
 
-def le_float32(t: float) -> float:
-    """The largest double T such that x <= T exactly when float32(x) <= t."""
-    t = float(t)
-    if np.isnan(t):
+def le_float32(t):
+    """The largest double T such that x <= T exactly when float32(x) <= t; of an array, each's."""
+    t = np.asarray(t, dtype=np.float64)
+    if np.isnan(t).any():
         raise ValueError("a NaN threshold")
-    if t == np.inf:
-        return np.inf
-    with np.errstate(over="ignore"):  # beyond the float32 range: f or g is infinite, handled below
-        f = np.float32(t)
-        if float(f) > t:
-            f = np.nextafter(f, np.float32(-np.inf))
-        if f == -np.inf:
-            return -_F32_OVERFLOW
+    with np.errstate(over="ignore"):  # beyond the float32 range f or g is infinite, handled below
+        f = np.atleast_1d(t.astype(np.float32))
+        f = np.where(f.astype(np.float64) > np.atleast_1d(t), np.nextafter(f, np.float32(-np.inf)), f)
         g = np.nextafter(f, np.float32(np.inf))
-    mid = _F32_OVERFLOW if g == np.inf else (float(f) + float(g)) / 2.0  # exact: 25 significant bits
-    tie_rounds_to_f = g != np.inf and int(np.abs(f).view(np.uint32)) % 2 == 0
-    return mid if tie_rounds_to_f else float(np.nextafter(mid, -np.inf))
+        mid = np.where(np.isinf(g), _F32_OVERFLOW, (f.astype(np.float64) + g.astype(np.float64)) / 2.0)  # exact
+        tie_rounds_to_f = np.isfinite(g) & (np.abs(f).view(np.uint32) % 2 == 0)  # ties go to even mantissas
+        out = np.where(tie_rounds_to_f, mid, np.nextafter(mid, -np.inf))
+        out = np.where(f == -np.inf, -_F32_OVERFLOW, out)
+        out = np.where(np.atleast_1d(t) == np.inf, np.inf, out)
+    return float(out[0]) if t.ndim == 0 else out
 
 
 def check_feature_names(names: list[str], where: str) -> list[str]:

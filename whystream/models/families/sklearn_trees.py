@@ -29,18 +29,21 @@ _HGB_OBJECTIVES = {"squared_error": "regression", "absolute_error": "regression_
                    "gamma": "gamma", "quantile": "quantile"}
 
 
-def _tree(tree_, values: np.ndarray, *, float32: bool = True) -> Leaf | Split:
-    """One scikit-learn Tree (tree_) with leaf values `values[node]`."""
+def _tree(tree_, values: np.ndarray) -> Leaf | Split:
+    """One scikit-learn Tree (tree_) with leaf values `values[node]`; it compares float32(x)."""
     left, right = tree_.children_left, tree_.children_right
     feature, threshold, cover = tree_.feature, tree_.threshold, tree_.weighted_n_node_samples
     nan_left = getattr(tree_, "missing_go_to_left", np.zeros(len(left), dtype=np.uint8))
 
+    split = left != -1
+    thresholds = threshold.astype(np.float64)
+    thresholds[split] = le_float32(thresholds[split])
+
     def node(i: int) -> Leaf | Split:
         if left[i] == -1:
             return Leaf(float(values[i]), float(cover[i]))
-        t = le_float32(threshold[i]) if float32 else float(threshold[i])
         return Split(int(feature[i]), node(int(left[i])), node(int(right[i])), float(cover[i]),
-                     threshold=t, default_left=bool(nan_left[i]))
+                     threshold=float(thresholds[i]), default_left=bool(nan_left[i]))
 
     return node(0)
 

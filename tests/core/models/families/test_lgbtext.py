@@ -40,6 +40,8 @@ def test_le_float32_at_the_ends_of_the_float32_range():
         for x in (T, float(np.nextafter(T, np.inf)), float(np.nextafter(T, -np.inf))):
             assert (x <= T) == (_f32(x) <= t), (t, x)
     assert le_float32(np.inf) == np.inf
+    many = np.array([0.5, -0.5, 1e-40, big, -big, 1e300, 3.0, np.inf])
+    assert le_float32(many).tolist() == [le_float32(t) for t in many]  # an array: each its own
 
 
 def test_written_trees_route_and_sum_as_lightgbm_reads_them():
