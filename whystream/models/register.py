@@ -25,6 +25,7 @@ in a temporary directory and renames it into place (whystream/models/registry.py
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,14 +161,16 @@ def register_model(registry: ModelRegistry, name: str, model: str, reference: Pa
         kind = model_kind(booster.model_to_string())
     except UnsupportedModel as exc:
         raise WhystreamError(f"{model}: cannot be explained exactly: {exc}") from None
-    if kind.objective == "binary" and threshold is None:
+    if translated.output_space:  # a classifier forest: its raw score is the probability
+        kind = dataclasses.replace(kind, output_space=translated.output_space)
+    if kind.needs_threshold and threshold is None:
         raise WhystreamError(f"{model}: a binary classifier needs --threshold (the probability its decisions "
                              "are taken against)")
     if threshold is not None and not math.isfinite(threshold):
         raise WhystreamError(f"--threshold: {threshold} is not a finite number")
     if threshold is not None and kind.probability and not 0.0 < threshold < 1.0:
         raise WhystreamError(f"--threshold: {threshold} is not a probability in (0, 1), which this "
-                             f"{kind.objective} model's scores are")
+                             f"{kind.objective if kind.objective != 'custom' else kind.output_space} model's scores are")
     features = booster.feature_name()
     categorical = _declared_categorical(booster, features)
     ref = load_reference(reference, features, categorical)

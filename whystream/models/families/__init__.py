@@ -41,7 +41,8 @@ import numpy as np
 
 from whystream.errors import WhystreamError
 
-FAMILIES = ("lightgbm", "xgboost")  # modules of this package, tried in this order
+FAMILIES = ("lightgbm", "xgboost", "catboost", "sklearn")  # modules of this package, tried in this order
+# (sklearn last: it also claims pickles and .pkl / .joblib files, to refuse them with one line)
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 HEAD_BYTES = 4096
 
@@ -53,9 +54,10 @@ class Translated:
     library: str  # the library and version that wrote the file, e.g. "xgboost 3.1.2"
     # None: the output space the objective implies; "probability" for classifier forests
     output_space: str | None = None
-    # the library's own (raw predictions [n, K], contributions [n, K, F + 1], bias last) of rows
-    # [n, F]; None for LightGBM, whose text is the model itself
-    own: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+    # own(X, contributions=True): the library's own raw predictions [n, K] and contributions
+    # [n, K, F + 1] (bias last; None when contributions=False: registration checks predictions
+    # on every reference row, SHAP on a sample) of rows [n, F]; None for LightGBM's own text
+    own: Callable[..., tuple[np.ndarray, np.ndarray | None]] | None = None
     # the unit roundoff of the arithmetic `own` adds trees in: 0 for float64 (compared within
     # 1e-6), 2^-24 for float32 (XGBoost: the tolerance grows with the number of additions)
     own_roundoff: float = 0.0

@@ -77,8 +77,10 @@ def from_booster(booster) -> Translated:
     n_iter = booster.num_trees() // K
     folded = lgb.Booster(model_str=fold_average(text, n_iter))
 
-    def own(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def own(X: np.ndarray, contributions: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         raw = np.asarray(booster.predict(X, raw_score=True)).reshape(len(X), K) / n_iter
+        if not contributions:
+            return raw, None
         contrib = np.asarray(booster.predict(X, pred_contrib=True)).reshape(len(X), K, -1) / n_iter
         return raw, contrib
 
