@@ -1,9 +1,11 @@
-"""XGBoost models end to end on the embedded stack: an XGBoost multiclass model (native
-categorical splits, missing values) and an XGBoost challenger to a LightGBM champion,
+"""XGBoost and scikit-learn models end to end on the embedded stack: an XGBoost multiclass
+model (native categorical splits, missing values), an XGBoost challenger to a LightGBM
+champion and a scikit-learn RandomForest classifier (skops, explained in probability),
 registered with the real CLI; PredictionEvents sent by examples/produce_predictions.py;
-a real `whystream worker` (which never imports xgboost: it reads the stored LightGBM
-text) explains them; the explanations, decoded from the topic with the .avsc alone, are
-XGBoost's own margins and pred_contribs (within float32) and the champion's LightGBM SHAP;
+a real `whystream worker` (which never imports xgboost or scikit-learn: it reads the
+stored LightGBM text) explains them; the explanations, decoded from the topic with the
+.avsc alone, are XGBoost's own margins and pred_contribs (within float32), the champion's
+LightGBM SHAP and the forest's probability and shap TreeExplainer values;
 stored in ClickHouse (chDB) as the sink stores them, `verify` recomputes every one."""
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
+import shap
+import skops.io as sio
+from sklearn.ensemble import RandomForestClassifier
 from test_byo_stream import avsc_decoder
 from test_worker import Worker
 
 from support import REPO
 from support.cli import cli, write_csv
-from support.objective_models import FEATURES, make_rows
+from support.objective_models import FEATURES, make_rows, target
 from support.objective_models import train as train_lightgbm
 from support.xgboost_models import own
 from support.xgboost_models import train as train_xgboost
@@ -45,8 +51,13 @@ def registered(engine_settings, tmp_path):
     boosters["credit"].save_model(str(root / "credit.txt"))
     boosters["credit~xgb"].save_model(str(root / "credit.ubj"))
     boosters["tiers"].save_model(str(root / "tiers.json"))
+    X = make_rows(1200, 3)
+    boosters["forest"] = RandomForestClassifier(10, max_depth=5, random_state=0).fit(
+        pd.DataFrame(X, columns=FEATURES), target("binary", X, 4))
+    sio.dump(boosters["forest"], root / "forest.skops")
     registry = root / "registry"
-    for argv in (["credit", str(root / "credit.txt"), "--threshold", "0.5"],
+    for argv in (["forest", str(root / "forest.skops"), "--threshold", "0.5"],
+                 ["credit", str(root / "credit.txt"), "--threshold", "0.5"],
                  ["credit", str(root / "credit.ubj"), "--threshold", "0.5", "--challenger-of", "credit"],
                  ["tiers", str(root / "tiers.json")]):
         code, out = cli(registry, "register", *argv, "--reference", str(reference))
@@ -57,13 +68,14 @@ def registered(engine_settings, tmp_path):
 def test_xgboost_models_and_an_xgboost_challenger_through_a_real_worker(registered, tmp_path, db):
     settings, boosters = registered
     registry = ModelRegistry(settings.registry)
-    champion, tiers = registry.load("credit"), registry.load("tiers")
+    champion, tiers, forest = registry.load("credit"), registry.load("tiers"), registry.load("forest")
     challenger = registry.load("credit", registry.challenger("credit"))
-    assert (champion.family, challenger.family, tiers.family) == ("lightgbm", "xgboost", "xgboost")
-    rows = make_rows(16, 77)
+    assert (champion.family, challenger.family, tiers.family, forest.family) == (
+        "lightgbm", "xgboost", "xgboost", "sklearn")
+    rows = make_rows(20, 77)
     events = []
     for i, x in enumerate(rows):
-        model = champion if i < 8 else tiers
+        model = champion if i < 8 else tiers if i < 16 else forest
         events.append({"model": model.name, "version": model.version, "prediction_id": f"{model.name}-{i}",
                        "features": {f: (None if np.isnan(v) else float(v)) for f, v in zip(FEATURES, x)},
                        "score": 0.7, "decision": "decline" if i % 2 else "approve", "threshold": 0.5,
@@ -94,11 +106,15 @@ def test_xgboost_models_and_an_xgboost_challenger_through_a_real_worker(register
     finally:
         worker.kill()
     assert len(found) == len(events) + 8, sorted(found)
-    assert "lightgbm" in maps and "xgboost" not in maps  # XGBoost's library never loaded by the worker
+    assert "lightgbm" in maps and "xgboost" not in maps and "sklearn" not in maps  # nor a family's library
 
     by_id = {e["prediction_id"]: (i, e) for i, e in enumerate(events)}
     raw_xgb, contrib_xgb = own(boosters["credit~xgb"], rows[:8])
-    raw_tiers, contrib_tiers = own(boosters["tiers"], rows[8:])
+    raw_tiers, contrib_tiers = own(boosters["tiers"], rows[8:16])
+    forest_rows = pd.DataFrame(rows[16:], columns=FEATURES)
+    proba = boosters["forest"].predict_proba(forest_rows)[:, 1]
+    explainer = shap.TreeExplainer(boosters["forest"])
+    forest_shap = np.asarray(explainer.shap_values(forest_rows))[:, :, 1]
     lgb_contrib = boosters["credit"].predict(rows[:8], pred_contrib=True)
     for pid, e in found.items():
         assert e["source"] == "LIVE", (pid, e["source"])
@@ -108,6 +124,11 @@ def test_xgboost_models_and_an_xgboost_challenger_through_a_real_worker(register
             i, _ = by_id[e["champion_prediction_id"]]
             assert pid == f"{e['champion_prediction_id']}~{challenger.version}" and e["output_space"] == "raw_margin"
             expected_raw, expected = raw_xgb[i, 0], contrib_xgb[i, 0]
+        elif e["model_name"] == "forest":  # the forest: the probability and shap's values, in probability space
+            i, _ = by_id[pid]
+            assert e["output_space"] == "probability" and abs(e["raw_score"] - proba[i - 16]) <= 1e-12
+            np.testing.assert_allclose(phi, [*forest_shap[i - 16], explainer.expected_value[1]], rtol=0, atol=1e-9)
+            continue
         elif e["model_name"] == "credit":  # the LightGBM champion: exact
             i, _ = by_id[pid]
             np.testing.assert_allclose(phi, lgb_contrib[i], rtol=0, atol=1e-9)

@@ -45,6 +45,7 @@ FAMILIES = ("lightgbm", "xgboost", "catboost", "sklearn")  # modules of this pac
 # (sklearn last: it also claims pickles and .pkl / .joblib files, to refuse them with one line)
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 HEAD_BYTES = 4096
+_XGBOOST_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")  # "[12:00:00] src/file.cc:42: " before its messages
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def _load_mlflow(uri: str) -> Translated:
     try:
         flavors = get_model_info(uri).flavors
     except Exception as exc:  # MlflowException and friends: no such model, no such run
-        raise WhystreamError(f"{uri}: MLflow cannot load it ({_first_line(exc)})") from None
+        raise WhystreamError(f"{uri}: MLflow cannot load it ({first_line(exc)})") from None
     for name in FAMILIES:
         family = _family(name)
         if getattr(family, "MLFLOW_FLAVOR", None) in flavors:
@@ -134,13 +135,15 @@ def probe(path: Path, load_code: str, library: str) -> None:
     if said:
         why = said[-1].strip().removeprefix("[LightGBM] ")
         why = why.split("Error: ", 1)[-1]  # the exception's class
-        why = re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", why)  # XGBoost's "[time] file.cc:line: "
+        why = _XGBOOST_PREFIX.sub("", why)
     else:
         why = (f"the loader died with signal {-run.returncode}" if run.returncode < 0
                else f"the loader exited with status {run.returncode}")
     raise WhystreamError(f"model file {path}: {library} cannot load it, truncated or damaged ({why[:300]})")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
+def first_line(exc: BaseException) -> str:
+    """What a library's exception says, as one line of at most 300 characters (without a
+    log prefix such as XGBoost's "[12:00:00] src/file.cc:42: ")."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return _XGBOOST_PREFIX.sub("", lines[0] if lines else type(exc).__name__)[:300]

@@ -54,7 +54,7 @@ import lightgbm as lgb
 import numpy as np
 
 from whystream.errors import WhystreamError
-from whystream.models.families import Translated
+from whystream.models.families import Translated, first_line
 from whystream.models.families.lgbtext import Leaf, Split, check_feature_names, le_float32, model_text
 
 MAX_CODE = 4095  # one-hot categories are matched against the integer codes 0..MAX_CODE
@@ -84,20 +84,20 @@ def load(path: Path) -> Translated:
         try:
             json.loads(path.read_bytes())
         except (ValueError, UnicodeDecodeError) as exc:
-            raise WhystreamError(f"{where}: CatBoost cannot load it (not complete JSON: {_first_line(exc)})") from None
+            raise WhystreamError(f"{where}: CatBoost cannot load it (not complete JSON: {first_line(exc)})") from None
     try:
         model.load_model(str(path), format=fmt)
         with tempfile.TemporaryDirectory(prefix="whystream-catboost-") as tmp:
             model.save_model(f"{tmp}/model.json", format="json")
             spec = json.loads(Path(f"{tmp}/model.json").read_text())
     except Exception as exc:  # CatBoostError on a damaged file, JSONDecodeError
-        raise WhystreamError(f"{where}: CatBoost cannot load it ({_first_line(exc)})") from None
+        raise WhystreamError(f"{where}: CatBoost cannot load it ({first_line(exc)})") from None
     try:
         return _translate(model, spec, where, catboost.__version__)
     except WhystreamError:
         raise
     except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:  # a JSON CatBoost took but is not whole
-        raise WhystreamError(f"{where}: damaged CatBoost model ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise WhystreamError(f"{where}: damaged CatBoost model ({type(exc).__name__}: {first_line(exc)})") from None
 
 
 def _translate(model, spec: dict, where: str, version: str) -> Translated:
@@ -222,12 +222,7 @@ def _own(model, names: list[str], cat_columns: list[int], n_out: int):
             shap = np.asarray(model.get_feature_importance(pool, type="ShapValues"), dtype=np.float64) \
                 if contributions else None
         except CatBoostError as exc:
-            raise WhystreamError(f"CatBoost refuses the rows: {_first_line(exc)}") from None
+            raise WhystreamError(f"CatBoost refuses the rows: {first_line(exc)}") from None
         return raw.reshape(len(X), n_out), None if shap is None else shap.reshape(len(X), n_out, -1)
 
     return own
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]

@@ -15,10 +15,10 @@ sends x left iff int(x) is in the split's category bitset, NaN and negative x ri
 
 Covers: LightGBM reads `leaf_count` / `internal_count` as int32 (a fraction such as
 XGBoost's hessian sum 75.74515 is read back as 0), and TreeSHAP only uses their ratios.
-A tree whose covers are all whole numbers that fit (node sample counts) is written as
-it is: exact. Any other tree is scaled so that its root is 2^30 and rounded: every ratio
-holds to within 2^-31 relative (XGBoost itself keeps covers as float32, 2^-24); a cover
-that was not zero never rounds to zero, one that was stays zero.
+A tree whose covers are all positive whole numbers that fit (node sample counts) is
+written as it is: exact. Any other tree is scaled so that its root is 2^30 and rounded:
+every ratio holds to within 2^-31 relative (XGBoost itself keeps covers as float32,
+2^-24), and no count is zero (`_counts` says why).
 
 Thresholds of families that compare float32(x) (rounding to float32 is monotone, so the
 x that round to at most a float32 f are an interval ending at the midpoint between f and
@@ -107,22 +107,27 @@ def check_feature_names(names: list[str], where: str) -> list[str]:
     return list(names)
 
 
-def _counts(root: Leaf | Split):
-    """count(c) -> LightGBM's integer for cover c of this tree (the module docstring's rule)."""
-    covers = []
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        covers.append(node.count)
-        if isinstance(node, Split):
-            stack += [node.left, node.right]
-    c = np.asarray(covers, dtype=np.float64)
-    if np.all(c == np.round(c)) and c.min(initial=0) >= 0 and c.max(initial=0) <= _MAX_COUNT:
-        return lambda cover: str(int(cover))
-    if not (root.count > 0 and np.isfinite(root.count)):
-        raise ValueError(f"root cover {root.count}")
-    scale = ROOT_COUNT / root.count
-    return lambda cover: str(0 if cover == 0 else max(1, min(_MAX_COUNT, round(cover * scale))))
+def _counts(splits: list[Split], leaves: list[Leaf], children: list[list[int]]) -> tuple[list[int], list[int]]:
+    """LightGBM's integer counts (internal, leaf) of one tree's nodes in pre-order (the module
+    docstring's rule). No count is zero: a zero cover (CatBoost's leaves that no training row
+    reached) makes LightGBM's TreeSHAP, and the kernel's, divide 0 by 0 (NaN SHAP values for
+    every row, checked). Such a leaf counts 1 of a root of 2^30, a split covering nothing the
+    leaves below it: at most a few 2^-30 of the tree's weight in any expectation (CatBoost's
+    own ShapValues skips them; their leaves hold 0)."""
+    internal = np.array([s.count for s in splits], dtype=np.float64)
+    leaf = np.array([x.count for x in leaves], dtype=np.float64)
+    covers = np.concatenate([internal, leaf])
+    if np.all(covers == np.round(covers)) and covers.min(initial=1) >= 1 and covers.max(initial=0) <= _MAX_COUNT:
+        return internal.astype(np.int64).tolist(), leaf.astype(np.int64).tolist()
+    if not (internal[0] > 0 and np.isfinite(internal[0])):
+        raise ValueError(f"root cover {internal[0]}")
+    scale = ROOT_COUNT / internal[0]
+    leaf_counts = np.clip(np.round(leaf * scale), 1, _MAX_COUNT).astype(np.int64)
+    counts = np.clip(np.round(internal * scale), 0, _MAX_COUNT).astype(np.int64)
+    for i in reversed(range(len(splits))):  # children after parents: a split covering nothing counts its leaves
+        if counts[i] == 0:
+            counts[i] = sum(leaf_counts[~c] if c < 0 else counts[c] for c in children[i])
+    return counts.tolist(), leaf_counts.tolist()
 
 
 def _tree_text(index: int, root: Leaf | Split) -> str:
@@ -130,7 +135,6 @@ def _tree_text(index: int, root: Leaf | Split) -> str:
         return (f"Tree={index}\nnum_leaves=1\nnum_cat=0\nsplit_feature=\nsplit_gain=\nthreshold=\ndecision_type=\n"
                 f"left_child=\nright_child=\nleaf_value={float(root.value)!r}\nleaf_weight=\nleaf_count=0\n"
                 "internal_value=\ninternal_weight=\ninternal_count=\nis_linear=0\nshrinkage=1\n\n\n")
-    count = _counts(root)
     splits: list[Split] = []
     leaves: list[Leaf] = []
     children: list[list[int]] = []
@@ -160,6 +164,7 @@ def _tree_text(index: int, root: Leaf | Split) -> str:
             dtypes.append(_DT_CATEGORICAL | _DT_MISSING_NAN)
             words += [str(int(w)) for w in bits]
             bounds.append(len(words))
+    internal_counts, leaf_counts = _counts(splits, leaves, children)
     n_cat = len(bounds) - 1
     lines = [
         f"Tree={index}", f"num_leaves={len(leaves)}", f"num_cat={n_cat}",
@@ -171,10 +176,10 @@ def _tree_text(index: int, root: Leaf | Split) -> str:
         "right_child=" + " ".join(str(c[1]) for c in children),
         "leaf_value=" + " ".join(repr(float(leaf.value)) for leaf in leaves),
         "leaf_weight=" + " ".join("0" for _ in leaves),
-        "leaf_count=" + " ".join(count(leaf.count) for leaf in leaves),
+        "leaf_count=" + " ".join(map(str, leaf_counts)),
         "internal_value=" + " ".join("0" for _ in splits),
         "internal_weight=" + " ".join("0" for _ in splits),
-        "internal_count=" + " ".join(count(s.count) for s in splits),
+        "internal_count=" + " ".join(map(str, internal_counts)),
     ]
     if n_cat:
         lines += ["cat_boundaries=" + " ".join(str(b) for b in bounds), "cat_threshold=" + " ".join(words)]

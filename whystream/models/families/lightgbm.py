@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from whystream.errors import WhystreamError
-from whystream.models.families import Translated, probe
+from whystream.models.families import Translated, first_line, probe
 
 
 MLFLOW_FLAVOR = "lightgbm"
@@ -104,8 +104,3 @@ def fold_average(text: str, n_iter: int) -> str:
 
 def _probe(path: Path) -> None:
     probe(path, "import lightgbm\nlightgbm.Booster(model_file=sys.argv[1])", "LightGBM")
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]

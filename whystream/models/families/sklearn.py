@@ -61,7 +61,7 @@ import lightgbm as lgb
 import numpy as np
 
 from whystream.errors import UnsupportedModel, WhystreamError
-from whystream.models.families import Translated
+from whystream.models.families import Translated, first_line
 from whystream.models.families import sklearn_trees as translate
 from whystream.models.families.lgbtext import check_feature_names, model_text
 
@@ -131,7 +131,7 @@ def _load_skops(path: Path, where: str):
     try:
         untrusted = sio.get_untrusted_types(file=path)
     except Exception as exc:  # BadZipFile, a missing or malformed schema.json, ...
-        raise WhystreamError(f"{where}: damaged skops file ({_first_line(exc)})") from None
+        raise WhystreamError(f"{where}: damaged skops file ({first_line(exc)})") from None
     refused = [t for t in untrusted if t not in TRUSTED]
     if refused:
         raise WhystreamError(f"{where}: holds type {refused[0]}, which whystream does not trust (only scikit-learn's "
@@ -141,7 +141,7 @@ def _load_skops(path: Path, where: str):
             warnings.simplefilter("ignore")  # e.g. InconsistentVersionWarning: the translation is checked
             return sio.load(path, trusted=list(untrusted))
     except Exception as exc:
-        raise WhystreamError(f"{where}: damaged skops file ({_first_line(exc)})") from None
+        raise WhystreamError(f"{where}: damaged skops file ({first_line(exc)})") from None
 
 
 def translate_model(model, where: str) -> Translated:
@@ -164,7 +164,7 @@ def translate_model(model, where: str) -> Translated:
     except UnsupportedModel as exc:
         raise UnsupportedModel(f"{where}: {exc}") from None
     except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
-        raise WhystreamError(f"{where}: damaged {name} ({_first_line(exc)})") from None
+        raise WhystreamError(f"{where}: damaged {name} ({first_line(exc)})") from None
     text = model_text(trees, feature_names=names, objective=objective, n_outputs=n_out, categorical=categorical)
     booster = lgb.Booster(model_str=text)
     version = getattr(model, "_sklearn_version", sklearn.__version__)
@@ -178,7 +178,7 @@ def _own(model, translator, classifier: bool, n_out: int, booster: lgb.Booster):
         try:
             return raw_and_shap(np.asarray(X, dtype=np.float64), contributions)
         except ValueError as exc:  # e.g. GradientBoosting refuses missing values
-            raise WhystreamError(f"scikit-learn's {type(model).__name__} refuses the rows: {_first_line(exc)}") \
+            raise WhystreamError(f"scikit-learn's {type(model).__name__} refuses the rows: {first_line(exc)}") \
                 from None
 
     def raw_and_shap(X: np.ndarray, contributions: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -245,7 +245,7 @@ def load_mlflow(uri: str) -> Translated:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
             spec = yaml.safe_load((local / "MLmodel").read_text())
         except Exception as exc:  # MlflowException: no such model or run; no MLmodel file
-            raise WhystreamError(f"{uri}: MLflow cannot load it ({_first_line(exc)})") from None
+            raise WhystreamError(f"{uri}: MLflow cannot load it ({first_line(exc)})") from None
         flavor = (spec or {}).get("flavors", {}).get("sklearn")
         if not flavor:
             raise WhystreamError(f"{uri}: not an mlflow.sklearn model")
@@ -255,8 +255,3 @@ def load_mlflow(uri: str) -> Translated:
                                  "loads; log it with mlflow.sklearn.log_model(..., serialization_format='skops')")
         model = _load_skops(local / flavor["pickled_model"], uri)
         return translate_model(model, uri)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]

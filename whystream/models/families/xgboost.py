@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from whystream.errors import WhystreamError
-from whystream.models.families import Translated, probe
+from whystream.models.families import Translated, first_line, probe
 from whystream.models.families.lgbtext import Leaf, Split, lt_float32, model_text
 
 # XGBoost objective -> (LightGBM objective line, base score's ProbToMargin)
@@ -92,13 +92,13 @@ def load(path: Path) -> Translated:
         model = json.loads(booster.save_raw(raw_format="json"))
     except Exception as exc:  # XGBoostError on a truncated or damaged file
         raise WhystreamError(f"model file {path}: XGBoost cannot load it, truncated or damaged "
-                             f"({_first_line(exc)})") from None
+                             f"({first_line(exc)})") from None
     booster.set_param({"nthread": 1})
     try:
         text, K = translate(model, str(path))
     except (KeyError, IndexError, TypeError, ValueError, RecursionError) as exc:  # not trees as XGBoost writes them
         raise WhystreamError(f"model file {path}: damaged XGBoost model ({type(exc).__name__}: "
-                             f"{_first_line(exc)})") from None
+                             f"{first_line(exc)})") from None
     import lightgbm as lgb
 
     version = ".".join(map(str, model.get("version", [])))
@@ -146,7 +146,7 @@ def load_mlflow(uri: str) -> Translated:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
             flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["xgboost"]
         except Exception as exc:  # MlflowException, OSError, a malformed MLmodel
-            raise WhystreamError(f"{uri}: MLflow cannot load it as an XGBoost model ({_first_line(exc)})") from None
+            raise WhystreamError(f"{uri}: MLflow cannot load it as an XGBoost model ({first_line(exc)})") from None
         data = (local / str(flavor.get("data", ""))).resolve()
         if not data.is_file() or local.resolve() not in data.parents:
             raise WhystreamError(f"{uri}: the xgboost flavor names no model file inside the model ({flavor.get('data')})")
@@ -241,9 +241,3 @@ def _tree(tree: dict, weight: float, where: str) -> Leaf | Split:
         return Split(f, inner, half, c, threshold=math.inf)
 
     return emit(0, 1.0)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    text = lines[0] if lines else type(exc).__name__
-    return text.split(": ", 1)[-1][:300] if text.startswith("[") else text[:300]

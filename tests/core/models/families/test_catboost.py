@@ -85,7 +85,9 @@ def test_catboost_predicts_bitwise_and_explains_as_catboost(kind, tmp_path):
         assert translated.family == "catboost" and translated.library.startswith("catboost ")
         pred, shap = exactness(translated, rows)
         assert pred == 0.0, (path.name, pred)  # the trees in order, the bias last: CatBoost's sum
-        assert shap <= 1e-9, (path.name, shap)
+        # empty leaves (no training row) count 1 of a root of 2^30 (lgbtext: a zero cover makes TreeSHAP divide
+        # 0 by 0), where CatBoost skips them: ~1e-8 apart; CatBoost models without empty leaves agree to ~1e-16
+        assert shap <= 1e-7, (path.name, shap)
 
 
 def _refusal(path) -> str:

@@ -101,15 +101,21 @@ def test_feature_names_lightgbm_cannot_hold_are_refused():
             raise AssertionError(bad)
 
 
-def test_whole_covers_are_written_as_they_are_and_zero_stays_zero():
-    # sample counts are exact; a tiny weighted cover never rounds to 0, a zero one (CatBoost's empty leaf) stays 0
-    exact = Split(0, Leaf(1.0, 0), Leaf(2.0, 7), 7, threshold=0.0)
-    weighted = Split(0, Leaf(1.0, 1e-12), Split(0, Leaf(2.0, 0.0), Leaf(3.0, 0.5), 0.5, threshold=1.0), 0.5 + 1e-12,
-                     threshold=0.0)
-    info = lgb.Booster(model_str=model_text([exact, weighted], feature_names=["a"], objective=None)).dump_model()
+def test_whole_covers_are_written_as_they_are_and_no_count_is_zero():
+    # sample counts are exact; a zero cover (CatBoost's empty leaves, a subtree that covers nothing) would make
+    # TreeSHAP divide 0 by 0: the tree is scaled and those count 1 (a split: the leaves below it)
+    exact = Split(0, Leaf(1.0, 3), Leaf(2.0, 7), 10, threshold=0.0)
+    empty = Split(0, Leaf(1.0, 0), Split(0, Leaf(2.0, 8), Split(1, Leaf(0.0, 0), Leaf(0.0, 0), 0, threshold=0.0), 8,
+                                          threshold=1.0), 8, threshold=0.0)
+    text = model_text([exact, empty], feature_names=["a", "b"], objective=None)
+    info = lgb.Booster(model_str=text).dump_model()
     one, two = (t["tree_structure"] for t in info["tree_info"])
-    assert (one["internal_count"], one["left_child"]["leaf_count"], one["right_child"]["leaf_count"]) == (7, 0, 7)
-    assert two["left_child"]["leaf_count"] == 1 and two["right_child"]["left_child"]["leaf_count"] == 0
+    assert (one["internal_count"], one["left_child"]["leaf_count"], one["right_child"]["leaf_count"]) == (10, 3, 7)
+    hollow = two["right_child"]["right_child"]
+    assert (two["internal_count"], two["left_child"]["leaf_count"], hollow["internal_count"],
+            hollow["left_child"]["leaf_count"], hollow["right_child"]["leaf_count"]) == (2 ** 30, 1, 2, 1, 1)
+    X = np.array([[-1.0, 0.0], [0.5, 0.0], [2.0, -1.0], [2.0, 1.0]])
+    assert not np.isnan(lgb.Booster(model_str=text).predict(X, pred_contrib=True)).any()
 
 
 def test_a_shared_subtree_is_written_twice_in_pre_order():
