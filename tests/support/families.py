@@ -1,10 +1,13 @@
 """Checks shared by the model-family tests: a translation against the library's own
-predictions and SHAP, and rows that sit exactly on (and a float beside) each split."""
+predictions and SHAP, rows that sit exactly on (and a float beside) each split, and a
+refusal that is one line."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from whystream.errors import WhystreamError
 from whystream.models.families import Translated
 from whystream.treeshap import TreeShap
 
@@ -49,3 +52,12 @@ def on_the_splits(base: np.ndarray, points: dict[int, set[float]], limit: int = 
     if len(rows) > limit:
         rows = rows[np.random.default_rng(0).choice(len(rows), limit, replace=False)]
     return np.vstack([base, rows])
+
+
+def refusal(family, path) -> str:
+    """What `family.load(path)` refuses it with: one line, starting with the file's name."""
+    with pytest.raises(WhystreamError) as caught:
+        family.load(path)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"model file {path}: ")
+    return message

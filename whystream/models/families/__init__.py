@@ -94,11 +94,12 @@ def _known() -> str:
 
 
 def _hint(head: bytes) -> str:
-    if head.startswith(b"\x80") or head[:2] in (b"PK",):
+    if head.startswith(b"\x80") or head[:2] in (b"PK",):  # pickles the sklearn family did not claim; zips
         return "a pickle or an archive is never loaded: save the model in its library's own format"
     if not head:
         return "the file is empty"
-    return "save it with the library's save_model (LightGBM: Booster.save_model; XGBoost: Booster.save_model('m.json'))"
+    return ("save it as its library does (LightGBM: Booster.save_model; XGBoost: Booster.save_model('m.json'); "
+            "scikit-learn: skops.io.dump(model, 'm.skops'); CatBoost: model.save_model('m.cbm'))")
 
 
 def _load_mlflow(uri: str) -> Translated:

@@ -11,9 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from catboost import CatBoostClassifier, CatBoostRegressor
-from support.families import exactness, on_the_splits
+from support.families import exactness, on_the_splits, refusal
 
-from whystream.errors import WhystreamError
 from whystream.models.families import catboost as family
 from whystream.models.families import sklearn as sklearn_family
 from whystream.models.families.lgbtext import le_float32
@@ -90,14 +89,6 @@ def test_catboost_predicts_bitwise_and_explains_as_catboost(kind, tmp_path):
         assert shap <= 1e-7, (path.name, shap)
 
 
-def _refusal(path) -> str:
-    with pytest.raises(WhystreamError) as caught:
-        family.load(path)
-    message = str(caught.value)
-    assert "\n" not in message and message.startswith(f"model file {path}: ")
-    return message
-
-
 def test_damaged_files_and_unexplainable_models_end_in_one_line(tmp_path):
     frame, s = _frame(n=300)
     good = tmp_path / "good.cbm"
@@ -107,27 +98,27 @@ def test_damaged_files_and_unexplainable_models_end_in_one_line(tmp_path):
     for name, body in [("truncated.cbm", data[: len(data) // 2]), ("garbage.cbm", b"CBM1" + b"\x07" * 300),
                        ("truncated.json", b'{"features_info": {"float_features": [')]:
         (tmp_path / name).write_bytes(body)
-        assert "CatBoost cannot load it" in _refusal(tmp_path / name)
+        assert "CatBoost cannot load it" in refusal(family, tmp_path / name)
 
     for i, cut in enumerate(np.linspace(4, len(data) - 1, 12).astype(int)):  # wherever the file ends
         (tmp_path / f"cut{i}.cbm").write_bytes(data[:cut])
-        _refusal(tmp_path / f"cut{i}.cbm")
+        refusal(family, tmp_path / f"cut{i}.cbm")
     hollow = tmp_path / "hollow.json"  # JSON CatBoost takes, missing what a tree needs
     hollow.write_text('{"oblivious_trees": [{"splits": [], "leaf_values": []}]}')
-    assert "damaged CatBoost model" in _refusal(hollow) or "CatBoost cannot load it" in _refusal(hollow)
+    assert "damaged CatBoost model" in refusal(family, hollow) or "CatBoost cannot load it" in refusal(family, hollow)
 
     ctr = tmp_path / "ctr.cbm"  # 6 categories above one_hot_max_size=2: CatBoost uses CTRs
     CatBoostClassifier(iterations=10, depth=3, one_hot_max_size=2, verbose=0, thread_count=1, allow_writing_files=False).fit(
         frame, frame.merchant.isin([2, 5]), cat_features=["merchant"]).save_model(str(ctr))
-    assert "CTR-based categorical features" in _refusal(ctr)
+    assert "CTR-based categorical features" in refusal(family, ctr)
 
     lossguide = tmp_path / "lossguide.cbm"
     CatBoostRegressor(iterations=3, grow_policy="Lossguide", verbose=0, thread_count=1, allow_writing_files=False).fit(
         frame.drop(columns=["merchant"]), s).save_model(str(lossguide))
-    assert "non-symmetric trees" in _refusal(lossguide)
+    assert "non-symmetric trees" in refusal(family, lossguide)
 
     names = tmp_path / "names.cbm"  # categories trained as names: an event's integer code cannot name them
     named = frame.assign(merchant=frame.merchant.map(lambda c: f"shop-{c}"))
     CatBoostClassifier(iterations=5, depth=3, one_hot_max_size=10, verbose=0, thread_count=1, allow_writing_files=False).fit(
         named, s > 1, cat_features=["merchant"]).save_model(str(names))
-    assert "not an integer code" in _refusal(names)
+    assert "not an integer code" in refusal(family, names)

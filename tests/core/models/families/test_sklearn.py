@@ -26,7 +26,7 @@ from sklearn.ensemble import (
 )
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import FunctionTransformer
-from support.families import exactness, on_the_splits
+from support.families import exactness, on_the_splits, refusal
 
 from whystream.errors import WhystreamError
 from whystream.models.families import sklearn as family
@@ -214,14 +214,6 @@ def test_hist_gradient_boosting_categorical_matches_brute_force_shapley(tmp_path
     assert np.abs(contrib[:, 0, :-1] - phi).max() <= 1e-9
 
 
-def _refusal(path) -> str:
-    with pytest.raises(WhystreamError) as caught:
-        family.load(path)
-    message = str(caught.value)
-    assert "\n" not in message and message.startswith(f"model file {path}: ")
-    return message
-
-
 def test_damaged_pickled_and_untrusted_files_end_in_one_line(tmp_path):
     X, s = _data(n=200)
     model = RandomForestClassifier(3, max_depth=3, random_state=0).fit(X, s > 1)
@@ -231,16 +223,16 @@ def test_damaged_pickled_and_untrusted_files_end_in_one_line(tmp_path):
 
     truncated = tmp_path / "truncated.skops"
     truncated.write_bytes(data[: len(data) // 2])
-    assert "damaged skops file" in _refusal(truncated)
+    assert "damaged skops file" in refusal(family, truncated)
 
     for i, cut in enumerate(np.linspace(10, len(data) - 1, 10).astype(int)):  # wherever the file ends
         (tmp_path / f"cut{i}.skops").write_bytes(data[:cut])
-        assert "damaged skops file" in _refusal(tmp_path / f"cut{i}.skops")
+        assert "damaged skops file" in refusal(family, tmp_path / f"cut{i}.skops")
 
     renamed = tmp_path / "model.skops"  # a pickle renamed .skops: refused, never unpickled
     renamed.write_bytes(pickle.dumps(model))
     assert family.recognises(renamed, renamed.read_bytes()[:4096])
-    assert "a pickle, which whystream never loads" in _refusal(renamed)
+    assert "a pickle, which whystream never loads" in refusal(family, renamed)
 
     lightgbm_text = tmp_path / "model.txt"  # other families' files are not claimed
     lightgbm_text.write_text("tree\nversion=v4\n")
@@ -249,11 +241,11 @@ def test_damaged_pickled_and_untrusted_files_end_in_one_line(tmp_path):
 
     text = tmp_path / "notes.skops"
     text.write_text("tree\nversion=v4\n")
-    assert "not a skops file" in _refusal(text)
+    assert "not a skops file" in refusal(family, text)
 
     evil = tmp_path / "evil.skops"  # a skops file that would call eval: its type is named and refused
     sio.dump(FunctionTransformer(func=eval), evil)
-    assert "holds type builtins.eval, which whystream does not trust" in _refusal(evil)
+    assert "holds type builtins.eval, which whystream does not trust" in refusal(family, evil)
 
     tampered = tmp_path / "tampered.skops"  # the forest's schema edited to name os.system as its tree type
     with zipfile.ZipFile(good) as src, zipfile.ZipFile(tampered, "w") as dst:
@@ -262,11 +254,11 @@ def test_damaged_pickled_and_untrusted_files_end_in_one_line(tmp_path):
             if item.filename == "schema.json":
                 body = body.replace(b'"sklearn.tree._tree"', b'"os"').replace(b'"Tree"', b'"system"')
             dst.writestr(item, body)
-    assert "holds type os.system, which whystream does not trust" in _refusal(tampered)
+    assert "holds type os.system, which whystream does not trust" in refusal(family, tampered)
 
     linear = tmp_path / "linear.skops"
     sio.dump(LogisticRegression().fit(X[:, [0]], s > 1), linear)
-    assert "not a tree ensemble whystream explains" in _refusal(linear)
+    assert "not a tree ensemble whystream explains" in refusal(family, linear)
 
 
 def test_mlflow_sklearn_uris_load_skops_and_refuse_pickles(tmp_path, monkeypatch):
