@@ -4,8 +4,10 @@ For each family in FAMILIES, a reference model of ~300 trees is trained on the d
 bench/treeshap.py (50 features, 5% NaN, two categorical features), saved as its library
 saves it, read by whystream/models/families/ (the translation the registry stores), and
 timed on one thread, in turns with:
-- shap's TreeExplainer on the library's own model (for LightGBM and XGBoost, shap calls the
-  library's own TreeSHAP: booster.predict(pred_contrib / pred_contribs), forced to one thread);
+- shap's TreeExplainer on the library's own model (for LightGBM, XGBoost and CatBoost, shap
+  calls the library's own TreeSHAP: booster.predict(pred_contrib / pred_contribs),
+  get_feature_importance(type="ShapValues"), forced to one thread; for scikit-learn its
+  own C++ TreeSHAP);
 - the library's own TreeSHAP on one thread, where the family has one (XGBoost's pred_contribs);
 - for XGBoost, the newest XGBoost as well (3.4.1, Quadrature-TreeSHAP on CPU), which
   declares Python >= 3.12: it is installed (once, `pip install --no-deps
@@ -17,7 +19,7 @@ calling thread (which time-sharing on a busy box does not move), the per-core ra
 (targets: >= 10x shap; XGBoost >= 2x its own pred_contribs), single-row p50 (target
 <= 0.25 ms), and max |ours - theirs|.
 
-    python bench/families.py [--quick] [--json PATH] [--families lightgbm,xgboost]
+    python bench/families.py [--quick] [--json PATH] [--families lightgbm,xgboost,sklearn-rf,sklearn-hgb,catboost]
 
 A family is one entry of FAMILIES: how to train and save its reference model, and how to
 load the library's own model for shap and for its own TreeSHAP.
@@ -100,6 +102,71 @@ def _xgboost_native(path: Path):
     return shap.TreeExplainer(booster), own, f"xgboost {xgb.__version__}"
 
 
+def _train_sklearn_rf(X, y, path: Path) -> None:
+    import skops.io as sio
+    from sklearn.ensemble import RandomForestClassifier
+
+    sio.dump(RandomForestClassifier(TREES, max_depth=8, random_state=7, n_jobs=1).fit(X, y), path)
+
+
+def _train_sklearn_hgb(X, y, path: Path) -> None:
+    import skops.io as sio
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    # categorical columns as numbers: shap reads HistGradientBoosting's categorical splits wrongly
+    sio.dump(HistGradientBoostingClassifier(max_iter=TREES, learning_rate=0.05, early_stopping=False,
+                                            random_state=7).fit(X, y), path)
+
+
+class _ClassOne:
+    """shap's TreeExplainer of a binary scikit-learn classifier, for class 1 (what we explain)."""
+
+    def __init__(self, explainer):
+        self._explainer = explainer
+
+    def shap_values(self, rows):
+        values = np.asarray(self._explainer.shap_values(rows))
+        return values[..., 1] if values.ndim == 3 else values
+
+
+def _sklearn_native(path: Path):
+    import shap
+    import skops.io as sio
+
+    from whystream.models.families.sklearn import TRUSTED
+
+    model = sio.load(path, trusted=list(TRUSTED))
+    return _ClassOne(shap.TreeExplainer(model)), None, None  # shap's own C++ TreeSHAP, one thread
+
+
+def _train_catboost(X, y, path: Path) -> None:
+    from catboost import CatBoostClassifier
+
+    CatBoostClassifier(iterations=TREES, depth=6, learning_rate=0.05, random_seed=7, thread_count=1, verbose=0,
+                       allow_writing_files=False).fit(X, y).save_model(str(path))  # categorical columns as numbers
+
+
+class _CatBoostOneThread:
+    """A CatBoost model whose ShapValues (what shap calls on it) run on one thread."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def get_feature_importance(self, **kwargs):
+        return self._model.get_feature_importance(thread_count=1, **kwargs)
+
+
+def _catboost_native(path: Path):
+    import shap
+    from catboost import CatBoost
+
+    model = CatBoost()
+    model.load_model(str(path))
+    explainer = shap.TreeExplainer(model)
+    explainer.model.original_model = _CatBoostOneThread(model)
+    return explainer, None, None  # shap runs CatBoost's own ShapValues
+
+
 @dataclass(frozen=True)
 class Family:
     train: Callable  # (X, y, path): train a ~300-tree reference model and save it as its library does
@@ -111,6 +178,9 @@ class Family:
 FAMILIES = {
     "lightgbm": Family(_train_lightgbm, "txt", _lightgbm_native),
     "xgboost": Family(_train_xgboost, "json", _xgboost_native),
+    "sklearn-rf": Family(_train_sklearn_rf, "skops", _sklearn_native),  # RandomForestClassifier, depth 8
+    "sklearn-hgb": Family(_train_sklearn_hgb, "skops", _sklearn_native),  # HistGradientBoostingClassifier
+    "catboost": Family(_train_catboost, "cbm", _catboost_native),  # depth 6 (its own ShapValues is shap's)
 }
 
 

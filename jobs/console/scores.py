@@ -14,6 +14,7 @@ objective's link, and the raw score to a probability where the link gives one:
 | `identity`, `raw_score` | r            | t                        | none             |
 | `log_link`      | exp(r)               | log(t)                   | none             |
 | `softplus_link` | log(1 + exp(r))      | log(exp(t) - 1)          | none             |
+| `probability`   | r                    | t                        | r                |
 
 >>> round(raw_threshold(0.5, "raw_margin"), 6), round(probability(0.0, "raw_margin", 0.9), 3)
 (0.0, 0.5)
@@ -21,13 +22,15 @@ objective's link, and the raw score to a probability where the link gives one:
 (True, 0.7)
 >>> raw_threshold(3.0, "identity"), probability(3.0, "identity", 3.0) is None
 (3.0, True)
+>>> raw_threshold(0.3, "probability"), probability(0.25, "probability", 0.25)
+(0.3, 0.25)
 """
 
 from __future__ import annotations
 
 import math
 
-PROBABILITY_SPACES = frozenset({"raw_margin", "softmax_logit"})
+PROBABILITY_SPACES = frozenset({"raw_margin", "softmax_logit", "probability"})
 
 
 def raw_threshold(threshold: float | None, output_space: str) -> float | None:
@@ -37,7 +40,7 @@ def raw_threshold(threshold: float | None, output_space: str) -> float | None:
     t = float(threshold)
     if output_space == "raw_margin":
         return math.log(t / (1 - t)) if 0 < t < 1 else None
-    if output_space in ("identity", "raw_score"):
+    if output_space in ("identity", "raw_score", "probability"):
         return t
     if output_space == "log_link":
         return math.log(t) if t > 0 else None
@@ -53,4 +56,6 @@ def probability(raw_score: float, output_space: str, score: float) -> float | No
         return 1 / (1 + math.exp(-raw_score)) if raw_score > -700 else 0.0
     if output_space == "softmax_logit":
         return float(score)
+    if output_space == "probability":  # a classifier forest: the raw score is the probability
+        return float(raw_score)
     return None

@@ -1,9 +1,12 @@
-"""XGBoost models end to end on the embedded stack: an XGBoost multiclass model (native
-categorical splits, missing values) and an XGBoost challenger to a LightGBM champion,
-registered with the real CLI; PredictionEvents sent by examples/produce_predictions.py;
+"""XGBoost, scikit-learn and CatBoost models end to end on the embedded stack: an XGBoost
+multiclass model (native categorical splits, missing values), an XGBoost challenger to a
+LightGBM champion, a scikit-learn RandomForest classifier (skops, explained in
+probability) and a CatBoost classifier (.cbm), registered with the real CLI; PredictionEvents sent by examples/produce_predictions.py;
 a real `whystream worker` (which never imports xgboost: it reads the stored LightGBM
-text) explains them; the explanations, decoded from the topic with the .avsc alone, are
-XGBoost's own margins and pred_contribs (within float32) and the champion's LightGBM SHAP;
+text) explains them; the explanations, decoded from the topic with the
+.avsc alone, are XGBoost's own margins and pred_contribs (within float32), the champion's
+LightGBM SHAP, the forest's probability and shap TreeExplainer values, CatBoost's
+RawFormulaVal and ShapValues;
 stored in ClickHouse (chDB) as the sink stores them, `verify` recomputes every one."""
 
 from __future__ import annotations
@@ -14,13 +17,18 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
+import shap
+import skops.io as sio
+from catboost import CatBoostClassifier, Pool
+from sklearn.ensemble import RandomForestClassifier
 from test_byo_stream import avsc_decoder
 from test_worker import Worker
 
 from support import REPO
 from support.cli import cli, write_csv
-from support.objective_models import FEATURES, make_rows
+from support.objective_models import FEATURES, make_rows, target
 from support.objective_models import train as train_lightgbm
 from support.xgboost_models import own
 from support.xgboost_models import train as train_xgboost
@@ -45,8 +53,18 @@ def registered(engine_settings, tmp_path):
     boosters["credit"].save_model(str(root / "credit.txt"))
     boosters["credit~xgb"].save_model(str(root / "credit.ubj"))
     boosters["tiers"].save_model(str(root / "tiers.json"))
+    X = make_rows(1200, 3)
+    boosters["forest"] = RandomForestClassifier(10, max_depth=5, random_state=0).fit(
+        pd.DataFrame(X, columns=FEATURES), target("binary", X, 4))
+    sio.dump(boosters["forest"], root / "forest.skops")
+    boosters["cat"] = CatBoostClassifier(iterations=15, depth=4, verbose=0, random_seed=0, thread_count=1,
+                                         allow_writing_files=False).fit(
+        pd.DataFrame(X, columns=FEATURES), target("binary", X, 5))
+    boosters["cat"].save_model(str(root / "cat.cbm"))
     registry = root / "registry"
-    for argv in (["credit", str(root / "credit.txt"), "--threshold", "0.5"],
+    for argv in (["forest", str(root / "forest.skops"), "--threshold", "0.5"],
+                 ["cat", str(root / "cat.cbm"), "--threshold", "0.5"],
+                 ["credit", str(root / "credit.txt"), "--threshold", "0.5"],
                  ["credit", str(root / "credit.ubj"), "--threshold", "0.5", "--challenger-of", "credit"],
                  ["tiers", str(root / "tiers.json")]):
         code, out = cli(registry, "register", *argv, "--reference", str(reference))
@@ -57,13 +75,14 @@ def registered(engine_settings, tmp_path):
 def test_xgboost_models_and_an_xgboost_challenger_through_a_real_worker(registered, tmp_path, db):
     settings, boosters = registered
     registry = ModelRegistry(settings.registry)
-    champion, tiers = registry.load("credit"), registry.load("tiers")
+    champion, tiers, forest, cat = (registry.load(n) for n in ("credit", "tiers", "forest", "cat"))
     challenger = registry.load("credit", registry.challenger("credit"))
-    assert (champion.family, challenger.family, tiers.family) == ("lightgbm", "xgboost", "xgboost")
-    rows = make_rows(16, 77)
+    assert (champion.family, challenger.family, tiers.family, forest.family, cat.family) == (
+        "lightgbm", "xgboost", "xgboost", "sklearn", "catboost")
+    rows = make_rows(24, 77)
     events = []
     for i, x in enumerate(rows):
-        model = champion if i < 8 else tiers
+        model = champion if i < 8 else tiers if i < 16 else forest if i < 20 else cat
         events.append({"model": model.name, "version": model.version, "prediction_id": f"{model.name}-{i}",
                        "features": {f: (None if np.isnan(v) else float(v)) for f, v in zip(FEATURES, x)},
                        "score": 0.7, "decision": "decline" if i % 2 else "approve", "threshold": 0.5,
@@ -94,20 +113,38 @@ def test_xgboost_models_and_an_xgboost_challenger_through_a_real_worker(register
     finally:
         worker.kill()
     assert len(found) == len(events) + 8, sorted(found)
-    assert "lightgbm" in maps and "xgboost" not in maps  # XGBoost's library never loaded by the worker
+    # XGBoost's library never loaded by the worker (scikit-learn may be: LightGBM imports it when installed)
+    assert "lightgbm" in maps and "xgboost" not in maps
 
     by_id = {e["prediction_id"]: (i, e) for i, e in enumerate(events)}
     raw_xgb, contrib_xgb = own(boosters["credit~xgb"], rows[:8])
-    raw_tiers, contrib_tiers = own(boosters["tiers"], rows[8:])
+    raw_tiers, contrib_tiers = own(boosters["tiers"], rows[8:16])
+    forest_rows = pd.DataFrame(rows[16:20], columns=FEATURES)
+    cat_rows = pd.DataFrame(rows[20:], columns=FEATURES)
+    cat_raw = boosters["cat"].predict(cat_rows, prediction_type="RawFormulaVal")
+    cat_shap = boosters["cat"].get_feature_importance(Pool(cat_rows), type="ShapValues")
+    proba = boosters["forest"].predict_proba(forest_rows)[:, 1]
+    explainer = shap.TreeExplainer(boosters["forest"])
+    forest_shap = np.asarray(explainer.shap_values(forest_rows))[:, :, 1]
     lgb_contrib = boosters["credit"].predict(rows[:8], pred_contrib=True)
     for pid, e in found.items():
         assert e["source"] == "LIVE", (pid, e["source"])
-        shap = {a["feature"]: a["shap"] for a in e["attributions"]}
-        phi = np.array([shap[f] for f in FEATURES] + [e["base_value"]])
+        by_feature = {a["feature"]: a["shap"] for a in e["attributions"]}
+        phi = np.array([by_feature[f] for f in FEATURES] + [e["base_value"]])
         if e["role"] == "CHALLENGER":  # the XGBoost challenger, in the champion's shadow
             i, _ = by_id[e["champion_prediction_id"]]
             assert pid == f"{e['champion_prediction_id']}~{challenger.version}" and e["output_space"] == "raw_margin"
             expected_raw, expected = raw_xgb[i, 0], contrib_xgb[i, 0]
+        elif e["model_name"] == "forest":  # the forest: the probability and shap's values, in probability space
+            i, _ = by_id[pid]
+            assert e["output_space"] == "probability" and abs(e["raw_score"] - proba[i - 16]) <= 1e-12
+            np.testing.assert_allclose(phi, [*forest_shap[i - 16], explainer.expected_value[1]], rtol=0, atol=1e-9)
+            continue
+        elif e["model_name"] == "cat":  # CatBoost: its empty leaves count 2^-30 where CatBoost skips them
+            i, _ = by_id[pid]
+            assert e["output_space"] == "raw_margin" and abs(e["raw_score"] - cat_raw[i - 20]) <= 1e-12
+            np.testing.assert_allclose(phi, cat_shap[i - 20], rtol=0, atol=1e-7)
+            continue
         elif e["model_name"] == "credit":  # the LightGBM champion: exact
             i, _ = by_id[pid]
             np.testing.assert_allclose(phi, lgb_contrib[i], rtol=0, atol=1e-9)

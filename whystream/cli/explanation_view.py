@@ -55,7 +55,7 @@ def meaning(output_space: str, raw: float) -> str:
 def in_output_space(output_space: str, score: float) -> float | None:
     """The producer's score (or threshold) in the model's output space, where the link is known."""
     link = _MEANING.get(output_space)
-    if output_space in ("identity", "raw_score"):
+    if output_space in ("identity", "raw_score", "probability"):
         return score
     try:
         return None if link is None else link[2](score)

@@ -50,10 +50,13 @@ def _announce(settings: Settings, model, role: str, promoted: bool = False) -> N
 def register(ctx: typer.Context,
              name: str = typer.Argument(..., help="Model name (producers send it as model_name)"),
              model_file: str = typer.Argument(..., help="The model as its library saves it: LightGBM text, XGBoost "
-                                                        "JSON / UBJSON (whystream[xgboost]); or an MLflow model URI "
-                                                        "(models:/NAME/VERSION, runs:/...) with whystream[mlflow]"),
+                                                        "JSON / UBJSON (whystream\\[xgboost]), a scikit-learn skops "
+                                                        "file (whystream\\[sklearn]; never a pickle), CatBoost .cbm / "
+                                                        "JSON (whystream\\[catboost]); or an MLflow model URI "
+                                                        "(models:/NAME/VERSION, runs:/...) with whystream\\[mlflow]"),
              reference: Path = typer.Option(..., help="Held-out rows, Parquet or CSV, one column per feature (>= 1,000 rows)"),
-             threshold: Optional[float] = typer.Option(None, help="What decisions are taken against (required for binary)"),
+             threshold: Optional[float] = typer.Option(None, help="What decisions are taken against (required for binary "
+                                                                  "classifiers, forests too: a probability)"),
              reason_codes: Optional[Path] = typer.Option(None, help="CSV (feature,code,text) or JSON reason-code table"),
              adverse_when_lower: bool = typer.Option(False, "--adverse-when-lower",
                                                      help="A lower score is the adverse outcome (default: higher)"),
@@ -62,7 +65,7 @@ def register(ctx: typer.Context,
              challenger_of: Optional[str] = typer.Option(None, help="Register as the challenger of this (live) "
                                                                     "model: a version of NAME that workers explain "
                                                                     "in the shadow of its champion")):
-    """Register your own LightGBM or XGBoost model, with its SHAP reference (and reason codes)."""
+    """Register your own LightGBM, XGBoost, scikit-learn or CatBoost model, with its SHAP reference (and reason codes)."""
     from whystream.models.register import describe, register_model
     from whystream.models.registry import ModelRegistry
 

@@ -15,6 +15,13 @@ names in `output_space`, and how a producer's score relates to it:
 | poisson, gamma, tweedie                              | `log_link`      | exp(r)                       |
 | cross_entropy_lambda (xentlambda)                    | `softplus_link` | log(1 + exp(r))              |
 | lambdarank, rank_xendcg, a custom objective          | `raw_score`     | r                            |
+| (none: a classifier forest, whystream/models/families/) | `probability` | r, the class's probability   |
+
+A classifier forest (scikit-learn's RandomForest / ExtraTrees) averages class fractions:
+its translation writes no objective and its raw score IS the probability, so its
+loader overrides the output space with `probability` (`Translated.output_space`): a
+binary forest needs a threshold like a binary booster, and the near-threshold band is
+in probability units.
 
 Multi-output models (multiclass, multiclassova) have num_tree_per_iteration
 K > 1: tree i belongs to class i % K (LightGBM's GBDT layout), and one event is
@@ -54,7 +61,7 @@ _SPACES = {
     "lambdarank": "raw_score", "rank_xendcg": "raw_score", "custom": "raw_score",
 }
 PROBABILITY = frozenset({"binary", "cross_entropy", "multiclass", "multiclassova"})  # scores in [0, 1]
-OUTPUT_SPACES = frozenset(_SPACES.values())
+OUTPUT_SPACES = frozenset(_SPACES.values()) | {"probability"}  # probability: classifier forests' override
 
 
 @dataclass(frozen=True)
@@ -73,7 +80,12 @@ class ModelKind:
     @property
     def probability(self) -> bool:
         """Whether the producer's score is a probability (a threshold band is absolute then)."""
-        return self.objective in PROBABILITY
+        return self.objective in PROBABILITY or self.output_space == "probability"
+
+    @property
+    def needs_threshold(self) -> bool:
+        """A binary classifier: its decisions are taken against a probability threshold."""
+        return self.objective == "binary" or (self.output_space == "probability" and not self.multiclass)
 
 
 def model_kind(model_str: str) -> ModelKind:

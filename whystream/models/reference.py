@@ -7,6 +7,8 @@ own predictions and SHAP values."""
 
 from __future__ import annotations
 
+import re
+
 import lightgbm as lgb
 import numpy as np
 
@@ -16,7 +18,7 @@ from whystream.treeshap import TreeShap
 
 N_BINS = 10  # drift-histogram bins per feature
 ATOM_TOLERANCE = 1e-9  # SHAP values this close (relative to the feature's scale) are one value for binning
-SELF_CHECK_ROWS = 500  # reference rows on which the kernel is checked against LightGBM at registration
+SELF_CHECK_ROWS = 500  # reference rows whose SHAP values are checked at registration (raw scores: all rows)
 SELF_CHECK_TOLERANCE = 1e-6
 
 
@@ -63,10 +65,22 @@ def shap_histogram(shap: np.ndarray, bin_edges: np.ndarray) -> np.ndarray:
     return counts
 
 
+def shap_sample(X: np.ndarray) -> np.ndarray:
+    """The reference rows whose SHAP values registration checks: SELF_CHECK_ROWS of them, spread
+    evenly over the file (raw scores are checked on every row; SHAP is what costs: the library's
+    own TreeSHAP runs ~30 rows/s on a deep 300-tree forest)."""
+    if len(X) <= SELF_CHECK_ROWS:
+        return X
+    return X[np.linspace(0, len(X) - 1, SELF_CHECK_ROWS).round().astype(int)]
+
+
 def check_kernel(booster: lgb.Booster, kind: ModelKind, X: np.ndarray) -> None:
-    """Build the kernel of every output and check it against LightGBM on rows X: raw
-    scores equal, SHAP values add up to them. UnsupportedModel if not."""
+    """Build the kernel of every output and check it against LightGBM: raw scores equal on
+    every row of X, SHAP values add up to them on `shap_sample(X)`. UnsupportedModel if not."""
     raw = np.asarray(booster.predict(X, raw_score=True)).reshape(len(X), kind.n_outputs)
+    sample = shap_sample(X)
+    raw_sample = raw if sample is X else np.asarray(booster.predict(sample, raw_score=True)).reshape(
+        len(sample), kind.n_outputs)
     for k in range(kind.n_outputs):
         kernel = TreeShap(booster, class_index=k if kind.multiclass else None)
         ours = kernel.raw_score(X)
@@ -75,44 +89,64 @@ def check_kernel(booster: lgb.Booster, kind: ModelKind, X: np.ndarray) -> None:
         if not worst <= SELF_CHECK_TOLERANCE:
             raise UnsupportedModel(f"the TreeSHAP kernel's raw score differs from LightGBM's by {worst:.3g} "
                                    f"(output {k}); this model cannot be explained exactly")
-        additive = kernel.shap_values(X).sum(axis=1) + kernel.expected_value
-        worst = float(np.max(np.abs(additive - raw[:, k]) / scale, initial=0.0))
+        additive = kernel.shap_values(sample).sum(axis=1) + kernel.expected_value
+        worst = float(np.max(np.abs(additive - raw_sample[:, k]) / np.maximum(1.0, np.abs(raw_sample[:, k])),
+                             initial=0.0))
         if not worst <= SELF_CHECK_TOLERANCE:
             raise UnsupportedModel(f"TreeSHAP attributions miss the raw score by {worst:.3g} (output {k}); "
                                    "this model cannot be explained exactly")
 
 
 def check_own(booster: lgb.Booster, kind: ModelKind, translated, X: np.ndarray) -> None:
-    """Check a translated model against its library's own raw scores and SHAP values
-    (`translated.own`, whystream/models/families/) on rows X: LightGBM's raw scores of the
-    translation, the kernel's raw scores, and its SHAP values and base value (the bias column).
-    UnsupportedModel, naming the worst difference, if not.
+    """Check a translated model against its library's own (`translated.own`,
+    whystream/models/families/): raw scores of every row of X (LightGBM's of the
+    translation and the kernel's), SHAP values and base value (the bias column) of
+    `shap_sample(X)`. UnsupportedModel, naming the worst difference, if not.
 
     Per row, the tolerance is SELF_CHECK_TOLERANCE * max(1, |raw|), plus, for a library that
     adds in float32 (XGBoost: each of a row's T leaf values, and each tree's SHAP values, is
     added to a float32 running sum, which rounds by up to 2^-24 of its magnitude every time),
-    (T + 1) * 2^-24 * max(1, sum of |contributions|): the error bound of T + 1 float32
-    additions whose partial sums stay within the row's total |contribution|.
+    (T + 1) * 2^-24 * M: the error bound of T + 1 float32 additions whose partial sums stay
+    within M, the row's sum of |leaf values| (raw scores) or of |contributions| (SHAP).
     """
-    own_raw, own_contrib = translated.own(X)
+    own_raw, _ = translated.own(X, contributions=False)
+    sample = shap_sample(X)
+    sample_raw, own_contrib = translated.own(sample)
     lgb_raw = np.asarray(booster.predict(X, raw_score=True)).reshape(len(X), kind.n_outputs)
+    leaves = _leaf_magnitudes(booster, X, kind.n_outputs) if translated.own_roundoff else None
     for k in range(kind.n_outputs):
         kernel = TreeShap(booster, class_index=k if kind.multiclass else None)
-        magnitude = np.maximum(1.0, np.abs(own_contrib[:, k]).sum(axis=1))
-        tolerance = (SELF_CHECK_TOLERANCE * np.maximum(1.0, np.abs(own_raw[:, k]))
-                     + (kernel.n_trees + 1) * translated.own_roundoff * magnitude)
-        ours = np.column_stack([kernel.shap_values(X), np.full(len(X), kernel.expected_value)])
-        for what, mine in (("raw scores", lgb_raw[:, k]), ("raw scores", kernel.raw_score(X)),
-                           ("SHAP values", ours)):
-            theirs = own_raw[:, k] if what == "raw scores" else own_contrib[:, k]
-            excess = np.abs(mine - theirs).reshape(len(X), -1).max(axis=1) / tolerance
+        floor = (kernel.n_trees + 1) * translated.own_roundoff
+        raw_tolerance = SELF_CHECK_TOLERANCE * np.maximum(1.0, np.abs(own_raw[:, k])) + (
+            floor * np.maximum(1.0, leaves[:, k]) if leaves is not None else 0.0)
+        shap_tolerance = (SELF_CHECK_TOLERANCE * np.maximum(1.0, np.abs(sample_raw[:, k]))
+                          + floor * np.maximum(1.0, np.abs(own_contrib[:, k]).sum(axis=1)))
+        ours = np.column_stack([kernel.shap_values(sample), np.full(len(sample), kernel.expected_value)])
+        for what, mine, theirs, tolerance in (
+                ("raw scores", lgb_raw[:, k], own_raw[:, k], raw_tolerance),
+                ("raw scores", kernel.raw_score(X), own_raw[:, k], raw_tolerance),
+                ("SHAP values", ours, own_contrib[:, k], shap_tolerance)):
+            diff = np.abs(mine - theirs).reshape(len(theirs), -1)
+            excess = diff.max(axis=1) / tolerance
             if not float(np.max(excess, initial=0.0)) <= 1.0:
                 row = int(np.nanargmax(np.where(np.isnan(excess), np.inf, excess)))
-                worst = float(np.max(np.abs(mine - theirs).reshape(len(X), -1)[row]))
+                where = "reference row" if what == "raw scores" else "checked reference row"
                 raise UnsupportedModel(
-                    f"the translation's {what} differ from {translated.library}'s own by {worst:.3g} on reference "
-                    f"row {row + 1} (output {k}; tolerance {tolerance[row]:.3g}); this model cannot be explained "
-                    "exactly")
+                    f"the translation's {what} differ from {translated.library}'s own by {float(diff[row].max()):.3g} "
+                    f"on {where} {row + 1} (output {k}; tolerance {tolerance[row]:.3g}); this model cannot be "
+                    "explained exactly")
+
+
+def _leaf_magnitudes(booster: lgb.Booster, X: np.ndarray, K: int) -> np.ndarray:
+    """[n, K]: each row's sum of |leaf value| over output k's trees (LightGBM's layout: tree i
+    is output i % K), read from the model text's leaf_value lines."""
+    values = [np.abs(np.array(line.split(), dtype=np.float64))
+              for line in re.findall(r"^leaf_value=(.*)$", booster.model_to_string(), re.MULTILINE)]
+    leaves = np.asarray(booster.predict(X, pred_leaf=True)).reshape(len(X), -1).astype(int)
+    out = np.zeros((len(X), K))
+    for t, table in enumerate(values):
+        out[:, t % K] += table[leaves[:, t]]
+    return out
 
 
 def reference_shap(booster: lgb.Booster, kind: ModelKind, X: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ in a temporary directory and renames it into place (whystream/models/registry.py
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ import numpy as np
 
 from whystream.errors import UnsupportedModel, WhystreamError
 from whystream.models import families
+from whystream.models.families import first_line
 from whystream.models.objectives import model_kind
 from whystream.models.reason_codes import load_reason_codes
 from whystream.models.registry import (
@@ -89,11 +91,6 @@ def load_reference(path: Path | str, feature_names: list[str], categorical: list
     return Reference(X, path)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
-
-
 def _names(names: list[str], shown: int = 8) -> str:
     more = f" and {len(names) - shown} more" if len(names) > shown else ""
     return ", ".join(names[:shown]) + more
@@ -106,7 +103,7 @@ def _parquet_columns(path: Path) -> dict[str, np.ndarray]:
     try:
         table = pq.read_table(path)
     except Exception as exc:  # ArrowInvalid & co.: not Parquet, truncated
-        raise WhystreamError(f"reference {path}: not a readable Parquet file ({_first_line(exc)})") from None
+        raise WhystreamError(f"reference {path}: not a readable Parquet file ({first_line(exc)})") from None
     columns = {}
     for name, column in zip(table.column_names, table.columns):
         kind = column.type
@@ -123,7 +120,7 @@ def _csv_columns(path: Path) -> dict[str, np.ndarray]:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise WhystreamError(f"reference {path}: not a readable CSV file ({_first_line(exc)})") from None
+        raise WhystreamError(f"reference {path}: not a readable CSV file ({first_line(exc)})") from None
     if not rows or not any(cell.strip() for cell in rows[0]):
         raise WhystreamError(f"reference {path}: empty (a CSV reference needs a header of feature names)")
     header = [h.strip() for h in rows[0]]
@@ -160,14 +157,16 @@ def register_model(registry: ModelRegistry, name: str, model: str, reference: Pa
         kind = model_kind(booster.model_to_string())
     except UnsupportedModel as exc:
         raise WhystreamError(f"{model}: cannot be explained exactly: {exc}") from None
-    if kind.objective == "binary" and threshold is None:
+    if translated.output_space:  # a classifier forest: its raw score is the probability
+        kind = dataclasses.replace(kind, output_space=translated.output_space)
+    if kind.needs_threshold and threshold is None:
         raise WhystreamError(f"{model}: a binary classifier needs --threshold (the probability its decisions "
                              "are taken against)")
     if threshold is not None and not math.isfinite(threshold):
         raise WhystreamError(f"--threshold: {threshold} is not a finite number")
     if threshold is not None and kind.probability and not 0.0 < threshold < 1.0:
         raise WhystreamError(f"--threshold: {threshold} is not a probability in (0, 1), which this "
-                             f"{kind.objective} model's scores are")
+                             f"{kind.objective if kind.objective != 'custom' else kind.output_space} model's scores are")
     features = booster.feature_name()
     categorical = _declared_categorical(booster, features)
     ref = load_reference(reference, features, categorical)

@@ -50,7 +50,6 @@ from whystream.models.families import Translated
 from whystream.models.objectives import ModelKind, model_kind
 from whystream.models.reference import (
     N_BINS,
-    SELF_CHECK_ROWS,
     check_kernel,
     check_own,
     reference_shap,
@@ -157,7 +156,7 @@ class ModelRegistry:
         kind = model_kind(model_str)
         if translated is not None and translated.output_space:
             kind = dataclasses.replace(kind, output_space=translated.output_space)
-        if threshold is None and kind.objective == "binary":
+        if threshold is None and kind.needs_threshold:
             raise UnsupportedModel("a binary classifier needs the threshold its decisions are taken against")
         if adverse_direction not in (1, -1):
             raise ValueError(f"adverse_direction must be 1 or -1, got {adverse_direction}")
@@ -176,9 +175,9 @@ class ModelRegistry:
         stored = lgb.Booster(model_str=model_str)  # what workers will load (an early-stopped model: its best trees)
         inputs = input_reference.compute(stored, X, threshold, adverse_direction)
         if not model_dir.exists():
-            check_kernel(stored, kind, X[:SELF_CHECK_ROWS])
+            check_kernel(stored, kind, X)
             if translated is not None and translated.own is not None:
-                check_own(stored, kind, translated, X[:SELF_CHECK_ROWS])
+                check_own(stored, kind, translated, X)
             shap = reference_shap(stored, kind, X)
             edges = shap_bin_edges(shap)
             hist = shap_histogram(shap, edges) / len(shap)

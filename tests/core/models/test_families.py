@@ -1,6 +1,6 @@
 """whystream/models/families: a file is read by the family its content says (not its name),
-what no family reads is one line, and LightGBM random forests (`boosting=rf`) are
-registered with their averaging folded into the leaves: the same predictions, and SHAP
+what no family reads is one line (a pickle: refused by the sklearn family, never unpickled),
+and LightGBM random forests (`boosting=rf`) are registered with their averaging folded into the leaves: the same predictions, and SHAP
 values that are LightGBM's pred_contrib divided by the number of iterations."""
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def test_the_family_is_told_by_content_not_by_name(tmp_path):
     assert families.load(str(tmp_path / "model.json")).family == "lightgbm"
     (tmp_path / "model.txt").write_bytes(pickle.dumps({"a": 1}))
     (tmp_path / "empty.txt").write_bytes(b"")
-    for name, words in (("model.txt", "a pickle or an archive is never loaded"), ("empty.txt", "the file is empty"),
+    for name, words in (("model.txt", "a pickle, which whystream never loads"), ("empty.txt", "the file is empty"),
                         ("nothing.txt", "no such file")):
         with pytest.raises(WhystreamError, match=words) as raised:
             families.load(str(tmp_path / name))

@@ -41,9 +41,11 @@ import numpy as np
 
 from whystream.errors import WhystreamError
 
-FAMILIES = ("lightgbm", "xgboost")  # modules of this package, tried in this order
+FAMILIES = ("lightgbm", "xgboost", "catboost", "sklearn")  # modules of this package, tried in this order
+# (sklearn last: it also claims pickles and .pkl / .joblib files, to refuse them with one line)
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 HEAD_BYTES = 4096
+_XGBOOST_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")  # "[12:00:00] src/file.cc:42: " before its messages
 
 
 @dataclass(frozen=True)
@@ -53,9 +55,10 @@ class Translated:
     library: str  # the library and version that wrote the file, e.g. "xgboost 3.1.2"
     # None: the output space the objective implies; "probability" for classifier forests
     output_space: str | None = None
-    # the library's own (raw predictions [n, K], contributions [n, K, F + 1], bias last) of rows
-    # [n, F]; None for LightGBM, whose text is the model itself
-    own: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+    # own(X, contributions=True): the library's own raw predictions [n, K] and contributions
+    # [n, K, F + 1] (bias last; None when contributions=False: registration checks predictions
+    # on every reference row, SHAP on a sample) of rows [n, F]; None for LightGBM's own text
+    own: Callable[..., tuple[np.ndarray, np.ndarray | None]] | None = None
     # the unit roundoff of the arithmetic `own` adds trees in: 0 for float64 (compared within
     # 1e-6), 2^-24 for float32 (XGBoost: the tolerance grows with the number of additions)
     own_roundoff: float = 0.0
@@ -91,11 +94,12 @@ def _known() -> str:
 
 
 def _hint(head: bytes) -> str:
-    if head.startswith(b"\x80") or head[:2] in (b"PK",):
+    if head.startswith(b"\x80") or head[:2] in (b"PK",):  # pickles the sklearn family did not claim; zips
         return "a pickle or an archive is never loaded: save the model in its library's own format"
     if not head:
         return "the file is empty"
-    return "save it with the library's save_model (LightGBM: Booster.save_model; XGBoost: Booster.save_model('m.json'))"
+    return ("save it as its library does (LightGBM: Booster.save_model; XGBoost: Booster.save_model('m.json'); "
+            "scikit-learn: skops.io.dump(model, 'm.skops'); CatBoost: model.save_model('m.cbm'))")
 
 
 def _load_mlflow(uri: str) -> Translated:
@@ -107,7 +111,7 @@ def _load_mlflow(uri: str) -> Translated:
     try:
         flavors = get_model_info(uri).flavors
     except Exception as exc:  # MlflowException and friends: no such model, no such run
-        raise WhystreamError(f"{uri}: MLflow cannot load it ({_first_line(exc)})") from None
+        raise WhystreamError(f"{uri}: MLflow cannot load it ({first_line(exc)})") from None
     for name in FAMILIES:
         family = _family(name)
         if getattr(family, "MLFLOW_FLAVOR", None) in flavors:
@@ -132,13 +136,15 @@ def probe(path: Path, load_code: str, library: str) -> None:
     if said:
         why = said[-1].strip().removeprefix("[LightGBM] ")
         why = why.split("Error: ", 1)[-1]  # the exception's class
-        why = re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", why)  # XGBoost's "[time] file.cc:line: "
+        why = _XGBOOST_PREFIX.sub("", why)
     else:
         why = (f"the loader died with signal {-run.returncode}" if run.returncode < 0
                else f"the loader exited with status {run.returncode}")
     raise WhystreamError(f"model file {path}: {library} cannot load it, truncated or damaged ({why[:300]})")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
+def first_line(exc: BaseException) -> str:
+    """What a library's exception says, as one line of at most 300 characters (without a
+    log prefix such as XGBoost's "[12:00:00] src/file.cc:42: ")."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return _XGBOOST_PREFIX.sub("", lines[0] if lines else type(exc).__name__)[:300]

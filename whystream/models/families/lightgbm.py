@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from whystream.errors import WhystreamError
-from whystream.models.families import Translated, probe
+from whystream.models.families import Translated, first_line, probe
 
 
 MLFLOW_FLAVOR = "lightgbm"
@@ -77,8 +77,10 @@ def from_booster(booster) -> Translated:
     n_iter = booster.num_trees() // K
     folded = lgb.Booster(model_str=fold_average(text, n_iter))
 
-    def own(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def own(X: np.ndarray, contributions: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         raw = np.asarray(booster.predict(X, raw_score=True)).reshape(len(X), K) / n_iter
+        if not contributions:
+            return raw, None
         contrib = np.asarray(booster.predict(X, pred_contrib=True)).reshape(len(X), K, -1) / n_iter
         return raw, contrib
 
@@ -102,8 +104,3 @@ def fold_average(text: str, n_iter: int) -> str:
 
 def _probe(path: Path) -> None:
     probe(path, "import lightgbm\nlightgbm.Booster(model_file=sys.argv[1])", "LightGBM")
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]

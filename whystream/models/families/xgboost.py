@@ -8,7 +8,7 @@ side, categories as bitsets) sends every row where XGBoost's predictor sends it
 
 - XGBoost rounds each feature to float32 and goes left iff `float32(x) < t`. Rounding is
   monotone, so that is `x <= t'` with t' the largest double that rounds (to nearest, ties
-  to even) to a float32 below t: `float32_threshold`.
+  to even) to a float32 below t: `lgbtext.lt_float32`.
 - NaN goes to the node's default child (`default_left`), as with LightGBM's missing type NaN.
 - a categorical split sends the categories of its set RIGHT and everything else LEFT,
   invalid codes included (negative, >= 2^24). LightGBM sends the codes of its bitset left
@@ -44,8 +44,8 @@ from pathlib import Path
 import numpy as np
 
 from whystream.errors import WhystreamError
-from whystream.models.families import Translated, probe
-from whystream.models.families.lgbtext import Tree, constant, model_text
+from whystream.models.families import Translated, first_line, probe
+from whystream.models.families.lgbtext import Leaf, Split, lt_float32, model_text
 
 # XGBoost objective -> (LightGBM objective line, base score's ProbToMargin)
 OBJECTIVES = {
@@ -92,21 +92,23 @@ def load(path: Path) -> Translated:
         model = json.loads(booster.save_raw(raw_format="json"))
     except Exception as exc:  # XGBoostError on a truncated or damaged file
         raise WhystreamError(f"model file {path}: XGBoost cannot load it, truncated or damaged "
-                             f"({_first_line(exc)})") from None
+                             f"({first_line(exc)})") from None
     booster.set_param({"nthread": 1})
     try:
         text, K = translate(model, str(path))
-    except (KeyError, IndexError, TypeError, ValueError) as exc:  # loadable, but not trees as XGBoost writes them
+    except (KeyError, IndexError, TypeError, ValueError, RecursionError) as exc:  # not trees as XGBoost writes them
         raise WhystreamError(f"model file {path}: damaged XGBoost model ({type(exc).__name__}: "
-                             f"{_first_line(exc)})") from None
+                             f"{first_line(exc)})") from None
     import lightgbm as lgb
 
     version = ".".join(map(str, model.get("version", [])))
 
-    def own(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def own(X: np.ndarray, contributions: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         dm = xgb.DMatrix(X, missing=np.nan, feature_names=booster.feature_names, feature_types=booster.feature_types,
                          enable_categorical=True)
         raw = np.asarray(booster.predict(dm, output_margin=True), dtype=np.float64).reshape(len(X), K)
+        if not contributions:
+            return raw, None
         contrib = np.asarray(booster.predict(dm, pred_contribs=True), dtype=np.float64)
         return raw, contrib.reshape(len(X), K, X.shape[1] + 1)
 
@@ -144,23 +146,11 @@ def load_mlflow(uri: str) -> Translated:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
             flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["xgboost"]
         except Exception as exc:  # MlflowException, OSError, a malformed MLmodel
-            raise WhystreamError(f"{uri}: MLflow cannot load it as an XGBoost model ({_first_line(exc)})") from None
+            raise WhystreamError(f"{uri}: MLflow cannot load it as an XGBoost model ({first_line(exc)})") from None
         data = (local / str(flavor.get("data", ""))).resolve()
         if not data.is_file() or local.resolve() not in data.parents:
             raise WhystreamError(f"{uri}: the xgboost flavor names no model file inside the model ({flavor.get('data')})")
         return load(data)
-
-
-def float32_threshold(t: float) -> float:
-    """The largest double x with float32(x) < float32(t): XGBoost's `float32(x) < t` as `x <= t'`."""
-    with np.errstate(over="ignore"):
-        t32 = np.float32(t)
-        below = np.nextafter(t32, np.float32(-np.inf))
-        # the float32 just below t and t are adjacent: their midpoint is exact in double; past the
-        # largest float32, values round to -inf from -(FLT_MAX + half an ulp) on
-        low = -(2.0 ** 128) if np.isinf(below) else float(below)
-        mid = (low + float(t32)) / 2
-        return mid if np.float32(mid) < t32 else float(np.nextafter(mid, -np.inf))
 
 
 def translate(model: dict, where: str) -> tuple[str, int]:
@@ -190,7 +180,7 @@ def translate(model: dict, where: str) -> tuple[str, int]:
 
     trees_json = gbtree["trees"]
     classes = gbtree.get("tree_info") or [0] * len(trees_json)
-    per_class: list[list[Tree]] = [[constant(b)] for b in base]
+    per_class: list[list[Leaf | Split]] = [[Leaf(b, 1.0)] for b in base]
     for i, tree in enumerate(trees_json):
         if int(tree["tree_param"].get("size_leaf_vector", "1")) > 1:
             raise WhystreamError(f"{where}: tree {i} has vector leaves (multi_strategy=multi_output_tree); "
@@ -202,11 +192,8 @@ def translate(model: dict, where: str) -> tuple[str, int]:
         raise WhystreamError(f"{where}: classes have different numbers of trees ({sorted(counts)})")
     trees = [per_class[k][i] for i in range(counts.pop()) for k in range(K)]
     line = OBJECTIVES[objective][0].format(K=K)
-    try:
-        return model_text(trees, objective=line, feature_names=list(names), categorical=categorical,
-                          n_outputs=K), K
-    except ValueError as exc:
-        raise WhystreamError(f"{where}: {exc}") from None
+    return model_text(trees, objective=line, feature_names=list(names), categorical=categorical, n_outputs=K,
+                      where=where), K
 
 
 def _margins(base_score: str, link: str, K: int) -> list[float]:
@@ -222,7 +209,7 @@ def _margins(base_score: str, link: str, K: int) -> list[float]:
     return [float(np.float32(v)) for v in values]  # XGBoost holds the margin as a float32
 
 
-def _tree(tree: dict, weight: float, where: str) -> Tree:
+def _tree(tree: dict, weight: float, where: str) -> Leaf | Split:
     left, right = tree["left_children"], tree["right_children"]
     feature, cond = tree["split_indices"], tree["split_conditions"]
     default_left, cover = tree["default_left"], tree["sum_hessian"]
@@ -230,44 +217,27 @@ def _tree(tree: dict, weight: float, where: str) -> Tree:
     cat_nodes = dict(zip(tree.get("categories_nodes", []), zip(tree.get("categories_segments", []),
                                                                tree.get("categories_sizes", []))))
     categories = tree.get("categories", [])
-    out = Tree()
+    nodes = 0
 
-    def value(n: int) -> float:
-        return float(np.float32(cond[n])) * weight  # float32 * float32 weight: exact in double
-
-    def emit(n: int, scale: float) -> int:
-        if len(out.feature) + len(out.leaf_value) > MAX_NODES:
+    def emit(n: int, scale: float, depth: int = 0) -> Leaf | Split:
+        nonlocal nodes
+        nodes += 1
+        if nodes > MAX_NODES or depth > MAX_NODES:  # a cycle in damaged child indices ends here too
             raise WhystreamError(f"{where}: more than {MAX_NODES} nodes once translated")
         if left[n] == -1:
-            return out.add_leaf(value(n), cover[n] * scale)
-        f = int(feature[n])
+            return Leaf(float(np.float32(cond[n])) * weight, cover[n] * scale)  # float32 x float32: exact in double
+        f, c = int(feature[n]), cover[n] * scale
         if not split_type[n]:
-            me = out.add_split(f, float32_threshold(cond[n]), bool(default_left[n]), cover[n] * scale)
-            out.left[me] = emit(left[n], scale)
-            out.right[me] = emit(right[n], scale)
-            return me
+            return Split(f, emit(left[n], scale, depth + 1), emit(right[n], scale, depth + 1), c,
+                         threshold=lt_float32(np.float32(cond[n])), default_left=bool(default_left[n]))
         begin, size = cat_nodes[n]
-        chosen = tuple(sorted(int(c) for c in categories[begin:begin + size]))
+        chosen = frozenset(int(v) for v in categories[begin:begin + size])
         if default_left[n]:  # NaN to the left child, which LightGBM's right side is
-            me = out.add_split(f, 0.0, False, cover[n] * scale, categories=chosen)
-            out.left[me] = emit(right[n], scale)
-            out.right[me] = emit(left[n], scale)
-            return me
-        # NaN to the set's side: "NaN or not" first; each side gets half of that subtree's cover
-        half = cover[right[n]] * scale / 2
-        guard = out.add_split(f, math.inf, False, cover[n] * scale)  # NaN right
-        me = out.add_split(f, 0.0, False, cover[n] * scale - half, categories=chosen)
-        out.left[guard] = me
-        out.left[me] = emit(right[n], scale / 2)
-        out.right[me] = emit(left[n], scale)
-        out.right[guard] = emit(right[n], scale / 2)
-        return guard
+            return Split(f, emit(right[n], scale, depth + 1), emit(left[n], scale, depth + 1), c, categories=chosen)
+        # NaN to the set's side: "NaN or not" first (threshold inf, NaN right); each side gets
+        # half of that subtree's cover
+        half = emit(right[n], scale / 2, depth + 1)
+        inner = Split(f, half, emit(left[n], scale, depth + 1), c - cover[right[n]] * scale / 2, categories=chosen)
+        return Split(f, inner, half, c, threshold=math.inf)
 
-    emit(0, 1.0)
-    return out
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    text = lines[0] if lines else type(exc).__name__
-    return text.split(": ", 1)[-1][:300] if text.startswith("[") else text[:300]
+    return emit(0, 1.0)
