@@ -256,6 +256,7 @@ def test_the_power_benchmark_computes_what_the_view_computes(db):
         for key in ("n", "weighted_n", "effective_n", "psi", "ks", "psi_bins", "mean_abs_shap", "stability",
                     "mean_sq_shap", "reference_cdf_spread", "n_reference"):
             assert row[key] == pytest.approx(sql[feature][key], rel=1e-6), (feature, key)
+        np.testing.assert_allclose(row["reference_cdf"], sql[feature]["reference_cdf"], rtol=1e-6)
         # the view's quantiles come from a t-digest, the benchmark's are exact
         assert row["wasserstein"] == pytest.approx(sql[feature]["wasserstein"], rel=0.1, abs=0.01)
 
