@@ -13,8 +13,9 @@ distribution, Donsker's theorem), so the exact asymptotic tail is
 P(max_k |B(t_k)| > c). The bridge is Markov: with B(t) = (1 - t) W(t / (1 - t))
 for a Brownian motion W, the event is |W(s_k)| <= c / (1 - t_k) at
 s_k = t_k / (1 - t_k), and its probability is a chain of Gaussian convolutions,
-integrated here on a Simpson grid (121 points per step: the critical values agree
-with scipy's multivariate normal CDF, Genz's algorithm, to 1e-6, see the tests).
+integrated here on a Simpson grid (at least 121 points per step, spaced a quarter of the
+step's sd or closer: the critical values agree with scipy's multivariate normal CDF,
+Genz's algorithm, see the tests).
 Points where the reference CDF is 0 or 1 carry no variance and are dropped.
 """
 
@@ -26,7 +27,8 @@ from functools import lru_cache
 import numpy as np
 from scipy import optimize, stats
 
-_HALF_GRID = 60  # Simpson nodes per half interval
+_HALF_GRID = 60  # Simpson nodes per half interval, at least
+_MAX_HALF_GRID = 1200
 _ROUNDING = 1e-9  # float sums of one bin's weights differ from 1 by less
 
 
@@ -49,7 +51,12 @@ def exceedance(c: float, points) -> float:
     s, bounds = t / (1 - t), c / (1 - t)
     previous, nodes, weights, density = 0.0, None, None, None
     for s_k, a_k in zip(s, bounds):
-        y = np.linspace(-a_k, a_k, 2 * _HALF_GRID + 1)
+        # beyond 9 sd W(s_k) has no mass worth counting; the nodes are spaced at most a quarter of
+        # the step's sd apart (points close together or near 0 or 1 need more of them)
+        reach = min(a_k, 9 * math.sqrt(s_k))
+        spacing = math.sqrt(s_k - previous) / 4
+        half = int(min(max(_HALF_GRID, math.ceil(reach / spacing)), _MAX_HALF_GRID))
+        y = np.linspace(-reach, reach, 2 * half + 1)
         simpson = np.where(np.arange(len(y)) % 2 == 1, 4.0, 2.0)
         simpson[0] = simpson[-1] = 1.0
         simpson *= (y[1] - y[0]) / 3
