@@ -16,9 +16,13 @@ and judged by the monitor's own rule (jobs/analytics/drift_rule.py).
 Reported per statistic and window size: the detection rate on the shifted
 feature within one window, and the false-alert rate on the untouched features
 over the drift-free windows (per feature and window). `combined` is the
-monitor's rule: any statistic over its threshold.
+monitor's rule: any statistic over its threshold. `ks_kolmogorov` is the same KS
+judged as before issue 23 (Kolmogorov's critical value, for every point, though the
+statistic is taken at the bin edges only). `--alpha 0.05 --no-floor` measures the
+false-alarm rates against a measurable alpha (minimum effects 0).
 
     python bench/drift_power.py [--windows 200] [--sizes 200,1000,5000] [--feature amount] [--quick]
+                                [--alpha 1e-4] [--no-floor]
     python -m bench --only drift_power
 
 Prints a table and writes JSON (default bench/results/drift_power.json).
