@@ -16,9 +16,13 @@ and judged by the monitor's own rule (jobs/analytics/drift_rule.py).
 Reported per statistic and window size: the detection rate on the shifted
 feature within one window, and the false-alert rate on the untouched features
 over the drift-free windows (per feature and window). `combined` is the
-monitor's rule: any statistic over its threshold.
+monitor's rule: any statistic over its threshold. `ks_kolmogorov` is the same KS
+judged as before issue 23 (Kolmogorov's critical value, for every point, though the
+statistic is taken at the bin edges only). `--alpha 0.05 --no-floor` measures the
+false-alarm rates against a measurable alpha (minimum effects 0).
 
     python bench/drift_power.py [--windows 200] [--sizes 200,1000,5000] [--feature amount] [--quick]
+                                [--alpha 1e-4] [--no-floor]
     python -m bench --only drift_power
 
 Prints a table and writes JSON (default bench/results/drift_power.json).
@@ -37,7 +41,8 @@ from pathlib import Path
 import numpy as np
 
 SHIFTS = (0.1, 0.25, 0.5, 1.0)
-STATISTICS = ("psi", "ks", "stability", "wasserstein", "combined")
+STATISTICS = ("psi", "ks", "stability", "wasserstein", "combined", "ks_kolmogorov")
+JUDGED = STATISTICS[:4]  # `combined` is any of these; ks_kolmogorov is KS against the old critical value
 POOL_START = 5_000_000  # events far past the training and reference ranges
 LEVELS_100 = (np.arange(100) + 0.5) / 100
 
@@ -110,6 +115,7 @@ def window_rows(shap: np.ndarray, w: np.ndarray, ref: Reference, names: list[str
             "feature": name, "n": len(x), "weighted_n": total, "effective_n": n_eff,
             "psi": float(((pf - qf) * np.log(pf / qf)).sum()),
             "ks": float(np.abs(np.cumsum(p) - np.cumsum(q)).max()), "psi_bins": int((q > 0).sum()),
+            "reference_cdf": np.cumsum(q)[:-1],
             "mean_abs_shap": mean_abs, "reference_mean_abs_shap": ref.mean_abs[j],
             "stability": abs(mean_abs - ref.mean_abs[j]) / ref.mean_abs[j] if ref.mean_abs[j] > 0 else None,
             "wasserstein": max(abs(mean - ref.mean[j]), float(np.abs(quantiles - ref.q100[j]).mean())),
@@ -139,6 +145,9 @@ def verdicts(rule, rows: list[dict]) -> dict[str, np.ndarray]:
         for j in rule.judge(row, total):
             out[j.statistic][i] |= j.above
             out["combined"][i] |= j.above
+        # before issue 23: Kolmogorov's critical value (every point) for the statistic at the bin edges
+        out["ks_kolmogorov"][i] = any(j.above for j in rule.judge({**row, "reference_cdf": None}, total)
+                                      if j.statistic == "ks")
     return out
 
 
@@ -152,7 +161,7 @@ def run(args) -> dict:
     trained = time.perf_counter() - began
     drawn, sd = pools(model, args.feature, args.pool)
     ref = Reference(model)
-    rule = DriftRule()
+    rule = DriftRule(alpha=args.alpha, **({"min_effect": dict.fromkeys(JUDGED, 0.0)} if args.no_floor else {}))
     j = FEATURE_NAMES.index(args.feature)
     untouched = np.arange(len(FEATURE_NAMES)) != j
     rng = np.random.default_rng(11)
@@ -208,6 +217,7 @@ def report(result: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/...py`: find bench.*
     from bench.results import publish
+    from whystream.jobs.analytics.drift_rule import DriftRule
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--feature", default="amount", help="numeric feature whose generating process shifts")
@@ -216,6 +226,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--shift-windows", type=int, default=100, help="windows per size and shift")
     parser.add_argument("--pool", type=int, default=100_000, help="decisions drawn per shift")
     parser.add_argument("--train", type=int, default=50_000, help="training events of the model")
+    parser.add_argument("--alpha", type=float, default=DriftRule.alpha, help="the rule's alpha (1e-4, the monitor's)")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="minimum effects 0: the critical values alone (to measure false alarms against alpha)")
     parser.add_argument("--quick", action="store_true", help="fewer windows, a smaller pool")
     parser.add_argument("--out", "--json", type=Path, dest="out",
                         default=Path(__file__).resolve().parent / "results" / "drift_power.json")

@@ -11,9 +11,13 @@ n = n_eff * n_ref / (n_eff + n_ref):
 - PSI: n * PSI is about chi-squared with B - 1 degrees of freedom under no
   drift (to second order PSI is Pearson's chi-squared divergence; B = bins the
   reference fills). Critical value chi2.ppf(1 - alpha, B - 1) / n.
-- KS: the weighted KS statistic at the reference bin edges is at most the
-  full two-sample statistic, whose critical value is c(alpha) / sqrt(n) with
-  c(alpha) = sqrt(-ln(alpha / 2) / 2) (Kolmogorov's asymptotics, conservative).
+- KS: the weighted KS statistic is taken at the reference bin edges only, so
+  its null is that of a Brownian bridge's maximum at those points, t_k = the
+  reference CDF there (`reference_cdf`): critical value c / sqrt(n) with
+  P(max_k |B(t_k)| > c) = alpha (jobs/analytics/ks_null.py; 2.05 at 1e-4 for
+  the 9 decile edges). Kolmogorov's c(alpha) = sqrt(-ln(alpha / 2) / 2) (2.23)
+  is the full statistic's and made the binned one ~5x too conservative; it is
+  kept for rows without `reference_cdf` (a view before migration 056).
 - Wasserstein-1: sqrt(n) * W1 tends to the L1 norm of a Brownian bridge
   B(F(x)), whose mean is sqrt(2/pi) * J with J = integral of sqrt(F(1-F)) dx
   (`reference_cdf_spread`), and which exceeds its mean by t with probability
@@ -37,6 +41,8 @@ import math
 from dataclasses import dataclass, field
 
 from scipy import stats
+
+from whystream.jobs.analytics.ks_null import binned_ks_critical
 
 STATISTICS = ("psi", "ks", "stability", "wasserstein")
 
@@ -81,7 +87,7 @@ class DriftRule:
             out.append(_verdict("psi", psi, effect["psi"], critical))
         ks = number(row.get("ks"))
         if ks is not None:
-            out.append(_verdict("ks", ks, effect["ks"], ks_critical(self.alpha, n)))
+            out.append(_verdict("ks", ks, effect["ks"], ks_critical(self.alpha, n, row.get("reference_cdf"))))
         reference = number(row.get("reference_mean_abs_shap")) or 0.0
         if reference <= 0:
             return out
@@ -118,8 +124,11 @@ def psi_critical(alpha: float, bins: int, n: float) -> float:
     return float(stats.chi2.isf(alpha, max(bins - 1, 1))) / n
 
 
-def ks_critical(alpha: float, n: float) -> float:
-    return math.sqrt(-math.log(alpha / 2) / 2) / math.sqrt(n)
+def ks_critical(alpha: float, n: float, reference_cdf=None) -> float:
+    """KS at the points where the reference CDF is `reference_cdf` (None: at every point, Kolmogorov)."""
+    if reference_cdf is None or len(reference_cdf) == 0:
+        return math.sqrt(-math.log(alpha / 2) / 2) / math.sqrt(n)
+    return binned_ks_critical(alpha, reference_cdf) / math.sqrt(n)
 
 
 def wasserstein_critical(alpha: float, cdf_spread: float, sd: float, n: float) -> float:

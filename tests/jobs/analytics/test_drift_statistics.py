@@ -180,8 +180,9 @@ def test_drift_by_stratum(db):
 
 
 def test_thresholds_follow_the_effective_sample_size(db):
-    """Small windows (n_eff ~ 160) alert neither on noise nor on a shift of 0.15 sd that they
-    cannot resolve; a large one (n_eff ~ 40,000) catches that shift, on that feature only."""
+    """Small windows (n_eff ~ 160) never alert on noise and catch a shift of 0.15 sd (KS ~0.10,
+    under their critical value ~0.15) only when noise pushes it over, in few windows; a large one
+    (n_eff ~ 40,000) catches that shift, on that feature only."""
     client, database = db
     model = synthetic_model(n_features=5, seed=19)
     model_reference.register_reference(client, model, database)
@@ -194,7 +195,9 @@ def test_thresholds_follow_the_effective_sample_size(db):
                            reservoir_window_seconds=0)
     small_rows = drift_sql.feature_drift(client, model.name, t0, t0 + MINUTE_MS, database)
     assert all(150 < r["effective_n"] < 400 for r in small_rows)
-    assert [a for m in range(-9, 11) for a in monitor.tick(t0 + m * MINUTE_MS)] == []  # twenty small windows
+    small_alerts = [a for m in range(-9, 11) for a in monitor.tick(t0 + m * MINUTE_MS)]  # twenty small windows
+    assert {(a["feature"], a["statistic"]) for a in small_alerts} <= {("feature_1", "ks")}  # none on noise
+    assert len(small_alerts) <= 3
     # the same shift with about 40 times the effective sample
     t1 = t0 + 20 * MINUTE_MS
     large, _ = stream(model, t1, 5, per_minute=20000, k=8000, seed=21, drift=shift, prefix="large")
@@ -256,6 +259,7 @@ def test_the_power_benchmark_computes_what_the_view_computes(db):
         for key in ("n", "weighted_n", "effective_n", "psi", "ks", "psi_bins", "mean_abs_shap", "stability",
                     "mean_sq_shap", "reference_cdf_spread", "n_reference"):
             assert row[key] == pytest.approx(sql[feature][key], rel=1e-6), (feature, key)
+        np.testing.assert_allclose(row["reference_cdf"], sql[feature]["reference_cdf"], rtol=1e-6)
         # the view's quantiles come from a t-digest, the benchmark's are exact
         assert row["wasserstein"] == pytest.approx(sql[feature]["wasserstein"], rel=0.1, abs=0.01)
 
