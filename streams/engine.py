@@ -261,9 +261,10 @@ class Engine:
         the stream was cut into batches never changes a window's sample.
         `handled` (per message of inbound): handled before a replay, so only a candidate if it is one."""
         config = self.config.sampling
-        ids: list[str] = []
-        versions: list[str] = []
-        strata: list[str] = []
+        ids: list[np.ndarray] = []  # per batch, object arrays: selected per partition below without a Python loop
+        versions: list[np.ndarray] = []
+        strata: list[np.ndarray] = []
+        placed = 0  # candidates so far
         picks: list[tuple[ModelBatch, np.ndarray]] = []
         unsampled: list[np.ndarray] = []  # positions in ids of rows fed to the reservoirs only to place windows
         for batch in batches:
@@ -290,18 +291,15 @@ class Engine:
             only_new = reasons == NEW_VERSION if new_version.any() else None
             rest = np.flatnonzero(~chosen if only_new is None else ~chosen | only_new)
             if only_new is not None:
-                unsampled.append(np.flatnonzero(only_new[rest]) + len(versions))
-            if len(rest) == n:
-                ids.extend(batch.prediction_ids)
-                strata.extend(batch.strata)
-            else:
-                take = rest.tolist()
-                ids.extend([batch.prediction_ids[j] for j in take])
-                strata.extend([batch.strata[j] for j in take])
-            versions.extend([model.version] * len(rest))
+                unsampled.append(np.flatnonzero(only_new[rest]) + placed)
+            ids.append(_objects(batch.prediction_ids)[rest])
+            strata.append(_objects(batch.strata)[rest])
+            versions.append(np.full(len(rest), model.version, dtype=object))
+            placed += len(rest)
             picks.append((batch, rest))
-        if not ids:
+        if not placed:
             return
+        ids, versions, strata = np.concatenate(ids), np.concatenate(versions), np.concatenate(strata)
         rows = np.concatenate([rest for _, rest in picks])
         which = np.concatenate([np.full(len(rest), k) for k, (_, rest) in enumerate(picks)])
         positions = np.concatenate([batch.index[rest] for batch, rest in picks])
@@ -314,9 +312,8 @@ class Engine:
         for partition in np.unique(partitions).tolist():
             sel = np.flatnonzero(partitions == partition)
             sel = sel[np.argsort(offsets[sel], kind="stable")]
-            take = sel.tolist()
-            self.reservoirs.add(partition, offsets[sel], [ids[k] for k in take], [versions[k] for k in take],
-                                [strata[k] for k in take], times[sel], items.subset(sel), now_ms, sampled[sel])
+            self.reservoirs.add(partition, offsets[sel], ids[sel].tolist(), versions[sel].tolist(),
+                                strata[sel].tolist(), times[sel], items.subset(sel), now_ms, sampled[sel])
 
     def _close_windows(self, due: dict[str, Due], now_ms: int) -> None:
         closed = self.reservoirs.close_due(now_ms)
@@ -423,3 +420,10 @@ class Engine:
         self._remembered()
         self.publisher.producer.flush(10)
         self.on_demand.close()
+
+
+def _objects(strings: list[str]) -> np.ndarray:
+    """A list of strings as a 1-d object array (never a 2-d one, whatever the strings)."""
+    array = np.empty(len(strings), dtype=object)
+    array[:] = strings
+    return array

@@ -27,9 +27,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from operator import itemgetter
 
 import numpy as np
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import KafkaException, Message, TopicPartition
 
 from whystream.kafka.clients import consumer
 from whystream.kafka.messages import Inbound, RawMessage
@@ -47,6 +48,8 @@ FETCH_SETTINGS = {
     "fetch.queue.backoff.ms": 10,
 }
 
+
+_second = itemgetter(1)  # of a message's (timestamp type, timestamp)
 
 # A partition's commit point is recorded on `sampling-checkpoints` when it moves, and at least this
 # often: a successor reads that topic backwards to the latest one (streams/checkpointing/replay_guard.py).
@@ -157,7 +160,10 @@ class Ingest:
         # A partition revoked and not assigned back is another worker's now: what was fetched of it
         # is not ours to handle or commit.
         assigned = self.assigned
-        good = [m for m in messages if m.error() is None and m.partition() in assigned]
+        errors = list(map(Message.error, messages))  # per message only C-level calls on the common path
+        if errors.count(None) == len(messages) and assigned.issuperset(map(Message.partition, messages)):
+            return messages
+        good = [m for m, error in zip(messages, errors) if error is None and m.partition() in assigned]
         if len(good) != len(messages):
             for m in messages:
                 if m.error() is not None:
@@ -215,10 +221,12 @@ class Ingest:
         if not messages:
             return
         n = len(messages)
-        values = [m.value() or b"" for m in messages]  # a tombstone (no value) is undecodable input
-        partitions = np.fromiter((m.partition() for m in messages), dtype=np.int64, count=n)
-        offsets = np.fromiter((m.offset() for m in messages), dtype=np.int64, count=n)
-        timestamps = np.fromiter((m.timestamp()[1] for m in messages), dtype=np.int64, count=n)
+        values = list(map(Message.value, messages))
+        if None in values:  # a tombstone (no value) is undecodable input
+            values = [value or b"" for value in values]
+        partitions = np.fromiter(map(Message.partition, messages), dtype=np.int64, count=n)
+        offsets = np.fromiter(map(Message.offset, messages), dtype=np.int64, count=n)
+        timestamps = np.fromiter(map(_second, map(Message.timestamp, messages)), dtype=np.int64, count=n)
 
         def message(i: int) -> RawMessage:
             m = messages[i]

@@ -46,8 +46,10 @@ class DecisionLabels:
         """Count (and warn once about) the labels of a batch that are not known."""
         if not decisions:
             return
-        unknown = Counter(d for d in decisions if d not in self.known and d.casefold() not in self.known)
-        for label, count in unknown.items():
+        counts = Counter(decisions)  # few distinct labels: each is checked once, not each event
+        for label, count in counts.items():
+            if label in self.known or label.casefold() in self.known:
+                continue
             name = label.casefold()
             if name not in self._warned:
                 if len(self._warned) >= MAX_LABELS:

@@ -172,7 +172,7 @@ class RedisStore(ResilientRedis):
                         for i, pid in enumerate(prediction_ids)]
             self._call(lambda: self._per_key(commands), None)
             return
-        encoded = [pid.encode() for pid in prediction_ids]
+        encoded = list(map(str.encode, prediction_ids))
         lengths = np.fromiter(map(len, encoded), dtype="<u4", count=n)
         prefix = self._key("at", "")
         calls = [([], [self.prediction_ttl_s, prefix, b"".join(encoded[b:b + CHUNK]), lengths[b:b + CHUNK].tobytes(),

@@ -43,8 +43,8 @@ def priority_reasons(decision: np.ndarray, score: np.ndarray, threshold: np.ndar
     class's probability) and the reference predictions' interquartile range for
     the others (a regression's score is in its target's units); `near=False`
     (a model registered without a threshold) leaves NEAR_THRESHOLD out."""
-    decision = np.asarray(decision, dtype=object)
-    out = np.full(decision.shape, None, dtype=object)
+    labels = decision.tolist() if isinstance(decision, np.ndarray) else list(decision)
+    out = np.full(len(labels), None, dtype=object)
     # Lowest precedence first: later assignments overwrite earlier ones.
     out[np.asarray(new_version, dtype=bool)] = NEW_VERSION
     if near:
@@ -52,6 +52,7 @@ def priority_reasons(decision: np.ndarray, score: np.ndarray, threshold: np.ndar
         out[gap <= (config.near_threshold_band + _BAND_SLACK) * band_scale] = NEAR_THRESHOLD
     out[np.asarray(flagged, dtype=bool)] = FLAGGED
     if config.adverse_decisions:
-        folded = np.array([d.casefold() for d in decision.tolist()], dtype=object)
-        out[np.isin(folded, list(config.adverse_decisions))] = ADVERSE
+        # A batch holds few distinct labels: each is case-folded once, each event only looked up.
+        adverse = {label: label.casefold() in config.adverse_decisions for label in dict.fromkeys(labels)}
+        out[np.fromiter(map(adverse.__getitem__, labels), dtype=bool, count=len(labels))] = ADVERSE
     return out

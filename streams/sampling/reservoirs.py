@@ -131,9 +131,10 @@ def _codes(values: Sequence[str]) -> tuple[np.ndarray, list[str]]:
     first = values[0]
     if values.count(first) == len(values):  # the common case: one model version per call
         return np.zeros(len(values), dtype=np.int64), [first]
-    table: dict[str, int] = {}
-    codes = np.fromiter((table.setdefault(v, len(table)) for v in values), dtype=np.int64, count=len(values))
-    return codes, list(table)
+    table = dict.fromkeys(values)  # distinct, in first-seen order; then each code by a C-level lookup
+    for code, value in enumerate(table):
+        table[value] = code
+    return np.fromiter(map(table.__getitem__, values), dtype=np.int64, count=len(values)), list(table)
 
 
 class Reservoirs:
@@ -141,8 +142,10 @@ class Reservoirs:
 
     def __init__(self, config: SamplingConfig, salt: bytes = b""):
         self.config = config
-        # blake2b keys are at most 64 bytes; longer salts are folded into one.
+        # blake2b keys are at most 64 bytes; longer salts are folded into one. Each id's hash starts
+        # from a copy of the keyed state: the key's block is compressed once, not once per id.
         self._key = salt if len(salt) <= 64 else hashlib.blake2b(salt).digest()
+        self._keyed = hashlib.blake2b(digest_size=8, key=self._key)
         self._partitions: dict[int, _Partition] = {}
         self._horizons: dict[int, Horizon] = {}  # outlive resets: a copy after one is still a copy
         self._closed: list[ClosedWindow] = []  # closed by a replayed reset inside add(): handed over next
@@ -154,9 +157,13 @@ class Reservoirs:
 
     def hashes(self, prediction_ids: Sequence[str]) -> np.ndarray:
         """u per prediction_id: the first 8 bytes of keyed blake2b, little-endian uint64."""
-        blake2b, key = hashlib.blake2b, self._key
-        digests = b"".join([blake2b(pid.encode(), digest_size=8, key=key).digest() for pid in prediction_ids])
-        return np.frombuffer(digests, dtype="<u8")
+        copy, digests = self._keyed.copy, []
+        append = digests.append
+        for pid in prediction_ids:
+            h = copy()
+            h.update(pid.encode())
+            append(h.digest())
+        return np.frombuffer(b"".join(digests), dtype="<u8")
 
     # -- replays ------------------------------------------------------------------------------------
 

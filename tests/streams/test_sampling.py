@@ -341,6 +341,19 @@ def test_selected_are_the_k_smallest_hashes():
     assert all(weight == 20.0 for _, weight in w.selected)
 
 
+@settings(max_examples=50, deadline=None)
+@given(ids=st.lists(st.text(max_size=300), max_size=20), salt=st.binary(max_size=100))
+def test_hashes_are_keyed_blake2b_of_each_id(ids, salt):
+    """u is what the module docstring says (workers of different revisions sample alike): the first 8
+    bytes, little-endian, of blake2b keyed with the salt (folded into 64 bytes when longer)."""
+    import hashlib
+
+    key = salt if len(salt) <= 64 else hashlib.blake2b(salt).digest()
+    expected = [int.from_bytes(hashlib.blake2b(pid.encode(), digest_size=8, key=key).digest(), "little")
+                for pid in ids]
+    assert Reservoirs(SamplingConfig(), salt=salt).hashes(ids).tolist() == expected
+
+
 @settings(max_examples=25, deadline=None)
 @given(cuts=st.lists(st.integers(1, 1999), max_size=30))
 def test_batching_does_not_matter(cuts):
