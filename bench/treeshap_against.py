@@ -37,7 +37,6 @@ def measure(models: dict[str, str], seed: int) -> dict:
     """In the child: time whichever whystream is importable on each model file."""
     import lightgbm as lgb
     import numba
-    import numpy as np
 
     from bench.treeshap import make_data
     from whystream.treeshap import TreeShap, explainer
