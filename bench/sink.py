@@ -22,14 +22,10 @@ also run the duplicate filter, the ledger and the claims.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -175,29 +171,9 @@ def report(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="20,000 events, one round")
-    parser.add_argument("--json", type=Path, default=Path(__file__).resolve().parent / "results" / "sink.json")
-    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.events, args.rounds = min(args.events, 20_000), 1
-    if args.child:
-        args.child.write_text(json.dumps(child(args)))
-        return {}
-    from bench.results import publish
+    from bench.results import main_in_child
 
-    with tempfile.TemporaryDirectory(prefix="whystream-sink-bench-") as tmp:
-        out = Path(tmp) / "result.json"
-        subprocess.run([sys.executable, "-m", "bench.sink", "--events", str(args.events), "--rounds",
-                        str(args.rounds), "--child", str(out), "--dir", str(Path(tmp) / "chdb")],
-                       check=True, cwd=Path(__file__).resolve().parents[1])
-        result = json.loads(out.read_text())
-    publish(result, report(result), args.json)
-    return result
+    return main_in_child("sink", __doc__, child, report, argv)
 
 
 if __name__ == "__main__":
