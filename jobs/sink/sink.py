@@ -267,14 +267,17 @@ class Sink:
             if is_data_error(exc):
                 return exc
             raise
-        # Only now, with the table and every view done: a unit not in the ledger is inserted again under
-        # its token (jobs/sink/ledger.py), which completes a view an interrupted insert left short.
+        self._ledger(client, unit, topic_id, token)
+        return None
+
+    def _ledger(self, client, unit: Rows, topic_id: str, token: str) -> None:
+        """Only now, with the table and every view done: a unit not in the ledger is inserted again
+        under its token (jobs/sink/ledger.py), which completes a view an interrupted insert left short."""
         m = unit.messages
         client.insert("sink_ledger", [[x.topic for x in m], [topic_id] * len(m), [x.partition for x in m],
                                       [x.offset for x in m], list(unit.prediction_ids)],
                       database=self.database, column_names=LEDGER_COLUMNS, column_oriented=True,
                       settings={"insert_deduplication_token": "ledger:" + token})
-        return None
 
     def _exactly_once(self, rows: Rows, topic_ids: dict[str, str], table: str, columns: list[str]) -> int:
         """Write `rows` (RowBinary of `columns`) to `table` through the ledger (jobs/sink/ledger.py)."""
@@ -286,6 +289,7 @@ class Sink:
                 if is_data_error(exc):
                     return exc
                 raise
+            self._ledger(client, unit, topic_id, f"{table}:{token}")
             return None
         return write_exactly_once(rows, topic_ids, self.database, self._retrying, insert, self._refused, self.name,
                                   self._pause)

@@ -48,7 +48,10 @@ TABLES = {"schema_migrations", "explanations", "model_reference", "attribution_h
           # the sink's ledger (011, 013; written by the sink since 050)
           "sink_ledger", "sink_claims",
           # the duplicate filter's index (043)
-          "explanation_ids", "explanation_ids_mv"}
+          "explanation_ids", "explanation_ids_mv",
+          # score consistency (071), the decision store (072, 074), the audit trail of answers (073);
+          # their ledger rows are written by the sink (075)
+          "score_check_stats", "score_check_stats_mv", "decisions", "decision_drift_all", "explain_answers"}
 
 
 def test_migrations_apply_once_in_order(db):
