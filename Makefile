@@ -19,11 +19,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/whystream demo
 
-# Two pytest workers (pytest-xdist), a test file each at a time: each starts its own embedded
-# stack; the suite is mostly waiting on brokers and timers, so this halves its wall time on 2
-# cores. PYTEST_ARGS="-n 0" runs it in one process.
+# Three pytest workers (pytest-xdist), a test file each at a time: each starts its own embedded
+# stack; the suite is mostly waiting on brokers and timers, so a third worker on 2 cores still
+# shortens it. The 20 slowest tests are listed at the end. PYTEST_ARGS="-n 0" runs it in one process.
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 3 --dist loadfile --durations=20 $(PYTEST_ARGS)
 
 # The console's browser tests drive Debian's chromium through chromedriver: installed here when
 # missing and apt-get can run (root, or sudo without a password); otherwise those tests skip, saying why.
