@@ -37,7 +37,36 @@ from typing import Callable, Iterator
 from whystream.errors import WhystreamError
 
 MAX_OVERDUE = 2  # queries past their deadline that may still be finishing in this process
-_overdue = threading.BoundedSemaphore(MAX_OVERDUE)
+CLOSING_GRACE_S = 2.0  # how long a stream cut short (too large, failed) may take to close before it counts
+
+
+class _Overdue:
+    """How many queries whose caller has given up are still running in this process."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self.running = 0
+
+    def full(self) -> bool:
+        with self._changed:
+            return self.running >= MAX_OVERDUE
+
+    def add(self) -> None:
+        with self._changed:
+            self.running += 1
+
+    def done(self) -> None:
+        with self._changed:
+            self.running -= 1
+            self._changed.notify_all()
+
+    def wait_until_none(self, timeout: float) -> bool:
+        """Wait for every overdue query to end (shutdown, tests); False if some still run."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.running == 0, timeout)
+
+
+overdue = _Overdue()
 
 
 class QueryTimeout(WhystreamError):
@@ -82,10 +111,9 @@ def run_with_deadline(work: Callable[[Callable[[], bool]], Iterator], seconds: f
     types first, then blocks of rows, and stops when `cancelled()` turns true. The
     caller gets the answer, or QueryTimeout at `seconds` (after which `on_overdue()`
     cancels what the engine is doing) or AnswerTooLarge past `max_bytes`."""
-    if not _overdue.acquire(blocking=False):
+    if overdue.full():
         raise QueryTimeout(f"{MAX_OVERDUE} queries that passed their time limit are still finishing in this "
                            "process; try again in a moment")
-    _overdue.release()
     items: queue.Queue = queue.Queue(maxsize=1)  # the thread runs at most one block ahead
     stop = threading.Event()
 
@@ -115,7 +143,7 @@ def run_with_deadline(work: Callable[[Callable[[], bool]], Iterator], seconds: f
             with lock:
                 state["finished"] = True
                 if state["overdue"]:
-                    _overdue.release()
+                    overdue.done()
 
     thread = threading.Thread(target=produce_and_release, name="whystream-read-query", daemon=True)
     deadline = time.monotonic() + seconds
@@ -147,12 +175,15 @@ def run_with_deadline(work: Callable[[Callable[[], bool]], Iterator], seconds: f
                 answer.result_rows.extend(item)
             else:
                 answer.encoded.append(chunk)
-    except BaseException:
+    except BaseException as exc:
         stop.set()
+        if not isinstance(exc, QueryTimeout):
+            thread.join(CLOSING_GRACE_S)  # a stream cut short between blocks closes at once
         with lock:
             running = not state["finished"]
             if running:
-                state["overdue"] = _overdue.acquire(blocking=False)
+                state["overdue"] = True
+                overdue.add()
         if running:
             on_overdue()
         raise

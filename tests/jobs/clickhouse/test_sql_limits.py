@@ -19,7 +19,7 @@ import pytest
 
 from whystream.jobs.clickhouse import connection as ch
 from whystream.jobs.clickhouse import query_port
-from whystream.jobs.clickhouse.bounded import run_with_deadline
+from whystream.jobs.clickhouse.bounded import overdue, run_with_deadline
 from whystream.jobs.clickhouse.guard import (
     AnswerTooLarge,
     QueryLimits,
@@ -31,6 +31,14 @@ from whystream.jobs.clickhouse.query_port import QueryServer, SinkQueryClient
 
 # One block of 200 rows whose every row takes long: ClickHouse checks its time limit only between blocks.
 SLOW_BLOCK = "SELECT sum(editDistance(repeat('a', {n}), repeat(toString(number % 2), {n}))) FROM numbers(200)"
+
+
+@pytest.fixture(autouse=True)
+def no_query_left_running():
+    """A query cut off at its deadline runs on in this process until its block ends;
+    the next test (in this file or another on the same worker) starts without it."""
+    yield
+    assert overdue.wait_until_none(timeout=300), f"{overdue.running} overdue queries still run"
 
 
 def _guard(stack, database, **limits) -> ReadOnlyQueries:
@@ -73,6 +81,7 @@ def test_the_answer_is_bounded_while_it_streams(stack, db):
     assert len(guard.query("SELECT number FROM numbers(1000)").result_rows) == 1000
     with pytest.raises(AnswerTooLarge, match="WHYSTREAM_SQL_MAX_REPLY_BYTES"):
         guard.query("SELECT repeat('x', 1000) FROM numbers(1000000)")  # 1 GB; cut off after about 1 MiB
+    assert overdue.running == 0  # a stream cut short between blocks closed: it holds no overdue slot
     assert guard.query("SELECT 1").result_rows == [(1,)]
 
 
