@@ -30,14 +30,18 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from confluent_kafka import TopicPartition
+
 from whystream.infra.stack import EmbeddedStack, free_port, redis_binary
 from whystream.jobs.simulation.generator import TransactionGenerator
 from whystream.jobs.simulation.produce import prediction_events
 from whystream.jobs.simulation.train import train_model
 from whystream.kafka.clients import producer as kafka_producer
-from whystream.kafka.reader import message_count, read_all
+from whystream.kafka.clients import consumer as kafka_consumer
+from whystream.kafka.reader import message_count, partition_bounds, read_all
 from whystream.models.events import announce, model_event
 from whystream.models.registry import ModelRegistry
+from whystream.streams.store import RedisStore
 from whystream.wire.codecs import codec_for
 
 BAND = 0.02
@@ -101,6 +105,23 @@ def traffic(model, count: int, bad_every: int):
     return out
 
 
+def caught_up(settings, redis_url: str) -> bool:
+    """Whether the workers have read all of `predictions` (their read positions in Redis) and
+    committed every explain request (answered: the control plane commits after the answers)."""
+    ends = {p: end for p, (_, end) in partition_bounds(settings, settings.topic("predictions"), None, 10).items()}
+    if not RedisStore(redis_url).read_past(ends):
+        return False
+    topic = settings.topic("explain-requests")
+    asked = partition_bounds(settings, topic, None, 10)
+    requests = kafka_consumer(settings, "explain")
+    try:
+        committed = requests.committed([TopicPartition(topic, p) for p in asked], timeout=10)
+    finally:
+        requests.close()
+    return all(tp.offset >= asked[tp.partition][1] or asked[tp.partition][0] == asked[tp.partition][1]
+               for tp in committed)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=3.0)
@@ -125,7 +146,7 @@ def main() -> int:
         messages = traffic(model, int(args.minutes * 60 * args.rate), args.bad_every)
         print(f"soak: {len(messages):,} messages over {args.minutes:g} min, worker logs in {home}", flush=True)
         worker = Worker(settings, home / "worker.log")
-        rss, kills, redis_restarts, asked = [], 0, 0, []
+        rss, kills, redis_restarts, asked, asked_at = [], 0, 0, [], []
         done = threading.Event()
 
         def send():
@@ -138,6 +159,7 @@ def main() -> int:
                 producer.produce(settings.topic("predictions"), value, key)
                 if record is not None and i % args.ask_every == 0:  # someone asks why, right after
                     asked.append(record["prediction_id"])
+                    asked_at.append(i)
                     producer.produce(settings.topic("explain-requests"), requests.encode(
                         {"prediction_id": record["prediction_id"], "requested_by": "soak",
                          "request_id": f"soak-{i}"}), f"soak-{i}".encode())
@@ -171,13 +193,19 @@ def main() -> int:
                 next_redis = time.monotonic() + rng.uniform(10, 30)
             time.sleep(0.5)
         sender.join()
-        # Let the last worker finish: explanations settle when their count stops growing.
+        # Let the last worker finish: it has read every decision and answered every request, then
+        # explanations and explain-errors settle when their counts stop growing.
+        settle_by = time.monotonic() + 240
+        while not caught_up(settings, redis.url) and time.monotonic() < settle_by:
+            rss.append((round(time.monotonic() - began), worker.rss_mib()))
+            time.sleep(2)
         last, since = -1, time.monotonic()
         while time.monotonic() - since < 15:
             rss.append((round(time.monotonic() - began), worker.rss_mib()))
             found = read_all(settings, settings.topic("explanations"), "ExplanationEvent")
-            if len(found) != last:
-                last, since = len(found), time.monotonic()
+            refusals = read_all(settings, settings.topic("explain-errors"), "ExplainError")
+            if len(found) + len(refusals) != last:
+                last, since = len(found) + len(refusals), time.monotonic()
             time.sleep(2)
         letters = read_all(settings, settings.topic("predictions.dlq"), "DeadLetter")
         inputs = message_count(settings, settings.topic("predictions"))
@@ -189,6 +217,7 @@ def main() -> int:
            if r["decision"] != "approve" or r["priority"] or abs(r["score"] - r["threshold"]) <= BAND}
     bad = {key.decode() for key, _, r in messages if r is None}
     answers = [e for e in found if e.get("request_id")]
+    replies = Counter([e["request_id"] for e in answers] + [r["request_id"] for r in refusals])
     shadows = [e for e in found if e["role"] == "CHALLENGER"]
     found = [e for e in found if e["role"] == "CHAMPION" and not e.get("request_id")]  # the stream's own
     ids = [e["prediction_id"] for e in found]
@@ -200,15 +229,24 @@ def main() -> int:
         "duplicated explanations": len(ids) - len(set(ids)),
         "lost dead letters": len(bad - set(letter_ids)),
         "duplicated dead letters": len(letter_ids) - len(set(letter_ids)),
+        "unanswered requests": len(asked) - len(replies),
     }
+    # At least once, not exactly once, for a request in flight when its worker is killed while Redis lost
+    # its marks (docs/control-plane.md): counted, not failed.
+    answered_again = sum(n > 1 for n in replies.values())
     print(f"soak: {kills} kill -9 of the worker, {redis_restarts} Redis restarts; {inputs - len(messages):,} "
           f"messages on `predictions` beyond the {len(messages):,} sent")
     for name, value in figures.items():
         print(f"  {name:26s} {value}")
     print(f"  {'reservoir weights':26s} {sampled:,.1f} for {len(records) - len(due):,} candidates")
-    print(f"  {'explain requests':26s} {len(asked):,} asked, {len(answers):,} answers (at most once); "
+    print(f"  {'explain requests':26s} {len(asked):,} asked: {len(answers):,} explained, {len(refusals):,} "
+          "explain-errors (" + ", ".join(f"{code} {n}" for code, n in Counter(r["error_code"] for r in refusals)
+                                         .most_common()) + f"); {answered_again:,} answered again after a kill; "
           f"{len(shadows):,} challenger shadows")
     print("  worker RSS (s: MiB): " + ", ".join(f"{t}: {m:.0f}" for t, m in rss if m is not None))
+    unanswered = sorted(int(rid.split("-")[1]) for rid in {f"soak-{i}" for i in asked_at} - set(replies))
+    if unanswered:  # where in the stream the lost requests were asked (message index)
+        print(f"  unanswered requests at messages {unanswered[:3]} ... {unanswered[-3:]}")
     twice = [pid for pid, n in Counter(ids).items() if n > 1]
     for pid in sorted(twice)[:5]:  # what a duplicate looks like: which workers, when, why sampled
         print(f"  published twice: {pid}: " + "; ".join(

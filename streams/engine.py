@@ -201,9 +201,13 @@ class Engine:
             ids = [pid for batch in batches for pid in batch.prediction_ids]
             where = np.concatenate([batch.index for batch in batches]) if batches else slice(0)
         self._remembered()
-        if ids:
-            self._remembering = self._background.submit(self.location_store.remember_locations, ids,
-                                                         inbound.partitions[where], inbound.offsets[where])
+        if len(inbound):
+            self._remembering = self._background.submit(self._remember_now, ids, inbound.partitions[where],
+                                                         inbound.offsets[where], _read_to(inbound))
+
+    def _remember_now(self, ids, partitions, offsets, read_to: dict[int, int]) -> None:
+        self.location_store.remember_locations(ids, partitions, offsets)
+        self.location_store.note_read(read_to)  # after the locations: a reader that sees it finds them
 
     def _remembered(self) -> None:
         """Wait until the last batch's events are in Redis."""
@@ -427,3 +431,9 @@ def _objects(strings: list[str]) -> np.ndarray:
     array = np.empty(len(strings), dtype=object)
     array[:] = strings
     return array
+
+
+def _read_to(inbound: Inbound) -> dict[int, int]:
+    """Per partition of the batch, the offset after its last message."""
+    partitions, last = np.unique(inbound.partitions[::-1], return_index=True)  # first of the reversed: the last
+    return dict(zip(partitions.tolist(), (inbound.offsets[::-1][last] + 1).tolist()))

@@ -11,6 +11,9 @@ worker holds its ingest lock for that step alone).
    `predictions` where Redis remembers it lies (15 minutes), else the decision
    from the decision store (`archive`, given by whoever composes the worker:
    ClickHouse's `decisions`, any decision within its retention), else nothing.
+   `find_once_read(id)` (explain requests on Kafka) looks again once the data
+   plane has read what was on `predictions` when it was asked: the workers
+   record in Redis how far they have read each partition, after the locations.
 2. `compute(id, raw)`: an ON_DEMAND explanation of that event, validated as
    the stream validates it, its producer score checked as the stream checks
    it; not published.
@@ -26,11 +29,15 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from confluent_kafka import KafkaException
+
 from whystream.explanations.records import build_explanations, redact_event
 from whystream.kafka.messages import Inbound, RawMessage
-from whystream.kafka.reader import OffsetReader
+from whystream.kafka.reader import OffsetReader, ReadTimeout, partition_bounds
 from whystream.streams.attribution import cache_keys
 from whystream.treeshap import EXPLAINER_VERSION
+
+READ_POLL_S = 0.25  # how often a request for a decision not read yet looks again
 
 
 class OnDemand:
@@ -62,6 +69,25 @@ class OnDemand:
             return None, raw, "predictions"
         raw = self.archive(prediction_id) if self.archive is not None else None
         return (None, raw, "store") if raw is not None else (None, None, None)
+
+    def find_once_read(self, prediction_id: str, patience_s: float) -> tuple[dict | None, bytes | None, str | None]:
+        """find(); when nothing is found, find again once the data plane has read every message
+        that was on `predictions` now (waiting at most `patience_s`): a request sent right after
+        its decision is answered, not refused because the decision was still on its way. Without
+        Redis (no locations, no read positions) or a broker, it does not wait."""
+        found = self.find(prediction_id)
+        if found != (None, None, None) or patience_s <= 0:
+            return found
+        try:
+            bounds = partition_bounds(self.reader.settings, self.reader.topic, None, timeout=min(patience_s, 5.0),
+                                      complete=True)
+        except (KafkaException, ReadTimeout):
+            return found
+        ends = {p: end for p, (_, end) in bounds.items()}
+        deadline = time.monotonic() + patience_s
+        while self.engine.location_store.read_past(ends) is False and time.monotonic() < deadline:
+            time.sleep(READ_POLL_S)
+        return self.find(prediction_id)
 
     def compute(self, prediction_id: str, raw: bytes, source: str = "predictions") -> dict | None:
         """An ON_DEMAND explanation of the PredictionEvent `raw`, if it is valid and is `prediction_id`;

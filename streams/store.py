@@ -179,6 +179,22 @@ class RedisStore(ResilientRedis):
                        locations[b:b + CHUNK].tobytes()]) for b in range(0, n, CHUNK)]
         self._call(lambda: self._run_script(self._set_locations, calls), None)
 
+    def note_read(self, read_to: dict[int, int]) -> None:
+        """Record, per partition of `predictions`, the offset after the last message the data
+        plane has read (and whose locations are remembered): explain on demand waits on it."""
+        if read_to:
+            self._call(lambda: self.client.hset(self._key("read", "predictions"),
+                                                mapping={str(p): int(o) for p, o in read_to.items()}), None)
+
+    def read_past(self, ends: dict[int, int]) -> bool | None:
+        """Whether the data plane has read every partition up to `ends` (partition -> offset);
+        None while Redis cannot tell."""
+        read = self._call(lambda: self.client.hgetall(self._key("read", "predictions")), None)
+        if read is None:
+            return None
+        read = {int(p): int(o) for p, o in read.items()}
+        return all(read.get(p, 0) >= end for p, end in ends.items())
+
     def recall_location(self, prediction_id: str) -> tuple[int, int] | None:
         """(partition, offset) of a recent event in `predictions`, or None."""
         packed = self._call(lambda: self.client.get(self._key("at", prediction_id)), None)

@@ -21,7 +21,9 @@ batch loop of streams/worker.py. Beside it, on the Faust app's event loop:
   ExplanationEvent on `explanations` (request_id set; a reply for the requester,
   which the ClickHouse sink does not store) or an ExplainError on
   `explain-errors` (streams/on_demand.py does the finding and computing).
-  Offsets are committed once every request of a fetched batch is answered;
+  A request whose decision is not found waits (REQUEST_PATIENCE_S at most)
+  until the data plane has read what was on `predictions` when it was asked.
+  Offsets are committed as soon as the requests before them are answered;
   a request delivered again (a replay after a crash, or sent twice) is
   answered once: answered ids are marked in Redis (and kept in memory).
 - the challenger's shadow (streams/control/shadow.py): the `shadow` agent explains
@@ -56,6 +58,9 @@ from whystream.wire.codecs import topic_codec
 log = logging.getLogger("whystream.control")
 EXPLAIN_CONCURRENCY = 4  # explain requests answered at once (each may run TreeSHAP on an executor thread)
 REQUEST_BATCH = 50  # requests fetched (and committed) together
+REQUEST_PATIENCE_S = 30.0  # how long a request waits for its decision while the data plane has not read it
+# A worker killed without leaving the group holds its request partitions this long (librdkafka's default: 45 s).
+REQUEST_SESSION_TIMEOUT_MS = 6000
 ORIGINAL_CAP = 64 * 1024  # bytes of a malformed request kept in its ExplainError
 REMEMBERED_ANSWERS = 100_000  # request ids this worker answered, kept in memory besides Redis
 # Dead letters are sent back for versions announced this recently (as long as the Redis mark that one
@@ -173,7 +178,9 @@ class ControlPlane:
 
     async def _read_requests(self) -> None:
         pool = ThreadPoolExecutor(1, thread_name_prefix="whystream-requests")
-        requests = consumer(self.settings, "explain", **{"auto.offset.reset": "earliest", "fetch.wait.max.ms": 50})
+        requests = consumer(self.settings, "explain", **{
+            "auto.offset.reset": "earliest", "fetch.wait.max.ms": 50,
+            "session.timeout.ms": REQUEST_SESSION_TIMEOUT_MS, "heartbeat.interval.ms": REQUEST_SESSION_TIMEOUT_MS // 3})
         requests.subscribe([self.settings.topic("explain-requests")])
         try:
             while not self.app.should_stop:
@@ -182,13 +189,20 @@ class ControlPlane:
                 if not messages:
                     continue
                 done = [self._loop.create_future() for _ in messages]
+                waiting: dict[int, list] = {}  # partition -> [(offset, answered)], in offset order
                 for m, future in zip(messages, done):
+                    waiting.setdefault(m.partition(), []).append((m.offset(), future))
                     await self.requests_channel.put((m.value() or b"", future))
-                await asyncio.gather(*done)
-                try:
-                    await self._run(pool, lambda: requests.commit(asynchronous=False))
-                except Exception as exc:  # redelivered later: answered ids are skipped
-                    log.warning("explain-requests: commit failed: %s", exc)
+                # Each answered stretch is committed as soon as it is answered, not with the whole batch:
+                # a worker killed now asks its successor to answer again only what is in flight.
+                for answered in asyncio.as_completed(done):
+                    await answered
+                    offsets = _answered_prefixes(self.settings.topic("explain-requests"), waiting)
+                    try:
+                        if offsets:
+                            await self._run(pool, lambda: requests.commit(offsets=offsets, asynchronous=False))
+                    except Exception as exc:  # redelivered later: answered ids are skipped
+                        log.warning("explain-requests: commit failed: %s", exc)
         finally:
             await self._run(pool, requests.close)
             pool.shutdown(wait=False)
@@ -219,12 +233,14 @@ class ControlPlane:
             if await self._run(None, engine.store.marked, "answered", rid):  # answered by any worker, before
                 engine.metrics.explain_requests.labels("duplicate").inc()
                 return
-            published, raw, source = await self._run(None, engine.on_demand.find, pid)
+            published, raw, source = await self._run(None, engine.on_demand.find_once_read, pid,
+                                                      REQUEST_PATIENCE_S)
             explanation = published or (await self._run(None, self._compute, pid, raw, source) if raw else None)
             if explanation is None:
                 await self._error(request, "UNKNOWN_DECISION",
                                   f"no decision with prediction_id {pid[:200]!r} within reach (never sent, "
-                                  "invalid, older than the 15-minute location memory and not in the decision store)")
+                                  "invalid, older than the 15-minute location memory and not in the decision store, "
+                                  f"or not read by the data plane within {REQUEST_PATIENCE_S:g} s of the request)")
             else:
                 answer = {**explanation, "sampling_reason": "ON_DEMAND", "inclusion_weight": 1.0, "request_id": rid,
                           "requested_by": request["requested_by"]}
@@ -283,3 +299,15 @@ class ControlPlane:
                 self.engine.metrics.shadowed.inc(len(messages))
             except Exception:  # the challenger failing must not touch the champion's stream
                 log.exception("shadow: %s@%s", work.champion.name, work.challenger_version)
+
+
+def _answered_prefixes(topic: str, waiting: dict[int, list]) -> list[TopicPartition]:
+    """The offsets to commit: per partition, past its requests answered without a gap (taken off `waiting`)."""
+    offsets = []
+    for partition, queue in waiting.items():
+        last = None
+        while queue and queue[0][1].done():
+            last = queue.pop(0)[0]
+        if last is not None:
+            offsets.append(TopicPartition(topic, partition, last + 1))
+    return offsets

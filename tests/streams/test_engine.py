@@ -5,6 +5,8 @@ transport around it is tested in test_worker.py."""
 from __future__ import annotations
 
 import math
+import threading
+import time
 from collections import Counter
 
 import numpy as np
@@ -174,6 +176,34 @@ def test_any_recent_decision_can_be_explained_on_demand(engine_settings, small_m
     some_published = next(iter(published))
     assert engine.on_demand.explain(some_published)["prediction_id"] == some_published
     assert engine.on_demand.explain("never-seen") is None
+    engine.close()
+
+
+def test_a_request_for_a_decision_not_read_yet_waits_until_the_data_plane_has_read_it(engine_settings, small_model):
+    """An explain request sent right after its decision (soak: 204 of 480 answered UNKNOWN_DECISION
+    because the data plane had not read them yet) is answered once the workers have read what
+    was on `predictions` when it was asked; an unknown id is refused once all is read."""
+    records = make_records(small_model, 200)
+    engine = build_engine(engine_settings, config())
+    messages = on_the_topic(engine_settings, records)
+    engine.process(messages[:100])
+    target = messages[-1].key.decode()
+    found = []
+    asking = threading.Thread(target=lambda: found.append(engine.on_demand.find_once_read(target, 60.0)))
+    asking.start()
+    time.sleep(1.0)
+    assert asking.is_alive()  # still waiting: the data plane has not read the rest
+    engine.process(messages[100:])
+    asking.join(60)
+    (published, raw, source), = found
+    assert source == "predictions" and codec_for("PredictionEvent").decode(raw)["prediction_id"] == target
+    started = time.monotonic()
+    assert engine.on_demand.find_once_read("never-seen", 60.0) == (None, None, None)
+    assert time.monotonic() - started < 30  # everything read: refused without waiting out its patience
+    on_the_topic(engine_settings, make_records(small_model, 1, seed=99, run_id="late"))  # on the topic, never read
+    started = time.monotonic()
+    assert engine.on_demand.find_once_read("never-seen", 1.0) == (None, None, None)
+    assert time.monotonic() - started >= 1.0  # waited for the unread message, then gave up
     engine.close()
 
 

@@ -126,16 +126,18 @@ def read_between(settings: Settings, ranges: dict[tuple[str, int], tuple[int, in
             consumer.close()
 
 
-def partition_bounds(settings: Settings, topic: str, partitions: Iterable[int],
+def partition_bounds(settings: Settings, topic: str, partitions: Iterable[int] | None,
                      timeout: float = 60.0, complete: bool = False) -> dict[int, tuple[int, int]]:
-    """Per partition, (its low watermark, the offset after its last message now: what a high
-    watermark should say), the end read from the watermark's last batch to EOF, since Tansu's
-    watermark falls short. A partition not read to its end within `timeout` keeps what was
-    read (at least its watermark), with a warning; with `complete`, ReadTimeout is raised
-    instead (a caller that must not act on a short end)."""
+    """Per partition (None: every partition of the topic), (its low watermark, the offset
+    after its last message now: what a high watermark should say), the end read from the
+    watermark's last batch to EOF, since Tansu's watermark falls short. A partition not read
+    to its end within `timeout` keeps what was read (at least its watermark), with a warning;
+    with `complete`, ReadTimeout is raised instead (a caller that must not act on a short end)."""
     consumer = peek_consumer(settings)
     try:
         bounds, starts = {}, {}
+        if partitions is None:
+            partitions = partitions_of(consumer, topic, timeout)
         for p in partitions:
             bounds[p] = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
             low, high = bounds[p]
