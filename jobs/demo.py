@@ -197,6 +197,13 @@ def follow(settings: Settings, worker: Process, port: int, events: int, rate: fl
         for value in MALFORMED:  # a producer bug: these must end in the dead-letter topic
             bad.produce(settings.topic("predictions"), value, b"malformed")
         bad.flush(10)
+        # The stream starts once the worker consumes (its dead letters are out): latency from broker
+        # receipt then measures the engine, not the worker's start.
+        ready_by = time.monotonic() + 120
+        while total(scrape(port), "whystream_dead_letters_total") < len(MALFORMED) and time.monotonic() < ready_by:
+            worker.check()
+            time.sleep(0.3)
+        began = time.monotonic()
         produce(settings, events, rate, drift=drift, progress=on_chunk, replay_seconds=REPLAY_SECONDS)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
