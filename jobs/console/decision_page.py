@@ -12,8 +12,8 @@ gets a page of its stored features, score and decision (`stored_section`) with a
 now" button where the console was given an explainer (the CLI composes `whystream explain`'s
 on-demand path: the decision read from the store, explained by the registered version it was
 scored by); its answer (`event_row`: an ExplanationEvent in the shape of the stored rows) is
-shown as the page of a stored explanation, said to be computed now and not stored. Printed, the navigation and buttons drop out and the
-page reads as one decision's file.
+shown as the page of a stored explanation, said to be computed now and not stored. Printed,
+the navigation and buttons drop out and the page reads as one decision's file.
 """
 
 from __future__ import annotations

@@ -84,9 +84,11 @@ def overlapping_labels(driver, chart_id: str, text_selector: str) -> list[tuple[
     label run over by a bar's text (or the reverse)."""
     return driver.execute_script(f"""
         const box = e => e.getBoundingClientRect(), chart = document.getElementById('{chart_id}');
-        const labels = [...chart.querySelectorAll('.ytick text')], texts = [...chart.querySelectorAll('{text_selector}')];
+        const labels = [...chart.querySelectorAll('.ytick text')];
+        const texts = [...chart.querySelectorAll('{text_selector}')];
         const meet = (a, b) => a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
-        return labels.flatMap(l => texts.filter(t => meet(box(l), box(t))).map(t => [l.textContent, t.textContent]));""")
+        return labels.flatMap(l => texts.filter(t => meet(box(l), box(t)))
+                                        .map(t => [l.textContent, t.textContent]));""")
 
 
 def save_page(driver, folder: Path, name: str) -> Path:
