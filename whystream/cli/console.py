@@ -64,11 +64,11 @@ def console_command(ctx: typer.Context,
                     database: str = typer.Option("whystream", help="ClickHouse database")):
     """Serve the console: overview, drift, decision pages and champion vs challenger, until Ctrl-C.
 
-    Reads ClickHouse read-only (through a running sink's query port on embedded chDB). With a
-    broker configured (a running stack), a stored decision without an explanation gets an
-    "Explain now" button (what `whystream explain ID` computes). Bound
-    beyond 127.0.0.1 it refuses to start without WHYSTREAM_API_TOKEN; with a token set, browsers
-    log in at /login and scripts send `Authorization: Bearer <token>`."""
+    Reads ClickHouse read-only (through a running sink's query port on embedded chDB).
+
+    With a broker (a running stack), a stored decision without an explanation gets "Explain now".
+
+    Beyond 127.0.0.1 it needs WHYSTREAM_API_TOKEN: browsers log in at /login, scripts send a Bearer token."""
     from whystream.jobs.analytics.verify import verify_ids
     from whystream.jobs.console.access import ConsoleAccess
     from whystream.jobs.console.server import Console, ConsoleServer
