@@ -93,6 +93,11 @@ def test_drift(browser, console, data, screenshots):
     assert drawn == 5 + 2 + 1  # a histogram per feature, statistics and mean |SHAP| over time, input drift
     rows = browser.find_elements("css selector", "table.drift tbody tr")
     assert rows[0].text.startswith("amount") and "psi" in rows[0].text  # the shifted feature, alerted
+    # the champion's drift by default; the challenger's shadow explanations (same decisions, same weights) one
+    # click away, named as such
+    assert f"Per feature, version {built.model.version}" in browser.find_element("tag name", "main").text
+    shadow = browser.find_element("link text", f"{built.challenger.version} (challenger's shadow)")
+    assert f"version={built.challenger.version}" in shadow.get_attribute("href")
     end = built.end_ms
     hist = drift_sql.window_histograms(client, "credit", built.model.version, ["amount"], end - 10 * MINUTE_MS, end,
                                        built.database)["amount"]
@@ -102,8 +107,11 @@ def test_drift(browser, console, data, screenshots):
     ticks = [t.text for t in browser.find_elements("css selector", "#fig-hist-amount .xtick text")]
     assert len(ticks) == filled and all(re.match(r"^(< |≥ |\[)-?\d", t) for t in ticks), ticks  # real ranges
     # every statistic over time drawn, and an alert marker for each alert on the features shown
-    shown = ranked_features(drift_sql.feature_drift(client, "credit", end - 10 * MINUTE_MS, end, built.database))
-    alerted = [a for a in built.alerts if a["feature"] in shown[:OVER_TIME] and a["statistic"] in STATISTICS]
+    champion = built.model.version  # the version shown; the monitor judges the challenger's shadows apart
+    shown = ranked_features([r for r in drift_sql.feature_drift(client, "credit", end - 10 * MINUTE_MS, end,
+                                                                built.database) if r["model_version"] == champion])
+    alerted = [a for a in built.alerts if a["feature"] in shown[:OVER_TIME] and a["statistic"] in STATISTICS
+               and a["model_version"] == champion]
     traced = browser.execute_script("const d=document.getElementById('fig-drift-over-time').data;"
                                     "return [d.reduce((n,t)=>n+t.x.length,0),"
                                     "d.filter(t=>t.name=='alert').reduce((n,t)=>n+t.x.length,0)]")
