@@ -7,9 +7,13 @@ the model's own (the score check's mismatch flag), what explained it (model, exp
 reason-code table versions, where the features came from), why it was explained (sampling
 reason, inclusion weight), how exact it is (source), whether it recomputes (`whystream
 verify`, jobs/analytics/verify.py) and who asked for it (the audit trail, `explain_answers`).
-A decision in the decision store without an explanation gets a page of its stored features,
-score and decision (`stored_section`). Printed, the navigation and buttons drop out and the
-page reads as one decision's file.
+A decision in the decision store without an explanation (an approval the sampler left out)
+gets a page of its stored features, score and decision (`stored_section`) with an "Explain
+now" button where the console was given an explainer (the CLI composes `whystream explain`'s
+on-demand path: the decision read from the store, explained by the registered version it was
+scored by); its answer (`event_row`: an ExplanationEvent in the shape of the stored rows) is
+shown as the page of a stored explanation, said to be computed now and not stored. Printed,
+the navigation and buttons drop out and the page reads as one decision's file.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from whystream.jobs.console.html import duration, esc, figure, fmt, table, when
 from whystream.jobs.console.scores import probability, raw_threshold
 
 WATERFALL_FEATURES = 12  # the rest are summed into one bar
+FEATURE_CHARS = 22  # a longer feature name is cut on the waterfall's axis (whole on hover)
 SOURCES = {"LIVE": "exact TreeSHAP, computed for this decision",
            "CACHE": "exact TreeSHAP, from the shared cache (the same model version and feature values)",
            "FALLBACK": "approximate (Saabas path attribution): live TreeSHAP failed or the latency budget was spent"}
@@ -34,19 +39,29 @@ FEATURES_SOURCES = {"": "the explanations stream (the decision as the worker con
                     "store": "the decision store (ClickHouse `decisions`)"}
 
 
-def _value(value, feature: str, redacted: list[str]) -> str:
+def _value(value, feature: str, redacted: list[str], digits: int = 6) -> str:
     if feature in redacted:
         return "redacted"
-    return "missing" if value is None else f"{float(value):.6g}"
+    return "missing" if value is None else f"{float(value):.{digits}g}"
 
 
-def contributions(row: dict) -> list[tuple[str, float]]:
-    """(label, SHAP) of the largest attributions, the rest summed into one."""
+def contributions(row: dict) -> list[tuple[str, str, float]]:
+    """(axis label, full label, SHAP) of the largest attributions, the rest summed into one.
+    The axis label is `feature = value`, the value to 4 significant digits and a long name cut
+    (numbered where two cut names would meet: the axis is categorical); the full label, the
+    value to 6 digits, is the hover's."""
     items = sorted(zip(row["features"], row["feature_values"], row["shap"]), key=lambda a: -abs(float(a[2])))
-    shown = [(f"{f} = {_value(v, f, row['redacted_features'])}", float(s)) for f, v, s in items[:WATERFALL_FEATURES]]
+    redacted = row["redacted_features"]
+    shown, seen = [], set()
+    for i, (f, v, s) in enumerate(items[:WATERFALL_FEATURES], start=1):
+        label = f"{figures.short_label(f, FEATURE_CHARS)} = {_value(v, f, redacted, 4)}"
+        label = label if label not in seen else f"{label} (#{i})"
+        seen.add(label)
+        shown.append((label, f"{f} = {_value(v, f, redacted)}", float(s)))
     rest = items[WATERFALL_FEATURES:]
     if rest:
-        shown.append((f"{len(rest)} other features", sum(float(s) for _, _, s in rest)))
+        label = f"{len(rest)} other features"
+        shown.append((label, label, sum(float(s) for _, _, s in rest)))
     return shown
 
 
@@ -85,7 +100,57 @@ def answers_html(answers: list[dict]) -> str:
                          "decision", "first reason"], body, "answers")
 
 
-def stored_section(stored: dict) -> str:
+def _ms(t) -> int | None:
+    """Epoch milliseconds of an event's timestamp-millis (epoch ms, or a datetime as fastavro decodes it)."""
+    return None if t is None else int(t.timestamp() * 1000) if hasattr(t, "timestamp") else int(t)
+
+
+def event_row(e: dict) -> dict:
+    """An ExplanationEvent (as `whystream explain --format json` prints it) in the shape of
+    queries.decision's rows, so one decision_section draws both."""
+    def column(key: str, field: str) -> list:
+        return [r[field] for r in e.get(key) or []]
+
+    return {**{k: e.get(k) for k in (
+                "prediction_id", "model_name", "model_version", "explainer", "explainer_version", "output_space",
+                "base_value", "raw_score", "reason_codes_version", "score", "decision", "threshold",
+                "sampling_reason", "inclusion_weight", "stratum", "source", "latency_ms", "worker",
+                "explained_class", "role", "champion_prediction_id", "model_score", "score_mismatch",
+                "features_source")},
+            "event_time_ms": _ms(e["event_time"]), "explained_at_ms": _ms(e["explained_at"]),
+            "received_at_ms": _ms(e.get("received_at")), "redacted_features": list(e.get("redacted_features") or []),
+            "features": column("attributions", "feature"), "feature_values": column("attributions", "value"),
+            "shap": column("attributions", "shap"), "reason_codes": column("principal_reasons", "code"),
+            "reason_texts": column("principal_reasons", "text"),
+            "reason_features": column("principal_reasons", "feature"),
+            "reason_values": column("principal_reasons", "value"), "reason_shap": column("principal_reasons", "shap"),
+            "adverse_features": column("adverse_reasons", "feature"),
+            "adverse_values": column("adverse_reasons", "value"), "adverse_shap": column("adverse_reasons", "shap")}
+
+
+def explain_now_html(prediction_id: str, action: str | None, failed: str = "") -> str:
+    """The "Explain now" button of a stored decision (or the command that does it, without an explainer)."""
+    if action is None:
+        return (f"<p class='meta' id='explain-now-off'>Explain it with <code>whystream explain {esc(prediction_id)}"
+                "</code> (a running stack), which reads it from the store with the version it was scored by.</p>")
+    return ((f"<p class='alert' id='explain-failed'>{esc(failed)}</p>" if failed else "")
+            + f"<form class='inline no-print' method='post' action='{esc(action)}'><button type='submit' "
+            "id='explain-now'>Explain now</button></form><p class='meta'>Computes its explanation as "
+            f"<code>whystream explain {esc(prediction_id)}</code> does: from the stored features, with the registered "
+            "model version it was scored by. The answer is shown here and not stored.</p>")
+
+
+def explained_now_note(row: dict) -> str:
+    if row.get("features_source") == "explanations":
+        how = "the worker's published explanation, which the sink has not stored yet"
+    else:
+        how = (f"computed now from {esc(FEATURES_SOURCES.get(row.get('features_source') or '', ''))} with version "
+               f"{esc(row['model_version'])}, the one it was scored by")
+    return (f"<p class='note' id='explained-now'>Explained on request: no explanation of this decision is stored; "
+            f"this is {how}. It is shown here and not stored.</p>")
+
+
+def stored_section(stored: dict, explain_action: str | None = None, failed: str = "") -> str:
     """A decision the store holds but nothing explained: its stored features, score and decision."""
     features = [[esc(f), "redacted" if f in stored["redacted_features"] else
                  ("missing" if v is None else f"{float(v):.6g}")]
@@ -99,13 +164,15 @@ def stored_section(stored: dict) -> str:
                ["segment", esc(", ".join(f"{k}={v}" for k, v in sorted(stored["segment"].items())) or "-")]]
     return ("<section class='decision'><p class='print-only meta'>Decision file: printed from whystream</p>"
             f"<h1>Decision {esc(stored['prediction_id'])}</h1><p class='note' id='not-explained'>Not explained; "
-            "stored decision. The decision store holds it, but no explanation of it is stored. Explain it with "
-            f"<code>whystream explain {esc(stored['prediction_id'])}</code> (a running stack), which reads it from "
-            "the store with the version it was scored by.</p>" + table(None, summary, "summary")
+            "stored decision. The decision store holds it, but no explanation of it is stored.</p>"
+            + explain_now_html(stored["prediction_id"], explain_action, failed) + table(None, summary, "summary")
             + "<h2>Stored features</h2>" + table(["feature", "value"], features, "features") + "</section>")
 
 
-def verdict_html(verdict: Verdict | None, action: str | None) -> str:
+def verdict_html(verdict: Verdict | None, action: str | None, stored: bool = True) -> str:
+    if not stored:
+        return ("<h2>Verification</h2><p class='meta'>Computed now and not stored: there is no stored explanation "
+                "to recompute. Once the sink stores an explanation of it, <code>whystream verify</code> can.</p>")
     if verdict is None:
         status = "<p>Not recomputed on this page yet.</p>"
     else:
@@ -123,8 +190,8 @@ def verdict_html(verdict: Verdict | None, action: str | None) -> str:
 
 
 def decision_section(row: dict, verdict: Verdict | None = None, verify_action: str | None = None,
-                     anchor: str = "") -> str:
-    """One stored explanation as the decision page's body."""
+                     anchor: str = "", stored: bool = True) -> str:
+    """One explanation as the decision page's body: a stored one, or (`stored` False) one computed now."""
     space, score, threshold = row["output_space"], float(row["score"]), float(row["threshold"])
     raw, base = float(row["raw_score"]), float(row["base_value"])
     raw_t = raw_threshold(threshold, space)
@@ -136,7 +203,7 @@ def decision_section(row: dict, verdict: Verdict | None = None, verify_action: s
     parts = [f"<section class='decision' id='{esc(anchor)}'>" if anchor else "<section class='decision'>",
              f"<p class='print-only meta'>{'Adverse action file' if adverse else 'Decision file'}: "
              f"printed from whystream</p>",
-             f"<h1>Decision {esc(row['prediction_id'])}</h1>",
+             f"<h1>Decision {esc(row['prediction_id'])}</h1>", "" if stored else explained_now_note(row),
              f"<p class='meta'>{esc(row['model_name'])} version {esc(row['model_version'])} · {esc(when(row['event_time_ms']))}"
              f" · decision <b>{esc(row['decision'])}</b></p>"]
     summary = [["score", fmt(score, 4), "threshold", fmt(threshold, 4)],
@@ -180,11 +247,13 @@ def decision_section(row: dict, verdict: Verdict | None = None, verify_action: s
         ["explainer", f"{esc(row['explainer'])} {esc(row['explainer_version'])}"],
         ["source", f"{esc(row['source'])}: {esc(SOURCES.get(row['source'], ''))}"],
         ["sampling reason", f"{esc(row['sampling_reason'])}: {esc(REASONS.get(row['sampling_reason'], ''))}"],
-        ["inclusion weight", f"{fmt(weight, 3)} (this explanation stands for {fmt(weight, 1)} decisions in the "
-                             "estimates)" if math.isfinite(weight) else "-"],
+        ["inclusion weight", "- (explained on request: not part of any estimate)" if not stored else
+         f"{fmt(weight, 3)} (this explanation stands for {fmt(weight, 1)} decisions in the estimates)"
+         if math.isfinite(weight) else "-"],
         ["stratum", esc(row["stratum"] or "-")],
         ["event time", esc(when(row["event_time_ms"]))],
-        ["explained at", f"{esc(when(row['explained_at_ms']))} ({latency_text(row)})"],
+        ["explained at", f"{esc(when(row['explained_at_ms']))} ("
+                         + ("now, on request" if not stored else latency_text(row)) + ")"],
         ["features from", esc(FEATURES_SOURCES.get(row.get("features_source") or "", row.get("features_source")))],
         ["worker", esc(row["worker"])],
     ]
@@ -195,6 +264,6 @@ def decision_section(row: dict, verdict: Verdict | None = None, verify_action: s
     if row["role"] == "CHALLENGER":
         details.append(["role", f"challenger's shadow explanation of decision {esc(row['champion_prediction_id'])}"])
     parts.append("<h2>How it was explained</h2>" + table(None, details, "details"))
-    parts.append(verdict_html(verdict, verify_action))
+    parts.append(verdict_html(verdict, verify_action, stored))
     parts.append("</section>")
     return "".join(parts)

@@ -14,7 +14,7 @@ from typing import Callable
 
 from whystream.jobs.analytics import drift_sql, input_drift
 from whystream.jobs.clickhouse.sql import DEFAULT_DATABASE
-from whystream.jobs.console import figures
+from whystream.jobs.console import figures, queries
 from whystream.jobs.console.html import esc, figure, fmt, pct, table
 from whystream.jobs.console.period import Period
 
@@ -25,12 +25,18 @@ STATISTICS = ("psi", "ks", "stability")
 MAX_STRATA = 8
 
 
-def pick_version(drift_rows: list[dict]) -> str | None:
-    """The version with the most (weighted) explanations in the window."""
+def pick_version(drift_rows: list[dict], shadows: set[str] = frozenset()) -> str | None:
+    """The version with the most (weighted) explanations in the window, a champion before a
+    challenger's shadow (which explains the same decisions, so weighs as much).
+
+    >>> rows = [{"model_version": v, "weighted_n": n} for v, n in (("c", 10.0), ("s", 10.0), ("old", 3.0))]
+    >>> pick_version(rows, {"s"}), pick_version(rows, {"c"}), pick_version([])
+    ('c', 's', None)
+    """
     weight: dict[str, float] = {}
     for r in drift_rows:
         weight[r["model_version"]] = max(weight.get(r["model_version"], 0.0), float(r["weighted_n"]))
-    return max(weight, key=weight.get) if weight else None
+    return max(sorted(weight), key=lambda v: (v not in shadows, weight[v])) if weight else None
 
 
 def ranked_features(drift_rows: list[dict], top: int = TOP) -> list[str]:
@@ -40,12 +46,13 @@ def ranked_features(drift_rows: list[dict], top: int = TOP) -> list[str]:
     return list(dict.fromkeys(drifting + important))[:top]
 
 
-def _choices(label: str, options: list[str], chosen: str | None, href: Callable[..., str] | None, key: str) -> str:
+def _choices(label: str, options: list[str], chosen: str | None, href: Callable[..., str] | None, key: str,
+             names: dict[str, str] | None = None) -> str:
     if not options:
         return ""
     shown = []
     for o in options:
-        text = esc(o or "all")
+        text = esc((names or {}).get(o, o) or "all")
         if o == chosen:
             shown.append(f"<b>{text}</b>")
         else:
@@ -71,13 +78,15 @@ def drift_view(client, model: str, period: Period, database: str = DEFAULT_DATAB
     """The drift view's HTML; `href(version=…)` / `href(stratum=…)` link to other slices (None: no links)."""
     rows = drift_sql.feature_drift(client, model, period.start_ms, period.end_ms, database, stratum)
     versions = sorted({r["model_version"] for r in rows})
-    version = version or pick_version(rows)
+    shadows = queries.challenger_versions(client, model, period.start_ms, period.end_ms, database)
+    version = version or pick_version(rows, shadows)
     head = (f"<h1>{esc(model)}: drift</h1><p class='meta'>\"now\" = the {period.window_minutes} minutes to "
             f"{esc(figures.utc(period.end_ms / 1000))} UTC, against the version's reference; exact (TreeSHAP) "
             "attributions only" + (f"; stratum <b>{esc(stratum)}</b>" if stratum else "; all strata") + "</p>"
             + (f"<p class='note'>{esc(period.note)}</p>" if period.note else ""))
     strata = drift_sql.strata(client, model, period.start_ms, period.end_ms, database)[:MAX_STRATA]
-    head += _choices("version", versions, version, href, "version")
+    head += _choices("version", versions, version, href, "version",
+                     {v: f"{v} (challenger's shadow)" for v in shadows})
     head += _choices("stratum", [""] + strata, stratum or "", href, "stratum") if href else ""
     drift = [r for r in rows if r["model_version"] == version]
     if not drift:

@@ -164,26 +164,45 @@ def reason_bars(reasons: list[dict]) -> go.Figure:
     return fig
 
 
-def waterfall(base_value: float, contributions: list[tuple[str, float]], raw_score: float,
+def short_label(text: str, width: int) -> str:
+    """`text` cut to `width` characters with an ellipsis.
+
+    >>> short_label("merchant_risk", 22), short_label("a_very_long_feature_name_from_a_producer", 20)
+    ('merchant_risk', 'a_very_long_feature…')
+    """
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def waterfall(base_value: float, contributions: list[tuple[str, str, float]], raw_score: float,
               threshold: float | None, output_space: str) -> go.Figure:
     """From the base value, each attribution in turn, to the raw score; the threshold (mapped
-    into the same space) as a line."""
+    into the same space) as a line. `contributions`: (axis label, full label for the hover,
+    SHAP). The labels sit on the y axis, which grows its margin to fit them (`automargin`);
+    each bar's SHAP is written outside its end, and the x axis is padded on both sides so that
+    text stays inside the plot instead of running over the labels."""
+    steps = [v for _, _, v in contributions]
+    ends = [base_value + sum(steps[:i + 1]) for i in range(len(steps))]
+    reach = [0.0, base_value, raw_score, *ends] + ([threshold] if threshold is not None else [])
+    reach = [x for x in reach if math.isfinite(x)]
+    lo, hi = min(reach), max(reach)
+    pad = 0.25 * (hi - lo) if hi > lo else 1.0
     fig = _figure(f"From base value to score ({output_space})", height=140 + 26 * (len(contributions) + 2),
-                  margin=dict(l=60, r=60, t=50, b=50))
+                  margin=dict(l=10, r=20, t=50, b=50))
     fig.add_waterfall(orientation="h", measure=["absolute"] + ["relative"] * len(contributions) + ["total"],
-                      y=["base value"] + [label for label, _ in contributions] + ["score (raw)"],
-                      x=[base_value] + [v for _, v in contributions] + [raw_score],
+                      y=["base value"] + [label for label, _, _ in contributions] + ["score (raw)"],
+                      x=[base_value] + steps + [raw_score],
+                      customdata=["base value"] + [full for _, full, _ in contributions] + ["score (raw)"],
                       base=0, connector=dict(line=dict(color="#bbb")),
                       increasing=dict(marker=dict(color=ALERT)), decreasing=dict(marker=dict(color="#2ca02c")),
                       totals=dict(marker=dict(color=NOW)), cliponaxis=False,
                       textposition=["inside"] + ["outside"] * len(contributions) + ["inside"],
-                      text=[f"{base_value:.3g}"] + [f"{v:+.3g}" for _, v in contributions] + [f"{raw_score:.3g}"],
-                      hovertemplate="%{y}<br>%{delta:+.4g} → %{x:.4g}<extra></extra>")
+                      text=[f"{base_value:.3g}"] + [f"{v:+.3g}" for v in steps] + [f"{raw_score:.3g}"],
+                      hovertemplate="%{customdata}<br>%{delta:+.4g} → %{x:.4g}<extra></extra>")
     if threshold is not None:
         fig.add_vline(x=threshold, line=dict(color="#000", dash="dash"), annotation_text="threshold",
                       annotation_position="top")
-    fig.update_yaxes(autorange="reversed", type="category", rangemode=None)
-    fig.update_xaxes(title_text=f"raw score ({output_space})", rangemode="normal")
+    fig.update_yaxes(autorange="reversed", type="category", rangemode=None, automargin=True)
+    fig.update_xaxes(title_text=f"raw score ({output_space})", range=[lo - pad, hi + pad])
     return fig
 
 

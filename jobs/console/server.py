@@ -11,6 +11,8 @@ serves from the `plotly` wheel, so the console works without any network beyond 
     GET  /decision/ID, /decision?id=ID      one decision (printable), with the answers given about it; a
                                             decision only the decision store holds: its stored record
     POST /decision/ID/verify                recompute it (jobs/analytics/verify.py), show the verdict
+    POST /decision/ID/explain               a stored decision without an explanation: explain it now (the
+                                            explainer the CLI composes: `whystream explain`'s path), show it
     GET  /static/plotly.min.js              plotly.js from the plotly package
     GET, POST /login                        the token form (only with WHYSTREAM_API_TOKEN)
 
@@ -32,7 +34,7 @@ from whystream.jobs.clickhouse.sql import DEFAULT_DATABASE, one_line
 from whystream.jobs.console import queries
 from whystream.jobs.console.access import COOKIE, SECURITY_HEADERS, ConsoleAccess
 from whystream.jobs.console.compare_page import compare_view
-from whystream.jobs.console.decision_page import answers_html, decision_section, stored_section
+from whystream.jobs.console.decision_page import answers_html, decision_section, event_row, stored_section
 from whystream.jobs.console.drift_page import drift_view
 from whystream.jobs.console.html import esc, link, page
 from whystream.jobs.console.overview import overview
@@ -69,12 +71,13 @@ class Console:
     sink's query port it read through has gone away)."""
 
     def __init__(self, connect: Callable[[], object], database: str = DEFAULT_DATABASE, verifier=None,
-                 now_ms: Callable[[], int] | None = None):
+                 now_ms: Callable[[], int] | None = None, explainer=None):
         from whystream.jobs.analytics.drift import wall_ms
 
         self.connect = connect
         self.database = database
-        self.verifier = verifier  # prediction_id -> Verdict (None: no registry, no button)
+        self.verifier = verifier  # (client, prediction_id) -> Verdicts (None: no registry, no button)
+        self.explainer = explainer  # (client, prediction_id) -> ExplanationEvent or None (None: no button)
         self.now_ms = now_ms or wall_ms
         self._client = None
         self._lock = threading.Lock()
@@ -106,6 +109,8 @@ class Console:
             return self.decision_page(parts[1])
         if parts[0] == "decision" and len(parts) == 3 and parts[2] == "verify" and method == "POST":
             return self.decision_page(parts[1], verify=True)
+        if parts[0] == "decision" and len(parts) == 3 and parts[2] == "explain" and method == "POST":
+            return self.decision_page(parts[1], explain=True)
         raise NotFound(f"no page {path}")
 
     def nav(self, model: str | None = None, here: str = "") -> str:
@@ -155,16 +160,10 @@ class Console:
                               "champion vs challenger")
         raise NotFound(f"no view {view!r} of a model")
 
-    def decision_page(self, prediction_id: str, verify: bool = False) -> str:
+    def decision_page(self, prediction_id: str, verify: bool = False, explain: bool = False) -> str:
         found = queries.decision(self.client, prediction_id, self.database)
         if not found:
-            stored = stored_decision(self.client, prediction_id, self.database)
-            if stored is None:
-                raise NotFound(f"no stored explanation of decision {prediction_id!r}, and the decision store "
-                               "does not hold it")
-            return self._page(f"decision {prediction_id}", stored_section(stored)
-                              + answers_html(queries.answers(self.client, prediction_id, self.database)),
-                              stored["model_name"])
+            return self.stored_page(prediction_id, explain)
         verdicts = {}
         if verify and self.verifier is not None:
             verdicts = {(v.stored.model_name if v.stored else ""): v for v in self.verifier(self.client, prediction_id)}
@@ -174,6 +173,28 @@ class Console:
                        for r in found)  # one id per model's charts where one decision id has several
         body += answers_html(queries.answers(self.client, prediction_id, self.database))
         return self._page(f"decision {prediction_id}", body, found[0]["model_name"])
+
+
+    def stored_page(self, prediction_id: str, explain: bool) -> str:
+        """A decision only the decision store holds: its record with the "Explain now" button, or
+        (`explain`) the explanation computed now."""
+        stored = stored_decision(self.client, prediction_id, self.database)
+        if stored is None:
+            raise NotFound(f"no stored explanation of decision {prediction_id!r}, and the decision store "
+                           "does not hold it")
+        audit = answers_html(queries.answers(self.client, prediction_id, self.database))
+        action = (f"/decision/{urllib.parse.quote(prediction_id, safe='')}/explain" if self.explainer else None)
+        failed = ""
+        if explain and self.explainer is not None:
+            event = self.explainer(self.client, prediction_id)
+            if event is not None:
+                return self._page(f"decision {prediction_id}", decision_section(event_row(event), stored=False) + audit,
+                                  stored["model_name"])
+            failed = ("Could not explain it now: its stored features are incomplete (some were redacted before "
+                      "storing), or the registry no longer holds the version it was scored by; the console's log "
+                      "says which.")
+        return self._page(f"decision {prediction_id}", stored_section(stored, action, failed) + audit,
+                          stored["model_name"])
 
 
 class ConsoleServer:

@@ -79,6 +79,18 @@ def marks(driver, chart_id: str, selector: str) -> int:
     return driver.execute_script(f"return document.querySelectorAll('#{chart_id} {selector}').length")
 
 
+def overlapping_labels(driver, chart_id: str, text_selector: str) -> list[tuple[str, str]]:
+    """(axis label, mark text) pairs of chart `chart_id` whose drawn boxes intersect: a y tick
+    label run over by a bar's text (or the reverse)."""
+    return driver.execute_script(f"""
+        const box = e => e.getBoundingClientRect(), chart = document.getElementById('{chart_id}');
+        const labels = [...chart.querySelectorAll('.ytick text')];
+        const texts = [...chart.querySelectorAll('{text_selector}')];
+        const meet = (a, b) => a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
+        return labels.flatMap(l => texts.filter(t => meet(box(l), box(t)))
+                                        .map(t => [l.textContent, t.textContent]));""")
+
+
 def save_page(driver, folder: Path, name: str) -> Path:
     """A screenshot of the whole page, beyond the window (Chrome DevTools' captureBeyondViewport)."""
     import base64

@@ -119,6 +119,7 @@ def build(client, database: str, root, end_ms: int) -> ConsoleData:
     model = train(registry, codes_path, seed=5)
     challenger = train(registry, codes_path, seed=6, challenger=True)
     references.register_reference(client, model, database)
+    references.register_reference(client, challenger, database)  # as the sink does for every version it stores
     first = end_ms - MINUTES * MINUTE_MS
     data = ConsoleData(model, challenger, registry, database, first, end_ms)
     explainer, shadow = ModelExplainer(model), ModelExplainer(challenger)

@@ -26,6 +26,36 @@ def _reader(settings, database: str):
     return client
 
 
+class NowExplainer:
+    """(client, prediction_id) -> the decision's explanation computed now, as `whystream explain ID`
+    computes it (streams/on_demand.py: the published one, else the event from `predictions`, else
+    from the decision store read through the console's own read-only client, explained by the
+    registered version it was scored by); None where none can be. The engine (broker, Redis,
+    registry) is built on first use: a console that is never asked needs no stack."""
+
+    def __init__(self, settings, database: str):
+        self.settings, self.database = settings, database
+        self.engine = None
+        self._lock = threading.Lock()
+
+    def __call__(self, client, prediction_id: str) -> dict | None:
+        from whystream.jobs.clickhouse.decision_store import archive
+        from whystream.kafka.clients import check_broker
+        from whystream.streams.assembly import build_engine
+        from whystream.streams.engine import EngineConfig
+
+        with self._lock:
+            if self.engine is None:
+                check_broker(self.settings.kafka_config, self.settings.require("broker"))
+                self.engine = build_engine(self.settings, EngineConfig())
+            self.engine.on_demand.archive = archive(self.settings, self.database, lambda: client)
+            return self.engine.on_demand.explain(prediction_id)
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+
+
 @commands.command(name="console")
 def console_command(ctx: typer.Context,
                     port: int = typer.Option(8050, help="Port to serve on (0: any free port)"),
@@ -34,9 +64,11 @@ def console_command(ctx: typer.Context,
                     database: str = typer.Option("whystream", help="ClickHouse database")):
     """Serve the console: overview, drift, decision pages and champion vs challenger, until Ctrl-C.
 
-    Reads ClickHouse read-only (through a running sink's query port on embedded chDB). Bound
-    beyond 127.0.0.1 it refuses to start without WHYSTREAM_API_TOKEN; with a token set, browsers
-    log in at /login and scripts send `Authorization: Bearer <token>`."""
+    Reads ClickHouse read-only (through a running sink's query port on embedded chDB).
+
+    With a broker (a running stack), a stored decision without an explanation gets "Explain now".
+
+    Beyond 127.0.0.1 it needs WHYSTREAM_API_TOKEN: browsers log in at /login, scripts send a Bearer token."""
     from whystream.jobs.analytics.verify import verify_ids
     from whystream.jobs.console.access import ConsoleAccess
     from whystream.jobs.console.server import Console, ConsoleServer
@@ -51,7 +83,8 @@ def console_command(ctx: typer.Context,
     def verify(client, prediction_id: str):
         return verify_ids(client, settings, ModelRegistry(settings.registry), [prediction_id], database=database)
 
-    server = ConsoleServer(Console(lambda: _reader(settings, database), database, verify),
+    explainer = NowExplainer(settings, database) if settings.broker else None
+    server = ConsoleServer(Console(lambda: _reader(settings, database), database, verify, explainer=explainer),
                            ConsoleAccess(access.bind, port, access.token)).start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -61,6 +94,8 @@ def console_command(ctx: typer.Context,
                   "Ctrl-C stops it", highlight=False)
     stop.wait()
     server.stop()
+    if explainer is not None:
+        explainer.close()
 
 
 @commands.command()

@@ -14,6 +14,15 @@ this?"); beside the producer's score, the model's own (`model_score`) and the sc
 check's verdict (`score_mismatch`); where the features came from (`features_source`); and
 the latency from broker receipt (`received_at`) where the event carries it.
 Times are UTC, not epoch milliseconds.
+
+`--format csv` (`rows`): one row per feature, largest |SHAP| first (`rank`), with the
+feature's value (empty when missing or redacted; `redacted` says which), its SHAP, the
+direction it pushed the raw score and, where the feature is a principal reason, its code,
+text and place among the reasons (`reason_rank`), and its place among the adverse reasons
+(`adverse_rank`). The explanation's own facts (id, model and version, decision, score,
+threshold, raw score and base value in `output_space`, source, sampling reason, weight,
+times in ISO 8601 UTC) lead every row, the same on each: a file a spreadsheet or
+`pandas.read_csv` reads as it is, and rows of several explanations concatenate.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ import math
 
 from rich.table import Table
 
-from whystream.cli.output import print_line, print_table, readable_time
+from whystream.cli.output import print_line, print_table, readable_time, utc_ms
 
 SOURCES = {
     "LIVE": "exact TreeSHAP, computed for this decision",
@@ -123,6 +132,37 @@ def show(e: dict) -> None:
         table.add_row(a["feature"], _value(a, e), f"{a['shap']:+.4f}",
                       "higher score" if a["shap"] > 0 else "lower score" if a["shap"] < 0 else "-")
     print_table(table)
+
+
+HEADER_COLUMNS = ["prediction_id", "model_name", "model_version", "decision", "score", "threshold", "output_space",
+                  "raw_score", "base_value", "source", "sampling_reason", "inclusion_weight", "event_time",
+                  "explained_at"]
+FEATURE_COLUMNS = ["rank", "feature", "value", "redacted", "shap", "direction", "reason_code", "reason_text",
+                   "reason_rank", "adverse_rank"]
+CSV_COLUMNS = HEADER_COLUMNS + FEATURE_COLUMNS
+
+
+def rows(e: dict) -> list[dict]:
+    """Explanation `e` as one row per feature (the columns CSV_COLUMNS), largest |SHAP| first."""
+    header = {c: e.get(c) for c in HEADER_COLUMNS}
+    header["event_time"], header["explained_at"] = utc_ms(e["event_time"]), utc_ms(e["explained_at"])
+    reasons = {}
+    for i, r in enumerate(e.get("principal_reasons") or [], start=1):
+        reasons.setdefault(r["feature"], (i, r["code"], r["text"]))
+    adverse = {}
+    for i, r in enumerate(e.get("adverse_reasons") or [], start=1):
+        adverse.setdefault(r["feature"], i)
+    redacted = set(e.get("redacted_features") or ())
+    out = []
+    for rank, a in enumerate(sorted(e["attributions"], key=lambda a: -abs(a["shap"])), start=1):
+        reason_rank, code, text = reasons.get(a["feature"], (None, None, None))
+        out.append({**header, "rank": rank, "feature": a["feature"],
+                    "value": None if a["feature"] in redacted else a["value"], "redacted": a["feature"] in redacted,
+                    "shap": a["shap"],
+                    "direction": "higher score" if a["shap"] > 0 else "lower score" if a["shap"] < 0 else "none",
+                    "reason_code": code, "reason_text": text, "reason_rank": reason_rank,
+                    "adverse_rank": adverse.get(a["feature"])})
+    return out
 
 
 def score_check(e: dict) -> str:

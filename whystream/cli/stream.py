@@ -17,7 +17,7 @@ from whystream.cli.common import (
     settings_of,
     with_rate,
 )
-from whystream.cli.output import Format, print_json
+from whystream.cli.output import Format, emit, print_json
 from whystream.errors import WhystreamError
 
 commands = typer.Typer()
@@ -135,7 +135,9 @@ def explain(ctx: typer.Context, prediction_id: str,
             database: str = typer.Option("whystream", help="ClickHouse database of the decision store"),
             fmt: Format = typer.Option(Format.table, "--format", "-f", case_sensitive=False,
                                        help="table: for a person (score vs threshold, reasons, attributions "
-                                            "sorted); json: the ExplanationEvent as published")):
+                                            "sorted); csv: one row per feature (rank, value, SHAP, direction, "
+                                            "reason code) after the explanation's own facts; json: the "
+                                            "ExplanationEvent as published")):
     """Show the explanation of a decision: the published one, or computed now from the
     `predictions` topic or, past its retention, from the decision store (ClickHouse)."""
     from whystream.cli import explanation_view
@@ -145,8 +147,6 @@ def explain(ctx: typer.Context, prediction_id: str,
     from whystream.streams.assembly import build_engine
     from whystream.streams.engine import EngineConfig
 
-    if fmt == Format.csv:
-        raise WhystreamError("explain prints table or json (one explanation is not a list of rows)")
     settings = settings_of(ctx)
     check_broker(settings.kafka_config, settings.require("broker"))  # a wrong CA ends here, in one line
     engine = build_engine(settings, EngineConfig(redact=parse_features(redact)))
@@ -160,6 +160,8 @@ def explain(ctx: typer.Context, prediction_id: str,
                              "with redacted features)")
     if fmt == Format.json:
         print_json(explanation)
+    elif fmt == Format.csv:
+        emit(explanation_view.rows(explanation), Format.csv, explanation_view.CSV_COLUMNS)
     else:
         explanation_view.show(explanation)
 

@@ -194,6 +194,26 @@ def test_an_approval_names_what_almost_declined_it_and_a_score_mismatch(capsys):
     assert "model score not checked" in text and "adverse reasons: none" in text
 
 
+def test_one_explanation_as_csv_is_a_row_per_feature_after_its_own_facts(capsys):
+    from whystream.cli.explanation_view import CSV_COLUMNS, rows
+
+    emit(rows(explanation()), Format.csv, CSV_COLUMNS)
+    read = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert list(read[0]) == CSV_COLUMNS
+    assert [r["feature"] for r in read] == ["ip_risk", "tenure", "amount", "merchant"]  # largest |SHAP| first
+    assert [r["rank"] for r in read] == ["1", "2", "3", "4"]
+    assert {r["prediction_id"] for r in read} == {"p-1"} and {r["decision"] for r in read} == {"decline"}
+    assert {r["event_time"] for r in read} == {"2026-12-07T00:24:38.576Z"}  # ISO 8601 UTC, not epoch ms
+    ip, tenure, amount, merchant = read
+    assert (ip["value"], ip["shap"], ip["direction"], ip["reason_code"], ip["reason_text"], ip["reason_rank"],
+            ip["adverse_rank"]) == ("91.2", "2.5", "higher score", "R07", "IP address of high risk", "1", "1")
+    assert (tenure["value"], tenure["redacted"], tenure["direction"]) == ("", "True", "lower score")  # by policy
+    assert (amount["reason_code"], amount["adverse_rank"], amount["redacted"]) == ("", "2", "False")
+    assert merchant["direction"] == "none"
+    total = float(ip["base_value"]) + sum(float(r["shap"]) for r in read)
+    assert total == pytest.approx(float(ip["raw_score"]))  # the rows add up, as the explanation does
+
+
 def test_a_fallback_explanation_says_what_it_is(capsys):
     show(explanation(source="FALLBACK", output_space="identity", principal_reasons=[]))
     out = " ".join(capsys.readouterr().out.split())

@@ -21,8 +21,8 @@ def serve(stack, db):
     _, database = db
     servers = []
 
-    def start(token: str | None = None) -> int:
-        console = Console(lambda: open_query_client(stack, database), database)
+    def start(token: str | None = None, explainer=None) -> int:
+        console = Console(lambda: open_query_client(stack, database), database, explainer=explainer)
         server = ConsoleServer(console, ConsoleAccess("127.0.0.1", 0, token)).start()
         servers.append(server)
         return server.port
@@ -59,6 +59,19 @@ def test_loopback_without_a_token(serve):
     assert ask(port, "/model/nosuch")[0] == 404
     js = ask(port, "/static/plotly.min.js")
     assert js[0] == 200 and js[1]["Content-Type"].startswith("application/javascript") and len(js[2]) > 1_000_000
+
+
+def test_explain_now_is_a_post_under_the_same_rules_as_verify(serve):
+    asked = []  # the explainer (our own seam) must not run for any refused or unknown request
+    port = serve(TOKEN, explainer=lambda client, prediction_id: asked.append(prediction_id))
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    assert ask(port, "/decision/x/explain", "POST")[0] == 401  # no token
+    assert ask(port, "/decision/x/explain", "POST", Origin="http://evil.example", **bearer)[0] == 403
+    assert ask(port, "/decision/x/explain", "POST", Origin="null", **bearer)[0] == 403
+    assert ask(port, "/decision/x/explain", "GET", **bearer)[0] == 404  # a link cannot trigger it
+    status, _, page = ask(port, "/decision/x/explain", "POST", Origin=f"http://127.0.0.1:{port}", **bearer)
+    assert status == 404 and "the decision store does not hold it" in page
+    assert asked == []
 
 
 def test_a_token_guards_every_page_and_the_login_sets_a_session(serve):

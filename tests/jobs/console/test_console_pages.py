@@ -13,8 +13,9 @@ import uuid
 import pytest
 
 from support import console_data
-from support.browser import charts_drawn, marks, save_page, wait_for
+from support.browser import charts_drawn, marks, overlapping_labels, save_page, wait_for
 from support.chdb import MINUTE_MS
+from whystream.cli.console import NowExplainer
 from whystream.jobs.analytics import drift_sql
 from whystream.jobs.analytics.verify import verify_ids
 from whystream.jobs.clickhouse import connection as ch
@@ -26,6 +27,7 @@ from whystream.jobs.console.report import build_report
 from whystream.jobs.console.server import Console, ConsoleServer
 
 BARS, POINTS, WATERFALL = ".barlayer .point", ".scatterlayer .points path", ".waterfalllayer .point"
+BAR_TEXT = ".waterfalllayer .point text"
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +47,13 @@ def console(stack, data):
     def verify(client, prediction_id):
         return verify_ids(client, stack, built.registry, [prediction_id], database=built.database)
 
+    explainer = NowExplainer(stack.with_(registry=built.registry.root), built.database)  # as the CLI composes it
     server = ConsoleServer(Console(lambda: open_query_client(stack, built.database), built.database, verify,
-                                   now_ms=lambda: built.end_ms + MINUTE_MS),
+                                   now_ms=lambda: built.end_ms + MINUTE_MS, explainer=explainer),
                            ConsoleAccess("127.0.0.1", 0)).start()
     yield f"http://127.0.0.1:{server.port}"
     server.stop()
+    explainer.close()
 
 
 def load(browser, url: str) -> int:
@@ -89,6 +93,11 @@ def test_drift(browser, console, data, screenshots):
     assert drawn == 5 + 2 + 1  # a histogram per feature, statistics and mean |SHAP| over time, input drift
     rows = browser.find_elements("css selector", "table.drift tbody tr")
     assert rows[0].text.startswith("amount") and "psi" in rows[0].text  # the shifted feature, alerted
+    # the champion's drift by default; the challenger's shadow explanations (same decisions, same weights) one
+    # click away, named as such
+    assert f"Per feature, version {built.model.version}" in browser.find_element("tag name", "main").text
+    shadow = browser.find_element("link text", f"{built.challenger.version} (challenger's shadow)")
+    assert f"version={built.challenger.version}" in shadow.get_attribute("href")
     end = built.end_ms
     hist = drift_sql.window_histograms(client, "credit", built.model.version, ["amount"], end - 10 * MINUTE_MS, end,
                                        built.database)["amount"]
@@ -98,8 +107,11 @@ def test_drift(browser, console, data, screenshots):
     ticks = [t.text for t in browser.find_elements("css selector", "#fig-hist-amount .xtick text")]
     assert len(ticks) == filled and all(re.match(r"^(< |≥ |\[)-?\d", t) for t in ticks), ticks  # real ranges
     # every statistic over time drawn, and an alert marker for each alert on the features shown
-    shown = ranked_features(drift_sql.feature_drift(client, "credit", end - 10 * MINUTE_MS, end, built.database))
-    alerted = [a for a in built.alerts if a["feature"] in shown[:OVER_TIME] and a["statistic"] in STATISTICS]
+    champion = built.model.version  # the version shown; the monitor judges the challenger's shadows apart
+    shown = ranked_features([r for r in drift_sql.feature_drift(client, "credit", end - 10 * MINUTE_MS, end,
+                                                                built.database) if r["model_version"] == champion])
+    alerted = [a for a in built.alerts if a["feature"] in shown[:OVER_TIME] and a["statistic"] in STATISTICS
+               and a["model_version"] == champion]
     traced = browser.execute_script("const d=document.getElementById('fig-drift-over-time').data;"
                                     "return [d.reduce((n,t)=>n+t.x.length,0),"
                                     "d.filter(t=>t.name=='alert').reduce((n,t)=>n+t.x.length,0)]")
@@ -171,16 +183,56 @@ def test_an_approval_says_what_almost_declined_it_its_score_check_and_who_asked(
     cells = [c.text for c in answer.find_elements("tag name", "td")]
     assert cells[0] == console_data.AUDITOR and cells[2:4] == ["req-0001", event["model_version"]]
     assert cells[5] == "store"
+    # its long feature values (merchant_risk = 0.0333309268) are cut on the axis, whole on hover, and no bar's
+    # text runs over a label
+    labels = [t.text for t in browser.find_elements("css selector", "#fig-waterfall .ytick text")]
+    assert len(labels) == len(console_data.FEATURES) + 2 and all(len(t) <= 40 for t in labels)
+    assert overlapping_labels(browser, "fig-waterfall", BAR_TEXT) == []
+    hovered = browser.execute_script("return document.getElementById('fig-waterfall').data[0].customdata")
+    values = {a["feature"]: a["value"] for a in event["attributions"]}
+    assert {h.split(" = ")[0]: float(h.split(" = ")[1]) for h in hovered[1:-1]} == pytest.approx(values, rel=1e-5)
     save_page(browser, screenshots, "decision-approval-audited")
-    # a decision only the decision store holds: said so, with its stored features, score and decision
-    load(browser, f"{console}/decision/{console_data.STORED_ONLY}")
+    browser.get(f"{console}/decision/nothing-of-that-name")
+    assert "the decision store does not hold it" in browser.find_element("tag name", "body").text
+
+
+def test_a_stored_decision_is_explained_now_on_request(browser, console, data, screenshots):
+    built, client = data
+    # a decision only the decision store holds (an approval the sampler left out): said so, with its record
+    browser.get(f"{console}/decision/{console_data.STORED_ONLY}")  # no chart to wait for
     assert browser.find_element("id", "not-explained").text.startswith("Not explained; stored decision.")
     features = {r.find_elements("tag name", "td")[0].text: r.find_elements("tag name", "td")[1].text
                 for r in browser.find_elements("css selector", "table.features tbody tr")}
     assert features == {"age": "41", "amount": "20.5", "merchant_risk": "0.4", "tenure": "3", "velocity": "2"}
     save_page(browser, screenshots, "decision-stored")
-    browser.get(f"{console}/decision/nothing-of-that-name")
-    assert "the decision store does not hold it" in browser.find_element("tag name", "body").text
+    # "Explain now": `whystream explain`'s path, the features from the store, the version it was scored by
+    browser.find_element("id", "explain-now").click()
+    note = wait_for(browser, "explained-now").text
+    assert "no explanation of this decision is stored" in note and "the decision store" in note
+    assert built.model.version in note
+    assert charts_drawn(browser) == 2  # waterfall and probability
+    assert marks(browser, "fig-waterfall", WATERFALL) == len(console_data.FEATURES) + 2
+    assert overlapping_labels(browser, "fig-waterfall", BAR_TEXT) == []
+    # the attributions drawn are LightGBM's own SHAP values of the stored features (an independent computation)
+    stored = {"age": 41.0, "amount": 20.5, "merchant_risk": 0.4, "tenure": 3.0, "velocity": 2.0}
+    names = built.model.feature_names
+    contrib = built.model.booster.predict([[stored[f] for f in names]], pred_contrib=True)[0]
+    drawn = browser.execute_script("const d=document.getElementById('fig-waterfall').data[0];"
+                                   "return [d.customdata, d.x]")
+    shap = {label.split(" = ")[0]: x for label, x in zip(drawn[0][1:-1], drawn[1][1:-1])}
+    assert shap == pytest.approx(dict(zip(names, contrib[:-1])), abs=1e-9)
+    assert drawn[1][0] == pytest.approx(contrib[-1], abs=1e-9)  # the base value
+    text = browser.find_element("tag name", "main").text
+    assert "decision approve" in text and "ON_DEMAND" in text and "Computed now and not stored" in text
+    # the score check ran as the stream runs it: the stored 0.12 is not the model's own score of these features
+    own = built.model.booster.predict([[stored[f] for f in names]])[0]
+    assert f"model's own score {own:.4f}" in text and browser.find_element("id", "score-mismatch").text.startswith(
+        "MISMATCH")
+    assert browser.find_elements("css selector", "table.adverse-reasons tbody tr")  # what almost declined it
+    save_page(browser, screenshots, "decision-explained-now")
+    # nothing was written: ClickHouse still holds no explanation of it
+    assert client.query(f"SELECT count() FROM {built.database}.explanations WHERE prediction_id = "
+                        f"'{console_data.STORED_ONLY}'").result_rows == [(0,)]
 
 
 def test_a_fallback_decision_says_it_is_approximate(browser, console, data):

@@ -124,6 +124,15 @@ def test_a_decision_is_explained_from_the_store_after_the_topic_and_redis_forgot
     assert result.exit_code == 0, result.output
     printed = json.loads(result.output[result.output.index("{"):])
     assert printed["features_source"] == "store" and printed["attributions"] == answer["attributions"]
+    import csv
+    import io
+
+    as_csv = CliRunner().invoke(app, [*flags, "explain", approval["prediction_id"], "--database", database,
+                                      "--format", "csv"])
+    assert as_csv.exit_code == 0, as_csv.output
+    read = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert sorted(r["feature"] for r in read) == sorted(a["feature"] for a in answer["attributions"])
+    assert {r["prediction_id"] for r in read} == {approval["prediction_id"]} and read[0]["rank"] == "1"
     missing = CliRunner().invoke(app, [*flags, "explain", "never-stored", "--database", database])
     assert missing.exit_code != 0 and "decision store" in str(missing.exception)
 
