@@ -17,13 +17,19 @@ CREATE VIEW IF NOT EXISTS {db}.input_drift_all AS
 WITH
     window_values AS
     (
-        SELECT model_version, feature, if(mapContains(features, feature), features[feature], NULL) AS value,
-               isNull(value) AS missing,
-               if(missing, toUInt16(0), toUInt16(arrayCount(edge -> edge <= assumeNotNull(value), edges) - 1)) AS bin
+        -- each decision's values and bins as arrays in the reference's feature order (found by
+        -- indexOf in the Map's keys: several times faster than a Map lookup per feature), then one
+        -- row per feature
+        SELECT model_version, feature, isNull(value) AS missing, bin
         FROM
         (
-            SELECT d.model_version AS model_version, d.features AS features, d.redacted_features AS redacted,
-                   r.names AS names, r.all_edges AS all_edges
+            SELECT d.model_version AS model_version, r.names AS names, mapKeys(d.features) AS keys,
+                   mapValues(d.features) AS values_,
+                   arrayMap(f -> indexOf(keys, f), r.names) AS at,
+                   arrayMap(i -> if(i = 0, NULL, values_[i]), at) AS vals,
+                   arrayMap((v, e) -> if(isNull(v), toUInt16(0), toUInt16(arrayCount(x -> x <= assumeNotNull(v), e) - 1)),
+                            vals, r.all_edges) AS bins,
+                   arrayMap(f -> has(d.redacted_features, f), r.names) AS hidden
             FROM
             (
                 SELECT model_version, features, redacted_features FROM {db}.decisions FINAL
@@ -37,37 +43,21 @@ WITH
                 GROUP BY model_version
             ) AS r ON r.model_version = d.model_version
         )
-        ARRAY JOIN names AS feature, all_edges AS edges
-        WHERE NOT has(redacted, feature) AND (isNull(value) OR isFinite(assumeNotNull(value)))
-    ),
-    window_bins AS
-    (
-        SELECT model_version, feature, missing, bin, count() AS c
-        FROM window_values GROUP BY model_version, feature, missing, bin
+        ARRAY JOIN names AS feature, vals AS value, bins AS bin, hidden AS redacted
+        WHERE NOT redacted AND (isNull(value) OR isFinite(assumeNotNull(value)))
     ),
     window_total AS
     (
-        SELECT model_version, feature, sum(c) AS total, sumIf(c, NOT missing) AS present, sumIf(c, missing) AS absent
-        FROM window_bins GROUP BY model_version, feature
-    ),
-    reference_bins AS
-    (
-        SELECT model_version, feature, toUInt16(b - 1) AS bin, reference_hist[b] AS p_ref
-        FROM {db}.input_reference FINAL
-        ARRAY JOIN arrayEnumerate(reference_hist) AS b
-        WHERE model_name = {model:String}
-    ),
-    psi AS
-    (
-        SELECT r.model_version AS model_version, r.feature AS feature,
-               sum((greatest(coalesce(h.c, 0) / t.present, 1e-4) - greatest(r.p_ref, 1e-4))
-                   * log(greatest(coalesce(h.c, 0) / t.present, 1e-4) / greatest(r.p_ref, 1e-4))) AS value_psi
-        FROM reference_bins AS r
-        INNER JOIN window_total AS t ON t.model_version = r.model_version AND t.feature = r.feature
-        LEFT JOIN (SELECT * FROM window_bins WHERE NOT missing) AS h
-               ON h.model_version = r.model_version AND h.feature = r.feature AND h.bin = r.bin
-        WHERE t.present > 0
-        GROUP BY r.model_version, r.feature
+        -- read once (a CTE is inlined where it is used): per feature the counts, and the present
+        -- values' bins with their counts as two arrays
+        SELECT model_version, feature, sum(c) AS total, sumIf(c, NOT missing) AS present, sumIf(c, missing) AS absent,
+               groupArrayIf(bin, NOT missing) AS present_bins, groupArrayIf(c, NOT missing) AS present_counts
+        FROM
+        (
+            SELECT model_version, feature, missing, bin, count() AS c
+            FROM window_values GROUP BY model_version, feature, missing, bin
+        )
+        GROUP BY model_version, feature
     )
 SELECT
     t.model_version AS model_version,
@@ -76,16 +66,25 @@ SELECT
     t.total AS n,
     toFloat64(t.total) AS weighted_n,
     toFloat64(t.total) AS effective_n,
-    if(t.present > 0, p.value_psi, nan) AS value_psi,
+    -- sum over the reference bins (p - q) * ln(p / q), p the window's share of the decisions with a
+    -- value, q the reference's, both floored at 1e-4: input_drift's formula
+    if(t.present > 0,
+       arraySum(arrayMap((q, b) -> (greatest(if(indexOf(t.present_bins, b) = 0, 0,
+                                                t.present_counts[indexOf(t.present_bins, b)]) / t.present, 1e-4)
+                                    - greatest(q, 1e-4))
+                                   * log(greatest(if(indexOf(t.present_bins, b) = 0, 0,
+                                                     t.present_counts[indexOf(t.present_bins, b)]) / t.present, 1e-4)
+                                         / greatest(q, 1e-4)),
+                         r.reference_hist, arrayMap(k -> toUInt16(k - 1), arrayEnumerate(r.reference_hist)))),
+       nan) AS value_psi,
     t.absent / t.total AS missing_rate,
     r.reference_missing AS reference_missing
 FROM window_total AS t
 INNER JOIN
 (
-    SELECT model_version, feature, feature_index, reference_missing FROM {db}.input_reference FINAL
+    SELECT model_version, feature, feature_index, reference_missing, reference_hist FROM {db}.input_reference FINAL
     WHERE model_name = {model:String}
 ) AS r ON r.model_version = t.model_version AND r.feature = t.feature
-LEFT JOIN psi AS p ON p.model_version = t.model_version AND p.feature = t.feature
 ORDER BY t.model_version, r.feature_index
 COMMENT 'Input drift per model version and feature over [start, end) from every stored decision (the decision store), not the explanations'' sample: value PSI on the reference value bins, missing-value rate against the reference; redacted values not counted (call as input_drift_all(model = ..., start = ..., end = ...))';
 
