@@ -9,8 +9,9 @@ Two sources give the same figures (jobs/analytics/input_drift.py):
   decision once at weight 1: exact counts.
 
 A window is read from the store when the store covers it: the store's first
-decision of the model is no later than the window's first explained decision
-(or the store holds the window and nothing was explained in it). A window
+decision of the model in the window is no later than the window's first explained
+decision (or the store holds the window and nothing was explained in it); both
+reads stay inside the window, however long the store's history. A window
 reaching back before the store existed (or before `whystream sink` stored
 decisions) falls back to the sample, and so does a version the store lacks
 in the window. Every row says which it is in `source` (ALL or SAMPLE), so
@@ -31,19 +32,18 @@ SAMPLE = "sample"
 
 
 def store_covers(client, model: str, start_ms: int, end_ms: int, database: str = DEFAULT_DATABASE) -> bool:
-    """Whether the decision store holds every decision of `model` in the window [start minute, end)."""
-    db = ident(database)
+    """Whether the decision store holds every decision of `model` in the window [start minute, end):
+    its first stored decision there is no later than the first explained one (which, with the
+    store running, is itself stored). Both reads stay inside the window."""
+    db, name = ident(database), lit(model)
+    window = f"event_time >= toStartOfMinute({ms_lit(start_ms)}) AND event_time < {ms_lit(end_ms)}"
     found = rows(client, f"""
         SELECT
             (SELECT toUnixTimestamp64Milli(minOrNull(event_time)) FROM {db}.decisions
-             WHERE model_name = {lit(model)}) AS store_first,
-            (SELECT count() FROM {db}.decisions WHERE model_name = {lit(model)}
-               AND event_time >= toStartOfMinute({ms_lit(start_ms)}) AND event_time < {ms_lit(end_ms)}) AS stored,
+             WHERE model_name = {name} AND {window}) AS store_first,
             (SELECT toUnixTimestamp64Milli(minOrNull(event_time)) FROM {db}.explanation_ids
-             WHERE model_name = {lit(model)}
-               AND event_time >= toStartOfMinute({ms_lit(start_ms)}) AND event_time < {ms_lit(end_ms)})
-            AS sample_first""")[0]
-    if not int(found["stored"]):
+             WHERE model_name = {name} AND {window}) AS sample_first""")[0]
+    if found["store_first"] is None:
         return False
     return found["sample_first"] is None or int(found["store_first"]) <= int(found["sample_first"])
 
