@@ -2,7 +2,8 @@
 jobs/analytics/drift_source.py) through the real sink's decision store on chDB: decisions
 the sampler left out move a feature; the store's figures equal numpy's on every decision
 exactly, the sample's estimate does not; a copy sent twice counts once; redacted values
-are never counted; a window reaching back before the store falls back to the sample and
+are never counted (and, property-based, any mix of values, NULLs, unsent names and
+redacted features counts as numpy counts it); a window reaching back before the store falls back to the sample and
 says so; `whystream drift --format json` and the drift page name the source."""
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from test_input_drift import draw, events, model  # noqa: F401 (model: the module's fixture)
 
 from support.chdb import MINUTE_MS, base_minute
@@ -145,3 +149,83 @@ def test_input_drift_counts_every_decision_and_the_sample_only_estimates_it(fres
 
     page = drift_view(client, model.name, Period(start, end, start, end, 60, 60), database)
     assert f"counted over all {len(X):,} decisions" in page
+
+
+class _Model:  # what register_input_reference reads of a RegisteredModel
+    pass
+
+
+class _Scores:  # a booster stand-in for the reference scores
+    def predict(self, X):
+        return np.full(len(X), 0.5)
+
+
+def _reference_model(name: str) -> _Model:
+    from whystream.models import input_reference as ir
+
+    m = _Model()
+    m.name, m.version, m.threshold, m.adverse_direction = name, "v1", 0.5, 1
+    m.feature_names = ["a", "b", "c"]
+    X = np.random.default_rng(3).normal(size=(500, 3))
+    X[::7, 1] = np.nan
+    m.input_reference = ir.compute(_Scores(), X, 0.5)
+    return m
+
+
+_CELL = st.sampled_from(["value", "value", "value", "null", "absent", "redacted"])
+
+
+@hypothesis_settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cells=st.lists(st.tuples(_CELL, _CELL, _CELL), min_size=1, max_size=40),
+       values=st.lists(st.floats(-3, 3), min_size=120, max_size=120), resent=st.integers(0, 39))
+def test_every_decision_is_counted_once_as_numpy_counts_it(db, cells, values, resent):
+    """Whatever mix of values, NULLs, names not sent and redacted features the stored decisions
+    hold, and a copy of one stored again by a later insert, input_drift_all equals numpy on the
+    decisions: values in their bins, NULL and unsent as missing, redacted not counted."""
+    import uuid
+
+    client, database = db
+    m = _reference_model(f"h{uuid.uuid4().hex[:8]}")
+    references.register_input_reference(client, m, database)
+    t0 = base_minute(1.0)
+    records = []
+    for i, row in enumerate(cells):
+        features, redacted = {}, []
+        for j, (f, cell) in enumerate(zip(m.feature_names, row)):
+            if cell == "value":
+                features[f] = values[3 * i + j]
+            elif cell == "null":
+                features[f] = None
+            elif cell == "redacted":
+                redacted.append(f)
+        records.append((f"p{i}", t0 + 1000 * i, features, redacted))
+    _insert(client, database, m, records)
+    _insert(client, database, m, [records[resent % len(records)]])  # sent again, stored by another insert
+
+    got = {r["feature"]: r for r in input_drift.input_drift_all(client, m.name, t0, t0 + MINUTE_MS, database)}
+    for j, f in enumerate(m.feature_names):
+        counted = [r[2].get(f) for r in records if f not in r[3]]
+        if not counted:
+            assert f not in got  # redacted in every decision: no input drift at all
+            continue
+        present = np.array([v for v in counted if v is not None])
+        row = got[f]
+        assert row["n"] == len(counted) and row["missing_rate"] == pytest.approx(1 - len(present) / len(counted))
+        if len(present):
+            counts = np.bincount(np.searchsorted(m.input_reference.value_edges[j], present, side="right") - 1,
+                                 minlength=len(m.input_reference.value_hist[j]))
+            assert row["value_psi"] == pytest.approx(psi(counts, m.input_reference.value_hist[j]), rel=1e-9)
+        else:
+            assert np.isnan(row["value_psi"])
+
+
+def _insert(client, database: str, m, records) -> None:
+    import datetime as dt
+
+    names = ["prediction_id", "model_name", "model_version", "event_time", "features", "redacted_features",
+             "score", "decision", "threshold", "segment", "priority", "kafka_topic", "kafka_topic_id",
+             "kafka_partition", "kafka_offset"]
+    client.insert("decisions", [[pid, m.name, m.version, dt.datetime.fromtimestamp(t / 1000, dt.timezone.utc),
+                                 features, redacted, 0.5, "approve", 0.5, {}, False, "predictions", "", 0, i]
+                                for i, (pid, t, features, redacted) in enumerate(records)],
+                  database=database, column_names=names)
