@@ -167,12 +167,13 @@ def strata_section(client, model: str, version: str, strata: list[str], period: 
 def input_section(client, model: str, version: str, merged: list[dict], inputs: list[dict], period: Period,
                   database: str) -> str:
     """`inputs`: the version's input drift rows, each with its `source` (jobs/analytics/drift_source.py)."""
-    counted = ("every decision in the window, from the decision store" if inputs and inputs[0]["source"] ==
-               drift_source.ALL else "inclusion-weighted estimates from the sample of explanations (the decision "
-               "store does not cover this period)")
+    counted = "" if not inputs else (
+        "; the figures count every decision in the window, from the decision store" if inputs[0]["source"] ==
+        drift_source.ALL else "; the figures are inclusion-weighted estimates from the sample of explanations (the "
+        "decision store does not cover this period)")
     intro = ("<h2>Input drift beside attribution drift</h2><p class='meta'>Did the data move (value PSI, missing "
              "values) or did the reasons move (attribution PSI)? Inputs are binned on the reference rows' value "
-             f"deciles; the figures count {counted}.</p>"
+             f"deciles{counted}.</p>"
              + (f"<p class='meta'>{esc(drift_source.input_source_line(inputs))}.</p>" if inputs else ""))
     why = input_drift.unavailable(client, model, [version], database).get(version)
     if why:

@@ -143,12 +143,18 @@ def test_input_drift_counts_every_decision_and_the_sample_only_estimates_it(fres
     [decided] = drift_source.decision_rows(client, model.name, wider, end, database)
     assert decided["source"] == drift_source.SAMPLE and decided["counted_over"] == "explanations, weighted"
 
-    # the drift page (console and report) names the source
+    # the drift page (console and report) names the source, for both windows
     from whystream.jobs.console.drift_page import drift_view
     from whystream.jobs.console.period import Period
 
+    assert len(X) == 4500
+
     page = drift_view(client, model.name, Period(start, end, start, end, 60, 60), database)
-    assert f"counted over all {len(X):,} decisions" in page
+    assert f"counted over all {len(X):,} decisions" in page and "count every decision in the window" in page
+    assert "<td>all 4,500 decisions</td>" in page  # the scores table's "counted over"
+    page = drift_view(client, model.name, Period(wider, end, wider, end, 60, 60), database)
+    assert "inclusion-weighted estimates from the sample of explanations" in page
+    assert "counted over the sample of explanations" in page and "all 4,500 decisions" not in page
 
 
 class _Model:  # what register_input_reference reads of a RegisteredModel
