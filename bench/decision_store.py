@@ -11,7 +11,10 @@ In a child process with a fresh chDB directory (one chDB per process):
 alternating over the rounds, batches of 5,000 of one partition as run_sink
 cuts them. Then the stored decisions are merged (OPTIMIZE FINAL) and their
 compressed and uncompressed bytes read from system.parts: bytes per decision,
-and what a year of 10 million decisions a day takes.
+and what a year of 10 million decisions a day takes. Before the merge, the drift
+views over every decision (`input_drift_all`, `decision_drift_all`: plain views
+that read the window's decisions, migration 076) are timed over all the stored
+decisions: what a window of that many decisions costs to read.
 
 The sink's cost with the store, for a stream of D decisions of which a share e
 is explained: D·e / explanations_rate + D / decisions_rate seconds, against
@@ -32,6 +35,7 @@ import time
 from pathlib import Path
 
 BATCH, PER_DAY, EXPLAINED_SHARE = 5000, 10_000_000, 0.10
+READ_REPEATS = 3  # reads of the drift views over every stored decision
 
 
 def child(args) -> dict:
@@ -88,6 +92,7 @@ def child(args) -> dict:
             stored = rows(setup, f"SELECT count() AS n FROM {database}.{table}")[0]["n"]
             assert stored == len(messages), f"{way}: {stored} rows stored of {len(messages)}"
             if way == "decisions" and not sizes:
+                reads = drift_reads(setup, fraud, database, first, now, READ_REPEATS)
                 setup.command(f"OPTIMIZE TABLE {database}.decisions FINAL")
                 sizes = rows(setup, f"""
                     SELECT sum(data_compressed_bytes) AS compressed, sum(data_uncompressed_bytes) AS uncompressed,
@@ -95,13 +100,17 @@ def child(args) -> dict:
                     WHERE database = '{database}' AND table = 'decisions' AND active""")[0]
             setup.command(f"DROP DATABASE {database} SYNC")
     per = {k: float(sizes[k]) / float(sizes["n"]) for k in ("compressed", "uncompressed")}
+    result_reads = {name: {"median_ms": round(statistics.median(t) * 1000, 1),
+                           "decisions_per_s": round(len(predictions) / statistics.median(t))}
+                    for name, t in reads.items()}
     result = {"benchmark": "decision_store", "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
               "events": args.events, "batch": BATCH, "rounds": args.rounds, "features": len(fraud.feature_names),
               "prediction_bytes_mean": round(sum(len(m.value) for m in predictions) / len(predictions)),
               "explanations_rows_per_s": round(statistics.median(rates["explanations"])),
               "decisions_rows_per_s": round(statistics.median(rates["decisions"])),
               "bytes_per_decision": round(per["compressed"], 1),
-              "uncompressed_bytes_per_decision": round(per["uncompressed"], 1)}
+              "uncompressed_bytes_per_decision": round(per["uncompressed"], 1),
+              "reads_over_every_decision": result_reads}
     e, x, d = EXPLAINED_SHARE, result["explanations_rows_per_s"], result["decisions_rows_per_s"]
     result["explained_share"] = e
     result["sink_time_with_store_vs_without"] = round((e / x + 1 / d) / (e / x), 2)
@@ -109,7 +118,26 @@ def child(args) -> dict:
     return result
 
 
+def drift_reads(client, fraud, database: str, first_ms: int, now_ms: int, repeat: int) -> dict[str, list[float]]:
+    """Seconds per read of input_drift_all and decision_drift_all (migration 076) over every stored
+    decision: the views read the window's decisions, not per-minute sums."""
+    from whystream.jobs.analytics import input_drift
+    from whystream.jobs.clickhouse import references as model_reference
+
+    model_reference.register_reference(client, fraud, database)
+    spent: dict[str, list[float]] = {"input_drift_all": [], "decision_drift_all": []}
+    for _ in range(repeat):
+        for name in spent:
+            began = time.perf_counter()
+            found = getattr(input_drift, name)(client, fraud.name, first_ms - 60_000, now_ms + 60_000, database)
+            spent[name].append(time.perf_counter() - began)
+            assert found, f"{name}: no rows"
+    return spent
+
+
 def report(r: dict) -> str:
+    reads = [f"  {name} over all {r['events'] + r['batch']:,} stored decisions: {q['median_ms']:,} ms median "
+             f"({q['decisions_per_s']:,} decisions/s)" for name, q in r.get("reads_over_every_decision", {}).items()]
     return "\n".join([
         f"decision store benchmark: {r['events']:,} decisions of the demo's {r['features']}-feature fraud model "
         f"({r['prediction_bytes_mean']} bytes of Avro each), batches of {r['batch']:,}, median of {r['rounds']} "
@@ -121,7 +149,7 @@ def report(r: dict) -> str:
         f"  bytes per decision in ClickHouse: {r['bytes_per_decision']} compressed "
         f"({r['uncompressed_bytes_per_decision']} uncompressed)",
         f"  a year of 10 million decisions a day: {r['year_of_10M_a_day_GiB']:,} GiB compressed",
-    ])
+    ] + reads)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -86,6 +86,7 @@ def drift_records(judged: list[tuple[dict, list[Judgement]]]) -> list[dict]:
                     "psi": r["psi"], "ks": r["ks"], "stability": r["stability"],
                     "wasserstein_rel": r["wasserstein_rel"], "value_psi": r.get("value_psi"),
                     "missing_rate": r.get("missing_rate"), "reference_missing": r.get("reference_missing"),
+                    "input_source": r.get("input_source"),
                     "weighted_n": r["weighted_n"], "effective_n": r["effective_n"],
                     "fallback_share": r.get("fallback_share"), "judged": bool(verdicts),
                     "alerts": [j.statistic for j in verdicts if j.above],

@@ -11,6 +11,10 @@ they estimate all decisions, not only the explained ones):
   histogram (`score_psi`), mean score, the decline rate (share on the adverse side
   of the threshold) and the reference's, and the adverse rate by the decision labels.
 
+`input_drift_all` and `decision_drift_all` (migrations 074, 076) give the same
+figures from the decision store, every decision once at weight 1;
+jobs/analytics/drift_source.py picks between the two for a window.
+
 The functions here read them (literal view arguments, as drift_sql does, so the
 text also runs through a sink's query port), say why input drift is unavailable
 for a version (registered before input references were kept), and lay the
@@ -45,6 +49,14 @@ def input_drift(client, model: str, start_ms: int, end_ms: int, database: str = 
     return [_floats(r) for r in rows(client, sql)]
 
 
+def input_drift_all(client, model: str, start_ms: int, end_ms: int, database: str = DEFAULT_DATABASE) -> list[dict]:
+    """input_drift's rows from every stored decision (the decision store, migration 076), not the
+    explanations' weighted sample: n counts decisions (weighted_n and effective_n equal it); [] where
+    the store holds none of the window. Redacted values are not counted, as in input_drift."""
+    sql = f"SELECT * FROM {ident(database)}.input_drift_all({_window(model, start_ms, end_ms)})"
+    return [_floats(r) for r in rows(client, sql)]
+
+
 def decision_drift(client, model: str, start_ms: int, end_ms: int, database: str = DEFAULT_DATABASE) -> list[dict]:
     """Rows of decision_drift per model version: n, weighted_n, effective_n, mean_score,
     adverse_rate, decline_rate, score_psi, reference_mean_score, reference_decline (the
@@ -55,8 +67,8 @@ def decision_drift(client, model: str, start_ms: int, end_ms: int, database: str
 
 def decision_drift_all(client, model: str, start_ms: int, end_ms: int,
                        database: str = DEFAULT_DATABASE) -> list[dict]:
-    """decision_drift's rows from every stored decision (the decision store, migration 074), not the
-    explanations' weighted sample; [] where the store holds none of the window."""
+    """decision_drift's rows from every stored decision (the decision store, migrations 074 and 076), not
+    the explanations' weighted sample; [] where the store holds none of the window."""
     sql = f"SELECT * FROM {ident(database)}.decision_drift_all({_window(model, start_ms, end_ms)})"
     return [_floats(r) for r in rows(client, sql)]
 
@@ -74,12 +86,14 @@ def unavailable(client, model: str, versions, database: str = DEFAULT_DATABASE) 
 
 def beside(attribution_rows: list[dict], input_rows: list[dict]) -> list[dict]:
     """The attribution drift rows with the input figures of the same version and feature
-    added (value_psi, missing_rate, reference_missing; None where there are none)."""
+    added (value_psi, missing_rate, reference_missing; None where there are none) and where
+    they were counted (`input_source`: the input row's `source`, jobs/analytics/drift_source.py)."""
     by_key = {(r["model_version"], r["feature"]): r for r in input_rows}
     out = []
     for row in attribution_rows:
         found = by_key.get((row["model_version"], row["feature"]), {})
-        out.append({**row, **{k: _number(found.get(k)) for k in ("value_psi", "missing_rate", "reference_missing")}})
+        out.append({**row, **{k: _number(found.get(k)) for k in ("value_psi", "missing_rate", "reference_missing")},
+                    "input_source": found.get("source")})
     return out
 
 

@@ -45,7 +45,7 @@ SHARDING_KEYS = {"explanations": "cityHash64(prediction_id)", "explanation_ids":
                  "explain_answers": "cityHash64(request_id)"}
 # Parameterised views (materialized views are the names ending in _mv): one per node, not sharded.
 VIEWS = {"feature_drift", "feature_drift_by_stratum", "top_features", "engine_health", "top_reason_flips",
-         "decision_drift_all"}
+         "decision_drift_all", "input_drift_all"}
 DEFAULT_SHARDING_KEY = "rand()"  # aggregate tables: written by each shard's views, inserted into only by hand
 CLUSTER_INSERT_SETTINGS = {"insert_distributed_sync": 1}
 ZK_ROOT = "/clickhouse/tables"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from whystream.jobs.analytics import drift_sql, input_drift
+from whystream.jobs.analytics import drift_source, drift_sql, input_drift
 from whystream.jobs.clickhouse.sql import DEFAULT_DATABASE
 from whystream.jobs.console import figures, queries
 from whystream.jobs.console.html import esc, figure, fmt, pct, table
@@ -100,7 +100,9 @@ def drift_view(client, model: str, period: Period, database: str = DEFAULT_DATAB
     for a in alerts:
         if a["window_end_ms"] > period.start_ms:
             alerted_now.setdefault(a["feature"], set()).add(a["statistic"])
-    merged = input_drift.beside(drift, input_drift.input_drift(client, model, period.start_ms, period.end_ms, database))
+    inputs = [r for r in drift_source.input_rows(client, model, period.start_ms, period.end_ms, database)
+              if r["model_version"] == version]
+    merged = input_drift.beside(drift, inputs)
     body = [[esc(r["feature"]), fmt(r["psi"]), fmt(r["ks"]), fmt(r["stability"]), fmt(r["wasserstein_rel"]),
              fmt(r["value_psi"]), input_drift.missing_cell(r), fmt(float(r["weighted_n"]), 0),
              fmt(float(r["effective_n"]), 0),
@@ -150,7 +152,7 @@ def drift_view(client, model: str, period: Period, database: str = DEFAULT_DATAB
                  + figure(figures.per_feature_over_time("Weighted mean |SHAP|", means, "mean |SHAP|", reference),
                           "mean-abs-shap"))
     parts.append(strata_section(client, model, version, strata, period, database, href))
-    parts.append(input_section(client, model, version, merged, period, database))
+    parts.append(input_section(client, model, version, merged, inputs, period, database))
     return "".join(parts)
 
 
@@ -171,24 +173,31 @@ def strata_section(client, model: str, version: str, strata: list[str], period: 
             + table(["stratum", "feature", "PSI", "KS", "weighted n"], body, "strata"))
 
 
-def input_section(client, model: str, version: str, merged: list[dict], period: Period, database: str) -> str:
+def input_section(client, model: str, version: str, merged: list[dict], inputs: list[dict], period: Period,
+                  database: str) -> str:
+    """`inputs`: the version's input drift rows, each with its `source` (jobs/analytics/drift_source.py)."""
+    counted = "" if not inputs else (
+        "; the figures count every decision in the window, from the decision store" if inputs[0]["source"] ==
+        drift_source.ALL else "; the figures are inclusion-weighted estimates from the sample of explanations (the "
+        "decision store does not cover this period)")
     intro = ("<h2>Input drift beside attribution drift</h2><p class='meta'>Did the data move (value PSI, missing "
              "values) or did the reasons move (attribution PSI)? Inputs are binned on the reference rows' value "
-             "deciles; all figures are inclusion-weighted estimates over all decisions.</p>")
+             f"deciles{counted}.</p>"
+             + (f"<p class='meta'>{esc(drift_source.input_source_line(inputs))}.</p>" if inputs else ""))
     why = input_drift.unavailable(client, model, [version], database).get(version)
     if why:
         return intro + f"<p class='empty'>Input drift unavailable for version {esc(version)}: {esc(why)}.</p>"
     ordered = sorted(merged, key=lambda r: -max(r["psi"] or 0, r["value_psi"] or 0))
     parts = [intro + figure(figures.drift_beside(ordered), "input-drift")]
-    decisions = [d for d in input_drift.decision_drift(client, model, period.start_ms, period.end_ms, database)
+    decisions = [d for d in drift_source.decision_rows(client, model, period.start_ms, period.end_ms, database)
                  if d["model_version"] == version]
     body = [[fmt(d["score_psi"]), fmt(float(d["mean_score"]), 4),
              fmt(d["reference_mean_score"], 4), pct(d["decline_rate"]),
              pct(d["reference_decline"]), pct(d["adverse_rate"]),
-             fmt(float(d["weighted_n"]), 0)] for d in decisions]
+             fmt(float(d["weighted_n"]), 0), esc(d["counted_over"])] for d in decisions]
     if body:
         parts.append("<h3>Scores and decisions</h3><p class='meta'>decline rate: share of decisions on the adverse "
                      "side of the threshold; adverse decisions: by the producer's labels.</p>"
                      + table(["score PSI", "mean score", "reference mean score", "decline rate",
-                              "reference decline rate", "adverse decisions", "weighted n"], body))
+                              "reference decline rate", "adverse decisions", "weighted n", "counted over"], body))
     return "".join(parts)

@@ -86,3 +86,5 @@ def test_decision_store_benchmark_runs(tmp_path):
     assert result["explanations_rows_per_s"] > 0 and result["decisions_rows_per_s"] > 0
     assert 10 < result["bytes_per_decision"] < result["uncompressed_bytes_per_decision"]
     assert result["year_of_10M_a_day_GiB"] > 0 and result["sink_time_with_store_vs_without"] > 1
+    assert all(q["median_ms"] > 0 and q["decisions_per_s"] > 0 for q in result["reads_over_every_decision"].values())
+    assert set(result["reads_over_every_decision"]) == {"input_drift_all", "decision_drift_all"}

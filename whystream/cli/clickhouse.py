@@ -225,8 +225,10 @@ def drift_table(ctx: typer.Context,
     """Per-feature attribution drift of a model over the last window, against its reference.
 
     json: one object (model, window_start, window_end, features: one row per version and
-    feature with every statistic, decisions: score and decline-rate drift per version)."""
-    from whystream.jobs.analytics import drift_sql, input_drift, score_consistency
+    feature with every statistic, decisions: score and decline-rate drift per version). Input,
+    score and decline-rate drift count all decisions where the decision store covers the
+    window, else the sample: `input_source` / `source` say which ("all decisions", "sample")."""
+    from whystream.jobs.analytics import drift_source, drift_sql, input_drift, score_consistency
     from whystream.jobs.analytics.drift import (
         TABLE_COLUMNS,
         DriftMonitor,
@@ -241,18 +243,15 @@ def drift_table(ctx: typer.Context,
     client = _clickhouse_reader(settings, database)
     model = model_name(model, clickhouse_models(client, database), f"ClickHouse ({database}.model_reference)")
     found = drift_sql.feature_drift(client, model, start, end, database, stratum=stratum or None)
-    # input drift (the data) beside attribution drift (the reasons)
-    found = input_drift.beside(found, input_drift.input_drift(client, model, start, end, database)) if found else []
+    # input drift (the data) beside attribution drift (the reasons): from all decisions where the store has them
+    inputs = drift_source.input_rows(client, model, start, end, database) if found else []
+    found = input_drift.beside(found, inputs) if found else []
     judged = DriftMonitor(settings, window_seconds=seconds, psi_threshold=psi_threshold, ks_threshold=ks_threshold,
                           stability_threshold=stability_threshold, alpha=alpha, publish=False).judge_all(found)
     features = drift_records(judged)
     versions = sorted({r["model_version"] for r in found})
-    # score and decline rates: from every stored decision where the store covers the window
-    every = {d["model_version"]: d for d in input_drift.decision_drift_all(client, model, start, end, database)} \
-        if found else {}
-    decisions = [dict(every[d["model_version"]], counted_over=f"all {every[d['model_version']]['n']:,} decisions")
-                 if d["model_version"] in every else dict(d, counted_over="explanations, weighted")
-                 for d in (input_drift.decision_drift(client, model, start, end, database) if found else [])]
+    # score and decline rates: likewise from every stored decision where the store covers the window
+    decisions = drift_source.decision_rows(client, model, start, end, database) if found else []
     scores = score_consistency.score_consistency(client, model, start, end, database) if found else []
     unavailable = input_drift.unavailable(client, model, versions, database) if found else {}
     if fmt == Format.json:
@@ -273,6 +272,8 @@ def drift_table(ctx: typer.Context,
          title=f"{model}: attribution drift over the last {window}" + (f", stratum {stratum}" if stratum else "")
          + f" (exact TreeSHAP attributions only: {fallback:.1%} of explanations were fallback approximations, "
            "left out)")
+    if inputs:
+        print_line(drift_source.input_source_line(inputs))
     for d in decisions:
         print_line(f"version {d['model_version']} ({d['counted_over']}): {input_drift.decision_line(d)}")
     for version, why in unavailable.items():

@@ -51,7 +51,9 @@ TABLES = {"schema_migrations", "explanations", "model_reference", "attribution_h
           "explanation_ids", "explanation_ids_mv",
           # score consistency (071), the decision store (072, 074), the audit trail of answers (073);
           # their ledger rows are written by the sink (075)
-          "score_check_stats", "score_check_stats_mv", "decisions", "decision_drift_all", "explain_answers"}
+          "score_check_stats", "score_check_stats_mv", "decisions", "decision_drift_all", "explain_answers",
+          # input drift over every decision (076)
+          "input_drift_all"}
 
 
 def test_migrations_apply_once_in_order(db):
