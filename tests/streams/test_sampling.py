@@ -496,8 +496,9 @@ def test_a_crash_anywhere_is_invisible_in_what_is_handed_over(data):
     handed += drain(successor, 10**9)
 
     reference, reference_handed, _, _ = run_until(len(idx) + 1)
-    expected = _windows(reference_handed + drain(reference, 10**9), s)
-    # A window handed over again exactly as before publishes nothing new (its ids are on the broker).
+    # A window handed over again exactly as before publishes nothing new (its ids are on the broker); the
+    # reference itself may hand one over twice: a copy re-sent after a quiet spell forgot the horizon.
+    expected = sorted(set(_windows(reference_handed + drain(reference, 10**9), s)))
     assert sorted(set(_windows(handed, s))) == expected
 
 
