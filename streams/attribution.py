@@ -42,12 +42,18 @@ class Attributions:
     def cache_entries(self, model_version: str, feature_hashes: list[bytes]) -> list[tuple[str, bytes, bytes]]:
         """(model_version, feature hash, packed attributions) of each row computed live: for
         the shared cache (RedisStore.record). `feature_hashes` holds one per row."""
-        return [(model_version, feature_hashes[i], _pack(self.shap[i], self.raw[i]))
-                for i in np.flatnonzero(self.source == "LIVE").tolist()]
+        live = np.flatnonzero(self.source == "LIVE")
+        if not len(live):
+            return []
+        packed = _packed(self.shap[live], self.raw[live])
+        return [(model_version, feature_hashes[i], row.tobytes()) for i, row in zip(live.tolist(), packed)]
 
 
-def _pack(shap_row: np.ndarray, raw: float) -> bytes:
-    return np.append(shap_row, raw).astype(np.float64).tobytes()
+def _packed(shap: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """Per row, what the cache holds: its attributions, then its raw score, as float64 (one row
+    of the result's bytes each: `_unpack` reads them back)."""
+    n = len(shap)
+    return np.hstack((shap.reshape(n, -1), np.reshape(raw, (n, -1)))).astype(np.float64)
 
 
 def _unpack(payload: bytes, n_features: int) -> tuple[np.ndarray, float] | None:

@@ -313,9 +313,11 @@ class Engine:
         sampled = np.ones(len(ids), dtype=bool)
         if unsampled:
             sampled[np.concatenate(unsampled)] = False
-        for partition in np.unique(partitions).tolist():
-            sel = np.flatnonzero(partitions == partition)
-            sel = sel[np.argsort(offsets[sel], kind="stable")]
+        by_partition = np.lexsort((offsets, partitions))  # one sort for all partitions, offset order in each
+        ordered = partitions[by_partition]
+        cuts = [0, *((ordered[1:] != ordered[:-1]).nonzero()[0] + 1).tolist(), len(ordered)]
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            partition, sel = int(ordered[a]), by_partition[a:b]
             self.reservoirs.add(partition, offsets[sel], ids[sel].tolist(), versions[sel].tolist(),
                                 strata[sel].tolist(), times[sel], items.subset(sel), now_ms, sampled[sel])
 

@@ -172,11 +172,16 @@ class RedisStore(ResilientRedis):
                         for i, pid in enumerate(prediction_ids)]
             self._call(lambda: self._per_key(commands), None)
             return
-        encoded = list(map(str.encode, prediction_ids))
-        lengths = np.fromiter(map(len, encoded), dtype="<u4", count=n)
+        joined = "".join(prediction_ids)
+        ids = joined.encode()
+        if len(ids) == len(joined):  # ASCII ids (the usual): a character is a byte, no id encoded on its own
+            lengths = np.fromiter(map(len, prediction_ids), dtype="<u4", count=n)
+        else:
+            lengths = np.fromiter((len(pid.encode()) for pid in prediction_ids), dtype="<u4", count=n)
+        ends = np.cumsum(lengths, dtype=np.int64).tolist()
         prefix = self._key("at", "")
-        calls = [([], [self.prediction_ttl_s, prefix, b"".join(encoded[b:b + CHUNK]), lengths[b:b + CHUNK].tobytes(),
-                       locations[b:b + CHUNK].tobytes()]) for b in range(0, n, CHUNK)]
+        calls = [([], [self.prediction_ttl_s, prefix, ids[ends[b - 1] if b else 0:ends[min(b + CHUNK, n) - 1]],
+                       lengths[b:b + CHUNK].tobytes(), locations[b:b + CHUNK].tobytes()]) for b in range(0, n, CHUNK)]
         self._call(lambda: self._run_script(self._set_locations, calls), None)
 
     def note_read(self, read_to: dict[int, int]) -> None:

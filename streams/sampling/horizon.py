@@ -39,8 +39,7 @@ class Seen:
         """Per u (any order): whether it is not among the hashes seen so far."""
         mask = np.ones(len(u), dtype=bool)
         for run in self.runs:
-            at = np.minimum(np.searchsorted(run, u), len(run) - 1)
-            mask &= run[at] != u
+            mask &= run.take(run.searchsorted(u), mode="clip") != u
         return mask
 
     def add(self, u: np.ndarray) -> None:

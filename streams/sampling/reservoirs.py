@@ -249,7 +249,8 @@ class Reservoirs:
         stratum_codes, stratum_names = _codes(strata)
 
         # Every event joins the window holding the watermark as of its arrival (itself included).
-        arrival = np.argsort(offsets, kind="stable")
+        # (Array methods rather than np.* functions here: fewer Python calls per small batch.)
+        arrival = offsets.argsort(kind="stable")
         watermark = np.maximum.accumulate(event_times[arrival])
         if state.watermark is not None:
             np.maximum(watermark, state.watermark, out=watermark)
@@ -260,47 +261,50 @@ class Reservoirs:
 
         # A candidate counts if its id is new to the horizon: checked generation by generation, in arrival order.
         counted = np.zeros(n, dtype=bool)
-        edges = np.concatenate(([0], np.flatnonzero(arrival_starts[1:] != arrival_starts[:-1]) + 1, [n]))
-        for a, b in zip(edges[:-1].tolist(), edges[1:].tolist()):
+        edges = [0, *((arrival_starts[1:] != arrival_starts[:-1]).nonzero()[0] + 1).tolist(), n]
+        for a, b in zip(edges[:-1], edges[1:]):
             rows = arrival[a:b]
             generation = horizon.generation(int(arrival_starts[a]), int(offsets[rows[0]]))
-            by_u = np.argsort(u[rows], kind="stable")  # the first arrival of an id comes first
-            sorted_u = u[rows][by_u]
+            arrived_u = u[rows]
+            by_u = arrived_u.argsort(kind="stable")  # the first arrival of an id comes first
+            sorted_u = arrived_u[by_u]
             first = np.ones(len(rows), dtype=bool)
             first[1:] = sorted_u[1:] != sorted_u[:-1]
-            distinct = sorted_u[first]
+            distinct, at = sorted_u[first], rows[by_u[first]]
             new_here = generation.seen.unseen(distinct)
-            counted[rows[by_u[first]]] = new_here & horizon.before().unseen(distinct) & sampled[rows[by_u[first]]]
+            counted[at] = new_here & horizon.before().unseen(distinct) & sampled[at]
             generation.seen.add(distinct[new_here])
 
         # Group by (version, stratum, window); inside a group ascending (u, offset).
         order = np.lexsort((offsets, u, starts, stratum_codes, version_codes))
         g_version, g_stratum, g_start = version_codes[order], stratum_codes[order], starts[order]
         change = (g_version[1:] != g_version[:-1]) | (g_stratum[1:] != g_stratum[:-1]) | (g_start[1:] != g_start[:-1])
-        bounds = np.concatenate(([0], np.flatnonzero(change) + 1, [n]))
+        bounds = np.concatenate(([0], change.nonzero()[0] + 1, [n]))
         sorted_offsets = offsets[order]
         group_first = np.minimum.reduceat(sorted_offsets, bounds[:-1])
         sorted_u = u[order]
-        sorted_counted = counted[order]
+        # Per group, as Python ints: its key's parts, first offset, and the range of its counted candidates.
+        counted_at = counted[order].nonzero()[0]
+        heads = bounds[:-1]
+        lows, highs = counted_at.searchsorted(heads).tolist(), counted_at.searchsorted(bounds[1:]).tolist()
+        keys = zip(g_version[heads].tolist(), g_stratum[heads].tolist(), g_start[heads].tolist(), group_first.tolist())
+        groups = list(zip(keys, lows, highs))
 
         # Groups in order of their first arrival: which strata pool as OTHER must not depend on batch cuts.
-        for g in np.argsort(group_first, kind="stable").tolist():
-            begin, end = int(bounds[g]), int(bounds[g + 1])
-            key = self._reservoir_key(state, versions[g_version[begin]], stratum_names[g_stratum[begin]], int(g_start[begin]))
-            first = int(group_first[g])
+        for g in group_first.argsort(kind="stable").tolist():
+            (version, stratum, start, first), low, high = groups[g]
+            key = self._reservoir_key(state, versions[version], stratum_names[stratum], start)
             res = state.windows.get(key)
             if res is None:
                 res = state.windows[key] = _Reservoir(now_ms, first, handed_over=first < live_from)
             res.first_offset = min(res.first_offset, first)
-            fresh_at = np.flatnonzero(sorted_counted[begin:end])
-            if not len(fresh_at):
+            if low == high:
                 continue
-            res.n += len(fresh_at)
-            top = begin + fresh_at[:k]
-            new_u = sorted_u[top]
-            if len(res.items) == k and new_u[0] > res.u[-1]:
+            res.n += high - low
+            top = counted_at[low:min(high, low + k)]  # the group's k smallest that count
+            if len(res.items) == k and sorted_u[top[0]] > res.u[-1]:
                 continue  # nothing in this batch beats the current k smallest
-            self._merge(res, new_u, sorted_offsets[top], [items[i] for i in order[top]], k)
+            self._merge(res, sorted_u[top], sorted_offsets[top], order[top], items, k)
 
     def _reservoir_key(self, state: _Partition, version: str, stratum: str, start: int) -> tuple[str, str, int]:
         """The reservoir key; a stratum beyond the first max_strata of its version and window pools as OTHER."""
@@ -314,15 +318,19 @@ class Reservoirs:
         return version, stratum, start
 
     @staticmethod
-    def _merge(res: _Reservoir, u: np.ndarray, offsets: np.ndarray, items: list, k: int) -> None:
+    def _merge(res: _Reservoir, u: np.ndarray, offsets: np.ndarray, at: np.ndarray, items: Sequence[Any],
+               k: int) -> None:
+        """Keep the k smallest of the reservoir and these candidates (at most k, at `at` in items).
+        An item (a record and a copy of its row) is made only for a candidate that is kept."""
         if not res.items:
-            res.u, res.offsets, res.items = u.copy(), offsets.copy(), items
+            res.u, res.offsets, res.items = u.copy(), offsets.copy(), [items[i] for i in at.tolist()]
             return
+        held = len(res.items)
         all_u = np.concatenate((res.u, u))
         all_offsets = np.concatenate((res.offsets, offsets))
         keep = np.lexsort((all_offsets, all_u))[:k]
-        all_items = res.items + items
-        res.u, res.offsets, res.items = all_u[keep], all_offsets[keep], [all_items[i] for i in keep]
+        res.u, res.offsets = all_u[keep], all_offsets[keep]
+        res.items = [res.items[i] if i < held else items[at[i - held]] for i in keep.tolist()]
 
     # -- closing ------------------------------------------------------------------------------------
 

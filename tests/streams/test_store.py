@@ -123,6 +123,14 @@ def test_batches_larger_than_one_chunk(store, raw, prefix):
     assert store.recall_location(ids[CHUNK]) == (CHUNK % 4, CHUNK * 1000)
 
 
+def test_locations_of_non_ascii_ids_across_chunks(store):
+    n = CHUNK + 5
+    ids = [f"ü{i}" if i % 3 == 0 else f"p{i}" for i in range(n)]  # the ids' bytes are cut per chunk, not their characters
+    store.remember_locations(ids, np.arange(n) % 4, np.arange(n) + 7)
+    assert [store.recall_location(ids[i]) for i in (0, 1, CHUNK - 1, CHUNK, n - 1)] == [
+        (i % 4, i + 7) for i in (0, 1, CHUNK - 1, CHUNK, n - 1)]
+
+
 def test_dedup_and_published_lookup(store, raw, prefix):
     assert store.recall(["a", "b"], "v", []) == ([False, False], [])
     assert store.published_explanation("a") is None

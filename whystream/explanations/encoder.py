@@ -32,9 +32,13 @@ from whystream.wire.avro_write import _put_bytes, _put_double, _put_long, avro_l
 from whystream.wire.codecs import load_schema
 
 
+_SHORT_LENGTHS = [avro_long(n) for n in range(256)]  # the length prefixes of short strings, made once
+
+
 def _string(text: str) -> bytes:
     data = text.encode("utf-8")
-    return avro_long(len(data)) + data
+    n = len(data)
+    return (_SHORT_LENGTHS[n] if n < 256 else avro_long(n)) + data
 
 
 def _string_array(texts: list[str]) -> bytes:
