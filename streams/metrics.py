@@ -6,6 +6,8 @@ Each Metrics object has its own registry, so several engines in one process
 
 from __future__ import annotations
 
+from typing import Iterable
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -68,5 +70,8 @@ class Metrics:
         if mismatches.any():
             self.score_mismatch.labels(model.name, model.version).inc(int(mismatches.sum()))
 
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+    def exposition(self, names: Iterable[str] = ()) -> bytes:
+        """The text Prometheus scrapes; with `names` (its `name[]` parameters), only those samples'
+        families: a poller that wants one counter does not pay for every histogram."""
+        names = list(names)
+        return generate_latest(self.registry.restricted_registry(names) if names else self.registry)

@@ -99,7 +99,8 @@ def create_app(settings: Settings, config: EngineConfig | None = None, web_port:
 
     @app.page("/metrics")
     async def metrics(web, request):
-        return web.bytes(engine.metrics.exposition(), content_type="text/plain; version=0.0.4")
+        return web.bytes(engine.metrics.exposition(request.query.getall("name[]", [])),
+                         content_type="text/plain; version=0.0.4")
 
     health = HealthChecks(engine)
 

@@ -96,6 +96,8 @@ def test_worker_serves_metrics_health_and_on_demand_explanations(engine_settings
         time.sleep(0.5)
     published = dedup(wait_quiet(engine_settings, quiet_s=5))
     assert "whystream_explanation_latency_seconds_bucket" in text and "whystream_consumer_lag" in text
+    only = worker.get("/metrics?name[]=whystream_events_consumed_total")[1].decode()  # Prometheus's name[] filter
+    assert "whystream_events_consumed_total 500.0" in only and "whystream_explanation_latency" not in only
     status, body = worker.get("/health")
     assert status == 200 and set(json.loads(body)) == {"broker", "redis", "registry"}
 
