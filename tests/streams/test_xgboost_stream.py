@@ -7,7 +7,9 @@ text) explains them; the explanations, decoded from the topic with the
 .avsc alone, are XGBoost's own margins and pred_contribs (within float32), the champion's
 LightGBM SHAP, the forest's probability and shap TreeExplainer values, CatBoost's
 RawFormulaVal and ShapValues;
-stored in ClickHouse (chDB) as the sink stores them, `verify` recomputes every one."""
+stored in ClickHouse (chDB) by the real sink with every decision in the store, `verify`
+recomputes every one, and each family's attribution drift (against its registered reference) and
+input drift (from every stored decision) are computed as `whystream drift` computes them."""
 
 from __future__ import annotations
 
@@ -32,8 +34,9 @@ from support.objective_models import FEATURES, make_rows, target
 from support.objective_models import train as train_lightgbm
 from support.xgboost_models import own
 from support.xgboost_models import train as train_xgboost
-from whystream.jobs.analytics import verify
-from whystream.jobs.sink import explanation_rows
+from whystream.jobs.analytics import drift_source, drift_sql, verify
+from whystream.jobs.sink.sink import Sink
+from whystream.kafka.messages import RawMessage
 from whystream.kafka.reader import read_all, scan
 from whystream.models.events import announce, model_event
 from whystream.models.registry import ModelRegistry
@@ -167,7 +170,31 @@ def test_xgboost_models_and_an_xgboost_challenger_through_a_real_worker(register
     for e in declined:
         toward = [r["feature"] for r in e["top_reasons"] if r["shap"] > 0][:4]
         assert [r["feature"] for r in e["principal_reasons"]] == toward
+    # stored by the real sink (explanations, and every decision in the store), recomputed by `whystream verify`
     client, database = db
-    explanation_rows.insert_explanations(client, as_the_sink_reads_them, database)
+    Sink(settings, database, decisions=True).process(
+        [RawMessage(m.value(), m.key(), m.topic(), m.partition(), m.offset())
+         for topic in ("predictions", "explanations") for m in scan(settings, settings.topic(topic))])
     verdicts = verify.verify_ids(client, settings, registry, sorted(found), database=database)
     assert len(verdicts) == len(found) and {x.status for x in verdicts} == {verify.MATCH}, verdicts
+    # drift for every family: attribution drift against each version's registered reference, input drift from
+    # every stored decision, as `whystream drift` reads them
+    start, end = window_around(e["event_time"] for e in found.values())
+    for name in ("credit", "tiers", "forest", "cat"):
+        attribution = drift_sql.feature_drift(client, name, start, end, database)
+        assert {r["feature"] for r in attribution} == set(FEATURES), name
+        assert all(r["n"] > 0 and np.isfinite(r["psi"]) and r["reference_mean_abs_shap"] > 0 for r in attribution), (
+            name, attribution)
+        inputs = drift_source.input_rows(client, name, start, end, database)
+        decided = {e["version"] for e in events if e["model"] == name}  # the challenger only shadows: its sample
+        assert {(r["model_version"], r["source"]) for r in inputs} == {
+            (r["model_version"], drift_source.ALL if r["model_version"] in decided else drift_source.SAMPLE)
+            for r in attribution}, (name, inputs)
+        counted = {r["feature"]: r["n"] for r in inputs if r["source"] == drift_source.ALL}
+        assert counted == {f: sum(1 for e in events if e["model"] == name) for f in FEATURES}, (name, counted)
+
+
+def window_around(event_times) -> tuple[int, int]:
+    """A drift window (epoch ms) from a minute before the first event time to a minute after the last."""
+    ms = [int(t.timestamp() * 1000) if hasattr(t, "timestamp") else int(t) for t in event_times]
+    return min(ms) - 60_000, max(ms) + 60_000
