@@ -1,7 +1,7 @@
 """XGBoost, scikit-learn and CatBoost models end to end on the embedded stack: an XGBoost
 multiclass model (native categorical splits, missing values), an XGBoost challenger to a
 LightGBM champion, a scikit-learn RandomForest classifier (skops, explained in
-probability) and a CatBoost classifier (.cbm), registered with the real CLI; PredictionEvents sent by examples/produce_predictions.py;
+probability), a HistGradientBoosting classifier (skops, margin) and a CatBoost classifier (.cbm), registered with the real CLI; PredictionEvents sent by examples/produce_predictions.py;
 a real `whystream worker` (which never imports xgboost: it reads the stored LightGBM
 text) explains them; the explanations, decoded from the topic with the
 .avsc alone, are XGBoost's own margins and pred_contribs (within float32), the champion's
@@ -24,7 +24,7 @@ import pytest
 import shap
 import skops.io as sio
 from catboost import CatBoostClassifier, Pool
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from test_byo_stream import avsc_decoder
 from test_worker import Worker
 
@@ -60,6 +60,9 @@ def registered(engine_settings, tmp_path):
     boosters["forest"] = RandomForestClassifier(10, max_depth=5, random_state=0).fit(
         pd.DataFrame(X, columns=FEATURES), target("binary", X, 4))
     sio.dump(boosters["forest"], root / "forest.skops")
+    boosters["hgb"] = HistGradientBoostingClassifier(max_iter=15, max_leaf_nodes=8, random_state=0).fit(
+        pd.DataFrame(X, columns=FEATURES), target("binary", X, 6))
+    sio.dump(boosters["hgb"], root / "hgb.skops")
     boosters["cat"] = CatBoostClassifier(iterations=15, depth=4, verbose=0, random_seed=0, thread_count=1,
                                          allow_writing_files=False).fit(
         pd.DataFrame(X, columns=FEATURES), target("binary", X, 5))
@@ -67,6 +70,7 @@ def registered(engine_settings, tmp_path):
     registry = root / "registry"
     for argv in (["forest", str(root / "forest.skops"), "--threshold", "0.5"],
                  ["cat", str(root / "cat.cbm"), "--threshold", "0.5"],
+                 ["hgb", str(root / "hgb.skops"), "--threshold", "0.5"],
                  ["credit", str(root / "credit.txt"), "--threshold", "0.5"],
                  ["credit", str(root / "credit.ubj"), "--threshold", "0.5", "--challenger-of", "credit"],
                  ["tiers", str(root / "tiers.json")]):
@@ -78,14 +82,14 @@ def registered(engine_settings, tmp_path):
 def test_xgboost_models_and_an_xgboost_challenger_through_a_real_worker(registered, tmp_path, db):
     settings, boosters = registered
     registry = ModelRegistry(settings.registry)
-    champion, tiers, forest, cat = (registry.load(n) for n in ("credit", "tiers", "forest", "cat"))
+    champion, tiers, forest, cat, hgb = (registry.load(n) for n in ("credit", "tiers", "forest", "cat", "hgb"))
     challenger = registry.load("credit", registry.challenger("credit"))
-    assert (champion.family, challenger.family, tiers.family, forest.family, cat.family) == (
-        "lightgbm", "xgboost", "xgboost", "sklearn", "catboost")
-    rows = make_rows(24, 77)
+    assert (champion.family, challenger.family, tiers.family, forest.family, cat.family, hgb.family) == (
+        "lightgbm", "xgboost", "xgboost", "sklearn", "catboost", "sklearn")
+    rows = make_rows(28, 77)
     events = []
     for i, x in enumerate(rows):
-        model = champion if i < 8 else tiers if i < 16 else forest if i < 20 else cat
+        model = champion if i < 8 else tiers if i < 16 else forest if i < 20 else cat if i < 24 else hgb
         events.append({"model": model.name, "version": model.version, "prediction_id": f"{model.name}-{i}",
                        "features": {f: (None if np.isnan(v) else float(v)) for f, v in zip(FEATURES, x)},
                        "score": 0.7, "decision": "decline" if i % 2 else "approve", "threshold": 0.5,
@@ -123,7 +127,11 @@ def test_xgboost_models_and_an_xgboost_challenger_through_a_real_worker(register
     raw_xgb, contrib_xgb = own(boosters["credit~xgb"], rows[:8])
     raw_tiers, contrib_tiers = own(boosters["tiers"], rows[8:16])
     forest_rows = pd.DataFrame(rows[16:20], columns=FEATURES)
-    cat_rows = pd.DataFrame(rows[20:], columns=FEATURES)
+    cat_rows = pd.DataFrame(rows[20:24], columns=FEATURES)
+    hgb_rows = pd.DataFrame(rows[24:], columns=FEATURES)
+    hgb_raw = boosters["hgb"].decision_function(hgb_rows)
+    hgb_explainer = shap.TreeExplainer(boosters["hgb"])
+    hgb_shap = np.asarray(hgb_explainer.shap_values(hgb_rows))
     cat_raw = boosters["cat"].predict(cat_rows, prediction_type="RawFormulaVal")
     cat_shap = boosters["cat"].get_feature_importance(Pool(cat_rows), type="ShapValues")
     proba = boosters["forest"].predict_proba(forest_rows)[:, 1]
@@ -147,6 +155,12 @@ def test_xgboost_models_and_an_xgboost_challenger_through_a_real_worker(register
             i, _ = by_id[pid]
             assert e["output_space"] == "raw_margin" and abs(e["raw_score"] - cat_raw[i - 20]) <= 1e-12
             np.testing.assert_allclose(phi, cat_shap[i - 20], rtol=0, atol=1e-7)
+            continue
+        elif e["model_name"] == "hgb":  # HistGradientBoosting: its margin and shap's values (missing values too)
+            i, _ = by_id[pid]
+            assert e["output_space"] == "raw_margin" and abs(e["raw_score"] - hgb_raw[i - 24]) <= 1e-12
+            np.testing.assert_allclose(phi, [*hgb_shap[i - 24], float(np.ravel(hgb_explainer.expected_value)[0])],
+                                       rtol=0, atol=1e-9)
             continue
         elif e["model_name"] == "credit":  # the LightGBM champion: exact
             i, _ = by_id[pid]
@@ -180,7 +194,7 @@ def test_xgboost_models_and_an_xgboost_challenger_through_a_real_worker(register
     # drift for every family: attribution drift against each version's registered reference, input drift from
     # every stored decision, as `whystream drift` reads them
     start, end = window_around(e["event_time"] for e in found.values())
-    for name in ("credit", "tiers", "forest", "cat"):
+    for name in ("credit", "tiers", "forest", "cat", "hgb"):
         attribution = drift_sql.feature_drift(client, name, start, end, database)
         assert {r["feature"] for r in attribution} == set(FEATURES), name
         assert all(r["n"] > 0 and np.isfinite(r["psi"]) and r["reference_mean_abs_shap"] > 0 for r in attribution), (
