@@ -45,6 +45,7 @@ import numpy as np
 if __package__ in (None, ""):  # `python bench/families.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.results import write  # noqa: E402
 from bench.treeshap import CATEGORICAL, N_FEATURES, best_rows_per_s, latency_ms, make_data  # noqa: E402
 from whystream.models import families  # noqa: E402
 from whystream.treeshap import TreeShap  # noqa: E402
@@ -355,8 +356,7 @@ def main(argv: list[str] | None = None) -> dict:
     print_table(result["families"])
     result["seconds"] = round(time.perf_counter() - t_start, 1)
     print(f"\n{result['seconds']:.0f} s; JSON: {args.json}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write(result, args.json)
     return result
 
 

@@ -6,11 +6,16 @@ import json
 from pathlib import Path
 
 
+def write(result: dict, path: Path) -> None:
+    """Write a benchmark's figures as JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+
+
 def publish(result: dict, table: str, path: Path) -> None:
     """Print a benchmark's table and write its figures as JSON."""
     print(table)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    write(result, path)
     print(f"  wrote {path}")
 
 

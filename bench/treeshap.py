@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
 import sys
@@ -311,8 +310,9 @@ def main(argv: list[str] | None = None) -> dict:
     print_table(result["models"])
     result["seconds"] = round(time.perf_counter() - t_start, 1)
     print(f"\n{result['seconds']:.0f} s; JSON: {args.json}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    from bench.results import write
+
+    write(result, args.json)
     return result
 
 
