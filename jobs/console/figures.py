@@ -12,6 +12,7 @@ labels that suit the span, seconds to days).
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
 
 import plotly.graph_objects as go
@@ -181,8 +182,8 @@ def waterfall(base_value: float, contributions: list[tuple[str, str, float]], ra
     each bar's SHAP is written outside its end, and the x axis is padded on both sides so that
     text stays inside the plot instead of running over the labels."""
     steps = [v for _, _, v in contributions]
-    ends = [base_value + sum(steps[:i + 1]) for i in range(len(steps))]
-    reach = [0.0, base_value, raw_score, *ends] + ([threshold] if threshold is not None else [])
+    ends = itertools.accumulate(steps, initial=base_value)  # where each bar ends, the base value first
+    reach = [0.0, raw_score, *ends] + ([threshold] if threshold is not None else [])
     reach = [x for x in reach if math.isfinite(x)]
     lo, hi = min(reach), max(reach)
     pad = 0.25 * (hi - lo) if hi > lo else 1.0

@@ -174,7 +174,6 @@ class Console:
         body += answers_html(queries.answers(self.client, prediction_id, self.database))
         return self._page(f"decision {prediction_id}", body, found[0]["model_name"])
 
-
     def stored_page(self, prediction_id: str, explain: bool) -> str:
         """A decision only the decision store holds: its record with the "Explain now" button, or
         (`explain`) the explanation computed now."""
