@@ -267,8 +267,8 @@ class Engine:
         the stream was cut into batches never changes a window's sample.
         `handled` (per message of inbound): handled before a replay, so only a candidate if it is one."""
         config = self.config.sampling
-        ids: list[np.ndarray] = []  # per batch, object arrays: selected per partition below without a Python loop
-        versions: list[np.ndarray] = []
+        hashes: list[np.ndarray] = []  # per batch, the candidates' u (Reservoirs.hashes), one compiled pass
+        versions: list[np.ndarray] = []  # object arrays: selected per partition below without a Python loop
         strata: list[np.ndarray] = []
         placed = 0  # candidates so far
         picks: list[tuple[ModelBatch, np.ndarray]] = []
@@ -298,21 +298,21 @@ class Engine:
             rest = np.flatnonzero(~chosen if only_new is None else ~chosen | only_new)
             if only_new is not None:
                 unsampled.append(np.flatnonzero(only_new[rest]) + placed)
-            ids.append(_objects(batch.prediction_ids)[rest])
+            hashes.append(self.reservoirs.hashes(batch.prediction_ids)[rest])
             strata.append(_objects(batch.strata)[rest])
             versions.append(np.full(len(rest), model.version, dtype=object))
             placed += len(rest)
             picks.append((batch, rest))
         if not placed:
             return
-        ids, versions, strata = np.concatenate(ids), np.concatenate(versions), np.concatenate(strata)
+        u, versions, strata = np.concatenate(hashes), np.concatenate(versions), np.concatenate(strata)
         rows = np.concatenate([rest for _, rest in picks])
         which = np.concatenate([np.full(len(rest), k) for k, (_, rest) in enumerate(picks)])
         positions = np.concatenate([batch.index[rest] for batch, rest in picks])
         times = np.concatenate([batch.event_time[rest] for batch, rest in picks])
         partitions, offsets = inbound.partitions[positions], inbound.offsets[positions]
         items = Candidates([batch for batch, _ in picks], which, rows)
-        sampled = np.ones(len(ids), dtype=bool)
+        sampled = np.ones(len(u), dtype=bool)
         if unsampled:
             sampled[np.concatenate(unsampled)] = False
         by_partition = np.lexsort((offsets, partitions))  # one sort for all partitions, offset order in each
@@ -320,7 +320,7 @@ class Engine:
         cuts = [0, *((ordered[1:] != ordered[:-1]).nonzero()[0] + 1).tolist(), len(ordered)]
         for a, b in zip(cuts[:-1], cuts[1:]):
             partition, sel = int(ordered[a]), by_partition[a:b]
-            self.reservoirs.add(partition, offsets[sel], ids[sel].tolist(), versions[sel].tolist(),
+            self.reservoirs.add(partition, offsets[sel], u[sel], versions[sel].tolist(),
                                 strata[sel].tolist(), times[sel], items.subset(sel), now_ms, sampled[sel])
 
     def _close_windows(self, due: dict[str, Due], now_ms: int) -> None:

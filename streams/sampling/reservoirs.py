@@ -69,6 +69,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from whystream.streams.sampling.blake2b import blake2b_u64
 from whystream.streams.sampling.config import SamplingConfig
 from whystream.streams.sampling.horizon import Horizon
 
@@ -142,10 +143,8 @@ class Reservoirs:
 
     def __init__(self, config: SamplingConfig, salt: bytes = b""):
         self.config = config
-        # blake2b keys are at most 64 bytes; longer salts are folded into one. Each id's hash starts
-        # from a copy of the keyed state: the key's block is compressed once, not once per id.
+        # blake2b keys are at most 64 bytes; longer salts are folded into one.
         self._key = salt if len(salt) <= 64 else hashlib.blake2b(salt).digest()
-        self._keyed = hashlib.blake2b(digest_size=8, key=self._key)
         self._partitions: dict[int, _Partition] = {}
         self._horizons: dict[int, Horizon] = {}  # outlive resets: a copy after one is still a copy
         self._closed: list[ClosedWindow] = []  # closed by a replayed reset inside add(): handed over next
@@ -156,14 +155,9 @@ class Reservoirs:
         self._replaying: set[int] = set()
 
     def hashes(self, prediction_ids: Sequence[str]) -> np.ndarray:
-        """u per prediction_id: the first 8 bytes of keyed blake2b, little-endian uint64."""
-        copy, digests = self._keyed.copy, []
-        append = digests.append
-        for pid in prediction_ids:
-            h = copy()
-            h.update(pid.encode())
-            append(h.digest())
-        return np.frombuffer(b"".join(digests), dtype="<u8")
+        """u per prediction_id: the first 8 bytes of keyed blake2b, little-endian uint64 (one
+        compiled pass, streams/sampling/blake2b.py)."""
+        return blake2b_u64(prediction_ids, self._key)
 
     # -- replays ------------------------------------------------------------------------------------
 
@@ -193,21 +187,23 @@ class Reservoirs:
 
     # -- candidates ---------------------------------------------------------------------------------
 
-    def add(self, partition: int, offsets: np.ndarray, prediction_ids: Sequence[str], model_versions: Sequence[str],
+    def add(self, partition: int, offsets: np.ndarray, u: np.ndarray, model_versions: Sequence[str],
             strata: Sequence[str], event_times: np.ndarray, items: Sequence[Any], now_ms: int,
             sampled: np.ndarray | None = None) -> None:
-        """Feed the candidates of one partition (parallel sequences); `items` are
+        """Feed the candidates of one partition (parallel sequences; `u`: their ids' `hashes`,
+        computed once per batch by the caller); `items` are
         opaque payloads handed back for the selected events when their window closes.
         `sampled` False: an event explained anyway for a reason a replay may not see alike (the
         first events of a new version): it places windows and is remembered as seen like any
         candidate, so that a replay cuts the same windows, but is neither counted nor selected."""
-        n = len(prediction_ids)
+        n = len(u)
         offsets = np.asarray(offsets, dtype=np.int64)
+        u = np.asarray(u, dtype=np.uint64)
         event_times = np.asarray(event_times, dtype=np.int64)
         sampled = np.ones(n, dtype=bool) if sampled is None else np.asarray(sampled, dtype=bool)
         if not (len(offsets) == len(model_versions) == len(strata) == len(event_times) == len(items) == len(sampled)
                 == n):
-            raise ValueError("Reservoirs.add: offsets, ids, versions, strata, event_times, items and sampled differ "
+            raise ValueError("Reservoirs.add: offsets, u, versions, strata, event_times, items and sampled differ "
                              "in length")
         pending = self._pending.get(partition)
         if n and pending and pending[0].offset <= offsets.max():  # a replayed reset falls inside: split there
@@ -216,7 +212,7 @@ class Reservoirs:
             cut = int(np.searchsorted(offsets[arrival], reset.offset))
 
             def rows(at: list[int]) -> tuple:
-                return (offsets[at], [prediction_ids[i] for i in at], [model_versions[i] for i in at],
+                return (offsets[at], u[at], [model_versions[i] for i in at],
                         [strata[i] for i in at], event_times[at], [items[i] for i in at])
 
             before, after = arrival[:cut].tolist(), arrival[cut:].tolist()
@@ -228,11 +224,10 @@ class Reservoirs:
                 self._horizons.pop(partition, None)
             self.add(partition, *rows(after), now_ms, sampled[after])
         elif n:
-            self._add(partition, offsets, prediction_ids, model_versions, strata, event_times, items, now_ms, sampled)
+            self._add(partition, offsets, u, model_versions, strata, event_times, items, now_ms, sampled)
 
-    def _add(self, partition, offsets, prediction_ids, model_versions, strata, event_times, items, now_ms,
-             sampled) -> None:
-        n = len(prediction_ids)
+    def _add(self, partition, offsets, u, model_versions, strata, event_times, items, now_ms, sampled) -> None:
+        n = len(u)
         state = self._partitions.get(partition)
         if state is None:
             state = self._partitions[partition] = _Partition()
@@ -244,7 +239,6 @@ class Reservoirs:
         window_ms, k = self.config.window_ms, self.config.budget
         live_from = self._live_from.get(partition, -1)
 
-        u = self.hashes(prediction_ids)
         version_codes, versions = _codes(model_versions)
         stratum_codes, stratum_names = _codes(strata)
 

@@ -89,7 +89,7 @@ def feed(res: Reservoirs, s: Stream, idx: np.ndarray, batch: int, now_ms: int = 
         chunk = idx[b:b + batch]
         for p in np.unique(s.partition[chunk]):
             sel = chunk[s.partition[chunk] == p]
-            res.add(int(p), s.offset[sel], s.pid[sel].tolist(), s.version[sel].tolist(), s.stratum[sel].tolist(),
+            res.add(int(p), s.offset[sel], res.hashes(s.pid[sel].tolist()), s.version[sel].tolist(), s.stratum[sel].tolist(),
                     s.event_time[sel], sel.tolist(), now_ms, None if sampled is None else sampled[sel])
         closed += res.close_due(now_ms)
         if check:
@@ -179,7 +179,7 @@ def test_a_copy_is_recognised_within_the_dedup_horizon_only():
     res = Reservoirs(SamplingConfig(budget=5, window_ms=10_000, idle_close_ms=5_000, dedup_windows=2))
 
     def send(offset, pid, t, now_ms=0):
-        res.add(0, np.array([offset]), [pid], ["v1"], ["web"], np.array([t]), [pid], now_ms)
+        res.add(0, np.array([offset]), res.hashes([pid]), ["v1"], ["web"], np.array([t]), [pid], now_ms)
 
     send(0, "a", T0)
     send(1, "b", T0 + 10_000)  # the next window: a's closes by watermark
@@ -199,7 +199,7 @@ def test_a_copy_is_recognised_within_the_dedup_horizon_only():
 
 def add(res, partition, offsets, times, now_ms=0, stratum="web", version="v1"):
     offsets = np.asarray(offsets, dtype=np.int64)
-    res.add(partition, offsets, [f"id-{partition}-{o}" for o in offsets], [version] * len(offsets),
+    res.add(partition, offsets, res.hashes([f"id-{partition}-{o}" for o in offsets]), [version] * len(offsets),
             [stratum] * len(offsets), np.asarray(times, dtype=np.int64), [f"id-{partition}-{o}" for o in offsets],
             now_ms)
 
@@ -301,7 +301,7 @@ def test_order_within_a_window_does_not_matter():
         # arrival: window by window (nothing late), any order inside a window; offsets follow arrival
         arrival = sorted(order, key=lambda i: window[i])
         res = Reservoirs(config, salt=salt)
-        res.add(0, np.arange(n), [ids[i] for i in arrival], ["v1"] * n, [strata[i] for i in arrival],
+        res.add(0, np.arange(n), res.hashes([ids[i] for i in arrival]), ["v1"] * n, [strata[i] for i in arrival],
                 times[arrival], [ids[i] for i in arrival], 0)
         return {(w.stratum, w.window_start): (w.n, w.selected) for w in drain(res)}
 
@@ -324,7 +324,7 @@ def test_which_strata_pool_as_other_does_not_depend_on_batch_cuts():
         res = Reservoirs(config)
         for part in (slice(0, cut), slice(cut, 3)):
             ids = [f"x{i}" for i in range(3)][part]
-            res.add(0, np.arange(3)[part], ids, ["v1"] * len(ids), strata[part], times[part], ids, 0)
+            res.add(0, np.arange(3)[part], res.hashes(ids), ["v1"] * len(ids), strata[part], times[part], ids, 0)
         return sorted((w.window_start - T0, w.stratum, w.n) for w in drain(res))
 
     assert windows(3) == windows(1) == [(0, "a", 1), (10_000, "b", 1), (10_000, "other", 1)]
@@ -334,7 +334,7 @@ def test_selected_are_the_k_smallest_hashes():
     config = SamplingConfig(budget=5)
     res = Reservoirs(config, salt=b"s")
     ids = [f"p{i}" for i in range(100)]
-    res.add(0, np.arange(100), ids, ["v"] * 100, ["a"] * 100, np.full(100, T0), ids, 0)
+    res.add(0, np.arange(100), res.hashes(ids), ["v"] * 100, ["a"] * 100, np.full(100, T0), ids, 0)
     (w,) = drain(res)
     u = res.hashes(ids)
     assert [i for i, _ in w.selected] == [ids[j] for j in np.argsort(u)[:5]]

@@ -46,7 +46,7 @@ def test_weights_add_up_to_distinct_decisions_whatever_happens(stream, budget, m
         if not part:
             continue
         now += pause
-        res.add(0, np.arange(begin, end), [e[0] for e in part], ["v1"] * len(part), [e[2] for e in part],
+        res.add(0, np.arange(begin, end), res.hashes([e[0] for e in part]), ["v1"] * len(part), [e[2] for e in part],
                 np.array([e[1] for e in part]), [e[0] for e in part], now)
         closed += res.close_due(now)
         # Nothing held open longer than max_open_ms (checked at the next close_due call), and
