@@ -1,6 +1,10 @@
 """Compiled readers of Avro binary (numba, inlined into the batch decoders): zigzag
 varint longs, strings as byte ranges, doubles, and checks that text is plain ASCII
-or valid UTF-8 without NUL."""
+or valid UTF-8 without NUL.
+
+`_word` and `_same_words` read a buffer eight bytes at a time through a uint64 view of
+it (`words`): the buffer must be padded to a multiple of 8 bytes with at least 8 bytes
+after the last one read (`word_padding`). Little-endian machines only, like Avro's doubles here."""
 
 from __future__ import annotations
 
@@ -99,3 +103,43 @@ def _double(buf, p, bits, value):
         u |= np.uint64(buf[p + k]) << np.uint64(8 * k)
     bits[0] = u
     return value[0]
+
+
+def word_padding(length: int) -> bytes:
+    """Zero bytes to append to a buffer of `length` bytes before `_word` reads it."""
+    return bytes(16 - length % 8)
+
+
+def packed_words(texts: list[bytes]) -> np.ndarray:
+    """Each text's bytes as little-endian words, zero-padded, one row per text (for `_same_words`)."""
+    width = max([(len(t) + 7) // 8 for t in texts] + [1])
+    words = np.zeros((len(texts), width), dtype=np.uint64)
+    for row, text in enumerate(texts):
+        padded = text + bytes(-len(text) % 8)
+        words[row, :len(padded) // 8] = np.frombuffer(padded, dtype="<u8")
+    return words
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _word(words, q):
+    """The 8 bytes at byte position q, little-endian: two aligned loads, no per-byte loop."""
+    i, r = q >> 3, np.uint64((q & 7) * 8)
+    return (words[i] >> r) | ((words[i + 1] << np.uint64(1)) << (np.uint64(63) - r))
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _same_words(words, start, stop, length, packed):
+    """The bytes start:stop equal a text of `length` bytes given as `packed` words (packed_words)."""
+    if stop - start != length:
+        return False
+    k = 0
+    while length - 8 * k >= 8:
+        if _word(words, start + 8 * k) != packed[k]:
+            return False
+        k += 1
+    rest = length - 8 * k
+    if rest:
+        mask = (np.uint64(1) << np.uint64(8 * rest)) - np.uint64(1)
+        if (_word(words, start + 8 * k) & mask) != packed[k]:
+            return False
+    return True

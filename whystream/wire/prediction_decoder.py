@@ -47,8 +47,12 @@ from whystream.wire.avro_read import (
     _double,
     _long,
     _same,
+    _same_words,
     _string,
     _utf8_text,
+    _word,
+    packed_words,
+    word_padding,
 )
 
 OK, SLOW, NO_MODEL = 0, 1, 2
@@ -72,13 +76,15 @@ class Decoded:
     decisions: list[str]
     strata: list[str]
     model_at: np.ndarray  # int64 [n, 4]: byte ranges (start, end) of model_name and model_version in `data`
-    data: bytes  # the concatenated messages
+    data: bytes  # the concatenated messages (then a few bytes of padding)
 
 
 @njit(nogil=True, cache=True)
-def _decode(buf, starts, ends, fingerprint, previous, blob, model_names, model_versions, feature_names, model_features,
-            stratum_key, status, slot, X, event_time, score, threshold, priority, decision_class, model_at, text):
-    """Fill the columns of messages buf[starts[i]:ends[i]]; returns the length of `text` used."""
+def _decode(buf, words, starts, ends, fingerprint, previous, blob, model_names, model_versions, feature_names,
+            feature_words, model_features, stratum_key, status, slot, X, event_time, score, threshold, priority, decision_class, model_at, text):
+    """Fill the columns of messages buf[starts[i]:ends[i]]; returns the length of `text` used.
+    `words`: buf as uint64 (padded, avro_read.word_padding): feature names and values, most of
+    an event's bytes, are read eight bytes at a time."""
     bits = np.zeros(1, dtype=np.uint64)
     value = bits.view(np.float64)
     n_models = model_names.shape[0]
@@ -156,8 +162,9 @@ def _decode(buf, starts, ends, fingerprint, previous, blob, model_names, model_v
                     good = False
                     break
                 column = -1
-                if expected < n_features and _same(buf, key_start, key_stop, blob, feature_names[first + expected, 0],
-                                                   feature_names[first + expected, 1]):
+                f = first + expected
+                if expected < n_features and _same_words(words, key_start, key_stop,
+                                                         feature_names[f, 1] - feature_names[f, 0], feature_words[f]):
                     column = expected
                 else:
                     for j in range(n_features):
@@ -175,7 +182,8 @@ def _decode(buf, starts, ends, fingerprint, previous, blob, model_names, model_v
                 if branch == 0:
                     X[i, column] = np.nan
                 elif branch == 1 and p + 8 <= end:
-                    v = _double(buf, p, bits, value)
+                    bits[0] = _word(words, p)
+                    v = value[0]
                     p += 8
                     if not np.isfinite(v):
                         good = False
@@ -317,19 +325,21 @@ class PredictionDecoder:
         self._blob = np.frombuffer(bytes(blob) or b"\x00", dtype=np.uint8)
         self._names, self._versions = as_ranges(names), as_ranges(versions)
         self._features, self._per_model = as_ranges(features), as_ranges(per_model)
+        self._feature_words = packed_words([bytes(blob[a:b]) for a, b in features])
         self.width = max((len(m.feature_names) for m in self.models), default=0)
 
     def decode(self, values: list[bytes], stratum_key: str = "") -> Decoded:
         n = len(values)
         try:
-            data = b"".join(values)
+            lengths = np.fromiter(map(len, values), dtype=np.int64, count=n)
+            data = b"".join([*values, word_padding(int(lengths.sum()))])  # padded for the kernel's word reads
         except TypeError:  # a value that is not bytes (None, say): the slow path rejects it
             values = [v if isinstance(v, (bytes, bytearray)) else b"" for v in values]
-            data = b"".join(values)
-        lengths = np.fromiter(map(len, values), dtype=np.int64, count=n)
+            lengths = np.fromiter(map(len, values), dtype=np.int64, count=n)
+            data = b"".join([*values, word_padding(int(lengths.sum()))])
         ends = np.cumsum(lengths)
         starts = ends - lengths
-        buf = np.frombuffer(data, dtype=np.uint8) if data else np.zeros(1, dtype=np.uint8)
+        buf = np.frombuffer(data, dtype=np.uint8)
         status = np.empty(n, dtype=np.int8)
         slot = np.empty(n, dtype=np.int32)
         X = np.full((n, max(self.width, 1)), np.nan)
@@ -339,8 +349,8 @@ class PredictionDecoder:
         decision_class = np.full(n, NO_CLASS, dtype=np.int64)
         model_at = np.zeros((n, 4), dtype=np.int64)
         text = np.empty(len(data) + 3 * n, dtype=np.uint8)
-        used = _decode(buf, starts, ends, self.fingerprint, self.previous, self._blob, self._names, self._versions, self._features,
-                       self._per_model, np.frombuffer(stratum_key.encode(), dtype=np.uint8), status, slot, X,
+        used = _decode(buf, buf.view(np.uint64), starts, ends, self.fingerprint, self.previous, self._blob, self._names,
+                       self._versions, self._features, self._feature_words, self._per_model, np.frombuffer(stratum_key.encode(), dtype=np.uint8), status, slot, X,
                        event_time, score, threshold, priority, decision_class, model_at, text)
         fields = text[:used].tobytes().decode("utf-8").split(SEPARATOR)  # checked: valid UTF-8, no NUL
         return Decoded(status, slot, X, event_time, score, threshold, priority, decision_class,

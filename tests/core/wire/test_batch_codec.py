@@ -20,7 +20,7 @@ from whystream.models.objectives import ModelKind
 from whystream.streams.attribution import Attributions
 from whystream.streams.validation import Validator
 from whystream.treeshap import EXPLAINER_NAME
-from whystream.wire.avro_read import _utf8_text
+from whystream.wire.avro_read import _same_words, _utf8_text, _word, packed_words, word_padding
 from whystream.wire.codecs import SingleObjectCodec, codec_for
 from whystream.wire.prediction_decoder import OK, PredictionDecoder
 
@@ -371,3 +371,20 @@ def test_the_compiled_utf8_check_is_pythons_strict_decoder(data):
         expected = False
     buf = np.frombuffer(b"#" + data + b"#", dtype=np.uint8)
     assert _utf8_text(buf, 1, 1 + len(data)) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(buffer=st.binary(min_size=0, max_size=64), text=st.binary(max_size=40), data=st.data())
+def test_the_compiled_word_reads_are_byte_reads(buffer, text, data):
+    """`_word` is the 8 bytes at any position; `_same_words` is bytes equality, whatever the
+    length (shorter than a word, a word, across words) and alignment."""
+    padded = buffer + word_padding(len(buffer))
+    words = np.frombuffer(padded, dtype=np.uint64)
+    for q in range(len(buffer)):
+        assert int(_word(words, q)) == int.from_bytes(padded[q:q + 8], "little")
+    start = data.draw(st.integers(0, len(buffer)))
+    stop = data.draw(st.integers(start, len(buffer)))
+    if data.draw(st.booleans()):
+        text = buffer[start:stop]  # equal half of the time
+    packed = packed_words([text])[0]
+    assert _same_words(words, start, stop, len(text), packed) == (buffer[start:stop] == text)
