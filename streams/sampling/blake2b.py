@@ -22,6 +22,8 @@ from typing import Sequence
 import numpy as np
 from numba import njit
 
+from whystream.wire.avro_read import _word, word_padding
+
 _IV = np.array([0x6A09E667F3BCC908, 0xBB67AE8584CAA73B, 0x3C6EF372FE94F82B, 0xA54FF53A5F1D36F1,
                 0x510E527FADE682D1, 0x9B05688C2B3E6C1F, 0x1F83D9ABFB41BD6B, 0x5BE0CD19137E2179], dtype=np.uint64)
 _SIGMA = np.array([
@@ -59,14 +61,9 @@ def _g(a, b, c, d, x, y):
 
 
 @njit(nogil=True, cache=True)
-def _compress(h, block, counter, final, m, iv, sigma):
-    """Mix one 128-byte block (uint8) into the state h, `counter` bytes hashed so far including it.
-    The working vector is sixteen locals (kept in registers), not an array."""
-    for i in range(16):
-        word = np.uint64(0)
-        for k in range(8):
-            word |= np.uint64(block[8 * i + k]) << np.uint64(8 * k)
-        m[i] = word
+def _compress(h, m, counter, final, iv, sigma):
+    """Mix one block (16 little-endian words m) into the state h, `counter` bytes hashed so far
+    including it. The working vector is sixteen locals (kept in registers), not an array."""
     v0, v1, v2, v3, v4, v5, v6, v7 = h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]
     v8, v9, v10, v11, v13, v15 = iv[0], iv[1], iv[2], iv[3], iv[5], iv[7]
     v12 = iv[4] ^ np.uint64(counter)  # ids are far shorter than 2**64 bytes: the counter's high word stays 0
@@ -92,36 +89,41 @@ def _compress(h, block, counter, final, m, iv, sigma):
 
 
 @njit(nogil=True, cache=True)
-def _hash_all(data, starts, ends, key, iv, sigma, out):
-    """out[i] = the first 8 digest bytes (little-endian) of data[starts[i]:ends[i]], keyed."""
-    m = np.empty(16, dtype=np.uint64)
-    block = np.zeros(BLOCK, dtype=np.uint8)
+def _hash_all(words, starts, ends, key_words, key_length, iv, sigma, out):
+    """out[i] = the first 8 digest bytes (little-endian) of bytes starts[i]:ends[i], keyed; the
+    bytes are read as words (avro_read._word) from `words`, the padded data's uint64 view."""
+    m = np.zeros(16, dtype=np.uint64)
     first = iv.copy()
-    first[0] ^= np.uint64(0x01010000) ^ (np.uint64(key.shape[0]) << np.uint64(8)) ^ np.uint64(8)
+    first[0] ^= np.uint64(0x01010000) ^ (np.uint64(key_length) << np.uint64(8)) ^ np.uint64(8)
     keyed = first.copy()  # the state after the key's block, for any non-empty message
-    if key.shape[0] > 0:
-        block[:key.shape[0]] = key
-        _compress(keyed, block, BLOCK, False, m, iv, sigma)
+    if key_length > 0:
+        _compress(keyed, key_words, BLOCK, False, iv, sigma)
     h = np.empty(8, dtype=np.uint64)
     for i in range(starts.shape[0]):
         p, end = starts[i], ends[i]
         if p == end:  # empty message: the key block (or an all-zero block) is the last one
             h[:] = first
-            block[:] = 0
-            block[:key.shape[0]] = key
-            _compress(h, block, BLOCK if key.shape[0] > 0 else 0, True, m, iv, sigma)
+            _compress(h, key_words, BLOCK if key_length > 0 else 0, True, iv, sigma)
             out[i] = h[0]
             continue
         h[:] = keyed
-        counter = BLOCK if key.shape[0] > 0 else 0
-        while end - p > BLOCK:
-            counter += BLOCK
-            _compress(h, data[p:p + BLOCK], counter, False, m, iv, sigma)
-            p += BLOCK
-        block[:] = 0
-        block[:end - p] = data[p:end]
-        counter += end - p
-        _compress(h, block, counter, True, m, iv, sigma)
+        counter = BLOCK if key_length > 0 else 0
+        while True:
+            size = min(end - p, BLOCK)
+            full = size // 8
+            for k in range(full):
+                m[k] = _word(words, p + 8 * k)
+            rest = size - 8 * full
+            if rest:
+                m[full] = _word(words, p + 8 * full) & ((np.uint64(1) << np.uint64(8 * rest)) - np.uint64(1))
+                full += 1
+            m[full:] = 0
+            counter += size
+            p += size
+            last = p == end
+            _compress(h, m, counter, last, iv, sigma)
+            if last:
+                break
         out[i] = h[0]
 
 
@@ -136,6 +138,7 @@ def blake2b_u64(ids: Sequence[str], key: bytes = b"") -> np.ndarray:
         lengths = np.fromiter((len(i.encode()) for i in ids), dtype=np.int64, count=len(ids))
     ends = np.cumsum(lengths)
     out = np.empty(len(ids), dtype=np.uint64)
-    _hash_all(np.frombuffer(data, dtype=np.uint8) if data else np.zeros(1, dtype=np.uint8), ends - lengths, ends,
-              np.frombuffer(key, dtype=np.uint8), _IV, _SIGMA, out)
+    words = np.frombuffer(data + word_padding(len(data)), dtype=np.uint64)
+    key_words = np.frombuffer(key + bytes(BLOCK - len(key)), dtype="<u8").astype(np.uint64)
+    _hash_all(words, ends - lengths, ends, key_words, len(key), _IV, _SIGMA, out)
     return out
