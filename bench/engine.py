@@ -91,6 +91,15 @@ def measure(events_file: Path, n_large: int) -> dict:
     return {"imported_from": str(Path(engine_module.__file__).resolve().parents[1]), "figures": figures}
 
 
+def revision_of(rev: str) -> str:
+    """The short commit id of REV in this checkout's git repository, or exit saying why not."""
+    found = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "--verify", f"{rev}^{{commit}}"],
+                           capture_output=True, text=True)
+    if found.returncode != 0:
+        raise SystemExit(f"--against {rev!r} is not a revision of the git checkout at {ROOT} ({found.stderr.strip()})")
+    return found.stdout.strip()
+
+
 def checkout(rev: str, into: Path) -> Path:
     """A git worktree of REV and, beside it, a folder that imports as its `whystream`
     (the package maps folders as pyproject.toml's package-dir says)."""
@@ -116,12 +125,7 @@ def run(args) -> dict:
     from whystream.kafka.topics import ensure_topics
     from whystream.models.registry import ModelRegistry
 
-    found = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "--verify", f"{args.against}^{{commit}}"],
-                           capture_output=True, text=True)
-    if found.returncode != 0:
-        raise SystemExit(f"bench/engine.py: --against {args.against!r} is not a revision of the git checkout at "
-                         f"{ROOT} ({found.stderr.strip()})")
-    revision = found.stdout.strip()
+    revision = revision_of(args.against)
     with tempfile.TemporaryDirectory(prefix="whystream-bench-engine-") as tmp:
         work = Path(tmp)
         stack = EmbeddedStack(work / "stack", write_env_file=False)

@@ -16,7 +16,10 @@ trained into a temporary registry (20,000 rows, 50 trees), in one run:
        CPU-second;
    and the ratio b / a. --rounds times, each on a copy of the events under a
    topic prefix and Redis database of its own, alternating which goes first;
-   the ratio reported is the median over rounds.
+   the ratio reported is the median over rounds. With --against REV, (c) the
+   worker of revision REV (a git worktree imported through PYTHONPATH, as
+   bench/engine.py does) on a copy of its own in each round too: CPU per event
+   of this checkout against REV's, measured side by side.
 2. latency: a fresh worker on a fresh topic, warmed up for 2 s, under a steady
    --rate events/s whose event_time is the moment each is sent (lz4, linger
    5 ms, like `whystream produce`): p50/p99 from event_time to the priority
@@ -37,7 +40,7 @@ trained into a temporary registry (20,000 rows, 50 trees), in one run:
    second while it works through them.
 
     python bench/ingest.py [--events 200000] [--rounds 3] [--latency-rounds 3] [--phases ingest,latency]
-                           [--quick] [--backlog 1000000] [--json PATH]
+                           [--against REV] [--quick] [--backlog 1000000] [--json PATH]
 
 Prints a table and writes JSON (default bench/results/ingest.json). The machine
 is shared: compare the ratios, which are measured side by side in one run.
@@ -49,6 +52,7 @@ import argparse
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -73,6 +77,7 @@ def run(args) -> dict:
         work = Path(tmp)
         stack = EmbeddedStack(work / "stack", write_env_file=False)
         base = stack.start()
+        reference = None  # REV's checkout, with --against
         try:
             began = time.monotonic()
             if args.reference_model:
@@ -92,46 +97,65 @@ def run(args) -> dict:
             # and with a Redis database of its own (1-12): the same prediction_ids, but nothing published yet.
             redis_base = base.redis_url.rpartition("/")[0]
             ingest_rounds = args.rounds if "ingest" in args.phases else 0
-            rounds = [base.with_(topic_prefix=f"b{uuid.uuid4().hex[:6]}.", registry=registry,
-                                 redis_url=f"{redis_base}/{r % 12 + 1}") for r in range(ingest_rounds)]
+            sides = ("bare", "worker", "reference") if args.against else ("bare", "worker")
+            # A copy per round, and one more for the reference worker (its own consumer group and dedup marks).
+            copies = len(sides) - 1
+            rounds = [[base.with_(topic_prefix=f"b{uuid.uuid4().hex[:6]}.", registry=registry,
+                                  redis_url=f"{redis_base}/{(copies * r + c) % 12 + 1}") for c in range(copies)]
+                      for r in range(ingest_rounds)]
             began = time.monotonic()
-            for settings in rounds:
+            for settings in (s for copy in rounds for s in copy):
                 ensure_topics(settings, partitions=4)
                 load_topic(settings, [events])
             result["load_s"] = round(time.monotonic() - began, 1)
-            if rounds:
+            if args.against:
+                from bench.engine import checkout, revision_of
+
+                result["against"] = revision_of(args.against)
+                reference = checkout(result["against"], work / "reference")
+                check_imports_from(reference)
+            for pythonpath, db in ((None, 13), (reference, 14)) if rounds else ():
+                if db == 14 and reference is None:
+                    continue
                 warm_up(base.with_(topic_prefix=f"w{uuid.uuid4().hex[:6]}.", registry=registry,
-                                   redis_url=f"{redis_base}/13"), events[:WARM_UP_EVENTS], work, args.timeout)
+                                   redis_url=f"{redis_base}/{db}"), events[:WARM_UP_EVENTS], work, args.timeout,
+                        pythonpath)
             del events
 
             stack_processes = {c.name: c.process.pid for c in stack.children}
             result["rounds"] = []
             worker = None
             try:
-                for r, settings in enumerate(rounds):
-                    if worker is not None:
-                        worker.stop()
+                for r, copy in enumerate(rounds):
                     outcome = {}
-                    # Alternate which goes first, so that a drift in the machine's load hits both alike.
-                    for side in (("bare", "worker") if r % 2 == 0 else ("worker", "bare")):
+                    # Alternate the order, so that a drift in the machine's load hits every side alike.
+                    for side in (sides if r % 2 == 0 else sides[::-1]):
                         print(f"round {r + 1}/{args.rounds}: {side} ...", file=sys.stderr)
+                        key = "bare_faust" if side == "bare" else side
                         if side == "bare":
                             with StackCpu(stack_processes) as cpu:
-                                outcome["bare_faust"] = bare_faust(settings, args.events, work, timeout=args.timeout)
-                            outcome["bare_faust"]["stack_cores"] = cpu.cores
+                                outcome[key] = bare_faust(copy[0], args.events, work, timeout=args.timeout)
                         else:
-                            worker = WorkerProcess(settings, work / f"worker-{r}.log")
+                            if worker is not None:
+                                worker.stop()
+                            worker = WorkerProcess(copy[0] if side == "worker" else copy[1], work / f"{side}-{r}.log",
+                                                   pythonpath=reference if side == "reference" else None)
                             worker.wait_ready()
                             with StackCpu(stack_processes) as cpu:
-                                outcome["worker"] = worker_ingest(worker, args.events, timeout=args.timeout)
-                            outcome["worker"]["stack_cores"] = cpu.cores
-                        print(f"  {outcome['bare_faust' if side == 'bare' else 'worker']['events_per_s']:,} events/s",
-                              file=sys.stderr)
+                                outcome[key] = worker_ingest(worker, args.events, timeout=args.timeout)
+                        outcome[key]["stack_cores"] = cpu.cores
+                        print(f"  {outcome[key]['events_per_s']:,} events/s", file=sys.stderr)
                     outcome["ratio"] = round(outcome["worker"]["events_per_s"] / outcome["bare_faust"]["events_per_s"],
                                              2)
+                    if reference is not None:  # > 1: this checkout takes less CPU per event than REV
+                        outcome["cpu_ratio_against"] = round(outcome["reference"]["cpu_us_per_event"]
+                                                             / outcome["worker"]["cpu_us_per_event"], 2)
                     result["rounds"].append(outcome)
                 if result["rounds"]:
                     result["ratio"] = round(statistics.median(o["ratio"] for o in result["rounds"]), 2)
+                if reference is not None and result["rounds"]:
+                    result["cpu_ratio_against"] = round(statistics.median(o["cpu_ratio_against"]
+                                                                          for o in result["rounds"]), 2)
             finally:
                 if worker is not None:
                     worker.stop()
@@ -165,7 +189,19 @@ def run(args) -> dict:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(log.read_bytes())
             stack.stop()
+            if reference is not None:
+                subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[1]), "worktree", "remove", "--force",
+                                str(work / "reference" / "tree")], capture_output=True)
     return result
+
+
+def check_imports_from(path: Path) -> None:
+    """A worker started with PYTHONPATH=path runs that revision's engine, not this checkout's."""
+    found = subprocess.run([sys.executable, "-c", "import whystream.streams.engine as e; print(e.__file__)"],
+                           env={**os.environ, "PYTHONPATH": str(path)}, capture_output=True, text=True)
+    if found.returncode != 0 or not found.stdout.strip().startswith(str(path)):
+        raise SystemExit(f"the reference imports its engine from {found.stdout.strip() or found.stderr[-500:]}, "
+                         f"not from {path}")
 
 
 def report(r: dict) -> str:
@@ -183,12 +219,20 @@ def report(r: dict) -> str:
             f"  {k:<6}{'whystream worker':<32}{worker['events_per_s']:>10,}{worker['seconds']:>9}"
             f"{worker['cpu_us_per_event']:>14}{worker['peak_rss_mib']:>14}{o['ratio']:>7}x",
         ]
+        if "reference" in o:
+            ref = o["reference"]
+            lines.append(f"  {k:<6}{'worker of ' + r['against']:<32}{ref['events_per_s']:>10,}{ref['seconds']:>9}"
+                         f"{ref['cpu_us_per_event']:>14}{ref['peak_rss_mib']:>14}"
+                         f"{round(ref['events_per_s'] / bare['events_per_s'], 2):>7}x")
     if r["rounds"]:
         worker = r["rounds"][-1]["worker"]
         stack = ", ".join(f"{name} {cores} cores" for name, cores in worker["stack_cores"].items())
         lines.append(f"  worker / bare Faust (median of rounds): {r['ratio']}x; while the worker ingests: {stack}; "
                      f"it explained {worker['explained']:,} ({worker['explanations_per_cpu_s']} explanations per "
                      f"worker CPU-second)")
+        if "cpu_ratio_against" in r:
+            lines.append(f"  CPU per event, {r['against']} / this checkout (median of rounds): {r['cpu_ratio_against']}x "
+                         f"(rounds: {', '.join(str(o['cpu_ratio_against']) + 'x' for o in r['rounds'])})")
     for summary in r["latency"]:
         how = "keyed like `whystream produce`" if summary["keyed"] else "unkeyed"
         lines.append(f"  priority latency at {summary['rate']:,.0f} events/s ({how}, lz4, linger 5 ms), event_time -> "
@@ -220,7 +264,7 @@ def report(r: dict) -> str:
 WARM_UP_EVENTS = 2_000
 
 
-def warm_up(settings, events, work: Path, timeout: float) -> None:
+def warm_up(settings, events, work: Path, timeout: float, pythonpath: Path | None = None) -> None:
     """One worker on a few events before the rounds, on a topic of its own: a fresh checkout
     compiles its numba kernels (decoder, encoder, TreeSHAP) on first use and caches them on
     disk; without this, round 1's worker pays the compilation inside its measured window
@@ -234,7 +278,7 @@ def warm_up(settings, events, work: Path, timeout: float) -> None:
           "measured rounds) ...", file=sys.stderr)
     ensure_topics(settings, partitions=4)
     load_topic(settings, [events])
-    worker = WorkerProcess(settings, work / "worker-warm-up.log")
+    worker = WorkerProcess(settings, work / "worker-warm-up.log", pythonpath=pythonpath)
     try:
         worker.wait_ready()
         worker_ingest(worker, len(events), timeout=timeout)
@@ -260,6 +304,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--backlog", type=int, default=0, help="also measure RSS under this many queued events")
     parser.add_argument("--backlog-timeout", type=float, default=900.0)
     parser.add_argument("--timeout", type=float, default=300.0, help="per ingest measurement")
+    parser.add_argument("--against", help="git revision whose worker also ingests a copy in each round (CPU per "
+                                          "event side by side)")
     parser.add_argument("--reference-model", help="registry holding a `fraud` model to use instead of training one")
     parser.add_argument("--keep-logs", help="copy the worker and Faust logs to this folder")
     parser.add_argument("--json", type=Path, default=Path(__file__).resolve().parent / "results" / "ingest.json")

@@ -90,12 +90,15 @@ class StackCpu:
 
 
 class WorkerProcess:
-    def __init__(self, settings, log_path: Path, *flags: str):
+    def __init__(self, settings, log_path: Path, *flags: str, pythonpath: Path | None = None):
+        """`pythonpath`: import whystream from there (another revision, bench.engine.checkout)."""
         from whystream.infra.stack import free_port
 
         self.port = free_port()
         self.log = open(log_path, "wb")
         env = {**os.environ, **settings.as_env(), "PYTHONUNBUFFERED": "1"}
+        if pythonpath is not None:
+            env["PYTHONPATH"] = str(pythonpath)
         self.process = subprocess.Popen([sys.executable, "-m", "whystream", "worker", "--web-port", str(self.port),
                                          *flags], env=env, stdout=self.log, stderr=subprocess.STDOUT)
         # Only the two counters parse_metrics reads: the whole page costs the worker ~2 ms of CPU per

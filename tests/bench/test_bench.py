@@ -88,3 +88,17 @@ def test_decision_store_benchmark_runs(tmp_path):
     assert result["year_of_10M_a_day_GiB"] > 0 and result["sink_time_with_store_vs_without"] > 1
     assert all(q["median_ms"] > 0 and q["decisions_per_s"] > 0 for q in result["reads_over_every_decision"].values())
     assert set(result["reads_over_every_decision"]) == {"input_drift_all", "decision_drift_all"}
+
+
+def test_ingest_benchmark_compares_the_worker_against_a_worktree_of_the_revision(tmp_path):
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    result = _run("ingest.py", "--phases", "ingest", "--events", "3000", "--rounds", "1", "--against", "HEAD",
+                  out=tmp_path / "ingest.json")
+    assert result["against"] == head and len(result["rounds"]) == 1  # the script checks where REV imports from
+    (round_,) = result["rounds"]
+    for side in ("bare_faust", "worker", "reference"):
+        assert round_[side]["events_per_s"] > 0 and round_[side]["cpu_us_per_event"] > 0
+    assert result["ratio"] > 0 and result["cpu_ratio_against"] > 0
+    worktrees = subprocess.run(["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True).stdout
+    assert "whystream-ingest-" not in worktrees  # removed again
