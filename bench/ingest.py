@@ -196,9 +196,10 @@ def run(args) -> dict:
 
 
 def check_imports_from(path: Path) -> None:
-    """A worker started with PYTHONPATH=path runs that revision's engine, not this checkout's."""
+    """A worker started with PYTHONPATH=path (outside any checkout, as WorkerProcess starts it)
+    runs that revision's engine, not this checkout's."""
     found = subprocess.run([sys.executable, "-c", "import whystream.streams.engine as e; print(e.__file__)"],
-                           env={**os.environ, "PYTHONPATH": str(path)}, capture_output=True, text=True)
+                           env={**os.environ, "PYTHONPATH": str(path)}, capture_output=True, text=True, cwd=path.parent)
     if found.returncode != 0 or not found.stdout.strip().startswith(str(path)):
         raise SystemExit(f"the reference imports its engine from {found.stdout.strip() or found.stderr[-500:]}, "
                          f"not from {path}")

@@ -91,7 +91,9 @@ class StackCpu:
 
 class WorkerProcess:
     def __init__(self, settings, log_path: Path, *flags: str, pythonpath: Path | None = None):
-        """`pythonpath`: import whystream from there (another revision, bench.engine.checkout)."""
+        """`pythonpath`: import whystream from there (another revision, bench.engine.checkout); the
+        process then starts in the log's folder, since `python -m` puts its working directory
+        (a checkout, often) ahead of PYTHONPATH."""
         from whystream.infra.stack import free_port
 
         self.port = free_port()
@@ -100,7 +102,8 @@ class WorkerProcess:
         if pythonpath is not None:
             env["PYTHONPATH"] = str(pythonpath)
         self.process = subprocess.Popen([sys.executable, "-m", "whystream", "worker", "--web-port", str(self.port),
-                                         *flags], env=env, stdout=self.log, stderr=subprocess.STDOUT)
+                                         *flags], env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                        cwd=None if pythonpath is None else log_path.parent)
         # Only the two counters parse_metrics reads: the whole page costs the worker ~2 ms of CPU per
         # scrape, ~0.5 µs per event at the samplers' 10 scrapes a second (a cost of the benchmark's).
         self.metrics_url = (f"http://127.0.0.1:{self.port}/metrics"
