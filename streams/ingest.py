@@ -75,7 +75,7 @@ def _settle_garbage_collector() -> None:
 class Ingest:
     """The consume -> engine -> commit loop, on a thread of its own."""
 
-    def __init__(self, engine: Engine, batch_size: int = 2000, session_timeout_s: float = 6.0,
+    def __init__(self, engine: Engine, batch_size: int = 5000, session_timeout_s: float = 6.0,
                  commit_interval_s: float = 1.0, tick_interval_s: float = 1.0, poll_timeout_s: float = 0.1,
                  guard_retry_s: float = 5.0):
         self.engine = engine

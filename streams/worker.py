@@ -45,7 +45,7 @@ EXPLAIN_WAIT_S = 10.0
 
 
 def create_app(settings: Settings, config: EngineConfig | None = None, web_port: int = 6066,
-               batch_size: int = 2000, session_timeout_s: float = 6.0,
+               batch_size: int = 5000, session_timeout_s: float = 6.0,
                access: WebAccess | None = None, archive=None) -> faust.App:
     """The worker's Faust app; `archive` (prediction_id -> encoded PredictionEvent or None): the decision
     store explain on demand falls back to (streams/on_demand.py)."""

@@ -83,7 +83,8 @@ def worker(ctx: typer.Context,
                                         "/explain needs WHYSTREAM_API_TOKEN"),
            redact: str = typer.Option("", help="FEATURE,... whose values are left out of every explanation "
                                       "(attributions stay); added to the model's own list"),
-           batch: int = typer.Option(2000, help="Largest batch taken from the stream at once"),
+           batch: int = typer.Option(5000, help="Largest batch taken from the stream at once (a worker catching "
+                                     "up; one that keeps up takes what arrived meanwhile)"),
            budget: int = typer.Option(20, help="Reservoir sample size k per partition, model version, stratum and window"),
            window: float = typer.Option(10.0, help="Reservoir window length in seconds of event time"),
            band: float = typer.Option(0.02, help="Scores within this distance of the threshold are always explained"),
