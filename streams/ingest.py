@@ -73,15 +73,17 @@ def _settle_garbage_collector() -> None:
 
 
 class Ingest:
-    """The consume -> engine -> commit loop, on a thread of its own."""
+    """The consume -> engine -> commit loop, on a thread of its own. `tune_gc`: the process is
+    a worker's (`whystream worker`), so the loop may settle its garbage collector."""
 
     def __init__(self, engine: Engine, batch_size: int = 5000, session_timeout_s: float = 6.0,
                  commit_interval_s: float = 1.0, tick_interval_s: float = 1.0, poll_timeout_s: float = 0.1,
-                 guard_retry_s: float = 5.0):
+                 guard_retry_s: float = 5.0, tune_gc: bool = False):
         self.engine = engine
         self.lock = threading.Lock()  # one engine call at a time: this loop or a web handler
         self.topic = engine.settings.topic("predictions")
         self.batch_size = batch_size
+        self.tune_gc = tune_gc
         self.commit_interval_s, self.tick_interval_s, self.poll_timeout_s = (commit_interval_s, tick_interval_s,
                                                                               poll_timeout_s)
         self.consumer = consumer(engine.settings, "worker", **{
@@ -122,7 +124,8 @@ class Ingest:
                 loaded = self.engine.preload_latest()
                 self.engine.connect_publisher()
             log.info("models ready: %s", ", ".join(loaded) or "none registered yet")
-            _settle_garbage_collector()
+            if self.tune_gc:
+                _settle_garbage_collector()
             self.subscribe()  # only now: a partition assigned to us is read at once, not after the kernels load
             next_commit = next_tick = time.monotonic()
             while not self.stopping.is_set():

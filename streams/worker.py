@@ -54,7 +54,7 @@ def create_app(settings: Settings, config: EngineConfig | None = None, web_port:
     check_broker(settings.kafka_config, settings.require("broker"))
     engine = build_engine(settings, config)
     engine.on_demand.archive = archive
-    ingest = Ingest(engine, batch_size=batch_size, session_timeout_s=session_timeout_s)
+    ingest = Ingest(engine, batch_size=batch_size, session_timeout_s=session_timeout_s, tune_gc=True)
     datadir = settings.home / "faust" / str(web_port)  # one per worker on a host
     datadir.parent.mkdir(parents=True, exist_ok=True)
 
