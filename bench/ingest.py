@@ -114,9 +114,8 @@ def run(args) -> dict:
                 result["against"] = revision_of(args.against)
                 reference = checkout(result["against"], work / "reference")
                 check_imports_from(reference)
-            for pythonpath, db in ((None, 13), (reference, 14)) if rounds else ():
-                if db == 14 and reference is None:
-                    continue
+            warm_ups = [(None, 13)] + ([(reference, 14)] if reference is not None else [])
+            for pythonpath, db in warm_ups if rounds else ():
                 warm_up(base.with_(topic_prefix=f"w{uuid.uuid4().hex[:6]}.", registry=registry,
                                    redis_url=f"{redis_base}/{db}"), events[:WARM_UP_EVENTS], work, args.timeout,
                         pythonpath)

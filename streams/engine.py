@@ -171,15 +171,14 @@ class Engine:
             self.labels.note(batch.decisions)
         due: dict[str, Due] = {}
         self._sample(batches, inbound, due, now_ms, handled)
-        read_to = _read_to(inbound)
         if self.replay_guard.active():  # a replayed reset past the partition's last candidate still applies
-            for p, end in read_to.items():
+            for p, end in inbound.read_to.items():
                 self.reservoirs.reached(p, end)
         self._close_windows(due, now_ms)
         self._explain_and_publish(due, started)
-        self._remember(batches, inbound, read_to)
+        self._remember(batches, inbound)
         if self.replay_guard.active():
-            for p, end in read_to.items():
+            for p, end in inbound.read_to.items():
                 if self.replay_guard.handled(p, end):
                     self.reservoirs.replay_done(p)
 
@@ -193,9 +192,9 @@ class Engine:
             handled |= (inbound.partitions == p) & (inbound.offsets < start)
         return handled if handled.any() else None
 
-    def _remember(self, batches: list[ModelBatch], inbound: Inbound, read_to: dict[int, int]) -> None:
+    def _remember(self, batches: list[ModelBatch], inbound: Inbound) -> None:
         """Remember where the valid events lie (explain on demand) and how far each partition is
-        read (`read_to`), on a thread of its own: the write overlaps the next batch. One batch in
+        read (`inbound.read_to`), on a thread of its own: the write overlaps the next batch. One batch in
         flight at a time."""
         if len(batches) == 1 and len(batches[0]) == len(inbound):
             ids, where = batches[0].prediction_ids, slice(None)
@@ -205,7 +204,7 @@ class Engine:
         self._remembered()
         if len(inbound):
             self._remembering = self._background.submit(self._remember_now, ids, inbound.partitions[where],
-                                                         inbound.offsets[where], read_to)
+                                                         inbound.offsets[where], inbound.read_to)
 
     def _remember_now(self, ids, partitions, offsets, read_to: dict[int, int]) -> None:
         self.location_store.remember_locations(ids, partitions, offsets)
@@ -436,12 +435,3 @@ def _objects(strings: list[str]) -> np.ndarray:
     array[:] = strings
     return array
 
-
-def _read_to(inbound: Inbound) -> dict[int, int]:
-    """Per partition of the batch, the offset after its highest message."""
-    if not len(inbound):
-        return {}
-    order = np.lexsort((inbound.offsets, inbound.partitions))
-    partitions, offsets = inbound.partitions[order], inbound.offsets[order]
-    last = np.append(partitions[1:] != partitions[:-1], True)  # the highest offset of each partition
-    return dict(zip(partitions[last].tolist(), (offsets[last] + 1).tolist()))

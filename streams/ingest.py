@@ -252,10 +252,10 @@ class Ingest:
             m = messages[i]
             return RawMessage(values[i], m.key(), m.topic(), m.partition(), m.offset(), int(timestamps[i]))
 
+        inbound = Inbound(values, partitions, offsets, message, timestamps)
         with self.lock:
-            self.engine.process_inbound(Inbound(values, partitions, offsets, message, timestamps))
-        for p in np.unique(partitions).tolist():
-            self.positions[p] = int(offsets[partitions == p].max()) + 1
+            self.engine.process_inbound(inbound)
+        self.positions.update(inbound.read_to)
 
     # -- offsets --------------------------------------------------------------
 

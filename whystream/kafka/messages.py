@@ -4,6 +4,7 @@ message (`RawMessage`), or a batch as columns (`Inbound`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
 import numpy as np
@@ -43,3 +44,14 @@ class Inbound:
 
     def __len__(self) -> int:
         return len(self.values)
+
+    @cached_property
+    def read_to(self) -> dict[int, int]:
+        """Per partition of the batch, the offset after its highest message (computed once: the
+        engine and the loop that commits both need it)."""
+        if not len(self):
+            return {}
+        order = np.lexsort((self.offsets, self.partitions))
+        partitions, offsets = self.partitions[order], self.offsets[order]
+        last = np.append(partitions[1:] != partitions[:-1], True)  # the highest offset of each partition
+        return dict(zip(partitions[last].tolist(), (offsets[last] + 1).tolist()))
