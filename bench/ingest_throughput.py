@@ -74,9 +74,16 @@ def bare_faust(settings, n: int, work: Path, timeout: float) -> dict:
 
 
 def _rate(samples: list[dict], n: int) -> dict:
-    """Events/s between the first sample with consumed > 0 and the first with consumed >= n."""
-    first = next(s for s in samples if s.get("consumed", 0) > 0)
+    """Events/s between the first sample with consumed > 0 and the first with consumed >= n; from
+    the last sample before consumption began when both are one (a run read in a single batch)."""
+    began = next(i for i, s in enumerate(samples) if s.get("consumed", 0) > 0)
     last = next(s for s in samples if s.get("consumed", 0) >= n)
+    if last is samples[began]:
+        if began == 0:
+            raise RuntimeError(f"all {n:,} events were consumed before the first sample: too few to measure, "
+                               "use more --events")
+        began -= 1
+    first = samples[began]
     seconds = last["t"] - first["t"]
     events = last["consumed"] - first["consumed"]
     cpu = last["cpu"] - first["cpu"]
