@@ -35,6 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from whystream.streams.redis_client import ResilientRedis
+from whystream.wire.packed_text import pack_utf8
 
 CHUNK = 1000  # keys per command: keeps each Lua call short (Redis runs scripts one at a time)
 
@@ -172,12 +173,8 @@ class RedisStore(ResilientRedis):
                         for i, pid in enumerate(prediction_ids)]
             self._call(lambda: self._per_key(commands), None)
             return
-        joined = "".join(prediction_ids)
-        ids = joined.encode()
-        if len(ids) == len(joined):  # ASCII ids (the usual): a character is a byte, no id encoded on its own
-            lengths = np.fromiter(map(len, prediction_ids), dtype="<u4", count=n)
-        else:
-            lengths = np.fromiter((len(pid.encode()) for pid in prediction_ids), dtype="<u4", count=n)
+        ids, lengths = pack_utf8(prediction_ids)
+        lengths = lengths.astype("<u4")
         ends = np.cumsum(lengths, dtype=np.int64).tolist()
         prefix = self._key("at", "")
         calls = [([], [self.prediction_ttl_s, prefix, ids[ends[b - 1] if b else 0:ends[min(b + CHUNK, n) - 1]],

@@ -24,6 +24,7 @@ import numpy as np
 from numba import njit
 
 from whystream.wire.avro_read import _word, word_padding
+from whystream.wire.packed_text import pack_utf8
 
 _IV = np.array([0x6A09E667F3BCC908, 0xBB67AE8584CAA73B, 0x3C6EF372FE94F82B, 0xA54FF53A5F1D36F1,
                 0x510E527FADE682D1, 0x9B05688C2B3E6C1F, 0x1F83D9ABFB41BD6B, 0x5BE0CD19137E2179], dtype=np.uint64)
@@ -132,11 +133,7 @@ def blake2b_u64(ids: Sequence[str], key: bytes = b"") -> np.ndarray:
     """uint64 per id: its UTF-8 bytes' keyed BLAKE2b digest (8 bytes) read little-endian."""
     if len(key) > 64:
         raise ValueError("a BLAKE2b key is at most 64 bytes")
-    ids = ids if isinstance(ids, list) else list(ids)
-    data = "".join(ids).encode()
-    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-    if len(data) != int(lengths.sum()):  # not all ASCII: lengths in bytes, id by id
-        lengths = np.fromiter((len(i.encode()) for i in ids), dtype=np.int64, count=len(ids))
+    data, lengths = pack_utf8(ids if isinstance(ids, list) else list(ids))
     ends = np.cumsum(lengths)
     out = np.empty(len(ids), dtype=np.uint64)
     words = np.frombuffer(data + word_padding(len(data)), dtype=np.uint64)
