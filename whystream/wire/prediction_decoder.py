@@ -278,6 +278,12 @@ def _decode(buf, words, starts, ends, fingerprint, previous, blob, model_names, 
     return t
 
 
+def _joined(values: list[bytes]) -> tuple[np.ndarray, bytes]:
+    """Each value's length, and the values end to end, padded for the kernel's word reads."""
+    lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+    return lengths, b"".join([*values, word_padding(int(lengths.sum()))])
+
+
 class PredictionDecoder:
     """Batch decoder for single-object encoded PredictionEvents of the current schema.
 
@@ -331,12 +337,10 @@ class PredictionDecoder:
     def decode(self, values: list[bytes], stratum_key: str = "") -> Decoded:
         n = len(values)
         try:
-            lengths = np.fromiter(map(len, values), dtype=np.int64, count=n)
-            data = b"".join([*values, word_padding(int(lengths.sum()))])  # padded for the kernel's word reads
+            lengths, data = _joined(values)
         except TypeError:  # a value that is not bytes (None, say): the slow path rejects it
             values = [v if isinstance(v, (bytes, bytearray)) else b"" for v in values]
-            lengths = np.fromiter(map(len, values), dtype=np.int64, count=n)
-            data = b"".join([*values, word_padding(int(lengths.sum()))])
+            lengths, data = _joined(values)
         ends = np.cumsum(lengths)
         starts = ends - lengths
         buf = np.frombuffer(data, dtype=np.uint8)
