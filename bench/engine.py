@@ -115,6 +115,11 @@ def checkout(rev: str, into: Path) -> Path:
     return path
 
 
+def remove_checkout(into: Path) -> None:
+    """Remove the git worktree `checkout(rev, into)` made (nothing if there is none)."""
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(into / "tree")], capture_output=True)
+
+
 def run(args) -> dict:
     import redis
 
@@ -164,8 +169,7 @@ def run(args) -> dict:
             admin.close()
         finally:
             stack.stop()
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(work / "reference" / "tree")],
-                           capture_output=True)
+            remove_checkout(work / "reference")
     medians = {side: {part: {name: round(statistics.median(r[side][part][name] for r in rounds), 3)
                              for name in rounds[0][side][part]} for part in rounds[0][side]} for side in sides}
     return {"benchmark": "engine", "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",

@@ -61,6 +61,7 @@ from pathlib import Path
 
 
 def run(args) -> dict:
+    from bench.engine import checkout, remove_checkout, revision_of
     from bench.ingest_backlog import backlog
     from bench.ingest_events import encoded_events, load_topic
     from bench.ingest_latency import latency_round
@@ -109,8 +110,6 @@ def run(args) -> dict:
                 load_topic(settings, [events])
             result["load_s"] = round(time.monotonic() - began, 1)
             if args.against:
-                from bench.engine import checkout, revision_of
-
                 result["against"] = revision_of(args.against)
                 reference = checkout(result["against"], work / "reference")
                 check_imports_from(reference)
@@ -189,8 +188,7 @@ def run(args) -> dict:
                     target.write_bytes(log.read_bytes())
             stack.stop()
             if reference is not None:
-                subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[1]), "worktree", "remove", "--force",
-                                str(work / "reference" / "tree")], capture_output=True)
+                remove_checkout(work / "reference")
     return result
 
 

@@ -66,16 +66,11 @@ def measure(models: dict[str, str], seed: int) -> dict:
 
 
 def run_against(rev: str, names: list[str], rounds: int, quick: bool, json_path: Path) -> dict:
-    from bench.engine import checkout
+    from bench.engine import checkout, remove_checkout, revision_of
     from bench.results import publish
     from bench.treeshap import MODELS, make_data, train
 
-    found = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "--verify", f"{rev}^{{commit}}"],
-                           capture_output=True, text=True)
-    if found.returncode != 0:
-        raise SystemExit(f"bench/treeshap.py: --against {rev!r} is not a revision of the git checkout at {ROOT} "
-                         f"({found.stderr.strip()})")
-    revision = found.stdout.strip()
+    revision = revision_of(rev)
     X, y = make_data(12_000)
     models = {}
     for name in names:
@@ -109,8 +104,7 @@ def run_against(rev: str, names: list[str], rounds: int, quick: bool, json_path:
                     figures[side] = answer["figures"]
                 rows.append(figures)
         finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(work / "reference" / "tree")],
-                           capture_output=True)
+            remove_checkout(work / "reference")
     result = {"benchmark": "treeshap_against", "against": revision, "rounds": rows, "quick": quick,
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "summary": {}}
     for name in models:
